@@ -1,0 +1,83 @@
+"""Support-line IVR: the app factory, the one place configuration, storage and blueprints
+are wired together."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .config import ConfigError, IvrConfig, Settings, load_config
+from .prompts import Catalogue, CatalogueError, load_catalogues
+from .security import HostKeyHasher, load_pepper
+from .service import CallService
+from .storage import Storage, utcnow
+from .twiml import Renderer
+
+
+@dataclass
+class Ivr:
+    """What the views and commands use, kept on ``app.extensions['ivr']``."""
+
+    settings: Settings
+    config: IvrConfig
+    catalogues: dict[str, Catalogue]
+    storage: Storage
+    hasher: HostKeyHasher
+    renderer: Renderer
+    service: CallService
+
+
+def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Flask:
+    """Build the app; a configuration problem stops it with a message saying what is wrong."""
+    try:
+        settings = settings or Settings.from_env()
+        config = load_config(settings.config_path)
+        catalogues = load_catalogues(settings.config_path.parent / "prompts")
+        _check_catalogues(settings, config, catalogues)
+    except (ConfigError, CatalogueError) as exc:
+        raise SystemExit(f"Configuration error: {exc}") from None
+
+    _configure_logging()
+    storage = Storage(settings.database_url)
+    hasher = HostKeyHasher(load_pepper(settings.host_key_pepper, settings.instance_path))
+    renderer = Renderer(config, catalogues)
+    service = CallService(config, catalogues, storage, hasher, renderer, clock=clock)
+
+    app = Flask(__name__, instance_path=str(settings.instance_path.resolve()))
+    app.extensions["ivr"] = Ivr(settings, config, catalogues, storage, hasher, renderer, service)
+    if settings.trusted_proxies:
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
+
+    from . import cli, views
+
+    app.register_blueprint(views.voice)
+    app.register_blueprint(views.health)
+    cli.register(app)
+    return app
+
+
+def _check_catalogues(settings: Settings, config: IvrConfig, catalogues: dict) -> None:
+    voices = [config.service.speech] + [line.speech for line in config.lines] + [
+        line.english for line in config.lines if line.english is not None]
+    for voice in voices:
+        if voice.catalogue_name not in catalogues:
+            raise ConfigError(
+                f"{settings.config_path}: no prompt catalogue "
+                f"{settings.config_path.parent / 'prompts' / (voice.catalogue_name + '.toml')} "
+                f"for language {voice.catalogue_name}"
+            )
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("ivr")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)

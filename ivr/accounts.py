@@ -1,0 +1,147 @@
+"""The account directory: validating and importing the accounts CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.exc import IntegrityError
+
+from .config import PLANS, ROLES, Lengths
+from .models import Account
+from .security import HostKeyHasher
+from .storage import AccountRepository, Storage, utcnow
+
+HEADER = ["account_id", "plan", "user_email", "role", "pmi", "host_key"]
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class ImportFailed(Exception):
+    """The file was refused as a whole; ``problems`` lists each row and reason."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{source}: nothing imported:\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True)
+class Row:
+    line: int
+    account_id: str
+    plan: str
+    user_email: str
+    role: str
+    pmi: str
+    host_key: str
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    created: int
+    updated: int
+
+
+def is_trivial(key: str) -> bool:
+    """All one digit, or a straight run up or down (123456, 987654, 901234)."""
+    if len(set(key)) == 1:
+        return True
+    steps = {(int(b) - int(a)) % 10 for a, b in zip(key, key[1:])}
+    return steps in ({1}, {9})
+
+
+def parse(text: str, lengths: Lengths, source: str = "accounts CSV") -> list[Row]:
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header] != HEADER:
+        raise ImportFailed(source, [f"row 1: header must be {','.join(HEADER)}, got {','.join(header or [])}"])
+    problems: list[str] = []
+    rows: list[Row] = []
+    seen_pmi: dict[str, int] = {}
+    seen_email: dict[str, int] = {}
+    for number, fields in enumerate(reader, start=2):
+        if not any(f.strip() for f in fields):
+            continue
+        if len(fields) != len(HEADER):
+            problems.append(f"row {number}: expected {len(HEADER)} fields, got {len(fields)}")
+            continue
+        account_id, plan, email, role, pmi, host_key = (f.strip() for f in fields)
+        plan, role, email = plan.lower(), role.lower(), email.lower()
+        reasons = []
+        if not account_id:
+            reasons.append("account_id is empty")
+        if plan not in PLANS:
+            reasons.append(f"plan {plan!r} is not one of {', '.join(PLANS)}")
+        if role not in ROLES:
+            reasons.append(f"role {role!r} is not one of {', '.join(ROLES)}")
+        if not EMAIL.match(email):
+            reasons.append("user_email is not an email address")
+        if not (pmi.isascii() and pmi.isdigit() and lengths.pmi_min <= len(pmi) <= lengths.pmi_max):
+            reasons.append(f"pmi must be {lengths.pmi_min} to {lengths.pmi_max} digits")
+        if not (host_key.isascii() and host_key.isdigit()
+                and lengths.host_key_min <= len(host_key) <= lengths.host_key_max):
+            reasons.append(f"host_key must be {lengths.host_key_min} to {lengths.host_key_max} digits")
+        elif is_trivial(host_key):
+            reasons.append("host_key is too easy to guess (one repeated digit or a straight run)")
+        if pmi in seen_pmi:
+            reasons.append(f"pmi repeats row {seen_pmi[pmi]}")
+        if email in seen_email:
+            reasons.append(f"user_email repeats row {seen_email[email]}")
+        seen_pmi.setdefault(pmi, number)
+        seen_email.setdefault(email, number)
+        if reasons:
+            problems.append(f"row {number}: " + "; ".join(reasons))
+        else:
+            rows.append(Row(number, account_id, plan, email, role, pmi, host_key))
+    if problems:
+        raise ImportFailed(source, problems)
+    return rows
+
+
+def import_file(path: str | Path, storage: Storage, hasher: HostKeyHasher,
+                lengths: Lengths) -> ImportResult:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImportFailed(str(path), [f"cannot read the file: {exc}"]) from None
+    return import_rows(parse(text, lengths, str(path)), storage, hasher, str(path))
+
+
+def import_rows(rows: list[Row], storage: Storage, hasher: HostKeyHasher,
+                source: str) -> ImportResult:
+    """Upsert by user email in one transaction: all rows or none."""
+    created = updated = 0
+    now = utcnow()
+    try:
+        with storage.transaction() as session:
+            accounts = AccountRepository(session)
+            by_email = accounts.by_emails([r.user_email for r in rows])
+            by_pmi = accounts.by_pmis([r.pmi for r in rows])
+            in_file = {r.user_email for r in rows}
+            problems = [
+                f"row {r.line}: pmi is already used by another user"
+                for r in rows
+                if r.pmi in by_pmi and by_pmi[r.pmi].user_email not in in_file
+            ]
+            if problems:
+                raise ImportFailed(source, problems)
+            for row in rows:
+                account = by_email.get(row.user_email)
+                if account is None:
+                    account = Account(user_email=row.user_email)
+                    accounts.add(account)
+                    created += 1
+                else:
+                    updated += 1
+                account.account_id = row.account_id
+                account.plan = row.plan
+                account.role = row.role
+                account.pmi = row.pmi
+                account.host_key_hash = hasher.digest(row.pmi, row.host_key)
+                account.updated_at = now
+    except IntegrityError:
+        raise ImportFailed(source, ["the rows conflict with PMIs already in the directory"]) from None
+    return ImportResult(created, updated)

@@ -1,0 +1,118 @@
+"""Operator commands, on Flask's CLI: ``flask --app app <command>``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from flask import current_app
+from flask.cli import AppGroup, with_appcontext
+
+from . import accounts as directory
+from . import outbox as sms_outbox
+from .simulator import HttpTransport, Simulator, WsgiTransport, transcript
+from .storage import TicketRepository
+
+
+def ivr():
+    return current_app.extensions["ivr"]
+
+
+@click.command("init-db")
+@with_appcontext
+def init_db():
+    """Create or upgrade the database schema (safe to run again)."""
+    ivr().storage.upgrade()
+    click.echo(f"Database at {ivr().storage.url.render_as_string(hide_password=True)} is up to date.")
+
+
+accounts_cli = AppGroup("accounts", help="The account directory.")
+
+
+@accounts_cli.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+def accounts_import(path):
+    """Upsert users from a CSV (account_id,plan,user_email,role,pmi,host_key)."""
+    try:
+        result = directory.import_file(path, ivr().storage, ivr().hasher, ivr().config.lengths)
+    except directory.ImportFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Imported {path}: {result.created} created, {result.updated} updated.")
+
+
+tickets_cli = AppGroup("tickets", help="Support tickets.")
+
+
+def ticket_dict(ticket) -> dict:
+    return {
+        "id": ticket.id,
+        "number": ticket.number,
+        "call_sid": ticket.call_sid,
+        "account_id": ticket.account_id,
+        "user_email": ticket.user_email,
+        "priority": ticket.priority,
+        "target_response_minutes": ticket.target_response_minutes,
+        "region": ticket.region,
+        "status": ticket.status,
+        "created_at": ticket.created_at.isoformat(),
+        "acknowledged_at": ticket.acknowledged_at.isoformat() if ticket.acknowledged_at else None,
+    }
+
+
+@tickets_cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option("--limit", type=int, default=None, help="At most this many, newest first.")
+def tickets_list(as_json, limit):
+    """Tickets, newest first."""
+    with ivr().storage.transaction() as session:
+        rows = [ticket_dict(t) for t in TicketRepository(ivr().storage, session).list(limit)]
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        click.echo("No tickets.")
+        return
+    click.echo(f"{'number':<10} {'P':<2} {'region':<16} {'status':<10} {'created (UTC)':<20} account")
+    for row in rows:
+        click.echo(f"{row['number']:<10} {row['priority']:<2} {row['region'][:16]:<16} "
+                   f"{row['status']:<10} {row['created_at'][:19]:<20} {row['account_id']}")
+
+
+outbox_cli = AppGroup("outbox", help="Text messages waiting to be sent.")
+
+
+@outbox_cli.command("drain")
+@click.option("--watch", is_flag=True, help="Keep draining every few seconds until stopped.")
+def outbox_drain(watch):
+    """Send pending text messages through Twilio (marks them not sent without credentials)."""
+    if watch:
+        click.echo("Draining the SMS outbox every 2 seconds; Ctrl-C to stop.")
+        sms_outbox.watch(ivr().storage, ivr().settings)
+        return
+    counts = sms_outbox.drain(ivr().storage, ivr().settings)
+    click.echo(", ".join(f"{name}: {count}" for name, count in counts.items()))
+
+
+@click.command("simulate")
+@click.option("--to", "to", required=True, help="The number dialled (any notation).")
+@click.option("--from", "caller", default="+14155550100", show_default=True,
+              help="The caller's number.")
+@click.option("--digits", default="", help='Keys per prompt, e.g. "2 1234567890# 123456# 1"; '
+                                           '"-" lets a prompt time out.')
+@click.option("--url", default=None, help="Drive a running server instead of this process.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def simulate(to, caller, digits, url, as_json):
+    """Drive one whole call as Twilio would and print what the caller hears."""
+    settings = ivr().settings
+    transport = HttpTransport(url) if url else WsgiTransport(current_app)
+    simulator = Simulator(transport, settings.twilio_auth_token or "",
+                          signing_base=settings.public_url if not url else None)
+    result = simulator.call(to, caller, digits.split())
+    click.echo(result.to_json() if as_json else transcript(result))
+    if result.outcome == "error":
+        raise SystemExit(1)
+
+
+def register(app) -> None:
+    for command in (init_db, accounts_cli, tickets_cli, outbox_cli, simulate):
+        app.cli.add_command(command)

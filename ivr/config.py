@@ -1,0 +1,394 @@
+"""Configuration: the TOML file of the support line and the process environment.
+
+The TOML file (``config/ivr.toml`` unless ``IVR_CONFIG`` says otherwise) describes the
+product: regional lines, menu, channel policy, priorities, retries, notice and links.
+The environment carries deployment secrets and URLs. Both are validated when the app
+starts; a problem stops it with a message naming the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import phonenumbers
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+PLANS = ("free", "pro", "business", "education", "enterprise", "api")
+ROLES = ("owner", "admin", "member")
+
+# Voices Twilio's <Say> accepts, by language. A voice outside this list for the line's
+# language is refused at start, so a typo cannot silently fall back to a robot voice.
+SUPPORTED_VOICES: dict[str, tuple[str, ...]] = {
+    "en-US": ("Polly.Joanna", "Polly.Joanna-Neural", "Polly.Matthew", "Polly.Matthew-Neural",
+              "Google.en-US-Standard-C", "Google.en-US-Neural2-F", "alice", "man", "woman"),
+    "en-GB": ("Polly.Amy", "Polly.Amy-Neural", "Polly.Brian", "Polly.Emma", "Polly.Emma-Neural",
+              "Google.en-GB-Standard-A", "Google.en-GB-Neural2-A", "alice", "man", "woman"),
+    "en-AU": ("Polly.Nicole", "Polly.Olivia-Neural", "Polly.Russell", "Google.en-AU-Standard-A",
+              "Google.en-AU-Neural2-A", "alice"),
+    "en-IN": ("Polly.Aditi", "Polly.Raveena", "Polly.Kajal-Neural", "Google.en-IN-Standard-A",
+              "Google.en-IN-Neural2-A", "alice"),
+    "en-NZ": ("Polly.Aria-Neural",),
+    "fr-FR": ("Polly.Celine", "Polly.Lea", "Polly.Lea-Neural", "Polly.Mathieu",
+              "Google.fr-FR-Standard-A", "Google.fr-FR-Neural2-A", "alice"),
+    "ja-JP": ("Polly.Mizuki", "Polly.Takumi", "Polly.Takumi-Neural", "Polly.Kazuha-Neural",
+              "Polly.Tomoko-Neural", "Google.ja-JP-Standard-A", "Google.ja-JP-Neural2-B"),
+}
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot be used; the message says where and why."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Voice(_Model):
+    language: str
+    voice: str
+    catalogue: str | None = None
+
+    @model_validator(mode="after")
+    def _voice_fits_language(self) -> "Voice":
+        voices = SUPPORTED_VOICES.get(self.language)
+        if voices is None:
+            raise ValueError(
+                f"language {self.language!r} is not one this service speaks; "
+                f"expected one of {', '.join(sorted(SUPPORTED_VOICES))}"
+            )
+        if self.voice not in voices:
+            raise ValueError(
+                f"voice {self.voice!r} is not a Twilio voice for {self.language}; "
+                f"expected one of {', '.join(voices)}"
+            )
+        return self
+
+    @property
+    def catalogue_name(self) -> str:
+        return self.catalogue or self.language
+
+
+class EnqueueRoute(_Model):
+    kind: Literal["enqueue"] = "enqueue"
+    queue: str = Field(min_length=1, max_length=64)
+
+
+class DialRoute(_Model):
+    kind: Literal["dial"]
+    target: str = Field(min_length=1, description="E.164 number or sip: URI")
+    timeout_seconds: int = Field(default=30, ge=5, le=600)
+
+    @field_validator("target")
+    @classmethod
+    def _number_or_sip(cls, value: str) -> str:
+        if value.startswith("sip:"):
+            return value
+        return normalise_number(value)
+
+
+class TaskRouterRoute(_Model):
+    kind: Literal["taskrouter"]
+    workflow_sid: str = Field(pattern=r"^WW[0-9a-fA-F]{32}$")
+
+
+Route = Annotated[EnqueueRoute | DialRoute | TaskRouterRoute, Field(discriminator="kind")]
+
+
+class Line(_Model):
+    region: str = Field(min_length=1)
+    number: str
+    language: str
+    voice: str
+    catalogue: str | None = None
+    english: Voice | None = None
+    route: Route | None = None
+
+    @field_validator("number")
+    @classmethod
+    def _normalise(cls, value: str) -> str:
+        return normalise_number(value)
+
+    @model_validator(mode="after")
+    def _voice_fits_language(self) -> "Line":
+        Voice(language=self.language, voice=self.voice, catalogue=self.catalogue)
+        return self
+
+    @property
+    def speech(self) -> Voice:
+        return Voice(language=self.language, voice=self.voice, catalogue=self.catalogue)
+
+
+class Extension(_Model):
+    key: str = Field(pattern=r"^[0-8*]$")
+    dial: str
+    description: str = ""
+
+    @field_validator("dial")
+    @classmethod
+    def _number_or_sip(cls, value: str) -> str:
+        if value.startswith("sip:"):
+            return value
+        return normalise_number(value)
+
+
+class Menu(_Model):
+    support_key: str = Field(default="2", pattern=r"^[0-9]$")
+    english_key: str = Field(default="9", pattern=r"^[0-9]$")
+    repeat_key: str = Field(default="*", pattern=r"^[*0-9]$")
+    extensions: list[Extension] = []
+
+    @model_validator(mode="after")
+    def _keys_distinct(self) -> "Menu":
+        keys = [self.support_key, self.english_key, self.repeat_key] + [e.key for e in self.extensions]
+        if len(keys) != len(set(keys)):
+            raise ValueError(f"menu keys must be distinct, got {keys}")
+        return self
+
+
+class Channel(_Model):
+    plans: list[Literal[PLANS]]  # type: ignore[valid-type]
+    roles: list[Literal[ROLES]]  # type: ignore[valid-type]
+
+
+class Policy(_Model):
+    phone: Channel
+    web: Channel
+
+    def channel_for(self, plan: str, role: str) -> str:
+        """'phone', 'web' or 'self_service' for a caller of this plan and role."""
+        if plan in self.phone.plans and role in self.phone.roles:
+            return "phone"
+        if plan in self.web.plans and role in self.web.roles:
+            return "web"
+        return "self_service"
+
+
+class Priority(_Model):
+    level: int = Field(ge=1, le=4)
+    name: str
+    target_response_minutes: int = Field(gt=0)
+
+
+class Retries(_Model):
+    prompt_attempts: int = Field(default=3, ge=1, le=10)
+    verification_attempts: int = Field(default=3, ge=1, le=10)
+
+
+class Timeouts(_Model):
+    menu_seconds: int = Field(default=6, ge=1, le=60)
+    digits_seconds: int = Field(default=8, ge=1, le=60)
+
+
+class Lengths(_Model):
+    pmi_min: int = 9
+    pmi_max: int = 11
+    host_key_min: int = 6
+    host_key_max: int = 10
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Lengths":
+        if not (0 < self.pmi_min <= self.pmi_max and 0 < self.host_key_min <= self.host_key_max):
+            raise ValueError("each minimum length must be positive and at most its maximum")
+        return self
+
+
+class Notice(_Model):
+    message: str = Field(description="catalogue key of the notice")
+    start: dt.date
+    end: dt.date
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Notice":
+        if self.end < self.start:
+            raise ValueError(f"notice ends ({self.end}) before it starts ({self.start})")
+        return self
+
+    def active_on(self, day: dt.date) -> bool:
+        return self.start <= day <= self.end
+
+
+class Links(_Model):
+    web_ticket: str = Field(pattern=r"^https://")
+    help_center: str = Field(pattern=r"^https://")
+
+
+class Service(_Model):
+    brand: str = Field(min_length=1)
+    default_language: str = "en-US"
+    default_voice: str = "Polly.Joanna-Neural"
+    default_route: Route = EnqueueRoute(queue="support")
+    fallback_queue: str = "support"
+
+    @model_validator(mode="after")
+    def _voice_fits_language(self) -> "Service":
+        Voice(language=self.default_language, voice=self.default_voice)
+        return self
+
+    @property
+    def speech(self) -> Voice:
+        return Voice(language=self.default_language, voice=self.default_voice)
+
+
+class IvrConfig(_Model):
+    service: Service
+    lines: list[Line] = Field(min_length=1)
+    menu: Menu = Menu()
+    policy: Policy
+    priorities: list[Priority]
+    retries: Retries = Retries()
+    timeouts: Timeouts = Timeouts()
+    lengths: Lengths = Lengths()
+    notice: Notice | None = None
+    links: Links
+
+    _by_number: dict[str, Line] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: object) -> None:
+        self._by_number = {line.number: line for line in self.lines}
+
+    @field_validator("priorities")
+    @classmethod
+    def _four_levels(cls, value: list[Priority]) -> list[Priority]:
+        levels = sorted(p.level for p in value)
+        if levels != [1, 2, 3, 4]:
+            raise ValueError(f"expected priorities 1, 2, 3 and 4 once each, got {levels}")
+        return sorted(value, key=lambda p: p.level)
+
+    @field_validator("lines")
+    @classmethod
+    def _numbers_unique(cls, value: list[Line]) -> list[Line]:
+        seen: set[str] = set()
+        for line in value:
+            if line.number in seen:
+                raise ValueError(f"number {line.number} is configured twice")
+            seen.add(line.number)
+        return value
+
+    def line_for(self, number: str | None) -> Line | None:
+        """The configured line for a dialled number in any common notation, or None."""
+        if not number:
+            return None
+        try:
+            e164 = normalise_number(number)
+        except ValueError:
+            return None
+        return self._by_number.get(e164)
+
+    def priority(self, level: int) -> Priority:
+        return self.priorities[level - 1]
+
+    def route_for(self, line: Line | None) -> EnqueueRoute | DialRoute | TaskRouterRoute:
+        if line is not None and line.route is not None:
+            return line.route
+        return self.service.default_route
+
+
+def normalise_number(value: str) -> str:
+    """E.164 form of a number written in international notation (``+81.053.132.0070``)."""
+    try:
+        parsed = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(f"{value!r} is not a phone number: {exc}") from None
+    if not phonenumbers.is_valid_number(parsed):
+        raise ValueError(f"{value!r} is not a valid phone number")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _describe(error: dict) -> str:
+    location = "".join(
+        f"[{part}]" if isinstance(part, int) else (f".{part}" if i else str(part))
+        for i, part in enumerate(error["loc"])
+    )
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        message = "is required but missing"
+    elif error["type"] == "extra_forbidden":
+        message = "is not a known key"
+    return f"{location or '(top level)'}: {message}"
+
+
+def load_config(path: str | os.PathLike) -> IvrConfig:
+    """Read and validate the TOML configuration, or raise ConfigError naming the problem."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return IvrConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n  ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{path}: invalid configuration:\n  {problems}") from None
+
+
+class Settings(BaseModel):
+    """Deployment settings from the environment (see the README's configuration table)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config_path: Path = Path("config/ivr.toml")
+    database_url: str = "sqlite:///instance/ivr.db"
+    instance_path: Path = Path("instance")
+    validate_signatures: bool = True
+    twilio_auth_token: str | None = None
+    twilio_account_sid: str | None = None
+    sms_from: str | None = None
+    public_url: str | None = None
+    host_key_pepper: str | None = None
+    trusted_proxies: int = Field(default=0, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _token_when_validating(self) -> "Settings":
+        if self.validate_signatures and not self.twilio_auth_token:
+            raise ValueError(
+                "TWILIO_AUTH_TOKEN is required to validate webhook signatures "
+                "(set IVR_VALIDATE_SIGNATURES=false only for local development)"
+            )
+        return self
+
+    @field_validator("public_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
+        env = os.environ if environ is None else environ
+        names = {
+            "config_path": "IVR_CONFIG",
+            "database_url": "IVR_DATABASE_URL",
+            "instance_path": "IVR_INSTANCE_PATH",
+            "validate_signatures": "IVR_VALIDATE_SIGNATURES",
+            "twilio_auth_token": "TWILIO_AUTH_TOKEN",
+            "twilio_account_sid": "TWILIO_ACCOUNT_SID",
+            "sms_from": "IVR_SMS_FROM",
+            "public_url": "IVR_PUBLIC_URL",
+            "host_key_pepper": "IVR_HOST_KEY_PEPPER",
+            "trusted_proxies": "IVR_TRUSTED_PROXIES",
+        }
+        values = {field: env[var] for field, var in names.items() if env.get(var)}
+        values.update(overrides)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            reverse = {field: var for field, var in names.items()}
+            problems = "; ".join(
+                f"{reverse.get(str(e['loc'][0]), e['loc'][0]) if e['loc'] else 'environment'}: "
+                f"{e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+            raise ConfigError(f"environment: {problems}") from None

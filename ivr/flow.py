@@ -1,0 +1,310 @@
+"""The call flow: states, caller input and the decisions between them.
+
+Plain Python: no web framework, no telephony library. A webhook loads the call's state,
+asks the flow what to do with the keys the caller pressed, stores the new state and
+renders the reply. Side effects the flow needs (checking a host key, logging a ticket,
+queueing a text message) go through the ``Ports`` it is given.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from .config import IvrConfig, Line
+
+
+class Step(StrEnum):
+    MENU = "menu"
+    PMI = "pmi"
+    HOST_KEY = "host_key"
+    PRIORITY = "priority"
+    DONE = "done"
+
+
+class Outcome(StrEnum):
+    ROUTED = "routed"
+    REJECTED_WEB = "rejected_web"
+    REJECTED_SELF_SERVICE = "rejected_self_service"
+    FAILED_AUTH = "failed_auth"
+    NO_INPUT = "no_input"
+    TRANSFERRED = "transferred"
+    ABANDONED = "abandoned"
+
+
+# Steps a caller can be asked for, i.e. that have an action URL.
+PROMPT_STEPS = (Step.MENU, Step.PMI, Step.HOST_KEY, Step.PRIORITY)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A verified caller from the account directory."""
+
+    account_id: str
+    user_email: str
+    plan: str
+    role: str
+
+
+@dataclass(frozen=True)
+class TicketInfo:
+    number: str
+    priority: int
+    target_response_minutes: int
+
+
+@dataclass
+class CallState:
+    call_sid: str
+    can_text: bool = False  # the caller's number can receive text messages
+    step: Step = Step.MENU
+    english: bool = False
+    attempts: int = 0
+    auth_failures: int = 0
+    pmi: str | None = None
+    caller: Caller | None = None
+    outcome: Outcome | None = None
+    ticket: TicketInfo | None = None
+    transfer_to: str | None = None
+    steps_reached: list[str] = field(default_factory=list)
+
+    def reach(self, step: str) -> None:
+        if step not in self.steps_reached:
+            self.steps_reached.append(step)
+
+
+@dataclass(frozen=True)
+class Say:
+    key: str
+    params: tuple[tuple[str, object], ...] = ()
+    in_english: bool = False  # spoken by the line's English voice whatever the call's language
+
+    @property
+    def kwargs(self) -> dict[str, object]:
+        return dict(self.params)
+
+
+def say(key: str, in_english: bool = False, **params: object) -> Say:
+    return Say(key, tuple(sorted(params.items())), in_english)
+
+
+@dataclass(frozen=True)
+class Ask:
+    """Collect keys for a step: one key (menus) or digits ended by '#'."""
+
+    step: Step
+    single_key: bool
+    timeout_seconds: int
+
+
+@dataclass(frozen=True)
+class Reply:
+    speech: tuple[Say, ...]
+    english: bool = False
+    ask: Ask | None = None
+    route: TicketInfo | None = None
+    transfer_to: str | None = None
+    hangup: bool = False
+
+
+class Ports(Protocol):
+    def verify(self, pmi: str, host_key: str) -> Caller | None:
+        """The caller if the host key is right for this PMI (and the PMI may be tried)."""
+
+    def open_ticket(self, caller: Caller, priority: int, target_minutes: int) -> TicketInfo:
+        """Log this call's ticket; the same ticket however often it is asked for."""
+
+    def send_sms(self, template: str, params: dict[str, object]) -> None:
+        """Queue a text message to the caller (once per template and call)."""
+
+
+class CallFlow:
+    def __init__(self, config: IvrConfig, line: Line | None, today: dt.date):
+        self.config = config
+        self.line = line
+        self.today = today
+        self.has_english = line is not None and line.english is not None
+
+    # -- entry -------------------------------------------------------------------------
+
+    def start(self, state: CallState) -> Reply:
+        """The first answer of a call (also for a repeated 'call comes in' webhook)."""
+        if state.step is Step.DONE:
+            return self._final(state)
+        speech = [say("greeting", brand=self.config.service.brand)]
+        notice = self.config.notice
+        if notice is not None and notice.active_on(self.today):
+            speech.append(say(notice.message))
+        state.reach("greeting")
+        return self._ask(state, speech)
+
+    def handle(self, state: CallState, step: str, digits: str | None, ports: Ports) -> Reply:
+        """What to do with the keys pressed at ``step`` (None or '' for no input)."""
+        if state.step is Step.DONE:
+            return self._final(state)
+        if step != state.step.value:
+            # A stale or out-of-order request: ask again for what the call is waiting for.
+            return self._ask(state, [])
+        digits = (digits or "").strip()
+        if digits == "":
+            return self._retry(state, [say("no_input")])
+        if digits == self.config.menu.repeat_key:
+            return self._ask(state, [])
+        handler = {
+            Step.MENU: self._menu,
+            Step.PMI: self._pmi,
+            Step.HOST_KEY: self._host_key,
+            Step.PRIORITY: self._priority,
+        }[state.step]
+        return handler(state, digits, ports)
+
+    # -- steps -------------------------------------------------------------------------
+
+    def _menu(self, state: CallState, digits: str, ports: Ports) -> Reply:
+        menu = self.config.menu
+        if digits == menu.support_key:
+            return self._advance(state, Step.PMI, [])
+        if digits == menu.english_key and self.has_english and not state.english:
+            state.english = True
+            state.reach("english")
+            return self._ask(state, [])
+        for extension in menu.extensions:
+            if digits == extension.key:
+                state.step = Step.DONE
+                state.outcome = Outcome.TRANSFERRED
+                state.transfer_to = extension.dial
+                return self._final(state)
+        return self._retry(state, [say("menu_invalid")])
+
+    def _pmi(self, state: CallState, digits: str, ports: Ports) -> Reply:
+        lengths = self.config.lengths
+        if not _digits_between(digits, lengths.pmi_min, lengths.pmi_max):
+            return self._retry(state, [say("pmi_invalid", min=lengths.pmi_min, max=lengths.pmi_max)])
+        state.pmi = digits
+        return self._advance(state, Step.HOST_KEY, [])
+
+    def _host_key(self, state: CallState, digits: str, ports: Ports) -> Reply:
+        lengths = self.config.lengths
+        if not _digits_between(digits, lengths.host_key_min, lengths.host_key_max):
+            return self._retry(
+                state, [say("host_key_invalid", min=lengths.host_key_min, max=lengths.host_key_max)]
+            )
+        pmi, state.pmi = state.pmi, None
+        caller = ports.verify(pmi, digits) if pmi else None
+        if caller is None:
+            state.auth_failures += 1
+            if state.auth_failures >= self.config.retries.verification_attempts:
+                return self._end(state, Outcome.FAILED_AUTH, [say("verify_failed_final")])
+            return self._advance(state, Step.PMI, [say("verify_failed"), say("verify_retry")])
+        state.caller = caller
+        state.reach("verified")
+        channel = self.config.policy.channel_for(caller.plan, caller.role)
+        if channel == "phone":
+            return self._advance(state, Step.PRIORITY, [])
+        links = self.config.links
+        if channel == "web":
+            outcome, message, template, url = (
+                Outcome.REJECTED_WEB, "rejected_web", "sms_web", links.web_ticket)
+        else:
+            outcome, message, template, url = (
+                Outcome.REJECTED_SELF_SERVICE, "rejected_self_service", "sms_self_service",
+                links.help_center)
+        speech = [say(message)]
+        if state.can_text:
+            ports.send_sms(template, {"brand": self.config.service.brand, "url": url})
+            speech.append(say("sms_link_sent"))
+        speech.append(say("goodbye"))
+        return self._end(state, outcome, speech)
+
+    def _priority(self, state: CallState, digits: str, ports: Ports) -> Reply:
+        if digits not in ("1", "2", "3", "4") or state.caller is None:
+            return self._retry(state, [say("priority_invalid")])
+        priority = self.config.priority(int(digits))
+        state.ticket = ports.open_ticket(state.caller, priority.level, priority.target_response_minutes)
+        state.reach("ticket")
+        state.step = Step.DONE
+        state.outcome = Outcome.ROUTED
+        if state.can_text:
+            ports.send_sms(
+                "sms_ticket",
+                {
+                    "brand": self.config.service.brand,
+                    "ticket": state.ticket.number,
+                    "priority": state.ticket.priority,
+                    "hours": _hours(state.ticket.target_response_minutes),
+                },
+            )
+        return self._final(state)
+
+    # -- replies -----------------------------------------------------------------------
+
+    def _final(self, state: CallState) -> Reply:
+        """The reply of a finished call; the same reply again for a repeated webhook."""
+        if state.outcome is Outcome.ROUTED and state.ticket is not None:
+            ticket = state.ticket
+            speech = [say("ticket_logged", ticket=ticket.number), _target(ticket.target_response_minutes)]
+            if state.can_text:
+                speech.append(say("sms_ticket_sent"))
+            speech.append(say("connecting"))
+            state.reach("routed")
+            return Reply(tuple(speech), english=state.english, route=ticket)
+        if state.outcome is Outcome.TRANSFERRED and state.transfer_to:
+            return Reply((), english=state.english, transfer_to=state.transfer_to)
+        return Reply((say("goodbye"),), english=state.english, hangup=True)
+
+    def _end(self, state: CallState, outcome: Outcome, speech: list[Say]) -> Reply:
+        state.step = Step.DONE
+        state.outcome = outcome
+        state.attempts = 0
+        return Reply(tuple(speech), english=state.english, hangup=True)
+
+    def _advance(self, state: CallState, step: Step, speech: list[Say]) -> Reply:
+        state.step = step
+        state.attempts = 0
+        state.reach(step.value)
+        return self._ask(state, speech)
+
+    def _retry(self, state: CallState, speech: list[Say]) -> Reply:
+        state.attempts += 1
+        if state.attempts >= self.config.retries.prompt_attempts:
+            return self._end(state, Outcome.NO_INPUT, [say("goodbye_no_input")])
+        return self._ask(state, speech)
+
+    def _ask(self, state: CallState, speech: list[Say]) -> Reply:
+        timeouts = self.config.timeouts
+        prompts = self._prompt(state)
+        single_key = state.step in (Step.MENU, Step.PRIORITY)
+        timeout = timeouts.menu_seconds if single_key else timeouts.digits_seconds
+        state.reach(state.step.value)
+        return Reply(
+            tuple(speech + prompts),
+            english=state.english,
+            ask=Ask(state.step, single_key, timeout),
+        )
+
+    def _prompt(self, state: CallState) -> list[Say]:
+        menu = self.config.menu
+        if state.step is Step.MENU:
+            prompts = [say("menu", support_key=menu.support_key)]
+            if self.has_english and not state.english:
+                prompts.append(say("menu_english", in_english=True, english_key=menu.english_key))
+            prompts.append(say("repeat_hint"))
+            return prompts
+        return [say({Step.PMI: "pmi_prompt", Step.HOST_KEY: "host_key_prompt",
+                     Step.PRIORITY: "priority_menu"}[state.step])]
+
+
+def _digits_between(digits: str, low: int, high: int) -> bool:
+    return digits.isascii() and digits.isdigit() and low <= len(digits) <= high
+
+
+def _hours(minutes: int) -> str:
+    return f"{minutes / 60:g}"
+
+
+def _target(minutes: int) -> Say:
+    if minutes == 60:
+        return say("target_response_one_hour")
+    return say("target_response_hours", hours=_hours(minutes))

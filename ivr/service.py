@@ -1,0 +1,236 @@
+"""The service layer: one webhook = one transaction around the call flow.
+
+Loads the call, runs the flow with ports backed by the database, stores the new state and
+hands the reply to the TwiML renderer. Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import phonenumbers
+from sqlalchemy.orm import Session
+
+from .config import IvrConfig, Line
+from .flow import Caller, CallFlow, CallState, Reply, TicketInfo
+from .models import Call, Ticket
+from .prompts import Catalogue
+from .security import HostKeyHasher
+from .storage import (
+    AccountRepository,
+    CallRepository,
+    OutboxRepository,
+    Storage,
+    TicketRepository,
+    ticket_info,
+    utcnow,
+)
+from .twiml import Renderer
+
+log = logging.getLogger("ivr.calls")
+
+TEXTABLE = (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE)
+
+
+def mask(number: str | None) -> str:
+    """A phone number as logs may show it: the last four digits only."""
+    digits = "".join(ch for ch in (number or "") if ch.isdigit())
+    return f"…{digits[-4:]}" if len(digits) >= 4 else "…"
+
+
+def can_receive_sms(number: str | None) -> bool:
+    try:
+        parsed = phonenumbers.parse(number or "", None)
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.is_valid_number(parsed) and phonenumbers.number_type(parsed) in TEXTABLE
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """The parts of a Twilio voice request the service uses."""
+
+    call_sid: str
+    account_sid: str | None
+    to: str
+    caller: str
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> "CallRequest | None":
+        sid = (params.get("CallSid") or "").strip()
+        if not sid or len(sid) > 64:
+            return None
+        return cls(sid, (params.get("AccountSid") or None), (params.get("To") or "")[:32],
+                   (params.get("From") or "")[:64])
+
+
+class CallService:
+    def __init__(self, config: IvrConfig, catalogues: dict[str, Catalogue], storage: Storage,
+                 hasher: HostKeyHasher, renderer: Renderer,
+                 clock: Callable[[], dt.datetime] = utcnow):
+        self.config = config
+        self.catalogues = catalogues
+        self.storage = storage
+        self.hasher = hasher
+        self.renderer = renderer
+        self.clock = clock
+
+    # -- webhooks ----------------------------------------------------------------------
+
+    def incoming(self, params: Mapping[str, str]) -> str:
+        request = CallRequest.from_params(params)
+        if request is None:
+            return self.renderer.hangup()
+        with self.storage.transaction() as session:
+            call, state, line = self._load(session, request)
+            reply = self._flow(line).start(state)
+            self._save(session, call, state, reply)
+        return self.renderer.reply(reply, line)
+
+    def gather(self, step: str, params: Mapping[str, str]) -> str:
+        request = CallRequest.from_params(params)
+        if request is None:
+            return self.renderer.hangup()
+        digits = (params.get("Digits") or "")[:64]
+        with self.storage.transaction() as session:
+            call, state, line = self._load(session, request)
+            ports = _Ports(self, session, call, state)
+            reply = self._flow(line).handle(state, step, digits, ports)
+            self._save(session, call, state, reply)
+        return self.renderer.reply(reply, line)
+
+    def status(self, params: Mapping[str, str]) -> None:
+        request = CallRequest.from_params(params)
+        if request is None:
+            return
+        status = (params.get("CallStatus") or "")[:32]
+        duration = _int(params.get("CallDuration"))
+        with self.storage.transaction() as session:
+            call = CallRepository(self.storage, session).record_status(
+                request.call_sid, status, duration, self.clock())
+            if call is not None:
+                log.info("call %s status=%s outcome=%s duration=%s", call.call_sid, status,
+                         call.outcome, duration)
+
+    def queue_result(self, params: Mapping[str, str], ticket_number: str | None) -> str:
+        """Twilio's request after <Enqueue> or <Dial> ends."""
+        request = CallRequest.from_params(params)
+        result = params.get("QueueResult") or params.get("DialCallStatus") or ""
+        served = result in ("bridged", "hangup", "leave", "completed", "answered")
+        if request is None:
+            return self.renderer.hangup()
+        line = self.config.line_for(request.to)
+        english = False
+        with self.storage.transaction() as session:
+            call = CallRepository(self.storage, session).record_queue_result(
+                request.call_sid, result[:32], _int(params.get("QueueTime")), self.clock())
+            if call is not None:
+                english = call.english
+                line = self.config.line_for(call.dialed_number)
+                ticket = TicketRepository(self.storage, session).for_call(call.call_sid)
+                ticket_number = ticket.number if ticket is not None else None
+            else:
+                ticket_number = None
+        log.info("call %s queue result=%s", request.call_sid, result[:32])
+        return self.renderer.after_queue(line, ticket_number, served, english)
+
+    def fallback(self, params: Mapping[str, str]) -> str:
+        line = self.config.line_for(params.get("To"))
+        log.warning("fallback answered call %s to %s", (params.get("CallSid") or "?")[:64],
+                    mask(params.get("To")))
+        return self.renderer.fallback(line)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _flow(self, line: Line | None) -> CallFlow:
+        return CallFlow(self.config, line, self.clock().date())
+
+    def _load(self, session: Session, request: CallRequest) -> tuple[Call, CallState, Line | None]:
+        """The call's record and state (created on its first webhook), and its line."""
+        calls = CallRepository(self.storage, session)
+        call = calls.get(request.call_sid)
+        if call is None:
+            line = self.config.line_for(request.to)
+            if line is None:
+                log.warning("call %s to unconfigured number %s answered in %s", request.call_sid,
+                            mask(request.to), self.config.service.default_language)
+            voice = line.speech if line is not None else self.config.service.speech
+            call = calls.start(
+                call_sid=request.call_sid,
+                account_sid=request.account_sid,
+                dialed_number=line.number if line is not None else request.to,
+                region=line.region if line is not None else "unknown",
+                language=voice.language,
+                caller_number=request.caller,
+                can_text=can_receive_sms(request.caller),
+                now=self.clock(),
+            )
+            log.info("call %s started region=%s from=%s", call.call_sid, call.region,
+                     mask(request.caller))
+        ticket = TicketRepository(self.storage, session).for_call(call.call_sid)
+        return call, calls.state(call, ticket), self.config.line_for(call.dialed_number)
+
+    def _save(self, session: Session, call: Call, state: CallState, reply: Reply) -> None:
+        now = self.clock()
+        before = call.outcome
+        if state.english:
+            line = self.config.line_for(call.dialed_number)
+            if line is not None and line.english is not None:
+                call.language = line.english.language
+        CallRepository.save(call, state, now)
+        if reply.route is not None:
+            tickets = TicketRepository(self.storage, session)
+            ticket = tickets.for_call(call.call_sid)
+            if ticket is not None:
+                tickets.acknowledge(ticket, now)
+        if call.outcome != before:
+            log.info("call %s outcome=%s steps=%s", call.call_sid, call.outcome, call.steps_reached)
+
+    def catalogue_for(self, call: Call) -> Catalogue:
+        line = self.config.line_for(call.dialed_number)
+        own, english = self.renderer.voices(line)
+        return self.catalogues[(english if call.english else own).catalogue_name]
+
+
+class _Ports:
+    """The flow's side effects, inside the webhook's transaction."""
+
+    def __init__(self, service: CallService, session: Session, call: Call, state: CallState):
+        self.service = service
+        self.session = session
+        self.call = call
+        self.state = state
+
+    def verify(self, pmi: str, host_key: str) -> Caller | None:
+        account = AccountRepository(self.session).by_pmi(pmi)
+        stored = account.host_key_hash if account is not None else None
+        ok = self.service.hasher.matches(pmi, host_key, stored)
+        log.info("call %s verification %s", self.call.call_sid, "passed" if ok else "failed")
+        if not ok or account is None:
+            return None
+        return Caller(account.account_id, account.user_email, account.plan, account.role)
+
+    def open_ticket(self, caller: Caller, priority: int, target_minutes: int) -> TicketInfo:
+        ticket: Ticket = TicketRepository(self.service.storage, self.session).open(
+            call_sid=self.call.call_sid, caller=caller, priority=priority,
+            target_minutes=target_minutes, region=self.call.region, now=self.service.clock())
+        log.info("call %s ticket id=%s priority=%s", self.call.call_sid, ticket.id, ticket.priority)
+        return ticket_info(ticket)
+
+    def send_sms(self, template: str, params: dict[str, object]) -> None:
+        self.call.english = self.state.english
+        body = self.service.catalogue_for(self.call).text(template, params)
+        OutboxRepository(self.service.storage, self.session).queue(
+            call_sid=self.call.call_sid, template=template, to_number=self.call.caller_number,
+            body=body, now=self.service.clock())
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+

@@ -1,0 +1,266 @@
+"""The call simulator: plays Twilio's side of a call against the app.
+
+It posts the standard voice parameters, signs every request with the auth token exactly
+as Twilio does, follows the TwiML it gets back and records what the caller would hear.
+In-process through the WSGI app by default, or over HTTP against a running server.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+from twilio.request_validator import RequestValidator
+
+MAX_REQUESTS = 60
+
+
+class Transport(Protocol):
+    base_url: str
+
+    def post(self, path: str, params: dict[str, str], headers: dict[str, str]) -> tuple[int, str]:
+        ...
+
+
+class WsgiTransport:
+    """Requests straight into a Flask app, no network."""
+
+    base_url = "http://localhost"
+
+    def __init__(self, app):
+        self.client = app.test_client()
+
+    def post(self, path, params, headers):
+        response = self.client.post(path, data=params, headers=headers)
+        return response.status_code, response.get_data(as_text=True)
+
+
+class HttpTransport:
+    """Requests to a running server (``--url``)."""
+
+    def __init__(self, base_url: str, timeout: float = 15.0):
+        import requests
+
+        self.base_url = base_url.rstrip("/")
+        self.session = requests.Session()
+        self.timeout = timeout
+
+    def post(self, path, params, headers):
+        response = self.session.post(self.base_url + path, data=params, headers=headers,
+                                     timeout=self.timeout)
+        return response.status_code, response.text
+
+
+@dataclass
+class Event:
+    kind: str  # say, press, timeout, pause, play, route, hangup, http_error
+    text: str = ""
+    language: str | None = None
+    voice: str | None = None
+    step: str | None = None
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class CallResult:
+    call_sid: str
+    to: str
+    caller: str
+    outcome: str = "hangup"  # routed, transferred, hangup, abandoned, error
+    ticket: str | None = None
+    priority: int | None = None
+    route: dict = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    requests: int = 0
+
+    def said(self) -> list[str]:
+        return [e.text for e in self.events if e.kind == "say"]
+
+    def languages(self) -> set[str]:
+        return {e.language for e in self.events if e.kind == "say" and e.language}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=2)
+
+
+def new_call_sid() -> str:
+    return "CA" + secrets.token_hex(16)
+
+
+class Simulator:
+    def __init__(self, transport: Transport, auth_token: str, signing_base: str | None = None,
+                 account_sid: str = "AC" + "0" * 32):
+        self.transport = transport
+        self.validator = RequestValidator(auth_token or "unused")
+        self.signing_base = (signing_base or transport.base_url).rstrip("/")
+        self.account_sid = account_sid
+
+    # -- requests ----------------------------------------------------------------------
+
+    def post(self, path: str, params: dict[str, str]) -> tuple[int, str]:
+        url = self.signing_base + path
+        signature = self.validator.compute_signature(url, params)
+        return self.transport.post(path, params, {"X-Twilio-Signature": signature})
+
+    def _params(self, result: CallResult, status: str = "in-progress") -> dict[str, str]:
+        return {
+            "CallSid": result.call_sid,
+            "AccountSid": self.account_sid,
+            "From": result.caller,
+            "To": result.to,
+            "CallStatus": status,
+            "Direction": "inbound",
+            "ApiVersion": "2010-04-01",
+        }
+
+    # -- a call ------------------------------------------------------------------------
+
+    def call(self, to: str, caller: str, digits: list[str], call_sid: str | None = None) -> CallResult:
+        result = CallResult(call_sid or new_call_sid(), to, caller)
+        tokens = list(digits)
+        path, extra = "/voice", {}
+        while path is not None:
+            if result.requests >= MAX_REQUESTS:
+                result.outcome = "error"
+                result.events.append(Event("http_error", f"more than {MAX_REQUESTS} requests"))
+                break
+            result.requests += 1
+            status, body = self.post(path, {**self._params(result), **extra})
+            if status != 200:
+                result.outcome = "error"
+                result.events.append(Event("http_error", f"HTTP {status} from {path}"))
+                return result
+            path, extra = self._follow(ET.fromstring(body.encode("utf-8")), path, tokens, result)
+        self._status_callback(result)
+        return result
+
+    def _follow(self, root: ET.Element, current: str, tokens: list[str],
+                result: CallResult) -> tuple[str | None, dict[str, str]]:
+        """Play one TwiML document; the next request (path, extra parameters) or None."""
+        for verb in root:
+            tag = verb.tag
+            if tag == "Say":
+                self._say(verb, result)
+            elif tag == "Pause":
+                result.events.append(Event("pause", verb.get("length", "1")))
+            elif tag == "Play":
+                result.events.append(Event("play", (verb.text or "").strip()))
+            elif tag == "Gather":
+                for child in verb:
+                    if child.tag == "Say":
+                        self._say(child, result)
+                action = _path(verb.get("action") or current, current)
+                step = action.rsplit("/", 1)[-1]
+                if not tokens:
+                    result.outcome = "abandoned"
+                    result.events.append(Event("hangup", "caller hung up", step=step))
+                    return None, {}
+                token = tokens.pop(0)
+                if token in ("-", ""):
+                    result.events.append(Event("timeout", "no input", step=step))
+                    continue
+                keys = _keys(token, verb)
+                result.events.append(Event("press", token, step=step))
+                return action, {"Digits": keys}
+            elif tag == "Redirect":
+                return _path((verb.text or "").strip(), current), {}
+            elif tag in ("Enqueue", "Dial"):
+                self._routed(verb, current, result)
+                return None, {}
+            elif tag in ("Hangup", "Reject"):
+                result.outcome = "hangup"
+                result.events.append(Event("hangup", tag.lower()))
+                return None, {}
+            elif tag == "Leave":
+                result.events.append(Event("hangup", "left the queue"))
+                return None, {}
+        result.outcome = "hangup"
+        result.events.append(Event("hangup", "end of instructions"))
+        return None, {}
+
+    def _say(self, element: ET.Element, result: CallResult) -> None:
+        parts = [element.text or ""]
+        for child in element:
+            if child.tag == "say-as" and child.get("interpret-as") == "digits":
+                parts.append(" ".join(child.text or ""))
+            else:
+                parts.append(child.text or "")
+            parts.append(child.tail or "")
+        result.events.append(Event("say", "".join(parts).strip(), language=element.get("language"),
+                                   voice=element.get("voice")))
+
+    def _routed(self, verb: ET.Element, current: str, result: CallResult) -> None:
+        action = verb.get("action")
+        query = parse_qs(urlsplit(action).query) if action else {}
+        route: dict = {"verb": verb.tag}
+        if verb.tag == "Enqueue":
+            task = verb.find("Task")
+            if verb.get("workflowSid"):
+                route["workflow_sid"] = verb.get("workflowSid")
+            if task is not None:
+                attributes = json.loads(task.text or "{}")
+                route["task"] = attributes
+                query.setdefault("ticket", [attributes.get("ticket")])
+                query.setdefault("priority", [str(attributes.get("priority"))])
+            route["queue"] = (verb.text or "").strip() or None
+        else:
+            route["targets"] = [(child.text or "").strip() for child in verb]
+        result.route = route
+        result.ticket = (query.get("ticket") or [None])[0]
+        priority = (query.get("priority") or [None])[0]
+        result.priority = int(priority) if priority and priority.isdigit() else None
+        result.outcome = "routed" if result.ticket else "transferred"
+        result.events.append(Event("route", verb.tag, detail=dict(route, ticket=result.ticket)))
+
+    def _status_callback(self, result: CallResult) -> None:
+        params = self._params(result, "completed")
+        params["CallDuration"] = str(max(1, len(result.events) * 3))
+        self.post("/voice/status", params)
+        result.requests += 1
+
+
+def _path(url: str, current: str) -> str:
+    """A TwiML URL as a path on the app (absolute URLs keep only path and query)."""
+    joined = urljoin("http://app" + current, url)
+    parts = urlsplit(joined)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def _keys(token: str, gather: ET.Element) -> str:
+    """What Twilio posts as Digits: the keys before finishOnKey, at most numDigits."""
+    finish = gather.get("finishOnKey", "#")
+    keys = token
+    if finish and finish in keys:
+        keys = keys.split(finish, 1)[0]
+    count = gather.get("numDigits")
+    if count and count.isdigit():
+        keys = keys[: int(count)]
+    return keys
+
+
+def transcript(result: CallResult) -> str:
+    lines = [f"Call {result.call_sid} to {result.to} from {result.caller}"]
+    for event in result.events:
+        if event.kind == "say":
+            lines.append(f"  [{event.language} {event.voice}] {event.text}")
+        elif event.kind == "press":
+            lines.append(f"  caller presses {event.text} at {event.step}")
+        elif event.kind == "timeout":
+            lines.append(f"  caller presses nothing at {event.step} (prompt times out)")
+        elif event.kind == "route":
+            target = event.detail.get("queue") or event.detail.get("workflow_sid") or \
+                ", ".join(event.detail.get("targets", []))
+            lines.append(f"  -> {event.text} {target}")
+        elif event.kind in ("pause", "play"):
+            lines.append(f"  ({event.kind} {event.text})")
+        else:
+            lines.append(f"  ({event.text})")
+    summary = f"Outcome: {result.outcome}"
+    if result.ticket:
+        summary += f"; ticket {result.ticket}, priority {result.priority}"
+    lines.append(summary)
+    return "\n".join(lines)

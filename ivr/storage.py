@@ -1,0 +1,321 @@
+"""Storage: engine, transactions, migrations and the repositories of calls, tickets,
+accounts and the SMS outbox. All SQL of the service lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import secrets
+from pathlib import Path
+from typing import Iterator
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from .flow import Caller, CallState, Outcome, Step, TicketInfo
+from .models import Account, Call, OutboxMessage, Ticket
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Storage:
+    """One engine per process; sessions are short and each is one transaction."""
+
+    def __init__(self, url: str, *, echo: bool = False):
+        self.url = make_url(url)
+        self.engine = _create_engine(self.url, echo=echo)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Session]:
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def upgrade(self) -> None:
+        """Create or upgrade the schema to the newest migration (idempotent)."""
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "head")
+
+    def insert(self, table):
+        """An INSERT that can say ON CONFLICT DO NOTHING on this database."""
+        return (pg_insert if self.dialect == "postgresql" else sqlite_insert)(table)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _create_engine(url, echo: bool) -> Engine:
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    database = url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_connect(dbapi_connection, _record):
+        # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE itself: write transactions
+        # take the lock up front instead of failing to upgrade a read lock later.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+# -- calls -------------------------------------------------------------------------------
+
+
+class CallRepository:
+    def __init__(self, storage: Storage, session: Session):
+        self.storage = storage
+        self.session = session
+
+    def get(self, call_sid: str, *, for_update: bool = True) -> Call | None:
+        query = select(Call).where(Call.call_sid == call_sid)
+        if for_update and self.storage.dialect == "postgresql":
+            query = query.with_for_update()
+        return self.session.scalars(query).first()
+
+    def start(self, *, call_sid: str, account_sid: str | None, dialed_number: str, region: str,
+              language: str, caller_number: str, can_text: bool, now: dt.datetime) -> Call:
+        """The call's record, created by the first webhook that sees it."""
+        self.session.execute(
+            self.storage.insert(Call)
+            .values(
+                call_sid=call_sid, account_sid=account_sid, dialed_number=dialed_number,
+                region=region, language=language, caller_number=caller_number,
+                can_text=can_text, step=Step.MENU.value, english=False, attempts=0,
+                auth_failures=0, steps_reached="", started_at=now, updated_at=now,
+            )
+            .on_conflict_do_nothing()
+        )
+        call = self.get(call_sid)
+        assert call is not None
+        return call
+
+    @staticmethod
+    def state(call: Call, ticket: Ticket | None) -> CallState:
+        caller = None
+        if call.account_id is not None:
+            caller = Caller(call.account_id, call.user_email or "", call.plan or "", call.role or "")
+        return CallState(
+            call_sid=call.call_sid,
+            can_text=call.can_text,
+            step=Step(call.step),
+            english=call.english,
+            attempts=call.attempts,
+            auth_failures=call.auth_failures,
+            pmi=call.pending_pmi,
+            caller=caller,
+            outcome=Outcome(call.outcome) if call.outcome else None,
+            ticket=ticket_info(ticket) if ticket is not None else None,
+            transfer_to=call.transfer_to,
+            steps_reached=[s for s in call.steps_reached.split(",") if s],
+        )
+
+    @staticmethod
+    def save(call: Call, state: CallState, now: dt.datetime) -> None:
+        call.step = state.step.value
+        call.english = state.english
+        call.attempts = state.attempts
+        call.auth_failures = state.auth_failures
+        call.pending_pmi = state.pmi
+        if state.caller is not None:
+            call.account_id = state.caller.account_id
+            call.user_email = state.caller.user_email
+            call.plan = state.caller.plan
+            call.role = state.caller.role
+        if state.outcome is not None and call.outcome in (None, Outcome.ABANDONED.value):
+            call.outcome = state.outcome.value
+            call.abandoned_at_step = None
+        call.transfer_to = state.transfer_to
+        call.steps_reached = ",".join(state.steps_reached)[:255]
+        call.updated_at = now
+
+    def record_status(self, call_sid: str, status: str, duration: int | None,
+                      now: dt.datetime) -> Call | None:
+        call = self.get(call_sid)
+        if call is None:
+            return None
+        call.twilio_status = status
+        if duration is not None:
+            call.duration_seconds = duration
+        if status in FINAL_STATUSES:
+            call.ended_at = call.ended_at or now
+            if call.outcome is None:
+                call.outcome = Outcome.ABANDONED.value
+                call.abandoned_at_step = call.step
+        call.updated_at = now
+        return call
+
+    def record_queue_result(self, call_sid: str, result: str, seconds: int | None,
+                            now: dt.datetime) -> Call | None:
+        call = self.get(call_sid)
+        if call is None:
+            return None
+        call.queue_result = result
+        call.queue_seconds = seconds
+        call.updated_at = now
+        return call
+
+    def list(self, limit: int = 100) -> list[Call]:
+        return list(self.session.scalars(select(Call).order_by(Call.started_at.desc()).limit(limit)))
+
+
+FINAL_STATUSES = ("completed", "busy", "failed", "no-answer", "canceled")
+
+
+# -- tickets -----------------------------------------------------------------------------
+
+
+class TicketRepository:
+    def __init__(self, storage: Storage, session: Session):
+        self.storage = storage
+        self.session = session
+
+    def for_call(self, call_sid: str) -> Ticket | None:
+        return self.session.scalars(select(Ticket).where(Ticket.call_sid == call_sid)).first()
+
+    def open(self, *, call_sid: str, caller: Caller, priority: int, target_minutes: int,
+             region: str, now: dt.datetime) -> Ticket:
+        """This call's ticket: created once, returned as it is on every later request."""
+        for _ in range(20):
+            existing = self.for_call(call_sid)
+            if existing is not None:
+                return existing
+            self.session.execute(
+                self.storage.insert(Ticket)
+                .values(
+                    number=new_ticket_number(), call_sid=call_sid, account_id=caller.account_id,
+                    user_email=caller.user_email, priority=priority,
+                    target_response_minutes=target_minutes, region=region, status="open",
+                    created_at=now,
+                )
+                .on_conflict_do_nothing()
+            )
+        raise RuntimeError("could not allocate a unique ticket number")
+
+    def acknowledge(self, ticket: Ticket, now: dt.datetime) -> None:
+        if ticket.acknowledged_at is None:
+            self.session.execute(
+                update(Ticket)
+                .where(Ticket.id == ticket.id, Ticket.acknowledged_at.is_(None))
+                .values(acknowledged_at=now)
+            )
+            self.session.refresh(ticket)
+
+    def list(self, limit: int | None = None) -> list[Ticket]:
+        query = select(Ticket).order_by(Ticket.created_at.desc(), Ticket.id.desc())
+        if limit:
+            query = query.limit(limit)
+        return list(self.session.scalars(query))
+
+    def count(self) -> int:
+        return self.session.scalar(select(func.count()).select_from(Ticket)) or 0
+
+
+def new_ticket_number() -> str:
+    """Eight digits, never starting with 0, so it reads back the same way it is written."""
+    return str(10_000_000 + secrets.randbelow(90_000_000))
+
+
+def ticket_info(ticket: Ticket) -> TicketInfo:
+    return TicketInfo(ticket.number, ticket.priority, ticket.target_response_minutes)
+
+
+# -- accounts ----------------------------------------------------------------------------
+
+
+class AccountRepository:
+    def __init__(self, session: Session):
+        self.session = session
+
+    def by_pmi(self, pmi: str) -> Account | None:
+        return self.session.scalars(select(Account).where(Account.pmi == pmi)).first()
+
+    def by_emails(self, emails: list[str]) -> dict[str, Account]:
+        found = self.session.scalars(select(Account).where(Account.user_email.in_(emails)))
+        return {account.user_email: account for account in found}
+
+    def by_pmis(self, pmis: list[str]) -> dict[str, Account]:
+        found = self.session.scalars(select(Account).where(Account.pmi.in_(pmis)))
+        return {account.pmi: account for account in found}
+
+    def add(self, account: Account) -> None:
+        self.session.add(account)
+
+    def count(self) -> int:
+        return self.session.scalar(select(func.count()).select_from(Account)) or 0
+
+
+# -- outbox ------------------------------------------------------------------------------
+
+
+class OutboxRepository:
+    def __init__(self, storage: Storage, session: Session):
+        self.storage = storage
+        self.session = session
+
+    def queue(self, *, call_sid: str, template: str, to_number: str, body: str,
+              now: dt.datetime) -> None:
+        """Queue a message once per call and template, however often it is asked for."""
+        self.session.execute(
+            self.storage.insert(OutboxMessage)
+            .values(call_sid=call_sid, template=template, to_number=to_number, body=body,
+                    status="pending", attempts=0, created_at=now)
+            .on_conflict_do_nothing()
+        )
+
+    def pending(self, limit: int) -> list[OutboxMessage]:
+        query = (
+            select(OutboxMessage)
+            .where(OutboxMessage.status == "pending")
+            .order_by(OutboxMessage.id)
+            .limit(limit)
+        )
+        if self.storage.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        return list(self.session.scalars(query))
+
+    def for_call(self, call_sid: str) -> list[OutboxMessage]:
+        return list(self.session.scalars(
+            select(OutboxMessage).where(OutboxMessage.call_sid == call_sid).order_by(OutboxMessage.id)
+        ))
+
+    def depth(self) -> int:
+        return self.session.scalar(
+            select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status == "pending")
+        ) or 0

@@ -1,0 +1,136 @@
+"""TwiML: the flow's replies turned into Twilio voice instructions.
+
+The only module that builds TwiML, always through ``twilio.twiml.voice_response``.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlencode
+
+from twilio.twiml.voice_response import Dial, Enqueue, Gather, VoiceResponse
+
+from .config import DialRoute, EnqueueRoute, IvrConfig, Line, TaskRouterRoute, Voice
+from .flow import Reply, Say, Step, TicketInfo
+from .prompts import Catalogue, Digits
+
+# Paths of the flow's action URLs, by step. The views serve exactly these.
+STEP_PATHS = {
+    Step.MENU: "/voice/menu",
+    Step.PMI: "/voice/pmi",
+    Step.HOST_KEY: "/voice/host-key",
+    Step.PRIORITY: "/voice/priority",
+}
+QUEUE_RESULT_PATH = "/voice/queue-result"
+
+
+class Renderer:
+    def __init__(self, config: IvrConfig, catalogues: dict[str, Catalogue]):
+        self.config = config
+        self.catalogues = catalogues
+
+    # -- voices ------------------------------------------------------------------------
+
+    def voices(self, line: Line | None) -> tuple[Voice, Voice]:
+        """The line's own voice and its English voice (the same when it has none)."""
+        own = line.speech if line is not None else self.config.service.speech
+        english = line.english if line is not None and line.english is not None else own
+        return own, english
+
+    def _say(self, parent, item: Say, voice: Voice) -> None:
+        catalogue = self.catalogues[voice.catalogue_name]
+        element = parent.say(language=voice.language, voice=voice.voice)
+        for segment in catalogue.segments(item.key, item.kwargs):
+            if isinstance(segment, Digits):
+                element.say_as(segment.digits, interpret_as="digits")
+            else:
+                element.append(segment.text)
+
+    def _speak(self, parent, reply: Reply, line: Line | None) -> None:
+        own, english = self.voices(line)
+        for item in reply.speech:
+            voice = english if (reply.english or item.in_english) else own
+            self._say(parent, item, voice)
+
+    # -- replies -----------------------------------------------------------------------
+
+    def reply(self, reply: Reply, line: Line | None) -> str:
+        response = VoiceResponse()
+        if reply.ask is not None:
+            ask = reply.ask
+            action = STEP_PATHS[ask.step]
+            gather = Gather(
+                input="dtmf",
+                action=action,
+                method="POST",
+                timeout=ask.timeout_seconds,
+                finish_on_key="" if ask.single_key else "#",
+                num_digits=1 if ask.single_key else None,
+            )
+            self._speak(gather, reply, line)
+            response.append(gather)
+            # Reached only when the caller pressed nothing: the same action, without Digits.
+            response.redirect(action, method="POST")
+            return str(response)
+        self._speak(response, reply, line)
+        if reply.route is not None:
+            self._route(response, reply.route, line)
+        elif reply.transfer_to is not None:
+            dial = Dial(action=QUEUE_RESULT_PATH, method="POST")
+            _dial_target(dial, reply.transfer_to)
+            response.append(dial)
+        else:
+            response.hangup()
+        return str(response)
+
+    def _route(self, response: VoiceResponse, ticket: TicketInfo, line: Line | None) -> None:
+        route = self.config.route_for(line)
+        region = line.region if line is not None else "unknown"
+        action = f"{QUEUE_RESULT_PATH}?{urlencode({'ticket': ticket.number, 'priority': ticket.priority})}"
+        if isinstance(route, EnqueueRoute):
+            response.append(Enqueue(route.queue.format(priority=ticket.priority), action=action,
+                                    method="POST"))
+        elif isinstance(route, TaskRouterRoute):
+            enqueue = Enqueue(workflow_sid=route.workflow_sid, action=action, method="POST")
+            attributes = {"ticket": ticket.number, "priority": ticket.priority, "region": region,
+                          "target_response_minutes": ticket.target_response_minutes}
+            # TaskRouter serves higher numbers first; priority 1 is the most urgent.
+            enqueue.task(json.dumps(attributes, sort_keys=True), priority=5 - ticket.priority)
+            response.append(enqueue)
+        elif isinstance(route, DialRoute):
+            dial = Dial(action=action, method="POST", timeout=route.timeout_seconds)
+            _dial_target(dial, route.target)
+            response.append(dial)
+
+    def after_queue(self, line: Line | None, ticket_number: str | None, served: bool,
+                    english: bool) -> str:
+        """What a caller hears when the queue or desk could not take the call."""
+        response = VoiceResponse()
+        if not served and ticket_number:
+            reply = Reply((Say("queue_unavailable", (("ticket", ticket_number),)),), english=english)
+            self._speak(response, reply, line)
+        response.hangup()
+        return str(response)
+
+    def fallback(self, line: Line | None) -> str:
+        """Twilio's fallback: an apology and the default queue, without the database."""
+        response = VoiceResponse()
+        self._speak(response, Reply((Say("fallback"),)), line)
+        response.enqueue(self.config.service.fallback_queue)
+        return str(response)
+
+    def hangup(self) -> str:
+        response = VoiceResponse()
+        response.hangup()
+        return str(response)
+
+    def empty(self) -> str:
+        return str(VoiceResponse())
+
+
+def _dial_target(dial: Dial, target: str) -> None:
+    if target.startswith("sip:"):
+        dial.sip(target)
+    else:
+        dial.number(target)
+

@@ -1,0 +1,115 @@
+"""HTTP: Twilio's voice webhooks and the health check. Thin: parse, call the service, render."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from flask import Blueprint, Response, abort, current_app, jsonify, request
+from sqlalchemy import text
+from twilio.request_validator import RequestValidator
+
+
+from .twiml import STEP_PATHS
+
+log = logging.getLogger("ivr.http")
+
+voice = Blueprint("voice", __name__, url_prefix="/voice")
+health = Blueprint("health", __name__)
+
+STEPS_BY_PATH = {path.rsplit("/", 1)[1]: step for step, path in STEP_PATHS.items()}
+
+
+def ivr():
+    return current_app.extensions["ivr"]
+
+
+def twiml(body: str) -> Response:
+    return Response(body, mimetype="text/xml")
+
+
+def signed_url() -> str:
+    """The URL Twilio signed: IVR_PUBLIC_URL and the path when set, else the request's own."""
+    public = ivr().settings.public_url
+    if not public:
+        return request.url
+    query = request.query_string.decode("latin-1")
+    return f"{public}{request.path}" + (f"?{query}" if query else "")
+
+
+def twilio_signed(view):
+    """Refuse (403, nothing changed) a request whose X-Twilio-Signature does not match."""
+
+    @functools.wraps(view)
+    def checked(*args, **kwargs):
+        settings = ivr().settings
+        if settings.validate_signatures:
+            signature = request.headers.get("X-Twilio-Signature", "")
+            validator = RequestValidator(settings.twilio_auth_token)
+            if not signature or not validator.validate(signed_url(), request.form, signature):
+                log.warning("refused %s: missing or invalid X-Twilio-Signature", request.path)
+                abort(403, description="The X-Twilio-Signature header is missing or does not "
+                                       "match this request.")
+        return view(*args, **kwargs)
+
+    return checked
+
+
+@voice.post("")
+@twilio_signed
+def incoming():
+    return twiml(ivr().service.incoming(request.form))
+
+
+@voice.post("/<name>")
+@twilio_signed
+def gather(name: str):
+    step = STEPS_BY_PATH.get(name)
+    if step is None:
+        abort(404, description=f"/voice/{name} is not a step of this service.")
+    return twiml(ivr().service.gather(step.value, request.form))
+
+
+@voice.post("/status")
+@twilio_signed
+def status():
+    ivr().service.status(request.form)
+    return twiml(ivr().renderer.empty())
+
+
+@voice.post("/queue-result")
+@twilio_signed
+def queue_result():
+    return twiml(ivr().service.queue_result(request.form, request.args.get("ticket")))
+
+
+@voice.post("/fallback")
+@twilio_signed
+def fallback():
+    return twiml(ivr().service.fallback(request.form))
+
+
+@voice.errorhandler(Exception)
+def voice_error(error):
+    """An unexpected failure still answers the caller: an apology and the default queue."""
+    from werkzeug.exceptions import HTTPException
+
+    if isinstance(error, HTTPException):
+        return error
+    log.exception("webhook %s failed; caller sent to the fallback queue", request.path)
+    return twiml(ivr().service.fallback(request.form))
+
+
+@health.get("/healthz")
+def healthz():
+    try:
+        with ivr().storage.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        database = "ok"
+    except Exception as exc:  # reported, not raised: this is the health check
+        database = f"unreachable: {type(exc).__name__}"
+    status = 200 if database == "ok" else 503
+    return jsonify(status="ok" if status == 200 else "degraded", database=database), status
+
+
+

@@ -1,0 +1,263 @@
+"""The voice webhooks through Flask and the database; every TwiML answer is parsed."""
+
+import logging
+
+import pytest
+from sqlalchemy import func, select
+
+from ivr.config import Settings
+from ivr.models import Call, OutboxMessage, Ticket
+
+from ..support import (
+    BUSINESS_OWNER, CALLER, PRO_OWNER, TOKEN, US_LINE, TwilioClient, spoken, twiml,
+)
+
+
+def count(ivr, model):
+    with ivr.storage.transaction() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def call_row(ivr, sid):
+    with ivr.storage.transaction() as session:
+        return session.get(Call, sid)
+
+
+def press(twilio, sid, path, digits=None, to=US_LINE, caller=CALLER):
+    params = twilio.call_params(sid, to=to, caller=caller)
+    if digits is not None:
+        params["Digits"] = digits
+    return twilio.post(path, **params)
+
+
+def to_priority(twilio, sid, pmi_key=BUSINESS_OWNER):
+    twiml(press(twilio, sid, "/voice"))
+    twiml(press(twilio, sid, "/voice/menu", "2"))
+    twiml(press(twilio, sid, "/voice/pmi", pmi_key[0]))
+    return twiml(press(twilio, sid, "/voice/host-key", pmi_key[1]))
+
+
+def test_an_incoming_call_gets_a_menu_gather_in_the_line_language_then_a_redirect(twilio, call_sid):
+    root = twiml(press(twilio, call_sid, "/voice", to="+33800946464"))
+    gather, redirect = list(root)
+    assert gather.tag == "Gather" and gather.get("action") == "/voice/menu"
+    assert gather.get("numDigits") == "1"
+    languages = [say.get("language") for say in gather.iter("Say")]
+    assert languages.count("fr-FR") == len(languages) - 1 and "en-GB" in languages
+    assert redirect.tag == "Redirect" and redirect.text == "/voice/menu"
+
+
+def test_digit_prompts_finish_on_hash(twilio, call_sid):
+    twiml(press(twilio, call_sid, "/voice"))
+    root = twiml(press(twilio, call_sid, "/voice/menu", "2"))
+    gather = root.find("Gather")
+    assert gather.get("finishOnKey") == "#" and gather.get("numDigits") is None
+    assert gather.get("action") == "/voice/pmi"
+
+
+def test_an_eligible_owner_is_enqueued_with_the_ticket_read_back_digit_by_digit(twilio, call_sid, ivr):
+    to_priority(twilio, call_sid)
+    root = twiml(press(twilio, call_sid, "/voice/priority", "3"))
+    with ivr.storage.transaction() as session:
+        ticket = session.scalars(select(Ticket)).one()
+    digits = [e.text for e in root.iter("say-as") if e.get("interpret-as") == "digits"]
+    assert digits == [ticket.number, ticket.number]
+    enqueue = root.find("Enqueue")
+    assert enqueue.text == "support-us"
+    assert enqueue.get("action") == f"/voice/queue-result?ticket={ticket.number}&priority=3"
+    assert ticket.priority == 3 and ticket.target_response_minutes == 1440
+    assert ticket.acknowledged_at is not None and ticket.acknowledged_at >= ticket.created_at
+    assert ticket.account_id == "demo-business" and ticket.region == "United States"
+
+
+def test_the_same_gather_action_posted_twice_yields_one_ticket_and_the_same_answer(twilio, call_sid, ivr):
+    to_priority(twilio, call_sid)
+    first = press(twilio, call_sid, "/voice/priority", "1")
+    second = press(twilio, call_sid, "/voice/priority", "1")
+    assert first.get_data() == second.get_data()
+    assert count(ivr, Ticket) == 1
+    assert count(ivr, OutboxMessage) == 1
+
+
+def test_unknown_pmi_and_wrong_host_key_produce_byte_identical_twiml(twilio):
+    answers = []
+    for sid, pmi, key in (("CA" + "1" * 32, "5559999999", "740193"),
+                          ("CA" + "2" * 32, BUSINESS_OWNER[0], "740193")):
+        twiml(press(twilio, sid, "/voice"))
+        twiml(press(twilio, sid, "/voice/menu", "2"))
+        twiml(press(twilio, sid, "/voice/pmi", pmi))
+        answers.append(press(twilio, sid, "/voice/host-key", key).get_data())
+    assert answers[0] == answers[1]
+
+
+def test_three_failed_verifications_hang_up(twilio, call_sid, ivr):
+    twiml(press(twilio, call_sid, "/voice"))
+    twiml(press(twilio, call_sid, "/voice/menu", "2"))
+    for _ in range(3):
+        twiml(press(twilio, call_sid, "/voice/pmi", "5559999999"))
+        root = twiml(press(twilio, call_sid, "/voice/host-key", "740193"))
+    assert root[-1].tag == "Hangup"
+    assert call_row(ivr, call_sid).outcome == "failed_auth"
+
+
+@pytest.mark.parametrize("path, before", [
+    ("/voice/menu", []),
+    ("/voice/pmi", [("/voice/menu", "2")]),
+    ("/voice/host-key", [("/voice/menu", "2"), ("/voice/pmi", BUSINESS_OWNER[0])]),
+    ("/voice/priority", [("/voice/menu", "2"), ("/voice/pmi", BUSINESS_OWNER[0]),
+                         ("/voice/host-key", BUSINESS_OWNER[1])]),
+])
+@pytest.mark.parametrize("bad", [None, "", "*#*#", "x" * 500, "١٢٣٤٥٦٧٨٩٠"])
+def test_no_or_invalid_input_at_every_prompt_reprompts_then_ends_politely(twilio, call_sid, ivr,
+                                                                         path, before, bad):
+    twiml(press(twilio, call_sid, "/voice"))
+    for step, digits in before:
+        twiml(press(twilio, call_sid, step, digits))
+    for _ in range(2):
+        root = twiml(press(twilio, call_sid, path, bad))
+        assert root.find("Gather").get("action") == path
+    root = twiml(press(twilio, call_sid, path, bad))
+    assert root[-1].tag == "Hangup" and root.find("Gather") is None
+    assert call_row(ivr, call_sid).outcome == "no_input"
+
+
+def test_a_missing_signature_is_refused_and_writes_nothing(app, ivr, call_sid):
+    response = TwilioClient(app).post("/voice", signed=False, CallSid=call_sid, To=US_LINE)
+    assert response.status_code == 403
+    assert count(ivr, Call) == 0
+
+
+@pytest.mark.parametrize("path", ["/voice", "/voice/menu", "/voice/status", "/voice/fallback",
+                                  "/voice/queue-result"])
+def test_a_forged_signature_is_refused_on_every_voice_endpoint(app, ivr, call_sid, path):
+    forger = TwilioClient(app, token="not-the-auth-token")
+    response = forger.post(path, **forger.call_params(call_sid), Digits="2")
+    assert response.status_code == 403
+    assert count(ivr, Call) == 0
+
+
+def test_a_signature_over_other_parameters_is_refused(twilio, call_sid, ivr):
+    params = twilio.call_params(call_sid)
+    signature = twilio.validator.compute_signature("http://localhost/voice", params)
+    response = twilio.post("/voice", signature=signature, **{**params, "To": "+33800946464"})
+    assert response.status_code == 403
+
+
+@pytest.fixture
+def proxied_app(settings, clock):
+    from ivr import create_app
+
+    app = create_app(Settings.model_validate({**settings.model_dump(), "public_url": "https://ivr.example.com/"}),
+                     clock=clock)
+    app.extensions["ivr"].storage.upgrade()
+    return app
+
+
+def test_behind_a_proxy_a_request_signed_for_the_public_url_passes(proxied_app, call_sid):
+    public = TwilioClient(proxied_app, base="https://ivr.example.com")
+    assert public.post("/voice", **public.call_params(call_sid)).status_code == 200
+    local = TwilioClient(proxied_app)
+    assert local.post("/voice", **local.call_params(call_sid)).status_code == 403
+
+
+def test_a_call_ended_before_routing_is_abandoned_at_the_step_it_reached(twilio, call_sid, ivr):
+    twiml(press(twilio, call_sid, "/voice"))
+    twiml(press(twilio, call_sid, "/voice/menu", "2"))
+    twilio.post("/voice/status", **{**twilio.call_params(call_sid), "CallStatus": "completed",
+                                    "CallDuration": "17"})
+    call = call_row(ivr, call_sid)
+    assert (call.outcome, call.abandoned_at_step, call.duration_seconds) == ("abandoned", "pmi", 17)
+    assert call.twilio_status == "completed" and call.ended_at is not None
+
+
+def test_a_routed_call_keeps_its_outcome_and_ticket_when_it_ends(twilio, call_sid, ivr):
+    to_priority(twilio, call_sid)
+    twiml(press(twilio, call_sid, "/voice/priority", "2"))
+    twilio.post("/voice/status", **{**twilio.call_params(call_sid), "CallStatus": "completed",
+                                    "CallDuration": "300"})
+    assert call_row(ivr, call_sid).outcome == "routed"
+    assert count(ivr, Ticket) == 1
+
+
+def test_the_caller_number_is_stored_in_full_and_logged_as_its_last_four_digits(twilio, call_sid,
+                                                                                ivr, caplog):
+    caplog.set_level(logging.INFO, logger="ivr")
+    twiml(press(twilio, call_sid, "/voice", caller="+819012345678"))
+    assert call_row(ivr, call_sid).caller_number == "+819012345678"
+    assert "…5678" in caplog.text and "9012345678" not in caplog.text
+
+
+def test_a_call_to_an_unconfigured_number_is_answered_in_the_default_language_and_logged(
+        twilio, call_sid, ivr, caplog):
+    caplog.set_level(logging.INFO, logger="ivr")
+    root = twiml(press(twilio, call_sid, "/voice", to="+15005550006"))
+    assert {say.get("language") for say in root.iter("Say")} == {"en-US"}
+    assert "unconfigured number …0006" in caplog.text
+    assert call_row(ivr, call_sid).region == "unknown"
+
+
+def test_pro_owner_hears_the_web_ticket_guidance_and_gets_the_link_by_sms(twilio, call_sid, ivr):
+    root = to_priority(twilio, call_sid, PRO_OWNER)
+    assert root[-1].tag == "Hangup" and root.find("Gather") is None
+    with ivr.storage.transaction() as session:
+        (message,) = session.scalars(select(OutboxMessage)).all()
+    assert message.template == "sms_web" and message.to_number == CALLER
+    assert ivr.config.links.web_ticket in message.body and message.status == "pending"
+    assert count(ivr, Ticket) == 0
+
+
+def test_a_missing_call_sid_ends_politely_without_writing(twilio, ivr):
+    root = twiml(twilio.post("/voice", To=US_LINE))
+    assert [e.tag for e in root] == ["Hangup"]
+    assert count(ivr, Call) == 0
+
+
+def test_an_unknown_step_is_a_404_with_a_clear_message(twilio, call_sid):
+    response = twilio.post("/voice/nonsense", **twilio.call_params(call_sid))
+    assert response.status_code == 404
+    assert b"not a step of this service" in response.get_data()
+
+
+def test_a_step_posted_out_of_order_asks_again_for_the_current_step(twilio, call_sid, ivr):
+    twiml(press(twilio, call_sid, "/voice"))
+    root = twiml(press(twilio, call_sid, "/voice/priority", "1"))
+    assert root.find("Gather").get("action") == "/voice/menu"
+    assert count(ivr, Ticket) == 0
+
+
+def test_the_fallback_answers_without_the_database(settings, clock):
+    from ivr import create_app
+
+    dead = settings.model_copy(update={"database_url": "postgresql+psycopg://127.0.0.1:1/none"})
+    app = create_app(dead, clock=clock)
+    twilio = TwilioClient(app)
+    root = twiml(twilio.post("/voice/fallback", **twilio.call_params("CA" + "3" * 32,
+                                                                   to="+81531320070")))
+    assert [e.tag for e in root] == ["Say", "Enqueue"]
+    assert root[0].get("language") == "ja-JP" and root[1].text == "support"
+
+
+def test_a_webhook_that_fails_unexpectedly_still_routes_the_caller(settings, clock, call_sid):
+    from ivr import create_app
+
+    dead = settings.model_copy(update={"database_url": "postgresql+psycopg://127.0.0.1:1/none"})
+    twilio = TwilioClient(create_app(dead, clock=clock))
+    root = twiml(twilio.post("/voice", **twilio.call_params(call_sid)))
+    assert [e.tag for e in root] == ["Say", "Enqueue"]
+
+
+def test_healthz_reports_the_database(app):
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 200 and response.get_json()["database"] == "ok"
+
+
+def test_queue_full_tells_the_caller_the_ticket_is_kept(twilio, call_sid, ivr):
+    to_priority(twilio, call_sid)
+    twiml(press(twilio, call_sid, "/voice/priority", "1"))
+    with ivr.storage.transaction() as session:
+        number = session.scalars(select(Ticket.number)).one()
+    params = {**twilio.call_params(call_sid), "QueueResult": "queue-full", "QueueTime": "0"}
+    root = twiml(twilio.post(f"/voice/queue-result?ticket={number}&priority=1", **params))
+    assert number in "".join(spoken(root)).replace(" ", "")
+    assert root[-1].tag == "Hangup"
+    assert call_row(ivr, call_sid).queue_result == "queue-full"

@@ -1,0 +1,72 @@
+"""Helpers shared by the tests: demo callers, a Twilio-signing client, TwiML parsing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from twilio.request_validator import RequestValidator
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "config" / "ivr.toml"
+DEMO_ACCOUNTS = ROOT / "config" / "demo-accounts.csv"
+TOKEN = "test-auth-token-0123456789abcdef"
+CALLER = "+14155550100"  # a US number that can receive text messages
+US_LINE = "+18887999666"
+
+# From the demo directory (config/demo-accounts.csv).
+BUSINESS_OWNER = ("5550100201", "9164023")
+PRO_OWNER = ("5550100101", "3917462")
+FREE_OWNER = ("5550100001", "482913")
+BUSINESS_MEMBER = ("5550100221", "8539201")
+
+
+class Clock:
+    """A clock the tests move by hand."""
+
+    def __init__(self, now: dt.datetime):
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, **delta) -> None:
+        self.now += dt.timedelta(**delta)
+
+
+class TwilioClient:
+    """Posts webhooks signed exactly as Twilio signs them."""
+
+    def __init__(self, app, token: str = TOKEN, base: str = "http://localhost"):
+        self.client = app.test_client()
+        self.validator = RequestValidator(token)
+        self.base = base
+
+    def post(self, path: str, signed: bool = True, signature: str | None = None, **params):
+        headers = {}
+        if signed:
+            headers["X-Twilio-Signature"] = signature or self.validator.compute_signature(
+                self.base + path, params)
+        return self.client.post(path, data=params, headers=headers)
+
+    def call_params(self, call_sid: str, to: str = US_LINE, caller: str = CALLER) -> dict:
+        return {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": caller, "To": to,
+                "CallStatus": "in-progress", "Direction": "inbound", "ApiVersion": "2010-04-01"}
+
+
+def twiml(response) -> ET.Element:
+    """The response's TwiML, parsed; fails the test if it is not a TwiML document."""
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.mimetype == "text/xml"
+    root = ET.fromstring(response.get_data())
+    assert root.tag == "Response"
+    return root
+
+
+def spoken(root: ET.Element) -> list[str]:
+    """Every <Say> text in document order, digits read back joined."""
+    out = []
+    for say in root.iter("Say"):
+        out.append("".join(say.itertext()).strip())
+    return out

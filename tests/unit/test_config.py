@@ -1,0 +1,160 @@
+"""The TOML configuration and the prompt catalogues, validated at start."""
+
+import pytest
+
+from ivr.config import ConfigError, Settings, load_config
+from ivr.prompts import CatalogueError, Digits, Text, load_catalogues
+
+from ..support import CONFIG
+
+PUBLISHED = {
+    "+1.888.799.9666": "+18887999666",
+    "+61.1800.768.027": "+611800768027",
+    "+33.800.94.64.64": "+33800946464",
+    "+91.800.050.2040": "+918000502040",
+    "+81.053.132.0070": "+81531320070",
+    "+64.800.475.039": "+64800475039",
+    "+65.800.321.1249": "+658003211249",
+    "+44.800.368.7314": "+448003687314",
+    "+44.20.7039.8961": "+442070398961",
+}
+
+
+def test_the_nine_published_numbers_are_configured_and_normalised_to_e164(config):
+    assert [line.number for line in config.lines] == list(PUBLISHED.values())
+
+
+def test_a_line_is_found_from_any_common_notation_of_its_number(config):
+    assert config.line_for("+81 53-132-0070").region == "Japan"
+    assert config.line_for("+44 20 7039 8961").region == "United Kingdom"
+    assert config.line_for("+15005550006") is None
+    assert config.line_for("garbage") is None
+
+
+def test_japan_is_spoken_with_a_japanese_polly_or_google_voice(config):
+    line = config.line_for("+81531320070")
+    assert line.language == "ja-JP" and line.voice.split(".")[0] in ("Polly", "Google")
+
+
+def test_the_channel_policy_matches_the_support_policy(config):
+    policy = config.policy
+    for plan in ("business", "education", "enterprise", "api"):
+        for role in ("owner", "admin"):
+            assert policy.channel_for(plan, role) == "phone"
+        assert policy.channel_for(plan, "member") == "self_service"
+    assert policy.channel_for("pro", "owner") == policy.channel_for("pro", "admin") == "web"
+    assert policy.channel_for("pro", "member") == "self_service"
+    for role in ("owner", "admin", "member"):
+        assert policy.channel_for("free", role) == "self_service"
+
+
+def test_priorities_carry_the_published_target_response_times(config):
+    assert [p.target_response_minutes for p in config.priorities] == [60, 240, 1440, 1440]
+
+
+def write(tmp_path, text):
+    path = tmp_path / "ivr.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def broken(tmp_path, old, new):
+    source = CONFIG.read_text(encoding="utf-8")
+    assert old in source
+    return write(tmp_path, source.replace(old, new, 1))
+
+
+def test_an_invalid_number_stops_the_app_naming_the_number(tmp_path):
+    path = broken(tmp_path, '"+1.888.799.9666"', '"+1.888.799.96"')
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert str(path) in message and "lines[0].number" in message and "+1.888.799.96" in message
+
+
+def test_a_voice_that_does_not_speak_the_line_language_is_refused(tmp_path):
+    path = broken(tmp_path, 'voice = "Polly.Mizuki"', 'voice = "Polly.Joanna"')
+    with pytest.raises(ConfigError, match=r"lines\[4\]: .*Polly.Joanna.* not a Twilio voice for ja-JP"):
+        load_config(path)
+
+
+def test_a_missing_key_and_an_unknown_key_are_named(tmp_path):
+    path = broken(tmp_path, 'help_center = "https://support.zoom.us/hc"', 'help_centre = "x"')
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "links.help_center: is required but missing" in str(error.value)
+    assert "links.help_centre: is not a known key" in str(error.value)
+
+
+def test_a_wrong_type_names_the_key_and_what_was_expected(tmp_path):
+    path = broken(tmp_path, "prompt_attempts = 3", 'prompt_attempts = "three"')
+    with pytest.raises(ConfigError, match=r"retries.prompt_attempts: Input should be a valid integer"):
+        load_config(path)
+
+
+def test_priorities_must_be_one_to_four_once_each(tmp_path):
+    path = broken(tmp_path, "level = 4", "level = 3")
+    with pytest.raises(ConfigError, match=r"priorities: expected priorities 1, 2, 3 and 4"):
+        load_config(path)
+
+
+def test_a_file_that_is_not_toml_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"ivr.toml: not valid TOML"):
+        load_config(write(tmp_path, "[service\n"))
+
+
+def test_the_app_refuses_to_start_on_a_bad_file_with_the_message(tmp_path):
+    from ivr import create_app
+
+    path = broken(tmp_path, 'level = 4', 'level = 5')
+    settings = Settings(config_path=path, twilio_auth_token="x", database_url="sqlite://",
+                        instance_path=tmp_path)
+    with pytest.raises(SystemExit, match=r"(?s)Configuration error: .*priorities\[3\].level"):
+        create_app(settings)
+
+
+def test_signatures_cannot_be_validated_without_the_auth_token():
+    with pytest.raises(ConfigError, match="TWILIO_AUTH_TOKEN is required"):
+        Settings.from_env({})
+    assert Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false"}).validate_signatures is False
+
+
+def test_every_catalogue_has_every_message_with_the_same_placeholders():
+    catalogues = load_catalogues(CONFIG.parent / "prompts")
+    assert {"en-GB", "en-US", "en-AU", "en-IN", "en-NZ", "en-SG", "ja-JP", "fr-FR"} <= set(catalogues)
+    reference = set(catalogues["en-GB"].messages)
+    for catalogue in catalogues.values():
+        assert set(catalogue.messages) == reference
+
+
+def test_english_variants_use_their_region_words():
+    catalogues = load_catalogues(CONFIG.parent / "prompts")
+    assert "pound key" in catalogues["en-US"].messages["pmi_prompt"]
+    assert "hash key" in catalogues["en-GB"].messages["pmi_prompt"]
+    assert "centre" in catalogues["en-AU"].messages["rejected_self_service"]
+    assert "center" in catalogues["en-US"].messages["rejected_self_service"]
+
+
+def test_the_ticket_number_is_a_digits_segment():
+    catalogues = load_catalogues(CONFIG.parent / "prompts")
+    segments = catalogues["fr-FR"].segments("ticket_logged", {"ticket": "12345678"})
+    assert Digits("12345678") in segments
+    assert all(isinstance(s, (Text, Digits)) for s in segments)
+
+
+def test_a_catalogue_missing_a_message_is_refused_naming_it(tmp_path):
+    for source in (CONFIG.parent / "prompts").glob("*.toml"):
+        (tmp_path / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    fr = tmp_path / "fr-FR.toml"
+    fr.write_text("\n".join(l for l in fr.read_text(encoding="utf-8").splitlines()
+                            if not l.startswith("goodbye =")), encoding="utf-8")
+    with pytest.raises(CatalogueError, match=r"fr-FR.toml: missing messages: goodbye$"):
+        load_catalogues(tmp_path)
+
+
+def test_a_catalogue_with_a_wrong_placeholder_is_refused(tmp_path):
+    for source in (CONFIG.parent / "prompts").glob("*.toml"):
+        (tmp_path / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "en-NZ.toml").write_text('extends = "en-GB"\ngreeting = "Kia ora {brnd}"\n')
+    with pytest.raises(CatalogueError, match=r"en-NZ.toml: greeting: placeholders"):
+        load_catalogues(tmp_path)
