@@ -101,10 +101,11 @@ def outbox_drain(watch):
                                            '"-" lets a prompt time out.')
 @click.option("--url", default=None, help="Drive a running server instead of this process.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@with_appcontext
 def simulate(to, caller, digits, url, as_json):
     """Drive one whole call as Twilio would and print what the caller hears."""
     settings = ivr().settings
-    transport = HttpTransport(url) if url else WsgiTransport(current_app)
+    transport = HttpTransport(url) if url else WsgiTransport(current_app._get_current_object())
     simulator = Simulator(transport, settings.twilio_auth_token or "",
                           signing_base=settings.public_url if not url else None)
     result = simulator.call(to, caller, digits.split())

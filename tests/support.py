@@ -70,3 +70,29 @@ def spoken(root: ET.Element) -> list[str]:
     for say in root.iter("Say"):
         out.append("".join(say.itertext()).strip())
     return out
+
+
+class RecordingHttpClient:
+    """Stands in for Twilio's REST API at the HTTP boundary: records each request and
+    answers with the queued responses (status, JSON body), 201 with a message SID by default."""
+
+    def __init__(self, responses=None):
+        import logging
+
+        from twilio.http import HttpClient
+
+        self._base = HttpClient(logging.getLogger("tests.twilio"), is_async=False)
+        self.requests: list[dict] = []
+        self.responses = list(responses or [])
+
+    def request(self, method, uri, params=None, data=None, headers=None, auth=None,
+                timeout=None, allow_redirects=False):
+        import json
+
+        from twilio.http.response import Response
+
+        self.requests.append({"method": method, "uri": uri, "data": dict(data or {}),
+                              "auth": auth})
+        status, body = self.responses.pop(0) if self.responses else (
+            201, {"sid": f"SM{len(self.requests):032d}", "status": "queued"})
+        return Response(status, json.dumps(body))

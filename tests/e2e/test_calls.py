@@ -1,0 +1,151 @@
+"""Whole calls through the simulator, as Twilio would make them."""
+
+import json
+
+import pytest
+from sqlalchemy import select
+
+from ivr.models import Call, OutboxMessage, Ticket
+
+from ..support import BUSINESS_MEMBER, BUSINESS_OWNER, CALLER, FREE_OWNER, PRO_OWNER
+
+LINES = [
+    ("+1.888.799.9666", "en-US", "support-us"),
+    ("+61.1800.768.027", "en-AU", "support-apac"),
+    ("+33.800.94.64.64", "fr-FR", "support-emea"),
+    ("+91.800.050.2040", "en-IN", "support-apac"),
+    ("+81.053.132.0070", "ja-JP", "support-jp"),
+    ("+64.800.475.039", "en-NZ", "support-apac"),
+    ("+65.800.321.1249", "en-GB", "support-apac"),
+    ("+44.800.368.7314", "en-GB", "support-emea"),
+    ("+44.20.7039.8961", "en-GB", "support-emea"),
+]
+
+
+def owner_digits(priority, who=BUSINESS_OWNER):
+    return ["2", f"{who[0]}#", f"{who[1]}#", str(priority)]
+
+
+def rows(ivr, model):
+    with ivr.storage.transaction() as session:
+        return session.scalars(select(model)).all()
+
+
+@pytest.mark.parametrize("number, language, queue", LINES)
+@pytest.mark.parametrize("priority, target", [(1, 60), (2, 240), (4, 1440)])
+def test_on_every_regional_number_an_eligible_owner_reaches_the_queue_with_a_ticket(
+        simulator, ivr, number, language, queue, priority, target):
+    result = simulator.call(number, CALLER, owner_digits(priority))
+    assert result.outcome == "routed" and result.route["queue"] == queue
+    (ticket,) = rows(ivr, Ticket)
+    assert (result.ticket, result.priority) == (ticket.number, priority)
+    assert ticket.target_response_minutes == target and ticket.status == "open"
+    spoken = [e for e in result.events if e.kind == "say"]
+    english_offer = [e for e in spoken if e.text.startswith("For English")]
+    assert {e.language for e in spoken if e not in english_offer} == {language}
+    assert " ".join(ticket.number) in " ".join(result.said())
+
+
+def test_the_japan_line_switches_to_english_on_9(simulator, ivr):
+    result = simulator.call("+81531320070", CALLER, ["9"] + owner_digits(1))
+    assert result.outcome == "routed"
+    after_switch = [e for e in result.events if e.kind == "say"][5:]
+    assert after_switch and {e.language for e in after_switch} == {"en-US"}
+    (call,) = rows(ivr, Call)
+    assert call.language == "en-US"
+    (sms,) = rows(ivr, OutboxMessage)
+    assert sms.body.startswith("Zoom Support: ticket")
+
+
+@pytest.mark.parametrize("who, outcome, template, link", [
+    (PRO_OWNER, "rejected_web", "sms_web", "web_ticket"),
+    (FREE_OWNER, "rejected_self_service", "sms_self_service", "help_center"),
+    (BUSINESS_MEMBER, "rejected_self_service", "sms_self_service", "help_center"),
+])
+def test_each_rejected_tier_hears_its_guidance_and_gets_its_sms_but_no_ticket(
+        simulator, ivr, who, outcome, template, link):
+    result = simulator.call("+18887999666", CALLER, owner_digits(1, who)[:3])
+    assert result.outcome == "hangup" and result.ticket is None
+    (call,) = rows(ivr, Call)
+    assert call.outcome == outcome
+    (sms,) = rows(ivr, OutboxMessage)
+    assert sms.template == template and getattr(ivr.config.links, link) in sms.body
+    assert rows(ivr, Ticket) == []
+
+
+def test_three_wrong_host_keys_hang_up_with_failed_auth(simulator, ivr):
+    digits = ["2"] + [f"{BUSINESS_OWNER[0]}#", "7401935#"] * 3
+    result = simulator.call("+18887999666", CALLER, digits)
+    assert result.outcome == "hangup"
+    assert rows(ivr, Call)[0].outcome == "failed_auth"
+
+
+def test_a_caller_who_presses_nothing_is_reprompted_then_let_go(simulator, ivr):
+    result = simulator.call("+18887999666", CALLER, ["-", "-", "-"])
+    assert [e.kind for e in result.events].count("timeout") == 3
+    assert result.said()[-1].startswith("We didn't receive a response")
+    assert rows(ivr, Call)[0].outcome == "no_input"
+
+
+def test_a_caller_who_hangs_up_at_the_host_key_is_abandoned_there(simulator, ivr):
+    result = simulator.call("+18887999666", CALLER, ["2", f"{BUSINESS_OWNER[0]}#"])
+    assert result.outcome == "abandoned"
+    call = rows(ivr, Call)[0]
+    assert (call.outcome, call.abandoned_at_step) == ("abandoned", "host_key")
+
+
+def test_cli_simulate_and_tickets_list_json(app, ivr):
+    runner = app.test_cli_runner()
+    out = runner.invoke(args=["simulate", "--to", "+33800946464", "--digits",
+                              " ".join(owner_digits(2)), "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output)
+    assert result["outcome"] == "routed"
+    listed = runner.invoke(args=["tickets", "list", "--json"])
+    (ticket,) = json.loads(listed.output)
+    assert ticket["number"] == result["ticket"] and ticket["region"] == "France"
+    for key in ("id", "number", "call_sid", "account_id", "user_email", "priority",
+                "target_response_minutes", "region", "status", "created_at", "acknowledged_at"):
+        assert key in ticket
+
+
+def test_cli_simulate_prints_a_readable_transcript(app):
+    out = app.test_cli_runner().invoke(
+        args=["simulate", "--to", "+81531320070", "--digits", " ".join(owner_digits(1))])
+    assert out.exit_code == 0
+    assert "[ja-JP Polly.Mizuki]" in out.output and "caller presses 2 at menu" in out.output
+    assert "Outcome: routed; ticket" in out.output
+
+
+def test_init_db_is_idempotent(app):
+    runner = app.test_cli_runner()
+    for _ in range(2):
+        result = runner.invoke(args=["init-db"])
+        assert result.exit_code == 0 and "up to date" in result.output
+
+
+def test_a_bad_accounts_csv_is_refused_naming_the_row_and_nothing_is_imported(app, ivr, tmp_path):
+    path = tmp_path / "accounts.csv"
+    path.write_text("account_id,plan,user_email,role,pmi,host_key\n"
+                    "a1,business,new.one@example.com,owner,5551234567,740193\n"
+                    "a2,platinum,new.two@example.com,owner,5551234568,740193\n", encoding="utf-8")
+    result = app.test_cli_runner().invoke(args=["accounts", "import", str(path)])
+    assert result.exit_code != 0
+    assert "row 3: plan 'platinum' is not one of" in result.output
+    with ivr.storage.transaction() as session:
+        from ivr.models import Account
+        assert session.scalars(select(Account).where(Account.user_email == "new.one@example.com")).first() is None
+
+
+def test_importing_again_updates_users_and_stores_only_keyed_hashes(app, ivr, tmp_path):
+    path = tmp_path / "accounts.csv"
+    path.write_text("account_id,plan,user_email,role,pmi,host_key\n"
+                    f"demo-business,enterprise,owner.business@example.com,owner,{BUSINESS_OWNER[0]},5820461\n",
+                    encoding="utf-8")
+    result = app.test_cli_runner().invoke(args=["accounts", "import", str(path)])
+    assert "0 created, 1 updated" in result.output
+    from ivr.models import Account
+    with ivr.storage.transaction() as session:
+        account = session.scalars(select(Account).where(Account.pmi == BUSINESS_OWNER[0])).one()
+    assert account.plan == "enterprise" and "5820461" not in account.host_key_hash
+    assert len(account.host_key_hash) == 64
