@@ -350,6 +350,7 @@ class Settings(BaseModel):
     public_url: str | None = None
     host_key_pepper: str | None = None
     trusted_proxies: int = Field(default=0, ge=0, le=10)
+    admin_token: str | None = None
 
     @model_validator(mode="after")
     def _token_when_validating(self) -> "Settings":
@@ -379,6 +380,7 @@ class Settings(BaseModel):
             "public_url": "IVR_PUBLIC_URL",
             "host_key_pepper": "IVR_HOST_KEY_PEPPER",
             "trusted_proxies": "IVR_TRUSTED_PROXIES",
+            "admin_token": "IVR_ADMIN_TOKEN",
         }
         values = {field: env[var] for field, var in names.items() if env.get(var)}
         values.update(overrides)

@@ -116,6 +116,11 @@ class Ticket(Base):
     status: Mapped[str] = mapped_column(String(32), default="open", index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
     acknowledged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # Lifecycle: open -> callback_requested | in_queue -> connected -> closed.
+    callback_number: Mapped[str | None] = mapped_column(String(32))
+    connected_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class OutboxMessage(Base):
@@ -135,3 +140,17 @@ class OutboxMessage(Base):
     twilio_sid: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class Lockout(Base):
+    """Failed verifications of one PMI or one caller number, across calls and workers."""
+
+    __tablename__ = "lockouts"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)  # "pmi:…" or "caller:…"
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    lock_count: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
+    attempts_while_locked: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
