@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import click
 from flask import current_app
@@ -11,7 +12,8 @@ from flask.cli import AppGroup, with_appcontext
 from . import accounts as directory
 from . import outbox as sms_outbox
 from .simulator import HttpTransport, Simulator, WsgiTransport, transcript
-from .storage import TicketRepository
+from .service import lockout_keys, mask
+from .storage import LockoutRepository, TicketRepository
 
 
 def ivr():
@@ -38,6 +40,40 @@ def accounts_import(path):
     except directory.ImportFailed as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Imported {path}: {result.created} created, {result.updated} updated.")
+
+
+@accounts_cli.command("unlock")
+@click.argument("pmi", required=False)
+@click.option("--caller", help="Unlock a throttled caller number instead.")
+def accounts_unlock(pmi, caller):
+    """Clear the verification lock (and failure count) of a PMI or a caller number."""
+    if bool(pmi) == bool(caller):
+        raise click.UsageError("give a PMI or --caller NUMBER")
+    key = lockout_keys(pmi, None)[0] if pmi else lockout_keys("", caller)[1]
+    with ivr().storage.transaction() as session:
+        cleared = LockoutRepository(ivr().storage, session).clear(key)
+    what = f"PMI {pmi}" if pmi else f"caller {mask(caller)}"
+    logging.getLogger("ivr.accounts").info(
+        "operator cleared the lock of %s", "a PMI" if pmi else what)
+    click.echo(f"Unlocked {what}." if cleared else f"{what} had no lock or failures.")
+
+
+@accounts_cli.command("locks")
+def accounts_locks():
+    """PMIs and caller numbers locked now, with their expiry."""
+    now = ivr().service.clock()
+    with ivr().storage.transaction() as session:
+        locks = [(lock.key, lock.locked_until, lock.lock_count, lock.attempts_while_locked)
+                 for lock in LockoutRepository(ivr().storage, session).current(now)]
+    if not locks:
+        click.echo("No locks.")
+        return
+    click.echo(f"{'locked':<22} {'until (UTC)':<20} {'left':>8} {'locks':>5} {'tries':>5}")
+    for key, until, count, tries in locks:
+        kind, _, value = key.partition(":")
+        name = f"PMI {value}" if kind == "pmi" else f"caller {mask(value)}"
+        left = int((until - now).total_seconds() // 60)
+        click.echo(f"{name:<22} {until:%Y-%m-%d %H:%M:%S} {left:>6} m {count:>5} {tries:>5}")
 
 
 tickets_cli = AppGroup("tickets", help="Support tickets.")

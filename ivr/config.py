@@ -204,6 +204,21 @@ class Lengths(_Model):
         return self
 
 
+class Lockout(_Model):
+    """Limits on guessing host keys, across calls (see SPEC section 4)."""
+
+    pmi_failures: int = Field(default=5, ge=1, le=100)
+    lock_minutes: int = Field(default=15, ge=1)
+    max_lock_hours: int = Field(default=24, ge=1)
+    caller_failures: int = Field(default=10, ge=1, le=1000)
+    caller_window_minutes: int = Field(default=60, ge=1)
+
+    def duration(self, earlier_locks: int) -> dt.timedelta:
+        """The next lock: the base time, doubled for each earlier lock, up to the cap."""
+        minutes = self.lock_minutes * 2 ** min(earlier_locks, 20)
+        return min(dt.timedelta(minutes=minutes), dt.timedelta(hours=self.max_lock_hours))
+
+
 class Notice(_Model):
     message: str = Field(description="catalogue key of the notice")
     start: dt.date
@@ -250,6 +265,7 @@ class IvrConfig(_Model):
     retries: Retries = Retries()
     timeouts: Timeouts = Timeouts()
     lengths: Lengths = Lengths()
+    lockout: Lockout = Lockout()
     notice: Notice | None = None
     links: Links
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -22,6 +23,7 @@ from .security import HostKeyHasher
 from .storage import (
     AccountRepository,
     CallRepository,
+    LockoutRepository,
     OutboxRepository,
     Storage,
     TicketRepository,
@@ -49,6 +51,16 @@ def can_receive_sms(number: str | None) -> bool:
     return phonenumbers.is_valid_number(parsed) and phonenumbers.number_type(parsed) in TEXTABLE
 
 
+def lockout_keys(pmi: str, caller_number: str | None) -> tuple[str, str]:
+    """The lockout keys of a PMI and of a caller (withheld numbers share one key)."""
+    try:
+        parsed = phonenumbers.parse(caller_number or "", None)
+        caller = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    except phonenumbers.NumberParseException:
+        caller = "withheld"
+    return f"pmi:{pmi}", f"caller:{caller}"
+
+
 @dataclass(frozen=True)
 class CallRequest:
     """The parts of a Twilio voice request the service uses."""
@@ -60,11 +72,22 @@ class CallRequest:
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> "CallRequest | None":
-        sid = (params.get("CallSid") or "").strip()
-        if not sid or len(sid) > 64:
+        """None unless the request names a call the way Twilio does (CA + 32 hex digits)."""
+        sid = params.get("CallSid") or ""
+        if not CALL_SID.fullmatch(sid):
             return None
-        return cls(sid, (params.get("AccountSid") or None), (params.get("To") or "")[:32],
-                   (params.get("From") or "")[:64])
+        account = params.get("AccountSid") or ""
+        return cls(sid, account if ACCOUNT_SID.fullmatch(account) else None,
+                   _printable(params.get("To"), 32), _printable(params.get("From"), 64))
+
+
+CALL_SID = re.compile(r"CA[0-9a-f]{32}")
+ACCOUNT_SID = re.compile(r"AC[0-9a-f]{32}")
+
+
+def _printable(value: str | None, limit: int) -> str:
+    """A caller-supplied field as it may be stored: printable characters, bounded length."""
+    return "".join(ch for ch in (value or "")[: limit * 4] if ch.isprintable())[:limit]
 
 
 class CallService:
@@ -205,13 +228,36 @@ class _Ports:
         self.state = state
 
     def verify(self, pmi: str, host_key: str) -> Caller | None:
+        """Check the host key, within the lockout limits. Every refusal looks the same to
+        the caller and costs the same work: the keyed hash is computed even for an unknown
+        PMI, and a locked PMI or caller is refused even with the right key."""
+        service, sid, now = self.service, self.call.call_sid, self.service.clock()
+        policy = service.config.lockout
         account = AccountRepository(self.session).by_pmi(pmi)
         stored = account.host_key_hash if account is not None else None
-        ok = self.service.hasher.matches(pmi, host_key, stored)
-        log.info("call %s verification %s", self.call.call_sid, "passed" if ok else "failed")
-        if not ok or account is None:
+        matches = service.hasher.matches(pmi, host_key, stored)
+        lockouts = LockoutRepository(service.storage, self.session)
+        pmi_key, caller_key = lockout_keys(pmi, self.call.caller_number)
+        if lockouts.locked([pmi_key, caller_key], now):
+            lockouts.attempt_while_locked([pmi_key, caller_key], now)
+            log.info("call %s verification refused: PMI or caller locked", sid)
             return None
-        return Caller(account.account_id, account.user_email, account.plan, account.role)
+        if matches and account is not None:
+            lockouts.clear(pmi_key)
+            log.info("call %s verification passed", sid)
+            return Caller(account.account_id, account.user_email, account.plan, account.role)
+        log.info("call %s verification failed", sid)
+        if lockouts.fail(pmi_key, now, threshold=policy.pmi_failures, window=None,
+                         lock_for=policy.duration):
+            log.warning("call %s: a PMI reached %s failures and is locked (see `accounts locks`)",
+                        sid, policy.pmi_failures)
+        if lockouts.fail(caller_key, now, threshold=policy.caller_failures,
+                         window=dt.timedelta(minutes=policy.caller_window_minutes),
+                         lock_for=policy.duration):
+            log.warning("caller %s reached %s failures within %s minutes and is locked",
+                        mask(self.call.caller_number), policy.caller_failures,
+                        policy.caller_window_minutes)
+        return None
 
     def open_ticket(self, caller: Caller, priority: int, target_minutes: int) -> TicketInfo:
         ticket: Ticket = TicketRepository(self.service.storage, self.session).open(

@@ -8,18 +8,18 @@ import contextlib
 import datetime as dt
 import secrets
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import Engine, case, create_engine, delete, event, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from .flow import Caller, CallState, Outcome, Step, TicketInfo
-from .models import Account, Call, OutboxMessage, Ticket
+from .models import Account, Call, Lockout, OutboxMessage, Ticket
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -281,6 +281,68 @@ class AccountRepository:
         return self.session.scalar(select(func.count()).select_from(Account)) or 0
 
 
+# -- lockouts ----------------------------------------------------------------------------
+
+
+class LockoutRepository:
+    """Failed verifications per PMI and per caller, counted atomically in the database."""
+
+    def __init__(self, storage: Storage, session: Session):
+        self.storage = storage
+        self.session = session
+
+    def locked(self, keys: list[str], now: dt.datetime) -> bool:
+        return self.session.scalar(
+            select(func.count()).select_from(Lockout)
+            .where(Lockout.key.in_(keys), Lockout.locked_until > now)
+        ) > 0
+
+    def fail(self, key: str, now: dt.datetime, *, threshold: int,
+             window: dt.timedelta | None, lock_for: Callable[[int], dt.timedelta]) -> bool:
+        """Count one failure; lock the key when it reaches the threshold. True if it did."""
+        insert = self.storage.insert(Lockout).values(
+            key=key, failures=1, window_started_at=now, lock_count=0, attempts_while_locked=0,
+            updated_at=now)
+        if window is None:
+            failures = Lockout.failures + 1
+            started = Lockout.window_started_at
+        else:
+            expired = Lockout.window_started_at <= now - window
+            failures = case((expired, 1), else_=Lockout.failures + 1)
+            started = case((expired, now), else_=Lockout.window_started_at)
+        row = self.session.execute(
+            insert.on_conflict_do_update(
+                index_elements=[Lockout.key],
+                set_={"failures": failures, "window_started_at": started, "updated_at": now},
+            ).returning(Lockout.failures, Lockout.lock_count)
+        ).one()
+        if row.failures < threshold:
+            return False
+        # Only the request that finds the count still at or over the threshold locks it.
+        locked = self.session.execute(
+            update(Lockout)
+            .where(Lockout.key == key, Lockout.failures >= threshold)
+            .values(failures=0, lock_count=Lockout.lock_count + 1,
+                    locked_until=now + lock_for(row.lock_count), window_started_at=now)
+            .returning(Lockout.locked_until)
+        ).first()
+        return locked is not None
+
+    def attempt_while_locked(self, keys: list[str], now: dt.datetime) -> None:
+        self.session.execute(
+            update(Lockout).where(Lockout.key.in_(keys), Lockout.locked_until > now)
+            .values(attempts_while_locked=Lockout.attempts_while_locked + 1, updated_at=now)
+        )
+
+    def clear(self, key: str) -> bool:
+        return self.session.execute(delete(Lockout).where(Lockout.key == key)).rowcount > 0
+
+    def current(self, now: dt.datetime) -> list[Lockout]:
+        return list(self.session.scalars(
+            select(Lockout).where(Lockout.locked_until > now).order_by(Lockout.locked_until)
+        ))
+
+
 # -- outbox ------------------------------------------------------------------------------
 
 
@@ -319,3 +381,99 @@ class OutboxRepository:
         return self.session.scalar(
             select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status == "pending")
         ) or 0
+
+
+# -- support desk ------------------------------------------------------------------------
+
+
+class DeskRepository:
+    """The support desk's queries: tickets and calls by filter and page, report figures."""
+
+    def __init__(self, storage: Storage, session: Session):
+        self.storage = storage
+        self.session = session
+
+    def ticket(self, ref: str, *, for_update: bool = False) -> tuple[Ticket, str | None] | None:
+        """A ticket by its 8-digit number, else by its id, with its caller's number."""
+        if not ref.isdigit() or len(ref) > 16:
+            return None
+        base = select(Ticket, Call.caller_number).join(Call, Call.call_sid == Ticket.call_sid)
+        if for_update and self.storage.dialect == "postgresql":
+            base = base.with_for_update(of=Ticket)
+        row = self.session.execute(base.where(Ticket.number == ref)).first()
+        if row is None and int(ref) < 2**31:
+            row = self.session.execute(base.where(Ticket.id == int(ref))).first()
+        return (row[0], row[1]) if row is not None else None
+
+    def tickets(self, *, statuses: tuple[str, ...] = (), priority: int | None = None,
+                region: str | None = None, since: dt.datetime | None = None,
+                until: dt.datetime | None = None, offset: int = 0, limit: int | None = None,
+                oldest_first: bool = False) -> tuple[list[tuple[Ticket, str | None]], int]:
+        """Tickets created in [since, until) matching the filters, newest first, with
+        their callers' numbers; and how many match in all."""
+        where = []
+        if statuses:
+            where.append(Ticket.status.in_(statuses))
+        if priority is not None:
+            where.append(Ticket.priority == priority)
+        if region is not None:
+            where.append(Ticket.region == region)
+        if since is not None:
+            where.append(Ticket.created_at >= since)
+        if until is not None:
+            where.append(Ticket.created_at < until)
+        order = ((Ticket.created_at.asc(), Ticket.id.asc()) if oldest_first
+                 else (Ticket.created_at.desc(), Ticket.id.desc()))
+        query = (select(Ticket, Call.caller_number).join(Call, Call.call_sid == Ticket.call_sid)
+                 .where(*where).order_by(*order).offset(offset))
+        if limit is not None:
+            query = query.limit(limit)
+        total = self.session.scalar(select(func.count()).select_from(Ticket).where(*where)) or 0
+        return [(ticket, caller) for ticket, caller in self.session.execute(query)], total
+
+    def calls(self, *, outcomes: tuple[str, ...] = (), statuses: tuple[str, ...] = (),
+              priority: int | None = None, region: str | None = None,
+              since: dt.datetime | None = None, until: dt.datetime | None = None,
+              offset: int = 0, limit: int | None = None
+              ) -> tuple[list[tuple[Call, Ticket | None]], int]:
+        """Calls started in [since, until) matching the filters (outcome, Twilio status,
+        region, their ticket's priority), newest first, with their tickets; and the count."""
+        where = []
+        if outcomes:
+            where.append(Call.outcome.in_(outcomes))
+        if statuses:
+            where.append(Call.twilio_status.in_(statuses))
+        if priority is not None:
+            where.append(Ticket.priority == priority)
+        if region is not None:
+            where.append(Call.region == region)
+        if since is not None:
+            where.append(Call.started_at >= since)
+        if until is not None:
+            where.append(Call.started_at < until)
+        joined = select(Call, Ticket).outerjoin(Ticket, Ticket.call_sid == Call.call_sid)
+        query = (joined.where(*where).order_by(Call.started_at.desc(), Call.call_sid)
+                 .offset(offset))
+        if limit is not None:
+            query = query.limit(limit)
+        total = self.session.scalar(
+            select(func.count()).select_from(Call)
+            .outerjoin(Ticket, Ticket.call_sid == Call.call_sid).where(*where)) or 0
+        return [(call, ticket) for call, ticket in self.session.execute(query)], total
+
+    def calls_by_region_and_outcome(self, since: dt.datetime, until: dt.datetime
+                                    ) -> list[tuple[str, str | None, int]]:
+        """(region, outcome, calls) for calls started in [since, until)."""
+        rows = self.session.execute(
+            select(Call.region, Call.outcome, func.count())
+            .where(Call.started_at >= since, Call.started_at < until)
+            .group_by(Call.region, Call.outcome)
+        )
+        return [(region, outcome, count) for region, outcome, count in rows]
+
+    def call_start_times(self, since: dt.datetime, until: dt.datetime) -> list[dt.datetime]:
+        """When each call of [since, until) started (bucketed by the caller, so every
+        database reads hours in UTC alike)."""
+        return list(self.session.scalars(
+            select(Call.started_at).where(Call.started_at >= since, Call.started_at < until)
+        ))

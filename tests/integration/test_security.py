@@ -1,0 +1,299 @@
+"""Verification under attack: lockouts across calls, one answer for every failure, keyed
+hashes, nothing secret in logs or tables, proxy-safe signatures."""
+
+import logging
+import os
+import statistics
+import threading
+import time
+
+import pytest
+from sqlalchemy import inspect, select
+
+from ivr import create_app
+from ivr.accounts import Row, import_rows
+from ivr.models import Base, Lockout
+from ivr.storage import LockoutRepository
+
+from ..support import BUSINESS_OWNER, TOKEN, US_LINE, TwilioClient, twiml
+
+WRONG = "7401935"
+UNKNOWN_PMI = "5559999999"
+
+
+def caller(n: int) -> str:
+    return f"+1202555{n:04d}"
+
+
+class Caller:
+    """Dials in and tries PMI/host-key pairs; returns the host-key answers."""
+
+    def __init__(self, twilio, number=caller(1)):
+        self.twilio = twilio
+        self.number = number
+        self.calls = 0
+
+    def start(self):
+        self.calls += 1
+        self.sid = f"CA{self.number[-10:]}{self.calls:022x}"
+        self._post("/voice")
+        self._post("/voice/menu", "2")
+
+    def _post(self, path, digits=None):
+        params = self.twilio.call_params(self.sid, to=US_LINE, caller=self.number)
+        if digits is not None:
+            params["Digits"] = digits
+        return self.twilio.post(path, **params)
+
+    def attempt(self, pmi, key, new_call=True, timed=False):
+        if new_call:
+            self.start()
+        self._post("/voice/pmi", pmi)
+        started = time.perf_counter()
+        response = self._post("/voice/host-key", key)
+        elapsed = time.perf_counter() - started
+        twiml(response)
+        return (response.get_data(), elapsed) if timed else response.get_data()
+
+
+def routed_to_priority(body: bytes) -> bool:
+    return b'action="/voice/priority"' in body
+
+
+def lock(ivr, key):
+    with ivr.storage.transaction() as session:
+        return session.get(Lockout, key)
+
+
+def test_five_failures_across_calls_and_callers_lock_the_pmi_even_for_the_right_key(twilio, ivr, clock):
+    for n in range(5):
+        Caller(twilio, caller(n)).attempt(BUSINESS_OWNER[0], WRONG)
+    refused = Caller(twilio, caller(50)).attempt(BUSINESS_OWNER[0], BUSINESS_OWNER[1])
+    wrong = Caller(twilio, caller(51)).attempt(UNKNOWN_PMI, WRONG)
+    assert refused == wrong
+    entry = lock(ivr, f"pmi:{BUSINESS_OWNER[0]}")
+    assert entry.locked_until == clock.now + __import__("datetime").timedelta(minutes=15)
+    clock.advance(minutes=15, seconds=1)
+    assert routed_to_priority(Caller(twilio, caller(52)).attempt(*BUSINESS_OWNER))
+
+
+def test_each_further_lock_doubles_up_to_the_cap(twilio, ivr, clock):
+    import datetime as dt
+
+    lengths = []
+    for round_ in range(9):
+        for n in range(5):
+            Caller(twilio, caller(round_ * 5 + n)).attempt(BUSINESS_OWNER[0], WRONG)
+        entry = lock(ivr, f"pmi:{BUSINESS_OWNER[0]}")
+        lengths.append(entry.locked_until - clock.now)
+        clock.now = entry.locked_until + dt.timedelta(seconds=1)
+    minutes = [int(d.total_seconds() // 60) for d in lengths]
+    assert minutes == [15, 30, 60, 120, 240, 480, 960, 1440, 1440]
+
+
+def test_a_success_resets_the_failure_count(twilio, ivr):
+    for n in range(4):
+        Caller(twilio, caller(n)).attempt(BUSINESS_OWNER[0], WRONG)
+    assert routed_to_priority(Caller(twilio, caller(10)).attempt(*BUSINESS_OWNER))
+    for n in range(4):
+        Caller(twilio, caller(20 + n)).attempt(BUSINESS_OWNER[0], WRONG)
+    assert routed_to_priority(Caller(twilio, caller(30)).attempt(*BUSINESS_OWNER))
+
+
+def test_a_caller_failing_ten_times_in_an_hour_across_pmis_is_throttled(twilio, ivr, clock):
+    attacker = Caller(twilio, caller(7))
+    for n in range(10):
+        attacker.attempt(f"55598{n:05d}", WRONG)
+    assert not routed_to_priority(attacker.attempt(*BUSINESS_OWNER))
+    assert routed_to_priority(Caller(twilio, caller(8)).attempt(*BUSINESS_OWNER))
+    clock.advance(minutes=16)
+    assert routed_to_priority(attacker.attempt(*BUSINESS_OWNER))
+
+
+def test_failures_spread_over_more_than_the_window_do_not_throttle_a_caller(twilio, ivr, clock):
+    slow = Caller(twilio, caller(9))
+    for n in range(15):
+        slow.attempt(f"55597{n:05d}", WRONG)
+        clock.advance(minutes=7)
+    assert lock(ivr, f"caller:{caller(9)}").locked_until is None
+    assert routed_to_priority(slow.attempt(*BUSINESS_OWNER))
+
+
+def test_parallel_failures_are_all_counted(app, ivr, clock):
+    def fail():
+        with ivr.storage.transaction() as session:
+            LockoutRepository(ivr.storage, session).fail(
+                "pmi:5550000000", clock(), threshold=1000, window=None,
+                lock_for=ivr.config.lockout.duration)
+
+    threads = [threading.Thread(target=fail) for _ in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert lock(ivr, "pmi:5550000000").failures == 24
+
+
+def test_parallel_failures_past_the_threshold_lock_once(app, ivr, clock):
+    results = []
+
+    def fail():
+        with ivr.storage.transaction() as session:
+            results.append(LockoutRepository(ivr.storage, session).fail(
+                "pmi:5550000001", clock(), threshold=5, window=None,
+                lock_for=ivr.config.lockout.duration))
+
+    threads = [threading.Thread(target=fail) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    entry = lock(ivr, "pmi:5550000001")
+    assert results.count(True) == 2 and entry.lock_count == 2  # 12 failures: two locks of 5
+
+
+def test_operators_list_and_clear_locks(app, twilio, ivr, clock):
+    for n in range(5):
+        Caller(twilio, caller(n)).attempt(BUSINESS_OWNER[0], WRONG)
+    runner = app.test_cli_runner()
+    listed = runner.invoke(args=["accounts", "locks"])
+    assert f"PMI {BUSINESS_OWNER[0]}" in listed.output and "2026-11-25 12:15:00" in listed.output
+    cleared = runner.invoke(args=["accounts", "unlock", BUSINESS_OWNER[0]])
+    assert cleared.exit_code == 0 and "Unlocked" in cleared.output
+    assert runner.invoke(args=["accounts", "locks"]).output.strip() == "No locks."
+    assert routed_to_priority(Caller(twilio, caller(60)).attempt(*BUSINESS_OWNER))
+
+
+def test_operators_can_clear_a_throttled_caller(app, twilio, ivr):
+    attacker = Caller(twilio, caller(7))
+    for n in range(10):
+        attacker.attempt(f"55598{n:05d}", WRONG)
+    runner = app.test_cli_runner()
+    assert "caller …0007" in runner.invoke(args=["accounts", "locks"]).output
+    runner.invoke(args=["accounts", "unlock", "--caller", caller(7)])
+    assert routed_to_priority(attacker.attempt(*BUSINESS_OWNER))
+
+
+# -- one answer for every failure ----------------------------------------------------------
+
+
+@pytest.fixture
+def many_accounts(ivr):
+    """125 extra users, so wrong-key tries never reach a lock."""
+    rows = [Row(n, f"bulk-{n}", "business", f"user{n}@example.com", "owner", f"66600{n:05d}",
+                "4820917") for n in range(125)]
+    import_rows(rows, ivr.storage, ivr.hasher, "fixture")
+    return [(row.pmi, row.host_key) for row in rows]
+
+
+def test_unknown_wrong_locked_and_throttled_get_byte_identical_twiml(twilio, ivr, many_accounts):
+    for n in range(5):
+        Caller(twilio, caller(100 + n)).attempt(BUSINESS_OWNER[0], WRONG)
+    throttled = Caller(twilio, caller(200))
+    for n in range(10):
+        throttled.attempt(f"55596{n:05d}", WRONG)
+    answers = {
+        "unknown": Caller(twilio, caller(300)).attempt(UNKNOWN_PMI, WRONG),
+        "wrong": Caller(twilio, caller(301)).attempt(many_accounts[0][0], WRONG),
+        "locked": Caller(twilio, caller(302)).attempt(*BUSINESS_OWNER),
+        "throttled": throttled.attempt(*many_accounts[1]),
+    }
+    assert len(set(answers.values())) == 1, answers
+
+
+def test_failure_kinds_take_the_same_time(twilio, ivr, many_accounts):
+    """Median handling times of the four refusals differ by under 5 ms over 500 tries each."""
+    for n in range(5):
+        Caller(twilio, caller(100 + n)).attempt(BUSINESS_OWNER[0], WRONG)
+    throttled = Caller(twilio, caller(9000))
+    for n in range(10):
+        throttled.attempt(f"55596{n:05d}", WRONG)
+
+    timings = {"unknown": [], "wrong": [], "locked": [], "throttled": []}
+    callers = [Caller(twilio, caller(1000 + n)) for n in range(60)]  # 9 failures each at most
+    for i in range(500):
+        # Three tries per call (the per-call limit), interleaved so drift affects all alike.
+        new_call = i % 3 == 0
+        who = callers[(i // 9) % len(callers)]
+        for kind in timings:
+            if kind == "throttled":
+                body, took = throttled.attempt(*many_accounts[i % 125], new_call=new_call, timed=True)
+            elif kind == "unknown":
+                body, took = who.attempt(f"5559{i:06d}", WRONG, new_call=new_call, timed=True)
+            elif kind == "wrong":
+                wrong_caller = Caller(twilio, caller(2000 + i // 9)) if new_call else wrong_caller
+                body, took = wrong_caller.attempt(many_accounts[(i // 4) % 125][0], WRONG,
+                                                  new_call=new_call, timed=True)
+            else:
+                locked_caller = Caller(twilio, caller(4000 + i // 9)) if new_call else locked_caller
+                body, took = locked_caller.attempt(*BUSINESS_OWNER, new_call=new_call, timed=True)
+            assert not routed_to_priority(body)
+            timings[kind].append(took)
+    medians = {kind: statistics.median(values) * 1000 for kind, values in timings.items()}
+    print("median host-key handling, ms:", {k: round(v, 3) for k, v in medians.items()})
+    assert max(medians.values()) - min(medians.values()) < 5, medians
+
+
+# -- secrets -------------------------------------------------------------------------------
+
+
+def test_the_pepper_is_generated_once_into_the_instance_folder_readable_only_by_its_owner(
+        settings, clock, tmp_path):
+    instance = tmp_path / "fresh-instance"
+    unpeppered = settings.model_copy(update={"host_key_pepper": None, "instance_path": instance})
+    first = create_app(unpeppered, clock=clock).extensions["ivr"].hasher.digest("1", "2")
+    path = instance / "host_key_pepper"
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    assert len(bytes.fromhex(path.read_text())) == 32
+    assert create_app(unpeppered, clock=clock).extensions["ivr"].hasher.digest("1", "2") == first
+
+
+def test_a_hash_dump_alone_does_not_reveal_a_host_key(ivr):
+    import hashlib
+
+    from ivr.security import HostKeyHasher
+
+    stored = ivr.hasher.digest(*BUSINESS_OWNER)
+    plain = {hashlib.sha256(f"{BUSINESS_OWNER[0]}:{k:07d}".encode()).hexdigest()
+             for k in range(9164000, 9164100)}
+    assert stored not in plain
+    assert HostKeyHasher(b"another pepper").digest(*BUSINESS_OWNER) != stored
+
+
+def test_no_log_record_or_table_holds_a_host_key_or_the_digits_typed_for_it(
+        app, simulator, ivr, caplog):
+    caplog.set_level(logging.DEBUG)
+    typed_wrong = "8067243"
+    simulator.call("+18887999666", "+14155550100",
+                   ["2", f"{BUSINESS_OWNER[0]}#", f"{typed_wrong}#", f"{BUSINESS_OWNER[0]}#",
+                    f"{BUSINESS_OWNER[1]}#", "1"])
+    simulator.call("+81531320070", "+819012345678",
+                   ["2", f"{BUSINESS_OWNER[0]}#", f"{BUSINESS_OWNER[1]}#", "2"])
+    secrets = [BUSINESS_OWNER[1], typed_wrong]
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert logged and not any(secret in logged for secret in secrets)
+    assert "9012345678" not in logged and "4155550100" not in logged
+    tables = set(inspect(ivr.storage.engine).get_table_names()) - {"alembic_version"}
+    assert tables == set(Base.metadata.tables)  # the dump below sees every table
+    with ivr.storage.engine.connect() as connection:
+        for table in Base.metadata.sorted_tables:
+            for row in connection.execute(select(table)):
+                dumped = " ".join(str(value) for value in row)
+                assert not any(secret in dumped for secret in secrets), table.name
+
+
+# -- proxies -------------------------------------------------------------------------------
+
+
+def test_forwarded_headers_are_ignored_unless_proxies_are_trusted(settings, clock):
+    public = "https://ivr.example.com"
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "ivr.example.com"}
+    for trusted, expected in ((0, 403), (1, 200)):
+        app = create_app(settings.model_copy(update={"trusted_proxies": trusted}), clock=clock)
+        app.extensions["ivr"].storage.upgrade()
+        client = TwilioClient(app, base=public)
+        params = client.call_params(f"CA{trusted:032d}")
+        signature = client.validator.compute_signature(public + "/voice", params)
+        response = client.client.post("/voice", data=params,
+                                      headers={**headers, "X-Twilio-Signature": signature})
+        assert response.status_code == expected
