@@ -1,0 +1,448 @@
+"""The support desk: the ticket lifecycle, time left to target, traffic and SLA figures and
+ticket exports. Plain Python over the storage layer's DeskRepository; the operator
+commands, the JSON API and the dashboard all go through ``Desk``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from .cli import ticket_dict
+from .config import IvrConfig
+from .models import Call, Ticket
+from .service import mask
+from .storage import DeskRepository, Storage
+
+log = logging.getLogger("ivr.desk")
+
+STATUSES = ("open", "in_queue", "callback_requested", "connected", "closed")
+UNCLOSED = STATUSES[:-1]
+# open -> callback_requested | in_queue -> connected -> closed. A waiting caller may ask
+# for a callback instead; a dialled desk connects without a queue; any ticket may be
+# closed; a closed ticket stays closed.
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "open": ("in_queue", "callback_requested", "connected", "closed"),
+    "in_queue": ("callback_requested", "connected", "closed"),
+    "callback_requested": ("connected", "closed"),
+    "connected": ("closed",),
+    "closed": (),
+}
+EXPORT_FORMATS = ("csv", "json")
+URGENT_SHARE = 0.25  # under a quarter of the target time left
+
+
+class DeskError(Exception):
+    """A request the desk cannot carry out; ``status`` is the matching HTTP status."""
+
+    status = 400
+
+
+class BadRequest(DeskError):
+    status = 400
+
+
+class NotFound(DeskError):
+    status = 404
+
+
+class Conflict(DeskError):
+    status = 409
+
+
+# -- times and periods -------------------------------------------------------------------
+
+
+def parse_moment(text: str, name: str, *, end: bool = False) -> dt.datetime:
+    """A date (``2026-11-25``) or an ISO 8601 time; naive times are UTC. A bare date as the
+    end of a range means the end of that day."""
+    value = (text or "").strip()
+    try:
+        if len(value) == 10:
+            day = dt.date.fromisoformat(value)
+            moment = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+            return moment + dt.timedelta(days=1) if end else moment
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"{name}: {value!r} is not a date (YYYY-MM-DD) or an ISO 8601 time") \
+            from None
+    return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment
+
+
+@dataclass(frozen=True)
+class Period:
+    """From ``since`` (included) to ``until`` (excluded), in UTC."""
+
+    since: dt.datetime
+    until: dt.datetime
+
+    @classmethod
+    def parse(cls, since: str | None, until: str | None, now: dt.datetime,
+              default_days: int = 7) -> "Period":
+        """The period named by two optional dates; by default the last ``default_days``
+        days including today."""
+        today = dt.datetime.combine(now.date(), dt.time(), dt.timezone.utc)
+        end = parse_moment(until, "until", end=True) if until else today + dt.timedelta(days=1)
+        start = parse_moment(since, "since") if since else today - dt.timedelta(days=default_days - 1)
+        if end <= start:
+            raise BadRequest("until: the end of the period must come after its start")
+        return cls(start, end)
+
+    @property
+    def first_day(self) -> dt.date:
+        return self.since.date()
+
+    @property
+    def last_day(self) -> dt.date:
+        return (self.until - dt.timedelta(microseconds=1)).date()
+
+
+def target_at(ticket: Ticket) -> dt.datetime:
+    return ticket.created_at + dt.timedelta(minutes=ticket.target_response_minutes)
+
+
+def urgency(seconds_left: float, target_minutes: int) -> str:
+    """'overdue', 'urgent' (under a quarter of the target left) or 'fine'."""
+    if seconds_left <= 0:
+        return "overdue"
+    if seconds_left < URGENT_SHARE * target_minutes * 60:
+        return "urgent"
+    return "fine"
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+# -- views -------------------------------------------------------------------------------
+
+
+def ticket_view(ticket: Ticket, caller_number: str | None, config: IvrConfig,
+                now: dt.datetime) -> dict:
+    """A ticket as agents see it: the caller's number masked, the callback number whole."""
+    left = (target_at(ticket) - now).total_seconds()
+    view = ticket_dict(ticket)
+    view.update(
+        priority_name=config.priority(ticket.priority).name,
+        caller=mask(caller_number),
+        callback_number=ticket.callback_number,
+        connected_at=_iso(ticket.connected_at),
+        closed_at=_iso(ticket.closed_at),
+        updated_at=_iso(ticket.updated_at),
+        target_at=target_at(ticket).isoformat(),
+        seconds_left=int(left),
+        urgency=urgency(left, ticket.target_response_minutes),
+    )
+    return view
+
+
+def call_view(call: Call, ticket: Ticket | None) -> dict:
+    return {
+        "call_sid": call.call_sid,
+        "dialed_number": call.dialed_number,
+        "region": call.region,
+        "language": call.language,
+        "caller": mask(call.caller_number),
+        "account_id": call.account_id,
+        "plan": call.plan,
+        "role": call.role,
+        "outcome": call.outcome,
+        "abandoned_at_step": call.abandoned_at_step,
+        "steps_reached": [s for s in call.steps_reached.split(",") if s],
+        "twilio_status": call.twilio_status,
+        "duration_seconds": call.duration_seconds,
+        "queue_result": call.queue_result,
+        "queue_seconds": call.queue_seconds,
+        "started_at": call.started_at.isoformat(),
+        "ended_at": _iso(call.ended_at),
+        "ticket": ticket.number if ticket is not None else None,
+        "priority": ticket.priority if ticket is not None else None,
+    }
+
+
+@dataclass
+class Page:
+    items: list[dict]
+    page: int
+    per_page: int
+    total: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+
+# -- SLA ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SlaLine:
+    """Tickets of one priority or region: met (acknowledged within target), missed
+    (acknowledged late, or not acknowledged and past target) and pending (neither yet)."""
+
+    key: str
+    met: int = 0
+    missed: int = 0
+    pending: int = 0
+
+    @property
+    def tickets(self) -> int:
+        return self.met + self.missed + self.pending
+
+    @property
+    def share(self) -> float | None:
+        """Met out of the decided tickets; None while none is decided."""
+        decided = self.met + self.missed
+        return self.met / decided if decided else None
+
+    def as_dict(self) -> dict:
+        return {"key": self.key, "tickets": self.tickets, "met": self.met,
+                "missed": self.missed, "pending": self.pending, "share": self.share}
+
+
+@dataclass
+class SlaReport:
+    overall: SlaLine
+    by_priority: list[SlaLine]
+    by_region: list[SlaLine]
+    slowest: list[dict] = field(default_factory=list)
+
+
+def sla_verdict(ticket, now: dt.datetime) -> str:
+    """'met', 'missed' or 'pending' for one ticket."""
+    target = dt.timedelta(minutes=ticket.target_response_minutes)
+    if ticket.acknowledged_at is not None:
+        return "met" if ticket.acknowledged_at - ticket.created_at <= target else "missed"
+    return "missed" if now - ticket.created_at > target else "pending"
+
+
+def sla_report(tickets: Iterable, now: dt.datetime, slowest: int = 10) -> SlaReport:
+    """Share of tickets acknowledged within their target, per priority and per region,
+    and the slowest responses (time to acknowledgement, or time waited so far)."""
+    overall = SlaLine("all")
+    priorities: dict[int, SlaLine] = {}
+    regions: dict[str, SlaLine] = {}
+    responses = []
+    for ticket in tickets:
+        verdict = sla_verdict(ticket, now)
+        for line in (overall,
+                     priorities.setdefault(ticket.priority, SlaLine(f"P{ticket.priority}")),
+                     regions.setdefault(ticket.region, SlaLine(ticket.region))):
+            setattr(line, verdict, getattr(line, verdict) + 1)
+        answered = ticket.acknowledged_at or now
+        responses.append({
+            "id": ticket.id, "number": ticket.number, "priority": ticket.priority,
+            "region": ticket.region, "created_at": ticket.created_at.isoformat(),
+            "acknowledged_at": _iso(ticket.acknowledged_at),
+            "response_seconds": int((answered - ticket.created_at).total_seconds()),
+            "target_response_minutes": ticket.target_response_minutes, "verdict": verdict,
+        })
+    responses.sort(key=lambda r: (-r["response_seconds"], r["number"]))
+    return SlaReport(overall, [priorities[p] for p in sorted(priorities)],
+                     [regions[r] for r in sorted(regions)], responses[:slowest])
+
+
+# -- traffic -----------------------------------------------------------------------------
+
+
+IN_PROGRESS = "in_progress"
+
+
+@dataclass
+class Traffic:
+    """Calls of a period by region and outcome, and by hour of day (UTC)."""
+
+    outcomes: list[str]
+    regions: list[str]
+    counts: dict[tuple[str, str], int]
+    by_hour: list[int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def region_total(self, region: str) -> int:
+        return sum(n for (r, _), n in self.counts.items() if r == region)
+
+    def outcome_total(self, outcome: str) -> int:
+        return sum(n for (_, o), n in self.counts.items() if o == outcome)
+
+
+def traffic(grouped: Iterable[tuple[str, str | None, int]],
+            started: Iterable[dt.datetime]) -> Traffic:
+    counts: dict[tuple[str, str], int] = {}
+    for region, outcome, count in grouped:
+        key = (region, outcome or IN_PROGRESS)
+        counts[key] = counts.get(key, 0) + count
+    hours = Counter(moment.astimezone(dt.timezone.utc).hour for moment in started)
+    return Traffic(sorted({o for _, o in counts}), sorted({r for r, _ in counts}), counts,
+                   [hours.get(h, 0) for h in range(24)])
+
+
+# -- exports -----------------------------------------------------------------------------
+
+
+EXPORT_FIELDS = ("id", "number", "call_sid", "account_id", "user_email", "priority",
+                 "priority_name", "target_response_minutes", "region", "status", "created_at",
+                 "acknowledged_at", "connected_at", "closed_at", "target_at", "callback_number")
+
+
+def export_rows(views: list[dict]) -> list[dict]:
+    """Exported tickets: bulk files leave the desk, so the callback number goes masked."""
+    return [{name: (mask(view[name]) if name == "callback_number" and view[name] else view[name])
+             for name in EXPORT_FIELDS} for view in views]
+
+
+def render_export(rows: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, ensure_ascii=False, indent=2) + "\n"
+    if fmt != "csv":
+        raise BadRequest(f"format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(v) for k, v in row.items()})
+    return out.getvalue()
+
+
+def _cell(value):
+    """Keep a spreadsheet from reading a text cell as a formula."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value
+    return value
+
+
+# -- the desk ----------------------------------------------------------------------------
+
+
+class Desk:
+    """What agents do with tickets, each operation one transaction."""
+
+    def __init__(self, storage: Storage, config: IvrConfig, clock: Callable[[], dt.datetime]):
+        self.storage = storage
+        self.config = config
+        self.clock = clock
+
+    @classmethod
+    def of(cls, ivr) -> "Desk":
+        """The desk of an app's ``extensions['ivr']``, on the app's clock."""
+        return cls(ivr.storage, ivr.config, ivr.service.clock)
+
+    # -- one ticket --------------------------------------------------------------------
+
+    def ticket(self, ref: str | int) -> dict:
+        with self.storage.transaction() as session:
+            ticket, caller = self._find(DeskRepository(self.storage, session), ref)
+            return ticket_view(ticket, caller, self.config, self.clock())
+
+    def close(self, ref: str | int) -> tuple[dict, bool]:
+        return self.update(ref, status="closed")
+
+    def set_priority(self, ref: str | int, level: int) -> tuple[dict, bool]:
+        return self.update(ref, priority=level)
+
+    def update(self, ref: str | int, *, status: str | None = None,
+               priority: int | None = None) -> tuple[dict, bool]:
+        """Reclassify and/or move a ticket on; returns its view and whether it changed.
+        Asking for the status or priority it already has changes nothing."""
+        if status is None and priority is None:
+            raise BadRequest("nothing to change: give a status or a priority")
+        if status is not None and status not in STATUSES:
+            raise BadRequest(f"status: {status!r} is not one of {', '.join(STATUSES)}")
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
+                                     or not 1 <= priority <= 4):
+            raise BadRequest(f"priority: {priority!r} is not a priority from 1 to 4")
+        now = self.clock()
+        with self.storage.transaction() as session:
+            ticket, caller = self._find(DeskRepository(self.storage, session), ref,
+                                        for_update=True)
+            changed = False
+            if priority is not None and priority != ticket.priority:
+                if ticket.status == "closed":
+                    raise Conflict(f"ticket {ticket.number} is closed; its priority can no "
+                                   "longer change")
+                log.info("ticket id=%s priority %s -> %s", ticket.id, ticket.priority, priority)
+                ticket.priority = priority
+                ticket.target_response_minutes = self.config.priority(priority).target_response_minutes
+                changed = True
+            if status is not None and status != ticket.status:
+                if status not in TRANSITIONS[ticket.status]:
+                    allowed = ", ".join(TRANSITIONS[ticket.status]) or "none: it is final"
+                    raise Conflict(f"ticket {ticket.number} cannot go from {ticket.status} to "
+                                   f"{status} (allowed from {ticket.status}: {allowed})")
+                log.info("ticket id=%s status %s -> %s", ticket.id, ticket.status, status)
+                ticket.status = status
+                if status == "connected":
+                    ticket.connected_at = ticket.connected_at or now
+                if status == "closed":
+                    ticket.closed_at = now
+                changed = True
+            if changed:
+                ticket.updated_at = now
+            session.flush()
+            return ticket_view(ticket, caller, self.config, now), changed
+
+    def _find(self, desk: DeskRepository, ref, for_update: bool = False):
+        found = desk.ticket(str(ref).strip(), for_update=for_update)
+        if found is None:
+            raise NotFound(f"no ticket with id or number {str(ref)[:20]!r}")
+        return found
+
+    # -- lists -------------------------------------------------------------------------
+
+    def tickets(self, *, page: int = 1, per_page: int = 50, **filters) -> Page:
+        now = self.clock()
+        with self.storage.transaction() as session:
+            rows, total = DeskRepository(self.storage, session).tickets(
+                offset=(page - 1) * per_page, limit=per_page, **filters)
+            items = [ticket_view(t, caller, self.config, now) for t, caller in rows]
+        return Page(items, page, per_page, total)
+
+    def calls(self, *, page: int = 1, per_page: int = 50, **filters) -> Page:
+        with self.storage.transaction() as session:
+            rows, total = DeskRepository(self.storage, session).calls(
+                offset=(page - 1) * per_page, limit=per_page, **filters)
+            items = [call_view(call, ticket) for call, ticket in rows]
+        return Page(items, page, per_page, total)
+
+    def unclosed(self, limit: int = 500) -> list[dict]:
+        """Tickets not closed yet, least time left to their target first."""
+        now = self.clock()
+        with self.storage.transaction() as session:
+            rows, _ = DeskRepository(self.storage, session).tickets(statuses=UNCLOSED,
+                                                                    limit=limit)
+            views = [ticket_view(t, caller, self.config, now) for t, caller in rows]
+        return sorted(views, key=lambda v: (v["seconds_left"], v["id"]))
+
+    # -- reports -----------------------------------------------------------------------
+
+    def sla(self, period: Period, slowest: int = 10) -> SlaReport:
+        with self.storage.transaction() as session:
+            rows, _ = DeskRepository(self.storage, session).tickets(since=period.since,
+                                                                    until=period.until)
+            return sla_report([t for t, _ in rows], self.clock(), slowest)
+
+    def traffic(self, period: Period) -> Traffic:
+        with self.storage.transaction() as session:
+            desk = DeskRepository(self.storage, session)
+            return traffic(desk.calls_by_region_and_outcome(period.since, period.until),
+                           desk.call_start_times(period.since, period.until))
+
+    def export(self, fmt: str, since: dt.datetime | None = None) -> str:
+        """Tickets created since a time, oldest first, as CSV or JSON: the one export of
+        the operator command and the dashboard."""
+        if fmt not in EXPORT_FORMATS:
+            raise BadRequest(f"format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+        now = self.clock()
+        with self.storage.transaction() as session:
+            rows, _ = DeskRepository(self.storage, session).tickets(since=since,
+                                                                    oldest_first=True)
+            views = [ticket_view(t, caller, self.config, now) for t, caller in rows]
+        return render_export(export_rows(views), fmt)

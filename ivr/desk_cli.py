@@ -1,0 +1,92 @@
+"""The support desk's operator commands, on the ``tickets`` group:
+``flask --app app tickets show|close|set-priority|export``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from flask import current_app
+
+from .cli import tickets_cli
+from .desk import EXPORT_FORMATS, Desk, DeskError, parse_moment
+
+
+def desk() -> Desk:
+    return Desk.of(current_app.extensions["ivr"])
+
+
+def _run(action, *args, **kwargs):
+    try:
+        return action(*args, **kwargs)
+    except DeskError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _minutes(seconds: int) -> str:
+    sign, seconds = ("-" if seconds < 0 else ""), abs(seconds)
+    hours, minutes = divmod(seconds // 60, 60)
+    return f"{sign}{hours} h {minutes:02d} min" if hours else f"{sign}{minutes} min"
+
+
+@tickets_cli.command("show")
+@click.argument("ref", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def tickets_show(ref, as_json):
+    """One ticket, by its id or its 8-digit number."""
+    view = _run(desk().ticket, ref)
+    if as_json:
+        click.echo(json.dumps(view, ensure_ascii=False, indent=2))
+        return
+    left = view["seconds_left"]
+    rows = [
+        ("ticket", f"{view['number']} (id {view['id']})"),
+        ("status", view["status"]),
+        ("priority", f"P{view['priority']} {view['priority_name']}, "
+                     f"target {view['target_response_minutes']} min"),
+        ("time left", f"{_minutes(left)} ({view['urgency']})" if left > 0
+         else f"overdue by {_minutes(-left)}"),
+        ("region", view["region"]),
+        ("account", f"{view['account_id']} {view['user_email']}"),
+        ("caller", view["caller"]),
+        ("callback number", view["callback_number"] or "-"),
+        ("created (UTC)", view["created_at"]),
+        ("acknowledged", view["acknowledged_at"] or "-"),
+        ("connected", view["connected_at"] or "-"),
+        ("closed", view["closed_at"] or "-"),
+        ("call", view["call_sid"]),
+    ]
+    for name, value in rows:
+        click.echo(f"{name + ':':<17}{value}")
+
+
+@tickets_cli.command("close")
+@click.argument("ref", metavar="ID")
+def tickets_close(ref):
+    """Close a ticket (from any status; a closed ticket stays closed)."""
+    view, changed = _run(desk().close, ref)
+    click.echo(f"Ticket {view['number']} {'closed' if changed else 'was already closed'}.")
+
+
+@tickets_cli.command("set-priority")
+@click.argument("ref", metavar="ID")
+@click.argument("priority", type=click.IntRange(1, 4))
+def tickets_set_priority(ref, priority):
+    """Reclassify a ticket; its target response time follows the configured priority."""
+    view, changed = _run(desk().set_priority, ref, priority)
+    state = "is now" if changed else "was already"
+    click.echo(f"Ticket {view['number']} {state} P{view['priority']} {view['priority_name']} "
+               f"(target {view['target_response_minutes']} min).")
+
+
+@tickets_cli.command("export")
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="csv",
+              show_default=True)
+@click.option("--since", default=None, metavar="DATE",
+              help="Tickets created on or after this date (YYYY-MM-DD) or ISO time; default all.")
+@click.option("--output", "-o", type=click.File("w", encoding="utf-8"), default="-",
+              help="Write to this file instead of standard output.")
+def tickets_export(fmt, since, output):
+    """Tickets, oldest first, as CSV or JSON (callback numbers masked)."""
+    moment = _run(parse_moment, since, "--since") if since else None
+    output.write(_run(desk().export, fmt, moment))
