@@ -129,7 +129,7 @@ class CallService:
         request = CallRequest.from_params(params)
         if request is None:
             return
-        status = (params.get("CallStatus") or "")[:32]
+        status = _printable(params.get("CallStatus"), 32)
         duration = _int(params.get("CallDuration"))
         with self.storage.transaction() as session:
             call = CallRepository(self.storage, session).record_status(
@@ -141,7 +141,7 @@ class CallService:
     def queue_result(self, params: Mapping[str, str], ticket_number: str | None) -> str:
         """Twilio's request after <Enqueue> or <Dial> ends."""
         request = CallRequest.from_params(params)
-        result = params.get("QueueResult") or params.get("DialCallStatus") or ""
+        result = _printable(params.get("QueueResult") or params.get("DialCallStatus"), 32)
         served = result in ("bridged", "hangup", "leave", "completed", "answered")
         if request is None:
             return self.renderer.hangup()

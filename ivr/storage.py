@@ -70,7 +70,9 @@ class Storage:
 
 def _create_engine(url, echo: bool) -> Engine:
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        # A short connect timeout: a caller must hear something within Twilio's 15 seconds.
+        return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                             connect_args={"connect_timeout": 3})
     database = url.database
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).parent.mkdir(parents=True, exist_ok=True)

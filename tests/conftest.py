@@ -4,6 +4,7 @@ a controllable clock, a Twilio-signing client and the call simulator."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import pytest
 
@@ -12,7 +13,7 @@ from ivr.accounts import import_file
 from ivr.config import Settings, load_config
 from ivr.simulator import Simulator, WsgiTransport, new_call_sid
 
-from .support import CONFIG, DEMO_ACCOUNTS, TOKEN, Clock, TwilioClient
+from .support import CONFIG, DEMO_ACCOUNTS, TOKEN, Clock, TwilioClient, postgres_schema
 
 
 @pytest.fixture
@@ -20,11 +21,29 @@ def clock() -> Clock:
     return Clock(dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc))
 
 
+POSTGRES_URL = os.environ.get("IVR_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """Each test's own database: a SQLite file, or a fresh PostgreSQL schema dropped after.
+
+    Every test that stores anything runs on both when IVR_TEST_POSTGRES_URL is set."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/ivr.db"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("PostgreSQL tests need IVR_TEST_POSTGRES_URL "
+                    "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+    with postgres_schema(POSTGRES_URL) as url:
+        yield url
+
+
 @pytest.fixture
-def settings(tmp_path) -> Settings:
+def settings(tmp_path, database_url) -> Settings:
     return Settings(
         config_path=CONFIG,
-        database_url=f"sqlite:///{tmp_path}/ivr.db",
+        database_url=database_url,
         instance_path=tmp_path / "instance",
         twilio_auth_token=TOKEN,
         host_key_pepper="test-pepper",

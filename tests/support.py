@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -53,6 +55,30 @@ class TwilioClient:
     def call_params(self, call_sid: str, to: str = US_LINE, caller: str = CALLER) -> dict:
         return {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": caller, "To": to,
                 "CallStatus": "in-progress", "Direction": "inbound", "ApiVersion": "2010-04-01"}
+
+
+@contextlib.contextmanager
+def postgres_schema(server_url: str):
+    """A URL whose connections live in a new, empty schema; the schema is dropped after,
+    and any connection a test left open to it is closed first."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{name}"'))
+    url = make_url(server_url).update_query_dict(
+        {"options": f"-csearch_path={name}", "application_name": name})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = :name AND pid <> pg_backend_pid()"), {"name": name})
+            connection.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
+        admin.dispose()
 
 
 def twiml(response) -> ET.Element:
