@@ -92,6 +92,8 @@ class Call(Base):
     outcome: Mapped[str | None] = mapped_column(String(32), index=True)
     abandoned_at_step: Mapped[str | None] = mapped_column(String(16))
     twilio_status: Mapped[str | None] = mapped_column(String(32))
+    # SequenceNumber of the newest status callback applied; older ones are ignored.
+    status_sequence: Mapped[int | None] = mapped_column(Integer)
     duration_seconds: Mapped[int | None] = mapped_column(Integer)
     queue_result: Mapped[str | None] = mapped_column(String(32))
     queue_seconds: Mapped[int | None] = mapped_column(Integer)

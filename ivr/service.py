@@ -133,7 +133,8 @@ class CallService:
         duration = _int(params.get("CallDuration"))
         with self.storage.transaction() as session:
             call = CallRepository(self.storage, session).record_status(
-                request.call_sid, status, duration, self.clock())
+                request.call_sid, status, duration, self.clock(),
+                sequence=_int(params.get("SequenceNumber")))
             if call is not None:
                 log.info("call %s status=%s outcome=%s duration=%s", call.call_sid, status,
                          call.outcome, duration)

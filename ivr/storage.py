@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import secrets
+import weakref
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -35,6 +37,10 @@ class Storage:
         self.url = make_url(url)
         self.engine = _create_engine(self.url, echo=echo)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # A worker forked from a process that already connected (gunicorn --preload) must
+        # open its own connections rather than share the parent's sockets or SQLite handles.
+        engine = weakref.ref(self.engine)
+        os.register_at_fork(after_in_child=lambda: engine() and engine().dispose(close=False))
 
     @property
     def dialect(self) -> str:
@@ -168,10 +174,19 @@ class CallRepository:
         call.updated_at = now
 
     def record_status(self, call_sid: str, status: str, duration: int | None,
-                      now: dt.datetime) -> Call | None:
+                      now: dt.datetime, sequence: int | None = None) -> Call | None:
+        """Apply a status callback, unless it is older than one already applied: callbacks
+        may arrive out of order and a call never moves backwards."""
         call = self.get(call_sid)
         if call is None:
             return None
+        if sequence is not None and call.status_sequence is not None \
+                and sequence <= call.status_sequence:
+            return call
+        if call.twilio_status in FINAL_STATUSES and status not in FINAL_STATUSES:
+            return call
+        if sequence is not None:
+            call.status_sequence = sequence
         call.twilio_status = status
         if duration is not None:
             call.duration_seconds = duration

@@ -83,3 +83,15 @@ def simulator(app) -> Simulator:
 @pytest.fixture
 def call_sid() -> str:
     return new_call_sid()
+
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = terminalreporter.stats.get("skipped", [])
+    postgres = [r for r in skipped if "IVR_TEST_POSTGRES_URL" in str(r.longrepr)]
+    if postgres:
+        terminalreporter.write_line(
+            f"{len(postgres)} PostgreSQL variants skipped: set IVR_TEST_POSTGRES_URL "
+            "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test) to run them.")
+    others = [r for r in skipped if r not in postgres]
+    for report in others:
+        terminalreporter.write_line(f"SKIPPED {report.nodeid}: {report.longrepr[-1]}")

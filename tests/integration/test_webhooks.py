@@ -261,3 +261,27 @@ def test_queue_full_tells_the_caller_the_ticket_is_kept(twilio, call_sid, ivr):
     assert number in "".join(spoken(root)).replace(" ", "")
     assert root[-1].tag == "Hangup"
     assert call_row(ivr, call_sid).queue_result == "queue-full"
+
+
+def status(twilio, sid, call_status, sequence, duration=None):
+    params = {**twilio.call_params(sid), "CallStatus": call_status, "SequenceNumber": str(sequence)}
+    if duration is not None:
+        params["CallDuration"] = str(duration)
+    return twilio.post("/voice/status", **params)
+
+
+def test_status_callbacks_arriving_out_of_order_never_move_a_call_backwards(twilio, call_sid, ivr):
+    twiml(press(twilio, call_sid, "/voice"))
+    status(twilio, call_sid, "completed", 3, duration=42)
+    status(twilio, call_sid, "in-progress", 2)
+    status(twilio, call_sid, "ringing", 1)
+    call = call_row(ivr, call_sid)
+    assert (call.twilio_status, call.duration_seconds, call.status_sequence) == ("completed", 42, 3)
+    assert call.outcome == "abandoned"
+
+
+def test_a_late_in_progress_callback_without_a_sequence_does_not_reopen_a_call(twilio, call_sid, ivr):
+    twiml(press(twilio, call_sid, "/voice"))
+    twilio.post("/voice/status", **{**twilio.call_params(call_sid), "CallStatus": "completed"})
+    twilio.post("/voice/status", **{**twilio.call_params(call_sid), "CallStatus": "in-progress"})
+    assert call_row(ivr, call_sid).twilio_status == "completed"

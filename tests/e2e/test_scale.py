@@ -1,0 +1,179 @@
+"""Many workers, one database: duplicate and concurrent webhooks, steps served by
+different server processes, and SQLite under four gunicorn workers."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import func, select, text
+
+from ivr import create_app
+from ivr.accounts import import_file
+from ivr.models import Call, OutboxMessage, Ticket
+from ivr.simulator import HttpTransport, Simulator, new_call_sid
+from ivr.storage import Storage
+
+from ..support import BUSINESS_OWNER, CALLER, CONFIG, DEMO_ACCOUNTS, ROOT, TOKEN, US_LINE, TwilioClient
+
+PUBLIC = "https://ivr.example.com"
+OWNER_DIGITS = ["2", f"{BUSINESS_OWNER[0]}#", f"{BUSINESS_OWNER[1]}#", "1"]
+
+
+def count(storage, model):
+    with storage.transaction() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def post_together(clients, path, params, copies):
+    """The same signed webhook, released at one moment from several threads."""
+    barrier = threading.Barrier(copies)
+
+    def send(i):
+        client = clients[i % len(clients)]
+        barrier.wait()
+        return client.post(path, **params)
+
+    with ThreadPoolExecutor(copies) as pool:
+        return list(pool.map(send, range(copies)))
+
+
+def test_the_same_webhook_at_the_same_moment_on_two_workers_makes_one_ticket(settings, clock, app):
+    second = create_app(settings, clock=clock)  # another worker: its own engine and pool
+    clients = [TwilioClient(app), TwilioClient(second)]
+    sid = new_call_sid()
+    params = clients[0].call_params(sid)
+    first = post_together(clients, "/voice", params, 6)
+    assert len({r.get_data() for r in first}) == 1 and all(r.status_code == 200 for r in first)
+    for step, digits in (("/voice/menu", "2"), ("/voice/pmi", BUSINESS_OWNER[0])):
+        clients[0].post(step, **params, Digits=digits)
+    keyed = post_together(clients, "/voice/host-key", {**params, "Digits": BUSINESS_OWNER[1]}, 6)
+    assert len({r.get_data() for r in keyed}) == 1
+    routed = post_together(clients, "/voice/priority", {**params, "Digits": "2"}, 8)
+    assert {r.status_code for r in routed} == {200}
+    assert len({r.get_data() for r in routed}) == 1
+    storage = app.extensions["ivr"].storage
+    assert count(storage, Ticket) == 1 and count(storage, OutboxMessage) == 1
+    assert count(storage, Call) == 1
+    second.extensions["ivr"].storage.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """The app under gunicorn in its own process."""
+
+    def __init__(self, database_url, tmp_path, workers=1, name="server"):
+        self.port = free_port()
+        self.log = open(tmp_path / f"{name}-{self.port}.log", "w+")
+        env = {**os.environ, "IVR_DATABASE_URL": database_url, "TWILIO_AUTH_TOKEN": TOKEN,
+               "IVR_PUBLIC_URL": PUBLIC, "IVR_HOST_KEY_PEPPER": "test-pepper",
+               "IVR_CONFIG": str(CONFIG), "IVR_INSTANCE_PATH": str(tmp_path / "instance")}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
+             "--workers", str(workers), "--log-level", "warning", "app:app"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not start: {self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+@pytest.fixture
+def prepared(database_url):
+    storage = Storage(database_url)
+    storage.upgrade()
+    from ivr.config import load_config
+    from ivr.security import HostKeyHasher
+
+    import_file(DEMO_ACCOUNTS, storage, HostKeyHasher(b"test-pepper"), load_config(CONFIG).lengths)
+    yield storage
+    storage.dispose()
+
+
+class Alternating:
+    """Sends each request of a call to the next server in turn."""
+
+    def __init__(self, urls):
+        self.transports = [HttpTransport(url) for url in urls]
+        self.base_url = PUBLIC
+        self.turn = 0
+        self.seen = []
+
+    def post(self, path, params, headers):
+        transport = self.transports[self.turn % len(self.transports)]
+        self.turn += 1
+        self.seen.append(transport.base_url)
+        return transport.post(path, params, headers)
+
+
+def test_any_worker_serves_any_step_of_a_call(database_url, prepared, tmp_path):
+    servers = [Server(database_url, tmp_path, name="a"), Server(database_url, tmp_path, name="b")]
+    try:
+        results = []
+        for n in range(6):
+            transport = Alternating([s.url for s in servers[n % 2:] + servers[:n % 2]])
+            result = Simulator(transport, TOKEN).call(US_LINE, CALLER, OWNER_DIGITS)
+            assert len(set(transport.seen)) == 2
+            results.append(result)
+    finally:
+        for server in servers:
+            server.stop()
+    assert [r.outcome for r in results] == ["routed"] * 6
+    with prepared.transaction() as session:
+        numbers = set(session.scalars(select(Ticket.number)))
+    assert numbers == {r.ticket for r in results}
+
+
+def test_sqlite_takes_a_thousand_tickets_from_four_workers_at_once(tmp_path):
+    database = tmp_path / "ivr.db"
+    url = f"sqlite:///{database}"
+    storage = Storage(url)
+    storage.upgrade()
+    from ivr.config import load_config
+    from ivr.security import HostKeyHasher
+
+    import_file(DEMO_ACCOUNTS, storage, HostKeyHasher(b"test-pepper"), load_config(CONFIG).lengths)
+    server = Server(url, tmp_path, workers=4, name="sqlite")
+    try:
+        def one_call(n):
+            simulator = Simulator(HttpTransport(server.url), TOKEN, signing_base=PUBLIC)
+            return simulator.call(US_LINE, f"+1202555{n:04d}", OWNER_DIGITS).outcome
+
+        with ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(one_call, range(1000)))
+    finally:
+        server.stop()
+    log = server.output()
+    assert outcomes.count("routed") == 1000, log[-2000:]
+    assert "database is locked" not in log and "Traceback" not in log
+    assert count(storage, Ticket) == 1000
+    with storage.engine.connect() as connection:
+        assert connection.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    storage.dispose()
