@@ -15,6 +15,7 @@ from .config import ConfigError, IvrConfig, Settings, load_config
 from .prompts import Catalogue, CatalogueError, load_catalogues
 from .security import HostKeyHasher, load_pepper
 from .service import CallService
+from .spool import Spool
 from .storage import Storage, utcnow
 from .twiml import Renderer
 
@@ -46,7 +47,8 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Fl
     storage = Storage(settings.database_url)
     hasher = HostKeyHasher(load_pepper(settings.host_key_pepper, settings.instance_path))
     renderer = Renderer(config, catalogues)
-    service = CallService(config, catalogues, storage, hasher, renderer, clock=clock)
+    spool = Spool(settings.instance_path / "spool")
+    service = CallService(config, catalogues, storage, hasher, renderer, spool, clock=clock)
 
     app = Flask(__name__, instance_path=str(settings.instance_path.resolve()))
     app.extensions["ivr"] = Ivr(settings, config, catalogues, storage, hasher, renderer, service)

@@ -123,10 +123,29 @@ def outbox_drain(watch):
     """Send pending text messages through Twilio (marks them not sent without credentials)."""
     if watch:
         click.echo("Draining the SMS outbox every 2 seconds; Ctrl-C to stop.")
-        sms_outbox.watch(ivr().storage, ivr().settings)
+        sms_outbox.watch(ivr().storage, ivr().settings, ivr().service)
         return
     counts = sms_outbox.drain(ivr().storage, ivr().settings)
     click.echo(", ".join(f"{name}: {count}" for name, count in counts.items()))
+
+
+spool_cli = AppGroup("spool", help="Tickets and statuses kept on disk while the database was down.")
+
+
+@spool_cli.command("replay")
+def spool_replay():
+    """Write spooled records to the database (each once; safe to run again)."""
+    result = ivr().service.spool.replay(ivr().service.replay)
+    if result.busy:
+        raise click.ClickException("another replay is running")
+    click.echo(f"Replayed {result.read} records: {result.applied} written, "
+               f"{result.already_present} already present, {result.unreadable} unreadable.")
+
+
+@spool_cli.command("status")
+def spool_status():
+    """How many records wait in the spool."""
+    click.echo(f"{ivr().service.spool.depth()} records waiting in {ivr().service.spool.folder}.")
 
 
 @click.command("simulate")
@@ -151,5 +170,5 @@ def simulate(to, caller, digits, url, as_json):
 
 
 def register(app) -> None:
-    for command in (init_db, accounts_cli, tickets_cli, outbox_cli, simulate):
+    for command in (init_db, accounts_cli, tickets_cli, outbox_cli, spool_cli, simulate):
         app.cli.add_command(command)

@@ -62,11 +62,17 @@ def drain(storage: Storage, settings: Settings, *, http_client: HttpClient | Non
             return counts
 
 
-def watch(storage: Storage, settings: Settings, interval: float = 2.0) -> None:
-    """Drain forever (the sender process beside the web workers)."""
+def watch(storage: Storage, settings: Settings, service, interval: float = 2.0) -> None:
+    """The sender process beside the web workers: replay the outage spool once the
+    database is back (its SMS join the outbox), then drain the outbox; forever."""
     while True:
         try:
+            if service.spool.depth():
+                result = service.spool.replay(service.replay)
+                if result.read:
+                    log.info("spool replayed: %s written, %s already present", result.applied,
+                             result.already_present)
             drain(storage, settings)
-        except Exception:  # keep the sender alive through a database hiccup
-            log.exception("outbox drain failed; retrying")
+        except Exception:  # keep the sender alive through a database outage
+            log.exception("outbox or spool replay failed; retrying")
         time.sleep(interval)

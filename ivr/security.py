@@ -43,3 +43,7 @@ class HostKeyHasher:
         expected = stored if stored is not None else self._decoy
         same = hmac.compare_digest(candidate, expected)
         return same and stored is not None
+
+    def derive(self, label: str) -> bytes:
+        """A secret for another purpose (e.g. the session key), independent of host keys."""
+        return hmac.new(self._pepper, f"derive:{label}".encode("utf-8"), hashlib.sha256).digest()

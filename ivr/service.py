@@ -7,16 +7,19 @@ hands the reply to the TwiML renderer. Nothing here knows about HTTP.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import logging
 import re
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import phonenumbers
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from .config import IvrConfig, Line
-from .flow import Caller, CallFlow, CallState, Reply, TicketInfo
+from .flow import Caller, CallFlow, CallState, Reply, Step, TicketInfo
 from .models import Call, Ticket
 from .prompts import Catalogue
 from .security import HostKeyHasher
@@ -27,10 +30,15 @@ from .storage import (
     OutboxRepository,
     Storage,
     TicketRepository,
+    new_ticket_number,
     ticket_info,
     utcnow,
 )
+from .spool import Spool
 from .twiml import Renderer
+
+# Errors that mean the database cannot be reached or written, not that a request was bad.
+DATABASE_DOWN = (OperationalError, InterfaceError)
 
 log = logging.getLogger("ivr.calls")
 
@@ -92,8 +100,9 @@ def _printable(value: str | None, limit: int) -> str:
 
 class CallService:
     def __init__(self, config: IvrConfig, catalogues: dict[str, Catalogue], storage: Storage,
-                 hasher: HostKeyHasher, renderer: Renderer,
+                 hasher: HostKeyHasher, renderer: Renderer, spool: Spool,
                  clock: Callable[[], dt.datetime] = utcnow):
+        self.spool = spool
         self.config = config
         self.catalogues = catalogues
         self.storage = storage
@@ -113,17 +122,25 @@ class CallService:
             self._save(session, call, state, reply)
         return self.renderer.reply(reply, line)
 
-    def gather(self, step: str, params: Mapping[str, str]) -> str:
+    def gather(self, step: str, params: Mapping[str, str],
+               query: Mapping[str, str] | None = None) -> str:
         request = CallRequest.from_params(params)
         if request is None:
             return self.renderer.hangup()
         digits = (params.get("Digits") or "")[:64]
-        with self.storage.transaction() as session:
-            call, state, line = self._load(session, request)
-            ports = _Ports(self, session, call, state)
-            reply = self._flow(line).handle(state, step, digits, ports)
-            self._save(session, call, state, reply)
-        return self.renderer.reply(reply, line)
+        try:
+            with self.storage.transaction() as session:
+                call, state, line = self._load(session, request)
+                ports = _Ports(self, session, call, state)
+                reply = self._flow(line).handle(state, step, digits, ports)
+                self._save(session, call, state, reply)
+                action_query = self._verified_pass(session, call, state, reply)
+        except DATABASE_DOWN:
+            verified = self._check_pass(request.call_sid, query or {})
+            if step != Step.PRIORITY.value or verified is None:
+                raise
+            return self._route_during_outage(request, digits, verified, query or {})
+        return self.renderer.reply(reply, line, action_query)
 
     def status(self, params: Mapping[str, str]) -> None:
         request = CallRequest.from_params(params)
@@ -131,13 +148,19 @@ class CallService:
             return
         status = _printable(params.get("CallStatus"), 32)
         duration = _int(params.get("CallDuration"))
-        with self.storage.transaction() as session:
-            call = CallRepository(self.storage, session).record_status(
-                request.call_sid, status, duration, self.clock(),
-                sequence=_int(params.get("SequenceNumber")))
-            if call is not None:
-                log.info("call %s status=%s outcome=%s duration=%s", call.call_sid, status,
-                         call.outcome, duration)
+        sequence = _int(params.get("SequenceNumber"))
+        try:
+            with self.storage.transaction() as session:
+                call = CallRepository(self.storage, session).record_status(
+                    request.call_sid, status, duration, self.clock(), sequence=sequence)
+                if call is not None:
+                    log.info("call %s status=%s outcome=%s duration=%s", call.call_sid, status,
+                             call.outcome, duration)
+        except DATABASE_DOWN:
+            self.spool.append({"kind": "status", "call_sid": request.call_sid, "status": status,
+                               "duration": duration, "sequence": sequence,
+                               "at": self.clock().isoformat()})
+            log.warning("database unreachable: status of call %s spooled", request.call_sid)
 
     def queue_result(self, params: Mapping[str, str], ticket_number: str | None) -> str:
         """Twilio's request after <Enqueue> or <Dial> ends."""
@@ -148,16 +171,22 @@ class CallService:
             return self.renderer.hangup()
         line = self.config.line_for(request.to)
         english = False
-        with self.storage.transaction() as session:
-            call = CallRepository(self.storage, session).record_queue_result(
-                request.call_sid, result[:32], _int(params.get("QueueTime")), self.clock())
-            if call is not None:
-                english = call.english
-                line = self.config.line_for(call.dialed_number)
-                ticket = TicketRepository(self.storage, session).for_call(call.call_sid)
-                ticket_number = ticket.number if ticket is not None else None
-            else:
-                ticket_number = None
+        try:
+            with self.storage.transaction() as session:
+                call = CallRepository(self.storage, session).record_queue_result(
+                    request.call_sid, result, _int(params.get("QueueTime")), self.clock())
+                if call is not None:
+                    english = call.english
+                    line = self.config.line_for(call.dialed_number)
+                    ticket = TicketRepository(self.storage, session).for_call(call.call_sid)
+                    ticket_number = ticket.number if ticket is not None else None
+                else:
+                    ticket_number = None
+        except DATABASE_DOWN:
+            # The ticket number came back in the action URL; trust only its shape.
+            ticket_number = ticket_number if (ticket_number or "").isdigit() else None
+            log.warning("database unreachable: queue result of call %s not recorded",
+                        request.call_sid)
         log.info("call %s queue result=%s", request.call_sid, result[:32])
         return self.renderer.after_queue(line, ticket_number, served, english)
 
@@ -166,6 +195,76 @@ class CallService:
         log.warning("fallback answered call %s to %s", (params.get("CallSid") or "?")[:64],
                     mask(params.get("To")))
         return self.renderer.fallback(line)
+
+    # -- database outage ---------------------------------------------------------------
+
+    def _pass_tag(self, call_sid: str, account_ref: str, flags: str) -> str:
+        key = self.hasher.derive("verified-call")
+        return hmac.new(key, f"{call_sid}|{account_ref}|{flags}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def _verified_pass(self, session: Session, call: Call, state: CallState,
+                       reply: Reply) -> dict[str, str] | None:
+        """Query parameters for the priority prompt of a verified caller: proof, signed by
+        the service, that lets the call be routed even if the database is gone by then."""
+        if reply.ask is None or reply.ask.step is not Step.PRIORITY or state.caller is None:
+            return None
+        account = AccountRepository(session).by_emails([state.caller.user_email]).get(
+            state.caller.user_email)
+        if account is None:
+            return None
+        ref, flags = str(account.id), f"{int(call.can_text)}{int(state.english)}"
+        return {"a": ref, "f": flags, "t": self._pass_tag(call.call_sid, ref, flags)}
+
+    def _check_pass(self, call_sid: str, query: Mapping[str, str]) -> tuple[int, bool, bool] | None:
+        ref, flags, tag = query.get("a", ""), query.get("f", ""), query.get("t", "")
+        if not (ref.isdigit() and flags in ("00", "01", "10", "11")):
+            return None
+        if not hmac.compare_digest(tag, self._pass_tag(call_sid, ref, flags)):
+            return None
+        return int(ref), flags[0] == "1", flags[1] == "1"
+
+    def _route_during_outage(self, request: CallRequest, digits: str,
+                             verified: tuple[int, bool, bool], query: Mapping[str, str]) -> str:
+        """Route a verified caller without the database; the ticket goes to the spool."""
+        account_ref, can_text, english = verified
+        line = self.config.line_for(request.to)
+        state = CallState(request.call_sid, can_text=can_text, step=Step.PRIORITY,
+                          english=english, caller=Caller("", "", "", ""))
+        ports = _SpoolPorts(self, line, english)
+        reply = self._flow(line).handle(state, Step.PRIORITY.value, digits, ports)
+        if reply.route is None or ports.ticket is None:
+            return self.renderer.reply(reply, line, dict(query))
+        now = self.clock().isoformat()
+        self.spool.append({
+            "kind": "ticket", "call_sid": request.call_sid, "account_ref": account_ref,
+            "number": ports.ticket.number, "priority": ports.ticket.priority,
+            "target_response_minutes": ports.ticket.target_response_minutes,
+            "region": line.region if line is not None else "unknown",
+            "dialed_number": line.number if line is not None else request.to,
+            "caller_number": request.caller, "can_text": can_text, "english": english,
+            "language": self.renderer.voices(line)[1 if english else 0].language,
+            "created_at": now, "acknowledged_at": now, "sms": ports.sms,
+        })
+        log.warning("database unreachable: call %s routed, its ticket spooled", request.call_sid)
+        return self.renderer.reply(reply, line)
+
+    def replay(self, record: dict) -> bool:
+        """Apply one spooled record; False if the database already had it."""
+        with self.storage.transaction() as session:
+            if record.get("kind") == "status":
+                CallRepository(self.storage, session).record_status(
+                    record["call_sid"], record["status"], record.get("duration"),
+                    dt.datetime.fromisoformat(record["at"]), sequence=record.get("sequence"))
+                return True
+            account = AccountRepository(session).by_id(record["account_ref"])
+            restored = TicketRepository(self.storage, session).restore(
+                record, account, dt.datetime.fromisoformat(record["created_at"]))
+            if restored is not None and record.get("sms"):
+                OutboxRepository(self.storage, session).queue(
+                    call_sid=record["call_sid"], template=record["sms"]["template"],
+                    to_number=record["caller_number"], body=record["sms"]["body"],
+                    now=self.clock())
+            return restored is not None
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -213,10 +312,9 @@ class CallService:
         if call.outcome != before:
             log.info("call %s outcome=%s steps=%s", call.call_sid, call.outcome, call.steps_reached)
 
-    def catalogue_for(self, call: Call) -> Catalogue:
-        line = self.config.line_for(call.dialed_number)
-        own, english = self.renderer.voices(line)
-        return self.catalogues[(english if call.english else own).catalogue_name]
+    def catalogue_for(self, line: Line | None, english: bool) -> Catalogue:
+        own, alternative = self.renderer.voices(line)
+        return self.catalogues[(alternative if english else own).catalogue_name]
 
 
 class _Ports:
@@ -268,11 +366,33 @@ class _Ports:
         return ticket_info(ticket)
 
     def send_sms(self, template: str, params: dict[str, object]) -> None:
-        self.call.english = self.state.english
-        body = self.service.catalogue_for(self.call).text(template, params)
+        line = self.service.config.line_for(self.call.dialed_number)
+        body = self.service.catalogue_for(line, self.state.english).text(template, params)
         OutboxRepository(self.service.storage, self.session).queue(
             call_sid=self.call.call_sid, template=template, to_number=self.call.caller_number,
             body=body, now=self.service.clock())
+
+
+class _SpoolPorts:
+    """The flow's side effects while the database is unreachable: kept for the spool."""
+
+    def __init__(self, service: CallService, line: Line | None, english: bool):
+        self.service = service
+        self.line = line
+        self.english = english
+        self.ticket: TicketInfo | None = None
+        self.sms: dict | None = None
+
+    def verify(self, pmi: str, host_key: str) -> Caller | None:
+        return None  # never asked: only verified callers are routed during an outage
+
+    def open_ticket(self, caller: Caller, priority: int, target_minutes: int) -> TicketInfo:
+        self.ticket = TicketInfo(new_ticket_number(), priority, target_minutes)
+        return self.ticket
+
+    def send_sms(self, template: str, params: dict[str, object]) -> None:
+        body = self.service.catalogue_for(self.line, self.english).text(template, params)
+        self.sms = {"template": template, "body": body}
 
 
 def _int(value: str | None) -> int | None:

@@ -245,6 +245,41 @@ class TicketRepository:
             )
         raise RuntimeError("could not allocate a unique ticket number")
 
+    def restore(self, record: dict, account: Account | None, now: dt.datetime) -> Ticket | None:
+        """Write a ticket taken while the database was down; None if this call has one."""
+        calls = CallRepository(self.storage, self.session)
+        call = calls.start(
+            call_sid=record["call_sid"], account_sid=None, dialed_number=record["dialed_number"],
+            region=record["region"], language=record["language"],
+            caller_number=record["caller_number"], can_text=record["can_text"], now=now)
+        if self.for_call(record["call_sid"]) is not None:
+            return None
+        number = record["number"]
+        while self.session.scalars(select(Ticket.id).where(Ticket.number == number)).first():
+            number = new_ticket_number()  # the spoken number was taken meanwhile: very rare
+        self.session.execute(
+            self.storage.insert(Ticket)
+            .values(number=number, call_sid=record["call_sid"],
+                    account_id=account.account_id if account else "unknown",
+                    user_email=account.user_email if account else "unknown",
+                    priority=record["priority"],
+                    target_response_minutes=record["target_response_minutes"],
+                    region=record["region"], status="open", created_at=now,
+                    acknowledged_at=dt.datetime.fromisoformat(record["acknowledged_at"]))
+            .on_conflict_do_nothing(index_elements=["call_sid"])
+        )
+        ticket = self.for_call(record["call_sid"])
+        if account is not None and call.account_id is None:
+            call.account_id, call.user_email = account.account_id, account.user_email
+            call.plan, call.role = account.plan, account.role
+        if call.outcome in (None, Outcome.ABANDONED.value):
+            call.outcome, call.abandoned_at_step = Outcome.ROUTED.value, None
+        call.step = Step.DONE.value
+        call.steps_reached = ",".join(
+            s for s in (call.steps_reached.split(",") + ["ticket", "routed", "spooled"]) if s)[:255]
+        call.updated_at = now
+        return ticket
+
     def acknowledge(self, ticket: Ticket, now: dt.datetime) -> None:
         if ticket.acknowledged_at is None:
             self.session.execute(
@@ -279,6 +314,9 @@ def ticket_info(ticket: Ticket) -> TicketInfo:
 class AccountRepository:
     def __init__(self, session: Session):
         self.session = session
+
+    def by_id(self, ref: int) -> Account | None:
+        return self.session.get(Account, ref)
 
     def by_pmi(self, pmi: str) -> Account | None:
         return self.session.scalars(select(Account).where(Account.pmi == pmi)).first()

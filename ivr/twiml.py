@@ -54,11 +54,12 @@ class Renderer:
 
     # -- replies -----------------------------------------------------------------------
 
-    def reply(self, reply: Reply, line: Line | None) -> str:
+    def reply(self, reply: Reply, line: Line | None,
+              query: dict[str, str] | None = None) -> str:
         response = VoiceResponse()
         if reply.ask is not None:
             ask = reply.ask
-            action = STEP_PATHS[ask.step]
+            action = STEP_PATHS[ask.step] + (f"?{urlencode(query)}" if query else "")
             gather = Gather(
                 input="dtmf",
                 action=action,

@@ -67,7 +67,7 @@ def gather(name: str):
     step = STEPS_BY_PATH.get(name)
     if step is None:
         abort(404, description=f"/voice/{name} is not a step of this service.")
-    return twiml(ivr().service.gather(step.value, request.form))
+    return twiml(ivr().service.gather(step.value, request.form, request.args))
 
 
 @voice.post("/status")
@@ -109,7 +109,8 @@ def healthz():
     except Exception as exc:  # reported, not raised: this is the health check
         database = f"unreachable: {type(exc).__name__}"
     status = 200 if database == "ok" else 503
-    return jsonify(status="ok" if status == 200 else "degraded", database=database), status
+    return jsonify(status="ok" if status == 200 else "degraded", database=database,
+                   spool_depth=ivr().service.spool.depth()), status
 
 
 

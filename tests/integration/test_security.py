@@ -57,7 +57,7 @@ class Caller:
 
 
 def routed_to_priority(body: bytes) -> bool:
-    return b'action="/voice/priority"' in body
+    return b'action="/voice/priority' in body
 
 
 def lock(ivr, key):

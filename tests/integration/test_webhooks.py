@@ -115,7 +115,7 @@ def test_no_or_invalid_input_at_every_prompt_reprompts_then_ends_politely(twilio
         twiml(press(twilio, call_sid, step, digits))
     for _ in range(2):
         root = twiml(press(twilio, call_sid, path, bad))
-        assert root.find("Gather").get("action") == path
+        assert root.find("Gather").get("action").split("?")[0] == path
     root = twiml(press(twilio, call_sid, path, bad))
     assert root[-1].tag == "Hangup" and root.find("Gather") is None
     assert call_row(ivr, call_sid).outcome == "no_input"

@@ -1,0 +1,106 @@
+"""The outage spool: what a webhook could not write to the database, kept on local disk.
+
+Records are JSON lines appended under an exclusive lock and fsync'd before the caller
+hears their ticket number. Replay moves the file aside under the same lock (so no append
+is lost to the move), applies each record idempotently, and deletes the file only when
+every record has been applied; a replay that stops half-way is simply run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    read: int = 0
+    applied: int = 0
+    already_present: int = 0
+    unreadable: int = 0
+    busy: bool = False
+
+
+class Spool:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.path = folder / "spool.jsonl"
+        self.replaying = folder / "spool.replaying.jsonl"
+
+    @contextlib.contextmanager
+    def _lock(self, name: str, blocking: bool = True) -> Iterator[bool]:
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.folder / name, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def append(self, record: dict) -> None:
+        line = (json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+        with self._lock("spool.lock"):
+            created = not self.path.exists()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                _fsync_dir(self.folder)
+
+    def depth(self) -> int:
+        """Records waiting to be replayed."""
+        total = 0
+        for path in (self.path, self.replaying):
+            with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
+                total += sum(1 for line in handle if line.strip())
+        return total
+
+    def replay(self, apply: Callable[[dict], bool]) -> ReplayResult:
+        """Apply every record; ``apply`` returns False for one already in the database."""
+        with self._lock("replay.lock", blocking=False) as mine:
+            if not mine:
+                return ReplayResult(busy=True)
+            with self._lock("spool.lock"):
+                if not self.replaying.exists():
+                    if not self.path.exists():
+                        return ReplayResult()
+                    os.replace(self.path, self.replaying)
+                    _fsync_dir(self.folder)
+            read = applied = present = unreadable = 0
+            with open(self.replaying, encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    if not line.strip():
+                        continue
+                    read += 1
+                    try:
+                        record = json.loads(line)
+                    except ValueError:  # a line cut short by a crash mid-write
+                        unreadable += 1
+                        continue
+                    if apply(record):
+                        applied += 1
+                    else:
+                        present += 1
+            os.unlink(self.replaying)
+            _fsync_dir(self.folder)
+            return ReplayResult(read, applied, present, unreadable)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

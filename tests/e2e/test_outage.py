@@ -1,0 +1,113 @@
+"""The database goes away mid-call: verified callers are still routed, their tickets are
+spooled to disk and replayed exactly once when the database is back."""
+
+import shutil
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+from sqlalchemy import func, select
+
+from ivr import create_app
+from ivr.models import Call, OutboxMessage, Ticket
+from ivr.simulator import new_call_sid
+
+from ..support import BUSINESS_OWNER, CALLER, US_LINE, TwilioClient, twiml
+
+
+@pytest.fixture
+def dead(settings, clock, database_url, tmp_path):
+    """Another worker of the same deployment whose database cannot be reached."""
+    if database_url.startswith("postgresql"):
+        url = "postgresql+psycopg://postgres@127.0.0.1:1/test"
+    else:
+        (tmp_path / "gone.db").mkdir()  # SQLite cannot open a directory as its file
+        url = f"sqlite:///{tmp_path}/gone.db"
+    app = create_app(settings.model_copy(update={"database_url": url}), clock=clock)
+    return TwilioClient(app)
+
+
+def verified(twilio, sid):
+    """A call driven up to the priority prompt; returns that prompt's action URL."""
+    params = twilio.call_params(sid)
+    twilio.post("/voice", **params)
+    twilio.post("/voice/menu", **params, Digits="2")
+    twilio.post("/voice/pmi", **params, Digits=BUSINESS_OWNER[0])
+    root = twiml(twilio.post("/voice/host-key", **params, Digits=BUSINESS_OWNER[1]))
+    return root.find("Gather").get("action")
+
+
+def count(ivr, model):
+    with ivr.storage.transaction() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def test_verified_callers_are_routed_and_their_tickets_replayed_once(app, ivr, twilio, dead):
+    spoken = {}
+    for _ in range(3):
+        sid = new_call_sid()
+        action = verified(twilio, sid)
+        started = time.monotonic()
+        response = dead.post(action, **twilio.call_params(sid), Digits="1")
+        assert time.monotonic() - started < 10  # well inside Twilio's 15 s
+        root = twiml(response)
+        assert root.find("Enqueue").text == "support-us"
+        spoken[sid] = [e.text for e in root.iter("say-as")][0]
+        dead.post("/voice/status", **{**twilio.call_params(sid), "CallStatus": "completed",
+                                      "CallDuration": "95", "SequenceNumber": "4"})
+    spool = ivr.service.spool
+    assert spool.depth() == 6 and count(ivr, Ticket) == 0
+
+    result = app.test_cli_runner().invoke(args=["spool", "replay"])
+    assert "Replayed 6 records: 6 written, 0 already present" in result.output
+    assert spool.depth() == 0
+    with ivr.storage.transaction() as session:
+        tickets = {t.call_sid: t for t in session.scalars(select(Ticket))}
+        calls = {c.call_sid: c for c in session.scalars(select(Call))}
+        texts = session.scalars(select(OutboxMessage)).all()
+    assert {sid: t.number for sid, t in tickets.items()} == spoken
+    for sid, ticket in tickets.items():
+        assert (ticket.priority, ticket.target_response_minutes) == (1, 60)
+        assert ticket.account_id == "demo-business" and ticket.acknowledged_at is not None
+        call = calls[sid]
+        assert (call.outcome, call.twilio_status, call.duration_seconds) == ("routed", "completed", 95)
+        assert "spooled" in call.steps_reached
+    assert len(texts) == 3 and all(t.body.startswith("Zoom Support: ticket") for t in texts)
+
+
+def test_a_replay_cut_short_is_run_again_without_doubling_anything(app, ivr, twilio, dead):
+    sid = new_call_sid()
+    dead.post(verified(twilio, sid), **twilio.call_params(sid), Digits="2")
+    spool = ivr.service.spool
+    saved = spool.path.read_bytes()
+    assert spool.replay(ivr.service.replay).applied == 1
+    # As if the process had died after writing to the database but before deleting the file.
+    spool.replaying.write_bytes(saved)
+    again = spool.replay(ivr.service.replay)
+    assert (again.read, again.applied, again.already_present) == (1, 0, 1)
+    assert count(ivr, Ticket) == 1 and count(ivr, OutboxMessage) == 1
+
+
+def test_a_caller_not_yet_verified_gets_the_fallback_during_an_outage(ivr, twilio, dead):
+    root = twiml(dead.post("/voice", **twilio.call_params(new_call_sid())))
+    assert [e.tag for e in root] == ["Say", "Enqueue"]
+    assert ivr.service.spool.depth() == 0
+
+
+def test_a_forged_pass_is_not_routed_through_the_spool(ivr, twilio, dead):
+    sid = new_call_sid()
+    action = verified(twilio, sid)
+    forged = action.replace("&t=", "&t=0")
+    root = twiml(dead.post(forged[:forged.index("&t=") + 35], **twilio.call_params(sid), Digits="1"))
+    assert [e.tag for e in root] == ["Say", "Enqueue"]  # the plain fallback
+    assert root.find("Enqueue").text == ivr.config.service.fallback_queue
+    assert ivr.service.spool.depth() == 0
+
+
+def test_healthz_reports_the_spool_depth(app, ivr, twilio, dead):
+    sid = new_call_sid()
+    dead.post(verified(twilio, sid), **twilio.call_params(sid), Digits="3")
+    body = app.test_client().get("/healthz").get_json()
+    assert body["spool_depth"] == 1
+    unhealthy = dead.client.get("/healthz")
+    assert unhealthy.status_code == 503 and unhealthy.get_json()["database"].startswith("unreachable")
