@@ -57,10 +57,12 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Fl
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
 
     from . import cli, views
-    from . import desk_cli  # noqa: F401  adds show, close, set-priority, export to `tickets`
+    from . import admin, api, desk_cli  # noqa: F401  desk_cli: tickets show|close|set-priority|export
 
     app.register_blueprint(views.voice)
     app.register_blueprint(views.health)
+    app.register_blueprint(api.api)
+    app.register_blueprint(admin.admin)
     cli.register(app)
     return app
 

@@ -390,7 +390,8 @@ class Desk:
             return ticket_view(ticket, caller, self.config, now), changed
 
     def _find(self, desk: DeskRepository, ref, for_update: bool = False):
-        found = desk.ticket(str(ref).strip(), for_update=for_update)
+        ref = str(ref).strip()
+        found = desk.ticket(ref, for_update=for_update) if ref.isascii() else None
         if found is None:
             raise NotFound(f"no ticket with id or number {str(ref)[:20]!r}")
         return found

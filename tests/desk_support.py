@@ -43,3 +43,94 @@ def add_ticket(ivr, *, created: dt.datetime, priority: int = 1, region: str = "U
     with ivr.storage.transaction() as session:
         session.add(ticket)
     return ticket
+
+
+def admin_app(settings, clock, token: str | None = ADMIN_TOKEN):
+    """The app with the admin API and dashboard on (or off with token=None), demo
+    directory loaded."""
+    from ivr import create_app
+    from ivr.accounts import import_file
+
+    from .support import DEMO_ACCOUNTS
+
+    app = create_app(settings.model_copy(update={"admin_token": token}), clock=clock)
+    ivr = app.extensions["ivr"]
+    ivr.storage.upgrade()
+    import_file(DEMO_ACCOUNTS, ivr.storage, ivr.hasher, ivr.config.lengths)
+    return app
+
+
+class Element:
+    def __init__(self, tag: str, attrs: dict[str, str]):
+        self.tag, self.attrs, self.children, self.parts = tag, attrs, [], []
+
+    def text(self) -> str:
+        return " ".join(" ".join(self.parts_deep()).split())
+
+    def parts_deep(self):
+        for part in self.parts:
+            yield part if isinstance(part, str) else part.text()
+
+    def iter(self, tag: str | None = None):
+        for child in self.children:
+            if tag is None or child.tag == tag:
+                yield child
+            yield from child.iter(tag)
+
+    def find(self, id: str) -> "Element":
+        found = [e for e in self.iter() if e.attrs.get("id") == id]
+        assert len(found) == 1, f"expected one element with id {id!r}, found {len(found)}"
+        return found[0]
+
+    def has(self, id: str) -> bool:
+        return any(e.attrs.get("id") == id for e in self.iter())
+
+    def field(self, name: str) -> str | None:
+        for e in self.iter():
+            if e.tag in ("input", "select", "button") and e.attrs.get("name") == name:
+                return e.attrs.get("value")
+        return None
+
+    def rows(self) -> list[tuple[dict, list[str]]]:
+        """(attributes, cell texts) of each body row of a table."""
+        body = next(self.iter("tbody"))
+        return [(tr.attrs, [c.text() for c in tr.children if c.tag in ("td", "th")])
+                for tr in body.iter("tr")]
+
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+        "track", "wbr", "rect", "line"}
+
+
+def parse_html(text: str) -> Element:
+    """The document as a tree of Elements (html.parser), for asserting on structure."""
+    from html.parser import HTMLParser
+
+    root = Element("#document", {})
+    stack = [root]
+
+    class Builder(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            element = Element(tag, {k: v or "" for k, v in attrs})
+            stack[-1].children.append(element)
+            stack[-1].parts.append(element)
+            if tag not in VOID:
+                stack.append(element)
+
+        def handle_startendtag(self, tag, attrs):
+            element = Element(tag, {k: v or "" for k, v in attrs})
+            stack[-1].children.append(element)
+            stack[-1].parts.append(element)
+
+        def handle_endtag(self, tag):
+            if tag in VOID:
+                return
+            while len(stack) > 1:
+                if stack.pop().tag == tag:
+                    break
+
+        def handle_data(self, data):
+            stack[-1].parts.append(data)
+
+    Builder(convert_charrefs=True).feed(text)
+    return root

@@ -1,4 +1,4 @@
-"""The support desk: the ticket lifecycle and the operator commands."""
+"""The support desk: the ticket lifecycle, the operator commands and the dashboard."""
 
 import csv
 import io
@@ -8,7 +8,7 @@ import pytest
 
 from ivr.desk import BadRequest, Conflict, Desk, NotFound
 
-from ..desk_support import add_ticket, at
+from ..desk_support import ADMIN_TOKEN, add_call, add_ticket, admin_app, at, parse_html
 from ..support import BUSINESS_OWNER, CALLER
 
 
@@ -180,3 +180,184 @@ def test_tickets_export_as_json_matches_the_csv(ivr, cli):
 def test_tickets_export_refuses_a_bad_date(cli):
     result = cli("tickets", "export", "--since", "last week")
     assert result.exit_code == 1 and "--since: 'last week' is not a date" in result.output
+
+
+# -- dashboard ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dashboard(settings, clock):
+    app = admin_app(settings, clock)
+    yield app
+    app.extensions["ivr"].storage.dispose()
+
+
+@pytest.fixture
+def browser(dashboard):
+    return dashboard.test_client()
+
+
+def page(response, status=200):
+    assert response.status_code == status, response.get_data(as_text=True)[:500]
+    assert response.mimetype == "text/html"
+    return parse_html(response.get_data(as_text=True))
+
+
+def sign_in(browser, token=ADMIN_TOKEN):
+    form = page(browser.get("/admin/login")).find("login")
+    return browser.post("/admin/login", data={"csrf_token": form.field("csrf_token"),
+                                              "token": token})
+
+
+@pytest.fixture
+def signed_in(browser):
+    response = sign_in(browser)
+    assert response.status_code == 302 and response.headers["Location"] == "/admin/"
+    return browser
+
+
+def csrf(browser, path="/admin/"):
+    return next(f for f in page(browser.get(path)).iter("form")
+                if f.field("csrf_token")).field("csrf_token")
+
+
+def test_without_an_admin_token_the_dashboard_is_off_and_says_so(settings, clock):
+    app = admin_app(settings, clock, token=None)
+    for path in ("/admin/", "/admin/login"):
+        doc = page(app.test_client().get(path), 404)
+        assert doc.find("message").text() == "The dashboard is disabled: set IVR_ADMIN_TOKEN."
+
+
+def test_every_page_sends_a_visitor_who_is_not_signed_in_to_the_login_form(browser):
+    for path in ("/admin/", "/admin/calls", "/admin/sla", "/admin/tickets/1",
+                 "/admin/export?format=csv"):
+        response = browser.get(path)
+        assert (response.status_code, response.headers["Location"]) == (302, "/admin/login")
+
+
+def test_signing_in_sets_an_httponly_samesite_cookie_for_the_dashboard_only(browser):
+    response = sign_in(browser)
+    assert response.status_code == 302
+    (cookie,) = response.headers.getlist("Set-Cookie")
+    attributes = {part.strip().split("=")[0].lower(): part.strip()
+                  for part in cookie.split(";")[1:]}
+    assert cookie.startswith("ivr_admin=") and ADMIN_TOKEN not in cookie
+    assert "httponly" in attributes and attributes["samesite"] == "SameSite=Lax"
+    assert attributes["path"] == "Path=/admin"
+    assert page(browser.get("/admin/")).has("export")
+
+
+def test_a_wrong_token_is_refused_and_a_login_without_the_form_token_is_refused(browser):
+    doc = page(sign_in(browser, token="guess"), 401)
+    assert doc.find("login").text().endswith("That is not the admin token. Sign in")
+    response = browser.post("/admin/login", data={"token": ADMIN_TOKEN})
+    assert page(response, 400).find("message").text().startswith("This form has expired")
+    assert browser.get("/admin/").status_code == 302
+
+
+def test_changing_the_admin_token_signs_everyone_out(signed_in, dashboard):
+    ivr = dashboard.extensions["ivr"]
+    ivr.settings = ivr.settings.model_copy(update={"admin_token": "a-new-token-0000"})
+    assert signed_in.get("/admin/").headers["Location"] == "/admin/login"
+
+
+def test_open_tickets_are_listed_least_time_left_first_coloured_by_urgency(signed_in, ivr):
+    overdue = add_ticket(ivr, created=at("2026-11-25 10:00"), priority=1)
+    urgent = add_ticket(ivr, created=at("2026-11-25 11:10"), priority=1, region="Japan")
+    fine = add_ticket(ivr, created=at("2026-11-25 11:00"), priority=2)
+    add_ticket(ivr, created=at("2026-11-25 11:59"), priority=1, status="closed")
+    doc = page(signed_in.get("/admin/"))
+    rows = doc.find("tickets").rows()
+    assert [(attrs["data-ticket"], attrs["class"]) for attrs, _ in rows] == [
+        (overdue.number, "overdue"), (urgent.number, "urgent"), (fine.number, "fine")]
+    assert [cells[1:5] for _, cells in rows] == [
+        ["P1 urgent", "overdue by 1 h 00 min", "open", "United States"],
+        ["P1 urgent", "10 min left", "open", "Japan"],
+        ["P2 high", "3 h 00 min left", "open", "United States"],
+    ]
+    assert [cells[6] for _, cells in rows] == ["…0100"] * 3
+
+
+def test_a_ticket_page_closes_and_reclassifies_through_forms_with_the_csrf_token(signed_in, ivr):
+    ticket = add_ticket(ivr, created=at("2026-11-25 11:00"), priority=3,
+                        callback_number="+14155550123")
+    path = f"/admin/tickets/{ticket.number}"
+    doc = page(signed_in.get(path))
+    assert "Call back on +14155550123" in doc.find("ticket").text()
+    token = doc.find("set-priority").field("csrf_token")
+    response = signed_in.post(f"{path}/priority", data={"csrf_token": token, "priority": "1"})
+    assert response.headers["Location"] == path
+    doc = page(signed_in.get(path))
+    assert "Priority P1 urgent (target 60 min)" in doc.find("ticket").text()
+    assert next(doc.iter("p")).text() == f"Ticket {ticket.number} is now P1 urgent."
+    signed_in.post(f"{path}/close", data={"csrf_token": token})
+    doc = page(signed_in.get(path))
+    assert "Status closed" in doc.find("ticket").text()
+    assert not doc.has("close") and not doc.has("set-priority")
+
+
+@pytest.mark.parametrize("token", [None, "", "forged"])
+def test_a_form_post_without_the_sessions_csrf_token_changes_nothing(signed_in, ivr, token):
+    ticket = add_ticket(ivr, created=at("2026-11-25 11:00"))
+    data = {} if token is None else {"csrf_token": token}
+    response = signed_in.post(f"/admin/tickets/{ticket.number}/close", data=data)
+    assert page(response, 400).find("message").text().startswith("This form has expired")
+    assert Desk.of(ivr).ticket(ticket.number)["status"] == "open"
+
+
+def test_forbidden_moves_and_bad_input_on_the_dashboard_answer_with_the_reason(signed_in, ivr):
+    ticket = add_ticket(ivr, created=at("2026-11-25 11:00"), status="closed")
+    token = csrf(signed_in)
+    doc = page(signed_in.post(f"/admin/tickets/{ticket.number}/priority",
+                              data={"csrf_token": token, "priority": "2"}), 409)
+    assert doc.find("message").text().endswith("is closed; its priority can no longer change")
+    doc = page(signed_in.post(f"/admin/tickets/{ticket.number}/priority",
+                              data={"csrf_token": token, "priority": "9"}), 400)
+    assert doc.find("message").text() == "priority: '9' is not a priority from 1 to 4"
+    page(signed_in.get("/admin/tickets/87654321"), 404)
+    page(signed_in.get("/admin/sla?since=someday"), 400)
+    page(signed_in.get("/admin/export?format=xml"), 400)
+
+
+def test_the_calls_page_counts_calls_by_region_and_outcome_and_per_hour(signed_in, ivr):
+    add_call(ivr, started=at("2026-11-25 09:05"), outcome="routed")
+    add_call(ivr, started=at("2026-11-25 09:55"), outcome="abandoned")
+    add_call(ivr, started=at("2026-11-24 14:00"), region="Japan", outcome="routed")
+    add_call(ivr, started=at("2026-11-25 11:00"), region="Japan", outcome=None)
+    add_call(ivr, started=at("2026-11-01 09:00"), outcome="routed")  # before the period
+    doc = page(signed_in.get("/admin/calls?since=2026-11-24&until=2026-11-25"))
+    table = doc.find("outcomes")
+    header = [th.text() for th in next(table.iter("thead")).iter("th")]
+    assert header == ["Region", "abandoned", "in progress", "routed", "total"]
+    assert [cells for _, cells in table.rows()] == [
+        ["Japan", "0", "1", "1", "2"], ["United States", "1", "0", "1", "2"]]
+    bars = {int(g.attrs["data-hour"]): int(g.attrs["data-calls"])
+            for g in doc.find("per-hour").iter("g")}
+    assert len(bars) == 24 and {h: n for h, n in bars.items() if n} == {9: 2, 11: 1, 14: 1}
+
+
+def test_the_sla_page_shows_the_share_met_per_priority_and_region(signed_in, ivr):
+    add_ticket(ivr, created=at("2026-11-25 09:00"), acknowledged=at("2026-11-25 09:10"))
+    add_ticket(ivr, created=at("2026-11-25 08:00"), acknowledged=at("2026-11-25 10:00"),
+               region="Japan")
+    add_ticket(ivr, created=at("2026-11-25 09:00"), priority=2,
+               acknowledged=at("2026-11-25 09:01"), region="Japan")
+    doc = page(signed_in.get("/admin/sla?since=2026-11-25"))
+    assert doc.find("overall").text() == "66.7 %"
+    assert [cells[:5] for _, cells in doc.find("by-priority").rows()] == [
+        ["P1", "50.0 %", "1", "1", "0"], ["P2", "100.0 %", "1", "0", "0"]]
+    assert [cells[:2] for _, cells in doc.find("by-region").rows()] == [
+        ["Japan", "50.0 %"], ["United States", "100.0 %"]]
+    assert doc.find("slowest").rows()[0][1][3:] == ["2 h 00 min", "1 h 00 min", "missed"]
+
+
+@pytest.mark.parametrize("fmt, mimetype", [("csv", "text/csv"), ("json", "application/json")])
+def test_the_dashboard_export_is_the_same_file_as_the_command(signed_in, ivr, cli, fmt, mimetype):
+    add_ticket(ivr, created=at("2026-11-20 08:00"))
+    add_ticket(ivr, created=at("2026-11-24 08:00"), callback_number="+14155550123")
+    response = signed_in.get(f"/admin/export?format={fmt}&since=2026-11-24")
+    assert response.status_code == 200 and response.mimetype == mimetype
+    assert response.headers["Content-Disposition"] == (
+        f'attachment; filename="tickets-since-2026-11-24.{fmt}"')
+    command = cli("tickets", "export", "--format", fmt, "--since", "2026-11-24")
+    assert response.get_data(as_text=True) == command.output

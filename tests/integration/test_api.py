@@ -1,0 +1,242 @@
+"""The support desk's JSON API: bearer token, filters, paging, ticket changes, errors."""
+
+import pytest
+
+from ..desk_support import ADMIN_TOKEN, add_call, add_ticket, admin_app, at
+from ..support import BUSINESS_OWNER, CALLER, TOKEN
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+def app(settings, clock):
+    app = admin_app(settings, clock)
+    yield app
+    app.extensions["ivr"].storage.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def get(client):
+    def get(path, **params):
+        response = client.get(path, query_string=params, headers=AUTH)
+        assert response.is_json, response.get_data(as_text=True)
+        return response
+    return get
+
+
+@pytest.fixture
+def patch(client):
+    def patch(path, body):
+        response = client.patch(path, json=body, headers=AUTH)
+        assert response.is_json, response.get_data(as_text=True)
+        return response
+    return patch
+
+
+# -- access ------------------------------------------------------------------------------
+
+
+def test_without_an_admin_token_configured_the_api_is_off_and_says_so(settings, clock):
+    app = admin_app(settings, clock, token=None)
+    response = app.test_client().get("/api/tickets", headers=AUTH)
+    assert response.status_code == 404
+    assert response.get_json() == {"error": "the admin API is disabled: set IVR_ADMIN_TOKEN"}
+
+
+@pytest.mark.parametrize("header", [
+    None, "", "Bearer", "Bearer ", f"Basic {ADMIN_TOKEN}", f"Bearer {ADMIN_TOKEN}x",
+    f"Bearer {ADMIN_TOKEN[:-1]}", "Bearer ünïcode-token", f"Bearer {TOKEN}",
+])
+def test_a_missing_or_wrong_token_gets_401_with_a_json_error(client, header):
+    headers = {"Authorization": header} if header is not None else {}
+    for method, path in [("get", "/api/tickets"), ("get", "/api/calls"),
+                         ("get", "/api/tickets/1"), ("patch", "/api/tickets/1")]:
+        response = getattr(client, method)(path, headers=headers, json={"status": "closed"})
+        assert response.status_code == 401
+        assert response.get_json()["error"].startswith("missing or wrong token")
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_the_scheme_is_case_insensitive(client):
+    response = client.get("/api/tickets", headers={"Authorization": f"bearer {ADMIN_TOKEN}"})
+    assert response.status_code == 200
+
+
+def test_unknown_paths_and_methods_under_the_api_answer_in_json(client):
+    assert client.get("/api/nothing", headers=AUTH).get_json()["error"]
+    response = client.delete("/api/tickets/1", headers=AUTH)
+    assert response.status_code == 405 and response.is_json
+
+
+# -- tickets -----------------------------------------------------------------------------
+
+
+def test_a_ticket_from_a_call_is_listed_with_the_caller_masked(simulator, get):
+    result = simulator.call("+18887999666", CALLER,
+                            ["2", f"{BUSINESS_OWNER[0]}#", f"{BUSINESS_OWNER[1]}#", "2"])
+    body = get("/api/tickets").get_json()
+    assert (body["total"], body["page"], body["per_page"], body["pages"]) == (1, 1, 50, 1)
+    (ticket,) = body["tickets"]
+    assert (ticket["number"], ticket["priority"], ticket["priority_name"]) == (
+        result.ticket, 2, "high")
+    assert (ticket["status"], ticket["region"], ticket["seconds_left"]) == (
+        "open", "United States", 240 * 60)
+    assert ticket["caller"] == "…0100"
+    assert CALLER not in str(body) and CALLER[1:] not in str(body)
+
+
+@pytest.fixture
+def tickets(ivr):
+    made = {
+        "us-p1-open": add_ticket(ivr, created=at("2026-11-25 09:00"), priority=1),
+        "jp-p2-queue": add_ticket(ivr, created=at("2026-11-24 09:00"), priority=2,
+                                  region="Japan", status="in_queue"),
+        "jp-p1-closed": add_ticket(ivr, created=at("2026-11-20 09:00"), priority=1,
+                                   region="Japan", status="closed"),
+        "uk-p4-open": add_ticket(ivr, created=at("2026-11-23 09:00"), priority=4,
+                                 region="United Kingdom"),
+    }
+    return {ticket.number: name for name, ticket in made.items()}
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({}, ["us-p1-open", "jp-p2-queue", "uk-p4-open", "jp-p1-closed"]),
+    ({"status": "open"}, ["us-p1-open", "uk-p4-open"]),
+    ({"status": "open,in_queue"}, ["us-p1-open", "jp-p2-queue", "uk-p4-open"]),
+    ({"priority": "1"}, ["us-p1-open", "jp-p1-closed"]),
+    ({"region": "Japan"}, ["jp-p2-queue", "jp-p1-closed"]),
+    ({"region": "Japan", "priority": "2"}, ["jp-p2-queue"]),
+    ({"since": "2026-11-23"}, ["us-p1-open", "jp-p2-queue", "uk-p4-open"]),
+    ({"until": "2026-11-23"}, ["uk-p4-open", "jp-p1-closed"]),
+    ({"since": "2026-11-23T10:00:00Z", "until": "2026-11-25T08:59:59+00:00"}, ["jp-p2-queue"]),
+])
+def test_tickets_are_filtered_newest_first(get, tickets, params, expected):
+    body = get("/api/tickets", **params).get_json()
+    assert [tickets[t["number"]] for t in body["tickets"]] == expected
+    assert body["total"] == len(expected)
+
+
+def test_tickets_come_in_pages_with_the_total(get, tickets):
+    first = get("/api/tickets", per_page=3).get_json()
+    second = get("/api/tickets", per_page=3, page=2).get_json()
+    beyond = get("/api/tickets", per_page=3, page=9).get_json()
+    assert [len(first["tickets"]), len(second["tickets"]), len(beyond["tickets"])] == [3, 1, 0]
+    assert first["total"] == second["total"] == 4 and first["pages"] == 2
+    assert {t["number"] for t in first["tickets"] + second["tickets"]} == set(tickets)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"status": "lost"}, "status: 'lost' is not one of open, in_queue"),
+    ({"status": ""}, "status: '' is not one of"),
+    ({"priority": "5"}, "priority: '5' is not a whole number from 1 to 4"),
+    ({"priority": "x"}, "priority: 'x' is not a whole number"),
+    ({"priority": "²"}, "priority: '²' is not a whole number"),
+    ({"region": "Mars"}, "region: 'Mars' is not one of Australia, France"),
+    ({"region": "Japan,France"}, "region: give one region"),
+    ({"since": "soon"}, "since: 'soon' is not a date"),
+    ({"since": "2026-11-25", "until": "2026-11-01"}, "until: the end of the range"),
+    ({"page": "0"}, "page: '0' is not a whole number of at least 1"),
+    ({"per_page": "201"}, "per_page: '201' is not a whole number from 1 to 200"),
+    ({"per_page": "99999999999999999999"}, "per_page: "),
+    ({"colour": "red"}, "'colour' is not a filter here"),
+    ({"status": ["open", "closed"]}, "status: give it once"),
+])
+def test_a_bad_filter_gets_400_saying_what_is_wrong(get, params, message):
+    response = get("/api/tickets", **params)
+    assert response.status_code == 400
+    assert message in response.get_json()["error"]
+
+
+def test_one_ticket_is_found_by_number_or_id(get, ivr):
+    ticket = add_ticket(ivr, created=at("2026-11-25 11:00"), callback_number="+14155550123")
+    by_number = get(f"/api/tickets/{ticket.number}").get_json()
+    assert by_number == get(f"/api/tickets/{ticket.id}").get_json()
+    assert by_number["callback_number"] == "+14155550123" and by_number["caller"] == "…0100"
+    assert (by_number["seconds_left"], by_number["urgency"]) == (0, "overdue")
+
+
+@pytest.mark.parametrize("ref", ["99999999", "abc", "0", "²", "1" * 30])
+def test_an_unknown_ticket_gets_404(get, patch, ref):
+    for response in (get(f"/api/tickets/{ref}"), patch(f"/api/tickets/{ref}", {"status": "closed"})):
+        assert response.status_code == 404
+        assert response.get_json()["error"].startswith("no ticket with id or number")
+
+
+def test_patch_moves_a_ticket_on_and_reclassifies_it(patch, ivr, clock):
+    ticket = add_ticket(ivr, created=at("2026-11-25 11:30"), priority=3)
+    response = patch(f"/api/tickets/{ticket.number}", {"status": "in_queue", "priority": 1})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert (body["status"], body["priority"], body["target_response_minutes"]) == (
+        "in_queue", 1, 60)
+    assert body["updated_at"] == clock.now.isoformat() and body["seconds_left"] == 1800
+    body = patch(f"/api/tickets/{ticket.id}", {"status": "connected"}).get_json()
+    assert body["connected_at"] == clock.now.isoformat()
+
+
+def test_patch_refuses_a_move_the_lifecycle_forbids_with_409(patch, ivr):
+    ticket = add_ticket(ivr, created=at("2026-11-25 11:30"), status="closed")
+    response = patch(f"/api/tickets/{ticket.number}", {"status": "open"})
+    assert response.status_code == 409
+    assert response.get_json() == {"error": f"ticket {ticket.number} cannot go from closed to "
+                                             "open (allowed from closed: none: it is final)"}
+
+
+@pytest.mark.parametrize("body, message", [
+    (None, "send a JSON object"),
+    ([1, 2], "send a JSON object"),
+    ({}, "nothing to change"),
+    ({"status": 3}, "status: 3 is not one of"),
+    ({"status": "done"}, "status: 'done' is not one of"),
+    ({"priority": "2"}, "priority: '2' is not a priority from 1 to 4"),
+    ({"priority": 0}, "priority: 0 is not a priority"),
+    ({"priority": 2.5}, "priority: 2.5 is not a priority"),
+    ({"number": "123"}, "'number' cannot be changed"),
+])
+def test_patch_refuses_a_bad_body_with_400(client, ivr, body, message):
+    ticket = add_ticket(ivr, created=at("2026-11-25 11:30"))
+    if body is None:
+        response = client.patch(f"/api/tickets/{ticket.number}", data="status=closed",
+                                headers=AUTH)
+    else:
+        response = client.patch(f"/api/tickets/{ticket.number}", json=body, headers=AUTH)
+    assert response.status_code == 400
+    assert message in response.get_json()["error"]
+
+
+# -- calls -------------------------------------------------------------------------------
+
+
+def test_calls_are_filtered_and_paged_with_callers_masked(get, ivr):
+    add_ticket(ivr, created=at("2026-11-25 09:00"), priority=2, region="Japan")
+    add_call(ivr, started=at("2026-11-25 10:00"), outcome="abandoned")
+    add_call(ivr, started=at("2026-11-24 10:00"), region="France", outcome="failed_auth",
+             caller="+33612345678")
+    body = get("/api/calls").get_json()
+    assert body["total"] == 3
+    assert [c["outcome"] for c in body["calls"]] == ["abandoned", "routed", "failed_auth"]
+    assert [c["caller"] for c in body["calls"]] == ["…0100", "…0100", "…5678"]
+    assert "+33612345678" not in str(body) and CALLER not in str(body)
+    routed = body["calls"][1]
+    assert routed["priority"] == 2 and routed["ticket"] and routed["region"] == "Japan"
+    assert [c["outcome"] for c in get("/api/calls", priority=2).get_json()["calls"]] == ["routed"]
+    assert get("/api/calls", outcome="abandoned,failed_auth").get_json()["total"] == 2
+    assert get("/api/calls", region="France").get_json()["calls"][0]["outcome"] == "failed_auth"
+    assert get("/api/calls", until="2026-11-24").get_json()["total"] == 1
+    page = get("/api/calls", per_page=1, page=3).get_json()
+    assert page["total"] == 3 and page["calls"][0]["outcome"] == "failed_auth"
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"outcome": "won"}, "outcome: 'won' is not one of routed"),
+    ({"status": "done"}, "status: 'done' is not one of queued"),
+    ({"number": "1"}, "'number' is not a filter here"),
+])
+def test_a_bad_call_filter_gets_400(get, params, message):
+    response = get("/api/calls", **params)
+    assert response.status_code == 400 and message in response.get_json()["error"]
