@@ -18,6 +18,7 @@ import phonenumbers
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from . import metrics
 from .config import IvrConfig, Line
 from .flow import Caller, CallFlow, CallState, Reply, Step, TicketInfo
 from .models import Call, Ticket
@@ -151,12 +152,17 @@ class CallService:
         sequence = _int(params.get("SequenceNumber"))
         try:
             with self.storage.transaction() as session:
-                call = CallRepository(self.storage, session).record_status(
+                calls = CallRepository(self.storage, session)
+                before = getattr(calls.get(request.call_sid), "outcome", None)
+                call = calls.record_status(
                     request.call_sid, status, duration, self.clock(), sequence=sequence)
+                if call is not None and call.outcome != before:
+                    metrics.CALLS.labels(call.region, call.outcome).inc()
                 if call is not None:
                     log.info("call %s status=%s outcome=%s duration=%s", call.call_sid, status,
                              call.outcome, duration)
         except DATABASE_DOWN:
+            metrics.SPOOLED.labels("status").inc()
             self.spool.append({"kind": "status", "call_sid": request.call_sid, "status": status,
                                "duration": duration, "sequence": sequence,
                                "at": self.clock().isoformat()})
@@ -235,6 +241,7 @@ class CallService:
         if reply.route is None or ports.ticket is None:
             return self.renderer.reply(reply, line, dict(query))
         now = self.clock().isoformat()
+        metrics.SPOOLED.labels("ticket").inc()
         self.spool.append({
             "kind": "ticket", "call_sid": request.call_sid, "account_ref": account_ref,
             "number": ports.ticket.number, "priority": ports.ticket.priority,
@@ -311,6 +318,9 @@ class CallService:
                 tickets.acknowledge(ticket, now)
         if call.outcome != before:
             log.info("call %s outcome=%s steps=%s", call.call_sid, call.outcome, call.steps_reached)
+            metrics.CALLS.labels(call.region, call.outcome).inc()
+            if state.ticket is not None and call.outcome == "routed":
+                metrics.TICKETS.labels(str(state.ticket.priority)).inc()
 
     def catalogue_for(self, line: Line | None, english: bool) -> Catalogue:
         own, alternative = self.renderer.voices(line)
@@ -339,12 +349,15 @@ class _Ports:
         pmi_key, caller_key = lockout_keys(pmi, self.call.caller_number)
         if lockouts.locked([pmi_key, caller_key], now):
             lockouts.attempt_while_locked([pmi_key, caller_key], now)
+            metrics.VERIFICATIONS.labels("locked").inc()
             log.info("call %s verification refused: PMI or caller locked", sid)
             return None
         if matches and account is not None:
             lockouts.clear(pmi_key)
+            metrics.VERIFICATIONS.labels("passed").inc()
             log.info("call %s verification passed", sid)
             return Caller(account.account_id, account.user_email, account.plan, account.role)
+        metrics.VERIFICATIONS.labels("failed").inc()
         log.info("call %s verification failed", sid)
         if lockouts.fail(pmi_key, now, threshold=policy.pmi_failures, window=None,
                          lock_for=policy.duration):

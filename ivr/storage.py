@@ -66,6 +66,11 @@ class Storage:
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
 
+    def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+        with self.engine.connect() as connection:
+            connection.execute(select(1))
+
     def insert(self, table):
         """An INSERT that can say ON CONFLICT DO NOTHING on this database."""
         return (pg_insert if self.dialect == "postgresql" else sqlite_insert)(table)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 
-from flask import Blueprint, Response, abort, current_app, jsonify, request
-from sqlalchemy import text
+from flask import Blueprint, Response, abort, current_app, g, jsonify, request
 from twilio.request_validator import RequestValidator
 
 
+from . import metrics
+from .storage import OutboxRepository
 from .twiml import STEP_PATHS
 
 log = logging.getLogger("ivr.http")
@@ -53,6 +55,22 @@ def twilio_signed(view):
         return view(*args, **kwargs)
 
     return checked
+
+
+@voice.before_request
+def _start_timer():
+    g.started = time.perf_counter()
+
+
+@voice.after_request
+def _observe(response):
+    if "started" in g:
+        endpoint = (request.endpoint or "voice.unmatched").rsplit(".", 1)[-1]
+        step = (request.view_args or {}).get("name", endpoint)
+        if endpoint == "gather" and step not in STEPS_BY_PATH:
+            step = "unknown"  # keeps the label set bounded whatever the path
+        metrics.WEBHOOK_SECONDS.labels(step).observe(time.perf_counter() - g.started)
+    return response
 
 
 @voice.post("")
@@ -100,11 +118,22 @@ def voice_error(error):
     return twiml(ivr().service.fallback(request.form))
 
 
+@health.get("/metrics")
+def prometheus_metrics():
+    service = ivr().service
+
+    def outbox_depth() -> int:
+        with ivr().storage.transaction() as session:
+            return OutboxRepository(ivr().storage, session).depth()
+
+    body, content_type = metrics.exposition(metrics.DepthCollector(outbox_depth, service.spool.depth))
+    return Response(body, content_type=content_type)
+
+
 @health.get("/healthz")
 def healthz():
     try:
-        with ivr().storage.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        ivr().storage.ping()
         database = "ok"
     except Exception as exc:  # reported, not raised: this is the health check
         database = f"unreachable: {type(exc).__name__}"

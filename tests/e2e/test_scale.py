@@ -167,12 +167,20 @@ def test_sqlite_takes_a_thousand_tickets_from_four_workers_at_once(tmp_path):
 
         with ThreadPoolExecutor(16) as pool:
             outcomes = list(pool.map(one_call, range(1000)))
+        scraped = requests.get(server.url + "/metrics", timeout=5).text
     finally:
         server.stop()
     log = server.output()
     assert outcomes.count("routed") == 1000, log[-2000:]
     assert "database is locked" not in log and "Traceback" not in log
     assert count(storage, Ticket) == 1000
+    # Every worker's counts add up on one scrape (prometheus multiprocess mode).
+    from prometheus_client.parser import text_string_to_metric_families
+
+    routed = sum(sample.value for family in text_string_to_metric_families(scraped)
+                 for sample in family.samples
+                 if sample.name == "ivr_calls_total" and sample.labels["outcome"] == "routed")
+    assert routed == 1000
     with storage.engine.connect() as connection:
         assert connection.execute(text("PRAGMA integrity_check")).scalar() == "ok"
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"

@@ -285,3 +285,32 @@ def test_a_late_in_progress_callback_without_a_sequence_does_not_reopen_a_call(t
     twilio.post("/voice/status", **{**twilio.call_params(call_sid), "CallStatus": "completed"})
     twilio.post("/voice/status", **{**twilio.call_params(call_sid), "CallStatus": "in-progress"})
     assert call_row(ivr, call_sid).twilio_status == "completed"
+
+
+def metric(app, name, **labels):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = app.test_client().get("/metrics").get_data(as_text=True)
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def test_metrics_count_calls_verifications_tickets_and_webhook_latency(app, twilio, call_sid):
+    before = {
+        "calls": metric(app, "ivr_calls_total", region="United States", outcome="routed"),
+        "passed": metric(app, "ivr_verifications_total", result="passed"),
+        "tickets": metric(app, "ivr_tickets_total", priority="2"),
+        "menu": metric(app, "ivr_webhook_seconds_count", step="menu"),
+    }
+    to_priority(twilio, call_sid)
+    twiml(press(twilio, call_sid, "/voice/priority", "2"))
+    twiml(press(twilio, call_sid, "/voice/priority", "2"))  # a repeat counts nothing twice
+    assert metric(app, "ivr_calls_total", region="United States", outcome="routed") == before["calls"] + 1
+    assert metric(app, "ivr_verifications_total", result="passed") == before["passed"] + 1
+    assert metric(app, "ivr_tickets_total", priority="2") == before["tickets"] + 1
+    assert metric(app, "ivr_webhook_seconds_count", step="menu") == before["menu"] + 1
+    assert metric(app, "ivr_outbox_depth") == 1
+    assert metric(app, "ivr_spool_depth") == 0
