@@ -34,6 +34,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/profile.py > /dev/null
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

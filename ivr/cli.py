@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import click
 from flask import current_app
@@ -12,6 +13,7 @@ from flask.cli import AppGroup, with_appcontext
 from . import accounts as directory
 from . import outbox as sms_outbox
 from .simulator import HttpTransport, Simulator, WsgiTransport, transcript
+from .surge import run_surge
 from .service import lockout_keys, mask
 from .storage import LockoutRepository, TicketRepository
 
@@ -149,20 +151,43 @@ def spool_status():
 
 
 @click.command("simulate")
-@click.option("--to", "to", required=True, help="The number dialled (any notation).")
+@click.option("--to", "to", help="The number dialled (any notation); needed for one call.")
 @click.option("--from", "caller", default="+14155550100", show_default=True,
               help="The caller's number.")
 @click.option("--digits", default="", help='Keys per prompt, e.g. "2 1234567890# 123456# 1"; '
                                            '"-" lets a prompt time out.')
 @click.option("--url", default=None, help="Drive a running server instead of this process.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--calls", type=click.IntRange(1), help="Surge: drive this many calls of a "
+              "realistic mix over all nine numbers (uses the demo directory's users).")
+@click.option("--concurrency", type=click.IntRange(1, 512), default=8, show_default=True,
+              help="Surge: calls in progress at once.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Surge: the mix's seed.")
+@click.option("--think", type=click.FloatRange(0, 60), default=0.0, show_default=True,
+              help="Surge: seconds each caller listens before answering a prompt.")
 @with_appcontext
-def simulate(to, caller, digits, url, as_json):
-    """Drive one whole call as Twilio would and print what the caller hears."""
+def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think):
+    """Drive one whole call as Twilio would and print what the caller hears;
+    with --calls, drive a surge and report throughput, latency and failures."""
     settings = ivr().settings
-    transport = HttpTransport(url) if url else WsgiTransport(current_app._get_current_object())
-    simulator = Simulator(transport, settings.twilio_auth_token or "",
-                          signing_base=settings.public_url if not url else None)
+    app = current_app._get_current_object()
+    token = settings.twilio_auth_token or ""
+    signing_base = settings.public_url if not url else None
+
+    def transport():
+        return HttpTransport(url) if url else WsgiTransport(app)
+
+    if calls:
+        with click.progressbar(length=calls, label="calls", file=sys.stderr) as bar:
+            report = run_surge(transport, token, calls, concurrency, signing_base=signing_base,
+                               seed=seed, think=think, progress=bar.update)
+        click.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.table())
+        if report.errors or report.unexpected:
+            raise SystemExit(1)
+        return
+    if not to:
+        raise click.UsageError("give --to NUMBER for one call, or --calls N for a surge")
+    simulator = Simulator(transport(), token, signing_base=signing_base)
     result = simulator.call(to, caller, digits.split())
     click.echo(result.to_json() if as_json else transcript(result))
     if result.outcome == "error":

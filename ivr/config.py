@@ -296,6 +296,9 @@ class IvrConfig(_Model):
         """The configured line for a dialled number in any common notation, or None."""
         if not number:
             return None
+        line = self._by_number.get(number)  # Twilio sends E.164: no parsing needed
+        if line is not None:
+            return line
         try:
             e164 = normalise_number(number)
         except ValueError:

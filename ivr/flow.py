@@ -46,6 +46,7 @@ class Caller:
     user_email: str
     plan: str
     role: str
+    ref: int | None = None  # the directory entry, when known without another lookup
 
 
 @dataclass(frozen=True)

@@ -152,11 +152,9 @@ class CallService:
         sequence = _int(params.get("SequenceNumber"))
         try:
             with self.storage.transaction() as session:
-                calls = CallRepository(self.storage, session)
-                before = getattr(calls.get(request.call_sid), "outcome", None)
-                call = calls.record_status(
+                call = CallRepository(self.storage, session).record_status(
                     request.call_sid, status, duration, self.clock(), sequence=sequence)
-                if call is not None and call.outcome != before:
+                if call is not None and call.abandoned_at_step and call.ended_at == self.clock():
                     metrics.CALLS.labels(call.region, call.outcome).inc()
                 if call is not None:
                     log.info("call %s status=%s outcome=%s duration=%s", call.call_sid, status,
@@ -214,11 +212,14 @@ class CallService:
         the service, that lets the call be routed even if the database is gone by then."""
         if reply.ask is None or reply.ask.step is not Step.PRIORITY or state.caller is None:
             return None
-        account = AccountRepository(session).by_emails([state.caller.user_email]).get(
-            state.caller.user_email)
-        if account is None:
-            return None
-        ref, flags = str(account.id), f"{int(call.can_text)}{int(state.english)}"
+        ref = state.caller.ref
+        if ref is None:  # a re-prompt: the caller was verified by an earlier request
+            account = AccountRepository(session).by_emails([state.caller.user_email]).get(
+                state.caller.user_email)
+            if account is None:
+                return None
+            ref = account.id
+        ref, flags = str(ref), f"{int(call.can_text)}{int(state.english)}"
         return {"a": ref, "f": flags, "t": self._pass_tag(call.call_sid, ref, flags)}
 
     def _check_pass(self, call_sid: str, query: Mapping[str, str]) -> tuple[int, bool, bool] | None:
@@ -300,7 +301,9 @@ class CallService:
             )
             log.info("call %s started region=%s from=%s", call.call_sid, call.region,
                      mask(request.caller))
-        ticket = TicketRepository(self.storage, session).for_call(call.call_sid)
+        # Only a finished call replays its ticket; no other step needs to read it.
+        ticket = TicketRepository(self.storage, session).for_call(call.call_sid) \
+            if call.step == Step.DONE.value else None
         return call, calls.state(call, ticket), self.config.line_for(call.dialed_number)
 
     def _save(self, session: Session, call: Call, state: CallState, reply: Reply) -> None:
@@ -312,10 +315,8 @@ class CallService:
                 call.language = line.english.language
         CallRepository.save(call, state, now)
         if reply.route is not None:
-            tickets = TicketRepository(self.storage, session)
-            ticket = tickets.for_call(call.call_sid)
-            if ticket is not None:
-                tickets.acknowledge(ticket, now)
+            # The caller is about to hear the number: that is the acknowledgement.
+            TicketRepository(self.storage, session).acknowledge(call.call_sid, now)
         if call.outcome != before:
             log.info("call %s outcome=%s steps=%s", call.call_sid, call.outcome, call.steps_reached)
             metrics.CALLS.labels(call.region, call.outcome).inc()
@@ -356,7 +357,8 @@ class _Ports:
             lockouts.clear(pmi_key)
             metrics.VERIFICATIONS.labels("passed").inc()
             log.info("call %s verification passed", sid)
-            return Caller(account.account_id, account.user_email, account.plan, account.role)
+            return Caller(account.account_id, account.user_email, account.plan, account.role,
+                          account.id)
         metrics.VERIFICATIONS.labels("failed").inc()
         log.info("call %s verification failed", sid)
         if lockouts.fail(pmi_key, now, threshold=policy.pmi_failures, window=None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
@@ -76,6 +77,7 @@ class CallResult:
     route: dict = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     requests: int = 0
+    timings: list[tuple[str, float]] = field(default_factory=list)  # (path, seconds) per request
 
     def said(self) -> list[str]:
         return [e.text for e in self.events if e.kind == "say"]
@@ -93,7 +95,8 @@ def new_call_sid() -> str:
 
 class Simulator:
     def __init__(self, transport: Transport, auth_token: str, signing_base: str | None = None,
-                 account_sid: str = "AC" + "0" * 32):
+                 account_sid: str = "AC" + "0" * 32, think: float = 0.0):
+        self.think = think  # seconds a caller spends listening before each answer
         self.transport = transport
         self.validator = RequestValidator(auth_token or "unused")
         self.signing_base = (signing_base or transport.base_url).rstrip("/")
@@ -128,8 +131,12 @@ class Simulator:
                 result.outcome = "error"
                 result.events.append(Event("http_error", f"more than {MAX_REQUESTS} requests"))
                 break
+            if result.requests and self.think:
+                time.sleep(self.think)
             result.requests += 1
+            started = time.perf_counter()
             status, body = self.post(path, {**self._params(result), **extra})
+            result.timings.append((path.split("?", 1)[0], time.perf_counter() - started))
             if status != 200:
                 result.outcome = "error"
                 result.events.append(Event("http_error", f"HTTP {status} from {path}"))
@@ -219,8 +226,13 @@ class Simulator:
     def _status_callback(self, result: CallResult) -> None:
         params = self._params(result, "completed")
         params["CallDuration"] = str(max(1, len(result.events) * 3))
-        self.post("/voice/status", params)
+        started = time.perf_counter()
+        status, _ = self.post("/voice/status", params)
+        result.timings.append(("/voice/status", time.perf_counter() - started))
         result.requests += 1
+        if status != 200:
+            result.outcome = "error"
+            result.events.append(Event("http_error", f"HTTP {status} from /voice/status"))
 
 
 def _path(url: str, current: str) -> str:

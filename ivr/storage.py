@@ -117,10 +117,11 @@ class CallRepository:
         self.session = session
 
     def get(self, call_sid: str, *, for_update: bool = True) -> Call | None:
-        query = select(Call).where(Call.call_sid == call_sid)
-        if for_update and self.storage.dialect == "postgresql":
-            query = query.with_for_update()
-        return self.session.scalars(query).first()
+        """The call, locked for this transaction on PostgreSQL (SQLite's BEGIN IMMEDIATE
+        already holds the write lock)."""
+        lock = for_update and self.storage.dialect == "postgresql"
+        return self.session.get(Call, call_sid, with_for_update=lock or None,
+                                populate_existing=True)
 
     def start(self, *, call_sid: str, account_sid: str | None, dialed_number: str, region: str,
               language: str, caller_number: str, can_text: bool, now: dt.datetime) -> Call:
@@ -285,14 +286,14 @@ class TicketRepository:
         call.updated_at = now
         return ticket
 
-    def acknowledge(self, ticket: Ticket, now: dt.datetime) -> None:
-        if ticket.acknowledged_at is None:
-            self.session.execute(
-                update(Ticket)
-                .where(Ticket.id == ticket.id, Ticket.acknowledged_at.is_(None))
-                .values(acknowledged_at=now)
-            )
-            self.session.refresh(ticket)
+    def acknowledge(self, call_sid: str, now: dt.datetime) -> None:
+        """Record when the caller was first told the ticket number."""
+        self.session.execute(
+            update(Ticket)
+            .where(Ticket.call_sid == call_sid, Ticket.acknowledged_at.is_(None))
+            .values(acknowledged_at=now)
+            .execution_options(synchronize_session=False)
+        )
 
     def list(self, limit: int | None = None) -> list[Ticket]:
         query = select(Ticket).order_by(Ticket.created_at.desc(), Ticket.id.desc())

@@ -149,3 +149,30 @@ def test_importing_again_updates_users_and_stores_only_keyed_hashes(app, ivr, tm
         account = session.scalars(select(Account).where(Account.pmi == BUSINESS_OWNER[0])).one()
     assert account.plan == "enterprise" and "5820461" not in account.host_key_hash
     assert len(account.host_key_hash) == 64
+
+
+def test_the_surge_simulator_drives_a_mix_of_calls_and_reports_per_step_latency(app):
+    out = app.test_cli_runner().invoke(
+        args=["simulate", "--calls", "60", "--concurrency", "4", "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output[out.output.index("{"):])
+    assert report["calls"] == 60 and report["error_count"] == 0 and report["unexpected_count"] == 0
+    assert set(report["by_kind"]) == {"eligible", "rejected_web", "rejected_self_service",
+                                      "failed_auth", "abandoned"}
+    assert {"/voice", "/voice/menu", "/voice/pmi", "/voice/host-key", "/voice/priority",
+            "/voice/status"} <= set(report["latency_ms"])
+    for figures in report["latency_ms"].values():
+        assert figures["p50"] <= figures["p95"] <= figures["p99"]
+    assert report["requests_per_second"] > 0 and report["calls_per_second"] > 0
+
+
+def test_the_surge_simulator_flags_unexpected_outcomes(app, ivr):
+    # With the directory emptied, the eligible callers cannot be verified.
+    with ivr.storage.transaction() as session:
+        from sqlalchemy import delete
+
+        from ivr.models import Account
+        session.execute(delete(Account))
+    out = app.test_cli_runner().invoke(args=["simulate", "--calls", "20", "--concurrency", "2"])
+    assert out.exit_code == 1
+    assert "unexpected outcomes: 0" not in out.output and "eligible call" in out.output

@@ -1,0 +1,157 @@
+"""The surge simulator: many whole calls at once, with a realistic mix of callers, and
+the figures an engineer watches during a surge."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .simulator import CallResult, Simulator, Transport
+
+NUMBERS = ["+18887999666", "+611800768027", "+33800946464", "+918000502040", "+81531320070",
+           "+64800475039", "+658003211249", "+448003687314", "+442070398961"]
+
+# From the demo directory (config/demo-accounts.csv): PMI and host key by kind of caller.
+ELIGIBLE = [("5550100201", "9164023"), ("5550100211", "41720586"), ("5550100301", "27461930"),
+            ("5550100311", "6093174"), ("5550100401", "7719304"), ("5550100411", "3640582"),
+            ("5550100501", "9037415"), ("5550100511", "1476208")]
+WEB = [("5550100101", "3917462"), ("5550100111", "60481275")]
+SELF_SERVICE = [("5550100001", "482913"), ("5550100021", "58204917"), ("5550100221", "8539201")]
+
+# Share of calls of each kind, and the outcome the simulator must see for it.
+MIX = {"eligible": 0.55, "rejected_web": 0.10, "rejected_self_service": 0.15,
+       "failed_auth": 0.10, "abandoned": 0.10}
+EXPECTED = {"eligible": "routed", "rejected_web": "hangup", "rejected_self_service": "hangup",
+            "failed_auth": "hangup", "abandoned": "abandoned"}
+AREAS = ["202", "303", "415", "646", "718", "312", "617", "213", "305", "206"]
+
+
+def plan_call(n: int, rng: random.Random) -> tuple[str, str, str, list[str]]:
+    """(kind, dialled number, caller number, digits) of the n-th call."""
+    kind = rng.choices(list(MIX), weights=list(MIX.values()))[0]
+    to = NUMBERS[n % len(NUMBERS)]
+    caller = f"+1{AREAS[n // 10_000 % len(AREAS)]}555{n % 10_000:04d}"
+    if kind == "eligible":
+        pmi, key = rng.choice(ELIGIBLE)
+        digits = ["2", f"{pmi}#", f"{key}#", str(rng.randint(1, 4))]
+    elif kind in ("rejected_web", "rejected_self_service"):
+        pmi, key = rng.choice(WEB if kind == "rejected_web" else SELF_SERVICE)
+        digits = ["2", f"{pmi}#", f"{key}#"]
+    elif kind == "failed_auth":  # unknown PMIs, so no real account gets locked
+        digits = ["2"] + [f"59{rng.randrange(10**8):08d}#", "8203517#"] * 3
+    else:
+        digits = ["2", f"{rng.choice(ELIGIBLE)[0]}#"][: rng.randint(0, 2)]
+    return kind, to, caller, digits
+
+
+@dataclass
+class SurgeReport:
+    calls: int
+    concurrency: int
+    think: float
+    seconds: float
+    requests: int
+    by_kind: dict[str, int]
+    latency_ms: dict[str, dict[str, float]]
+    errors: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    @property
+    def calls_per_second(self) -> float:
+        return self.calls / self.seconds if self.seconds else 0.0
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "calls": self.calls, "concurrency": self.concurrency, "think_seconds": self.think,
+            "seconds": round(self.seconds, 3), "requests": self.requests,
+            "calls_per_second": round(self.calls_per_second, 1),
+            "requests_per_second": round(self.requests_per_second, 1),
+            "by_kind": self.by_kind, "latency_ms": self.latency_ms,
+            "errors": self.errors[:50], "error_count": len(self.errors),
+            "unexpected": self.unexpected[:50], "unexpected_count": len(self.unexpected),
+        }
+
+    def table(self) -> str:
+        lines = [
+            f"{self.calls} calls at concurrency {self.concurrency} (think {self.think:g} s) "
+            f"in {self.seconds:.1f} s: "
+            f"{self.calls_per_second:.1f} calls/s, {self.requests_per_second:.1f} requests/s",
+            f"{'step':<22} {'requests':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}",
+        ]
+        for step, figures in self.latency_ms.items():
+            lines.append(f"{step:<22} {int(figures['count']):>9} {figures['p50']:>8.1f} "
+                         f"{figures['p95']:>8.1f} {figures['p99']:>8.1f}")
+        lines.append(f"errors: {len(self.errors)}; unexpected outcomes: {len(self.unexpected)}")
+        lines.extend(f"  {problem}" for problem in (self.errors + self.unexpected)[:10])
+        return "\n".join(lines)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def at(share: float) -> float:
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))] * 1000
+
+    return {"count": len(ordered), "p50": round(at(0.50), 2), "p95": round(at(0.95), 2),
+            "p99": round(at(0.99), 2), "mean": round(statistics.fmean(ordered) * 1000, 2)}
+
+
+def run_surge(make_transport: Callable[[], Transport], auth_token: str, calls: int,
+              concurrency: int, *, signing_base: str | None = None, seed: int = 1,
+              think: float = 0.0, progress: Callable[[int], None] | None = None) -> SurgeReport:
+    """Drive ``calls`` whole calls, ``concurrency`` at a time, each thread its own client.
+    ``think`` is the pause before each answer (a caller listening to the prompt); 0 sends
+    the next request at once, which measures throughput rather than a caller's pace."""
+    rng = random.Random(seed)
+    plans = [plan_call(n, rng) for n in range(calls)]
+    local = threading.local()
+
+    def one(plan) -> tuple[str, CallResult | None, str | None]:
+        kind, to, caller, digits = plan
+        if not hasattr(local, "simulator"):
+            local.simulator = Simulator(make_transport(), auth_token, signing_base=signing_base,
+                                        think=think)
+        try:
+            return kind, local.simulator.call(to, caller, digits), None
+        except Exception as exc:  # a refused connection or a timeout is a result here
+            return kind, None, f"{kind} call to {to}: {type(exc).__name__}: {exc}"
+
+    started = time.perf_counter()
+    results = []
+    with ThreadPoolExecutor(concurrency) as pool:
+        for outcome in pool.map(one, plans):
+            results.append(outcome)
+            if progress:
+                progress(1)
+    seconds = time.perf_counter() - started
+
+    timings: dict[str, list[float]] = {}
+    errors, unexpected, by_kind, requests = [], [], {}, 0
+    for kind, result, error in results:
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+        if error:
+            errors.append(error)
+            continue
+        requests += result.requests
+        for path, took in result.timings:
+            timings.setdefault(path, []).append(took)
+        if result.outcome == "error":
+            errors.append(f"{kind} call {result.call_sid}: " + "; ".join(
+                e.text for e in result.events if e.kind == "http_error"))
+        elif result.outcome != EXPECTED[kind] or (kind == "eligible" and not result.ticket):
+            unexpected.append(f"{kind} call {result.call_sid}: {result.outcome}")
+    latency = {step: percentiles(values) for step, values in sorted(timings.items())}
+    every = [t for values in timings.values() for t in values]
+    if every:
+        latency["all"] = percentiles(every)
+    return SurgeReport(calls, concurrency, think, seconds, requests, by_kind, latency, errors,
+                       unexpected)
