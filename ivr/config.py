@@ -219,6 +219,19 @@ class Lockout(_Model):
         return min(dt.timedelta(minutes=minutes), dt.timedelta(hours=self.max_lock_hours))
 
 
+class Queue(_Model):
+    """What a caller hears while waiting in a Twilio queue (the Enqueue waitUrl)."""
+
+    announce_every_seconds: int = Field(default=60, ge=10, le=600)
+    hold_audio_url: str | None = Field(default=None, pattern=r"^https?://")
+    hold_audio_seconds: int = Field(default=30, ge=1, le=600, description="length of the clip")
+    callback_key: str = Field(default="1", pattern=r"^[0-9*]$")
+
+    def hold_loops(self) -> int:
+        """How many times to play the clip to fill the interval between announcements."""
+        return max(1, round(self.announce_every_seconds / self.hold_audio_seconds))
+
+
 class Notice(_Model):
     message: str = Field(description="catalogue key of the notice")
     start: dt.date
@@ -266,6 +279,7 @@ class IvrConfig(_Model):
     timeouts: Timeouts = Timeouts()
     lengths: Lengths = Lengths()
     lockout: Lockout = Lockout()
+    queue: Queue = Queue()
     notice: Notice | None = None
     links: Links
 

@@ -16,24 +16,14 @@ from typing import Callable, Iterable
 
 from .cli import ticket_dict
 from .config import IvrConfig
+from .lifecycle import STATUSES, TRANSITIONS
 from .models import Call, Ticket
 from .service import mask
 from .storage import DeskRepository, Storage
 
 log = logging.getLogger("ivr.desk")
 
-STATUSES = ("open", "in_queue", "callback_requested", "connected", "closed")
 UNCLOSED = STATUSES[:-1]
-# open -> callback_requested | in_queue -> connected -> closed. A waiting caller may ask
-# for a callback instead; a dialled desk connects without a queue; any ticket may be
-# closed; a closed ticket stays closed.
-TRANSITIONS: dict[str, tuple[str, ...]] = {
-    "open": ("in_queue", "callback_requested", "connected", "closed"),
-    "in_queue": ("callback_requested", "connected", "closed"),
-    "callback_requested": ("connected", "closed"),
-    "connected": ("closed",),
-    "closed": (),
-}
 EXPORT_FORMATS = ("csv", "json")
 URGENT_SHARE = 0.25  # under a quarter of the target time left
 

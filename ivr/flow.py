@@ -309,3 +309,19 @@ def _target(minutes: int) -> Say:
     if minutes == 60:
         return say("target_response_one_hour")
     return say("target_response_hours", hours=_hours(minutes))
+
+
+def waiting(position: int | None, average_wait_seconds: int | None,
+            callback_key: str | None) -> tuple[Say, ...]:
+    """What a caller in the queue hears: where they stand, the expected wait when Twilio
+    knows it (rounded to minutes), and how to ask for a callback instead."""
+    speech: list[Say] = []
+    if position is not None and position > 0:
+        speech.append(say("queue_position", position=position))
+    if average_wait_seconds:  # 0 or missing: no history yet, so no estimate is claimed
+        minutes = max(1, round(average_wait_seconds / 60))
+        speech.append(say("queue_wait_one_minute") if minutes == 1
+                      else say("queue_wait_minutes", minutes=minutes))
+    if callback_key is not None:
+        speech.append(say("queue_callback_offer", callback_key=callback_key))
+    return tuple(speech)

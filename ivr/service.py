@@ -13,6 +13,7 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import Callable, Mapping
+from urllib.parse import urlencode
 
 import phonenumbers
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from . import metrics
 from .config import IvrConfig, Line
-from .flow import Caller, CallFlow, CallState, Reply, Step, TicketInfo
+from .flow import Caller, CallFlow, CallState, Reply, Step, TicketInfo, waiting
 from .models import Call, Ticket
 from .prompts import Catalogue
 from .security import HostKeyHasher
@@ -36,7 +37,7 @@ from .storage import (
     utcnow,
 )
 from .spool import Spool
-from .twiml import Renderer
+from .twiml import SERVED, Renderer
 
 # Errors that mean the database cannot be reached or written, not that a request was bad.
 DATABASE_DOWN = (OperationalError, InterfaceError)
@@ -50,6 +51,17 @@ def mask(number: str | None) -> str:
     """A phone number as logs may show it: the last four digits only."""
     digits = "".join(ch for ch in (number or "") if ch.isdigit())
     return f"…{digits[-4:]}" if len(digits) >= 4 else "…"
+
+
+def callable_number(number: str | None) -> str | None:
+    """The number in E.164 if an engineer could call it back, else None (withheld...)."""
+    try:
+        parsed = phonenumbers.parse(number or "", None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
 def can_receive_sms(number: str | None) -> bool:
@@ -167,32 +179,90 @@ class CallService:
             log.warning("database unreachable: status of call %s spooled", request.call_sid)
 
     def queue_result(self, params: Mapping[str, str], ticket_number: str | None) -> str:
-        """Twilio's request after <Enqueue> or <Dial> ends."""
+        """Twilio's request after <Enqueue> or <Dial> ends: record how it ended and how long
+        the caller waited, move the ticket on, and tell the caller what happens next."""
         request = CallRequest.from_params(params)
-        result = _printable(params.get("QueueResult") or params.get("DialCallStatus"), 32)
-        served = result in ("bridged", "hangup", "leave", "completed", "answered")
         if request is None:
             return self.renderer.hangup()
-        line = self.config.line_for(request.to)
-        english = False
+        result = _printable(params.get("QueueResult") or params.get("DialCallStatus"), 32)
+        line, english = self.config.line_for(request.to), False
         try:
             with self.storage.transaction() as session:
+                now = self.clock()
                 call = CallRepository(self.storage, session).record_queue_result(
-                    request.call_sid, result, _int(params.get("QueueTime")), self.clock())
+                    request.call_sid, result, _int(params.get("QueueTime")), now)
+                ticket = None
                 if call is not None:
-                    english = call.english
-                    line = self.config.line_for(call.dialed_number)
-                    ticket = TicketRepository(self.storage, session).for_call(call.call_sid)
-                    ticket_number = ticket.number if ticket is not None else None
-                else:
-                    ticket_number = None
+                    english, line = call.english, self.config.line_for(call.dialed_number)
+                    tickets = TicketRepository(self.storage, session)
+                    if result == "hangup":  # gave up waiting: back to the open pile
+                        ticket = tickets.move(call.call_sid, "open", now)
+                    elif result in SERVED:
+                        ticket = tickets.move(call.call_sid, "connected", now)
+                    else:  # left for a callback, or the queue or desk could not take it
+                        ticket = tickets.move(call.call_sid, "callback_requested", now,
+                                              callback_number=callable_number(call.caller_number))
+                    ticket = ticket or tickets.for_call(call.call_sid)
+                ticket_number = ticket.number if ticket is not None else None
         except DATABASE_DOWN:
             # The ticket number came back in the action URL; trust only its shape.
             ticket_number = ticket_number if (ticket_number or "").isdigit() else None
             log.warning("database unreachable: queue result of call %s not recorded",
                         request.call_sid)
-        log.info("call %s queue result=%s", request.call_sid, result[:32])
-        return self.renderer.after_queue(line, ticket_number, served, english)
+        log.info("call %s queue result=%s", request.call_sid, result)
+        return self.renderer.after_queue(line, ticket_number, result, english)
+
+    def wait(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
+        """The waitUrl: position, expected wait and the callback offer, then hold audio."""
+        request = CallRequest.from_params(params)
+        line = self.config.line_for((request.to if request else None) or params.get("To"))
+        english, offer = False, False
+        if request is not None:
+            try:
+                with self.storage.transaction() as session:
+                    call = CallRepository(self.storage, session).get(request.call_sid,
+                                                                     for_update=False)
+                    ticket = TicketRepository(self.storage, session).for_call(request.call_sid)
+                    if call is not None:
+                        english, line = call.english, self.config.line_for(call.dialed_number)
+                        offer = ticket is not None and ticket.status in ("open", "in_queue") \
+                            and callable_number(call.caller_number) is not None
+            except DATABASE_DOWN:  # keep the caller waiting; a callback cannot be recorded
+                log.warning("database unreachable: wait of call %s without callback offer",
+                            request.call_sid)
+        speech = waiting(_int(params.get("QueuePosition")), _int(params.get("AvgQueueTime")),
+                         self.config.queue.callback_key if offer else None)
+        ticket_query = urlencode({k: query[k] for k in ("ticket", "priority") if k in query})
+        return self.renderer.wait(speech, line, english, ticket_query, offer)
+
+    def wait_choice(self, params: Mapping[str, str]) -> str:
+        """A key pressed while waiting: the callback key leaves the queue for a callback."""
+        request = CallRequest.from_params(params)
+        if request is None or (params.get("Digits") or "") != self.config.queue.callback_key:
+            return self.renderer.empty()  # back to waiting: Twilio asks the waitUrl again
+        try:
+            with self.storage.transaction() as session:
+                now = self.clock()
+                call = CallRepository(self.storage, session).get(request.call_sid)
+                number = callable_number(call.caller_number) if call is not None else None
+                ticket = TicketRepository(self.storage, session).move(
+                    request.call_sid, "callback_requested", now, callback_number=number) \
+                    if number else None
+                if ticket is None:
+                    return self.renderer.empty()
+                if call.can_text:
+                    line = self.config.line_for(call.dialed_number)
+                    body = self.catalogue_for(line, call.english).text(
+                        "sms_callback", {"brand": self.config.service.brand, "ticket": ticket.number})
+                    OutboxRepository(self.storage, session).queue(
+                        call_sid=call.call_sid, template="sms_callback",
+                        to_number=call.caller_number, body=body, now=now)
+        except DATABASE_DOWN:
+            log.warning("database unreachable: callback for call %s not recorded; "
+                        "caller stays in the queue", request.call_sid)
+            return self.renderer.empty()
+        log.info("call %s left the queue for a callback (ticket id=%s)", request.call_sid, ticket.id)
+        return self.renderer.leave()
 
     def fallback(self, params: Mapping[str, str]) -> str:
         line = self.config.line_for(params.get("To"))
@@ -316,7 +386,10 @@ class CallService:
         CallRepository.save(call, state, now)
         if reply.route is not None:
             # The caller is about to hear the number: that is the acknowledgement.
-            TicketRepository(self.storage, session).acknowledge(call.call_sid, now)
+            tickets = TicketRepository(self.storage, session)
+            tickets.acknowledge(call.call_sid, now)
+            if self.config.route_for(self.config.line_for(call.dialed_number)).kind != "dial":
+                tickets.move(call.call_sid, "in_queue", now)
         if call.outcome != before:
             log.info("call %s outcome=%s steps=%s", call.call_sid, call.outcome, call.steps_reached)
             metrics.CALLS.labels(call.region, call.outcome).inc()

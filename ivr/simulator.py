@@ -71,13 +71,15 @@ class CallResult:
     call_sid: str
     to: str
     caller: str
-    outcome: str = "hangup"  # routed, transferred, hangup, abandoned, error
+    outcome: str = "hangup"  # routed, callback, transferred, hangup, abandoned, error
     ticket: str | None = None
     priority: int | None = None
     route: dict = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     requests: int = 0
     timings: list[tuple[str, float]] = field(default_factory=list)  # (path, seconds) per request
+    wait_url: str | None = None
+    queue_action: str | None = None
 
     def said(self) -> list[str]:
         return [e.text for e in self.events if e.kind == "say"]
@@ -127,26 +129,65 @@ class Simulator:
         tokens = list(digits)
         path, extra = "/voice", {}
         while path is not None:
-            if result.requests >= MAX_REQUESTS:
-                result.outcome = "error"
-                result.events.append(Event("http_error", f"more than {MAX_REQUESTS} requests"))
-                break
-            if result.requests and self.think:
-                time.sleep(self.think)
-            result.requests += 1
-            started = time.perf_counter()
-            status, body = self.post(path, {**self._params(result), **extra})
-            result.timings.append((path.split("?", 1)[0], time.perf_counter() - started))
-            if status != 200:
-                result.outcome = "error"
-                result.events.append(Event("http_error", f"HTTP {status} from {path}"))
+            root = self._request(result, path, extra)
+            if root is None:
                 return result
-            path, extra = self._follow(ET.fromstring(body.encode("utf-8")), path, tokens, result)
+            path, extra = self._follow(root, path, tokens, result)
+            if path is None and result.outcome == "routed" and result.wait_url and tokens:
+                self._wait_in_queue(tokens, result)
         self._status_callback(result)
         return result
 
-    def _follow(self, root: ET.Element, current: str, tokens: list[str],
-                result: CallResult) -> tuple[str | None, dict[str, str]]:
+    def _request(self, result: CallResult, path: str, extra: dict[str, str]) -> ET.Element | None:
+        """One webhook of this call; its TwiML parsed, or None (recorded) on failure."""
+        if result.requests >= MAX_REQUESTS:
+            result.outcome = "error"
+            result.events.append(Event("http_error", f"more than {MAX_REQUESTS} requests"))
+            return None
+        if result.requests and self.think:
+            time.sleep(self.think)
+        result.requests += 1
+        started = time.perf_counter()
+        status, body = self.post(path, {**self._params(result), **extra})
+        result.timings.append((path.split("?", 1)[0], time.perf_counter() - started))
+        if status != 200:
+            result.outcome = "error"
+            result.events.append(Event("http_error", f"HTTP {status} from {path}"))
+            return None
+        return ET.fromstring(body.encode("utf-8"))
+
+    def _wait_in_queue(self, tokens: list[str], result: CallResult) -> None:
+        """Follow the Enqueue waitUrl while the caller has keys left to press: each token
+        answers one announcement ('-' lets it pass). A <Leave> ends the wait for a
+        callback; when the tokens run out an engineer answers (QueueResult=bridged)."""
+        queue_result, waited = "bridged", 0
+        for round_ in range(1, 11):
+            if not tokens:
+                break
+            waited += 60
+            root = self._request(result, result.wait_url, {
+                "QueuePosition": str(max(1, 4 - round_)), "QueueTime": str(waited),
+                "AvgQueueTime": "150", "CurrentQueueSize": "5"})
+            if root is None:
+                return
+            choice, extra = self._follow(root, result.wait_url, tokens, result, waiting=True)
+            if choice is None:
+                continue  # the announcement ended: Twilio asks the waitUrl again
+            root = self._request(result, choice, extra)
+            if root is None:
+                return
+            if root.find("Leave") is not None:
+                queue_result = "leave"
+                result.events.append(Event("hangup", "left the queue", step="wait"))
+                break
+        after = self._request(result, result.queue_action, {
+            "QueueResult": queue_result, "QueueTime": str(waited)})
+        if after is not None:
+            self._follow(after, result.queue_action, [], result)
+        result.outcome = "callback" if queue_result == "leave" else "routed"
+
+    def _follow(self, root: ET.Element, current: str, tokens: list[str], result: CallResult,
+                waiting: bool = False) -> tuple[str | None, dict[str, str]]:
         """Play one TwiML document; the next request (path, extra parameters) or None."""
         for verb in root:
             tag = verb.tag
@@ -161,7 +202,7 @@ class Simulator:
                     if child.tag == "Say":
                         self._say(child, result)
                 action = _path(verb.get("action") or current, current)
-                step = action.rsplit("/", 1)[-1]
+                step = action.split("?", 1)[0].rsplit("/", 1)[-1]
                 if not tokens:
                     result.outcome = "abandoned"
                     result.events.append(Event("hangup", "caller hung up", step=step))
@@ -185,6 +226,8 @@ class Simulator:
             elif tag == "Leave":
                 result.events.append(Event("hangup", "left the queue"))
                 return None, {}
+        if waiting:  # a wait document that ends is simply asked for again
+            return None, {}
         result.outcome = "hangup"
         result.events.append(Event("hangup", "end of instructions"))
         return None, {}
@@ -202,6 +245,9 @@ class Simulator:
 
     def _routed(self, verb: ET.Element, current: str, result: CallResult) -> None:
         action = verb.get("action")
+        if verb.tag == "Enqueue" and verb.get("waitUrl"):
+            result.wait_url = _path(verb.get("waitUrl"), current)
+            result.queue_action = _path(action or current, current)
         query = parse_qs(urlsplit(action).query) if action else {}
         route: dict = {"verb": verb.tag}
         if verb.tag == "Enqueue":

@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from .flow import Caller, CallState, Outcome, Step, TicketInfo
+from .lifecycle import can_move
 from .models import Account, Call, Lockout, OutboxMessage, Ticket
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -284,6 +285,24 @@ class TicketRepository:
         call.steps_reached = ",".join(
             s for s in (call.steps_reached.split(",") + ["ticket", "routed", "spooled"]) if s)[:255]
         call.updated_at = now
+        return ticket
+
+    def move(self, call_sid: str, status: str, now: dt.datetime,
+             callback_number: str | None = None) -> Ticket | None:
+        """Move this call's ticket along the lifecycle; None if there is no ticket or the
+        move is not allowed from where it is (a repeated request changes nothing)."""
+        query = select(Ticket).where(Ticket.call_sid == call_sid)
+        if self.storage.dialect == "postgresql":
+            query = query.with_for_update()
+        ticket = self.session.scalars(query).first()
+        if ticket is None or not can_move(ticket.status, status):
+            return None
+        ticket.status = status
+        ticket.updated_at = now
+        if status == "connected":
+            ticket.connected_at = ticket.connected_at or now
+        if callback_number:
+            ticket.callback_number = callback_number
         return ticket
 
     def acknowledge(self, call_sid: str, now: dt.datetime) -> None:

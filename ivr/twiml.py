@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 from twilio.twiml.voice_response import Dial, Enqueue, Gather, VoiceResponse
 
 from .config import DialRoute, EnqueueRoute, IvrConfig, Line, TaskRouterRoute, Voice
-from .flow import Reply, Say, Step, TicketInfo
+from .flow import Reply, Say, Step, TicketInfo, say
 from .prompts import Catalogue, Digits
 
 # Paths of the flow's action URLs, by step. The views serve exactly these.
@@ -22,6 +22,8 @@ STEP_PATHS = {
     Step.PRIORITY: "/voice/priority",
 }
 QUEUE_RESULT_PATH = "/voice/queue-result"
+WAIT_PATH = "/voice/wait"
+WAIT_CHOICE_PATH = "/voice/wait-choice"
 
 
 class Renderer:
@@ -87,12 +89,15 @@ class Renderer:
     def _route(self, response: VoiceResponse, ticket: TicketInfo, line: Line | None) -> None:
         route = self.config.route_for(line)
         region = line.region if line is not None else "unknown"
-        action = f"{QUEUE_RESULT_PATH}?{urlencode({'ticket': ticket.number, 'priority': ticket.priority})}"
+        query = urlencode({"ticket": ticket.number, "priority": ticket.priority})
+        action = f"{QUEUE_RESULT_PATH}?{query}"
         if isinstance(route, EnqueueRoute):
             response.append(Enqueue(route.queue.format(priority=ticket.priority), action=action,
-                                    method="POST"))
+                                    method="POST", wait_url=f"{WAIT_PATH}?{query}",
+                                    wait_url_method="POST"))
         elif isinstance(route, TaskRouterRoute):
-            enqueue = Enqueue(workflow_sid=route.workflow_sid, action=action, method="POST")
+            enqueue = Enqueue(workflow_sid=route.workflow_sid, action=action, method="POST",
+                              wait_url=f"{WAIT_PATH}?{query}", wait_url_method="POST")
             attributes = {"ticket": ticket.number, "priority": ticket.priority, "region": region,
                           "target_response_minutes": ticket.target_response_minutes}
             # TaskRouter serves higher numbers first; priority 1 is the most urgent.
@@ -103,14 +108,44 @@ class Renderer:
             _dial_target(dial, route.target)
             response.append(dial)
 
-    def after_queue(self, line: Line | None, ticket_number: str | None, served: bool,
+    def after_queue(self, line: Line | None, ticket_number: str | None, result: str,
                     english: bool) -> str:
-        """What a caller hears when the queue or desk could not take the call."""
+        """What a caller hears when the queue ends: nothing after a conversation, the
+        callback confirmation after leaving for one, and that the ticket is kept when
+        the queue or desk could not take the call."""
         response = VoiceResponse()
-        if not served and ticket_number:
-            reply = Reply((Say("queue_unavailable", (("ticket", ticket_number),)),), english=english)
-            self._speak(response, reply, line)
+        if ticket_number and result == "leave":
+            self._speak(response, Reply((say("callback_confirmed", ticket=ticket_number),),
+                                        english=english), line)
+        elif ticket_number and result not in SERVED:
+            self._speak(response, Reply((say("queue_unavailable", ticket=ticket_number),),
+                                        english=english), line)
         response.hangup()
+        return str(response)
+
+    def wait(self, speech: tuple[Say, ...], line: Line | None, english: bool,
+             ticket_query: str, offer_callback: bool) -> str:
+        """The Enqueue waitUrl document: the announcement (inside a one-key Gather when a
+        callback is offered), then hold audio or silence until Twilio asks again."""
+        response = VoiceResponse()
+        queue = self.config.queue
+        reply = Reply(speech, english=english)
+        if offer_callback:
+            gather = Gather(input="dtmf", num_digits=1, timeout=1, finish_on_key="",
+                            action=f"{WAIT_CHOICE_PATH}?{ticket_query}", method="POST")
+            self._speak(gather, reply, line)
+            response.append(gather)
+        else:
+            self._speak(response, reply, line)
+        if queue.hold_audio_url:
+            response.play(queue.hold_audio_url, loop=queue.hold_loops())
+        else:
+            response.pause(length=queue.announce_every_seconds)
+        return str(response)
+
+    def leave(self) -> str:
+        response = VoiceResponse()
+        response.leave()
         return str(response)
 
     def fallback(self, line: Line | None) -> str:
@@ -127,6 +162,10 @@ class Renderer:
 
     def empty(self) -> str:
         return str(VoiceResponse())
+
+
+# Queue and dial results after which the caller needs to hear nothing more.
+SERVED = ("bridged", "hangup", "completed", "answered")
 
 
 def _dial_target(dial: Dial, target: str) -> None:

@@ -101,6 +101,18 @@ def queue_result():
     return twiml(ivr().service.queue_result(request.form, request.args.get("ticket")))
 
 
+@voice.post("/wait")
+@twilio_signed
+def wait():
+    return twiml(ivr().service.wait(request.form, request.args))
+
+
+@voice.post("/wait-choice")
+@twilio_signed
+def wait_choice():
+    return twiml(ivr().service.wait_choice(request.form))
+
+
 @voice.post("/fallback")
 @twilio_signed
 def fallback():

@@ -39,7 +39,7 @@ def test_on_every_regional_number_an_eligible_owner_reaches_the_queue_with_a_tic
     assert result.outcome == "routed" and result.route["queue"] == queue
     (ticket,) = rows(ivr, Ticket)
     assert (result.ticket, result.priority) == (ticket.number, priority)
-    assert ticket.target_response_minutes == target and ticket.status == "open"
+    assert ticket.target_response_minutes == target and ticket.status == "in_queue"
     spoken = [e for e in result.events if e.kind == "say"]
     english_offer = [e for e in spoken if e.text.startswith("For English")]
     assert {e.language for e in spoken if e not in english_offer} == {language}

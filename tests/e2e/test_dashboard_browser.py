@@ -84,7 +84,7 @@ def test_an_operator_signs_in_and_sees_the_ticket_of_a_call_with_priority_and_ti
 
     row = chromium.find_element(By.CSS_SELECTOR, f'#tickets tr[data-ticket="{call.ticket}"]')
     cells = [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
-    assert cells[:5] == [call.ticket, "P1 urgent", "1 h 00 min left", "open", "United States"]
+    assert cells[:5] == [call.ticket, "P1 urgent", "1 h 00 min left", "in queue", "United States"]
     assert row.get_attribute("class") == "fine"
     assert chromium.get_cookie("ivr_admin")["httpOnly"] is True
     chromium.save_screenshot(str(tmp_path / "dashboard.png"))
@@ -93,6 +93,6 @@ def test_an_operator_signs_in_and_sees_the_ticket_of_a_call_with_priority_and_ti
     chromium.refresh()
     row = chromium.find_element(By.CSS_SELECTOR, f'#tickets tr[data-ticket="{call.ticket}"]')
     shown = [cell.text for cell in row.find_elements(By.TAG_NAME, "td") if cell.is_displayed()]
-    assert shown == [call.ticket, "P1 urgent", "1 h 00 min left", "open", "United States"]
+    assert shown == [call.ticket, "P1 urgent", "1 h 00 min left", "in queue", "United States"]
     chromium.save_screenshot(str(tmp_path / "dashboard-phone.png"))
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000

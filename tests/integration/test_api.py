@@ -85,7 +85,7 @@ def test_a_ticket_from_a_call_is_listed_with_the_caller_masked(simulator, get):
     assert (ticket["number"], ticket["priority"], ticket["priority_name"]) == (
         result.ticket, 2, "high")
     assert (ticket["status"], ticket["region"], ticket["seconds_left"]) == (
-        "open", "United States", 240 * 60)
+        "in_queue", "United States", 240 * 60)
     assert ticket["caller"] == "…0100"
     assert CALLER not in str(body) and CALLER[1:] not in str(body)
 

@@ -11,7 +11,8 @@ from ivr.models import Call
 from ..support import BUSINESS_OWNER, US_LINE
 
 ENDPOINTS = ["/voice", "/voice/menu", "/voice/pmi", "/voice/host-key", "/voice/priority",
-             "/voice/status", "/voice/queue-result", "/voice/fallback", "/voice/unknown-step"]
+             "/voice/status", "/voice/queue-result", "/voice/wait", "/voice/wait-choice",
+             "/voice/fallback", "/voice/unknown-step"]
 FIELDS = ["CallSid", "AccountSid", "From", "To", "Digits", "CallStatus", "CallDuration",
           "QueueResult", "QueueTime", "DialCallStatus", "Direction", "ApiVersion", "SequenceNumber"]
 VICTIM = "CA" + "f" * 32

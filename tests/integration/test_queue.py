@@ -1,0 +1,109 @@
+"""The caller waiting in the queue: announcements, hold audio, callbacks, queue results."""
+
+import pytest
+from sqlalchemy import select
+
+from ivr.models import Call, OutboxMessage, Ticket
+from ivr.simulator import new_call_sid
+
+from ..support import BUSINESS_OWNER, CALLER, TwilioClient, spoken, twiml
+
+OWNER = ["2", f"{BUSINESS_OWNER[0]}#", f"{BUSINESS_OWNER[1]}#", "1"]
+
+
+def routed(simulator, to="+18887999666", caller=CALLER):
+    result = simulator.call(to, caller, OWNER)
+    assert result.outcome == "routed" and result.wait_url
+    return result
+
+
+def ticket_of(ivr, call_sid):
+    with ivr.storage.transaction() as session:
+        return session.scalars(select(Ticket).where(Ticket.call_sid == call_sid)).one()
+
+
+def wait(twilio, result, **queue):
+    params = {**twilio.call_params(result.call_sid, to=result.to, caller=result.caller), **queue}
+    return twiml(twilio.post(result.wait_url, **params))
+
+
+@pytest.mark.parametrize("to, language, position, known, unknown_absent", [
+    ("+18887999666", "en-US", "You're number 3 in line.", "about 3 minutes", "expected wait"),
+    ("+81531320070", "ja-JP", "お客様の順番は、3番目です。", "およそ3分", "見込み"),
+    ("+33800946464", "fr-FR", "Vous êtes en position 3 dans la file d'attente.", "environ 3 minutes",
+     "temps d'attente"),
+])
+def test_the_wait_url_tells_the_position_and_the_wait_when_known_in_the_line_language(
+        simulator, twilio, to, language, position, known, unknown_absent):
+    result = routed(simulator, to)
+    root = wait(twilio, result, QueuePosition="3", AvgQueueTime="170", QueueTime="20")
+    said = spoken(root)
+    assert said[0] == position and known in said[1]
+    assert {say.get("language") for say in root.iter("Say")} == {language}
+    gather = root.find("Gather")
+    assert gather.get("numDigits") == "1" and gather.get("action").startswith("/voice/wait-choice?")
+    play = root.find("Play")
+    assert play.get("loop") == "2" and play.text.endswith(".mp3")
+
+    unknown = spoken(wait(twilio, result, QueuePosition="3", AvgQueueTime="0"))
+    assert unknown[0] == position and not any(unknown_absent in s for s in unknown)
+
+
+def test_a_short_wait_is_one_minute_not_zero(simulator, twilio):
+    result = routed(simulator)
+    said = spoken(wait(twilio, result, QueuePosition="1", AvgQueueTime="20"))
+    assert said[1] == "The expected wait is about a minute."
+
+
+def test_a_caller_with_a_withheld_number_is_not_offered_a_callback(simulator, twilio):
+    result = routed(simulator, caller="anonymous")
+    root = wait(twilio, result, QueuePosition="2", AvgQueueTime="90")
+    assert root.find("Gather") is None and len(spoken(root)) == 2
+
+
+def test_a_waiting_caller_can_leave_for_a_callback_end_to_end(simulator, ivr):
+    result = simulator.call("+18887999666", CALLER, OWNER + ["-", "1"])
+    assert result.outcome == "callback"
+    assert result.said()[-1].startswith("You've left the line. An engineer will call you back")
+    ticket = ticket_of(ivr, result.call_sid)
+    assert (ticket.status, ticket.callback_number) == ("callback_requested", CALLER)
+    with ivr.storage.transaction() as session:
+        call = session.get(Call, result.call_sid)
+        texts = [m.template for m in session.scalars(select(OutboxMessage))]
+    assert (call.queue_result, call.queue_seconds) == ("leave", 120)
+    assert texts == ["sms_ticket", "sms_callback"]
+
+
+def test_another_key_while_waiting_keeps_the_caller_in_the_queue(simulator, twilio, ivr):
+    result = routed(simulator)
+    params = twilio.call_params(result.call_sid)
+    root = twiml(twilio.post(f"/voice/wait-choice?ticket={result.ticket}&priority=1",
+                             **params, Digits="5"))
+    assert list(root) == []
+    assert ticket_of(ivr, result.call_sid).status == "in_queue"
+
+
+def test_an_answered_caller_connects_the_ticket(simulator, ivr, clock):
+    result = simulator.call("+18887999666", CALLER, OWNER + ["-"])
+    assert result.outcome == "routed"
+    ticket = ticket_of(ivr, result.call_sid)
+    assert ticket.status == "connected" and ticket.connected_at == clock.now
+
+
+@pytest.mark.parametrize("queue_result, status, hears_kept", [
+    ("hangup", "open", False), ("queue-full", "callback_requested", True),
+    ("error", "callback_requested", True), ("system-error", "callback_requested", True),
+])
+def test_queue_results_move_the_ticket_and_tell_the_caller_what_happens(
+        simulator, twilio, ivr, queue_result, status, hears_kept):
+    result = routed(simulator)
+    params = {**twilio.call_params(result.call_sid), "QueueResult": queue_result, "QueueTime": "42"}
+    root = twiml(twilio.post(f"/voice/queue-result?ticket={result.ticket}&priority=1", **params))
+    said = " ".join(spoken(root)).replace(" ", "")
+    assert (result.ticket in said) is hears_kept and root[-1].tag == "Hangup"
+    ticket = ticket_of(ivr, result.call_sid)
+    assert ticket.status == status
+    if hears_kept:
+        assert ticket.callback_number == CALLER
+    with ivr.storage.transaction() as session:
+        assert session.get(Call, result.call_sid).queue_seconds == 42
