@@ -197,7 +197,7 @@ class CallFlow:
         if caller is None:
             state.auth_failures += 1
             if state.auth_failures >= self.config.retries.verification_attempts:
-                return self._end(state, Outcome.FAILED_AUTH, [say("verify_failed_final")])
+                return self._end(state, Outcome.FAILED_AUTH)
             return self._advance(state, Step.PMI, [say("verify_failed"), say("verify_retry")])
         state.caller = caller
         state.reach("verified")
@@ -206,18 +206,13 @@ class CallFlow:
             return self._advance(state, Step.PRIORITY, [])
         links = self.config.links
         if channel == "web":
-            outcome, message, template, url = (
-                Outcome.REJECTED_WEB, "rejected_web", "sms_web", links.web_ticket)
+            outcome, template, url = Outcome.REJECTED_WEB, "sms_web", links.web_ticket
         else:
-            outcome, message, template, url = (
-                Outcome.REJECTED_SELF_SERVICE, "rejected_self_service", "sms_self_service",
-                links.help_center)
-        speech = [say(message)]
+            outcome, template, url = (Outcome.REJECTED_SELF_SERVICE, "sms_self_service",
+                                      links.help_center)
         if state.can_text:
             ports.send_sms(template, {"brand": self.config.service.brand, "url": url})
-            speech.append(say("sms_link_sent"))
-        speech.append(say("goodbye"))
-        return self._end(state, outcome, speech)
+        return self._end(state, outcome)
 
     def _priority(self, state: CallState, digits: str, ports: Ports) -> Reply:
         if digits not in ("1", "2", "3", "4") or state.caller is None:
@@ -228,8 +223,9 @@ class CallFlow:
         state.step = Step.DONE
         state.outcome = Outcome.ROUTED
         if state.can_text:
+            one_hour = state.ticket.target_response_minutes == 60
             ports.send_sms(
-                "sms_ticket",
+                "sms_ticket_one_hour" if one_hour else "sms_ticket",
                 {
                     "brand": self.config.service.brand,
                     "ticket": state.ticket.number,
@@ -242,7 +238,8 @@ class CallFlow:
     # -- replies -----------------------------------------------------------------------
 
     def _final(self, state: CallState) -> Reply:
-        """The reply of a finished call; the same reply again for a repeated webhook."""
+        """The reply of a finished call, built from its outcome alone, so a repeated
+        webhook gets exactly the same answer."""
         if state.outcome is Outcome.ROUTED and state.ticket is not None:
             ticket = state.ticket
             speech = [say("ticket_logged", ticket=ticket.number), _target(ticket.target_response_minutes)]
@@ -253,13 +250,24 @@ class CallFlow:
             return Reply(tuple(speech), english=state.english, route=ticket)
         if state.outcome is Outcome.TRANSFERRED and state.transfer_to:
             return Reply((), english=state.english, transfer_to=state.transfer_to)
-        return Reply((say("goodbye"),), english=state.english, hangup=True)
+        rejection = {Outcome.REJECTED_WEB: "rejected_web",
+                     Outcome.REJECTED_SELF_SERVICE: "rejected_self_service"}.get(state.outcome)
+        if rejection:
+            speech = [say(rejection)] + ([say("sms_link_sent")] if state.can_text else [])
+            speech.append(say("goodbye"))
+        elif state.outcome is Outcome.FAILED_AUTH:
+            speech = [say("verify_failed_final")]
+        elif state.outcome is Outcome.NO_INPUT:
+            speech = [say("goodbye_no_input")]
+        else:
+            speech = [say("goodbye")]
+        return Reply(tuple(speech), english=state.english, hangup=True)
 
-    def _end(self, state: CallState, outcome: Outcome, speech: list[Say]) -> Reply:
+    def _end(self, state: CallState, outcome: Outcome) -> Reply:
         state.step = Step.DONE
         state.outcome = outcome
         state.attempts = 0
-        return Reply(tuple(speech), english=state.english, hangup=True)
+        return self._final(state)
 
     def _advance(self, state: CallState, step: Step, speech: list[Say]) -> Reply:
         state.step = step
@@ -270,7 +278,7 @@ class CallFlow:
     def _retry(self, state: CallState, speech: list[Say]) -> Reply:
         state.attempts += 1
         if state.attempts >= self.config.retries.prompt_attempts:
-            return self._end(state, Outcome.NO_INPUT, [say("goodbye_no_input")])
+            return self._end(state, Outcome.NO_INPUT)
         return self._ask(state, speech)
 
     def _ask(self, state: CallState, speech: list[Say]) -> Reply:

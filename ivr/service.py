@@ -164,9 +164,9 @@ class CallService:
         sequence = _int(params.get("SequenceNumber"))
         try:
             with self.storage.transaction() as session:
-                call = CallRepository(self.storage, session).record_status(
+                call, abandoned = CallRepository(self.storage, session).record_status(
                     request.call_sid, status, duration, self.clock(), sequence=sequence)
-                if call is not None and call.abandoned_at_step and call.ended_at == self.clock():
+                if abandoned:
                     metrics.CALLS.labels(call.region, call.outcome).inc()
                 if call is not None:
                     log.info("call %s status=%s outcome=%s duration=%s", call.call_sid, status,
@@ -245,10 +245,14 @@ class CallService:
                 now = self.clock()
                 call = CallRepository(self.storage, session).get(request.call_sid)
                 number = callable_number(call.caller_number) if call is not None else None
-                ticket = TicketRepository(self.storage, session).move(
-                    request.call_sid, "callback_requested", now, callback_number=number) \
-                    if number else None
+                tickets = TicketRepository(self.storage, session)
+                ticket = tickets.move(request.call_sid, "callback_requested", now,
+                                      callback_number=number) if number else None
                 if ticket is None:
+                    # A repeated press (the ticket already waits for its callback) leaves too.
+                    ticket = tickets.for_call(request.call_sid)
+                    if ticket is not None and ticket.status == "callback_requested":
+                        return self.renderer.leave()
                     return self.renderer.empty()
                 if call.can_text:
                     line = self.config.line_for(call.dialed_number)
@@ -292,6 +296,11 @@ class CallService:
         ref, flags = str(ref), f"{int(call.can_text)}{int(state.english)}"
         return {"a": ref, "f": flags, "t": self._pass_tag(call.call_sid, ref, flags)}
 
+    def outage_ticket_number(self, call_sid: str) -> str:
+        """A ticket number derived from the call, like new_ticket_number() in form."""
+        digest = hmac.new(self.hasher.derive("outage-ticket"), call_sid.encode(), hashlib.sha256)
+        return str(10_000_000 + int.from_bytes(digest.digest()[:8], "big") % 90_000_000)
+
     def _check_pass(self, call_sid: str, query: Mapping[str, str]) -> tuple[int, bool, bool] | None:
         ref, flags, tag = query.get("a", ""), query.get("f", ""), query.get("t", "")
         if not (ref.isdigit() and flags in ("00", "01", "10", "11")):
@@ -307,7 +316,7 @@ class CallService:
         line = self.config.line_for(request.to)
         state = CallState(request.call_sid, can_text=can_text, step=Step.PRIORITY,
                           english=english, caller=Caller("", "", "", ""))
-        ports = _SpoolPorts(self, line, english)
+        ports = _SpoolPorts(self, request.call_sid, line, english)
         reply = self._flow(line).handle(state, Step.PRIORITY.value, digits, ports)
         if reply.route is None or ports.ticket is None:
             return self.renderer.reply(reply, line, dict(query))
@@ -449,7 +458,9 @@ class _Ports:
     def open_ticket(self, caller: Caller, priority: int, target_minutes: int) -> TicketInfo:
         ticket: Ticket = TicketRepository(self.service.storage, self.session).open(
             call_sid=self.call.call_sid, caller=caller, priority=priority,
-            target_minutes=target_minutes, region=self.call.region, now=self.service.clock())
+            target_minutes=target_minutes, region=self.call.region, now=self.service.clock(),
+            # The number this call would get during an outage too, so both paths agree.
+            number=self.service.outage_ticket_number(self.call.call_sid))
         log.info("call %s ticket id=%s priority=%s", self.call.call_sid, ticket.id, ticket.priority)
         return ticket_info(ticket)
 
@@ -464,8 +475,9 @@ class _Ports:
 class _SpoolPorts:
     """The flow's side effects while the database is unreachable: kept for the spool."""
 
-    def __init__(self, service: CallService, line: Line | None, english: bool):
+    def __init__(self, service: CallService, call_sid: str, line: Line | None, english: bool):
         self.service = service
+        self.call_sid = call_sid
         self.line = line
         self.english = english
         self.ticket: TicketInfo | None = None
@@ -475,7 +487,9 @@ class _SpoolPorts:
         return None  # never asked: only verified callers are routed during an outage
 
     def open_ticket(self, caller: Caller, priority: int, target_minutes: int) -> TicketInfo:
-        self.ticket = TicketInfo(new_ticket_number(), priority, target_minutes)
+        # The same number for the same call, however often Twilio repeats the request.
+        self.ticket = TicketInfo(self.service.outage_ticket_number(self.call_sid), priority,
+                                 target_minutes)
         return self.ticket
 
     def send_sms(self, template: str, params: dict[str, object]) -> None:

@@ -83,12 +83,14 @@ class Storage:
 def _create_engine(url, echo: bool) -> Engine:
     if url.get_backend_name() != "sqlite":
         # A short connect timeout: a caller must hear something within Twilio's 15 seconds.
-        return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5,
+        return create_engine(url, echo=echo, hide_parameters=True, pool_pre_ping=True,
+                             pool_size=5, max_overflow=5,
                              connect_args={"connect_timeout": 3})
     database = url.database
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
+    # hide_parameters: an SQL error in a log never shows the PMI, numbers or message bodies.
+    engine = create_engine(url, echo=echo, hide_parameters=True, connect_args={"timeout": 5})
 
     @event.listens_for(engine, "connect")
     def _sqlite_connect(dbapi_connection, _record):
@@ -97,7 +99,8 @@ def _create_engine(url, echo: bool) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        # Wait for another worker's write at most 5 s: Twilio gives up on a webhook at 15 s.
+        cursor.execute("PRAGMA busy_timeout=5000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
@@ -181,17 +184,19 @@ class CallRepository:
         call.updated_at = now
 
     def record_status(self, call_sid: str, status: str, duration: int | None,
-                      now: dt.datetime, sequence: int | None = None) -> Call | None:
+                      now: dt.datetime, sequence: int | None = None) -> tuple[Call | None, bool]:
         """Apply a status callback, unless it is older than one already applied: callbacks
-        may arrive out of order and a call never moves backwards."""
+        may arrive out of order and a call never moves backwards. Returns the call and
+        whether this callback marked it abandoned."""
         call = self.get(call_sid)
         if call is None:
-            return None
+            return None, False
         if sequence is not None and call.status_sequence is not None \
                 and sequence <= call.status_sequence:
-            return call
+            return call, False
         if call.twilio_status in FINAL_STATUSES and status not in FINAL_STATUSES:
-            return call
+            return call, False
+        abandoned = False
         if sequence is not None:
             call.status_sequence = sequence
         call.twilio_status = status
@@ -202,8 +207,9 @@ class CallRepository:
             if call.outcome is None:
                 call.outcome = Outcome.ABANDONED.value
                 call.abandoned_at_step = call.step
+                abandoned = True
         call.updated_at = now
-        return call
+        return call, abandoned
 
     def record_queue_result(self, call_sid: str, result: str, seconds: int | None,
                             now: dt.datetime) -> Call | None:
@@ -234,16 +240,18 @@ class TicketRepository:
         return self.session.scalars(select(Ticket).where(Ticket.call_sid == call_sid)).first()
 
     def open(self, *, call_sid: str, caller: Caller, priority: int, target_minutes: int,
-             region: str, now: dt.datetime) -> Ticket:
-        """This call's ticket: created once, returned as it is on every later request."""
-        for _ in range(20):
+             region: str, now: dt.datetime, number: str | None = None) -> Ticket:
+        """This call's ticket: created once, returned as it is on every later request.
+        ``number`` is tried first; another is drawn only if it is taken."""
+        for attempt in range(20):
             existing = self.for_call(call_sid)
             if existing is not None:
                 return existing
             self.session.execute(
                 self.storage.insert(Ticket)
                 .values(
-                    number=new_ticket_number(), call_sid=call_sid, account_id=caller.account_id,
+                    number=number if number and attempt == 0 else new_ticket_number(),
+                    call_sid=call_sid, account_id=caller.account_id,
                     user_email=caller.user_email, priority=priority,
                     target_response_minutes=target_minutes, region=region, status="open",
                     created_at=now,

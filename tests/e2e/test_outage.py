@@ -111,3 +111,21 @@ def test_healthz_reports_the_spool_depth(app, ivr, twilio, dead):
     assert body["spool_depth"] == 1
     unhealthy = dead.client.get("/healthz")
     assert unhealthy.status_code == 503 and unhealthy.get_json()["database"].startswith("unreachable")
+
+
+def test_a_repeated_priority_webhook_during_an_outage_keeps_the_spoken_number(app, ivr, twilio,
+                                                                             dead):
+    sid = new_call_sid()
+    action = verified(twilio, sid)
+    numbers = set()
+    for _ in range(2):
+        root = twiml(dead.post(action, **twilio.call_params(sid), Digits="1"))
+        numbers.add(root.find(".//say-as").text)
+    # ... and a worker that has the database again answers with the same number too.
+    root = twiml(twilio.post(action, **twilio.call_params(sid), Digits="1"))
+    numbers.add(root.find(".//say-as").text)
+    assert len(numbers) == 1
+    result = ivr.service.spool.replay(ivr.service.replay)
+    assert (result.read, result.already_present) == (2, 2)
+    with ivr.storage.transaction() as session:
+        assert session.scalars(select(Ticket.number)).all() == list(numbers)

@@ -71,7 +71,7 @@ def test_a_waiting_caller_can_leave_for_a_callback_end_to_end(simulator, ivr):
         call = session.get(Call, result.call_sid)
         texts = [m.template for m in session.scalars(select(OutboxMessage))]
     assert (call.queue_result, call.queue_seconds) == ("leave", 120)
-    assert texts == ["sms_ticket", "sms_callback"]
+    assert texts == ["sms_ticket_one_hour", "sms_callback"]  # priority 1: about an hour
 
 
 def test_another_key_while_waiting_keeps_the_caller_in_the_queue(simulator, twilio, ivr):
@@ -107,3 +107,13 @@ def test_queue_results_move_the_ticket_and_tell_the_caller_what_happens(
         assert ticket.callback_number == CALLER
     with ivr.storage.transaction() as session:
         assert session.get(Call, result.call_sid).queue_seconds == 42
+
+
+def test_a_repeated_callback_press_leaves_the_queue_again(simulator, twilio, ivr):
+    result = routed(simulator)
+    params = {**twilio.call_params(result.call_sid), "Digits": "1"}
+    path = f"/voice/wait-choice?ticket={result.ticket}&priority=1"
+    first, again = twiml(twilio.post(path, **params)), twiml(twilio.post(path, **params))
+    assert [e.tag for e in first] == [e.tag for e in again] == ["Leave"]
+    with ivr.storage.transaction() as session:
+        assert len(session.scalars(select(OutboxMessage)).all()) == 2  # ticket + one callback

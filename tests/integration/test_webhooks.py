@@ -314,3 +314,11 @@ def test_metrics_count_calls_verifications_tickets_and_webhook_latency(app, twil
     assert metric(app, "ivr_webhook_seconds_count", step="menu") == before["menu"] + 1
     assert metric(app, "ivr_outbox_depth") == 1
     assert metric(app, "ivr_spool_depth") == 0
+
+
+def test_an_abandoned_call_is_counted_once_however_often_its_status_arrives(app, twilio, call_sid):
+    before = metric(app, "ivr_calls_total", region="United States", outcome="abandoned")
+    twiml(press(twilio, call_sid, "/voice"))
+    for _ in range(2):
+        twilio.post("/voice/status", **{**twilio.call_params(call_sid), "CallStatus": "completed"})
+    assert metric(app, "ivr_calls_total", region="United States", outcome="abandoned") == before + 1

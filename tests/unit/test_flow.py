@@ -214,3 +214,19 @@ def test_the_host_key_is_not_kept_in_the_call_state(us, ports):
     drive(us, state, ports, "2", "1234567890", "654321")
     assert "654321" not in repr(state)
     assert state.pmi is None
+
+
+@pytest.mark.parametrize("presses", [
+    ("2", "2234567890", "654321"),                       # rejected: web ticket
+    ("2", "3234567890", "654321"),                       # rejected: help centre
+    ("2", "9", "1", "9", "1", "9", "1"),                 # verification failed three times
+    ("", "", ""),                                        # no input
+])
+def test_a_repeated_webhook_for_a_finished_call_gets_the_same_answer(us, ports, presses):
+    state = CallState("CA1", can_text=True)
+    presses = [p if p not in ("9", "1") else {"9": "9999999999", "1": "111111"}[p] for p in presses]
+    first = drive(us, state, ports, *presses)
+    assert first.hangup
+    step = "host_key" if presses[-1] else "menu"
+    assert us.handle(state, step, presses[-1], ports) == first
+    assert len(ports.sms) <= 1
