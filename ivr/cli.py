@@ -14,7 +14,7 @@ from . import accounts as directory
 from . import outbox as sms_outbox
 from .simulator import HttpTransport, Simulator, WsgiTransport, transcript
 from .surge import run_surge
-from .service import lockout_keys, mask
+from .service import DATABASE_DOWN, lockout_keys, mask
 from .storage import LockoutRepository, TicketRepository
 
 
@@ -137,11 +137,12 @@ spool_cli = AppGroup("spool", help="Tickets and statuses kept on disk while the 
 @spool_cli.command("replay")
 def spool_replay():
     """Write spooled records to the database (each once; safe to run again)."""
-    result = ivr().service.spool.replay(ivr().service.replay)
+    result = ivr().service.spool.replay(ivr().service.replay, transient=DATABASE_DOWN)
     if result.busy:
         raise click.ClickException("another replay is running")
     click.echo(f"Replayed {result.read} records: {result.applied} written, "
-               f"{result.already_present} already present, {result.unreadable} unreadable.")
+               f"{result.already_present} already present, {result.unreadable} set aside "
+               f"(see {ivr().service.spool.failed}).")
 
 
 @spool_cli.command("status")

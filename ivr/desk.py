@@ -304,7 +304,7 @@ def render_export(rows: list[dict], fmt: str) -> str:
 
 def _cell(value):
     """Keep a spreadsheet from reading a text cell as a formula."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value
 

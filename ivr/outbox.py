@@ -10,7 +10,7 @@ from twilio.http import HttpClient
 from twilio.rest import Client
 
 from .config import Settings
-from .service import mask
+from .service import DATABASE_DOWN, mask
 from .storage import OutboxRepository, Storage, utcnow
 
 log = logging.getLogger("ivr.outbox")
@@ -68,7 +68,7 @@ def watch(storage: Storage, settings: Settings, service, interval: float = 2.0) 
     while True:
         try:
             if service.spool.depth():
-                result = service.spool.replay(service.replay)
+                result = service.spool.replay(service.replay, transient=DATABASE_DOWN)
                 if result.read:
                     log.info("spool replayed: %s written, %s already present", result.applied,
                              result.already_present)

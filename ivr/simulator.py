@@ -201,6 +201,10 @@ class Simulator:
                 for child in verb:
                     if child.tag == "Say":
                         self._say(child, result)
+                    elif child.tag == "Play":
+                        result.events.append(Event("play", (child.text or "").strip()))
+                    elif child.tag == "Pause":
+                        result.events.append(Event("pause", child.get("length", "1")))
                 action = _path(verb.get("action") or current, current)
                 step = action.split("?", 1)[0].rsplit("/", 1)[-1]
                 if not tokens:

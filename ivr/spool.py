@@ -11,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
+
+log = logging.getLogger("ivr.spool")
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,7 @@ class ReplayResult:
     read: int = 0
     applied: int = 0
     already_present: int = 0
-    unreadable: int = 0
+    unreadable: int = 0  # cut short or not applicable: kept in spool.failed.jsonl
     busy: bool = False
 
 
@@ -31,6 +34,7 @@ class Spool:
         self.folder = folder
         self.path = folder / "spool.jsonl"
         self.replaying = folder / "spool.replaying.jsonl"
+        self.failed = folder / "spool.failed.jsonl"
 
     @contextlib.contextmanager
     def _lock(self, name: str, blocking: bool = True) -> Iterator[bool]:
@@ -67,8 +71,11 @@ class Spool:
                 total += sum(1 for line in handle if line.strip())
         return total
 
-    def replay(self, apply: Callable[[dict], bool]) -> ReplayResult:
-        """Apply every record; ``apply`` returns False for one already in the database."""
+    def replay(self, apply: Callable[[dict], bool],
+               transient: tuple[type[BaseException], ...] = ()) -> ReplayResult:
+        """Apply every record; ``apply`` returns False for one already in the database.
+        A ``transient`` error (the database is still away) stops the replay, to be run
+        again; any other error sets that record aside in spool.failed.jsonl."""
         with self._lock("replay.lock", blocking=False) as mine:
             if not mine:
                 return ReplayResult(busy=True)
@@ -85,11 +92,16 @@ class Spool:
                         continue
                     read += 1
                     try:
-                        record = json.loads(line)
-                    except ValueError:  # a line cut short by a crash mid-write
+                        done = apply(json.loads(line))
+                    except transient:
+                        raise
+                    except Exception:  # cut short by a crash mid-write, or not applicable
+                        log.exception("spool record %s set aside in %s", read, self.failed.name)
+                        with open(self.failed, "a", encoding="utf-8") as failed:
+                            failed.write(line if line.endswith("\n") else line + "\n")
                         unreadable += 1
                         continue
-                    if apply(record):
+                    if done:
                         applied += 1
                     else:
                         present += 1

@@ -130,17 +130,18 @@ class Renderer:
         response = VoiceResponse()
         queue = self.config.queue
         reply = Reply(speech, english=english)
+        # With a callback on offer the hold audio plays inside the Gather, so the key works
+        # during the music too, not only during the announcement.
+        parent = response
         if offer_callback:
-            gather = Gather(input="dtmf", num_digits=1, timeout=1, finish_on_key="",
+            parent = Gather(input="dtmf", num_digits=1, timeout=1, finish_on_key="",
                             action=f"{WAIT_CHOICE_PATH}?{ticket_query}", method="POST")
-            self._speak(gather, reply, line)
-            response.append(gather)
-        else:
-            self._speak(response, reply, line)
+            response.append(parent)
+        self._speak(parent, reply, line)
         if queue.hold_audio_url:
-            response.play(queue.hold_audio_url, loop=queue.hold_loops())
+            parent.play(queue.hold_audio_url, loop=queue.hold_loops())
         else:
-            response.pause(length=queue.announce_every_seconds)
+            parent.pause(length=queue.announce_every_seconds)
         return str(response)
 
     def leave(self) -> str:

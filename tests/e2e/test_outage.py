@@ -129,3 +129,28 @@ def test_a_repeated_priority_webhook_during_an_outage_keeps_the_spoken_number(ap
     assert (result.read, result.already_present) == (2, 2)
     with ivr.storage.transaction() as session:
         assert session.scalars(select(Ticket.number)).all() == list(numbers)
+
+
+def test_a_record_that_cannot_be_applied_is_set_aside_and_the_rest_replayed(app, ivr, twilio, dead):
+    sid = new_call_sid()
+    dead.post(verified(twilio, sid), **twilio.call_params(sid), Digits="1")
+    spool = ivr.service.spool
+    spool.append({"kind": "ticket", "call_sid": "CA" + "e" * 32})  # fields missing
+    with open(spool.path, "a") as handle:
+        handle.write('{"kind": "tick')  # cut short by a crash
+    result = spool.replay(ivr.service.replay)
+    assert (result.read, result.applied, result.unreadable) == (3, 1, 2)
+    assert len(spool.failed.read_text().splitlines()) == 2 and spool.depth() == 0
+    assert count(ivr, Ticket) == 1
+
+
+def test_a_replay_while_the_database_is_still_away_keeps_every_record(ivr, twilio, dead, app):
+    from ivr.service import DATABASE_DOWN
+
+    sid = new_call_sid()
+    dead.post(verified(twilio, sid), **twilio.call_params(sid), Digits="1")
+    dead_service = dead.client.application.extensions["ivr"].service
+    with pytest.raises(DATABASE_DOWN):
+        dead_service.spool.replay(dead_service.replay, transient=DATABASE_DOWN)
+    assert ivr.service.spool.depth() == 1
+    assert ivr.service.spool.replay(ivr.service.replay).applied == 1

@@ -42,7 +42,7 @@ def test_the_wait_url_tells_the_position_and_the_wait_when_known_in_the_line_lan
     assert {say.get("language") for say in root.iter("Say")} == {language}
     gather = root.find("Gather")
     assert gather.get("numDigits") == "1" and gather.get("action").startswith("/voice/wait-choice?")
-    play = root.find("Play")
+    play = gather.find("Play")  # inside the Gather: the callback key works during the music
     assert play.get("loop") == "2" and play.text.endswith(".mp3")
 
     unknown = spoken(wait(twilio, result, QueuePosition="3", AvgQueueTime="0"))
@@ -64,7 +64,7 @@ def test_a_caller_with_a_withheld_number_is_not_offered_a_callback(simulator, tw
 def test_a_waiting_caller_can_leave_for_a_callback_end_to_end(simulator, ivr):
     result = simulator.call("+18887999666", CALLER, OWNER + ["-", "1"])
     assert result.outcome == "callback"
-    assert result.said()[-1].startswith("You've left the line. An engineer will call you back")
+    assert result.said()[-1].startswith("You're no longer on hold. An engineer will call you back")
     ticket = ticket_of(ivr, result.call_sid)
     assert (ticket.status, ticket.callback_number) == ("callback_requested", CALLER)
     with ivr.storage.transaction() as session:
