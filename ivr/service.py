@@ -431,7 +431,8 @@ class _Ports:
         lockouts = LockoutRepository(service.storage, self.session)
         pmi_key, caller_key = lockout_keys(pmi, self.call.caller_number)
         if lockouts.locked([pmi_key, caller_key], now):
-            lockouts.attempt_while_locked([pmi_key, caller_key], now)
+            lockouts.attempt_while_locked(pmi_key, now)
+            lockouts.attempt_while_locked(caller_key, now)
             metrics.VERIFICATIONS.labels("locked").inc()
             log.info("call %s verification refused: PMI or caller locked", sid)
             return None

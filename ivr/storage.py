@@ -416,11 +416,19 @@ class LockoutRepository:
         ).first()
         return locked is not None
 
-    def attempt_while_locked(self, keys: list[str], now: dt.datetime) -> None:
+    def attempt_while_locked(self, key: str, now: dt.datetime) -> None:
+        """Count a try refused by a lock. The same upsert as a failure's, so a refusal for
+        a lock costs what a refusal for a wrong key costs."""
         self.session.execute(
-            update(Lockout).where(Lockout.key.in_(keys), Lockout.locked_until > now)
-            .values(attempts_while_locked=Lockout.attempts_while_locked + 1, updated_at=now)
-        )
+            self.storage.insert(Lockout).values(
+                key=key, failures=0, window_started_at=now, lock_count=0,
+                attempts_while_locked=1, updated_at=now,
+            ).on_conflict_do_update(
+                index_elements=[Lockout.key],
+                set_={"attempts_while_locked": Lockout.attempts_while_locked + 1,
+                      "updated_at": now},
+            ).returning(Lockout.failures, Lockout.lock_count)
+        ).one()
 
     def clear(self, key: str) -> bool:
         return self.session.execute(delete(Lockout).where(Lockout.key == key)).rowcount > 0
