@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http import HttpClient
+from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from .config import Settings
@@ -16,11 +18,15 @@ from .storage import OutboxRepository, Storage, utcnow
 log = logging.getLogger("ivr.outbox")
 
 MAX_ATTEMPTS = 5
+SEND_TIMEOUT = 10.0  # seconds for one request to Twilio's REST API
+STALE_CLAIM = dt.timedelta(minutes=10)  # a sender that died mid-send: send again
 
 
 def drain(storage: Storage, settings: Settings, *, http_client: HttpClient | None = None,
           batch: int = 50) -> dict[str, int]:
-    """Send what is pending, once. Returns counts by the status each message ended in."""
+    """Send what is pending, once. Messages are claimed in one short transaction, sent
+    with no transaction open (a slow Twilio API never holds up a webhook), and their
+    results recorded in another. Returns counts by the status each message ended in."""
     counts = {"sent": 0, "not_sent": 0, "failed": 0, "retry": 0}
     missing = [name for name, value in (("TWILIO_ACCOUNT_SID", settings.twilio_account_sid),
                                         ("TWILIO_AUTH_TOKEN", settings.twilio_auth_token),
@@ -28,38 +34,36 @@ def drain(storage: Storage, settings: Settings, *, http_client: HttpClient | Non
     client = None
     if not missing:
         client = Client(settings.twilio_account_sid, settings.twilio_auth_token,
-                        http_client=http_client)
+                        http_client=http_client or TwilioHttpClient(timeout=SEND_TIMEOUT))
     while True:
         with storage.transaction() as session:
-            messages = OutboxRepository(storage, session).pending(batch)
-            for message in messages:
-                message.attempts += 1
-                if client is None:
-                    message.status = "not_sent"
-                    message.reason = f"not configured: {', '.join(missing)}"
-                    counts["not_sent"] += 1
-                    continue
-                try:
-                    sent = client.messages.create(to=message.to_number, from_=settings.sms_from,
-                                                  body=message.body)
-                except (TwilioRestException, TwilioException, OSError) as exc:
-                    message.reason = f"{type(exc).__name__}: {str(exc)[:300]}"
-                    if message.attempts >= MAX_ATTEMPTS:
-                        message.status = "failed"
-                        counts["failed"] += 1
-                    else:
-                        counts["retry"] += 1
-                    log.warning("sms %s to %s failed (attempt %s)", message.id,
-                                mask(message.to_number), message.attempts)
-                    continue
-                message.status = "sent"
-                message.twilio_sid = sent.sid
-                message.sent_at = utcnow()
-                message.reason = None
-                counts["sent"] += 1
-                log.info("sms %s sent to %s", message.id, mask(message.to_number))
-        if len(messages) < batch or counts["retry"]:
+            claimed = [(m.id, m.to_number, m.body, m.attempts) for m in
+                       OutboxRepository(storage, session).claim(batch, utcnow(), STALE_CLAIM)]
+        results = [_send(client, settings, missing, *message) for message in claimed]
+        with storage.transaction() as session:
+            outbox = OutboxRepository(storage, session)
+            for message_id, outcome, fields in results:
+                outbox.record(message_id, **fields)
+                counts[outcome] += 1
+        if len(claimed) < batch or counts["retry"]:
             return counts
+
+
+def _send(client: Client | None, settings: Settings, missing: list[str], message_id: int,
+          to_number: str, body: str, attempts: int) -> tuple[int, str, dict]:
+    if client is None:
+        return message_id, "not_sent", {"status": "not_sent",
+                                        "reason": f"not configured: {', '.join(missing)}"}
+    try:
+        sent = client.messages.create(to=to_number, from_=settings.sms_from, body=body)
+    except (TwilioRestException, TwilioException, OSError) as exc:
+        log.warning("sms %s to %s failed (attempt %s)", message_id, mask(to_number), attempts)
+        reason = f"{type(exc).__name__}: {str(exc)[:300]}"
+        if attempts >= MAX_ATTEMPTS:
+            return message_id, "failed", {"status": "failed", "reason": reason}
+        return message_id, "retry", {"status": "pending", "reason": reason}
+    log.info("sms %s sent to %s", message_id, mask(to_number))
+    return message_id, "sent", {"status": "sent", "twilio_sid": sent.sid, "sent_at": utcnow()}
 
 
 def watch(storage: Storage, settings: Settings, service, interval: float = 2.0) -> None:

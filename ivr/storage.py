@@ -14,7 +14,17 @@ from typing import Callable, Iterator
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, case, create_engine, delete, event, func, select, update
+from sqlalchemy import (
+    Engine,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -457,16 +467,27 @@ class OutboxRepository:
             .on_conflict_do_nothing()
         )
 
-    def pending(self, limit: int) -> list[OutboxMessage]:
-        query = (
-            select(OutboxMessage)
-            .where(OutboxMessage.status == "pending")
-            .order_by(OutboxMessage.id)
-            .limit(limit)
-        )
+    def claim(self, limit: int, now: dt.datetime, stale_after: dt.timedelta) -> list[OutboxMessage]:
+        """Take up to ``limit`` messages to send, marking them "sending"; messages a sender
+        claimed longer ago than ``stale_after`` (it died mid-send) are taken again."""
+        waiting = or_(OutboxMessage.status == "pending",
+                      (OutboxMessage.status == "sending")
+                      & (OutboxMessage.claimed_at < now - stale_after))
+        query = select(OutboxMessage).where(waiting).order_by(OutboxMessage.id).limit(limit)
         if self.storage.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
-        return list(self.session.scalars(query))
+        messages = list(self.session.scalars(query))
+        for message in messages:
+            message.status, message.claimed_at = "sending", now
+            message.attempts += 1
+        return messages
+
+    def record(self, message_id: int, *, status: str, reason: str | None = None,
+               twilio_sid: str | None = None, sent_at: dt.datetime | None = None) -> None:
+        self.session.execute(
+            update(OutboxMessage).where(OutboxMessage.id == message_id)
+            .values(status=status, reason=reason, twilio_sid=twilio_sid, sent_at=sent_at)
+        )
 
     def for_call(self, call_sid: str) -> list[OutboxMessage]:
         return list(self.session.scalars(
@@ -475,7 +496,8 @@ class OutboxRepository:
 
     def depth(self) -> int:
         return self.session.scalar(
-            select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status == "pending")
+            select(func.count()).select_from(OutboxMessage)
+            .where(OutboxMessage.status.in_(("pending", "sending")))
         ) or 0
 
 

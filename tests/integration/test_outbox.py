@@ -56,3 +56,47 @@ def test_a_rejected_message_is_retried_then_given_up(simulator, ivr):
     (message,) = messages(ivr)
     assert message.status == "failed" and message.attempts == outbox.MAX_ATTEMPTS
     assert "21211" in message.reason or "Invalid" in message.reason
+
+
+def test_a_slow_twilio_api_does_not_hold_the_database_while_sending(simulator, ivr):
+    from sqlalchemy import update
+
+    from ivr.models import Call
+
+    queue_one(simulator)
+    settings = ivr.settings.model_copy(update={"twilio_account_sid": "AC" + "1" * 32,
+                                               "sms_from": "+15005550006"})
+    writes = []
+
+    class WritingWhileSending(RecordingHttpClient):
+        def request(self, *args, **kwargs):
+            # A webhook writing while the message is in flight must not wait for the sender.
+            with ivr.storage.transaction() as session:
+                session.execute(update(Call).values(attempts=Call.attempts))
+            writes.append(True)
+            return super().request(*args, **kwargs)
+
+    assert outbox.drain(ivr.storage, settings, http_client=WritingWhileSending())["sent"] == 1
+    assert writes == [True]
+
+
+def test_a_message_claimed_by_a_sender_that_died_is_sent_again_later(simulator, ivr, clock):
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from ivr.storage import OutboxRepository, utcnow
+
+    queue_one(simulator)
+    with ivr.storage.transaction() as session:  # a sender claims it, then dies
+        assert len(OutboxRepository(ivr.storage, session).claim(10, utcnow(), outbox.STALE_CLAIM)) == 1
+    settings = ivr.settings.model_copy(update={"twilio_account_sid": "AC" + "1" * 32,
+                                               "sms_from": "+15005550006"})
+    http = RecordingHttpClient()
+    assert outbox.drain(ivr.storage, settings, http_client=http)["sent"] == 0  # still claimed
+    with ivr.storage.transaction() as session:
+        stale = utcnow() - outbox.STALE_CLAIM - dt.timedelta(seconds=1)
+        session.execute(update(OutboxMessage).values(claimed_at=stale))
+    assert outbox.drain(ivr.storage, settings, http_client=http)["sent"] == 1
+    (message,) = messages(ivr)
+    assert message.status == "sent" and message.attempts == 2
