@@ -56,7 +56,10 @@ def configure(state) -> None:
         SESSION_COOKIE_PATH="/admin",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=(settings.public_url or "").startswith("https://"),
+        # Secure behind TLS: a public https URL, or trusted proxies (which terminate TLS);
+        # only a plain local server (make run) sends it over http.
+        SESSION_COOKIE_SECURE=(settings.public_url or "").startswith("https://")
+        or settings.trusted_proxies > 0,
         PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
     )
 

@@ -12,6 +12,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from . import accounts as directory
 from . import outbox as sms_outbox
+from .desk import ticket_dict
 from .simulator import HttpTransport, Simulator, WsgiTransport, transcript
 from .surge import run_surge
 from .service import DATABASE_DOWN, lockout_keys, mask
@@ -79,22 +80,6 @@ def accounts_locks():
 
 
 tickets_cli = AppGroup("tickets", help="Support tickets.")
-
-
-def ticket_dict(ticket) -> dict:
-    return {
-        "id": ticket.id,
-        "number": ticket.number,
-        "call_sid": ticket.call_sid,
-        "account_id": ticket.account_id,
-        "user_email": ticket.user_email,
-        "priority": ticket.priority,
-        "target_response_minutes": ticket.target_response_minutes,
-        "region": ticket.region,
-        "status": ticket.status,
-        "created_at": ticket.created_at.isoformat(),
-        "acknowledged_at": ticket.acknowledged_at.isoformat() if ticket.acknowledged_at else None,
-    }
 
 
 @tickets_cli.command("list")

@@ -383,7 +383,7 @@ class Settings(BaseModel):
     public_url: str | None = None
     host_key_pepper: str | None = None
     trusted_proxies: int = Field(default=0, ge=0, le=10)
-    admin_token: str | None = None
+    admin_token: str | None = Field(default=None, min_length=32)
 
     @model_validator(mode="after")
     def _token_when_validating(self) -> "Settings":

@@ -14,7 +14,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .cli import ticket_dict
 from .config import IvrConfig
 from .lifecycle import STATUSES, TRANSITIONS
 from .models import Call, Ticket
@@ -91,6 +90,23 @@ class Period:
     @property
     def last_day(self) -> dt.date:
         return (self.until - dt.timedelta(microseconds=1)).date()
+
+
+def ticket_dict(ticket) -> dict:
+    """A ticket as `tickets list --json` prints it (SPEC section 3)."""
+    return {
+        "id": ticket.id,
+        "number": ticket.number,
+        "call_sid": ticket.call_sid,
+        "account_id": ticket.account_id,
+        "user_email": ticket.user_email,
+        "priority": ticket.priority,
+        "target_response_minutes": ticket.target_response_minutes,
+        "region": ticket.region,
+        "status": ticket.status,
+        "created_at": ticket.created_at.isoformat(),
+        "acknowledged_at": ticket.acknowledged_at.isoformat() if ticket.acknowledged_at else None,
+    }
 
 
 def target_at(ticket: Ticket) -> dt.datetime:

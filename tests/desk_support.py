@@ -10,7 +10,7 @@ from ivr.simulator import new_call_sid
 
 from .support import CALLER, US_LINE
 
-ADMIN_TOKEN = "desk-token-5b0c1e9a7f3d4c2b"
+ADMIN_TOKEN = "desk-token-5b0c1e9a7f3d4c2b-8e6a0d1f3c5b7a9e"
 UTC = dt.timezone.utc
 
 

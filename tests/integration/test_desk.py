@@ -249,6 +249,22 @@ def test_signing_in_sets_an_httponly_samesite_cookie_for_the_dashboard_only(brow
     assert page(browser.get("/admin/")).has("export")
 
 
+@pytest.mark.parametrize("update, secure", [
+    ({}, False),                                          # a plain local server
+    ({"trusted_proxies": 1}, True),                       # behind a TLS proxy
+    ({"public_url": "https://ivr.example.com"}, True),
+])
+def test_the_session_cookie_is_secure_whenever_tls_is_in_front(settings, clock, update, secure):
+    app = admin_app(settings.model_copy(update=update), clock)
+    client = app.test_client()
+    form = page(client.get("/admin/login")).find("login")
+    response = client.post("/admin/login", data={"csrf_token": form.field("csrf_token"),
+                                                 "token": ADMIN_TOKEN})
+    (cookie,) = response.headers.getlist("Set-Cookie")
+    assert ("secure" in [p.strip().lower() for p in cookie.split(";")]) is secure
+    app.extensions["ivr"].storage.dispose()
+
+
 def test_a_wrong_token_is_refused_and_a_login_without_the_form_token_is_refused(browser):
     doc = page(sign_in(browser, token="guess"), 401)
     assert doc.find("login").text().endswith("That is not the admin token. Sign in")

@@ -158,3 +158,11 @@ def test_a_catalogue_with_a_wrong_placeholder_is_refused(tmp_path):
     (tmp_path / "en-NZ.toml").write_text('extends = "en-GB"\ngreeting = "Kia ora {brnd}"\n')
     with pytest.raises(CatalogueError, match=r"en-NZ.toml: greeting: placeholders"):
         load_catalogues(tmp_path)
+
+
+def test_a_short_admin_token_is_refused():
+    with pytest.raises(ConfigError, match="IVR_ADMIN_TOKEN"):
+        Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false", "IVR_ADMIN_TOKEN": "hunter2"})
+    long_enough = "x" * 32
+    assert Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false",
+                              "IVR_ADMIN_TOKEN": long_enough}).admin_token == long_enough
