@@ -185,32 +185,43 @@ class CallService:
         if request is None:
             return self.renderer.hangup()
         result = _printable(params.get("QueueResult") or params.get("DialCallStatus"), 32)
+        queue_time = _int(params.get("QueueTime"))
         line, english = self.config.line_for(request.to), False
         try:
             with self.storage.transaction() as session:
-                now = self.clock()
-                call = CallRepository(self.storage, session).record_queue_result(
-                    request.call_sid, result, _int(params.get("QueueTime")), now)
-                ticket = None
+                call, ticket = self._apply_queue_result(session, request.call_sid, result,
+                                                        queue_time, self.clock())
                 if call is not None:
                     english, line = call.english, self.config.line_for(call.dialed_number)
-                    tickets = TicketRepository(self.storage, session)
-                    if result == "hangup":  # gave up waiting: back to the open pile
-                        ticket = tickets.move(call.call_sid, "open", now)
-                    elif result in SERVED:
-                        ticket = tickets.move(call.call_sid, "connected", now)
-                    else:  # left for a callback, or the queue or desk could not take it
-                        ticket = tickets.move(call.call_sid, "callback_requested", now,
-                                              callback_number=callable_number(call.caller_number))
-                    ticket = ticket or tickets.for_call(call.call_sid)
                 ticket_number = ticket.number if ticket is not None else None
         except DATABASE_DOWN:
             # The ticket number came back in the action URL; trust only its shape.
             ticket_number = ticket_number if (ticket_number or "").isdigit() else None
-            log.warning("database unreachable: queue result of call %s not recorded",
+            metrics.SPOOLED.labels("queue_result").inc()
+            self.spool.append({"kind": "queue_result", "call_sid": request.call_sid,
+                               "result": result, "queue_time": queue_time,
+                               "at": self.clock().isoformat()})
+            log.warning("database unreachable: queue result of call %s spooled",
                         request.call_sid)
         log.info("call %s queue result=%s", request.call_sid, result)
         return self.renderer.after_queue(line, ticket_number, result, english)
+
+    def _apply_queue_result(self, session: Session, call_sid: str, result: str,
+                            queue_time: int | None, now: dt.datetime):
+        """Record how the wait ended and move the ticket on: (call, ticket)."""
+        call = CallRepository(self.storage, session).record_queue_result(
+            call_sid, result, queue_time, now)
+        if call is None:
+            return None, None
+        tickets = TicketRepository(self.storage, session)
+        if result == "hangup":  # gave up waiting: back to the open pile
+            ticket = tickets.move(call_sid, "open", now)
+        elif result in SERVED:
+            ticket = tickets.move(call_sid, "connected", now)
+        else:  # left for a callback, or the queue or desk could not take the call
+            ticket = tickets.move(call_sid, "callback_requested", now,
+                                  callback_number=callable_number(call.caller_number))
+        return call, ticket or tickets.for_call(call_sid)
 
     def wait(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
         """The waitUrl: position, expected wait and the callback offer, then hold audio."""
@@ -331,6 +342,7 @@ class CallService:
             "caller_number": request.caller, "can_text": can_text, "english": english,
             "language": self.renderer.voices(line)[1 if english else 0].language,
             "created_at": now, "acknowledged_at": now, "sms": ports.sms,
+            "status": "open" if self.config.route_for(line).kind == "dial" else "in_queue",
         })
         log.warning("database unreachable: call %s routed, its ticket spooled", request.call_sid)
         return self.renderer.reply(reply, line)
@@ -342,6 +354,11 @@ class CallService:
                 CallRepository(self.storage, session).record_status(
                     record["call_sid"], record["status"], record.get("duration"),
                     dt.datetime.fromisoformat(record["at"]), sequence=record.get("sequence"))
+                return True
+            if record.get("kind") == "queue_result":
+                self._apply_queue_result(session, record["call_sid"], record["result"],
+                                         record.get("queue_time"),
+                                         dt.datetime.fromisoformat(record["at"]))
                 return True
             account = AccountRepository(session).by_id(record["account_ref"])
             restored = TicketRepository(self.storage, session).restore(

@@ -289,7 +289,8 @@ class TicketRepository:
                     user_email=account.user_email if account else "unknown",
                     priority=record["priority"],
                     target_response_minutes=record["target_response_minutes"],
-                    region=record["region"], status="open", created_at=now,
+                    region=record["region"], status=record.get("status", "open"),
+                    created_at=now,
                     acknowledged_at=dt.datetime.fromisoformat(record["acknowledged_at"]))
             .on_conflict_do_nothing(index_elements=["call_sid"])
         )

@@ -53,13 +53,16 @@ def test_verified_callers_are_routed_and_their_tickets_replayed_once(app, ivr, t
         root = twiml(response)
         assert root.find("Enqueue").text == "support-us"
         spoken[sid] = [e.text for e in root.iter("say-as")][0]
+        queue = {**twilio.call_params(sid), "QueueResult": "bridged", "QueueTime": "30"}
+        after = twiml(dead.post(f"/voice/queue-result?ticket={spoken[sid]}&priority=1", **queue))
+        assert after[-1].tag == "Hangup"
         dead.post("/voice/status", **{**twilio.call_params(sid), "CallStatus": "completed",
                                       "CallDuration": "95", "SequenceNumber": "4"})
     spool = ivr.service.spool
-    assert spool.depth() == 6 and count(ivr, Ticket) == 0
+    assert spool.depth() == 9 and count(ivr, Ticket) == 0
 
     result = app.test_cli_runner().invoke(args=["spool", "replay"])
-    assert "Replayed 6 records: 6 written, 0 already present" in result.output
+    assert "Replayed 9 records: 9 written, 0 already present" in result.output
     assert spool.depth() == 0
     with ivr.storage.transaction() as session:
         tickets = {t.call_sid: t for t in session.scalars(select(Ticket))}
@@ -69,8 +72,10 @@ def test_verified_callers_are_routed_and_their_tickets_replayed_once(app, ivr, t
     for sid, ticket in tickets.items():
         assert (ticket.priority, ticket.target_response_minutes) == (1, 60)
         assert ticket.account_id == "demo-business" and ticket.acknowledged_at is not None
+        assert ticket.status == "connected"  # in the queue, then answered, all while spooled
         call = calls[sid]
         assert (call.outcome, call.twilio_status, call.duration_seconds) == ("routed", "completed", 95)
+        assert (call.queue_result, call.queue_seconds) == ("bridged", 30)
         assert "spooled" in call.steps_reached
     assert len(texts) == 3 and all(t.body.startswith("Zoom Support: ticket") for t in texts)
 
