@@ -422,8 +422,8 @@ class Settings(BaseModel):
         except ValidationError as exc:
             reverse = {field: var for field, var in names.items()}
             problems = "; ".join(
-                f"{reverse.get(str(e['loc'][0]), e['loc'][0]) if e['loc'] else 'environment'}: "
-                f"{e['msg'].removeprefix('Value error, ')}"
+                (f"{reverse.get(str(e['loc'][0]), e['loc'][0])}: " if e["loc"] else "")
+                + e["msg"].removeprefix("Value error, ")
                 for e in exc.errors()
             )
             raise ConfigError(f"environment: {problems}") from None
