@@ -7,6 +7,7 @@ hands the reply to the TwiML renderer. Nothing here knows about HTTP.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import logging
@@ -53,6 +54,7 @@ def mask(number: str | None) -> str:
     return f"…{digits[-4:]}" if len(digits) >= 4 else "…"
 
 
+@functools.lru_cache(maxsize=4096)
 def callable_number(number: str | None) -> str | None:
     """The number in E.164 if an engineer could call it back, else None (withheld...)."""
     try:
@@ -64,6 +66,7 @@ def callable_number(number: str | None) -> str | None:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
+@functools.lru_cache(maxsize=4096)
 def can_receive_sms(number: str | None) -> bool:
     try:
         parsed = phonenumbers.parse(number or "", None)
@@ -74,12 +77,16 @@ def can_receive_sms(number: str | None) -> bool:
 
 def lockout_keys(pmi: str, caller_number: str | None) -> tuple[str, str]:
     """The lockout keys of a PMI and of a caller (withheld numbers share one key)."""
+    return f"pmi:{pmi}", f"caller:{_caller_key(caller_number or '')}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _caller_key(number: str) -> str:
     try:
-        parsed = phonenumbers.parse(caller_number or "", None)
-        caller = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        parsed = phonenumbers.parse(number, None)
     except phonenumbers.NumberParseException:
-        caller = "withheld"
-    return f"pmi:{pmi}", f"caller:{caller}"
+        return "withheld"
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
 @dataclass(frozen=True)

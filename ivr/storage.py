@@ -134,8 +134,7 @@ class CallRepository:
         """The call, locked for this transaction on PostgreSQL (SQLite's BEGIN IMMEDIATE
         already holds the write lock)."""
         lock = for_update and self.storage.dialect == "postgresql"
-        return self.session.get(Call, call_sid, with_for_update=lock or None,
-                                populate_existing=True)
+        return self.session.get(Call, call_sid, with_for_update=lock or None)
 
     def start(self, *, call_sid: str, account_sid: str | None, dialed_number: str, region: str,
               language: str, caller_number: str, can_text: bool, now: dt.datetime) -> Call:

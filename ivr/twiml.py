@@ -22,6 +22,7 @@ STEP_PATHS = {
     Step.PRIORITY: "/voice/priority",
 }
 QUEUE_RESULT_PATH = "/voice/queue-result"
+CACHE_SIZE = 2048  # rendered replies kept per process
 WAIT_PATH = "/voice/wait"
 WAIT_CHOICE_PATH = "/voice/wait-choice"
 
@@ -30,6 +31,7 @@ class Renderer:
     def __init__(self, config: IvrConfig, catalogues: dict[str, Catalogue]):
         self.config = config
         self.catalogues = catalogues
+        self._documents: dict[tuple, str] = {}
 
     # -- voices ------------------------------------------------------------------------
 
@@ -58,6 +60,18 @@ class Renderer:
 
     def reply(self, reply: Reply, line: Line | None,
               query: dict[str, str] | None = None) -> str:
+        """The TwiML of a reply. Replies repeat (every caller hears the same prompts), so
+        documents are kept in a small cache keyed by everything that shapes them."""
+        key = (reply, line.number if line is not None else None,
+               tuple(sorted(query.items())) if query else None)
+        document = self._documents.get(key)
+        if document is None:
+            if len(self._documents) >= CACHE_SIZE:
+                self._documents.clear()
+            document = self._documents[key] = self._reply(reply, line, query)
+        return document
+
+    def _reply(self, reply: Reply, line: Line | None, query: dict[str, str] | None) -> str:
         response = VoiceResponse()
         if reply.ask is not None:
             ask = reply.ask
