@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import sys
@@ -77,6 +78,18 @@ def accounts_locks():
         name = f"PMI {value}" if kind == "pmi" else f"caller {mask(value)}"
         left = int((until - now).total_seconds() // 60)
         click.echo(f"{name:<22} {until:%Y-%m-%d %H:%M:%S} {left:>6} m {count:>5} {tries:>5}")
+
+
+@accounts_cli.command("purge-failures")
+@click.option("--older-than", "days", type=click.IntRange(1), default=30, show_default=True,
+              help="Days since the last failure.")
+def accounts_purge_failures(days):
+    """Forget old failure counts (of PMIs and callers) that hold no lock now."""
+    now = ivr().service.clock()
+    with ivr().storage.transaction() as session:
+        removed = LockoutRepository(ivr().storage, session).purge(
+            now - dt.timedelta(days=days), now)
+    click.echo(f"Forgot {removed} failure counts older than {days} days.")
 
 
 tickets_cli = AppGroup("tickets", help="Support tickets.")

@@ -443,6 +443,13 @@ class LockoutRepository:
     def clear(self, key: str) -> bool:
         return self.session.execute(delete(Lockout).where(Lockout.key == key)).rowcount > 0
 
+    def purge(self, before: dt.datetime, now: dt.datetime) -> int:
+        """Forget failure counts untouched since ``before`` that hold no lock now."""
+        return self.session.execute(
+            delete(Lockout).where(Lockout.updated_at < before,
+                                  or_(Lockout.locked_until.is_(None), Lockout.locked_until <= now))
+        ).rowcount
+
     def current(self, now: dt.datetime) -> list[Lockout]:
         return list(self.session.scalars(
             select(Lockout).where(Lockout.locked_until > now).order_by(Lockout.locked_until)

@@ -310,3 +310,20 @@ def test_forwarded_headers_are_ignored_unless_proxies_are_trusted(settings, cloc
         response = client.client.post("/voice", data=params,
                                       headers={**headers, "X-Twilio-Signature": signature})
         assert response.status_code == expected
+
+
+def test_old_failure_counts_are_purged_but_current_locks_are_kept(app, twilio, ivr, clock):
+    import datetime as dt
+
+    for n in range(5):
+        Caller(twilio, caller(n)).attempt(BUSINESS_OWNER[0], WRONG)  # locks the PMI
+    Caller(twilio, caller(99)).attempt(UNKNOWN_PMI, WRONG)           # just a count
+    runner = app.test_cli_runner()
+    assert "Forgot 0" in runner.invoke(args=["accounts", "purge-failures"]).output
+    clock.advance(days=31)
+    with ivr.storage.transaction() as session:  # a lock still running a month on
+        session.get(Lockout, f"pmi:{BUSINESS_OWNER[0]}").locked_until = clock.now + dt.timedelta(hours=1)
+    result = runner.invoke(args=["accounts", "purge-failures", "--older-than", "30"])
+    assert result.exit_code == 0
+    assert lock(ivr, f"pmi:{UNKNOWN_PMI}") is None
+    assert lock(ivr, f"pmi:{BUSINESS_OWNER[0]}") is not None
