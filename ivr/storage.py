@@ -230,9 +230,6 @@ class CallRepository:
         call.updated_at = now
         return call
 
-    def list(self, limit: int = 100) -> list[Call]:
-        return list(self.session.scalars(select(Call).order_by(Call.started_at.desc()).limit(limit)))
-
 
 FINAL_STATUSES = ("completed", "busy", "failed", "no-answer", "canceled")
 
@@ -338,9 +335,6 @@ class TicketRepository:
             query = query.limit(limit)
         return list(self.session.scalars(query))
 
-    def count(self) -> int:
-        return self.session.scalar(select(func.count()).select_from(Ticket)) or 0
-
 
 def new_ticket_number() -> str:
     """Eight digits, never starting with 0, so it reads back the same way it is written."""
@@ -374,9 +368,6 @@ class AccountRepository:
 
     def add(self, account: Account) -> None:
         self.session.add(account)
-
-    def count(self) -> int:
-        return self.session.scalar(select(func.count()).select_from(Account)) or 0
 
 
 # -- lockouts ----------------------------------------------------------------------------
