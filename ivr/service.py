@@ -33,7 +33,6 @@ from .storage import (
     OutboxRepository,
     Storage,
     TicketRepository,
-    new_ticket_number,
     ticket_info,
     utcnow,
 )

@@ -1,9 +1,7 @@
 """The database goes away mid-call: verified callers are still routed, their tickets are
 spooled to disk and replayed exactly once when the database is back."""
 
-import shutil
 import time
-import xml.etree.ElementTree as ET
 
 import pytest
 from sqlalchemy import func, select
@@ -12,7 +10,7 @@ from ivr import create_app
 from ivr.models import Call, OutboxMessage, Ticket
 from ivr.simulator import new_call_sid
 
-from ..support import BUSINESS_OWNER, CALLER, US_LINE, TwilioClient, twiml
+from ..support import BUSINESS_OWNER, TwilioClient, twiml
 
 
 @pytest.fixture

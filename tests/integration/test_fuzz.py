@@ -4,7 +4,6 @@ import xml.etree.ElementTree as ET
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
 
 from ivr.models import Call
 

@@ -4,9 +4,8 @@ import pytest
 from sqlalchemy import select
 
 from ivr.models import Call, OutboxMessage, Ticket
-from ivr.simulator import new_call_sid
 
-from ..support import BUSINESS_OWNER, CALLER, TwilioClient, spoken, twiml
+from ..support import BUSINESS_OWNER, CALLER, spoken, twiml
 
 OWNER = ["2", f"{BUSINESS_OWNER[0]}#", f"{BUSINESS_OWNER[1]}#", "1"]
 

@@ -17,7 +17,7 @@ from ivr.accounts import Row, import_rows
 from ivr.models import Base, Lockout
 from ivr.storage import LockoutRepository
 
-from ..support import BUSINESS_OWNER, TOKEN, US_LINE, TwilioClient, twiml
+from ..support import BUSINESS_OWNER, US_LINE, TwilioClient, twiml
 
 WRONG = "7401935"
 UNKNOWN_PMI = "5559999999"
@@ -223,6 +223,7 @@ def test_failure_kinds_take_the_same_time(twilio, ivr, many_accounts):
     assert len(refusals) == 2  # "try again" and the final goodbye
     timings = {"unknown": [], "wrong": [], "locked": [], "throttled": []}
     callers = [Caller(twilio, caller(1000 + n)) for n in range(60)]  # 9 failures each at most
+    wrong_caller = locked_caller = None  # a new one for every call, below
     for i in range(500):
         # Three tries per call (the per-call limit), interleaved so drift affects all alike.
         new_call = i % 3 == 0

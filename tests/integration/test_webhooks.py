@@ -9,7 +9,7 @@ from ivr.config import Settings
 from ivr.models import Call, OutboxMessage, Ticket
 
 from ..support import (
-    BUSINESS_OWNER, CALLER, PRO_OWNER, TOKEN, US_LINE, TwilioClient, spoken, twiml,
+    BUSINESS_OWNER, CALLER, PRO_OWNER, US_LINE, TwilioClient, spoken, twiml,
 )
 
 
