@@ -34,10 +34,6 @@ class Outcome(StrEnum):
     ABANDONED = "abandoned"
 
 
-# Steps a caller can be asked for, i.e. that have an action URL.
-PROMPT_STEPS = (Step.MENU, Step.PMI, Step.HOST_KEY, Step.PRIORITY)
-
-
 @dataclass(frozen=True)
 class Caller:
     """A verified caller from the account directory."""

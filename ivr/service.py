@@ -272,12 +272,8 @@ class CallService:
                         return self.renderer.leave()
                     return self.renderer.empty()
                 if call.can_text:
-                    line = self.config.line_for(call.dialed_number)
-                    body = self.catalogue_for(line, call.english).text(
-                        "sms_callback", {"brand": self.config.service.brand, "ticket": ticket.number})
-                    OutboxRepository(self.storage, session).queue(
-                        call_sid=call.call_sid, template="sms_callback",
-                        to_number=call.caller_number, body=body, now=now)
+                    self.queue_sms(session, call, call.english, "sms_callback",
+                                   {"brand": self.config.service.brand, "ticket": ticket.number})
         except DATABASE_DOWN:
             log.warning("database unreachable: callback for call %s not recorded; "
                         "caller stays in the queue", request.call_sid)
@@ -287,7 +283,8 @@ class CallService:
 
     def fallback(self, params: Mapping[str, str]) -> str:
         line = self.config.line_for(params.get("To"))
-        log.warning("fallback answered call %s to %s", (params.get("CallSid") or "?")[:64],
+        request = CallRequest.from_params(params)  # only a well-formed SID reaches the log
+        log.warning("fallback answered call %s to %s", request.call_sid if request else "?",
                     mask(params.get("To")))
         return self.renderer.fallback(line)
 
@@ -432,6 +429,18 @@ class CallService:
         own, alternative = self.renderer.voices(line)
         return self.catalogues[(alternative if english else own).catalogue_name]
 
+    def queue_sms(self, session: Session, call: Call, english: bool, template: str,
+                  params: dict[str, object]) -> None:
+        """Queue a text message to the caller, in the call's language (once per template)."""
+        line = self.config.line_for(call.dialed_number)
+        OutboxRepository(self.storage, session).queue(
+            call_sid=call.call_sid, template=template, to_number=call.caller_number,
+            body=self.catalogue_for(line, english).text(template, params), now=self.clock())
+
+    def outbox_depth(self) -> int:
+        with self.storage.transaction() as session:
+            return OutboxRepository(self.storage, session).depth()
+
 
 class _Ports:
     """The flow's side effects, inside the webhook's transaction."""
@@ -489,11 +498,7 @@ class _Ports:
         return ticket_info(ticket)
 
     def send_sms(self, template: str, params: dict[str, object]) -> None:
-        line = self.service.config.line_for(self.call.dialed_number)
-        body = self.service.catalogue_for(line, self.state.english).text(template, params)
-        OutboxRepository(self.service.storage, self.session).queue(
-            call_sid=self.call.call_sid, template=template, to_number=self.call.caller_number,
-            body=body, now=self.service.clock())
+        self.service.queue_sms(self.session, self.call, self.state.english, template, params)
 
 
 class _SpoolPorts:

@@ -8,10 +8,10 @@ import time
 
 from flask import Blueprint, Response, abort, current_app, g, jsonify, request
 from twilio.request_validator import RequestValidator
+from werkzeug.exceptions import HTTPException
 
 
 from . import metrics
-from .storage import OutboxRepository
 from .twiml import STEP_PATHS
 
 log = logging.getLogger("ivr.http")
@@ -122,8 +122,6 @@ def fallback():
 @voice.errorhandler(Exception)
 def voice_error(error):
     """An unexpected failure still answers the caller: an apology and the default queue."""
-    from werkzeug.exceptions import HTTPException
-
     if isinstance(error, HTTPException):
         return error
     log.exception("webhook %s failed; caller sent to the fallback queue", request.path)
@@ -133,12 +131,8 @@ def voice_error(error):
 @health.get("/metrics")
 def prometheus_metrics():
     service = ivr().service
-
-    def outbox_depth() -> int:
-        with ivr().storage.transaction() as session:
-            return OutboxRepository(ivr().storage, session).depth()
-
-    body, content_type = metrics.exposition(metrics.DepthCollector(outbox_depth, service.spool.depth))
+    body, content_type = metrics.exposition(
+        metrics.DepthCollector(service.outbox_depth, service.spool.depth))
     return Response(body, content_type=content_type)
 
 
