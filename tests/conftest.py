@@ -61,6 +61,16 @@ def app(settings, clock):
 
 
 @pytest.fixture
+def desk_app(settings, clock):
+    """The app with the support desk's API and dashboard on."""
+    from .desk_support import admin_app
+
+    app = admin_app(settings, clock)
+    yield app
+    app.extensions["ivr"].storage.dispose()
+
+
+@pytest.fixture
 def ivr(app):
     return app.extensions["ivr"]
 

@@ -134,3 +134,4 @@ def parse_html(text: str) -> Element:
 
     Builder(convert_charrefs=True).feed(text)
     return root
+

@@ -9,10 +9,8 @@ AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture
-def app(settings, clock):
-    app = admin_app(settings, clock)
-    yield app
-    app.extensions["ivr"].storage.dispose()
+def app(desk_app):
+    return desk_app
 
 
 @pytest.fixture

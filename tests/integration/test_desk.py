@@ -188,10 +188,8 @@ def test_tickets_export_refuses_a_bad_date(cli):
 
 
 @pytest.fixture
-def dashboard(settings, clock):
-    app = admin_app(settings, clock)
-    yield app
-    app.extensions["ivr"].storage.dispose()
+def dashboard(desk_app):
+    return desk_app
 
 
 @pytest.fixture
