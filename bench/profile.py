@@ -16,10 +16,10 @@ sys.path.insert(0, str(ROOT))
 from pyinstrument import Profiler  # noqa: E402
 
 from ivr import create_app  # noqa: E402
-from ivr.accounts import import_file  # noqa: E402
+from ivr.desk.directory import import_file  # noqa: E402
 from ivr.config import Settings  # noqa: E402
-from ivr.simulator import Simulator, WsgiTransport  # noqa: E402
-from ivr.surge import plan_call  # noqa: E402
+from ivr.sim.simulator import Simulator, WsgiTransport  # noqa: E402
+from ivr.sim.surge import plan_call  # noqa: E402
 
 
 def main(calls: int = 400) -> None:

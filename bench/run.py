@@ -23,8 +23,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ivr.simulator import HttpTransport  # noqa: E402
-from ivr.surge import percentiles, run_surge  # noqa: E402
+from ivr.sim.simulator import HttpTransport  # noqa: E402
+from ivr.sim.surge import percentiles, run_surge  # noqa: E402
 
 TOKEN = "bench-auth-token"
 RESULTS = ROOT / "bench" / "results"

@@ -12,12 +12,12 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import ConfigError, IvrConfig, Settings, load_config
-from .prompts import Catalogue, CatalogueError, load_catalogues
 from .security import HostKeyHasher, load_pepper
-from .service import CallService
-from .spool import Spool
 from .storage import Storage, utcnow
-from .twiml import Renderer
+from .voice.prompts import Catalogue, CatalogueError, load_catalogues
+from .voice.service import CallService
+from .voice.spool import Spool
+from .voice.twiml import Renderer
 
 
 @dataclass
@@ -56,13 +56,14 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Fl
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
 
-    from . import cli, views
-    from . import admin, api, desk_cli  # noqa: F401  desk_cli: tickets show|close|set-priority|export
+    from . import cli, health
+    from .desk import api, commands, dashboard  # noqa: F401  commands: tickets show|close|...
+    from .voice import webhooks
 
-    app.register_blueprint(views.voice)
-    app.register_blueprint(views.health)
+    app.register_blueprint(webhooks.voice)
+    app.register_blueprint(health.health)
     app.register_blueprint(api.api)
-    app.register_blueprint(admin.admin)
+    app.register_blueprint(dashboard.admin)
     cli.register(app)
     return app
 

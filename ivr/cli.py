@@ -11,17 +11,14 @@ import click
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
-from . import accounts as directory
 from . import outbox as sms_outbox
-from .desk import ticket_dict
-from .simulator import HttpTransport, Simulator, WsgiTransport, transcript
-from .surge import run_surge
-from .service import DATABASE_DOWN, lockout_keys, mask
-from .storage import LockoutRepository, TicketRepository
-
-
-def ivr():
-    return current_app.extensions["ivr"]
+from .desk import directory
+from .desk.service import ticket_dict
+from .domain.phones import lockout_keys, mask
+from .extension import ivr
+from .sim.simulator import HttpTransport, Simulator, WsgiTransport, transcript
+from .sim.surge import run_surge
+from .storage import DATABASE_DOWN, LockoutRepository, TicketRepository
 
 
 @click.command("init-db")

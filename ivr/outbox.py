@@ -12,8 +12,8 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from .config import Settings
-from .service import DATABASE_DOWN, mask
-from .storage import OutboxRepository, Storage, utcnow
+from .domain.phones import mask
+from .storage import DATABASE_DOWN, OutboxRepository, Storage, utcnow
 
 log = logging.getLogger("ivr.outbox")
 

@@ -9,9 +9,9 @@ import os
 import pytest
 
 from ivr import create_app
-from ivr.accounts import import_file
+from ivr.desk.directory import import_file
 from ivr.config import Settings, load_config
-from ivr.simulator import Simulator, WsgiTransport, new_call_sid
+from ivr.sim.simulator import Simulator, WsgiTransport, new_call_sid
 
 from .support import CONFIG, DEMO_ACCOUNTS, TOKEN, Clock, TwilioClient, postgres_schema
 

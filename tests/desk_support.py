@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 
-from ivr.models import Call, Ticket
-from ivr.simulator import new_call_sid
+from ivr.storage.models import Call, Ticket
+from ivr.sim.simulator import new_call_sid
 
 from .support import CALLER, US_LINE
 
@@ -49,7 +49,7 @@ def admin_app(settings, clock, token: str | None = ADMIN_TOKEN):
     """The app with the admin API and dashboard on (or off with token=None), demo
     directory loaded."""
     from ivr import create_app
-    from ivr.accounts import import_file
+    from ivr.desk.directory import import_file
 
     from .support import DEMO_ACCOUNTS
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from sqlalchemy import select
 
-from ivr.models import Call, OutboxMessage, Ticket
+from ivr.storage.models import Call, OutboxMessage, Ticket
 
 from ..support import BUSINESS_MEMBER, BUSINESS_OWNER, CALLER, FREE_OWNER, PRO_OWNER
 
@@ -133,7 +133,7 @@ def test_a_bad_accounts_csv_is_refused_naming_the_row_and_nothing_is_imported(ap
     assert result.exit_code != 0
     assert "row 3: plan 'platinum' is not one of" in result.output
     with ivr.storage.transaction() as session:
-        from ivr.models import Account
+        from ivr.storage.models import Account
         assert session.scalars(select(Account).where(Account.user_email == "new.one@example.com")).first() is None
 
 
@@ -144,7 +144,7 @@ def test_importing_again_updates_users_and_stores_only_keyed_hashes(app, ivr, tm
                     encoding="utf-8")
     result = app.test_cli_runner().invoke(args=["accounts", "import", str(path)])
     assert "0 created, 1 updated" in result.output
-    from ivr.models import Account
+    from ivr.storage.models import Account
     with ivr.storage.transaction() as session:
         account = session.scalars(select(Account).where(Account.pmi == BUSINESS_OWNER[0])).one()
     assert account.plan == "enterprise" and "5820461" not in account.host_key_hash
@@ -171,7 +171,7 @@ def test_the_surge_simulator_flags_unexpected_outcomes(app, ivr):
     with ivr.storage.transaction() as session:
         from sqlalchemy import delete
 
-        from ivr.models import Account
+        from ivr.storage.models import Account
         session.execute(delete(Account))
     out = app.test_cli_runner().invoke(args=["simulate", "--calls", "20", "--concurrency", "2"])
     assert out.exit_code == 1

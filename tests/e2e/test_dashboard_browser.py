@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from ivr.simulator import HttpTransport, Simulator
+from ivr.sim.simulator import HttpTransport, Simulator
 
 from ..desk_support import ADMIN_TOKEN, admin_app
 from ..support import BUSINESS_OWNER, CALLER, TOKEN, US_LINE

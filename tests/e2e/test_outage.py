@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import func, select
 
 from ivr import create_app
-from ivr.models import Call, OutboxMessage, Ticket
-from ivr.simulator import new_call_sid
+from ivr.storage.models import Call, OutboxMessage, Ticket
+from ivr.sim.simulator import new_call_sid
 
 from ..support import BUSINESS_OWNER, TwilioClient, twiml
 
@@ -148,7 +148,7 @@ def test_a_record_that_cannot_be_applied_is_set_aside_and_the_rest_replayed(app,
 
 
 def test_a_replay_while_the_database_is_still_away_keeps_every_record(ivr, twilio, dead, app):
-    from ivr.service import DATABASE_DOWN
+    from ivr.storage import DATABASE_DOWN
 
     sid = new_call_sid()
     dead.post(verified(twilio, sid), **twilio.call_params(sid), Digits="1")

@@ -14,9 +14,9 @@ import requests
 from sqlalchemy import func, select, text
 
 from ivr import create_app
-from ivr.accounts import import_file
-from ivr.models import Call, OutboxMessage, Ticket
-from ivr.simulator import HttpTransport, Simulator, new_call_sid
+from ivr.desk.directory import import_file
+from ivr.storage.models import Call, OutboxMessage, Ticket
+from ivr.sim.simulator import HttpTransport, Simulator, new_call_sid
 from ivr.storage import Storage
 
 from ..support import BUSINESS_OWNER, CALLER, CONFIG, DEMO_ACCOUNTS, ROOT, TOKEN, US_LINE, TwilioClient

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ivr.desk import BadRequest, Conflict, Desk, NotFound
+from ivr.desk.service import BadRequest, Conflict, Desk, NotFound
 
 from ..desk_support import ADMIN_TOKEN, add_call, add_ticket, admin_app, at, parse_html
 from ..support import BUSINESS_OWNER, CALLER

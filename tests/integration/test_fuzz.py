@@ -5,7 +5,7 @@ import xml.etree.ElementTree as ET
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ivr.models import Call
+from ivr.storage.models import Call
 
 from ..support import BUSINESS_OWNER, US_LINE
 

@@ -3,7 +3,7 @@
 from sqlalchemy import select
 
 from ivr import outbox
-from ivr.models import OutboxMessage
+from ivr.storage.models import OutboxMessage
 
 from ..support import CALLER, PRO_OWNER, RecordingHttpClient
 
@@ -61,7 +61,7 @@ def test_a_rejected_message_is_retried_then_given_up(simulator, ivr):
 def test_a_slow_twilio_api_does_not_hold_the_database_while_sending(simulator, ivr):
     from sqlalchemy import update
 
-    from ivr.models import Call
+    from ivr.storage.models import Call
 
     queue_one(simulator)
     settings = ivr.settings.model_copy(update={"twilio_account_sid": "AC" + "1" * 32,

@@ -3,7 +3,7 @@
 import pytest
 from sqlalchemy import select
 
-from ivr.models import Call, OutboxMessage, Ticket
+from ivr.storage.models import Call, OutboxMessage, Ticket
 
 from ..support import BUSINESS_OWNER, CALLER, spoken, twiml
 

@@ -8,8 +8,8 @@ import pytest
 from werkzeug.serving import make_server
 
 from ivr import create_app
-from ivr.accounts import import_file
-from ivr.simulator import HttpTransport, Simulator, WsgiTransport
+from ivr.desk.directory import import_file
+from ivr.sim.simulator import HttpTransport, Simulator, WsgiTransport
 
 from ..support import BUSINESS_OWNER, CALLER, CONFIG, DEMO_ACCOUNTS, TOKEN
 

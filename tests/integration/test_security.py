@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import inspect, select
 
 from ivr import create_app
-from ivr.accounts import Row, import_rows
-from ivr.models import Base, Lockout
+from ivr.desk.directory import Row, import_rows
+from ivr.storage.models import Base, Lockout
 from ivr.storage import LockoutRepository
 
 from ..support import BUSINESS_OWNER, US_LINE, TwilioClient, twiml

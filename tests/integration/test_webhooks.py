@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select
 
 from ivr.config import Settings
-from ivr.models import Call, OutboxMessage, Ticket
+from ivr.storage.models import Call, OutboxMessage, Ticket
 
 from ..support import (
     BUSINESS_OWNER, CALLER, PRO_OWNER, US_LINE, TwilioClient, spoken, twiml,

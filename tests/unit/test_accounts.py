@@ -2,7 +2,7 @@
 
 import pytest
 
-from ivr.accounts import HEADER, ImportFailed, is_trivial, parse
+from ivr.desk.directory import HEADER, ImportFailed, is_trivial, parse
 from ivr.config import Lengths
 
 HEAD = ",".join(HEADER)

@@ -3,7 +3,7 @@
 import pytest
 
 from ivr.config import ConfigError, Settings, load_config
-from ivr.prompts import CatalogueError, Digits, Text, load_catalogues
+from ivr.voice.prompts import CatalogueError, Digits, Text, load_catalogues
 
 from ..support import CONFIG
 

@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from ivr.flow import CallFlow, Caller, CallState, Outcome, Step, TicketInfo
+from ivr.domain.flow import CallFlow, Caller, CallState, Outcome, Step, TicketInfo
 
 TODAY = dt.date(2026, 11, 25)
 

@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from ivr.desk import BadRequest, Desk, Period, sla_verdict, urgency
+from ivr.desk.service import BadRequest, Desk, Period, sla_verdict, urgency
 
 from ..desk_support import add_ticket, at
 

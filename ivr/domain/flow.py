@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from .config import IvrConfig, Line
+from ..config import IvrConfig, Line
 
 
 class Step(StrEnum):

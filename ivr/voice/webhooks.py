@@ -1,4 +1,4 @@
-"""HTTP: Twilio's voice webhooks and the health check. Thin: parse, call the service, render."""
+"""HTTP: Twilio's voice webhooks. Thin: parse, call the service, render."""
 
 from __future__ import annotations
 
@@ -6,24 +6,20 @@ import functools
 import logging
 import time
 
-from flask import Blueprint, Response, abort, current_app, g, jsonify, request
+from flask import Blueprint, Response, abort, g, request
 from twilio.request_validator import RequestValidator
 from werkzeug.exceptions import HTTPException
 
-
-from . import metrics
+from .. import metrics
+from ..extension import ivr
 from .twiml import STEP_PATHS
 
 log = logging.getLogger("ivr.http")
 
 voice = Blueprint("voice", __name__, url_prefix="/voice")
-health = Blueprint("health", __name__)
 
 STEPS_BY_PATH = {path.rsplit("/", 1)[1]: step for step, path in STEP_PATHS.items()}
 
-
-def ivr():
-    return current_app.extensions["ivr"]
 
 
 def twiml(body: str) -> Response:
@@ -126,26 +122,3 @@ def voice_error(error):
         return error
     log.exception("webhook %s failed; caller sent to the fallback queue", request.path)
     return twiml(ivr().service.fallback(request.form))
-
-
-@health.get("/metrics")
-def prometheus_metrics():
-    service = ivr().service
-    body, content_type = metrics.exposition(
-        metrics.DepthCollector(service.outbox_depth, service.spool.depth))
-    return Response(body, content_type=content_type)
-
-
-@health.get("/healthz")
-def healthz():
-    try:
-        ivr().storage.ping()
-        database = "ok"
-    except Exception as exc:  # reported, not raised: this is the health check
-        database = f"unreachable: {type(exc).__name__}"
-    status = 200 if database == "ok" else 503
-    return jsonify(status="ok" if status == 200 else "degraded", database=database,
-                   spool_depth=ivr().service.spool.depth()), status
-
-
-

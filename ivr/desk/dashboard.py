@@ -16,7 +16,6 @@ import secrets
 from flask import (
     Blueprint,
     Response,
-    current_app,
     flash,
     redirect,
     render_template,
@@ -25,7 +24,8 @@ from flask import (
     url_for,
 )
 
-from .desk import EXPORT_FORMATS, Desk, DeskError, Period, parse_moment
+from ..extension import ivr
+from .service import EXPORT_FORMATS, Desk, DeskError, Period, parse_moment
 
 log = logging.getLogger("ivr.admin")
 
@@ -36,9 +36,6 @@ EXPIRED = ("This form has expired or did not come from this dashboard. Go back, 
            "page and try again.")
 PUBLIC_ENDPOINTS = ("admin.login",)
 
-
-def ivr():
-    return current_app.extensions["ivr"]
 
 
 def desk() -> Desk:

@@ -10,8 +10,8 @@ from urllib.parse import urlencode
 
 from twilio.twiml.voice_response import Dial, Enqueue, Gather, VoiceResponse
 
-from .config import DialRoute, EnqueueRoute, IvrConfig, Line, TaskRouterRoute, Voice
-from .flow import Reply, Say, Step, TicketInfo, say
+from ..config import DialRoute, EnqueueRoute, IvrConfig, Line, TaskRouterRoute, Voice
+from ..domain.flow import Reply, Say, Step, TicketInfo, say
 from .prompts import Catalogue, Digits
 
 # Paths of the flow's action URLs, by step. The views serve exactly these.

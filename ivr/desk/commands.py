@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 
 import click
-from flask import current_app
 
-from .cli import tickets_cli
-from .desk import EXPORT_FORMATS, Desk, DeskError, parse_moment
+from ..cli import tickets_cli
+from ..extension import ivr
+from .service import EXPORT_FORMATS, Desk, DeskError, parse_moment
 
 
 def desk() -> Desk:
-    return Desk.of(current_app.extensions["ivr"])
+    return Desk.of(ivr())
 
 
 def _run(action, *args, **kwargs):

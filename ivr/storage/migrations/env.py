@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from ivr.models import Base
+from ivr.storage.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -14,11 +14,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .config import IvrConfig
-from .lifecycle import STATUSES, TRANSITIONS
-from .models import Call, Ticket
-from .service import mask
-from .storage import DeskRepository, Storage
+from ..config import IvrConfig
+from ..domain.lifecycle import STATUSES, TRANSITIONS
+from ..domain.phones import mask
+from ..storage import DeskRepository, Storage
+from ..storage.models import Call, Ticket
 
 log = logging.getLogger("ivr.desk")
 

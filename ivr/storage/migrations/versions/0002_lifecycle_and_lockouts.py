@@ -4,10 +4,10 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-25
 """
-from alembic import op
 import sqlalchemy as sa
-import ivr.models
+from alembic import op
 
+import ivr.storage.models
 
 revision = '0002'
 down_revision = '0001'
@@ -19,11 +19,11 @@ def upgrade() -> None:
     op.create_table('lockouts',
     sa.Column('key', sa.String(length=80), nullable=False),
     sa.Column('failures', sa.Integer(), nullable=False),
-    sa.Column('window_started_at', ivr.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('window_started_at', ivr.storage.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('lock_count', sa.Integer(), nullable=False),
-    sa.Column('locked_until', ivr.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('locked_until', ivr.storage.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('attempts_while_locked', sa.Integer(), nullable=False),
-    sa.Column('updated_at', ivr.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', ivr.storage.models.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('key', name=op.f('pk_lockouts'))
     )
     with op.batch_alter_table('lockouts', schema=None) as batch_op:
@@ -31,9 +31,9 @@ def upgrade() -> None:
 
     with op.batch_alter_table('tickets', schema=None) as batch_op:
         batch_op.add_column(sa.Column('callback_number', sa.String(length=32), nullable=True))
-        batch_op.add_column(sa.Column('connected_at', ivr.models.UTCDateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column('closed_at', ivr.models.UTCDateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column('updated_at', ivr.models.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('connected_at', ivr.storage.models.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('closed_at', ivr.storage.models.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('updated_at', ivr.storage.models.UTCDateTime(timezone=True), nullable=True))
 
 
 

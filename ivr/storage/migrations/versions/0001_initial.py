@@ -4,10 +4,10 @@ Revision ID: 0001
 Revises: 
 Create Date: 2026-11-25
 """
-from alembic import op
 import sqlalchemy as sa
-import ivr.models
+from alembic import op
 
+import ivr.storage.models
 
 revision = '0001'
 down_revision = None
@@ -24,7 +24,7 @@ def upgrade() -> None:
     sa.Column('role', sa.String(length=16), nullable=False),
     sa.Column('pmi', sa.String(length=16), nullable=False),
     sa.Column('host_key_hash', sa.String(length=64), nullable=False),
-    sa.Column('updated_at', ivr.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', ivr.storage.models.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_accounts')),
     sa.UniqueConstraint('pmi', name=op.f('uq_accounts_pmi')),
     sa.UniqueConstraint('user_email', name=op.f('uq_accounts_user_email'))
@@ -57,9 +57,9 @@ def upgrade() -> None:
     sa.Column('duration_seconds', sa.Integer(), nullable=True),
     sa.Column('queue_result', sa.String(length=32), nullable=True),
     sa.Column('queue_seconds', sa.Integer(), nullable=True),
-    sa.Column('started_at', ivr.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', ivr.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('ended_at', ivr.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('started_at', ivr.storage.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', ivr.storage.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('ended_at', ivr.storage.models.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('call_sid', name=op.f('pk_calls'))
     )
     with op.batch_alter_table('calls', schema=None) as batch_op:
@@ -76,8 +76,8 @@ def upgrade() -> None:
     sa.Column('reason', sa.Text(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('twilio_sid', sa.String(length=64), nullable=True),
-    sa.Column('created_at', ivr.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('sent_at', ivr.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', ivr.storage.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('sent_at', ivr.storage.models.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_outbox')),
     sa.UniqueConstraint('call_sid', 'template', name=op.f('uq_outbox_call_sid'))
     )
@@ -94,8 +94,8 @@ def upgrade() -> None:
     sa.Column('target_response_minutes', sa.Integer(), nullable=False),
     sa.Column('region', sa.String(length=64), nullable=False),
     sa.Column('status', sa.String(length=32), nullable=False),
-    sa.Column('created_at', ivr.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('acknowledged_at', ivr.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', ivr.storage.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('acknowledged_at', ivr.storage.models.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['call_sid'], ['calls.call_sid'], name=op.f('fk_tickets_call_sid_calls')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_tickets')),
     sa.UniqueConstraint('call_sid', name=op.f('uq_tickets_call_sid')),

@@ -7,7 +7,6 @@ hands the reply to the TwiML renderer. Nothing here knows about HTTP.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import hmac
 import logging
@@ -16,17 +15,15 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 from urllib.parse import urlencode
 
-import phonenumbers
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from . import metrics
-from .config import IvrConfig, Line
-from .flow import Caller, CallFlow, CallState, Reply, Step, TicketInfo, waiting
-from .models import Call, Ticket
-from .prompts import Catalogue
-from .security import HostKeyHasher
-from .storage import (
+from .. import metrics
+from ..config import IvrConfig, Line
+from ..domain.flow import Caller, CallFlow, CallState, Reply, Step, TicketInfo, waiting
+from ..domain.phones import callable_number, can_receive_sms, lockout_keys, mask
+from ..security import HostKeyHasher
+from ..storage import (
+    DATABASE_DOWN,
     AccountRepository,
     CallRepository,
     LockoutRepository,
@@ -36,56 +33,12 @@ from .storage import (
     ticket_info,
     utcnow,
 )
+from ..storage.models import Call, Ticket
+from .prompts import Catalogue
 from .spool import Spool
 from .twiml import SERVED, Renderer
 
-# Errors that mean the database cannot be reached or written, not that a request was bad.
-DATABASE_DOWN = (OperationalError, InterfaceError)
-
 log = logging.getLogger("ivr.calls")
-
-TEXTABLE = (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE)
-
-
-def mask(number: str | None) -> str:
-    """A phone number as logs may show it: the last four digits only."""
-    digits = "".join(ch for ch in (number or "") if ch.isdigit())
-    return f"…{digits[-4:]}" if len(digits) >= 4 else "…"
-
-
-@functools.lru_cache(maxsize=4096)
-def callable_number(number: str | None) -> str | None:
-    """The number in E.164 if an engineer could call it back, else None (withheld...)."""
-    try:
-        parsed = phonenumbers.parse(number or "", None)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(parsed):
-        return None
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-
-
-@functools.lru_cache(maxsize=4096)
-def can_receive_sms(number: str | None) -> bool:
-    try:
-        parsed = phonenumbers.parse(number or "", None)
-    except phonenumbers.NumberParseException:
-        return False
-    return phonenumbers.is_valid_number(parsed) and phonenumbers.number_type(parsed) in TEXTABLE
-
-
-def lockout_keys(pmi: str, caller_number: str | None) -> tuple[str, str]:
-    """The lockout keys of a PMI and of a caller (withheld numbers share one key)."""
-    return f"pmi:{pmi}", f"caller:{_caller_key(caller_number or '')}"
-
-
-@functools.lru_cache(maxsize=4096)
-def _caller_key(number: str) -> str:
-    try:
-        parsed = phonenumbers.parse(number, None)
-    except phonenumbers.NumberParseException:
-        return "withheld"
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,10 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-25
 """
-from alembic import op
 import sqlalchemy as sa
-import ivr.models
+from alembic import op
 
+import ivr.storage.models
 
 revision = '0004'
 down_revision = '0003'
@@ -17,7 +17,7 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table('outbox', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('claimed_at', ivr.models.UTCDateTime(timezone=True),
+        batch_op.add_column(sa.Column('claimed_at', ivr.storage.models.UTCDateTime(timezone=True),
                                       nullable=True))
 
 

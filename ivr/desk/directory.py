@@ -10,10 +10,10 @@ from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
 
-from .config import PLANS, ROLES, Lengths
-from .models import Account
-from .security import HostKeyHasher
-from .storage import AccountRepository, Storage, utcnow
+from ..config import PLANS, ROLES, Lengths
+from ..security import HostKeyHasher
+from ..storage import AccountRepository, Storage, utcnow
+from ..storage.models import Account
 
 HEADER = ["account_id", "plan", "user_email", "role", "pmi", "host_key"]
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")

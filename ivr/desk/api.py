@@ -10,11 +10,12 @@ from __future__ import annotations
 import hmac
 import logging
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .desk import STATUSES, BadRequest, Desk, DeskError, parse_moment
-from .flow import Outcome
+from ..domain.flow import Outcome
+from ..extension import ivr
+from .service import STATUSES, BadRequest, Desk, DeskError, parse_moment
 
 log = logging.getLogger("ivr.api")
 
@@ -28,9 +29,6 @@ PAGING = ("page", "per_page")
 TICKET_FILTERS = ("status", "priority", "region", "since", "until") + PAGING
 CALL_FILTERS = ("outcome", "status", "priority", "region", "since", "until") + PAGING
 
-
-def ivr():
-    return current_app.extensions["ivr"]
 
 
 def error(status: int, message: str):

@@ -1,0 +1,1 @@
+"""The support desk: its service, JSON API, dashboard and commands."""

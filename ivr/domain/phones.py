@@ -1,0 +1,50 @@
+"""Phone-number rules: masking for logs, SMS capability, callback numbers, lockout keys."""
+
+from __future__ import annotations
+
+import functools
+
+import phonenumbers
+
+TEXTABLE = (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE)
+
+
+def mask(number: str | None) -> str:
+    """A phone number as logs may show it: the last four digits only."""
+    digits = "".join(ch for ch in (number or "") if ch.isdigit())
+    return f"…{digits[-4:]}" if len(digits) >= 4 else "…"
+
+
+@functools.lru_cache(maxsize=4096)
+def callable_number(number: str | None) -> str | None:
+    """The number in E.164 if an engineer could call it back, else None (withheld...)."""
+    try:
+        parsed = phonenumbers.parse(number or "", None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+@functools.lru_cache(maxsize=4096)
+def can_receive_sms(number: str | None) -> bool:
+    try:
+        parsed = phonenumbers.parse(number or "", None)
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.is_valid_number(parsed) and phonenumbers.number_type(parsed) in TEXTABLE
+
+
+def lockout_keys(pmi: str, caller_number: str | None) -> tuple[str, str]:
+    """The lockout keys of a PMI and of a caller (withheld numbers share one key)."""
+    return f"pmi:{pmi}", f"caller:{_caller_key(caller_number or '')}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _caller_key(number: str) -> str:
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return "withheld"
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)

@@ -1,0 +1,1 @@
+"""Driving the app from outside: the call simulator and the surge driver."""

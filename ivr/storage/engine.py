@@ -1,0 +1,112 @@
+"""The database engine: connections tuned per database, transactions and migrations."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import weakref
+from pathlib import Path
+from typing import Iterator
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import (
+    Engine,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..domain.clock import utcnow  # noqa: F401  re-exported for the storage layer
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+# Errors that mean the database cannot be reached or written, not that a request was bad.
+DATABASE_DOWN = (OperationalError, InterfaceError)
+
+
+class Storage:
+    """One engine per process; sessions are short and each is one transaction."""
+
+    def __init__(self, url: str, *, echo: bool = False):
+        self.url = make_url(url)
+        self.engine = _create_engine(self.url, echo=echo)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # A worker forked from a process that already connected (gunicorn --preload) must
+        # open its own connections rather than share the parent's sockets or SQLite handles.
+        engine = weakref.ref(self.engine)
+        os.register_at_fork(after_in_child=lambda: engine() and engine().dispose(close=False))
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Session]:
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def upgrade(self) -> None:
+        """Create or upgrade the schema to the newest migration (idempotent)."""
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "head")
+
+    def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+        with self.engine.connect() as connection:
+            connection.execute(select(1))
+
+    def insert(self, table):
+        """An INSERT that can say ON CONFLICT DO NOTHING on this database."""
+        return (pg_insert if self.dialect == "postgresql" else sqlite_insert)(table)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _create_engine(url, echo: bool) -> Engine:
+    if url.get_backend_name() != "sqlite":
+        # A short connect timeout: a caller must hear something within Twilio's 15 seconds.
+        return create_engine(url, echo=echo, hide_parameters=True, pool_pre_ping=True,
+                             pool_size=5, max_overflow=5,
+                             connect_args={"connect_timeout": 3})
+    database = url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    # hide_parameters: an SQL error in a log never shows the PMI, numbers or message bodies.
+    engine = create_engine(url, echo=echo, hide_parameters=True, connect_args={"timeout": 5})
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_connect(dbapi_connection, _record):
+        # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE itself: write transactions
+        # take the lock up front instead of failing to upgrade a read lock later.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # Wait for another worker's write at most 5 s: Twilio gives up on a webhook at 15 s.
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+

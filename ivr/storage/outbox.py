@@ -1,0 +1,61 @@
+"""The outbox: messages written in the webhook's transaction, sent later."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from .engine import Storage
+from .models import OutboxMessage
+
+
+class OutboxRepository:
+    def __init__(self, storage: Storage, session: Session):
+        self.storage = storage
+        self.session = session
+
+    def queue(self, *, call_sid: str, template: str, to_number: str, body: str,
+              now: dt.datetime) -> None:
+        """Queue a message once per call and template, however often it is asked for."""
+        self.session.execute(
+            self.storage.insert(OutboxMessage)
+            .values(call_sid=call_sid, template=template, to_number=to_number, body=body,
+                    status="pending", attempts=0, created_at=now)
+            .on_conflict_do_nothing()
+        )
+
+    def claim(self, limit: int, now: dt.datetime, stale_after: dt.timedelta) -> list[OutboxMessage]:
+        """Take up to ``limit`` messages to send, marking them "sending"; messages a sender
+        claimed longer ago than ``stale_after`` (it died mid-send) are taken again."""
+        waiting = or_(OutboxMessage.status == "pending",
+                      (OutboxMessage.status == "sending")
+                      & (OutboxMessage.claimed_at < now - stale_after))
+        query = select(OutboxMessage).where(waiting).order_by(OutboxMessage.id).limit(limit)
+        if self.storage.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        messages = list(self.session.scalars(query))
+        for message in messages:
+            message.status, message.claimed_at = "sending", now
+            message.attempts += 1
+        return messages
+
+    def record(self, message_id: int, *, status: str, reason: str | None = None,
+               twilio_sid: str | None = None, sent_at: dt.datetime | None = None) -> None:
+        self.session.execute(
+            update(OutboxMessage).where(OutboxMessage.id == message_id)
+            .values(status=status, reason=reason, twilio_sid=twilio_sid, sent_at=sent_at)
+        )
+
+    def for_call(self, call_sid: str) -> list[OutboxMessage]:
+        return list(self.session.scalars(
+            select(OutboxMessage).where(OutboxMessage.call_sid == call_sid).order_by(OutboxMessage.id)
+        ))
+
+    def depth(self) -> int:
+        return self.session.scalar(
+            select(func.count()).select_from(OutboxMessage)
+            .where(OutboxMessage.status.in_(("pending", "sending")))
+        ) or 0
+

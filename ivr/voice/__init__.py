@@ -1,0 +1,1 @@
+"""The voice line: Twilio webhooks, the call service, its outage path and TwiML."""
