@@ -13,6 +13,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from . import outbox as sms_outbox
 from .desk import directory
+from .desk.commands import tickets_cli
 from .desk.service import ticket_dict
 from .domain.phones import lockout_keys, mask
 from .extension import ivr
@@ -87,9 +88,6 @@ def accounts_purge_failures(days):
         removed = LockoutRepository(ivr().storage, session).purge(
             now - dt.timedelta(days=days), now)
     click.echo(f"Forgot {removed} failure counts older than {days} days.")
-
-
-tickets_cli = AppGroup("tickets", help="Support tickets.")
 
 
 @tickets_cli.command("list")

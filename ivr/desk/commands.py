@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 
 import click
+from flask.cli import AppGroup
 
-from ..cli import tickets_cli
 from ..extension import ivr
 from .service import EXPORT_FORMATS, Desk, DeskError, parse_moment
+
+tickets_cli = AppGroup("tickets", help="Support tickets.")
 
 
 def desk() -> Desk:
