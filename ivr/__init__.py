@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Fl
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
 
-    from . import cli, health
+    from . import cli, health, web
     from .desk import api, commands, dashboard  # noqa: F401  commands: tickets show|close|...
     from .voice import webhooks
 
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Fl
     app.register_blueprint(api.api)
     app.register_blueprint(dashboard.admin)
     cli.register(app)
+    web.install(app)  # body limits, accepted hosts, desk headers (after the blueprints)
     return app
 
 

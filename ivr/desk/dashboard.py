@@ -35,6 +35,7 @@ DISABLED = "The dashboard is disabled: set IVR_ADMIN_TOKEN."
 EXPIRED = ("This form has expired or did not come from this dashboard. Go back, reload the "
            "page and try again.")
 PUBLIC_ENDPOINTS = ("admin.login",)
+BOARD_SIZE = 500  # unclosed tickets listed on /admin/, the least time left first
 
 
 
@@ -136,9 +137,7 @@ def logout():
 
 @admin.get("/")
 def tickets():
-    views = desk().unclosed()
-    counts = {name: sum(v["urgency"] == name for v in views) for name in ("overdue", "urgent",
-                                                                          "fine")}
+    views, counts = desk().unclosed_board(BOARD_SIZE)
     today = ivr().service.clock().date()
     return render_template("admin/tickets.html", tickets=views, counts=counts,
                            export_since=(today - dt.timedelta(days=30)).isoformat(),
