@@ -336,3 +336,53 @@ def test_json_errors_stay_json(desk_app):
     response = desk_app.test_client().get("/api/tickets?since=0001-01-01T00:00:00%2B01:00",
                                           headers=AUTH)
     assert response.status_code == 400 and json.loads(response.get_data())["error"]
+
+
+# -- item 11: signing out ends the session on the server ---------------------------------------
+
+
+def copy_cookie(source, target):
+    cookie = source.get_cookie("ivr_admin", path="/admin")
+    target.set_cookie("ivr_admin", cookie.value, path="/admin")
+
+
+def test_a_copied_cookie_stops_working_once_its_owner_signs_out(desk_client, desk_app):
+    thief = desk_app.test_client()
+    copy_cookie(desk_client, thief)
+    assert thief.get("/admin/").status_code == 200  # the copy works while the session lives
+    doc = parse_html(desk_client.get("/admin/").get_data(as_text=True))
+    token = next(f for f in doc.iter("form") if f.field("csrf_token")).field("csrf_token")
+    assert desk_client.post("/admin/logout", data={"csrf_token": token}).status_code == 302
+    for client in (thief, desk_client):
+        response = client.get("/admin/")
+        assert (response.status_code, response.headers["Location"]) == (302, "/admin/login")
+    assert thief.get("/admin/export?format=csv").status_code == 302
+
+
+def test_a_session_ends_12_hours_after_sign_in_however_often_it_is_used(desk_client, clock):
+    for _ in range(11):
+        clock.advance(hours=1)
+        assert desk_client.get("/admin/").status_code == 200
+    clock.advance(hours=1)
+    assert desk_client.get("/admin/").headers["Location"] == "/admin/login"
+
+
+def test_the_server_keeps_only_a_keyed_hash_of_the_session_id(desk_client, desk_app):
+    from ivr.storage.desk_sessions import DeskSession
+
+    cookie = desk_client.get_cookie("ivr_admin", path="/admin").value
+    with desk_app.extensions["ivr"].storage.transaction() as session:
+        rows = session.query(DeskSession).all()
+    assert len(rows) == 1 and rows[0].identity == "admin"
+    session_id = desk_app.session_interface.get_signing_serializer(desk_app).loads(cookie)["sid"]
+    assert session_id not in (rows[0].id_hash, rows[0].credential) and len(rows[0].id_hash) == 64
+
+
+def test_a_forged_or_unknown_session_id_signs_nobody_in(desk_client, desk_app):
+    cookie = desk_client.get_cookie("ivr_admin", path="/admin").value
+    real = desk_app.session_interface.get_signing_serializer(desk_app).loads(cookie)["sid"]
+    for session_id, status in ((real, 200), ("made-up", 302), (real[:-1] + "x", 302)):
+        client = desk_app.test_client()
+        with client.session_transaction() as session:
+            session["sid"] = session_id
+        assert client.get("/admin/").status_code == status
