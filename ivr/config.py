@@ -247,6 +247,12 @@ class Notice(_Model):
         return self.start <= day <= self.end
 
 
+class Retention(_Model):
+    """How long call records keep personal data (see `retention apply`)."""
+
+    days: int = Field(default=90, ge=1, le=3650)
+
+
 class Links(_Model):
     web_ticket: str = Field(pattern=r"^https://")
     help_center: str = Field(pattern=r"^https://")
@@ -282,6 +288,7 @@ class IvrConfig(_Model):
     queue: Queue = Queue()
     notice: Notice | None = None
     links: Links
+    retention: Retention = Retention()
 
     _by_number: dict[str, Line] = PrivateAttr(default_factory=dict)
 
