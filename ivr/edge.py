@@ -21,6 +21,8 @@ import asyncio
 import inspect
 import json
 import logging
+import os
+import signal
 
 from asgiref.wsgi import WsgiToAsgi
 
@@ -32,6 +34,15 @@ log = logging.getLogger("ivr.edge")
 # Twilio sends a webhook body at once; a body still arriving after this is not Twilio's.
 # Well inside Twilio's 15 s wait and gunicorn's 30 s time-out.
 BODY_SECONDS = 10.0
+# A request the app has not answered by then is stuck; its worker is replaced (gunicorn's
+# own time-out, 30 s, no longer applies: the event loop keeps the worker's heartbeat).
+APP_SECONDS = 25.0
+
+
+def _restart_worker() -> None:
+    """Ask gunicorn to replace this worker: SIGTERM starts its graceful stop, and the
+    master kills it after graceful_timeout if the stuck thread never returns."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def is_asgi(app) -> bool:
@@ -43,11 +54,14 @@ class BufferingFront:
     """An ASGI app that buffers a bounded request body, then runs the WSGI app on it."""
 
     def __init__(self, wsgi_app, max_body: int = MAX_BODY_BYTES,
-                 body_seconds: float = BODY_SECONDS):
+                 body_seconds: float = BODY_SECONDS, app_seconds: float = APP_SECONDS,
+                 on_stuck=None):
         self.wsgi_app = wsgi_app
         self.inner = WsgiToAsgi(wsgi_app)
         self.max_body = max_body
         self.body_seconds = body_seconds
+        self.app_seconds = app_seconds
+        self.on_stuck = on_stuck or _restart_worker
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -92,7 +106,24 @@ class BufferingFront:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.inner(_with_length(scope, len(body)), replay, send)
+        started = False
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.app_seconds):
+                await self.inner(_with_length(scope, len(body)), replay, tracked_send)
+        except TimeoutError:
+            # The app's thread is stuck (a database that never answers): as gunicorn's
+            # time-out does for sync workers, this worker gives way to a fresh one.
+            log.error("%s %s: no answer after %.0f s; restarting this worker",
+                      scope.get("method"), scope.get("path"), self.app_seconds)
+            if not started:
+                await _answer(send, 503, "The service did not answer in time.")
+            self.on_stuck()
 
     async def _too_large(self, scope, send):
         if scope.get("path", "").startswith("/voice"):

@@ -273,3 +273,17 @@ def test_after_kill_9_of_the_master_its_workers_exit_and_a_new_server_binds_the_
         assert int(second.pidfile.read_text()) == second.process.pid
     finally:
         second.stop()
+
+
+def test_with_one_trusted_proxy_the_forwarded_public_url_is_the_one_checked(tmp_path, database):
+    behind = Gunicorn(tmp_path, database, workers=1, IVR_TRUSTED_PROXIES="1")
+    try:
+        params = {"CallSid": new_call_sid(), "AccountSid": "AC" + "0" * 32, "From": CALLER,
+                  "To": US_LINE, "CallStatus": "ringing", "Direction": "inbound"}
+        validator = RequestValidator(TOKEN)
+        response = requests.post(behind.url + "/voice", data=params, timeout=5, headers={
+            "Host": "127.0.0.1", "X-Forwarded-Proto": "https", "X-Forwarded-Host": HOST,
+            "X-Twilio-Signature": validator.compute_signature(f"https://{HOST}/voice", params)})
+        assert response.status_code == 200
+    finally:
+        behind.stop()

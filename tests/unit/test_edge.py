@@ -83,3 +83,23 @@ def test_only_wsgi_apps_are_wrapped():
 
     assert is_asgi(asgi_app) and is_asgi(BufferingFront(wsgi_echo([])))
     assert not is_asgi(wsgi_echo([]))
+
+
+def test_an_app_stuck_past_its_time_gets_503_and_its_worker_is_replaced():
+    import threading
+
+    release = threading.Event()
+    stuck = []
+
+    def hanging(environ, start_response):
+        release.wait(5)
+        start_response("200 OK", [])
+        return [b"late"]
+
+    front = BufferingFront(hanging, app_seconds=0.2, on_stuck=lambda: stuck.append(True))
+    try:
+        status, body = run(front, [(b"content-length", b"0")],
+                           [{"type": "http.request", "body": b"", "more_body": False}])
+    finally:
+        release.set()
+    assert status == 503 and stuck == [True]
