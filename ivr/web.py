@@ -14,6 +14,8 @@ from __future__ import annotations
 import io
 
 from flask import Flask, abort, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_talisman import Talisman
 
 from . import metrics
@@ -35,6 +37,13 @@ CONTENT_SECURITY_POLICY = {
 }
 
 
+# Sign-in attempts per client address, counted per worker process in memory: a limit of
+# N per worker is at most N x workers per address, still far below any guessing pace (the
+# admin token has at least 32 characters); it keeps a script from flooding the log.
+SIGN_IN_LIMIT = "10 per minute; 50 per hour"
+RATE_LIMITED_ENDPOINTS = ("admin.login",)
+
+
 def accepted_hosts(settings) -> list[str] | None:
     """The host names requests may carry (Flask's TRUSTED_HOSTS), or None for any.
 
@@ -54,6 +63,11 @@ def install(app: Flask) -> None:
         TRUSTED_HOSTS=accepted_hosts(settings),
     )
     app.before_request(_limit_body)
+    limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", default_limits=[],
+                      headers_enabled=True)
+    for endpoint in RATE_LIMITED_ENDPOINTS:
+        app.view_functions[endpoint] = limiter.limit(SIGN_IN_LIMIT, methods=["POST"])(
+            app.view_functions[endpoint])
     app.after_request(_no_store)
     Talisman(
         app,

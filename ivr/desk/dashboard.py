@@ -142,6 +142,13 @@ def guard():
     return None
 
 
+@admin.errorhandler(429)
+def too_many(exc):
+    log.warning("dashboard sign-in refused: too many attempts from one address")
+    return message(429, "Too many sign-in attempts from this address. Wait a minute and try "
+                        "again.")
+
+
 @admin.errorhandler(DeskError)
 def desk_error(exc: DeskError):
     return message(exc.status, str(exc))
@@ -151,7 +158,7 @@ def desk_error(exc: DeskError):
 
 
 @admin.route("/login", methods=["GET", "POST"])
-def login():
+def login():  # rate-limited per client address (ivr/web.py)
     if request.method == "GET":
         return render_template("admin/login.html")
     identity = identity_for_token(request.form.get("token", "").strip())

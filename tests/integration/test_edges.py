@@ -386,3 +386,21 @@ def test_a_forged_or_unknown_session_id_signs_nobody_in(desk_client, desk_app):
         with client.session_transaction() as session:
             session["sid"] = session_id
         assert client.get("/admin/").status_code == status
+
+
+def test_sign_in_attempts_from_one_address_are_limited_and_say_so(desk_app):
+    client = desk_app.test_client()
+    form = parse_html(client.get("/admin/login").get_data(as_text=True)).find("login")
+    attempt = {"csrf_token": form.field("csrf_token"), "token": "guess-" + "0" * 30}
+    statuses = [client.post("/admin/login", data=attempt).status_code for _ in range(10)]
+    assert statuses == [401] * 10
+    response = client.post("/admin/login", data={**attempt, "token": ADMIN_TOKEN})
+    assert response.status_code == 429
+    assert "Too many sign-in attempts" in parse_html(response.get_data(as_text=True)).find(
+        "message").text()
+    other = desk_app.test_client()  # another address is not held back
+    form = parse_html(other.get("/admin/login", environ_base={"REMOTE_ADDR": "10.0.0.9"})
+                      .get_data(as_text=True)).find("login")
+    assert other.post("/admin/login", environ_base={"REMOTE_ADDR": "10.0.0.9"},
+                      data={"csrf_token": form.field("csrf_token"),
+                            "token": ADMIN_TOKEN}).status_code == 302
