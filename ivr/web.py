@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 
 from flask import Flask, abort, request
+from flask.json.provider import DefaultJSONProvider
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_talisman import Talisman
@@ -44,6 +45,17 @@ SIGN_IN_LIMIT = "10 per minute; 50 per hour"
 RATE_LIMITED_ENDPOINTS = ("admin.login",)
 
 
+class BoundedJSONProvider(DefaultJSONProvider):
+    """JSON nested deeper than the parser's recursion reaches (a few thousand levels fit
+    in the body limit) is invalid JSON, a 400 like any other, never a RecursionError."""
+
+    def loads(self, s, **kwargs):
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+
+
 def accepted_hosts(settings) -> list[str] | None:
     """The host names requests may carry (Flask's TRUSTED_HOSTS), or None for any.
 
@@ -62,6 +74,7 @@ def install(app: Flask) -> None:
         MAX_FORM_PARTS=MAX_FORM_FIELDS,
         TRUSTED_HOSTS=accepted_hosts(settings),
     )
+    app.json = BoundedJSONProvider(app)
     app.before_request(_limit_body)
     limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", default_limits=[],
                       headers_enabled=True)

@@ -145,11 +145,7 @@ def ticket(ref: str):
 @api.patch("/tickets/<ref>")
 def update_ticket(ref: str):
     """Body: {"status": "closed"} and/or {"priority": 2}."""
-    try:
-        body = request.get_json(silent=True)
-    except RecursionError:  # nested deeper than the JSON parser goes
-        raise BadRequest("the JSON body is nested too deeply; send a flat JSON object, e.g. "
-                         '{"status": "closed"}') from None
+    body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise BadRequest('send a JSON object, e.g. {"status": "closed"} or {"priority": 2}')
     unknown = sorted(set(body) - {"status", "priority"})
