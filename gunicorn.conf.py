@@ -9,7 +9,17 @@ from pathlib import Path
 
 bind = os.environ.get("IVR_BIND", "127.0.0.1:5000")
 workers = int(os.environ.get("IVR_WORKERS", os.cpu_count() or 2))
+# The asyncio worker reads each request whole before the app runs (ivr/edge.py), so slow
+# clients hold a coroutine, not a worker. IVR_WORKER_CLASS=sync restores plain workers
+# (only behind a proxy that buffers request bodies, such as nginx).
+worker_class = os.environ.get("IVR_WORKER_CLASS", "asgi")
+worker_connections = 1000
 timeout = 30
+# X-Forwarded-* is trusted only by the app, only with IVR_TRUSTED_PROXIES (ProxyFix):
+# gunicorn itself would trust X-Forwarded-Proto from 127.0.0.1 by default.
+forwarded_allow_ips = os.environ.get("IVR_FORWARDED_ALLOW_IPS", "")
+# Where `make run` finds a master left behind by a crash.
+pidfile = os.environ.get("IVR_PIDFILE")
 # Twilio waits 15 s for a webhook; a worker stuck longer than that is no use to a caller.
 graceful_timeout = 10
 accesslog = os.environ.get("IVR_ACCESS_LOG")  # e.g. "-"; request bodies are never logged
@@ -43,3 +53,37 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def post_fork(server, worker):
+    """A worker dies with its master: after `kill -9` of the master no orphan keeps
+    serving (and holding the port), so a new server can bind at once. Linux tells the
+    worker by signal; elsewhere the worker's own check of its parent does, within seconds."""
+    _die_with_parent()
+
+
+def post_worker_init(worker):
+    """Put the buffering front (ivr/edge.py) before a WSGI app under the asyncio worker."""
+    if hasattr(worker, "asgi"):
+        from ivr.edge import BufferingFront, is_asgi
+
+        if not is_asgi(worker.asgi):
+            worker.asgi = BufferingFront(worker.asgi)
+
+
+def _die_with_parent() -> None:
+    import ctypes
+    import ctypes.util
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return
+    PR_SET_PDEATHSIG = 1
+    libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() == 1:  # the master died between fork and prctl
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -12,6 +12,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import ConfigError, IvrConfig, Settings, load_config
+from .privacy import protect_data_files
 from .security import HostKeyHasher, load_pepper
 from .storage import Storage, utcnow
 from .voice.prompts import Catalogue, CatalogueError, load_catalogues
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Fl
         raise SystemExit(f"Configuration error: {exc}") from None
 
     _configure_logging()
+    protect_data_files(settings.database_url, settings.instance_path)  # 0600 before SQLite opens it
     storage = Storage(settings.database_url)
     hasher = HostKeyHasher(load_pepper(settings.host_key_pepper, settings.instance_path))
     renderer = Renderer(config, catalogues)
@@ -56,7 +58,7 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Fl
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
 
-    from . import cli, health
+    from . import cli, health, web
     from .desk import api, commands, dashboard  # noqa: F401  commands: tickets show|close|...
     from .voice import webhooks
 
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Fl
     app.register_blueprint(api.api)
     app.register_blueprint(dashboard.admin)
     cli.register(app)
+    web.install(app)  # body limits, accepted hosts, desk headers (after the blueprints)
     return app
 
 

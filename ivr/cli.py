@@ -189,5 +189,8 @@ def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think):
 
 
 def register(app) -> None:
-    for command in (init_db, accounts_cli, tickets_cli, outbox_cli, spool_cli, simulate):
+    from .privacy import retention_cli
+
+    for command in (init_db, accounts_cli, tickets_cli, outbox_cli, spool_cli, simulate,
+                    retention_cli):
         app.cli.add_command(command)

@@ -247,6 +247,12 @@ class Notice(_Model):
         return self.start <= day <= self.end
 
 
+class Retention(_Model):
+    """How long call records keep personal data (see `retention apply`)."""
+
+    days: int = Field(default=90, ge=1, le=3650)
+
+
 class Links(_Model):
     web_ticket: str = Field(pattern=r"^https://")
     help_center: str = Field(pattern=r"^https://")
@@ -282,6 +288,7 @@ class IvrConfig(_Model):
     queue: Queue = Queue()
     notice: Notice | None = None
     links: Links
+    retention: Retention = Retention()
 
     _by_number: dict[str, Line] = PrivateAttr(default_factory=dict)
 
@@ -383,7 +390,22 @@ class Settings(BaseModel):
     public_url: str | None = None
     host_key_pepper: str | None = None
     trusted_proxies: int = Field(default=0, ge=0, le=10)
+    # Host names Twilio may call (besides IVR_PUBLIC_URL's); any other Host gets 400.
+    allowed_hosts: list[str] = []
     admin_token: str | None = Field(default=None, min_length=32)
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value):
+        if isinstance(value, str):
+            return [host.strip().lower() for host in value.split(",") if host.strip()]
+        return value
+
+    @property
+    def production(self) -> bool:
+        """Production mode: webhook signatures are validated (the default). Local
+        development turns them off with IVR_VALIDATE_SIGNATURES=false."""
+        return self.validate_signatures
 
     @model_validator(mode="after")
     def _token_when_validating(self) -> "Settings":
@@ -413,12 +435,13 @@ class Settings(BaseModel):
             "public_url": "IVR_PUBLIC_URL",
             "host_key_pepper": "IVR_HOST_KEY_PEPPER",
             "trusted_proxies": "IVR_TRUSTED_PROXIES",
+            "allowed_hosts": "IVR_ALLOWED_HOSTS",
             "admin_token": "IVR_ADMIN_TOKEN",
         }
         values = {field: env[var] for field, var in names.items() if env.get(var)}
         values.update(overrides)
         try:
-            return cls.model_validate(values)
+            settings = cls.model_validate(values)
         except ValidationError as exc:
             reverse = {field: var for field, var in names.items()}
             problems = "; ".join(
@@ -427,3 +450,11 @@ class Settings(BaseModel):
                 for e in exc.errors()
             )
             raise ConfigError(f"environment: {problems}") from None
+        if settings.production and not settings.public_url and not settings.allowed_hosts:
+            # Without a pinned host, a request signed for another app of the same Twilio
+            # account (another Host) would validate here.
+            raise ConfigError(
+                "environment: IVR_PUBLIC_URL or IVR_ALLOWED_HOSTS is required when signatures "
+                "are validated (the host name Twilio calls, e.g. "
+                "IVR_PUBLIC_URL=https://support-ivr.example.com)")
+        return settings

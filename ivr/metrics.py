@@ -26,6 +26,9 @@ WEBHOOK_SECONDS = Histogram(
     "ivr_webhook_seconds", "Time to answer a Twilio webhook, by step", ["step"],
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+REFUSED = Counter("ivr_webhook_refused_total",
+                  "Webhook requests refused before the call flow ran, by reason "
+                  "(signature, too_large); not counted in ivr_webhook_seconds", ["reason"])
 
 
 class DepthCollector:
@@ -52,7 +55,7 @@ def exposition(depths: DepthCollector) -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = CollectorRegistry()
-        for collector in (CALLS, VERIFICATIONS, TICKETS, SPOOLED, WEBHOOK_SECONDS):
+        for collector in (CALLS, VERIFICATIONS, TICKETS, SPOOLED, WEBHOOK_SECONDS, REFUSED):
             registry.register(collector)
     registry.register(depths)
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,8 +1,9 @@
 """The support desk's dashboard at /admin: server-rendered pages behind IVR_ADMIN_TOKEN.
 
 The operator pastes the token once; a signed session cookie (HttpOnly, SameSite=Lax) keeps
-them in. Every POST form carries the session's CSRF token. Changing IVR_ADMIN_TOKEN signs
-everyone out.
+them in. The cookie names a session kept on the server (table desk_sessions), which ends
+at sign-out or 12 hours after sign-in, whichever comes first. Every POST form carries the
+session's CSRF token. Changing IVR_ADMIN_TOKEN signs everyone out.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import secrets
 from flask import (
     Blueprint,
     Response,
+    current_app,
     flash,
+    g,
     redirect,
     render_template,
     request,
@@ -25,6 +28,7 @@ from flask import (
 )
 
 from ..extension import ivr
+from ..storage.desk_sessions import DeskSessionRepository
 from .service import EXPORT_FORMATS, Desk, DeskError, Period, parse_moment
 
 log = logging.getLogger("ivr.admin")
@@ -35,6 +39,7 @@ DISABLED = "The dashboard is disabled: set IVR_ADMIN_TOKEN."
 EXPIRED = ("This form has expired or did not come from this dashboard. Go back, reload the "
            "page and try again.")
 PUBLIC_ENDPOINTS = ("admin.login",)
+BOARD_SIZE = 500  # unclosed tickets listed on /admin/, the least time left first
 
 
 
@@ -63,6 +68,39 @@ def configure(state) -> None:
 
 def _same(given: str, expected: str) -> bool:
     return bool(given) and hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def identity_for_token(token: str) -> str | None:
+    """Who signs in with this token: "admin" for IVR_ADMIN_TOKEN, else None. Other kinds
+    of desk token (e.g. personal ones) map to their identities here."""
+    admin = ivr().settings.admin_token
+    if admin and _same(token, admin):
+        return "admin"
+    return None
+
+
+def credential_mark(identity: str) -> str | None:
+    """A keyed hash of the credential an identity signs in with now; a session opened
+    with another (e.g. before IVR_ADMIN_TOKEN changed) is no longer valid."""
+    if identity == "admin" and ivr().settings.admin_token:
+        return operator_mark(ivr().settings.admin_token)
+    return None
+
+
+def _sessions(db_session) -> DeskSessionRepository:
+    return DeskSessionRepository(db_session, ivr().hasher.derive("desk-session-id"))
+
+
+def signed_in_identity() -> str | None:
+    """The identity of this request's dashboard session, if it is live on the server."""
+    session_id = session.get("sid")
+    if not isinstance(session_id, str):
+        return None
+    with ivr().storage.transaction() as db_session:
+        row = _sessions(db_session).find(session_id, ivr().service.clock())
+        identity, credential = (row.identity, row.credential) if row else (None, "")
+    expected = credential_mark(identity) if identity else None
+    return identity if expected and _same(credential, expected) else None
 
 
 def operator_mark(token: str) -> str:
@@ -97,9 +135,18 @@ def guard():
         return message(400, EXPIRED)
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
-    if not _same(session.get("operator", ""), operator_mark(token)):
+    identity = signed_in_identity()
+    if identity is None:
         return redirect(url_for("admin.login"))
+    g.desk_identity = identity
     return None
+
+
+@admin.errorhandler(429)
+def too_many(exc):
+    log.warning("dashboard sign-in refused: too many attempts from one address")
+    return message(429, "Too many sign-in attempts from this address. Wait a minute and try "
+                        "again.")
 
 
 @admin.errorhandler(DeskError)
@@ -111,22 +158,34 @@ def desk_error(exc: DeskError):
 
 
 @admin.route("/login", methods=["GET", "POST"])
-def login():
+def login():  # rate-limited per client address (ivr/web.py)
     if request.method == "GET":
         return render_template("admin/login.html")
-    if not _same(request.form.get("token", "").strip(), ivr().settings.admin_token):
+    identity = identity_for_token(request.form.get("token", "").strip())
+    if identity is None:
         log.warning("dashboard sign-in refused: wrong token")
         return render_template("admin/login.html", error="That is not the admin token."), 401
+    now = ivr().service.clock()
+    lifetime = current_app.permanent_session_lifetime
+    with ivr().storage.transaction() as db_session:
+        sessions = _sessions(db_session)
+        sessions.purge(now)
+        session_id = sessions.start(identity, credential_mark(identity), now, lifetime)
     session.clear()
     session.permanent = True
-    session["operator"] = operator_mark(ivr().settings.admin_token)
+    session["sid"] = session_id
     session["csrf"] = secrets.token_urlsafe(32)
-    log.info("dashboard sign-in")
+    log.info("dashboard sign-in (%s)", identity)
     return redirect(url_for("admin.tickets"))
 
 
 @admin.post("/logout")
 def logout():
+    """Ends the session on the server: a copy of the cookie no longer signs anyone in."""
+    session_id = session.get("sid")
+    if isinstance(session_id, str):
+        with ivr().storage.transaction() as db_session:
+            _sessions(db_session).end(session_id)
     session.clear()
     return redirect(url_for("admin.login"))
 
@@ -136,9 +195,7 @@ def logout():
 
 @admin.get("/")
 def tickets():
-    views = desk().unclosed()
-    counts = {name: sum(v["urgency"] == name for v in views) for name in ("overdue", "urgent",
-                                                                          "fine")}
+    views, counts = desk().unclosed_board(BOARD_SIZE)
     today = ivr().service.clock().date()
     return render_template("admin/tickets.html", tickets=views, counts=counts,
                            export_since=(today - dt.timedelta(days=30)).isoformat(),

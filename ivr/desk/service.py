@@ -18,6 +18,7 @@ from ..config import IvrConfig
 from ..domain.lifecycle import STATUSES, TRANSITIONS
 from ..domain.phones import mask
 from ..storage import DeskRepository, Storage
+from ..storage.deadlines import DeadlineQueries
 from ..storage.models import Call, Ticket
 
 log = logging.getLogger("ivr.desk")
@@ -48,6 +49,11 @@ class Conflict(DeskError):
 # -- times and periods -------------------------------------------------------------------
 
 
+# Times the desk compares with stored ones; both databases hold every moment in between.
+EARLIEST = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+LATEST = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+
+
 def parse_moment(text: str, name: str, *, end: bool = False) -> dt.datetime:
     """A date (``2026-11-25``) or an ISO 8601 time; naive times are UTC. A bare date as the
     end of a range means the end of that day."""
@@ -56,12 +62,23 @@ def parse_moment(text: str, name: str, *, end: bool = False) -> dt.datetime:
         if len(value) == 10:
             day = dt.date.fromisoformat(value)
             moment = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
-            return moment + dt.timedelta(days=1) if end else moment
-        moment = dt.datetime.fromisoformat(value)
+            if end:  # the end of that day; the calendar's last day ends at its last moment
+                moment = LATEST if day == dt.date.max else moment + dt.timedelta(days=1)
+        else:
+            moment = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise BadRequest(f"{name}: {value!r} is not a date (YYYY-MM-DD) or an ISO 8601 time") \
-            from None
-    return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment
+        raise BadRequest(f"{name}: {value[:40]!r} is not a date (YYYY-MM-DD) or an ISO 8601 "
+                         "time") from None
+    moment = moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment
+    try:
+        # Stored times are UTC: a time whose UTC form leaves the calendar cannot be compared.
+        in_utc = moment.astimezone(dt.timezone.utc)
+    except OverflowError:
+        in_utc = None
+    if in_utc is None or not EARLIEST <= in_utc <= LATEST:
+        raise BadRequest(f"{name}: {value[:40]!r} is outside the supported range, "
+                         f"{EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d} (UTC)")
+    return in_utc
 
 
 @dataclass(frozen=True)
@@ -420,13 +437,20 @@ class Desk:
         return Page(items, page, per_page, total)
 
     def unclosed(self, limit: int = 500) -> list[dict]:
-        """Tickets not closed yet, least time left to their target first."""
+        """Tickets not closed yet, least time left to their target first: the first
+        ``limit`` of all of them, sorted by the database."""
+        return self.unclosed_board(limit)[0]
+
+    def unclosed_board(self, limit: int = 500) -> tuple[list[dict], dict[str, int]]:
+        """The first ``limit`` unclosed tickets by time left, and the counts (overdue,
+        urgent, fine, total) over every unclosed ticket."""
         now = self.clock()
         with self.storage.transaction() as session:
-            rows, _ = DeskRepository(self.storage, session).tickets(statuses=UNCLOSED,
-                                                                    limit=limit)
+            queries = DeadlineQueries(self.storage.dialect, session)
+            rows = queries.unclosed(UNCLOSED, limit)
+            counts = queries.counts(UNCLOSED, now, URGENT_SHARE)
             views = [ticket_view(t, caller, self.config, now) for t, caller in rows]
-        return sorted(views, key=lambda v: (v["seconds_left"], v["id"]))
+        return views, counts
 
     # -- reports -----------------------------------------------------------------------
 

@@ -45,6 +45,8 @@ def twilio_signed(view):
             signature = request.headers.get("X-Twilio-Signature", "")
             validator = RequestValidator(settings.twilio_auth_token)
             if not signature or not validator.validate(signed_url(), request.form, signature):
+                g.pop("started", None)  # refusals are counted apart, not timed as answers
+                metrics.REFUSED.labels("signature").inc()
                 log.warning("refused %s: missing or invalid X-Twilio-Signature", request.path)
                 abort(403, description="The X-Twilio-Signature header is missing or does not "
                                        "match this request.")

@@ -1,0 +1,167 @@
+"""The server front: gunicorn's asyncio (ASGI) worker reads each request whole before the
+Flask app sees it, so a client that sends its body one byte a second holds a coroutine,
+not the worker.
+
+With gunicorn's sync workers, a worker reads the body while it serves the request: two
+clients trickling bodies stall two workers until gunicorn's time-out kills them, and the
+webhooks behind them wait. Here the event loop receives bodies from any number of slow
+clients at once; a body that is not complete within BODY_SECONDS gets 408, one longer
+than ``web.MAX_BODY_BYTES`` gets 413 as soon as that is known (from Content-Length,
+before reading it, or once a chunked body passes the cap). Only complete requests reach
+the app, which runs on a thread of its own (asgiref's WsgiToAsgi), one request at a time
+per worker as before.
+
+``gunicorn.conf.py`` selects the worker and wraps whatever WSGI app gunicorn loads
+(``app:app``) in ``BufferingFront``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import signal
+
+from asgiref.wsgi import WsgiToAsgi
+
+from . import metrics
+from .web import MAX_BODY_BYTES, TOO_LARGE
+
+log = logging.getLogger("ivr.edge")
+
+# Twilio sends a webhook body at once; a body still arriving after this is not Twilio's.
+# Well inside Twilio's 15 s wait and gunicorn's 30 s time-out.
+BODY_SECONDS = 10.0
+# A request the app has not answered by then is stuck; its worker is replaced (gunicorn's
+# own time-out, 30 s, no longer applies: the event loop keeps the worker's heartbeat).
+APP_SECONDS = 25.0
+
+
+def _restart_worker() -> None:
+    """Ask gunicorn to replace this worker: SIGTERM starts its graceful stop, and the
+    master kills it after graceful_timeout if the stuck thread never returns."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def is_asgi(app) -> bool:
+    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, "__call__")
+    return inspect.iscoroutinefunction(call)
+
+
+class BufferingFront:
+    """An ASGI app that buffers a bounded request body, then runs the WSGI app on it."""
+
+    def __init__(self, wsgi_app, max_body: int = MAX_BODY_BYTES,
+                 body_seconds: float = BODY_SECONDS, app_seconds: float = APP_SECONDS,
+                 on_stuck=None):
+        self.wsgi_app = wsgi_app
+        self.inner = WsgiToAsgi(wsgi_app)
+        self.max_body = max_body
+        self.body_seconds = body_seconds
+        self.app_seconds = app_seconds
+        self.on_stuck = on_stuck or _restart_worker
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return  # no websockets here: the connection is closed unanswered
+        length = _content_length(scope)
+        if length == -1:
+            await _answer(send, 400, "The Content-Length header is not a number.")
+            return
+        if length is not None and length > self.max_body:
+            await self._too_large(scope, send)
+            return
+        chunks, size = [], 0
+        try:
+            async with asyncio.timeout(self.body_seconds):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_body:
+                        await self._too_large(scope, send)
+                        return
+                    chunks.append(chunk)
+                    if not message.get("more_body"):
+                        break
+        except TimeoutError:
+            log.warning("%s %s: request body not complete after %.0f s; answered 408",
+                        scope.get("method"), scope.get("path"), self.body_seconds)
+            await _answer(send, 408, "The request body did not arrive in time.")
+            return
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        started = False
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.app_seconds):
+                await self.inner(_with_length(scope, len(body)), replay, tracked_send)
+        except TimeoutError:
+            # The app's thread is stuck (a database that never answers): as gunicorn's
+            # time-out does for sync workers, this worker gives way to a fresh one.
+            log.error("%s %s: no answer after %.0f s; restarting this worker",
+                      scope.get("method"), scope.get("path"), self.app_seconds)
+            if not started:
+                await _answer(send, 503, "The service did not answer in time.")
+            self.on_stuck()
+
+    async def _too_large(self, scope, send):
+        if scope.get("path", "").startswith("/voice"):
+            metrics.REFUSED.labels("too_large").inc()
+        await _answer(send, 413, TOO_LARGE, json_body=scope.get("path", "").startswith("/api"))
+
+    @staticmethod
+    async def _lifespan(receive, send):
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _content_length(scope) -> int | None:
+    """The declared length; None when absent (chunked), -1 when not a number."""
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length":
+            text = value.strip()
+            return int(text) if text.isdigit() and len(text) < 19 else -1
+    return None
+
+
+def _with_length(scope, length: int) -> dict:
+    """The scope of the buffered request: a chunked one now has a known length."""
+    headers = [(k, v) for k, v in scope.get("headers", ())
+               if k.lower() not in (b"content-length", b"transfer-encoding")]
+    headers.append((b"content-length", str(length).encode("ascii")))
+    return {**scope, "headers": headers}
+
+
+async def _answer(send, status: int, text: str, json_body: bool = False) -> None:
+    body = (json.dumps({"error": text}) if json_body else text + "\n").encode("utf-8")
+    kind = b"application/json" if json_body else b"text/plain; charset=utf-8"
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"), (b"x-content-type-options", b"nosniff")]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,144 @@
+"""The edges every HTTP request passes: body size limits, the accepted host names and the
+desk's security headers. ``install(app)`` wires them; ``create_app`` calls it once.
+
+Twilio's webhooks are form posts of a few kilobytes (about 40 fields at most, none longer
+than a few hundred characters); the desk's forms and JSON bodies are smaller still. So
+every request body is capped well above that and far below what could hurt a worker, and
+an oversized one is refused with 413 from its Content-Length before a byte is read. A
+chunked body without a length is read only up to the cap. The same limits are enforced
+again, before any buffering, by the server front in ``ivr.edge``.
+"""
+
+from __future__ import annotations
+
+import io
+
+from flask import Flask, abort, request
+from flask.json.provider import DefaultJSONProvider
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_talisman import Talisman
+
+from . import metrics
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_FORM_FIELDS = 200
+TOO_LARGE = (f"The request body is larger than this service accepts ({MAX_BODY_BYTES} bytes "
+             f"and {MAX_FORM_FIELDS} form fields at most).")
+
+# The desk's pages and answers: never framed, never sniffed, never cached.
+DESK_PREFIXES = ("/admin", "/api")
+CONTENT_SECURITY_POLICY = {
+    "default-src": "'self'",
+    "img-src": "'self' data:",
+    "object-src": "'none'",
+    "base-uri": "'none'",
+    "form-action": "'self'",
+    "frame-ancestors": "'none'",
+}
+
+
+# Sign-in attempts per client address, counted per worker process in memory: a limit of
+# N per worker is at most N x workers per address, still far below any guessing pace (the
+# admin token has at least 32 characters); it keeps a script from flooding the log.
+SIGN_IN_LIMIT = "10 per minute; 50 per hour"
+RATE_LIMITED_ENDPOINTS = ("admin.login",)
+
+
+class BoundedJSONProvider(DefaultJSONProvider):
+    """JSON nested deeper than the parser's recursion reaches (a few thousand levels fit
+    in the body limit) is invalid JSON, a 400 like any other, never a RecursionError."""
+
+    def loads(self, s, **kwargs):
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+
+
+def accepted_hosts(settings) -> list[str] | None:
+    """The host names requests may carry (Flask's TRUSTED_HOSTS), or None for any.
+
+    With IVR_PUBLIC_URL set, signatures are checked against that URL whatever the Host
+    header says, so the proxy in front may pass any Host; IVR_ALLOWED_HOSTS narrows it
+    further when given. Without IVR_PUBLIC_URL the signed URL is built from the Host
+    header, so production mode requires IVR_ALLOWED_HOSTS (see Settings.from_env)."""
+    return list(settings.allowed_hosts) or None
+
+
+def install(app: Flask) -> None:
+    settings = app.extensions["ivr"].settings
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        MAX_FORM_MEMORY_SIZE=MAX_BODY_BYTES,
+        MAX_FORM_PARTS=MAX_FORM_FIELDS,
+        TRUSTED_HOSTS=accepted_hosts(settings),
+    )
+    app.json = BoundedJSONProvider(app)
+    app.before_request(_limit_body)
+    limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", default_limits=[],
+                      headers_enabled=True)
+    for endpoint in RATE_LIMITED_ENDPOINTS:
+        app.view_functions[endpoint] = limiter.limit(SIGN_IN_LIMIT, methods=["POST"])(
+            app.view_functions[endpoint])
+    app.after_request(_no_store)
+    Talisman(
+        app,
+        force_https=False,  # TLS ends at the proxy; Twilio only calls the https URL
+        frame_options="DENY",
+        content_security_policy=CONTENT_SECURITY_POLICY,
+        content_security_policy_nonce_in=[],
+        referrer_policy="no-referrer",
+        session_cookie_secure=app.config.get("SESSION_COOKIE_SECURE", False),
+        session_cookie_http_only=True,
+        strict_transport_security=True,
+    )
+
+
+def _refuse_too_large() -> None:
+    if request.path.startswith("/voice"):
+        metrics.REFUSED.labels("too_large").inc()
+    abort(413, description=TOO_LARGE)
+
+
+def _limit_body():
+    """413 for a body over the cap, judged on Content-Length alone when it is given; and
+    for a form with more fields than any Twilio request has."""
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        _refuse_too_large()
+    if length is None and request.environ.get("wsgi.input_terminated"):
+        _buffer_chunked_body(request.environ)
+    if request.mimetype == "application/x-www-form-urlencoded":
+        data = request.get_data(cache=True)  # at most MAX_BODY_BYTES by now
+        if data.count(b"&") + 1 > MAX_FORM_FIELDS:
+            _refuse_too_large()
+    return None
+
+
+def _buffer_chunked_body(environ) -> None:
+    """Read a body sent without Content-Length (chunked) up to one byte past the cap:
+    413 if it is longer, else hand it on as an ordinary body of known length. (Werkzeug's
+    own cap would silently cut such a body at the limit.)"""
+    stream = environ["wsgi.input"]
+    chunks, size = [], 0
+    while size <= MAX_BODY_BYTES:
+        chunk = stream.read(MAX_BODY_BYTES + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > MAX_BODY_BYTES:
+        _refuse_too_large()
+    body = b"".join(chunks)
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    del environ["wsgi.input_terminated"]
+
+
+def _no_store(response):
+    if request.path.startswith(DESK_PREFIXES):
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Pragma"] = "no-cache"
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response

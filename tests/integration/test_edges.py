@@ -1,0 +1,417 @@
+"""The edges of every request: body limits, accepted hosts, refused-request metrics, the
+desk's date range and JSON edges, the full overdue board and the dashboard's headers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import secrets
+
+import pytest
+from prometheus_client import REGISTRY
+from twilio.request_validator import RequestValidator
+
+from ivr import create_app
+from ivr.sim.simulator import new_call_sid
+from ivr.storage.models import Call, Ticket
+from ivr.web import MAX_BODY_BYTES
+
+from ..desk_support import ADMIN_TOKEN, add_ticket, at, parse_html
+from ..support import CALLER, TOKEN, US_LINE, TwilioClient, twiml
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+MB = 1024 * 1024
+
+
+class CountingStream(io.RawIOBase):
+    """A request body that is never stored: it counts what the server reads of it."""
+
+    def __init__(self, size: int):
+        self.size, self.read_bytes = size, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        n = min(len(buffer), self.size - self.read_bytes)
+        buffer[:n] = b"a" * n
+        self.read_bytes += n
+        return n
+
+
+def raw_post(app, path, stream, length, headers=None, content_type="application/x-www-form-urlencoded"):
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+    from werkzeug.wrappers import Response
+
+    environ = EnvironBuilder(path=path, method="POST", headers=headers or {}).get_environ()
+    environ.update({"wsgi.input": stream, "CONTENT_TYPE": content_type})
+    if length is not None:
+        environ["CONTENT_LENGTH"] = str(length)
+    else:
+        environ.pop("CONTENT_LENGTH", None)
+        environ["wsgi.input_terminated"] = True  # a chunked body, its end marked by the server
+    app_iter, status, response_headers = run_wsgi_app(app, environ, buffered=True)
+    return Response(b"".join(app_iter), status=status, headers=response_headers)
+
+
+# -- item 3: size limits -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/voice", "/voice/status", "/voice/host-key", "/api/tickets/1",
+                                  "/admin/login", "/healthz"])
+def test_an_unsigned_200_mb_body_gets_413_before_a_byte_of_it_is_read(desk_app, path):
+    stream = CountingStream(200 * MB)
+    response = raw_post(desk_app, path, stream, 200 * MB,
+                        headers={"X-Twilio-Signature": "forged", **AUTH})
+    assert response.status_code == 413
+    assert stream.read_bytes == 0
+
+
+def test_a_chunked_body_without_a_length_is_read_only_up_to_the_limit(app):
+    stream = CountingStream(50 * MB)
+    response = raw_post(app, "/voice", stream, None, headers={"X-Twilio-Signature": "forged"})
+    assert response.status_code == 413
+    assert stream.read_bytes <= MAX_BODY_BYTES + 64 * 1024
+
+
+def test_a_signed_request_with_50_mb_of_digits_is_refused_with_413(app, twilio, call_sid):
+    params = {**twilio.call_params(call_sid), "Digits": "1" * (50 * MB)}
+    response = twilio.post("/voice/pmi", **params)
+    assert response.status_code == 413
+    with app.extensions["ivr"].storage.transaction() as session:
+        assert session.get(Call, call_sid) is None
+
+
+def test_a_signed_request_with_50000_fields_is_refused_with_413(app, twilio, call_sid):
+    params = {**twilio.call_params(call_sid), **{f"f{i}": "" for i in range(50_000)}}
+    assert twilio.post("/voice", **params).status_code == 413
+    small = {**twilio.call_params(call_sid), **{f"f{i}": "" for i in range(300)}}
+    assert twilio.post("/voice", **small).status_code == 413  # few bytes, too many fields
+    with app.extensions["ivr"].storage.transaction() as session:
+        assert session.get(Call, call_sid) is None
+
+
+def test_a_real_twilio_request_with_every_field_twilio_sends_is_served(twilio, call_sid):
+    params = {**twilio.call_params(call_sid), "CallerName": "ALEX EXAMPLE", "FromCity": "SF",
+              "FromState": "CA", "FromZip": "94105", "FromCountry": "US", "ToCity": "",
+              "ToState": "", "ToZip": "", "ToCountry": "US", "CallerCity": "SF",
+              "CallerState": "CA", "CallerZip": "94105", "CallerCountry": "US",
+              "CalledCity": "", "CalledState": "", "CalledZip": "", "CalledCountry": "US",
+              "Called": US_LINE, "Caller": CALLER, "StirVerstat": "TN-Validation-Passed-A",
+              "CallToken": "x" * 600, "ForwardedFrom": ""}
+    twiml(twilio.post("/voice", **params))
+
+
+# -- item 13: refused requests are counted apart -------------------------------------------
+
+
+def sample(name, **labels):
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_a_refused_signature_is_counted_apart_and_not_timed_as_an_answer(twilio, call_sid):
+    timed = sample("ivr_webhook_seconds_count", step="incoming")
+    refused = sample("ivr_webhook_refused_total", reason="signature")
+    assert twilio.post("/voice", signature="bad", **twilio.call_params(call_sid)).status_code == 403
+    assert sample("ivr_webhook_seconds_count", step="incoming") == timed
+    assert sample("ivr_webhook_refused_total", reason="signature") == refused + 1
+    twiml(twilio.post("/voice", **twilio.call_params(call_sid)))
+    assert sample("ivr_webhook_seconds_count", step="incoming") == timed + 1
+
+
+def test_an_oversized_webhook_is_counted_as_refused_too_large(app):
+    before = sample("ivr_webhook_refused_total", reason="too_large")
+    assert raw_post(app, "/voice", CountingStream(MB), MB).status_code == 413
+    assert sample("ivr_webhook_refused_total", reason="too_large") == before + 1
+
+
+# -- item 12: the signed host is pinned ------------------------------------------------------
+
+
+def signed_for(url, params):
+    return RequestValidator(TOKEN).compute_signature(url, params)
+
+
+@pytest.fixture
+def pinned_app(settings, clock):
+    app = create_app(settings.model_copy(update={"allowed_hosts": ["ivr.example.com"]}),
+                     clock=clock)
+    app.extensions["ivr"].storage.upgrade()
+    yield app
+    app.extensions["ivr"].storage.dispose()
+
+
+def test_a_request_signed_for_another_app_of_the_account_is_refused(pinned_app, call_sid):
+    client = TwilioClient(pinned_app)
+    params = client.call_params(call_sid)
+    other = "http://other-app.example.com/voice"
+    response = pinned_app.test_client().post(
+        "/voice", base_url="http://other-app.example.com", data=params,
+        headers={"X-Twilio-Signature": signed_for(other, params)})
+    assert response.status_code == 400
+    ours = "http://ivr.example.com/voice"
+    response = pinned_app.test_client().post(
+        "/voice", base_url="http://ivr.example.com", data=params,
+        headers={"X-Twilio-Signature": signed_for(ours, params)})
+    twiml(response)
+    with pinned_app.extensions["ivr"].storage.transaction() as session:
+        assert session.get(Call, call_sid) is not None
+
+
+def test_with_a_public_url_a_signature_for_another_host_is_refused_whatever_the_host_header(
+        settings, clock, call_sid):
+    app = create_app(settings.model_copy(update={"public_url": "https://ivr.example.com"}),
+                     clock=clock)
+    app.extensions["ivr"].storage.upgrade()
+    params = TwilioClient(app).call_params(call_sid)
+    other = "http://other-app.example.com/voice"
+    response = app.test_client().post(
+        "/voice", base_url="http://other-app.example.com", data=params,
+        headers={"X-Twilio-Signature": signed_for(other, params)})
+    assert response.status_code == 403
+    app.extensions["ivr"].storage.dispose()
+
+
+def test_production_mode_refuses_to_start_without_a_pinned_host():
+    from ivr.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match="IVR_PUBLIC_URL or IVR_ALLOWED_HOSTS"):
+        Settings.from_env({"TWILIO_AUTH_TOKEN": TOKEN})
+    assert Settings.from_env({"TWILIO_AUTH_TOKEN": TOKEN,
+                              "IVR_ALLOWED_HOSTS": "ivr.example.com, IVR2.example.com"}
+                             ).allowed_hosts == ["ivr.example.com", "ivr2.example.com"]
+    assert Settings.from_env({"TWILIO_AUTH_TOKEN": TOKEN,
+                              "IVR_PUBLIC_URL": "https://ivr.example.com"}).production
+    assert not Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false"}).production
+
+
+def test_forwarded_headers_are_ignored_unless_proxies_are_trusted(pinned_app, call_sid):
+    params = TwilioClient(pinned_app).call_params(call_sid)
+    https = "https://ivr.example.com/voice"
+    response = pinned_app.test_client().post(
+        "/voice", base_url="http://ivr.example.com", data=params,
+        headers={"X-Twilio-Signature": signed_for(https, params), "X-Forwarded-Proto": "https"})
+    assert response.status_code == 403
+
+
+# -- item 10: desk dates and JSON at the edges -------------------------------------------------
+
+
+@pytest.fixture
+def desk_client(desk_app):
+    client = desk_app.test_client()
+    form = parse_html(client.get("/admin/login").get_data(as_text=True)).find("login")
+    response = client.post("/admin/login", data={"csrf_token": form.field("csrf_token"),
+                                                 "token": ADMIN_TOKEN})
+    assert response.status_code == 302
+    return client
+
+
+EDGE_DATES = [("until", "9999-12-31"), ("since", "0001-01-01T00:00:00+01:00"),
+              ("since", "9999-12-31T23:59:59-01:00"), ("since", "0001-01-01"),
+              ("until", "9999-12-31T23:59:59.999999+00:00")]
+
+
+@pytest.mark.parametrize("name, value", EDGE_DATES)
+@pytest.mark.parametrize("path", ["/api/tickets", "/api/calls"])
+def test_the_api_answers_the_calendars_edges_with_a_page_or_a_clear_400(desk_app, path, name,
+                                                                        value):
+    add_ticket(desk_app.extensions["ivr"], created=at("2026-11-25 10:00"))
+    response = desk_app.test_client().get(path, query_string={name: value}, headers=AUTH)
+    assert response.is_json
+    if response.status_code == 400:
+        assert "outside the supported range" in response.get_json()["error"]
+        assert value.endswith(("+01:00", "-01:00"))
+    else:
+        assert response.status_code == 200
+        assert response.get_json()["total"] == (1 if name == "until" or value == "0001-01-01"
+                                                else 0)
+
+
+@pytest.mark.parametrize("name, value", EDGE_DATES)
+@pytest.mark.parametrize("path", ["/admin/calls", "/admin/sla", "/admin/export?format=csv&"])
+def test_the_dashboard_answers_the_calendars_edges_with_a_page_or_a_clear_400(desk_client, path,
+                                                                              name, value):
+    separator = "" if path.endswith("&") else "?"
+    response = desk_client.get(f"{path}{separator}{name}={value.replace('+', '%2B')}")
+    assert response.status_code in (200, 400), response.get_data(as_text=True)[:300]
+    if response.status_code == 400:
+        message = parse_html(response.get_data(as_text=True)).find("message").text()
+        assert "outside the supported range" in message or "must come after its start" in message
+
+
+def test_json_nested_too_deeply_is_invalid_json_to_every_reader(desk_app):
+    with desk_app.test_request_context("/", method="POST", data="[" * 20_000 + "]" * 20_000,
+                                       content_type="application/json"):
+        from flask import request
+
+        assert request.get_json(silent=True) is None
+        with pytest.raises(Exception) as raised:
+            request.get_json()
+        assert getattr(raised.value, "code", None) == 400
+
+
+def test_a_deeply_nested_json_patch_gets_a_clear_400(desk_app):
+    ticket = add_ticket(desk_app.extensions["ivr"], created=at("2026-11-25 10:00"))
+    for body in ("[" * 20_000 + "]" * 20_000, '{"status":' * 5_000 + "1" + "}" * 5_000):
+        response = desk_app.test_client().patch(
+            f"/api/tickets/{ticket.number}", data=body, headers={**AUTH,
+                                                                 "Content-Type": "application/json"})
+        assert response.status_code == 400, response.get_data(as_text=True)[:200]
+        assert response.get_json()["error"].startswith("send a JSON object")
+    response = desk_app.test_client().patch(
+        f"/api/tickets/{ticket.number}", data="[" * 100_000,
+        headers={**AUTH, "Content-Type": "application/json"})
+    assert response.status_code == 413 and response.is_json
+
+
+# -- item 5: the dashboard's board covers every unclosed ticket -----------------------------
+
+
+def add_many(ivr, specs):
+    """Tickets (created, priority, status) in one transaction."""
+    with ivr.storage.transaction() as session:
+        for created, priority, status in specs:
+            sid = new_call_sid()
+            session.add(Call(call_sid=sid, dialed_number=US_LINE, region="United States",
+                             language="en-US", caller_number=CALLER, can_text=True, step="done",
+                             english=False, attempts=0, auth_failures=0, steps_reached="",
+                             outcome="routed", started_at=created, updated_at=created))
+            session.flush()
+            session.add(Ticket(
+                number=str(10_000_000 + secrets.randbelow(90_000_000)), call_sid=sid,
+                account_id="demo-business", user_email="owner.business@example.com",
+                priority=priority,
+                target_response_minutes=ivr.config.priority(priority).target_response_minutes,
+                region="United States", status=status, created_at=created))
+
+
+def test_the_most_overdue_tickets_lead_the_board_even_behind_600_newer_ones(desk_client,
+                                                                             desk_app, clock):
+    ivr = desk_app.extensions["ivr"]
+    now = clock.now
+    old = [(now - dt.timedelta(days=25, minutes=i), 1, "open") for i in range(5)]
+    # 595 fresh P4 tickets, all created after the old ones, none near its target.
+    fresh = [(now - dt.timedelta(minutes=1 + i % 600), 4, "open") for i in range(595)]
+    closed = [(now - dt.timedelta(days=30), 1, "closed")] * 3
+    add_many(ivr, old + fresh + closed)
+    doc = parse_html(desk_client.get("/admin/").get_data(as_text=True))
+    rows = doc.find("tickets").rows()
+    assert len(rows) == 500
+    assert [attrs["class"] for attrs, _ in rows[:5]] == ["overdue"] * 5
+    assert all(cells[1].startswith("P1") for _, cells in rows[:5])
+    assert [int(attrs["data-seconds-left"]) for attrs, _ in rows] == sorted(
+        int(attrs["data-seconds-left"]) for attrs, _ in rows)
+    legend = doc.find("partial").text()
+    assert "500" in legend and "600 unclosed" in legend
+    tags = [span.text() for span in doc.iter("span") if "tag" in span.attrs.get("class", "")]
+    assert tags[0] == "5 overdue" and tags[2] == "595 on time"
+
+
+def test_the_board_counts_urgent_tickets_over_all_unclosed_ones_and_says_nothing_when_whole(
+        desk_client, desk_app, clock):
+    ivr = desk_app.extensions["ivr"]
+    now = clock.now
+    add_many(ivr, [(now - dt.timedelta(minutes=50), 1, "open"),      # 10 min left of 60
+                   (now - dt.timedelta(minutes=61), 1, "in_queue"),  # overdue
+                   (now - dt.timedelta(minutes=10), 2, "open")])     # fine
+    board, counts = __import__("ivr.desk.service", fromlist=["Desk"]).Desk.of(ivr).unclosed_board(2)
+    assert counts == {"overdue": 1, "urgent": 1, "fine": 1, "total": 3}
+    assert [v["urgency"] for v in board] == ["overdue", "urgent"]
+    doc = parse_html(desk_client.get("/admin/").get_data(as_text=True))
+    assert not doc.has("partial")
+
+
+# -- item 11: the desk's headers --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/admin/", "/admin/sla", "/admin/export?format=json",
+                                  "/admin/login"])
+def test_dashboard_pages_and_exports_cannot_be_framed_sniffed_or_cached(desk_client, path):
+    response = desk_client.get(path)
+    assert response.status_code == 200
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_api_answers_are_not_cached_either(desk_app):
+    response = desk_app.test_client().get("/api/tickets", headers=AUTH)
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_json_errors_stay_json(desk_app):
+    response = desk_app.test_client().get("/api/tickets?since=0001-01-01T00:00:00%2B01:00",
+                                          headers=AUTH)
+    assert response.status_code == 400 and json.loads(response.get_data())["error"]
+
+
+# -- item 11: signing out ends the session on the server ---------------------------------------
+
+
+def copy_cookie(source, target):
+    cookie = source.get_cookie("ivr_admin", path="/admin")
+    target.set_cookie("ivr_admin", cookie.value, path="/admin")
+
+
+def test_a_copied_cookie_stops_working_once_its_owner_signs_out(desk_client, desk_app):
+    thief = desk_app.test_client()
+    copy_cookie(desk_client, thief)
+    assert thief.get("/admin/").status_code == 200  # the copy works while the session lives
+    doc = parse_html(desk_client.get("/admin/").get_data(as_text=True))
+    token = next(f for f in doc.iter("form") if f.field("csrf_token")).field("csrf_token")
+    assert desk_client.post("/admin/logout", data={"csrf_token": token}).status_code == 302
+    for client in (thief, desk_client):
+        response = client.get("/admin/")
+        assert (response.status_code, response.headers["Location"]) == (302, "/admin/login")
+    assert thief.get("/admin/export?format=csv").status_code == 302
+
+
+def test_a_session_ends_12_hours_after_sign_in_however_often_it_is_used(desk_client, clock):
+    for _ in range(11):
+        clock.advance(hours=1)
+        assert desk_client.get("/admin/").status_code == 200
+    clock.advance(hours=1)
+    assert desk_client.get("/admin/").headers["Location"] == "/admin/login"
+
+
+def test_the_server_keeps_only_a_keyed_hash_of_the_session_id(desk_client, desk_app):
+    from ivr.storage.desk_sessions import DeskSession
+
+    cookie = desk_client.get_cookie("ivr_admin", path="/admin").value
+    with desk_app.extensions["ivr"].storage.transaction() as session:
+        rows = session.query(DeskSession).all()
+    assert len(rows) == 1 and rows[0].identity == "admin"
+    session_id = desk_app.session_interface.get_signing_serializer(desk_app).loads(cookie)["sid"]
+    assert session_id not in (rows[0].id_hash, rows[0].credential) and len(rows[0].id_hash) == 64
+
+
+def test_a_forged_or_unknown_session_id_signs_nobody_in(desk_client, desk_app):
+    cookie = desk_client.get_cookie("ivr_admin", path="/admin").value
+    real = desk_app.session_interface.get_signing_serializer(desk_app).loads(cookie)["sid"]
+    for session_id, status in ((real, 200), ("made-up", 302), (real[:-1] + "x", 302)):
+        client = desk_app.test_client()
+        with client.session_transaction() as session:
+            session["sid"] = session_id
+        assert client.get("/admin/").status_code == status
+
+
+def test_sign_in_attempts_from_one_address_are_limited_and_say_so(desk_app):
+    client = desk_app.test_client()
+    form = parse_html(client.get("/admin/login").get_data(as_text=True)).find("login")
+    attempt = {"csrf_token": form.field("csrf_token"), "token": "guess-" + "0" * 30}
+    statuses = [client.post("/admin/login", data=attempt).status_code for _ in range(10)]
+    assert statuses == [401] * 10
+    response = client.post("/admin/login", data={**attempt, "token": ADMIN_TOKEN})
+    assert response.status_code == 429
+    assert "Too many sign-in attempts" in parse_html(response.get_data(as_text=True)).find(
+        "message").text()
+    other = desk_app.test_client()  # another address is not held back
+    form = parse_html(other.get("/admin/login", environ_base={"REMOTE_ADDR": "10.0.0.9"})
+                      .get_data(as_text=True)).find("login")
+    assert other.post("/admin/login", environ_base={"REMOTE_ADDR": "10.0.0.9"},
+                      data={"csrf_token": form.field("csrf_token"),
+                            "token": ADMIN_TOKEN}).status_code == 302

@@ -1,0 +1,117 @@
+"""Data at rest: the SQLite files are private to their owner, and the retention command
+anonymises personal data older than the configured number of days."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+
+import pytest
+from sqlalchemy import select
+
+from ivr import create_app
+from ivr.storage.models import Call, Lockout, OutboxMessage, Ticket
+
+from ..desk_support import add_ticket
+from ..support import CALLER
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_the_sqlite_file_and_its_wal_and_shm_are_created_readable_by_the_owner_only(
+        tmp_path, settings, clock):
+    old_umask = os.umask(0o022)
+    try:
+        url = f"sqlite:///{tmp_path}/fresh/ivr.db"
+        app = create_app(settings.model_copy(update={"database_url": url,
+                                                     "instance_path": tmp_path / "inst"}),
+                         clock=clock)
+        ivr = app.extensions["ivr"]
+        ivr.storage.upgrade()
+        add_ticket(ivr, created=clock.now)  # a write: the WAL and shared-memory files exist
+        database = tmp_path / "fresh" / "ivr.db"
+        files = [database, database.with_name("ivr.db-wal"), database.with_name("ivr.db-shm")]
+        assert all(path.exists() for path in files)
+        assert [mode(path) for path in files] == [0o600] * 3
+        assert mode(tmp_path / "inst") == 0o700
+        ivr.storage.dispose()
+    finally:
+        os.umask(old_umask)
+
+
+def test_an_existing_world_readable_database_is_tightened_at_start(tmp_path, settings, clock):
+    database = tmp_path / "old.db"
+    database.touch(mode=0o644)
+    database.chmod(0o644)
+    wal = tmp_path / "old.db-wal"
+    wal.touch()
+    wal.chmod(0o644)
+    app = create_app(settings.model_copy(update={"database_url": f"sqlite:///{database}"}),
+                     clock=clock)
+    assert (mode(database), mode(wal)) == (0o600, 0o600)
+    app.extensions["ivr"].storage.dispose()
+
+
+@pytest.fixture
+def aged(app, clock):
+    """A ticket, a text message and a failure count from 100 days ago, and the same today."""
+    ivr = app.extensions["ivr"]
+    old = clock.now - dt.timedelta(days=100)
+    tickets = [add_ticket(ivr, created=moment, callback_number="+14155550123", caller=CALLER)
+               for moment in (old, clock.now)]
+    with ivr.storage.transaction() as session:
+        for ticket, moment in zip(tickets, (old, clock.now)):
+            session.get(Call, ticket.call_sid).user_email = "owner.business@example.com"
+            session.add(OutboxMessage(call_sid=ticket.call_sid, template="ticket",
+                                      to_number=CALLER, body="Your ticket", status="sent",
+                                      created_at=moment))
+            session.add(Lockout(key=f"caller:{CALLER}{moment.day}", failures=2,
+                                window_started_at=moment, updated_at=moment))
+    return tickets
+
+
+def rows(app, model):
+    with app.extensions["ivr"].storage.transaction() as session:
+        return session.scalars(select(model)).all()
+
+
+def test_retention_anonymises_old_calls_and_tickets_and_deletes_old_messages(app, aged):
+    runner = app.test_cli_runner()
+    dry = runner.invoke(args=["retention", "apply", "--dry-run"])
+    assert dry.exit_code == 0 and "calls anonymised: 1" in dry.output
+    assert {c.caller_number for c in rows(app, Call)} == {CALLER}  # the dry run changed nothing
+    result = runner.invoke(args=["retention", "apply"])
+    assert result.exit_code == 0, result.output
+    assert ("calls anonymised: 1, tickets anonymised: 1, messages deleted: 1, "
+            "failure counts deleted: 1") in result.output
+    old, new = aged
+    calls = {c.call_sid: c for c in rows(app, Call)}
+    assert (calls[old.call_sid].caller_number, calls[old.call_sid].user_email) == ("", None)
+    assert calls[new.call_sid].caller_number == CALLER
+    assert calls[old.call_sid].region == "United States"  # the statistics stay
+    tickets = {t.number: t for t in rows(app, Ticket)}
+    assert tickets[old.number].callback_number is None
+    assert tickets[old.number].user_email == "owner.business@example.com"  # the ticket stays
+    assert tickets[new.number].callback_number == "+14155550123"
+    assert [m.call_sid for m in rows(app, OutboxMessage)] == [new.call_sid]
+    assert len(rows(app, Lockout)) == 1
+    again = runner.invoke(args=["retention", "apply"])
+    assert "calls anonymised: 0, tickets anonymised: 0, messages deleted: 0" in again.output
+
+
+def test_the_retention_period_comes_from_the_configuration_or_the_command_line(app, aged):
+    assert app.extensions["ivr"].config.retention.days == 90
+    result = app.test_cli_runner().invoke(args=["retention", "apply", "--days", "200"])
+    assert "calls anonymised: 0" in result.output
+    assert {c.caller_number for c in rows(app, Call)} == {CALLER}
+
+
+def test_the_desk_shows_an_anonymised_caller_as_withheld(app, aged, clock):
+    from ivr.desk.service import Desk
+
+    app.test_cli_runner().invoke(args=["retention", "apply"])
+    view = Desk.of(app.extensions["ivr"]).ticket(aged[0].number)
+    assert view["caller"] == "…" and view["callback_number"] is None

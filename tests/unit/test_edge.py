@@ -1,0 +1,105 @@
+"""The buffering front on its own: what reaches the WSGI app, and what never does."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ivr.edge import BufferingFront, is_asgi
+
+
+def wsgi_echo(seen):
+    def app(environ, start_response):
+        body = environ["wsgi.input"].read()
+        seen.append((environ.get("CONTENT_LENGTH"), body))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"got " + str(len(body)).encode()]
+    return app
+
+
+def run(front, headers, messages, delay=0.0):
+    """Drive one request through the front; messages arrive ``delay`` seconds apart."""
+    sent = []
+
+    async def main():
+        queue = list(messages)
+
+        async def receive():
+            if not queue:
+                await asyncio.sleep(3600)
+            await asyncio.sleep(delay)
+            return queue.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "http_version": "1.1", "method": "POST", "path": "/voice",
+                 "root_path": "", "query_string": b"", "headers": headers, "scheme": "http",
+                 "server": ("127.0.0.1", 5000), "client": ("127.0.0.1", 40000)}
+        await front(scope, receive, send)
+
+    asyncio.run(main())
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], body
+
+
+def test_a_chunked_body_reaches_the_app_whole_with_its_length():
+    seen = []
+    front = BufferingFront(wsgi_echo(seen), max_body=100)
+    status, body = run(front, [(b"transfer-encoding", b"chunked")], [
+        {"type": "http.request", "body": b"a=1&", "more_body": True},
+        {"type": "http.request", "body": b"b=2", "more_body": False}])
+    assert (status, body) == (200, b"got 7") and seen == [("7", b"a=1&b=2")]
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_app_never_runs():
+    seen = []
+    front = BufferingFront(wsgi_echo(seen), max_body=100, body_seconds=0.2)
+    messages = [{"type": "http.request", "body": b"a", "more_body": True}] * 50
+    status, _ = run(front, [(b"content-length", b"50")], messages, delay=0.05)
+    assert status == 408 and seen == []
+
+
+def test_a_declared_length_over_the_cap_gets_413_without_receiving_anything():
+    seen = []
+    front = BufferingFront(wsgi_echo(seen), max_body=100)
+    status, body = run(front, [(b"content-length", b"101")], [])
+    assert status == 413 and b"larger than this service accepts" in body and seen == []
+    status, _ = run(front, [(b"content-length", b"ten")], [])
+    assert status == 400 and seen == []
+
+
+def test_a_chunked_body_past_the_cap_gets_413_and_the_app_never_runs():
+    seen = []
+    front = BufferingFront(wsgi_echo(seen), max_body=100)
+    messages = [{"type": "http.request", "body": b"a" * 60, "more_body": True}] * 3
+    status, _ = run(front, [], messages)
+    assert status == 413 and seen == []
+
+
+def test_only_wsgi_apps_are_wrapped():
+    async def asgi_app(scope, receive, send):
+        pass
+
+    assert is_asgi(asgi_app) and is_asgi(BufferingFront(wsgi_echo([])))
+    assert not is_asgi(wsgi_echo([]))
+
+
+def test_an_app_stuck_past_its_time_gets_503_and_its_worker_is_replaced():
+    import threading
+
+    release = threading.Event()
+    stuck = []
+
+    def hanging(environ, start_response):
+        release.wait(5)
+        start_response("200 OK", [])
+        return [b"late"]
+
+    front = BufferingFront(hanging, app_seconds=0.2, on_stuck=lambda: stuck.append(True))
+    try:
+        status, body = run(front, [(b"content-length", b"0")],
+                           [{"type": "http.request", "body": b"", "more_body": False}])
+    finally:
+        release.set()
+    assert status == 503 and stuck == [True]
