@@ -187,7 +187,7 @@ class Simulator:
         self.think = think  # seconds a caller spends listening before each answer
         self.transport = transport
         self.validator = RequestValidator(auth_token or "unused")
-        self.signing_base = (signing_base or transport.base_url).rstrip("/")
+        self.signing_base = (signing_base or getattr(transport, "base_url", "")).rstrip("/")
         self.account_sid = account_sid
 
     # -- requests ----------------------------------------------------------------------
@@ -392,6 +392,18 @@ class Simulator:
         if status != 200:
             result.outcome = "error"
             result.events.append(Event("http_error", f"HTTP {status} from /voice/status"))
+
+
+def play(document: str | bytes, tokens: list[str] | None = None, path: str = "/voice",
+         waiting: bool = False) -> tuple[CallResult, str | None, dict[str, str]]:
+    """Play one reply as the simulator plays it during a call, without an app: what the
+    caller hears and does (the result's events and prompts), and the request it leads to
+    (path and extra parameters, or None). ``waiting``: the reply is a queue's wait document."""
+    result = CallResult(new_call_sid(), "", "")
+    simulator = Simulator(None, "")
+    following, extra = simulator._follow(read(document), path, list(tokens or []), result,
+                                         waiting=waiting)
+    return result, following, extra
 
 
 def _path(url: str, current: str) -> str:
