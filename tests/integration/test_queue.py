@@ -136,7 +136,7 @@ def test_the_ticket_number_again_is_in_the_language_the_caller_chose(simulator):
 
 
 @pytest.mark.parametrize("query, heard", [
-    ("ticket=48151623&priority=2", ["チケット番号は、48151623です。もう一度、48151623です。"]),
+    ("ticket=48151623&priority=2", ["チケット番号は、48151623です。繰り返します。48151623です。"]),
     ("ticket=48151623&priority=2&en=1",
      ["Your ticket number is 48151623. Once more: 48151623."]),
     ("ticket=4815abc&priority=2", []),
