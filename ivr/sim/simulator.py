@@ -458,6 +458,9 @@ def listening_lines(result: CallResult) -> list[str]:
         if prompt.seconds or prompt.waits_for_input:
             waits = "  waits for keys" if prompt.waits_for_input and not prompt.in_queue else ""
             lines.append(f"  {prompt.step:<12} {prompt.seconds:>5.1f} s{waits}")
-    lines.append(f"  {result.seconds_before_queue:.1f} s of speech before the queue, "
-                 f"{result.prompts_waiting} prompts waiting for keys")
+    before = "before the queue" if result.route else "in the call"
+    in_queue = sum(p.seconds for p in result.prompts if p.in_queue)
+    queued = f" (then {in_queue:.1f} s in the queue)" if in_queue else ""
+    lines.append(f"  {result.seconds_before_queue:.1f} s of speech {before}, "
+                 f"{result.prompts_waiting} prompts waiting for keys{queued}")
     return lines
