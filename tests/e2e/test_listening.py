@@ -177,10 +177,11 @@ EVERY_STEP = (["-", "7", "*", "2",
                "-", "*", "-"])
 
 
-@pytest.mark.parametrize("number", TARGETS)
-def test_every_prompt_on_every_line_is_inside_its_gather(app, number):
+@pytest.mark.parametrize("number, first", [(number, []) for number in TARGETS] + [
+    ("+81531320070", ["9"]), ("+33800946464", ["9"])])  # and after switching to English
+def test_every_prompt_on_every_line_is_inside_its_gather(app, number, first):
     transport = Recording(app)
-    result = Simulator(transport, TOKEN).call(number, CALLER, list(EVERY_STEP))
+    result = Simulator(transport, TOKEN).call(number, CALLER, first + list(EVERY_STEP))
     assert result.outcome == "routed"
     asked = [path.split("?")[0] for path, body in transport.documents
              if check_interruptible(path, body)]
