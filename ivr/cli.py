@@ -17,7 +17,7 @@ from .desk.commands import tickets_cli
 from .desk.service import ticket_dict
 from .domain.phones import lockout_keys, mask
 from .extension import ivr
-from .sim.simulator import HttpTransport, Simulator, WsgiTransport, transcript
+from .sim.simulator import HttpTransport, Simulator, UnknownTwiML, WsgiTransport, transcript
 from .sim.surge import run_surge
 from .storage import DATABASE_DOWN, LockoutRepository, TicketRepository
 
@@ -161,8 +161,9 @@ def spool_status():
               help="Surge: seconds each caller listens before answering a prompt.")
 @with_appcontext
 def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think):
-    """Drive one whole call as Twilio would and print what the caller hears;
-    with --calls, drive a surge and report throughput, latency and failures."""
+    """Drive one whole call as Twilio would and print what the caller hears, with the
+    estimated seconds of speech per prompt and before the queue; with --calls, drive a
+    surge and report throughput, latency, failures and the mean and longest listening."""
     settings = ivr().settings
     app = current_app._get_current_object()
     token = settings.twilio_auth_token or ""
@@ -182,7 +183,11 @@ def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think):
     if not to:
         raise click.UsageError("give --to NUMBER for one call, or --calls N for a surge")
     simulator = Simulator(transport(), token, signing_base=signing_base)
-    result = simulator.call(to, caller, digits.split())
+    try:
+        result = simulator.call(to, caller, digits.split())
+    except UnknownTwiML as exc:
+        raise click.ClickException(f"the service answered with TwiML the simulator cannot "
+                                   f"play: {exc}") from None
     click.echo(result.to_json() if as_json else transcript(result))
     if result.outcome == "error":
         raise SystemExit(1)

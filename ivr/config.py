@@ -313,6 +313,14 @@ class IvrConfig(_Model):
             seen.add(line.number)
         return value
 
+    @model_validator(mode="after")
+    def _queue_keys_distinct(self) -> "IvrConfig":
+        # In the queue the repeat key says the ticket number again; the callback key leaves.
+        if self.queue.callback_key == self.menu.repeat_key:
+            raise ValueError(f"queue.callback_key {self.queue.callback_key!r} is also "
+                             "menu.repeat_key (which repeats the ticket number in the queue)")
+        return self
+
     def line_for(self, number: str | None) -> Line | None:
         """The configured line for a dialled number in any common notation, or None."""
         if not number:

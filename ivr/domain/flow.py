@@ -316,9 +316,10 @@ def _target(minutes: int) -> Say:
 
 
 def waiting(position: int | None, average_wait_seconds: int | None,
-            callback_key: str | None) -> tuple[Say, ...]:
+            callback_key: str | None, offer_ticket: bool = False) -> tuple[Say, ...]:
     """What a caller in the queue hears: where they stand, the expected wait when Twilio
-    knows it (rounded to minutes), and how to ask for a callback instead."""
+    knows it (rounded to minutes), that the repeat key (star) says their ticket number
+    again, and how to ask for a callback instead."""
     speech: list[Say] = []
     if position is not None and position > 0:
         speech.append(say("queue_position", position=position))
@@ -326,6 +327,13 @@ def waiting(position: int | None, average_wait_seconds: int | None,
         minutes = max(1, round(average_wait_seconds / 60))
         speech.append(say("queue_wait_one_minute") if minutes == 1
                       else say("queue_wait_minutes", minutes=minutes))
+    if offer_ticket:
+        speech.append(say("queue_ticket_offer"))
     if callback_key is not None:
         speech.append(say("queue_callback_offer", callback_key=callback_key))
     return tuple(speech)
+
+
+def ticket_again(number: str) -> tuple[Say, ...]:
+    """The ticket number once more, for a caller in the queue who asked for it."""
+    return (say("ticket_repeat", ticket=number),)

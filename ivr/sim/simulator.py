@@ -17,7 +17,55 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 from twilio.request_validator import RequestValidator
 
+from . import speech as speech_time
+
 MAX_REQUESTS = 60
+
+# What the simulator can play. Anything else in a reply raises UnknownTwiML: a verb it
+# does not know would otherwise end the simulated call quietly and hide the mistake.
+VERBS = {"Say", "Play", "Pause", "Gather", "Redirect", "Enqueue", "Dial", "Hangup", "Reject",
+         "Leave"}
+NOUNS = {"Gather": {"Say", "Play", "Pause"}, "Dial": {"Number", "Sip", "Client", "Queue",
+                                                      "Conference"},
+         "Enqueue": {"Task"}}
+SSML = {"say-as", "break", "emphasis", "lang", "p", "phoneme", "prosody", "s", "sub", "w"}
+ROUTES = ("Enqueue", "Dial")
+
+
+class UnknownTwiML(ValueError):
+    """A reply the simulator cannot play as Twilio would."""
+
+
+def read(document: str | bytes) -> ET.Element:
+    """A TwiML document parsed and checked: a <Response> holding only verbs (and nouns
+    inside them) that the simulator plays. Raises UnknownTwiML otherwise."""
+    if isinstance(document, str):
+        document = document.encode("utf-8")
+    try:
+        root = ET.fromstring(document)
+    except ET.ParseError as exc:
+        raise UnknownTwiML(f"not XML: {exc}") from None
+    if root.tag != "Response":
+        raise UnknownTwiML(f"the root element is <{root.tag}>, not <Response>")
+    for verb in root:
+        if verb.tag not in VERBS:
+            raise UnknownTwiML(f"<{verb.tag}> is not a verb the simulator plays")
+        _check_children(verb)
+    return root
+
+
+def _check_children(verb: ET.Element) -> None:
+    allowed = NOUNS.get(verb.tag, set())
+    for child in verb:
+        if verb.tag == "Say" or verb.tag in SSML:
+            if child.tag not in SSML:
+                raise UnknownTwiML(f"<{child.tag}> inside <Say> is not SSML the simulator reads")
+            _check_children(child)
+            continue
+        if child.tag not in allowed:
+            raise UnknownTwiML(f"<{child.tag}> inside <{verb.tag}> is not something the "
+                               "simulator plays")
+        _check_children(child)
 
 
 class Transport(Protocol):
@@ -64,6 +112,19 @@ class Event:
     voice: str | None = None
     step: str | None = None
     detail: dict = field(default_factory=dict)
+    seconds: float = 0.0  # estimated time to say it (say events)
+
+
+@dataclass
+class Prompt:
+    """One reply the caller listened to: how long its speech lasts, and whether it then
+    waits for keys. ``step`` is what it asks for (menu, pmi, host-key, priority), or
+    route (the announcement before the queue), end, or wait (an announcement in the queue)."""
+
+    step: str
+    seconds: float = 0.0
+    waits_for_input: bool = False
+    in_queue: bool = False
 
 
 @dataclass
@@ -76,6 +137,7 @@ class CallResult:
     priority: int | None = None
     route: dict = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    prompts: list[Prompt] = field(default_factory=list)
     requests: int = 0
     timings: list[tuple[str, float]] = field(default_factory=list)  # (path, seconds) per request
     wait_url: str | None = None
@@ -87,8 +149,32 @@ class CallResult:
     def languages(self) -> set[str]:
         return {e.language for e in self.events if e.kind == "say" and e.language}
 
+    @property
+    def seconds_before_queue(self) -> float:
+        """Estimated seconds of speech from the greeting to the queue (or the call's end)."""
+        return sum(p.seconds for p in self.prompts if not p.in_queue)
+
+    @property
+    def prompts_waiting(self) -> int:
+        """Prompts before the queue that waited for the caller's keys."""
+        return sum(1 for p in self.prompts if p.waits_for_input and not p.in_queue)
+
+    def listening(self) -> dict:
+        return {
+            "seconds_before_queue": round(self.seconds_before_queue, 1),
+            "prompts_waiting_for_input": self.prompts_waiting,
+            "prompts": [dict(asdict(p), seconds=round(p.seconds, 1)) for p in self.prompts],
+            "rates": {"words_per_minute": speech_time.WORDS_PER_MINUTE,
+                      "japanese_morae_per_second": speech_time.MORAE_PER_SECOND},
+        }
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, indent=2)
+        data = asdict(self)
+        for event in data["events"]:
+            event["seconds"] = round(event["seconds"], 2)
+        data["prompts"] = self.listening()["prompts"]
+        data["listening"] = {k: v for k, v in self.listening().items() if k != "prompts"}
+        return json.dumps(data, ensure_ascii=False, indent=2)
 
 
 def new_call_sid() -> str:
@@ -101,7 +187,7 @@ class Simulator:
         self.think = think  # seconds a caller spends listening before each answer
         self.transport = transport
         self.validator = RequestValidator(auth_token or "unused")
-        self.signing_base = (signing_base or transport.base_url).rstrip("/")
+        self.signing_base = (signing_base or getattr(transport, "base_url", "")).rstrip("/")
         self.account_sid = account_sid
 
     # -- requests ----------------------------------------------------------------------
@@ -139,7 +225,8 @@ class Simulator:
         return result
 
     def _request(self, result: CallResult, path: str, extra: dict[str, str]) -> ET.Element | None:
-        """One webhook of this call; its TwiML parsed, or None (recorded) on failure."""
+        """One webhook of this call; its TwiML read, or None (recorded) on an HTTP failure.
+        A reply with a verb the simulator does not play raises UnknownTwiML."""
         if result.requests >= MAX_REQUESTS:
             result.outcome = "error"
             result.events.append(Event("http_error", f"more than {MAX_REQUESTS} requests"))
@@ -154,7 +241,10 @@ class Simulator:
             result.outcome = "error"
             result.events.append(Event("http_error", f"HTTP {status} from {path}"))
             return None
-        return ET.fromstring(body.encode("utf-8"))
+        try:
+            return read(body)
+        except UnknownTwiML as exc:
+            raise UnknownTwiML(f"{path}: {exc}") from None
 
     def _wait_in_queue(self, tokens: list[str], result: CallResult) -> None:
         """Follow the Enqueue waitUrl while the caller has keys left to press: each token
@@ -162,24 +252,23 @@ class Simulator:
         callback; when the tokens run out an engineer answers (QueueResult=bridged)."""
         queue_result, waited = "bridged", 0
         for round_ in range(1, 11):
-            if not tokens:
+            if not tokens or queue_result == "leave":
                 break
             waited += 60
             root = self._request(result, result.wait_url, {
                 "QueuePosition": str(max(1, 4 - round_)), "QueueTime": str(waited),
                 "AvgQueueTime": "150", "CurrentQueueSize": "5"})
+            current = result.wait_url
+            while root is not None:
+                choice, extra = self._follow(root, current, tokens, result, waiting=True)
+                if root.find("Leave") is not None:
+                    queue_result = "leave"
+                    break
+                if choice is None:
+                    break  # the announcement ended: Twilio asks the waitUrl again
+                root, current = self._request(result, choice, extra), choice
             if root is None:
                 return
-            choice, extra = self._follow(root, result.wait_url, tokens, result, waiting=True)
-            if choice is None:
-                continue  # the announcement ended: Twilio asks the waitUrl again
-            root = self._request(result, choice, extra)
-            if root is None:
-                return
-            if root.find("Leave") is not None:
-                queue_result = "leave"
-                result.events.append(Event("hangup", "left the queue", step="wait"))
-                break
         after = self._request(result, result.queue_action, {
             "QueueResult": queue_result, "QueueTime": str(waited)})
         if after is not None:
@@ -188,26 +277,27 @@ class Simulator:
 
     def _follow(self, root: ET.Element, current: str, tokens: list[str], result: CallResult,
                 waiting: bool = False) -> tuple[str | None, dict[str, str]]:
-        """Play one TwiML document; the next request (path, extra parameters) or None."""
+        """Play one TwiML document; the next request (path, extra parameters) or None.
+
+        The caller listens to every prompt to its end before pressing keys. In the queue
+        (``waiting``) a caller with no keys left simply listens on."""
+        in_queue = waiting or result.wait_url is not None
+        prompt = Prompt("wait" if in_queue else "end", in_queue=in_queue)
+        result.prompts.append(prompt)
         for verb in root:
             tag = verb.tag
-            if tag == "Say":
-                self._say(verb, result)
-            elif tag == "Pause":
-                result.events.append(Event("pause", verb.get("length", "1")))
-            elif tag == "Play":
-                result.events.append(Event("play", (verb.text or "").strip()))
+            if tag in ("Say", "Pause", "Play"):
+                self._play(verb, result)
             elif tag == "Gather":
                 for child in verb:
-                    if child.tag == "Say":
-                        self._say(child, result)
-                    elif child.tag == "Play":
-                        result.events.append(Event("play", (child.text or "").strip()))
-                    elif child.tag == "Pause":
-                        result.events.append(Event("pause", child.get("length", "1")))
+                    self._play(child, result)
                 action = _path(verb.get("action") or current, current)
                 step = action.split("?", 1)[0].rsplit("/", 1)[-1]
+                if not in_queue:
+                    prompt.step, prompt.waits_for_input = step, True
                 if not tokens:
+                    if waiting:
+                        continue  # no key: the announcement plays on
                     result.outcome = "abandoned"
                     result.events.append(Event("hangup", "caller hung up", step=step))
                     return None, {}
@@ -220,7 +310,9 @@ class Simulator:
                 return action, {"Digits": keys}
             elif tag == "Redirect":
                 return _path((verb.text or "").strip(), current), {}
-            elif tag in ("Enqueue", "Dial"):
+            elif tag in ROUTES:
+                if not in_queue:
+                    prompt.step = "route"
                 self._routed(verb, current, result)
                 return None, {}
             elif tag in ("Hangup", "Reject"):
@@ -230,11 +322,23 @@ class Simulator:
             elif tag == "Leave":
                 result.events.append(Event("hangup", "left the queue"))
                 return None, {}
+            else:  # read() lets no other verb through; a new one must be taught here
+                raise UnknownTwiML(f"<{tag}> is not a verb the simulator plays")
         if waiting:  # a wait document that ends is simply asked for again
             return None, {}
         result.outcome = "hangup"
         result.events.append(Event("hangup", "end of instructions"))
         return None, {}
+
+    def _play(self, element: ET.Element, result: CallResult) -> None:
+        if element.tag == "Say":
+            self._say(element, result)
+        elif element.tag == "Play":
+            result.events.append(Event("play", (element.text or "").strip()))
+        elif element.tag == "Pause":
+            result.events.append(Event("pause", element.get("length", "1")))
+        else:
+            raise UnknownTwiML(f"<{element.tag}> is not something the simulator plays here")
 
     def _say(self, element: ET.Element, result: CallResult) -> None:
         parts = [element.text or ""]
@@ -242,10 +346,15 @@ class Simulator:
             if child.tag == "say-as" and child.get("interpret-as") == "digits":
                 parts.append(" ".join(child.text or ""))
             else:
-                parts.append(child.text or "")
+                parts.append("".join(child.itertext()))
             parts.append(child.tail or "")
-        result.events.append(Event("say", "".join(parts).strip(), language=element.get("language"),
-                                   voice=element.get("voice")))
+        text = " ".join("".join(parts).split())
+        language = element.get("language")
+        seconds = speech_time.seconds(text, language)
+        result.events.append(Event("say", text, language=language, voice=element.get("voice"),
+                                   seconds=seconds))
+        if result.prompts:
+            result.prompts[-1].seconds += seconds
 
     def _routed(self, verb: ET.Element, current: str, result: CallResult) -> None:
         action = verb.get("action")
@@ -285,6 +394,18 @@ class Simulator:
             result.events.append(Event("http_error", f"HTTP {status} from /voice/status"))
 
 
+def play(document: str | bytes, tokens: list[str] | None = None, path: str = "/voice",
+         waiting: bool = False) -> tuple[CallResult, str | None, dict[str, str]]:
+    """Play one reply as the simulator plays it during a call, without an app: what the
+    caller hears and does (the result's events and prompts), and the request it leads to
+    (path and extra parameters, or None). ``waiting``: the reply is a queue's wait document."""
+    result = CallResult(new_call_sid(), "", "")
+    simulator = Simulator(None, "")
+    following, extra = simulator._follow(read(document), path, list(tokens or []), result,
+                                         waiting=waiting)
+    return result, following, extra
+
+
 def _path(url: str, current: str) -> str:
     """A TwiML URL as a path on the app (absolute URLs keep only path and query)."""
     joined = urljoin("http://app" + current, url)
@@ -308,7 +429,7 @@ def transcript(result: CallResult) -> str:
     lines = [f"Call {result.call_sid} to {result.to} from {result.caller}"]
     for event in result.events:
         if event.kind == "say":
-            lines.append(f"  [{event.language} {event.voice}] {event.text}")
+            lines.append(f"  [{event.language} {event.voice}] {event.text}  ({event.seconds:.1f} s)")
         elif event.kind == "press":
             lines.append(f"  caller presses {event.text} at {event.step}")
         elif event.kind == "timeout":
@@ -325,4 +446,21 @@ def transcript(result: CallResult) -> str:
     if result.ticket:
         summary += f"; ticket {result.ticket}, priority {result.priority}"
     lines.append(summary)
+    lines.extend(listening_lines(result))
     return "\n".join(lines)
+
+
+def listening_lines(result: CallResult) -> list[str]:
+    """Estimated seconds of speech per prompt and in total, as printed by `simulate`."""
+    lines = [f"Listening time (estimated at {speech_time.WORDS_PER_MINUTE} words a minute, "
+             f"Japanese {speech_time.MORAE_PER_SECOND} morae a second):"]
+    for prompt in result.prompts:
+        if prompt.seconds or prompt.waits_for_input:
+            waits = "  waits for keys" if prompt.waits_for_input and not prompt.in_queue else ""
+            lines.append(f"  {prompt.step:<12} {prompt.seconds:>5.1f} s{waits}")
+    before = "before the queue" if result.route else "in the call"
+    in_queue = sum(p.seconds for p in result.prompts if p.in_queue)
+    queued = f" (then {in_queue:.1f} s in the queue)" if in_queue else ""
+    lines.append(f"  {result.seconds_before_queue:.1f} s of speech {before}, "
+                 f"{result.prompts_waiting} prompts waiting for keys{queued}")
+    return lines

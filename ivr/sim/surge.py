@@ -60,6 +60,7 @@ class SurgeReport:
     latency_ms: dict[str, dict[str, float]]
     errors: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    listening: dict = field(default_factory=dict)  # seconds of speech before the queue
 
     @property
     def calls_per_second(self) -> float:
@@ -78,6 +79,7 @@ class SurgeReport:
             "by_kind": self.by_kind, "latency_ms": self.latency_ms,
             "errors": self.errors[:50], "error_count": len(self.errors),
             "unexpected": self.unexpected[:50], "unexpected_count": len(self.unexpected),
+            "listening_seconds": self.listening,
         }
 
     def table(self) -> str:
@@ -90,6 +92,16 @@ class SurgeReport:
         for step, figures in self.latency_ms.items():
             lines.append(f"{step:<22} {int(figures['count']):>9} {figures['p50']:>8.1f} "
                          f"{figures['p95']:>8.1f} {figures['p99']:>8.1f}")
+        routed = self.listening.get("routed")
+        if routed:
+            lines.append(f"speech before the queue (routed calls, estimated): mean "
+                         f"{routed['mean']:.1f} s, longest {routed['longest']:.1f} s "
+                         f"(to {routed['longest_to']})")
+        every = self.listening.get("all")
+        if every:
+            lines.append(f"speech heard before the queue or the end (all calls): mean "
+                         f"{every['mean']:.1f} s, longest {every['longest']:.1f} s "
+                         f"(to {every['longest_to']})")
         lines.append(f"errors: {len(self.errors)}; unexpected outcomes: {len(self.unexpected)}")
         lines.extend(f"  {problem}" for problem in (self.errors + self.unexpected)[:10])
         return "\n".join(lines)
@@ -149,9 +161,22 @@ def run_surge(make_transport: Callable[[], Transport], auth_token: str, calls: i
                 e.text for e in result.events if e.kind == "http_error"))
         elif result.outcome != EXPECTED[kind] or (kind == "eligible" and not result.ticket):
             unexpected.append(f"{kind} call {result.call_sid}: {result.outcome}")
+    finished = [result for _, result, error in results if result is not None and not error]
+    listening = {"all": listening_summary(finished),
+                 "routed": listening_summary([r for r in finished if r.outcome == "routed"])}
     latency = {step: percentiles(values) for step, values in sorted(timings.items())}
     every = [t for values in timings.values() for t in values]
     if every:
         latency["all"] = percentiles(every)
     return SurgeReport(calls, concurrency, think, seconds, requests, by_kind, latency, errors,
-                       unexpected)
+                       unexpected, {k: v for k, v in listening.items() if v})
+
+
+def listening_summary(results: list[CallResult]) -> dict:
+    """Mean and longest estimated seconds of speech before the queue (or the call's end)."""
+    if not results:
+        return {}
+    longest = max(results, key=lambda r: r.seconds_before_queue)
+    return {"calls": len(results),
+            "mean": round(statistics.fmean(r.seconds_before_queue for r in results), 1),
+            "longest": round(longest.seconds_before_queue, 1), "longest_to": longest.to}

@@ -201,7 +201,8 @@ class CallService:
                 log.warning("database unreachable: wait of call %s without callback offer",
                             request.call_sid)
         speech = waiting(_int(params.get("QueuePosition")), _int(params.get("AvgQueueTime")),
-                         self.config.queue.callback_key if offer else None)
+                         self.config.queue.callback_key if offer else None,
+                         offer_ticket="ticket" in query)
         ticket_query = urlencode({k: query[k] for k in ("ticket", "priority") if k in query})
         return self.renderer.wait(speech, line, english, ticket_query, offer)
 

@@ -6,12 +6,14 @@ The only module that builds TwiML, always through ``twilio.twiml.voice_response`
 from __future__ import annotations
 
 import json
+from typing import Mapping
 from urllib.parse import urlencode
 
 from twilio.twiml.voice_response import Dial, Enqueue, Gather, VoiceResponse
 
 from ..config import DialRoute, EnqueueRoute, IvrConfig, Line, TaskRouterRoute, Voice
 from ..domain.flow import Reply, Say, Step, TicketInfo, say
+from ..domain.flow import ticket_again as ticket_again_speech
 from .prompts import Catalogue, Digits
 
 # Paths of the flow's action URLs, by step. The views serve exactly these.
@@ -139,23 +141,45 @@ class Renderer:
 
     def wait(self, speech: tuple[Say, ...], line: Line | None, english: bool,
              ticket_query: str, offer_callback: bool) -> str:
-        """The Enqueue waitUrl document: the announcement (inside a one-key Gather when a
-        callback is offered), then hold audio or silence until Twilio asks again."""
+        """The Enqueue waitUrl document: the announcement, then hold audio or silence until
+        Twilio asks again. When the ticket is known (or a callback is on offer) all of it
+        plays inside a one-key Gather, so the repeat key (the ticket number again) and the
+        callback key work during the music too, not only during the announcement."""
         response = VoiceResponse()
         queue = self.config.queue
         reply = Reply(speech, english=english)
-        # With a callback on offer the hold audio plays inside the Gather, so the key works
-        # during the music too, not only during the announcement.
         parent = response
-        if offer_callback:
-            parent = Gather(input="dtmf", num_digits=1, timeout=1, finish_on_key="",
-                            action=f"{WAIT_CHOICE_PATH}?{ticket_query}", method="POST")
+        if offer_callback or "ticket=" in ticket_query:
+            parent = self._wait_gather(ticket_query, english)
             response.append(parent)
         self._speak(parent, reply, line)
         if queue.hold_audio_url:
             parent.play(queue.hold_audio_url, loop=queue.hold_loops())
         else:
             parent.pause(length=queue.announce_every_seconds)
+        return str(response)
+
+    def _wait_gather(self, ticket_query: str, english: bool) -> Gather:
+        query = ticket_query + ("&en=1" if english else "")
+        return Gather(input="dtmf", num_digits=1, timeout=1, finish_on_key="",
+                      action=f"{WAIT_CHOICE_PATH}?{query}", method="POST")
+
+    def ticket_again(self, to: str | None, query: Mapping[str, str]) -> str:
+        """The repeat key pressed in the queue: the ticket number once more, read from the
+        action URL the wait document gave Twilio (signed with the request), so no database
+        is needed. The document ends and the caller keeps their place; a key pressed
+        while it plays counts as in the wait document."""
+        number = query.get("ticket") or ""
+        if not (number.isascii() and number.isdigit() and len(number) <= 20):
+            return self.empty()
+        line, english = self.config.line_for(to), query.get("en") == "1"
+        priority = query.get("priority") or ""
+        ticket_query = urlencode({"ticket": number, **({"priority": priority}
+                                                       if priority.isdigit() else {})})
+        response = VoiceResponse()
+        gather = self._wait_gather(ticket_query, english)
+        self._speak(gather, Reply(ticket_again_speech(number), english=english), line)
+        response.append(gather)
         return str(response)
 
     def leave(self) -> str:

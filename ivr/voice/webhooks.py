@@ -108,6 +108,8 @@ def wait():
 @voice.post("/wait-choice")
 @twilio_signed
 def wait_choice():
+    if request.form.get("Digits") == ivr().config.menu.repeat_key:  # the ticket number again
+        return twiml(ivr().renderer.ticket_again(request.form.get("To"), request.args))
     return twiml(ivr().service.wait_choice(request.form))
 
 

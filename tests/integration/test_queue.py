@@ -57,7 +57,9 @@ def test_a_short_wait_is_one_minute_not_zero(simulator, twilio):
 def test_a_caller_with_a_withheld_number_is_not_offered_a_callback(simulator, twilio):
     result = routed(simulator, caller="anonymous")
     root = wait(twilio, result, QueuePosition="2", AvgQueueTime="90")
-    assert root.find("Gather") is None and len(spoken(root)) == 2
+    said = spoken(root)
+    assert said[-1] == "To hear your ticket number, press star."  # the only key on offer
+    assert len(said) == 3 and not any("call you back" in s for s in said)
 
 
 def test_a_waiting_caller_can_leave_for_a_callback_end_to_end(simulator, ivr):
@@ -116,3 +118,34 @@ def test_a_repeated_callback_press_leaves_the_queue_again(simulator, twilio, ivr
     assert [e.tag for e in first] == [e.tag for e in again] == ["Leave"]
     with ivr.storage.transaction() as session:
         assert len(session.scalars(select(OutboxMessage)).all()) == 2  # ticket + one callback
+
+
+def test_star_in_the_queue_says_the_ticket_number_again_and_the_caller_keeps_waiting(
+        simulator, ivr):
+    result = simulator.call("+18887999666", CALLER, OWNER + ["*", "-"])
+    digits = " ".join(result.ticket)
+    assert result.said().count(f"Your ticket number is {digits}. Once more: {digits}.") == 1
+    assert result.outcome == "routed"  # still in the queue until an engineer answered
+    assert ticket_of(ivr, result.call_sid).status == "connected"
+
+
+def test_the_ticket_number_again_is_in_the_language_the_caller_chose(simulator):
+    result = simulator.call("+81531320070", CALLER, ["9"] + OWNER + ["*"])
+    again = [e for e in result.events if e.kind == "say" and "Once more" in e.text]
+    assert len(again) == 1 and again[0].language == "en-US"
+
+
+@pytest.mark.parametrize("query, heard", [
+    ("ticket=48151623&priority=2", ["チケット番号は、48151623です。繰り返します。48151623です。"]),
+    ("ticket=48151623&priority=2&en=1",
+     ["Your ticket number is 48151623. Once more: 48151623."]),
+    ("ticket=4815abc&priority=2", []),
+])
+def test_the_ticket_number_again_needs_no_database(twilio, ivr, monkeypatch, query, heard):
+    # Read from the signed action URL: the call need not even be stored.
+    monkeypatch.setattr(ivr.service, "wait_choice", lambda *a: pytest.fail("database used"))
+    params = twilio.call_params("CA" + "7" * 32, to="+81531320070")
+    root = twiml(twilio.post(f"/voice/wait-choice?{query}", **params, Digits="*"))
+    assert spoken(root) == heard
+    if heard:
+        assert root.find("Gather").get("action").startswith(f"/voice/wait-choice?{query[:15]}")

@@ -98,6 +98,12 @@ def test_priorities_must_be_one_to_four_once_each(tmp_path):
         load_config(path)
 
 
+def test_the_callback_key_cannot_be_the_key_that_repeats_the_ticket_number(tmp_path):
+    path = broken(tmp_path, 'callback_key = "1"', 'callback_key = "*"')
+    with pytest.raises(ConfigError, match=r"callback_key '\*' is also menu.repeat_key"):
+        load_config(path)
+
+
 def test_a_file_that_is_not_toml_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"ivr.toml: not valid TOML"):
         load_config(write(tmp_path, "[service\n"))

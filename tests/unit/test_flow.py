@@ -4,7 +4,9 @@ import datetime as dt
 
 import pytest
 
-from ivr.domain.flow import CallFlow, Caller, CallState, Outcome, Step, TicketInfo
+from ivr.domain.flow import (
+    CallFlow, Caller, CallState, Outcome, Step, TicketInfo, ticket_again, waiting,
+)
 
 TODAY = dt.date(2026, 11, 25)
 
@@ -230,3 +232,21 @@ def test_a_repeated_webhook_for_a_finished_call_gets_the_same_answer(us, ports, 
     step = "host_key" if presses[-1] else "menu"
     assert us.handle(state, step, presses[-1], ports) == first
     assert len(ports.sms) <= 1
+
+
+def test_the_queue_announcement_offers_the_ticket_number_before_the_callback():
+    speech = waiting(3, 150, "1", offer_ticket=True)
+    assert [s.key for s in speech] == ["queue_position", "queue_wait_minutes",
+                                      "queue_ticket_offer", "queue_callback_offer"]
+    assert [s.key for s in waiting(3, None, None)] == ["queue_position"]
+
+
+def test_the_ticket_number_again_is_one_message_carrying_the_number():
+    (again,) = ticket_again("48151623")
+    assert again.key == "ticket_repeat" and again.kwargs == {"ticket": "48151623"}
+
+
+def test_a_routed_caller_hears_the_ticket_number_once_before_the_queue(us, ports):
+    reply = drive(us, CallState("CA1", can_text=True), ports, "2", "1234567890", "654321", "4")
+    assert [s.key for s in reply.speech].count("ticket_logged") == 1
+    assert sum(1 for s in reply.speech if "ticket" in s.kwargs) == 1
