@@ -37,8 +37,8 @@ STATUSES = ("new", "open", "pending", "hold", "solved", "closed")
 NO_PRIORITY = ("", "-")  # a Zendesk ticket without a priority
 
 
-def answer(status: int, **body):
-    return jsonify(body), status
+def answer(code: int, /, **body):
+    return jsonify(body), code
 
 
 def signature_of(secret: str, timestamp: str, body: bytes) -> str:
