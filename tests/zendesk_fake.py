@@ -19,7 +19,7 @@ API_TOKEN = "zendesk-api-token-for-tests"
 PRIORITIES = ("urgent", "high", "normal", "low")
 STATUSES = ("new", "open", "pending", "hold", "solved", "closed")
 CREATE_KEYS = {"external_id", "subject", "comment", "priority", "tags", "requester",
-               "custom_fields"}
+               "custom_fields", "status"}
 UPDATE_KEYS = {"comment", "priority", "status", "additional_tags", "remove_tags",
                "custom_fields"}
 
@@ -126,9 +126,12 @@ class FakeZendesk:
         for item in ticket.get("custom_fields", []):
             if not isinstance(item.get("id"), int):
                 return invalid("custom_fields", "Custom fields: id is invalid")
+        if ticket.get("status", "new") not in STATUSES:
+            return invalid("status", "Status: is invalid")
         ticket_id = next(self.ids)
         stored = {"id": ticket_id, "external_id": ticket.get("external_id"),
-                  "subject": ticket["subject"], "priority": ticket["priority"], "status": "new",
+                  "subject": ticket["subject"], "priority": ticket["priority"],
+                  "status": ticket.get("status", "new"),
                   "tags": list(ticket.get("tags", [])), "requester": requester,
                   "custom_fields": list(ticket.get("custom_fields", [])),
                   "comments": [{"id": ticket_id * 100, "body": comment["body"],

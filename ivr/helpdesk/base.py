@@ -20,6 +20,7 @@ class NewTicket:
     requester_email: str | None
     tags: tuple[str, ...] = ()
     fields: dict[str, str] = field(default_factory=dict)  # named values for custom fields
+    status: str | None = None  # "solved" for a ticket already closed when it is created
 
     def as_dict(self) -> dict:
         return {**asdict(self), "tags": list(self.tags)}

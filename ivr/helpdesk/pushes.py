@@ -72,6 +72,7 @@ def new_ticket(ticket, call, config: IvrConfig) -> NewTicket:
                 "role": call.role or "unknown", "account": ticket.account_id,
                 "call_sid": call.call_sid,
                 "target_response_minutes": str(ticket.target_response_minutes)},
+        status="solved" if ticket.status == "closed" else None,
     )
 
 

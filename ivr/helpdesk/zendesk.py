@@ -83,6 +83,8 @@ class Zendesk(HelpDesk):
             "priority": PRIORITIES[ticket.priority],
             "tags": list(ticket.tags),
         }
+        if ticket.status:
+            body["status"] = ticket.status
         if ticket.requester_email:
             body["requester"] = {"email": ticket.requester_email,
                                  "name": ticket.requester_email}

@@ -526,3 +526,66 @@ def test_metrics_count_pushes_by_result_and_show_the_queue_depth(app, simulator,
     assert "ivr_helpdesk_queue_depth 0.0" in page
     assert metrics.HELPDESK_PUSHES.labels("sent")._value.get() == before + 2
     assert 'ivr_helpdesk_pushes_total{result="sent"}' in page
+
+
+def test_the_help_desk_adds_one_insert_to_a_call_and_nothing_when_it_is_off(
+        settings, clock, fake, tmp_path, call_sid):
+    from sqlalchemy import event
+
+    from ..desk_support import admin_app
+
+    def statements(app) -> list[str]:
+        seen = []
+        event.listen(app.extensions["ivr"].storage.engine, "before_cursor_execute",
+                     lambda conn, cursor, statement, *rest: seen.append(statement))
+        Simulator(WsgiTransport(app), TOKEN).call(
+            US_LINE, CALLER, ["2", f"{BUSINESS_OWNER[0]}#", f"{BUSINESS_OWNER[1]}#", "1"],
+            call_sid=call_sid)
+        app.extensions["ivr"].storage.dispose()
+        return seen
+
+    off = statements(admin_app(settings, clock))
+    on_settings = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path}/on.db"}) \
+        if settings.database_url.startswith("sqlite") else settings
+    if not settings.database_url.startswith("sqlite"):
+        pytest.skip("one schema per test on PostgreSQL: the SQLite variant compares two apps")
+    on = statements(helpdesk_app(on_settings, clock, tmp_path / "on", fake.url))
+    extra = list(on)
+    for statement in off:
+        extra.remove(statement)
+    assert len(on) == len(off) + 1
+    assert extra[0].startswith("INSERT INTO helpdesk_jobs")
+
+
+def test_operators_see_failed_pushes_on_the_dashboard_and_retry_them_there(
+        app, simulator, ivr, fake, clock):
+    number = call(simulator)
+    fake.fail_next(1, 422)
+    sender(ivr, clock).drain()
+    client = signed_in(app)
+    home = parse_html(client.get("/admin/").get_data(as_text=True))
+    assert "1 failed" in home.find("helpdesk-status").text()
+    page = parse_html(client.get("/admin/helpdesk").get_data(as_text=True))
+    ((attrs, cells),) = page.find("failed").rows()
+    assert cells[1] == number and "HTTP 422" in cells[4]
+    form = page.find("retry-all")
+    response = client.post("/admin/helpdesk/retry",
+                           data={"csrf_token": form.field("csrf_token"), "job": attrs["data-job"]})
+    assert response.status_code == 302
+    assert jobs(ivr)[0].status == "pending"
+    assert sender(ivr, clock).drain()["sent"] == 1
+    ticket_page = parse_html(client.get(f"/admin/tickets/{number}").get_data(as_text=True))
+    assert "#9001" in ticket_page.find("helpdesk").text()
+
+
+def test_a_ticket_logged_before_the_help_desk_was_connected_is_created_by_its_next_change(
+        app, simulator, ivr, fake, clock):
+    number = call(simulator, US_LINE, CALLER, 2)
+    with ivr.storage.transaction() as session:  # as if logged before [helpdesk] was added
+        session.execute(HelpdeskJob.__table__.delete())
+    Desk.of(ivr).close(number)
+    assert sender(ivr, clock).drain()["sent"] == 1
+    (ticket,) = fake.tickets.values()
+    assert ticket["external_id"] == number and ticket["priority"] == "high"
+    assert ticket["status"] == "solved"  # as it stands here
+    assert [r["method"] for r in fake.writes()] == ["POST"]
