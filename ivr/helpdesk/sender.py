@@ -91,7 +91,7 @@ class Sender:
         if job.kind == "update" and not jobs.has_create(job.ticket_id):
             # A ticket logged before the help desk was connected: its first change
             # creates it there, as it stands now.
-            job.kind, job.dedupe, job.payload = "create", "create", None
+            job.kind, job.event, job.dedupe, job.payload = "create", "created", "create", None
         problem = None
         if job.payload is None:
             try:

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from ..desk.service import Desk, DeskError
 from ..extension import ivr
-from ..storage import HelpdeskJobRepository
+from ..storage import DATABASE_DOWN, HelpdeskJobRepository
 from ..storage.models import Ticket
 from .zendesk import LEVELS
 
@@ -39,6 +39,16 @@ NO_PRIORITY = ("", "-")  # a Zendesk ticket without a priority
 
 def answer(code: int, /, **body):
     return jsonify(body), code
+
+
+def database_down(exc):
+    """Zendesk delivers again later: say so instead of failing."""
+    log.warning("Zendesk webhook not applied: database unreachable")
+    return answer(503, error="the database is unreachable; deliver again later")
+
+
+for _error in DATABASE_DOWN:
+    hooks.register_error_handler(_error, database_down)
 
 
 def signature_of(secret: str, timestamp: str, body: bytes) -> str:

@@ -589,3 +589,57 @@ def test_a_ticket_logged_before_the_help_desk_was_connected_is_created_by_its_ne
     assert ticket["external_id"] == number and ticket["priority"] == "high"
     assert ticket["status"] == "solved"  # as it stands here
     assert [r["method"] for r in fake.writes()] == ["POST"]
+
+
+def test_a_ticket_spooled_during_a_database_outage_is_pushed_when_replayed(
+        app, ivr, fake, clock, tmp_path, database_url):
+    from ivr import create_app
+    from ivr.sim.simulator import new_call_sid
+
+    from ..support import TwilioClient, twiml
+
+    if database_url.startswith("postgresql"):
+        url = "postgresql+psycopg://postgres@127.0.0.1:1/test"
+    else:
+        (tmp_path / "gone.db").mkdir()  # SQLite cannot open a directory as its file
+        url = f"sqlite:///{tmp_path}/gone.db"
+    dead = TwilioClient(create_app(ivr.settings.model_copy(update={"database_url": url}),
+                                   clock=clock))
+    twilio, sid = TwilioClient(app), new_call_sid()
+    params = twilio.call_params(sid)
+    twilio.post("/voice", **params)
+    twilio.post("/voice/menu", **params, Digits="2")
+    twilio.post("/voice/pmi", **params, Digits=BUSINESS_OWNER[0])
+    action = twiml(twilio.post("/voice/host-key", **params, Digits=BUSINESS_OWNER[1])) \
+        .find("Gather").get("action")
+    number = [e.text for e in twiml(dead.post(action, **params, Digits="2")).iter("say-as")][0]
+    dead.post(f"/voice/queue-result?ticket={number}&priority=2",
+              **{**params, "QueueResult": "bridged", "QueueTime": "30"})
+    assert jobs(ivr) == []
+
+    ivr.service.spool.replay(ivr.service.replay)
+    assert [(j.kind, j.event) for j in jobs(ivr)] == [("create", "created"),
+                                                     ("update", "connected")]
+    assert sender(ivr, clock).drain()["sent"] == 2
+    (ticket,) = fake.tickets.values()
+    assert (ticket["external_id"], ticket["priority"], ticket["status"]) == (number, "high",
+                                                                             "open")
+
+
+def test_a_webhook_while_the_database_is_away_answers_503_so_zendesk_delivers_again(
+        settings, clock, fake, tmp_path, database_url):
+    if database_url.startswith("postgresql"):
+        url = "postgresql+psycopg://postgres@127.0.0.1:1/test"
+    else:
+        (tmp_path / "gone.db").mkdir()
+        url = f"sqlite:///{tmp_path}/gone.db"
+    from ivr import create_app
+
+    from ..helpdesk_support import helpdesk_config, zendesk_section
+
+    path = helpdesk_config(tmp_path / "dead", zendesk_section(fake.url))
+    app = create_app(settings.model_copy(update={
+        "database_url": url, "config_path": path, "zendesk_api_token": API_TOKEN,
+        "zendesk_webhook_secret": "zendesk-signing-secret-for-tests"}), clock=clock)
+    response = post_hook(app, trigger_body(5, "12345678", "Solved"), stamp(clock))
+    assert response.status_code == 503 and "deliver again" in response.json["error"]
