@@ -145,6 +145,8 @@ class FakeZendesk:
         ticket = self.tickets.get(ticket_id)
         if ticket is None:
             return self.json({"error": "RecordNotFound", "description": "Not found"}, 404)
+        if ticket["status"] == "closed":
+            return invalid("status", "Status: closed prevents ticket update")
         data = request.get_json(silent=True)
         change = data.get("ticket") if isinstance(data, dict) else None
         if not isinstance(change, dict) or set(change) - UPDATE_KEYS:

@@ -39,7 +39,7 @@ class TicketChange:
     marker: str
     note: str | None = None
     priority: int | None = None
-    status: str | None = None  # "open" (someone works on it) or "solved"
+    status: str | None = None  # "solved"
     add_tags: tuple[str, ...] = ()
     remove_tags: tuple[str, ...] = ()
     fields: dict[str, str] = field(default_factory=dict)

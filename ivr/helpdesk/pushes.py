@@ -102,7 +102,8 @@ def change(job_id: int, event: str, data_json: str | None, at: dt.datetime,
         return TicketChange(marker=marker, note=f"{note}\n\n{marker}",
                             add_tags=("phone_callback",))
     if event == "connected":
-        return TicketChange(marker=marker, status="open",
+        # No status: a late "connected" must not reopen a ticket an agent already solved.
+        return TicketChange(marker=marker, add_tags=("phone_connected",),
                             note=f"The caller was connected to an engineer at {when}."
                                  f"\n\n{marker}")
     if event == "closed":

@@ -26,6 +26,7 @@ IDEMPOTENCY_WINDOW = 3600.0
 # Refusals that will not change on their own: the job fails with Zendesk's explanation.
 PERMANENT = (400, 401, 403, 404, 410, 413, 422)
 MAX_RETRY_AFTER = 86400.0
+CLOSED_IN_ZENDESK = "closed prevents ticket update"
 
 
 def idempotency_key(external_id: str) -> str:
@@ -71,6 +72,10 @@ class Zendesk(HelpDesk):
         if not body["ticket"]:
             return Result.ok(remote_id)
         result = self._request("PUT", f"/api/v2/tickets/{remote_id}.json", body)[0]
+        if result.outcome == "failed" and CLOSED_IN_ZENDESK in (result.message or ""):
+            # Closed there is final: nothing more can be added, and nothing needs to be.
+            log.info("Zendesk ticket %s is closed; change not applied", remote_id)
+            return Result.ok(remote_id)
         return Result.ok(remote_id) if result.outcome == "ok" else result
 
     # -- request bodies ----------------------------------------------------------------

@@ -622,8 +622,9 @@ def test_a_ticket_spooled_during_a_database_outage_is_pushed_when_replayed(
                                                      ("update", "connected")]
     assert sender(ivr, clock).drain()["sent"] == 2
     (ticket,) = fake.tickets.values()
-    assert (ticket["external_id"], ticket["priority"], ticket["status"]) == (number, "high",
-                                                                             "open")
+    assert (ticket["external_id"], ticket["priority"]) == (number, "high")
+    assert "phone_connected" in ticket["tags"]
+    assert "connected to an engineer" in ticket["comments"][-1]["body"]
 
 
 def test_a_webhook_while_the_database_is_away_answers_503_so_zendesk_delivers_again(
@@ -643,3 +644,14 @@ def test_a_webhook_while_the_database_is_away_answers_503_so_zendesk_delivers_ag
         "zendesk_webhook_secret": "zendesk-signing-secret-for-tests"}), clock=clock)
     response = post_hook(app, trigger_body(5, "12345678", "Solved"), stamp(clock))
     assert response.status_code == 503 and "deliver again" in response.json["error"]
+
+
+def test_a_change_for_a_ticket_already_closed_in_zendesk_is_not_an_error(
+        simulator, ivr, fake, clock):
+    number = call(simulator)
+    sender(ivr, clock).drain()
+    (ticket,) = fake.tickets.values()
+    ticket["status"] = "closed"  # closed there (final) before our change went out
+    Desk.of(ivr).set_priority(number, 3)
+    assert sender(ivr, clock).drain()["sent"] == 1
+    assert ticket["priority"] == "urgent" and fake.requests[-1]["method"] == "PUT"
