@@ -69,6 +69,7 @@ class Result:
     message: str | None = None
     retry_after: float | None = None
     rate_limited: bool = False
+    tried: bool = True  # False: put off without a request (does not count as a failure)
 
     @classmethod
     def ok(cls, remote_id: str | None = None) -> "Result":

@@ -10,7 +10,6 @@ from flask.cli import AppGroup
 
 from ..extension import ivr
 from ..storage import HelpdeskJobRepository
-from ..storage.helpdesk import job_dict
 
 helpdesk_cli = AppGroup("helpdesk", help="Tickets pushed to the help desk (Zendesk).")
 
@@ -23,18 +22,8 @@ def status_report(limit: int = 50) -> dict:
     if config is None:
         return {"connected": False}
     with ivr().storage.transaction() as session:
-        jobs = HelpdeskJobRepository(session)
-        report = {
-            "connected": True, "kind": config.kind, "url": config.base_url,
-            "counts": jobs.counts(),
-            "pending": [job_dict(j, n) for j, n in jobs.listing(("pending", "sending"), limit)],
-            "failed": [job_dict(j, n) for j, n in jobs.listing(("failed",), limit)],
-            "sent": [job_dict(j, n) for j, n in jobs.listing(("sent",), 10, newest_first=True)],
-        }
-    for job in report["sent"]:
-        if job["remote_id"]:
-            job["url"] = config.ticket_url(job["remote_id"])
-    return report
+        report = HelpdeskJobRepository(session).report(config.ticket_url, limit)
+    return {"connected": True, "kind": config.kind, "url": config.base_url, **report}
 
 
 @helpdesk_cli.command("status")
@@ -69,7 +58,7 @@ def helpdesk_status(as_json):
         click.echo("\nLatest sent:")
         for job in report["sent"]:
             click.echo(f"{job['id']:>6} {job['ticket']:<10} {job['kind'] + ' ' + job['event']:<20} "
-                       f"{job.get('url', '')}")
+                       f"{job['url'] or ''}")
 
 
 @helpdesk_cli.command("retry")

@@ -27,6 +27,9 @@ from .zendesk import Zendesk
 log = logging.getLogger("ivr.helpdesk")
 
 RESULTS = ("sent", "retry", "rate_limited", "failed")
+# Transient failures in a row after which the rest of a round is put off: a help desk
+# that does not answer should not hold the sender (and the SMS beside it) for long.
+GIVE_UP_ROUND_AFTER = 3
 
 
 @dataclass
@@ -73,13 +76,22 @@ class Sender:
                 work = [self._prepare(jobs, job, now) for job in jobs.claim(batch, now, lease)]
             if not work:
                 break
+            failing = 0
             for item in work:
-                result = self._push(item)
+                if failing >= GIVE_UP_ROUND_AFTER:
+                    result = Result("retry", message=f"put off: {self.desk.name} did not "
+                                    "answer the pushes before it", tried=False)
+                else:
+                    result = self._push(item)
+                    failing = failing + 1 if result.outcome == "retry" \
+                        and not result.rate_limited else 0
                 with self.storage.transaction() as session:
                     outcome = self._record(HelpdeskJobRepository(session), item, result)
                 if outcome:
                     counts[outcome] += 1
                     metrics.HELPDESK_PUSHES.labels(outcome).inc()
+            if failing >= GIVE_UP_ROUND_AFTER:
+                break
         return counts
 
     # -- one job -----------------------------------------------------------------------
@@ -142,7 +154,7 @@ class Sender:
             log.warning("help desk: push of ticket %s failed (job %s): %s", item.ticket,
                         item.job_id, result.message)
         else:
-            failures = item.failures + (0 if result.rate_limited else 1)
+            failures = item.failures + (1 if result.tried and not result.rate_limited else 0)
             if failures >= self.policy.max_attempts:
                 values = {"status": "failed", "failures": failures,
                           "last_error": f"gave up after {failures} failed tries: "
@@ -169,5 +181,5 @@ class Sender:
         """Exponential back-off with jitter: the base doubled per failure, capped, then
         a random share between a half and all of it, so retries of many jobs spread out."""
         ceiling = min(self.policy.max_backoff_seconds,
-                      self.policy.backoff_seconds * 2 ** min(failures - 1, 30))
+                      self.policy.backoff_seconds * 2 ** min(max(failures, 1) - 1, 30))
         return ceiling * (0.5 + 0.5 * self.jitter())

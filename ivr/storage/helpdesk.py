@@ -209,6 +209,19 @@ class HelpdeskJobRepository:
             select(HelpdeskJob, Ticket.number).join(Ticket, Ticket.id == HelpdeskJob.ticket_id)
             .where(HelpdeskJob.status.in_(statuses)).order_by(order).limit(limit))]
 
+    def report(self, ticket_url, limit: int = 50) -> dict:
+        """Counts, pending and failed pushes (with the help desk's error) and the latest
+        sent, each sent create linked with ``ticket_url(remote_id)``."""
+        report = {
+            "counts": self.counts(),
+            "pending": [job_dict(j, n) for j, n in self.listing(("pending", "sending"), limit)],
+            "failed": [job_dict(j, n) for j, n in self.listing(("failed",), limit)],
+            "sent": [job_dict(j, n) for j, n in self.listing(("sent",), 10, newest_first=True)],
+        }
+        for job in report["sent"]:
+            job["url"] = ticket_url(job["remote_id"]) if job["remote_id"] else None
+        return report
+
     def for_ticket(self, ticket_id: int) -> dict:
         """A ticket's standing in the help desk: its remote id, the create's status and
         error, and how many pushes wait or failed."""

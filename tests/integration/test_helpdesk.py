@@ -137,6 +137,9 @@ def test_the_zendesk_ticket_is_shown_and_linked_in_the_api_the_dashboard_and_tic
     api = app.test_client().get(f"/api/tickets/{number}",
                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert api.json["helpdesk"]["id"] == str(remote_id) and api.json["helpdesk"]["url"] == link
+    report = app.test_client().get("/api/helpdesk",
+                                   headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json
+    assert report["counts"]["sent"] == 1 and report["sent"][0]["url"] == link
     shown = cli("tickets", "show", number)
     assert f"#{remote_id}" in shown.output and link in shown.output
 
@@ -655,3 +658,17 @@ def test_a_change_for_a_ticket_already_closed_in_zendesk_is_not_an_error(
     Desk.of(ivr).set_priority(number, 3)
     assert sender(ivr, clock).drain()["sent"] == 1
     assert ticket["priority"] == "urgent" and fake.requests[-1]["method"] == "PUT"
+
+
+def test_a_zendesk_that_does_not_answer_holds_the_sender_for_three_tries_only(
+        simulator, ivr, fake, clock):
+    for _ in range(5):
+        call(simulator, US_LINE, CALLER, 2)
+    fake.down = True
+    counts = sender(ivr, clock).drain()
+    assert len(fake.requests) == 3 and counts["retry"] == 5
+    assert all(j.status == "pending" for j in jobs(ivr))
+    assert [j.failures for j in jobs(ivr)] == [1, 1, 1, 0, 0]  # the last two were put off
+    fake.down = False
+    clock.advance(hours=1)
+    assert sender(ivr, clock).drain()["sent"] == 5 and len(fake.tickets) == 5
