@@ -672,3 +672,24 @@ def test_a_zendesk_that_does_not_answer_holds_the_sender_for_three_tries_only(
     fake.down = False
     clock.advance(hours=1)
     assert sender(ivr, clock).drain()["sent"] == 5 and len(fake.tickets) == 5
+
+
+def test_helpdesk_commands_list_pending_and_failed_pushes_and_retry_all_of_them(
+        simulator, ivr, fake, clock, cli):
+    first = call(simulator)
+    second = call(simulator, US_LINE, CALLER, 2)
+    shown = cli("tickets", "show", first)
+    assert "create pending" in shown.output
+    fake.fail_next(2, 403)
+    assert sender(ivr, clock).drain()["failed"] == 2
+    status = cli("helpdesk", "status")
+    assert "0 pending" in status.output and "2 failed" in status.output
+    assert first in status.output and second in status.output and "HTTP 403" in status.output
+    assert cli("helpdesk", "retry").exit_code == 2  # neither an id nor --all-failed
+    assert "1 failed push queued again" in cli("helpdesk", "retry", "1").output
+    assert "is pending, not failed" in cli("helpdesk", "retry", "1").output
+    assert "1 failed push queued again" in cli("helpdesk", "retry", "--all-failed").output
+    assert sender(ivr, clock).drain()["sent"] == 2
+    assert "is sent, not failed" in cli("helpdesk", "retry", "1").output
+    assert "no push with id 99" in cli("helpdesk", "retry", "99").output
+    assert "Latest sent" in cli("helpdesk", "status").output
