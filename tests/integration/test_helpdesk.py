@@ -547,12 +547,17 @@ def test_the_help_desk_adds_one_insert_to_a_call_and_nothing_when_it_is_off(
         app.extensions["ivr"].storage.dispose()
         return seen
 
+    import contextlib
+    import os
+
+    from ..support import postgres_schema
+
     off = statements(admin_app(settings, clock))
-    on_settings = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path}/on.db"}) \
-        if settings.database_url.startswith("sqlite") else settings
-    if not settings.database_url.startswith("sqlite"):
-        pytest.skip("one schema per test on PostgreSQL: the SQLite variant compares two apps")
-    on = statements(helpdesk_app(on_settings, clock, tmp_path / "on", fake.url))
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp_path}/on.db" if settings.database_url.startswith("sqlite") \
+            else stack.enter_context(postgres_schema(os.environ["IVR_TEST_POSTGRES_URL"]))
+        on = statements(helpdesk_app(settings.model_copy(update={"database_url": url}), clock,
+                                     tmp_path / "on", fake.url))
     extra = list(on)
     for statement in off:
         extra.remove(statement)
