@@ -11,7 +11,7 @@ from typing import Callable
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .config import ConfigError, IvrConfig, Settings, load_config
+from .config import ConfigError, IvrConfig, Settings, check_helpdesk, load_config
 from .privacy import protect_data_files
 from .security import HostKeyHasher, load_pepper
 from .storage import Storage, utcnow
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Fl
         config = load_config(settings.config_path)
         catalogues = load_catalogues(settings.config_path.parent / "prompts")
         _check_catalogues(settings, config, catalogues)
+        check_helpdesk(settings, config)
     except (ConfigError, CatalogueError) as exc:
         raise SystemExit(f"Configuration error: {exc}") from None
 
@@ -60,12 +61,14 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Fl
 
     from . import cli, health, web
     from .desk import api, commands, dashboard  # noqa: F401  commands: tickets show|close|...
+    from .helpdesk import webhook as helpdesk_webhook
     from .voice import webhooks
 
     app.register_blueprint(webhooks.voice)
     app.register_blueprint(health.health)
     app.register_blueprint(api.api)
     app.register_blueprint(dashboard.admin)
+    app.register_blueprint(helpdesk_webhook.hooks)
     cli.register(app)
     web.install(app)  # body limits, accepted hosts, desk headers (after the blueprints)
     return app

@@ -17,6 +17,7 @@ from .desk.commands import tickets_cli
 from .desk.service import ticket_dict
 from .domain.phones import lockout_keys, mask
 from .extension import ivr
+from .helpdesk.sender import Sender as HelpdeskSender
 from .sim.simulator import HttpTransport, Simulator, UnknownTwiML, WsgiTransport, transcript
 from .sim.surge import run_surge
 from .storage import DATABASE_DOWN, LockoutRepository, TicketRepository
@@ -115,13 +116,18 @@ outbox_cli = AppGroup("outbox", help="Text messages waiting to be sent.")
 @outbox_cli.command("drain")
 @click.option("--watch", is_flag=True, help="Keep draining every few seconds until stopped.")
 def outbox_drain(watch):
-    """Send pending text messages through Twilio (marks them not sent without credentials)."""
+    """Send pending text messages through Twilio (marks them not sent without credentials)
+    and push tickets to the help desk when one is configured."""
     if watch:
         click.echo("Draining the SMS outbox every 2 seconds; Ctrl-C to stop.")
         sms_outbox.watch(ivr().storage, ivr().settings, ivr().service)
         return
     counts = sms_outbox.drain(ivr().storage, ivr().settings)
     click.echo(", ".join(f"{name}: {count}" for name, count in counts.items()))
+    if ivr().config.helpdesk:
+        pushed = HelpdeskSender(ivr().storage, ivr().config, ivr().settings,
+                                clock=ivr().service.clock).drain()
+        click.echo("help desk: " + ", ".join(f"{name}: {n}" for name, n in pushed.items()))
 
 
 spool_cli = AppGroup("spool", help="Tickets and statuses kept on disk while the database was down.")
@@ -194,8 +200,9 @@ def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think):
 
 
 def register(app) -> None:
+    from .helpdesk.commands import helpdesk_cli
     from .privacy import retention_cli
 
     for command in (init_db, accounts_cli, tickets_cli, outbox_cli, spool_cli, simulate,
-                    retention_cli):
+                    retention_cli, helpdesk_cli):
         app.cli.add_command(command)

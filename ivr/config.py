@@ -275,6 +275,51 @@ class Service(_Model):
         return Voice(language=self.default_language, voice=self.default_voice)
 
 
+HELPDESK_FIELDS = ("region", "line", "language", "plan", "role", "account", "call_sid",
+                   "target_response_minutes")
+
+
+class Helpdesk(_Model):
+    """The help desk phone tickets are pushed to (SPEC section 7). Absent: nothing is sent."""
+
+    kind: Literal["zendesk"]
+    subdomain: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(:[0-9]+)?/?$",
+                            description="base URL instead of the subdomain (tests, proxies)")
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)
+    custom_fields: dict[Literal[HELPDESK_FIELDS], int] = {}  # type: ignore[valid-type]
+    timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    max_attempts: int = Field(default=8, ge=1, le=100,
+                              description="failed tries (5xx, time-outs) before a push fails")
+    backoff_seconds: float = Field(default=30.0, gt=0, le=3600)
+    max_backoff_seconds: float = Field(default=3600.0, gt=0, le=86400)
+    lease_seconds: int = Field(default=300, ge=30, le=3600,
+                               description="a push claimed longer ago is taken again")
+
+    @model_validator(mode="after")
+    def _where(self) -> "Helpdesk":
+        if not self.subdomain and not self.url:
+            raise ValueError("give subdomain (https://SUBDOMAIN.zendesk.com) or url")
+        return self
+
+    @field_validator("custom_fields")
+    @classmethod
+    def _positive_ids(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, field_id in value.items():
+            if field_id <= 0:
+                raise ValueError(f"custom field {name}: {field_id} is not a Zendesk field id")
+        return value
+
+    @property
+    def base_url(self) -> str:
+        """Where the API lives: ``url`` when set, else the account's own host."""
+        return (self.url or f"https://{self.subdomain}.zendesk.com").rstrip("/")
+
+    def ticket_url(self, ticket_id: str | int) -> str:
+        """The agents' page of a Zendesk ticket."""
+        return f"{self.base_url}/agent/tickets/{ticket_id}"
+
+
 class IvrConfig(_Model):
     service: Service
     lines: list[Line] = Field(min_length=1)
@@ -289,6 +334,7 @@ class IvrConfig(_Model):
     notice: Notice | None = None
     links: Links
     retention: Retention = Retention()
+    helpdesk: Helpdesk | None = None
 
     _by_number: dict[str, Line] = PrivateAttr(default_factory=dict)
 
@@ -401,6 +447,8 @@ class Settings(BaseModel):
     # Host names Twilio may call (besides IVR_PUBLIC_URL's); any other Host gets 400.
     allowed_hosts: list[str] = []
     admin_token: str | None = Field(default=None, min_length=32)
+    zendesk_api_token: str | None = None
+    zendesk_webhook_secret: str | None = Field(default=None, min_length=8)
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod
@@ -445,6 +493,8 @@ class Settings(BaseModel):
             "trusted_proxies": "IVR_TRUSTED_PROXIES",
             "allowed_hosts": "IVR_ALLOWED_HOSTS",
             "admin_token": "IVR_ADMIN_TOKEN",
+            "zendesk_api_token": "IVR_ZENDESK_API_TOKEN",
+            "zendesk_webhook_secret": "IVR_ZENDESK_WEBHOOK_SECRET",
         }
         values = {field: env[var] for field, var in names.items() if env.get(var)}
         values.update(overrides)
@@ -466,3 +516,10 @@ class Settings(BaseModel):
                 "are validated (the host name Twilio calls, e.g. "
                 "IVR_PUBLIC_URL=https://support-ivr.example.com)")
         return settings
+
+
+def check_helpdesk(settings: Settings, config: IvrConfig) -> None:
+    """A configured help desk needs its API token; say which key is missing."""
+    if config.helpdesk is not None and not settings.zendesk_api_token:
+        raise ConfigError(f"{settings.config_path}: [helpdesk] is configured but "
+                          "IVR_ZENDESK_API_TOKEN is not set (the Zendesk API token)")

@@ -6,6 +6,7 @@ from flask import Blueprint, Response, jsonify
 
 from . import metrics
 from .extension import ivr
+from .storage import HelpdeskJobRepository
 
 health = Blueprint("health", __name__)
 
@@ -13,9 +14,15 @@ health = Blueprint("health", __name__)
 @health.get("/metrics")
 def prometheus_metrics():
     service = ivr().service
+    more = [metrics.HelpdeskCollector(helpdesk_counts)] if ivr().config.helpdesk else []
     body, content_type = metrics.exposition(
-        metrics.DepthCollector(service.outbox_depth, service.spool.depth))
+        metrics.DepthCollector(service.outbox_depth, service.spool.depth), *more)
     return Response(body, content_type=content_type)
+
+
+def helpdesk_counts() -> dict[str, int]:
+    with ivr().storage.transaction() as session:
+        return HelpdeskJobRepository(session).counts()
 
 
 @health.get("/healthz")

@@ -22,6 +22,8 @@ VERIFICATIONS = Counter("ivr_verifications_total", "Host-key checks by result (p
                         ["result"])
 TICKETS = Counter("ivr_tickets_total", "Tickets logged by priority", ["priority"])
 SPOOLED = Counter("ivr_spooled_total", "Records written to the outage spool by kind", ["kind"])
+HELPDESK_PUSHES = Counter("ivr_helpdesk_pushes", "Pushes to the help desk by result (sent, retry, "
+                          "rate_limited, failed)", ["result"])
 WEBHOOK_SECONDS = Histogram(
     "ivr_webhook_seconds", "Time to answer a Twilio webhook, by step", ["step"],
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
@@ -48,15 +50,38 @@ class DepthCollector:
                                 value=float(self.spool_depth()))
 
 
-def exposition(depths: DepthCollector) -> tuple[bytes, str]:
+class HelpdeskCollector:
+    """Help-desk pushes waiting (pending or being sent) and failed, read when scraped."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]):
+        self.counts = counts
+
+    def collect(self):
+        try:
+            counts = self.counts()
+            waiting = float(counts["pending"] + counts["sending"])
+            failed = float(counts["failed"])
+        except Exception:  # the database is down: say so by omission, not by failing
+            waiting = failed = float("nan")
+        yield GaugeMetricFamily("ivr_helpdesk_queue_depth",
+                                "Help-desk pushes waiting to be sent", value=waiting)
+        yield GaugeMetricFamily("ivr_helpdesk_failed_pushes",
+                                "Help-desk pushes that failed and wait for `helpdesk retry`",
+                                value=failed)
+
+
+def exposition(depths: DepthCollector, *more) -> tuple[bytes, str]:
     """The metrics page: all workers' counters (multiprocess mode) plus the depths."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = CollectorRegistry()
-        for collector in (CALLS, VERIFICATIONS, TICKETS, SPOOLED, WEBHOOK_SECONDS, REFUSED):
+        for collector in (CALLS, VERIFICATIONS, TICKETS, SPOOLED, HELPDESK_PUSHES,
+                          WEBHOOK_SECONDS, REFUSED):
             registry.register(collector)
     registry.register(depths)
+    for collector in more:
+        registry.register(collector)
     return generate_latest(registry), CONTENT_TYPE_LATEST
 

@@ -13,6 +13,7 @@ from twilio.rest import Client
 
 from .config import Settings
 from .domain.phones import mask
+from .helpdesk.sender import Sender
 from .storage import DATABASE_DOWN, OutboxRepository, Storage, utcnow
 
 log = logging.getLogger("ivr.outbox")
@@ -68,7 +69,10 @@ def _send(client: Client | None, settings: Settings, missing: list[str], message
 
 def watch(storage: Storage, settings: Settings, service, interval: float = 2.0) -> None:
     """The sender process beside the web workers: replay the outage spool once the
-    database is back (its SMS join the outbox), then drain the outbox; forever."""
+    database is back (its SMS join the outbox), then drain the outbox and the help-desk
+    pushes; forever."""
+    helpdesk = Sender(storage, service.config, settings, clock=service.clock) \
+        if service.config.helpdesk else None
     while True:
         try:
             if service.spool.depth():
@@ -77,6 +81,8 @@ def watch(storage: Storage, settings: Settings, service, interval: float = 2.0) 
                     log.info("spool replayed: %s written, %s already present", result.applied,
                              result.already_present)
             drain(storage, settings)
+            if helpdesk is not None:
+                helpdesk.drain()
         except Exception:  # keep the sender alive through a database outage
             log.exception("outbox or spool replay failed; retrying")
         time.sleep(interval)

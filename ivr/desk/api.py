@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..domain.flow import Outcome
 from ..extension import ivr
+from ..storage import HelpdeskJobRepository
 from .service import STATUSES, BadRequest, Desk, DeskError, parse_moment
 
 log = logging.getLogger("ivr.api")
@@ -156,6 +157,17 @@ def update_ticket(ref: str):
     view, _ = Desk.of(ivr()).update(ref, status=body.get("status"),
                                     priority=body.get("priority"))
     return jsonify(view)
+
+
+@api.get("/helpdesk")
+def helpdesk():
+    """Help-desk pushes: counts, pending, failed (with the help desk's error), latest sent."""
+    config = ivr().config.helpdesk
+    if config is None:
+        return jsonify(connected=False)
+    with ivr().storage.transaction() as session:
+        report = HelpdeskJobRepository(session).report(config.ticket_url)
+    return jsonify(connected=True, kind=config.kind, url=config.base_url, **report)
 
 
 # -- errors ------------------------------------------------------------------------------

@@ -31,6 +31,19 @@ def _minutes(seconds: int) -> str:
     return f"{sign}{hours} h {minutes:02d} min" if hours else f"{sign}{minutes} min"
 
 
+def helpdesk_line(state: dict) -> str:
+    if state["id"]:
+        line = f"#{state['id']} {state['url']}"
+    else:
+        line = {"not_queued": "not pushed", "failed": "create failed"}.get(
+            state["status"], "create pending")
+    if state["failed"]:
+        line += f"; {state['failed']} push(es) failed: {state['error']}"
+    elif state["pending"]:
+        line += f"; {state['pending']} push(es) pending"
+    return line
+
+
 @tickets_cli.command("show")
 @click.argument("ref", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
@@ -58,6 +71,8 @@ def tickets_show(ref, as_json):
         ("closed", view["closed_at"] or "-"),
         ("call", view["call_sid"]),
     ]
+    if "helpdesk" in view:  # the ticket in the help desk (issue 9)
+        rows.append(("help desk", helpdesk_line(view["helpdesk"])))
     for name, value in rows:
         click.echo(f"{name + ':':<17}{value}")
 

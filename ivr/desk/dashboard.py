@@ -29,6 +29,8 @@ from flask import (
 
 from ..extension import ivr
 from ..storage.desk_sessions import DeskSessionRepository
+from ..storage import HelpdeskJobRepository
+from ..storage.helpdesk import job_dict
 from .service import EXPORT_FORMATS, Desk, DeskError, Period, parse_moment
 
 log = logging.getLogger("ivr.admin")
@@ -199,7 +201,7 @@ def tickets():
     today = ivr().service.clock().date()
     return render_template("admin/tickets.html", tickets=views, counts=counts,
                            export_since=(today - dt.timedelta(days=30)).isoformat(),
-                           formats=EXPORT_FORMATS)
+                           formats=EXPORT_FORMATS, helpdesk=helpdesk_counts())
 
 
 @admin.get("/tickets/<ref>")
@@ -224,6 +226,46 @@ def set_priority(ref: str):
     flash(f"Ticket {view['number']} {'is now' if changed else 'was already'} "
           f"P{view['priority']} {view['priority_name']}.")
     return redirect(url_for("admin.ticket", ref=view["number"]))
+
+
+# -- the help desk (Zendesk) -------------------------------------------------------------
+
+
+def helpdesk_counts() -> dict | None:
+    """Pushes by status, or None when no help desk is connected."""
+    if ivr().config.helpdesk is None:
+        return None
+    with ivr().storage.transaction() as session:
+        return HelpdeskJobRepository(session).counts()
+
+
+@admin.get("/helpdesk")
+def helpdesk():
+    config = ivr().config.helpdesk
+    if config is None:
+        return render_template("admin/helpdesk.html", helpdesk=None)
+    with ivr().storage.transaction() as session:
+        jobs = HelpdeskJobRepository(session)
+        counts = jobs.counts()
+        failed = [job_dict(j, n) for j, n in jobs.listing(("failed",), 200)]
+        pending = [job_dict(j, n) for j, n in jobs.listing(("pending", "sending"), 200)]
+    return render_template("admin/helpdesk.html", helpdesk=config, counts=counts,
+                           failed=failed, pending=pending)
+
+
+@admin.post("/helpdesk/retry")
+def helpdesk_retry():
+    """Queue failed pushes again: one (``job``) or all of them."""
+    if ivr().config.helpdesk is None:
+        return message(404, "No help desk is connected.")
+    text = request.form.get("job", "").strip()
+    if text and not (text.isdigit() and len(text) <= 12):
+        return message(400, f"job: {text[:20]!r} is not a push id")
+    with ivr().storage.transaction() as session:
+        count = HelpdeskJobRepository(session).retry(int(text) if text else None,
+                                                     ivr().service.clock())
+    flash(f"{count} failed push{'es' if count != 1 else ''} queued again.")
+    return redirect(url_for("admin.helpdesk"))
 
 
 @admin.get("/export")

@@ -19,6 +19,7 @@ from ..domain.lifecycle import STATUSES, TRANSITIONS
 from ..domain.phones import mask
 from ..storage import DeskRepository, Storage
 from ..storage.deadlines import DeadlineQueries
+from ..storage import helpdesk as helpdesk_jobs
 from ..storage.models import Call, Ticket
 
 log = logging.getLogger("ivr.desk")
@@ -124,6 +125,13 @@ def ticket_dict(ticket) -> dict:
         "created_at": ticket.created_at.isoformat(),
         "acknowledged_at": ticket.acknowledged_at.isoformat() if ticket.acknowledged_at else None,
     }
+
+
+def helpdesk_view(session, ticket_id: int, helpdesk) -> dict:
+    """Where a ticket stands in the help desk, with the link to it there."""
+    state = helpdesk_jobs.HelpdeskJobRepository(session).for_ticket(ticket_id)
+    state["url"] = helpdesk.ticket_url(state["id"]) if state["id"] else None
+    return state
 
 
 def target_at(ticket: Ticket) -> dt.datetime:
@@ -363,7 +371,10 @@ class Desk:
     def ticket(self, ref: str | int) -> dict:
         with self.storage.transaction() as session:
             ticket, caller = self._find(DeskRepository(self.storage, session), ref)
-            return ticket_view(ticket, caller, self.config, self.clock())
+            view = ticket_view(ticket, caller, self.config, self.clock())
+            if self.config.helpdesk:  # the ticket in the help desk (issue 9)
+                view["helpdesk"] = helpdesk_view(session, ticket.id, self.config.helpdesk)
+            return view
 
     def close(self, ref: str | int) -> tuple[dict, bool]:
         return self.update(ref, status="closed")
@@ -372,9 +383,10 @@ class Desk:
         return self.update(ref, priority=level)
 
     def update(self, ref: str | int, *, status: str | None = None,
-               priority: int | None = None) -> tuple[dict, bool]:
+               priority: int | None = None, push: bool = True) -> tuple[dict, bool]:
         """Reclassify and/or move a ticket on; returns its view and whether it changed.
-        Asking for the status or priority it already has changes nothing."""
+        Asking for the status or priority it already has changes nothing. ``push=False``
+        for a change that came from the help desk (it is not pushed back there)."""
         if status is None and priority is None:
             raise BadRequest("nothing to change: give a status or a priority")
         if status is not None and status not in STATUSES:
@@ -386,7 +398,7 @@ class Desk:
         with self.storage.transaction() as session:
             ticket, caller = self._find(DeskRepository(self.storage, session), ref,
                                         for_update=True)
-            changed = False
+            changed, before = False, (ticket.priority, ticket.status)
             if priority is not None and priority != ticket.priority:
                 if ticket.status == "closed":
                     raise Conflict(f"ticket {ticket.number} is closed; its priority can no "
@@ -409,6 +421,8 @@ class Desk:
                 changed = True
             if changed:
                 ticket.updated_at = now
+                if push and self.config.helpdesk:  # help desk push (issue 9)
+                    helpdesk_jobs.queue_changes(session, ticket, before, now)
             session.flush()
             return ticket_view(ticket, caller, self.config, now), changed
 

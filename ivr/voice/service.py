@@ -33,6 +33,7 @@ from ..storage import (
     ticket_info,
     utcnow,
 )
+from ..storage import helpdesk as helpdesk_jobs
 from ..storage.models import Call, Ticket
 from .prompts import Catalogue
 from .spool import Spool
@@ -180,6 +181,8 @@ class CallService:
         else:  # left for a callback, or the queue or desk could not take the call
             ticket = tickets.move(call_sid, "callback_requested", now,
                                   callback_number=callable_number(call.caller_number))
+        if ticket is not None and self.config.helpdesk:  # help desk push (issue 9)
+            helpdesk_jobs.queue_status(session, ticket, now)
         return call, ticket or tickets.for_call(call_sid)
 
     def wait(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
@@ -225,6 +228,8 @@ class CallService:
                     if ticket is not None and ticket.status == "callback_requested":
                         return self.renderer.leave()
                     return self.renderer.empty()
+                if self.config.helpdesk:  # help desk push (issue 9)
+                    helpdesk_jobs.queue_status(session, ticket, now)
                 if call.can_text:
                     self.queue_sms(session, call, call.english, "sms_callback",
                                    {"brand": self.config.service.brand, "ticket": ticket.number})
@@ -320,6 +325,8 @@ class CallService:
             account = AccountRepository(session).by_id(record["account_ref"])
             restored = TicketRepository(self.storage, session).restore(
                 record, account, dt.datetime.fromisoformat(record["created_at"]))
+            if restored is not None and self.config.helpdesk:  # help desk push (issue 9)
+                helpdesk_jobs.queue_create(session, restored.id, self.clock())
             if restored is not None and record.get("sms"):
                 OutboxRepository(self.storage, session).queue(
                     call_sid=record["call_sid"], template=record["sms"]["template"],
@@ -449,6 +456,8 @@ class _Ports:
             # The number this call would get during an outage too, so both paths agree.
             number=self.service.outage_ticket_number(self.call.call_sid))
         log.info("call %s ticket id=%s priority=%s", self.call.call_sid, ticket.id, ticket.priority)
+        if self.service.config.helpdesk:  # help desk push, same transaction (issue 9)
+            helpdesk_jobs.queue_create(self.session, ticket.id, self.service.clock())
         return ticket_info(ticket)
 
     def send_sms(self, template: str, params: dict[str, object]) -> None:

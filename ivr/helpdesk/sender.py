@@ -1,0 +1,185 @@
+"""The help-desk sender, run by ``outbox drain [--watch]`` beside the SMS sender.
+
+Each round claims due jobs in one short transaction (at most one per ticket: the oldest
+not yet sent), pushes them with no transaction open, and records each result in its own
+short transaction as soon as it is known. A sender killed at any point leaves its jobs
+claimed; their lease runs out and the next sender sends them again, which is safe: a
+create carries the same Idempotency-Key and body, an update sets the same values and
+skips a note that is already there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+from .. import metrics
+from ..config import IvrConfig, Settings
+from ..storage import HelpdeskJobRepository, Storage, utcnow
+from . import pushes
+from .base import HelpDesk, NewTicket, Result, TicketChange
+from .zendesk import Zendesk
+
+log = logging.getLogger("ivr.helpdesk")
+
+RESULTS = ("sent", "retry", "rate_limited", "failed")
+# Transient failures in a row after which the rest of a round is put off: a help desk
+# that does not answer should not hold the sender (and the SMS beside it) for long.
+GIVE_UP_ROUND_AFTER = 3
+
+
+@dataclass
+class Work:
+    job_id: int
+    ticket: str  # the ticket number, for logs
+    kind: str
+    payload: dict | None
+    remote_id: str | None
+    attempts: int
+    failures: int
+    claimed_at: dt.datetime
+    first_try_age: float
+    problem: str | None = None
+
+
+def connect(config: IvrConfig, settings: Settings) -> HelpDesk:
+    """The configured help desk's client."""
+    return Zendesk.from_config(config.helpdesk, settings.zendesk_api_token or "")
+
+
+class Sender:
+    def __init__(self, storage: Storage, config: IvrConfig, settings: Settings, *,
+                 clock: Callable[[], dt.datetime] = utcnow, desk: HelpDesk | None = None,
+                 jitter: Callable[[], float] = random.random):
+        if config.helpdesk is None:
+            raise ValueError("no help desk is configured")
+        self.storage = storage
+        self.config = config
+        self.policy = config.helpdesk
+        self.desk = desk or connect(config, settings)
+        self.clock = clock
+        self.jitter = jitter
+
+    def drain(self, batch: int = 20, rounds: int = 100) -> dict[str, int]:
+        """Push everything due now, once; counts by result. A ticket's next job becomes
+        due as soon as the one before it is sent, so it goes out in a later round."""
+        counts = dict.fromkeys(RESULTS, 0)
+        lease = dt.timedelta(seconds=self.policy.lease_seconds)
+        for _ in range(rounds):
+            now = self.clock()
+            with self.storage.transaction() as session:
+                jobs = HelpdeskJobRepository(session)
+                work = [self._prepare(jobs, job, now) for job in jobs.claim(batch, now, lease)]
+            if not work:
+                break
+            failing = 0
+            for item in work:
+                if failing >= GIVE_UP_ROUND_AFTER:
+                    result = Result("retry", message=f"put off: {self.desk.name} did not "
+                                    "answer the pushes before it", tried=False)
+                else:
+                    result = self._push(item)
+                    failing = failing + 1 if result.outcome == "retry" \
+                        and not result.rate_limited else 0
+                with self.storage.transaction() as session:
+                    outcome = self._record(HelpdeskJobRepository(session), item, result)
+                if outcome:
+                    counts[outcome] += 1
+                    metrics.HELPDESK_PUSHES.labels(outcome).inc()
+            if failing >= GIVE_UP_ROUND_AFTER:
+                break
+        return counts
+
+    # -- one job -----------------------------------------------------------------------
+
+    def _prepare(self, jobs: HelpdeskJobRepository, job, now: dt.datetime) -> Work:
+        """Inside the claim's transaction: the request the job sends, built once and kept,
+        so that every retry sends exactly the same."""
+        ticket, call = jobs.context(job.ticket_id)
+        if job.kind == "update" and not jobs.has_create(job.ticket_id):
+            # A ticket logged before the help desk was connected: its first change
+            # creates it there, as it stands now.
+            job.kind, job.event, job.dedupe, job.payload = "create", "created", "create", None
+        problem = None
+        if job.payload is None:
+            try:
+                if job.kind == "create":
+                    payload = pushes.new_ticket(ticket, call, self.config).as_dict()
+                else:
+                    payload = pushes.change(job.id, job.event, job.data, job.created_at,
+                                            self.config).as_dict()
+                job.payload = json.dumps(payload, sort_keys=True)
+            except (ValueError, KeyError, TypeError) as exc:
+                problem = f"cannot build the push: {exc}"
+        return Work(
+            job_id=job.id, ticket=ticket.number, kind=job.kind,
+            payload=json.loads(job.payload) if job.payload else None,
+            remote_id=jobs.remote_id(job.ticket_id) if job.kind == "update" else None,
+            attempts=job.attempts, failures=job.failures, claimed_at=now,
+            first_try_age=(now - (job.first_attempt_at or now)).total_seconds(),
+            problem=problem)
+
+    def _push(self, item: Work) -> Result:
+        """The request, with no transaction open."""
+        if item.problem:
+            return Result.failed(item.problem)
+        retried = item.attempts > 1
+        if item.kind == "create":
+            result = self.desk.create(NewTicket.from_dict(item.payload), retried=retried,
+                                      first_try_age=item.first_try_age)
+            if result.outcome == "ok" and not result.remote_id:
+                return Result.retry(f"{self.desk.name} answered without a ticket id")
+            return result
+        if not item.remote_id:
+            return Result.failed(f"the ticket has no {self.desk.name} id to update")
+        return self.desk.update(item.remote_id, TicketChange.from_dict(item.payload),
+                                retried=retried)
+
+    def _record(self, jobs: HelpdeskJobRepository, item: Work, result: Result) -> str | None:
+        now = self.clock()
+        if result.outcome == "ok":
+            values = {"status": "sent", "sent_at": now, "last_error": None, "failures": 0}
+            if item.kind == "create":
+                values["remote_id"] = result.remote_id
+            outcome = "sent"
+            log.info("help desk: ticket %s %s pushed (job %s, %s ticket %s)", item.ticket,
+                     "create" if item.kind == "create" else "update", item.job_id,
+                     self.desk.name, result.remote_id or item.remote_id)
+        elif result.outcome == "failed":
+            values, outcome = {"status": "failed", "last_error": result.message}, "failed"
+            log.warning("help desk: push of ticket %s failed (job %s): %s", item.ticket,
+                        item.job_id, result.message)
+        else:
+            failures = item.failures + (1 if result.tried and not result.rate_limited else 0)
+            if failures >= self.policy.max_attempts:
+                values = {"status": "failed", "failures": failures,
+                          "last_error": f"gave up after {failures} failed tries: "
+                                        f"{result.message}"}
+                outcome = "failed"
+                log.warning("help desk: push of ticket %s failed (job %s) after %s tries: %s",
+                            item.ticket, item.job_id, failures, result.message)
+            else:
+                delay = result.retry_after if result.retry_after is not None \
+                    else self.backoff(failures)
+                values = {"status": "pending", "failures": failures,
+                          "last_error": result.message,
+                          "next_attempt_at": now + dt.timedelta(seconds=delay)}
+                outcome = "rate_limited" if result.rate_limited else "retry"
+                log.info("help desk: push of ticket %s will be tried again in %.0f s (job %s): "
+                         "%s", item.ticket, delay, item.job_id, result.message)
+        if not jobs.record(item.job_id, item.claimed_at, **values):
+            log.warning("help desk: job %s was taken by another sender; result not recorded",
+                        item.job_id)
+            return None
+        return outcome
+
+    def backoff(self, failures: int) -> float:
+        """Exponential back-off with jitter: the base doubled per failure, capped, then
+        a random share between a half and all of it, so retries of many jobs spread out."""
+        ceiling = min(self.policy.max_backoff_seconds,
+                      self.policy.backoff_seconds * 2 ** min(max(failures, 1) - 1, 30))
+        return ceiling * (0.5 + 0.5 * self.jitter())

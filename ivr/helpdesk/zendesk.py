@@ -1,0 +1,218 @@
+"""Zendesk: the help desk behind the vendor's support site, through its Tickets API.
+
+Basic auth as ``{email}/token:{api_token}``; every request has a time-out. A create
+carries an ``Idempotency-Key`` derived from the ticket number, so a retried create returns
+the ticket the first one made. Zendesk keeps idempotency keys for a couple of hours, so a
+create retried later than that first looks the ticket up by ``external_id``. A retried
+update first checks whether its note is already on the ticket.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import logging
+
+import requests
+
+from .base import HelpDesk, NewTicket, Result, TicketChange
+
+log = logging.getLogger("ivr.helpdesk")
+
+PRIORITIES = {1: "urgent", 2: "high", 3: "normal", 4: "low"}
+LEVELS = {name: level for level, name in PRIORITIES.items()}
+# Zendesk forgets an idempotency key after about two hours; look up well before that.
+IDEMPOTENCY_WINDOW = 3600.0
+# Refusals that will not change on their own: the job fails with Zendesk's explanation.
+PERMANENT = (400, 401, 403, 404, 410, 413, 422)
+MAX_RETRY_AFTER = 86400.0
+CLOSED_IN_ZENDESK = "closed prevents ticket update"
+
+
+def idempotency_key(external_id: str) -> str:
+    return f"phone-ticket-{external_id}"
+
+
+class Zendesk(HelpDesk):
+    name = "Zendesk"
+
+    def __init__(self, base_url: str, email: str, api_token: str, *, timeout: float = 10.0,
+                 custom_fields: dict[str, int] | None = None,
+                 session: requests.Session | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = (min(timeout, 5.0), timeout)  # connect, read
+        self.custom_fields = dict(custom_fields or {})
+        self.http = session or requests.Session()
+        self.http.auth = (f"{email}/token", api_token)
+        self.http.headers.update({"Accept": "application/json"})
+
+    @classmethod
+    def from_config(cls, helpdesk, api_token: str) -> "Zendesk":
+        return cls(helpdesk.base_url, helpdesk.email, api_token,
+                   timeout=helpdesk.timeout_seconds, custom_fields=helpdesk.custom_fields)
+
+    # -- the interface -----------------------------------------------------------------
+
+    def create(self, ticket: NewTicket, *, retried: bool, first_try_age: float) -> Result:
+        if retried and first_try_age >= IDEMPOTENCY_WINDOW:
+            found = self._find(ticket.external_id)
+            if found.outcome != "ok" or found.remote_id is not None:
+                return found
+        return self._request("POST", "/api/v2/tickets.json", self.ticket_body(ticket),
+                             headers={"Idempotency-Key": idempotency_key(ticket.external_id)})[0]
+
+    def update(self, remote_id: str, change: TicketChange, *, retried: bool) -> Result:
+        if retried and change.note:
+            looked, seen = self._has_note(remote_id, change.marker)
+            if looked.outcome != "ok":
+                return looked
+            if seen:
+                change = TicketChange(**{**change.__dict__, "note": None})
+        body = self.change_body(change)
+        if not body["ticket"]:
+            return Result.ok(remote_id)
+        result = self._request("PUT", f"/api/v2/tickets/{remote_id}.json", body)[0]
+        if result.outcome == "failed" and CLOSED_IN_ZENDESK in (result.message or ""):
+            # Closed there is final: nothing more can be added, and nothing needs to be.
+            log.info("Zendesk ticket %s is closed; change not applied", remote_id)
+            return Result.ok(remote_id)
+        return Result.ok(remote_id) if result.outcome == "ok" else result
+
+    # -- request bodies ----------------------------------------------------------------
+
+    def ticket_body(self, ticket: NewTicket) -> dict:
+        body = {
+            "external_id": ticket.external_id,
+            "subject": ticket.subject,
+            "comment": {"body": ticket.note, "public": False},
+            "priority": PRIORITIES[ticket.priority],
+            "tags": list(ticket.tags),
+        }
+        if ticket.status:
+            body["status"] = ticket.status
+        if ticket.requester_email:
+            body["requester"] = {"email": ticket.requester_email,
+                                 "name": ticket.requester_email}
+        fields = self._fields(ticket.fields)
+        if fields:
+            body["custom_fields"] = fields
+        return {"ticket": body}
+
+    def change_body(self, change: TicketChange) -> dict:
+        body: dict = {}
+        if change.note:
+            body["comment"] = {"body": change.note, "public": False}
+        if change.priority is not None:
+            body["priority"] = PRIORITIES[change.priority]
+        if change.status is not None:
+            body["status"] = change.status
+        if change.add_tags:
+            body["additional_tags"] = list(change.add_tags)
+        if change.remove_tags:
+            body["remove_tags"] = list(change.remove_tags)
+        fields = self._fields(change.fields)
+        if fields:
+            body["custom_fields"] = fields
+        return {"ticket": body}
+
+    def _fields(self, values: dict[str, str]) -> list[dict]:
+        return [{"id": field_id, "value": values[name]}
+                for name, field_id in sorted(self.custom_fields.items()) if name in values]
+
+    # -- HTTP --------------------------------------------------------------------------
+
+    def _find(self, external_id: str) -> Result:
+        """The ticket already made for this external id: ok with its id, or ok with None."""
+        result, body = self._request("GET", "/api/v2/tickets.json",
+                                     params={"external_id": external_id})
+        if result.outcome != "ok":
+            return result
+        tickets = (body or {}).get("tickets") or []
+        return Result.ok(str(tickets[0]["id"]) if tickets else None)
+
+    def _has_note(self, remote_id: str, marker: str) -> tuple[Result, bool]:
+        """Whether a comment of the ticket already carries the marker."""
+        result, body = self._request("GET", f"/api/v2/tickets/{remote_id}/comments.json",
+                                     params={"sort_order": "desc"})
+        comments = (body or {}).get("comments") or []
+        return result, any(marker in (c.get("body") or c.get("plain_body") or "")
+                           for c in comments if isinstance(c, dict))
+
+    def _request(self, method: str, path: str, body: dict | None = None, *,
+                 params: dict | None = None,
+                 headers: dict | None = None) -> tuple[Result, dict | None]:
+        """One request: its result, and the answer's JSON object when it succeeded."""
+        try:
+            response = self.http.request(method, self.base_url + path, json=body, params=params,
+                                         headers=headers, timeout=self.timeout,
+                                         allow_redirects=False)
+        except requests.Timeout:
+            return Result.retry(f"no answer within {self.timeout[1]:g} s"), None
+        except requests.RequestException as exc:
+            return Result.retry(f"{type(exc).__name__}: could not reach {self.base_url}"), None
+        status = response.status_code
+        if 200 <= status < 300:
+            try:
+                answer = response.json()
+            except ValueError:
+                return Result.retry(f"HTTP {status}: the answer was not JSON"), None
+            if not isinstance(answer, dict):
+                return Result.retry(f"HTTP {status}: the answer was not a JSON object"), None
+            ticket = answer.get("ticket")
+            remote = str(ticket["id"]) if isinstance(ticket, dict) and "id" in ticket else None
+            return Result.ok(remote), answer
+        message = error_message(response)
+        if status == 429:
+            return Result.retry(message, retry_after(response), rate_limited=True), None
+        if status in PERMANENT:
+            return Result.failed(message), None
+        # 409 (the ticket was being updated), 5xx: worth another try.
+        return Result.retry(message, retry_after(response)), None
+
+
+def retry_after(response: requests.Response) -> float | None:
+    """Seconds from a Retry-After header (a number or an HTTP date), bounded."""
+    value = (response.headers.get("Retry-After") or "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        seconds = (when - dt.datetime.now(dt.timezone.utc)).total_seconds()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def error_message(response: requests.Response) -> str:
+    """Zendesk's explanation of a refusal: its error, description and field details."""
+    status = response.status_code
+    try:
+        body = response.json()
+    except ValueError:
+        text = " ".join(response.text.split())[:200]
+        return f"HTTP {status}" + (f": {text}" if text else "")
+    parts: list[str] = []
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            parts += [str(error.get("title") or ""), str(error.get("message") or "")]
+        elif error:
+            parts.append(str(error))
+        if body.get("description"):
+            parts.append(str(body["description"]))
+        details = body.get("details")
+        if isinstance(details, dict):
+            for name, items in details.items():
+                for item in items if isinstance(items, list) else [items]:
+                    text = item.get("description") if isinstance(item, dict) else item
+                    parts.append(f"{name}: {text}")
+        for item in body.get("errors") or []:
+            if isinstance(item, dict):
+                parts.append(str(item.get("detail") or item.get("title") or item))
+    text = "; ".join(p for p in parts if p and p != "None")
+    return (f"HTTP {status}: {text}" if text else f"HTTP {status}")[:500]

@@ -1,0 +1,68 @@
+"""Helpers for the help-desk tests: an app whose configuration points at the fake Zendesk,
+signed Zendesk webhooks and a sender on the test clock."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
+from ivr import create_app
+from ivr.desk.directory import import_file
+from ivr.helpdesk.sender import Sender
+
+from .desk_support import ADMIN_TOKEN
+from .support import CONFIG, DEMO_ACCOUNTS
+from .zendesk_fake import API_TOKEN, EMAIL
+
+WEBHOOK_SECRET = "zendesk-signing-secret-for-tests"
+JAPAN_LINE = "+81531320070"
+JAPAN_CALLER = "+819012345678"
+
+
+def helpdesk_config(folder: Path, section: str) -> Path:
+    """The shipped configuration with a [helpdesk] section added, prompts alongside."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "prompts").exists():
+        (folder / "prompts").symlink_to(CONFIG.parent / "prompts")
+    path = folder / "ivr.toml"
+    path.write_text(CONFIG.read_text(encoding="utf-8") + "\n" + section, encoding="utf-8")
+    return path
+
+
+def zendesk_section(url: str, extra: str = "") -> str:
+    return (f'[helpdesk]\nkind = "zendesk"\nurl = "{url}"\nemail = "{EMAIL}"\n'
+            "timeout_seconds = 0.5\nbackoff_seconds = 10\nmax_attempts = 4\n"
+            "custom_fields = { region = 360001, plan = 360002 }\n" + extra)
+
+
+def helpdesk_app(settings, clock, folder: Path, url: str, extra: str = ""):
+    path = helpdesk_config(folder, zendesk_section(url, extra))
+    app = create_app(settings.model_copy(update={
+        "config_path": path, "zendesk_api_token": API_TOKEN,
+        "zendesk_webhook_secret": WEBHOOK_SECRET, "admin_token": ADMIN_TOKEN}), clock=clock)
+    ivr = app.extensions["ivr"]
+    ivr.storage.upgrade()
+    import_file(DEMO_ACCOUNTS, ivr.storage, ivr.hasher, ivr.config.lengths)
+    return app
+
+
+def sender(ivr, clock, **kwargs) -> Sender:
+    return Sender(ivr.storage, ivr.config, ivr.settings, clock=clock, jitter=lambda: 1.0,
+                  **kwargs)
+
+
+def signed(body: dict | bytes, timestamp: str, secret: str = WEBHOOK_SECRET) -> tuple[bytes, dict]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    digest = hmac.new(secret.encode(), timestamp.encode() + raw, hashlib.sha256).digest()
+    return raw, {"X-Zendesk-Webhook-Signature": base64.b64encode(digest).decode(),
+                 "X-Zendesk-Webhook-Signature-Timestamp": timestamp,
+                 "Content-Type": "application/json"}
+
+
+def trigger_body(remote_id, number, status="Open", priority="Normal") -> dict:
+    """The body the README tells operators to paste into the Zendesk trigger, filled in."""
+    return {"ticket": {"id": str(remote_id), "external_id": number, "status": status,
+                       "priority": priority}}

@@ -1,0 +1,700 @@
+"""The help desk (issue 9): phone tickets pushed to a fake Zendesk on loopback through the
+job outbox, and Zendesk's webhook bringing solved tickets and priorities back."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from ivr.desk.service import Desk
+from ivr.sim.simulator import Simulator, WsgiTransport
+from ivr.storage import HelpdeskJob, HelpdeskJobRepository
+from ivr.storage.models import Ticket
+
+from ..desk_support import ADMIN_TOKEN, parse_html
+from ..helpdesk_support import (
+    JAPAN_CALLER,
+    JAPAN_LINE,
+    helpdesk_app,
+    sender,
+    signed,
+    trigger_body,
+)
+from ..support import BUSINESS_OWNER, CALLER, TOKEN, US_LINE
+from ..zendesk_fake import API_TOKEN, EMAIL, FakeZendesk
+
+
+@pytest.fixture
+def fake(httpserver):
+    return FakeZendesk(httpserver)
+
+
+@pytest.fixture
+def app(settings, clock, fake, tmp_path):
+    app = helpdesk_app(settings, clock, tmp_path / "config", fake.url)
+    yield app
+    app.extensions["ivr"].storage.dispose()
+
+
+@pytest.fixture
+def ivr(app):
+    return app.extensions["ivr"]
+
+
+@pytest.fixture
+def simulator(app):
+    return Simulator(WsgiTransport(app), TOKEN)
+
+
+@pytest.fixture
+def cli(app):
+    runner = app.test_cli_runner()
+    return lambda *args: runner.invoke(args=list(args))
+
+
+def call(simulator, line=JAPAN_LINE, caller=JAPAN_CALLER, priority=1, *more):
+    result = simulator.call(line, caller, ["2", f"{BUSINESS_OWNER[0]}#",
+                                           f"{BUSINESS_OWNER[1]}#", str(priority), *more])
+    assert result.outcome == ("callback" if more else "routed"), result
+    return result.ticket
+
+
+def jobs(ivr) -> list[HelpdeskJob]:
+    with ivr.storage.transaction() as session:
+        return list(session.scalars(select(HelpdeskJob).order_by(HelpdeskJob.id)))
+
+
+def ticket_row(ivr, number) -> Ticket:
+    with ivr.storage.transaction() as session:
+        return session.scalars(select(Ticket).where(Ticket.number == number)).one()
+
+
+def signed_in(app):
+    client = app.test_client()
+    form = parse_html(client.get("/admin/login").get_data(as_text=True)).find("login")
+    response = client.post("/admin/login", data={"csrf_token": form.field("csrf_token"),
+                                                 "token": ADMIN_TOKEN})
+    assert response.status_code == 302
+    return client
+
+
+def post_hook(app, body, timestamp, **kwargs):
+    raw, headers = signed(body, timestamp, **kwargs)
+    return app.test_client().post("/hooks/zendesk", data=raw, headers=headers)
+
+
+# -- create ------------------------------------------------------------------------------
+
+
+def test_a_simulated_call_then_a_drain_makes_exactly_one_zendesk_ticket_with_every_field(
+        simulator, ivr, fake, clock):
+    number = call(simulator, JAPAN_LINE, JAPAN_CALLER, 1)
+    assert [(j.kind, j.status) for j in jobs(ivr)] == [("create", "pending")]
+    assert fake.requests == []  # the call itself never spoke to Zendesk
+
+    counts = sender(ivr, clock).drain()
+
+    assert counts["sent"] == 1
+    (ticket,) = fake.tickets.values()
+    (create,) = fake.writes()
+    assert create["headers"]["Authorization"] == "Basic " + base64.b64encode(
+        f"{EMAIL}/token:{API_TOKEN}".encode()).decode()
+    assert create["headers"]["Idempotency-Key"] == f"phone-ticket-{number}"
+    assert ticket["external_id"] == number
+    assert ticket["priority"] == "urgent"
+    assert ticket["subject"] == "Phone: P1 urgent, Business (Japan line)"
+    assert ticket["requester"]["email"] == "owner.business@example.com"
+    assert {"phone", "region_japan", "plan_business", "language_ja_jp",
+            "priority_p1"} <= set(ticket["tags"])
+    assert {"id": 360001, "value": "Japan"} in ticket["custom_fields"]
+    assert {"id": 360002, "value": "business"} in ticket["custom_fields"]
+    (note,) = ticket["comments"]
+    assert note["public"] is False
+    row = ticket_row(ivr, number)
+    for expected in ("Region: Japan", f"Line dialled: {JAPAN_LINE}", "Language: Japanese (ja-JP)",
+                     "Plan: Business", "Role: owner", "Account: demo-business",
+                     f"Call SID: {row.call_sid}", "target response 60 min", "Caller: …5678"):
+        assert expected in note["body"], expected
+    assert "9012345678" not in note["body"]  # the caller's number only masked
+    (job,) = jobs(ivr)
+    assert (job.status, job.remote_id) == ("sent", str(ticket["id"]))
+    assert sender(ivr, clock).drain()["sent"] == 0  # nothing is sent twice
+    assert len(fake.writes()) == 1
+
+
+def test_the_zendesk_ticket_is_shown_and_linked_in_the_api_the_dashboard_and_tickets_show(
+        app, simulator, ivr, fake, clock, cli):
+    number = call(simulator)
+    sender(ivr, clock).drain()
+    (remote_id,) = fake.tickets
+    link = f"{fake.url}/agent/tickets/{remote_id}"
+
+    api = app.test_client().get(f"/api/tickets/{number}",
+                                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert api.json["helpdesk"]["id"] == str(remote_id) and api.json["helpdesk"]["url"] == link
+    report = app.test_client().get("/api/helpdesk",
+                                   headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json
+    assert report["counts"]["sent"] == 1 and report["sent"][0]["url"] == link
+    shown = cli("tickets", "show", number)
+    assert f"#{remote_id}" in shown.output and link in shown.output
+
+    client = signed_in(app)
+    page = parse_html(client.get(f"/admin/tickets/{number}").get_data(as_text=True))
+    anchor = next(a for a in page.find("helpdesk").iter("a"))
+    assert anchor.attrs["href"] == link and str(remote_id) in anchor.text()
+
+
+# -- the sender killed, Zendesk down or slow ----------------------------------------------
+
+
+def test_a_sender_killed_between_zendesks_answer_and_recording_it_still_makes_one_ticket(
+        simulator, ivr, fake, clock, monkeypatch):
+    number = call(simulator)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies before the result is stored
+
+    with monkeypatch.context() as patch:
+        patch.setattr(HelpdeskJobRepository, "record", killed)
+        with pytest.raises(KeyboardInterrupt):
+            sender(ivr, clock).drain()
+    assert len(fake.tickets) == 1
+    (job,) = jobs(ivr)
+    assert job.status == "sending"  # claimed, result unknown
+
+    assert sender(ivr, clock).drain()["sent"] == 0  # the claim still holds
+    clock.advance(seconds=ivr.config.helpdesk.lease_seconds + 1)
+    assert sender(ivr, clock).drain()["sent"] == 1
+
+    assert len(fake.tickets) == 1
+    posts = fake.writes()
+    assert len(posts) == 2 and posts[0]["json"] == posts[1]["json"]
+    assert {p["headers"]["Idempotency-Key"] for p in posts} == {f"phone-ticket-{number}"}
+    assert jobs(ivr)[0].remote_id == str(next(iter(fake.tickets)))
+
+
+def test_a_create_retried_after_zendesk_forgot_the_key_finds_the_ticket_by_external_id(
+        simulator, ivr, fake, clock, monkeypatch):
+    number = call(simulator)
+    with monkeypatch.context() as patch:
+        patch.setattr(HelpdeskJobRepository, "record", lambda *a, **k: (_ for _ in ()).throw(
+            KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            sender(ivr, clock).drain()
+    fake.keys.clear()  # Zendesk keeps idempotency keys for a few hours only
+    clock.advance(hours=3)
+    assert sender(ivr, clock).drain()["sent"] == 1
+    assert len(fake.tickets) == 1
+    assert fake.requests[-1]["method"] == "GET"
+    assert fake.requests[-1]["args"] == {"external_id": number}
+
+
+def test_zendesk_down_for_a_while_then_back_gets_every_push_delivered_in_order(
+        simulator, ivr, fake, clock):
+    first = call(simulator, US_LINE, CALLER, 2, "1")  # then asks for a callback while waiting
+    second = call(simulator, JAPAN_LINE, JAPAN_CALLER, 3)
+    desk = Desk.of(ivr)
+    desk.set_priority(second, 1)
+    desk.close(first)
+    fake.down = True
+    for _ in range(3):
+        counts = sender(ivr, clock).drain()
+        assert counts["sent"] == 0 and counts["retry"] == 2  # one job per ticket at a time
+        clock.advance(hours=1)
+    assert all(j.status == "pending" for j in jobs(ivr))
+    assert len({r["path"] for r in fake.requests}) == 1  # only creates were tried
+    fake.down = False
+
+    counts = sender(ivr, clock).drain()
+
+    assert counts["sent"] == 5 and counts["failed"] == 0
+    assert all(j.status == "sent" for j in jobs(ivr))
+    by_number = {t["external_id"]: t for t in fake.tickets.values()}
+    assert set(by_number) == {first, second}
+    one, two = by_number[first], by_number[second]
+    assert (one["status"], one["priority"]) == ("solved", "high")
+    assert "phone_callback" in one["tags"]
+    assert (two["status"], two["priority"]) == ("new", "urgent")
+    assert "priority_p1" in two["tags"] and "priority_p3" not in two["tags"]
+    writes = [(r["method"], r["path"]) for r in fake.writes()[-5:]]
+    one_path = f"/api/v2/tickets/{one['id']}.json"
+    assert writes.index(("PUT", one_path)) > writes.index(("POST", "/api/v2/tickets.json"))
+    updates = [r["json"]["ticket"] for r in fake.writes() if r["path"] == one_path]
+    assert [u.get("status") for u in updates] == [None, "solved"]  # callback, then close
+    assert "asked to be called back on +14155550100" in updates[0]["comment"]["body"]
+
+
+def test_an_update_queued_before_the_create_went_through_waits_for_it(simulator, ivr, fake,
+                                                                       clock):
+    number = call(simulator)
+    Desk.of(ivr).set_priority(number, 4)
+    fake.fail_next(1, 500)
+    counts = sender(ivr, clock).drain()
+    assert (counts["retry"], counts["sent"]) == (1, 0)
+    assert [j.status for j in jobs(ivr)] == ["pending", "pending"]
+    assert [r["method"] for r in fake.requests] == ["POST"]  # the update waited
+    clock.advance(minutes=1)
+    assert sender(ivr, clock).drain()["sent"] == 2
+    (ticket,) = fake.tickets.values()
+    assert ticket["priority"] == "low"
+
+
+def test_a_failing_ticket_does_not_hold_up_the_others(simulator, ivr, fake, clock):
+    call(simulator)
+    fake.fail_next(1, 502)
+    call(simulator, US_LINE, CALLER, 2)
+    counts = sender(ivr, clock).drain()
+    assert (counts["retry"], counts["sent"]) == (1, 1)
+    first, second = jobs(ivr)
+    assert first.status == "pending" and first.next_attempt_at > clock.now
+    assert first.last_error.startswith("HTTP 502")
+    assert second.status == "sent"
+
+
+def test_retries_back_off_exponentially_then_the_push_fails_at_the_limit(simulator, ivr,
+                                                                          fake, clock):
+    call(simulator)
+    fake.fail_next(10, 500)
+    waits = []
+    for _ in range(ivr.config.helpdesk.max_attempts):
+        sender(ivr, clock).drain()
+        (job,) = jobs(ivr)
+        if job.status == "failed":
+            break
+        waits.append((job.next_attempt_at - clock.now).total_seconds())
+        clock.now = job.next_attempt_at
+    assert waits == [10, 20, 40]  # backoff_seconds = 10, doubled; no jitter in this test
+    assert job.status == "failed" and job.last_error.startswith("gave up after 4 failed tries")
+
+
+def test_jitter_spreads_retries_between_half_and_all_of_the_back_off(ivr, clock):
+    low = sender(ivr, clock)
+    low.jitter = lambda: 0.0
+    assert low.backoff(3) == 20.0 and sender(ivr, clock).backoff(3) == 40.0
+    assert sender(ivr, clock).backoff(30) == ivr.config.helpdesk.max_backoff_seconds
+
+
+def test_a_rate_limit_honours_retry_after_and_does_not_count_as_a_failure(simulator, ivr,
+                                                                          fake, clock):
+    call(simulator)
+    fake.fail_next(1, 429, {"Retry-After": "93"})
+    counts = sender(ivr, clock).drain()
+    assert counts["rate_limited"] == 1
+    (job,) = jobs(ivr)
+    assert job.next_attempt_at == clock.now + dt.timedelta(seconds=93) and job.failures == 0
+    clock.advance(seconds=92)
+    assert sender(ivr, clock).drain()["sent"] == 0
+    clock.advance(seconds=1)
+    assert sender(ivr, clock).drain()["sent"] == 1
+
+
+@pytest.mark.parametrize("status", [401, 403, 422])
+def test_refusals_are_permanent_with_zendesks_message_until_an_operator_retries(
+        simulator, ivr, fake, clock, cli, status):
+    call(simulator)
+    if status == 401:
+        fake.auth = "Basic something-else"  # a revoked token
+    elif status == 403:
+        fake.fail_next(1, 403)
+    else:
+        fake.tickets.clear()
+        fake.fail_next(0)
+    if status == 422:
+        import tests.zendesk_fake as module
+        original = module.PRIORITIES
+        module.PRIORITIES = ("high", "normal", "low")  # an account refusing "urgent"
+    try:
+        counts = sender(ivr, clock).drain()
+    finally:
+        if status == 422:
+            module.PRIORITIES = original
+    assert counts["failed"] == 1
+    (job,) = jobs(ivr)
+    assert job.status == "failed"
+    expected = {401: "Couldn't authenticate you", 403: "HTTP 403",
+                422: "priority: Priority: is invalid"}[status]
+    assert expected in job.last_error
+    clock.advance(days=1)
+    assert sender(ivr, clock).drain()["sent"] == 0  # failed stays failed
+
+    report = json.loads(cli("helpdesk", "status", "--json").output)
+    assert report["counts"]["failed"] == 1 and report["failed"][0]["error"] == job.last_error
+    fake.auth = "Basic " + base64.b64encode(f"{EMAIL}/token:{API_TOKEN}".encode()).decode()
+    assert "1 failed push queued again" in cli("helpdesk", "retry", str(job.id)).output
+    assert sender(ivr, clock).drain()["sent"] == 1
+    assert len(fake.tickets) == 1
+
+
+def test_an_answer_slower_than_the_time_out_is_retried_without_a_second_ticket(
+        simulator, ivr, fake, clock):
+    call(simulator)
+    fake.delay = 1.0  # the ticket is made, the answer comes after the client gave up
+    counts = sender(ivr, clock).drain()
+    assert counts["retry"] == 1
+    assert "no answer within 0.5 s" in jobs(ivr)[0].last_error
+    fake.delay = 0
+    clock.advance(minutes=5)
+    assert sender(ivr, clock).drain()["sent"] == 1
+    assert len(fake.tickets) == 1
+
+
+def test_a_retried_update_does_not_repeat_its_note(simulator, ivr, fake, clock, monkeypatch):
+    number = call(simulator)
+    sender(ivr, clock).drain()
+    Desk.of(ivr).set_priority(number, 2)
+    with monkeypatch.context() as patch:
+        patch.setattr(HelpdeskJobRepository, "record", lambda *a, **k: (_ for _ in ()).throw(
+            KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            sender(ivr, clock).drain()
+    clock.advance(hours=1)
+    assert sender(ivr, clock).drain()["sent"] == 1
+    (ticket,) = fake.tickets.values()
+    notes = [c for c in ticket["comments"] if "Priority changed" in c["body"]]
+    assert len(notes) == 1 and ticket["priority"] == "high"
+
+
+# -- the desk's changes ------------------------------------------------------------------
+
+
+def test_tickets_set_priority_becomes_an_update_with_the_new_zendesk_priority(
+        simulator, ivr, fake, clock, cli):
+    number = call(simulator, US_LINE, CALLER, 3)
+    sender(ivr, clock).drain()
+    assert cli("tickets", "set-priority", number, "1").exit_code == 0
+    assert sender(ivr, clock).drain()["sent"] == 1
+    (ticket,) = fake.tickets.values()
+    update = fake.writes()[-1]
+    assert update["path"] == f"/api/v2/tickets/{ticket['id']}.json"
+    assert update["json"]["ticket"]["priority"] == "urgent"
+    assert update["json"]["ticket"]["comment"]["public"] is False
+    assert "P3 medium -> P1 urgent" in update["json"]["ticket"]["comment"]["body"]
+    assert ticket["priority"] == "urgent"
+
+
+# -- back from Zendesk -------------------------------------------------------------------
+
+
+def stamp(clock) -> str:
+    return clock.now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_solved_webhook_closes_our_ticket_and_a_repeated_delivery_changes_nothing(
+        app, simulator, ivr, fake, clock):
+    number = call(simulator)
+    sender(ivr, clock).drain()
+    (remote_id,) = fake.tickets
+    clock.advance(minutes=30)
+    body = trigger_body(remote_id, number, "Solved", "Urgent")
+
+    first = post_hook(app, body, stamp(clock))
+    assert first.status_code == 200 and first.json["result"] == "changed"
+    row = ticket_row(ivr, number)
+    assert (row.status, row.closed_at) == ("closed", clock.now)
+
+    clock.advance(seconds=40)
+    again = post_hook(app, body, stamp(clock))
+    assert again.status_code == 200 and again.json["result"] == "unchanged"
+    assert ticket_row(ivr, number).closed_at == row.closed_at
+    assert [j.kind for j in jobs(ivr)] == ["create"]  # nothing pushed back to Zendesk
+
+
+def test_a_priority_changed_in_zendesk_comes_back_with_its_target(app, simulator, ivr, fake,
+                                                                 clock):
+    number = call(simulator, US_LINE, CALLER, 1)
+    sender(ivr, clock).drain()
+    (remote_id,) = fake.tickets
+    response = post_hook(app, trigger_body(remote_id, number, "Open", "Low"), stamp(clock))
+    assert response.status_code == 200 and response.json["priority"] == 4
+    row = ticket_row(ivr, number)
+    assert (row.priority, row.target_response_minutes) == (4, 1440)
+    assert [j.kind for j in jobs(ivr)] == ["create"]
+
+
+def test_forged_and_stale_signatures_are_refused_and_change_nothing(app, simulator, ivr,
+                                                                    fake, clock):
+    number = call(simulator)
+    sender(ivr, clock).drain()
+    (remote_id,) = fake.tickets
+    body = trigger_body(remote_id, number, "Solved", "Urgent")
+    forged = post_hook(app, body, stamp(clock), secret="not-the-signing-secret")
+    raw, headers = signed(body, stamp(clock))
+    tampered = app.test_client().post("/hooks/zendesk", data=raw.replace(b"Urgent", b"Low"),
+                                      headers=headers)
+    unsigned = app.test_client().post("/hooks/zendesk", json=body)
+    stale_time = (clock.now - dt.timedelta(minutes=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stale = post_hook(app, body, stale_time)
+    for response in (forged, tampered, unsigned, stale):
+        assert response.status_code == 401 and response.json["error"]
+    row = ticket_row(ivr, number)
+    assert (row.status, row.priority) != ("closed", 4) and row.status != "closed"
+    fresh = post_hook(app, body, (clock.now - dt.timedelta(minutes=4)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"))
+    assert fresh.status_code == 200  # within five minutes
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"not json", "not JSON"),
+    (b"[]", '"ticket" object'),
+    (b'{"ticket": "x"}', '"ticket" object'),
+    (b'{"ticket": {"external_id": "12345678", "status": "Exploded"}}', "ticket.status"),
+    (b'{"ticket": {"external_id": "12345678", "priority": "Whenever"}}', "ticket.priority"),
+    (b'{"ticket": {"external_id": "DROP TABLE", "status": "solved"}}', "ticket.external_id"),
+    (b'{"ticket": {"external_id": ["1"], "status": "solved"}}', "ticket.external_id"),
+    (b'{"ticket": {"id": "abc", "external_id": "1", "status": "solved"}}', "ticket.id"),
+    (b'\xff\xfe', "not JSON"),
+])
+def test_bad_webhook_bodies_get_a_400_with_a_message(app, clock, raw, message):
+    response = post_hook(app, raw, stamp(clock))
+    assert response.status_code == 400 and message in response.json["error"]
+
+
+def test_an_unknown_ticket_is_404_and_a_web_ticket_without_external_id_is_ignored(app, clock):
+    unknown = post_hook(app, trigger_body(5, "87654321", "Solved"), stamp(clock))
+    assert unknown.status_code == 404 and "87654321" in unknown.json["error"]
+    web = post_hook(app, trigger_body(5, "", "Solved"), stamp(clock))
+    assert web.status_code == 200 and web.json["result"] == "ignored"
+
+
+def test_a_webhook_for_another_zendesk_ticket_with_our_number_is_refused(app, simulator, ivr,
+                                                                       fake, clock):
+    number = call(simulator)
+    sender(ivr, clock).drain()
+    response = post_hook(app, trigger_body(1, number, "Solved"), stamp(clock))
+    assert response.status_code == 409
+    assert ticket_row(ivr, number).status != "closed"
+
+
+def test_an_oversized_webhook_is_refused_before_it_is_read(app, clock):
+    raw = b'{"ticket": {"external_id": "1", "pad": "' + b"x" * 20000 + b'"}}'
+    assert post_hook(app, raw, stamp(clock)).status_code == 413
+
+
+# -- never in the way of a call ----------------------------------------------------------
+
+
+def test_a_webhook_answer_never_waits_for_a_slow_or_dead_zendesk(simulator, ivr, fake, clock,
+                                                                  monkeypatch):
+    fake.delay = 5.0
+    fake.down = True
+
+    def no_http(*args, **kwargs):
+        raise AssertionError("a call webhook made an HTTP request")
+
+    monkeypatch.setattr(requests.Session, "request", no_http)
+    number = call(simulator, US_LINE, CALLER, 2, "1")  # routed, then a callback request
+    assert [(j.kind, j.event) for j in jobs(ivr)] == [("create", "created"),
+                                                     ("update", "callback_requested")]
+    assert fake.requests == [] and ticket_row(ivr, number).status == "callback_requested"
+
+
+def test_without_a_help_desk_no_job_is_written_and_the_dashboard_says_not_connected(
+        settings, clock, cli):
+    from ..desk_support import admin_app
+
+    app = admin_app(settings, clock)
+    ivr = app.extensions["ivr"]
+    number = Simulator(WsgiTransport(app), TOKEN).call(
+        US_LINE, CALLER, ["2", f"{BUSINESS_OWNER[0]}#", f"{BUSINESS_OWNER[1]}#", "1", "1"]).ticket
+    Desk.of(ivr).set_priority(number, 2)
+    assert jobs(ivr) == []
+    assert "helpdesk" not in Desk.of(ivr).ticket(number)
+    client = signed_in(app)
+    page = parse_html(client.get("/admin/").get_data(as_text=True))
+    assert page.find("helpdesk-status").text() == "help desk: not connected"
+    runner = app.test_cli_runner()
+    assert "not connected" in runner.invoke(args=["helpdesk", "status"]).output
+    assert json.loads(runner.invoke(args=["helpdesk", "status", "--json"]).output) == {
+        "connected": False}
+    assert app.test_client().post("/hooks/zendesk", json={}).status_code == 404
+    ivr.storage.dispose()
+
+
+def test_metrics_count_pushes_by_result_and_show_the_queue_depth(app, simulator, ivr, fake,
+                                                                 clock):
+    from ivr import metrics
+
+    before = metrics.HELPDESK_PUSHES.labels("sent")._value.get()
+    call(simulator)
+    call(simulator, US_LINE, CALLER, 2)
+    page = app.test_client().get("/metrics").get_data(as_text=True)
+    assert "ivr_helpdesk_queue_depth 2.0" in page
+    sender(ivr, clock).drain()
+    page = app.test_client().get("/metrics").get_data(as_text=True)
+    assert "ivr_helpdesk_queue_depth 0.0" in page
+    assert metrics.HELPDESK_PUSHES.labels("sent")._value.get() == before + 2
+    assert 'ivr_helpdesk_pushes_total{result="sent"}' in page
+
+
+def test_the_help_desk_adds_one_insert_to_a_call_and_nothing_when_it_is_off(
+        settings, clock, fake, tmp_path, call_sid):
+    from sqlalchemy import event
+
+    from ..desk_support import admin_app
+
+    def statements(app) -> list[str]:
+        seen = []
+        event.listen(app.extensions["ivr"].storage.engine, "before_cursor_execute",
+                     lambda conn, cursor, statement, *rest: seen.append(statement))
+        Simulator(WsgiTransport(app), TOKEN).call(
+            US_LINE, CALLER, ["2", f"{BUSINESS_OWNER[0]}#", f"{BUSINESS_OWNER[1]}#", "1"],
+            call_sid=call_sid)
+        app.extensions["ivr"].storage.dispose()
+        return seen
+
+    import contextlib
+    import os
+
+    from ..support import postgres_schema
+
+    off = statements(admin_app(settings, clock))
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp_path}/on.db" if settings.database_url.startswith("sqlite") \
+            else stack.enter_context(postgres_schema(os.environ["IVR_TEST_POSTGRES_URL"]))
+        on = statements(helpdesk_app(settings.model_copy(update={"database_url": url}), clock,
+                                     tmp_path / "on", fake.url))
+    extra = list(on)
+    for statement in off:
+        extra.remove(statement)
+    assert len(on) == len(off) + 1
+    assert extra[0].startswith("INSERT INTO helpdesk_jobs")
+
+
+def test_operators_see_failed_pushes_on_the_dashboard_and_retry_them_there(
+        app, simulator, ivr, fake, clock):
+    number = call(simulator)
+    fake.fail_next(1, 422)
+    sender(ivr, clock).drain()
+    client = signed_in(app)
+    home = parse_html(client.get("/admin/").get_data(as_text=True))
+    assert "1 failed" in home.find("helpdesk-status").text()
+    page = parse_html(client.get("/admin/helpdesk").get_data(as_text=True))
+    ((attrs, cells),) = page.find("failed").rows()
+    assert cells[1] == number and "HTTP 422" in cells[4]
+    form = page.find("retry-all")
+    response = client.post("/admin/helpdesk/retry",
+                           data={"csrf_token": form.field("csrf_token"), "job": attrs["data-job"]})
+    assert response.status_code == 302
+    assert jobs(ivr)[0].status == "pending"
+    assert sender(ivr, clock).drain()["sent"] == 1
+    ticket_page = parse_html(client.get(f"/admin/tickets/{number}").get_data(as_text=True))
+    assert "#9001" in ticket_page.find("helpdesk").text()
+
+
+def test_a_ticket_logged_before_the_help_desk_was_connected_is_created_by_its_next_change(
+        app, simulator, ivr, fake, clock):
+    number = call(simulator, US_LINE, CALLER, 2)
+    with ivr.storage.transaction() as session:  # as if logged before [helpdesk] was added
+        session.execute(HelpdeskJob.__table__.delete())
+    Desk.of(ivr).close(number)
+    assert sender(ivr, clock).drain()["sent"] == 1
+    (ticket,) = fake.tickets.values()
+    assert ticket["external_id"] == number and ticket["priority"] == "high"
+    assert ticket["status"] == "solved"  # as it stands here
+    assert [r["method"] for r in fake.writes()] == ["POST"]
+
+
+def test_a_ticket_spooled_during_a_database_outage_is_pushed_when_replayed(
+        app, ivr, fake, clock, tmp_path, database_url):
+    from ivr import create_app
+    from ivr.sim.simulator import new_call_sid
+
+    from ..support import TwilioClient, twiml
+
+    if database_url.startswith("postgresql"):
+        url = "postgresql+psycopg://postgres@127.0.0.1:1/test"
+    else:
+        (tmp_path / "gone.db").mkdir()  # SQLite cannot open a directory as its file
+        url = f"sqlite:///{tmp_path}/gone.db"
+    dead = TwilioClient(create_app(ivr.settings.model_copy(update={"database_url": url}),
+                                   clock=clock))
+    twilio, sid = TwilioClient(app), new_call_sid()
+    params = twilio.call_params(sid)
+    twilio.post("/voice", **params)
+    twilio.post("/voice/menu", **params, Digits="2")
+    twilio.post("/voice/pmi", **params, Digits=BUSINESS_OWNER[0])
+    action = twiml(twilio.post("/voice/host-key", **params, Digits=BUSINESS_OWNER[1])) \
+        .find("Gather").get("action")
+    number = [e.text for e in twiml(dead.post(action, **params, Digits="2")).iter("say-as")][0]
+    dead.post(f"/voice/queue-result?ticket={number}&priority=2",
+              **{**params, "QueueResult": "bridged", "QueueTime": "30"})
+    assert jobs(ivr) == []
+
+    ivr.service.spool.replay(ivr.service.replay)
+    assert [(j.kind, j.event) for j in jobs(ivr)] == [("create", "created"),
+                                                     ("update", "connected")]
+    assert sender(ivr, clock).drain()["sent"] == 2
+    (ticket,) = fake.tickets.values()
+    assert (ticket["external_id"], ticket["priority"]) == (number, "high")
+    assert "phone_connected" in ticket["tags"]
+    assert "connected to an engineer" in ticket["comments"][-1]["body"]
+
+
+def test_a_webhook_while_the_database_is_away_answers_503_so_zendesk_delivers_again(
+        settings, clock, fake, tmp_path, database_url):
+    if database_url.startswith("postgresql"):
+        url = "postgresql+psycopg://postgres@127.0.0.1:1/test"
+    else:
+        (tmp_path / "gone.db").mkdir()
+        url = f"sqlite:///{tmp_path}/gone.db"
+    from ivr import create_app
+
+    from ..helpdesk_support import helpdesk_config, zendesk_section
+
+    path = helpdesk_config(tmp_path / "dead", zendesk_section(fake.url))
+    app = create_app(settings.model_copy(update={
+        "database_url": url, "config_path": path, "zendesk_api_token": API_TOKEN,
+        "zendesk_webhook_secret": "zendesk-signing-secret-for-tests"}), clock=clock)
+    response = post_hook(app, trigger_body(5, "12345678", "Solved"), stamp(clock))
+    assert response.status_code == 503 and "deliver again" in response.json["error"]
+
+
+def test_a_change_for_a_ticket_already_closed_in_zendesk_is_not_an_error(
+        simulator, ivr, fake, clock):
+    number = call(simulator)
+    sender(ivr, clock).drain()
+    (ticket,) = fake.tickets.values()
+    ticket["status"] = "closed"  # closed there (final) before our change went out
+    Desk.of(ivr).set_priority(number, 3)
+    assert sender(ivr, clock).drain()["sent"] == 1
+    assert ticket["priority"] == "urgent" and fake.requests[-1]["method"] == "PUT"
+
+
+def test_a_zendesk_that_does_not_answer_holds_the_sender_for_three_tries_only(
+        simulator, ivr, fake, clock):
+    for _ in range(5):
+        call(simulator, US_LINE, CALLER, 2)
+    fake.down = True
+    counts = sender(ivr, clock).drain()
+    assert len(fake.requests) == 3 and counts["retry"] == 5
+    assert all(j.status == "pending" for j in jobs(ivr))
+    assert [j.failures for j in jobs(ivr)] == [1, 1, 1, 0, 0]  # the last two were put off
+    fake.down = False
+    clock.advance(hours=1)
+    assert sender(ivr, clock).drain()["sent"] == 5 and len(fake.tickets) == 5
+
+
+def test_helpdesk_commands_list_pending_and_failed_pushes_and_retry_all_of_them(
+        simulator, ivr, fake, clock, cli):
+    first = call(simulator)
+    second = call(simulator, US_LINE, CALLER, 2)
+    shown = cli("tickets", "show", first)
+    assert "create pending" in shown.output
+    fake.fail_next(2, 403)
+    assert sender(ivr, clock).drain()["failed"] == 2
+    status = cli("helpdesk", "status")
+    assert "0 pending" in status.output and "2 failed" in status.output
+    assert first in status.output and second in status.output and "HTTP 403" in status.output
+    assert cli("helpdesk", "retry").exit_code == 2  # neither an id nor --all-failed
+    assert "1 failed push queued again" in cli("helpdesk", "retry", "1").output
+    assert "is pending, not failed" in cli("helpdesk", "retry", "1").output
+    assert "1 failed push queued again" in cli("helpdesk", "retry", "--all-failed").output
+    assert sender(ivr, clock).drain()["sent"] == 2
+    assert "is sent, not failed" in cli("helpdesk", "retry", "1").output
+    assert "no push with id 99" in cli("helpdesk", "retry", "99").output
+    assert "Latest sent" in cli("helpdesk", "status").output

@@ -1,0 +1,181 @@
+"""A fake Zendesk on loopback (pytest-httpserver) that holds to the Tickets API's contract:
+Basic auth as ``{email}/token:{api_token}``, the ticket JSON shape and the allowed
+priorities (422 otherwise), Idempotency-Key replays answering with the first ticket, and
+on demand 429 with Retry-After, 500s and answers slower than the client waits."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import re
+import threading
+import time
+
+from werkzeug import Request, Response
+
+EMAIL = "phone-line@example.com"
+API_TOKEN = "zendesk-api-token-for-tests"
+PRIORITIES = ("urgent", "high", "normal", "low")
+STATUSES = ("new", "open", "pending", "hold", "solved", "closed")
+CREATE_KEYS = {"external_id", "subject", "comment", "priority", "tags", "requester",
+               "custom_fields", "status"}
+UPDATE_KEYS = {"comment", "priority", "status", "additional_tags", "remove_tags",
+               "custom_fields"}
+
+
+def invalid(field: str, text: str) -> Response:
+    return Response(json.dumps({"error": "RecordInvalid", "description": "Record validation errors",
+                                "details": {field: [{"description": text}]}}),
+                    status=422, content_type="application/json")
+
+
+class FakeZendesk:
+    def __init__(self, server, email: str = EMAIL, token: str = API_TOKEN):
+        self.server = server
+        self.auth = "Basic " + base64.b64encode(f"{email}/token:{token}".encode()).decode()
+        self.tickets: dict[int, dict] = {}
+        self.keys: dict[str, tuple[str, int]] = {}  # Idempotency-Key -> (body, ticket id)
+        self.requests: list[dict] = []  # every request that reached the API, in order
+        self.failures: list[tuple[int, dict]] = []  # queued error answers (status, headers)
+        self.delay = 0.0  # seconds before answering (after doing the work)
+        self.down = False  # answer everything with 503
+        self.lock = threading.Lock()
+        self.ids = itertools.count(9001)
+        server.expect_request(re.compile(r"^/api/v2/.*$")).respond_with_handler(self.handle)
+
+    @property
+    def url(self) -> str:
+        return self.server.url_for("/").rstrip("/")
+
+    def fail_next(self, count: int, status: int = 500, headers: dict | None = None) -> None:
+        self.failures += [(status, headers or {})] * count
+
+    # -- the API -----------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response:
+        with self.lock:
+            response = self._handle(request)
+        if self.delay:
+            time.sleep(self.delay)
+        return response
+
+    def _handle(self, request: Request) -> Response:
+        body = request.get_data(as_text=True)
+        self.requests.append({"method": request.method, "path": request.path,
+                              "args": dict(request.args), "headers": dict(request.headers),
+                              "json": json.loads(body) if body else None})
+        if request.headers.get("Authorization") != self.auth:
+            return self.json({"error": "Couldn't authenticate you"}, 401)
+        if self.down:
+            return self.json({"error": "ServiceUnavailable"}, 503)
+        if self.failures:
+            status, headers = self.failures.pop(0)
+            return self.json({"error": f"HTTP {status}"}, status, headers)
+        path = request.path
+        if path == "/api/v2/tickets.json" and request.method == "POST":
+            return self.create(request, body)
+        if path == "/api/v2/tickets.json" and request.method == "GET":
+            found = [t for t in self.tickets.values()
+                     if t["external_id"] == request.args.get("external_id")]
+            return self.json({"tickets": found, "count": len(found)})
+        match = re.fullmatch(r"/api/v2/tickets/(\d+)\.json", path)
+        if match and request.method == "PUT":
+            return self.update(int(match.group(1)), request)
+        match = re.fullmatch(r"/api/v2/tickets/(\d+)/comments\.json", path)
+        if match and request.method == "GET":
+            ticket = self.tickets.get(int(match.group(1)))
+            if ticket is None:
+                return self.json({"error": "RecordNotFound"}, 404)
+            comments = list(reversed(ticket["comments"])) \
+                if request.args.get("sort_order") == "desc" else ticket["comments"]
+            return self.json({"comments": comments})
+        return self.json({"error": "InvalidEndpoint"}, 404)
+
+    def create(self, request: Request, body: str) -> Response:
+        if request.content_type != "application/json":
+            return self.json({"error": "Unsupported Media Type"}, 415)
+        key = request.headers.get("Idempotency-Key")
+        if key and key in self.keys:
+            first_body, ticket_id = self.keys[key]
+            if first_body != body:
+                return self.json({"error": "IdempotentRequestError",
+                                  "description": "the request differs from the first one "
+                                                 "with this key"}, 400)
+            return self.json({"ticket": self.tickets[ticket_id]}, 201,
+                             {"x-idempotency-lookup": "hit"})
+        data = json.loads(body)
+        ticket = data.get("ticket") if isinstance(data, dict) else None
+        if not isinstance(ticket, dict):
+            return self.json({"error": "InvalidValue", "description": "ticket is required"}, 400)
+        if set(ticket) - CREATE_KEYS:
+            return invalid(sorted(set(ticket) - CREATE_KEYS)[0], "is not a ticket field")
+        comment = ticket.get("comment")
+        if not isinstance(comment, dict) or not isinstance(comment.get("body"), str) \
+                or not isinstance(comment.get("public"), bool):
+            return invalid("comment", "Comment: body and public are required")
+        if ticket.get("priority") not in PRIORITIES:
+            return invalid("priority", "Priority: is invalid")
+        if not isinstance(ticket.get("subject"), str) or not ticket["subject"]:
+            return invalid("subject", "Subject: cannot be blank")
+        if not all(isinstance(t, str) and " " not in t for t in ticket.get("tags", [])):
+            return invalid("tags", "Tags: are invalid")
+        requester = ticket.get("requester", {})
+        if requester and "@" not in str(requester.get("email", "")):
+            return invalid("requester", "Requester: Email is invalid")
+        for item in ticket.get("custom_fields", []):
+            if not isinstance(item.get("id"), int):
+                return invalid("custom_fields", "Custom fields: id is invalid")
+        if ticket.get("status", "new") not in STATUSES:
+            return invalid("status", "Status: is invalid")
+        ticket_id = next(self.ids)
+        stored = {"id": ticket_id, "external_id": ticket.get("external_id"),
+                  "subject": ticket["subject"], "priority": ticket["priority"],
+                  "status": ticket.get("status", "new"),
+                  "tags": list(ticket.get("tags", [])), "requester": requester,
+                  "custom_fields": list(ticket.get("custom_fields", [])),
+                  "comments": [{"id": ticket_id * 100, "body": comment["body"],
+                                "public": comment["public"]}]}
+        self.tickets[ticket_id] = stored
+        if key:
+            self.keys[key] = (body, ticket_id)
+        return self.json({"ticket": stored}, 201, {"x-idempotency-lookup": "miss"} if key else {})
+
+    def update(self, ticket_id: int, request: Request) -> Response:
+        ticket = self.tickets.get(ticket_id)
+        if ticket is None:
+            return self.json({"error": "RecordNotFound", "description": "Not found"}, 404)
+        if ticket["status"] == "closed":
+            return invalid("status", "Status: closed prevents ticket update")
+        data = request.get_json(silent=True)
+        change = data.get("ticket") if isinstance(data, dict) else None
+        if not isinstance(change, dict) or set(change) - UPDATE_KEYS:
+            return invalid("ticket", "is not a ticket update")
+        if "priority" in change and change["priority"] not in PRIORITIES:
+            return invalid("priority", "Priority: is invalid")
+        if "status" in change and change["status"] not in STATUSES:
+            return invalid("status", "Status: is invalid")
+        if "comment" in change:
+            ticket["comments"].append({"id": ticket_id * 100 + len(ticket["comments"]),
+                                       "body": change["comment"]["body"],
+                                       "public": change["comment"]["public"]})
+        for name in ("priority", "status"):
+            if name in change:
+                ticket[name] = change[name]
+        ticket["tags"] = [t for t in ticket["tags"] if t not in change.get("remove_tags", [])]
+        ticket["tags"] += [t for t in change.get("additional_tags", []) if t not in ticket["tags"]]
+        for item in change.get("custom_fields", []):
+            ticket["custom_fields"] = [f for f in ticket["custom_fields"] if f["id"] != item["id"]]
+            ticket["custom_fields"].append(item)
+        return self.json({"ticket": ticket})
+
+    @staticmethod
+    def json(body: dict, status: int = 200, headers: dict | None = None) -> Response:
+        return Response(json.dumps(body), status=status, headers=headers or {},
+                        content_type="application/json")
+
+    # -- what tests look at ------------------------------------------------------------
+
+    def writes(self) -> list[dict]:
+        """The POSTs and PUTs that reached the API, in order."""
+        return [r for r in self.requests if r["method"] in ("POST", "PUT")]
