@@ -81,6 +81,7 @@ _SELECT = ("SELECT " + ", ".join(f"c.{c}" for c in _COLUMNS) + ", "
            + ", ".join(f"t.{c}" for c in TICKET)
            + " FROM calls c LEFT OUTER JOIN tickets t ON t.call_sid = c.call_sid"
            " WHERE c.call_sid = :call_sid")
+_TICKET_AT, _OUTCOME_AT = len(_COLUMNS), _COLUMNS.index("outcome")
 LOAD = Sql(_SELECT)
 LOAD_FOR_UPDATE = Sql(_SELECT, _SELECT + " FOR UPDATE OF c")
 SAVE = Sql("UPDATE calls SET " + ", ".join(f"{c} = :{c}" for c in
@@ -170,6 +171,12 @@ class CallRepository:
         row = statement.run(self.uow.connection, {"call_sid": call_sid}).first()
         if row is None:
             return None
+        if statement is LOAD_FOR_UPDATE and row[_TICKET_AT] is None \
+                and row[_OUTCOME_AT] == Outcome.ROUTED.value:
+            # The row lock was granted after another request routed the call: PostgreSQL
+            # rechecked the call's row but not the join, made before that ticket existed.
+            # The lock is ours now, so a second look sees both as they are.
+            row = statement.run(self.uow.connection, {"call_sid": call_sid}).first()
         values = dict(zip(_COLUMNS, row[:len(_COLUMNS)]))
         values["can_text"] = bool(values["can_text"])
         values["english"] = bool(values["english"])

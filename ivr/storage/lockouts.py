@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy import delete, or_, select
@@ -32,7 +33,7 @@ CLAIM = Sql("""
     RETURNING key, failures, window_started_at, lock_count, locked_until,
               attempts_while_locked
 """)
-SETTLE = Sql("""
+_SETTLE = """
     UPDATE lockouts SET
       failures = CASE WHEN key = :first THEN :failures_1 ELSE :failures_2 END,
       window_started_at = CASE WHEN key = :first THEN :window_1 ELSE :window_2 END,
@@ -41,7 +42,10 @@ SETTLE = Sql("""
       attempts_while_locked = CASE WHEN key = :first THEN :attempts_1 ELSE :attempts_2 END,
       updated_at = :now
     WHERE key IN (:first, :second)
-""")
+"""
+# PostgreSQL cannot tell the type of a parameter that is NULL in both arms of a CASE.
+SETTLE = Sql(_SETTLE, re.sub(r":(window|locked_until)_(\d)", r"CAST(:\1_\2 AS TIMESTAMPTZ)",
+                             _SETTLE))
 
 
 @dataclasses.dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import secrets
 from typing import TYPE_CHECKING
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from ..domain.flow import Caller, Outcome, Step
-from ..domain.lifecycle import TicketStatus, move
+from ..domain.lifecycle import TicketStatus, can_move, move
 from .calls import TicketRow
 from .models import Call, Ticket
 from .sql import Sql
@@ -27,12 +28,15 @@ OPEN = Sql("""
 """)
 FOR_CALL = Sql("SELECT id, number, priority, target_response_minutes, status FROM tickets "
                "WHERE call_sid = :call_sid")
+BY_ID = Sql("SELECT id, number, priority, target_response_minutes, status FROM tickets "
+            "WHERE id = :id")
 MOVE = Sql("""
     UPDATE tickets SET status = :status, updated_at = :now,
       connected_at = CASE WHEN :connected = 1 THEN COALESCE(connected_at, :now)
                           ELSE connected_at END,
       callback_number = COALESCE(:callback_number, callback_number)
-    WHERE id = :id
+    WHERE id = :id AND status = :current
+    RETURNING id
 """)
 
 
@@ -63,14 +67,38 @@ class TicketRepository:
 
     def move(self, ticket: TicketRow, new: TicketStatus, now: dt.datetime,
              callback_number: str | None = None) -> TicketRow:
-        """Move the ticket on; raises ``lifecycle.ForbiddenMove`` if it may not go there."""
-        status = move(ticket.status, new)
-        MOVE.run(self.uow.connection, {
-            "id": ticket.id, "status": status.value, "now": self.uow.codec.time(now),
-            "connected": int(status is TicketStatus.CONNECTED), "callback_number": callback_number,
-        })
-        return TicketRow(ticket.id, ticket.number, ticket.priority,
-                         ticket.target_response_minutes, status)
+        """Move the ticket on; raises ``lifecycle.ForbiddenMove`` if it may not go there
+        from where it stands."""
+        return self._move(ticket, new, now, callback_number, strict=True)
+
+    def advance(self, ticket: TicketRow, new: TicketStatus, now: dt.datetime,
+                callback_number: str | None = None) -> TicketRow:
+        """Move the ticket on if the lifecycle allows it from where it stands; otherwise
+        leave it there (a replayed webhook, or the desk got there first). Returns the
+        ticket as it now stands either way."""
+        return self._move(ticket, new, now, callback_number, strict=False)
+
+    def _move(self, ticket: TicketRow, new: TicketStatus, now: dt.datetime,
+              callback_number: str | None, strict: bool) -> TicketRow:
+        # The update applies only if the ticket is still where it was read (the desk may
+        # have moved it meanwhile); if not, the move is judged again from where it is.
+        for _ in range(3):
+            if not strict and not can_move(ticket.status, new):
+                return ticket
+            status = move(ticket.status, new)
+            moved = MOVE.run(self.uow.connection, {
+                "id": ticket.id, "status": status.value, "now": self.uow.codec.time(now),
+                "connected": int(status is TicketStatus.CONNECTED),
+                "callback_number": callback_number, "current": ticket.status.value,
+            }).first()
+            if moved is not None:
+                return dataclasses.replace(ticket, status=status)
+            ticket = self._current(ticket.id)
+        raise RuntimeError(f"ticket id={ticket.id} kept changing while it was being moved")
+
+    def _current(self, ticket_id: int) -> TicketRow:
+        row = BY_ID.run(self.uow.connection, {"id": ticket_id}).first()
+        return TicketRow(row[0], row[1], row[2], row[3], TicketStatus(row[4]))
 
     def restore(self, record, account, now: dt.datetime) -> Ticket | None:
         """Write a ticket taken while the database was down; None if this call has one.

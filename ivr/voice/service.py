@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 from .. import metrics
 from ..config import IvrConfig, Line
 from ..domain.flow import Caller, CallFlow, CallState, Reply, Step, TicketInfo, waiting
-from ..domain.lifecycle import TicketStatus, after_queue, can_move, routed_status
+from ..domain.lifecycle import TicketStatus, after_queue, routed_status
 from ..domain.phones import callable_number, can_receive_sms, lockout_keys, mask
 from ..security import HostKeyHasher
 from ..storage import DATABASE_DOWN, CallRecord, Storage, UnitOfWork, utcnow
@@ -164,10 +164,10 @@ class CallService:
             return None
         uow.calls.record_queue_result(call_sid, result, queue_time, now)
         target, ticket = after_queue(result), record.ticket
-        if ticket is not None and can_move(ticket.status, target):
+        if ticket is not None:
             number = callable_number(record.caller_number) \
                 if target is TicketStatus.CALLBACK_REQUESTED else None
-            record.ticket = uow.tickets.move(ticket, target, now, callback_number=number)
+            record.ticket = uow.tickets.advance(ticket, target, now, callback_number=number)
         return record
 
     def wait(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
@@ -205,13 +205,16 @@ class CallService:
                 if ticket is None:
                     return self.renderer.empty()
                 number = callable_number(record.caller_number)
-                if number is None or not can_move(ticket.status, TicketStatus.CALLBACK_REQUESTED):
+                before = ticket.status
+                if number is not None:
+                    ticket = uow.tickets.advance(ticket, TicketStatus.CALLBACK_REQUESTED, now,
+                                                 callback_number=number)
+                waiting = TicketStatus.CALLBACK_REQUESTED
+                if before is waiting or ticket.status is not waiting:
                     # A repeated press (the ticket already waits for its callback) leaves too.
-                    if ticket.status is TicketStatus.CALLBACK_REQUESTED:
+                    if ticket.status is waiting:
                         return self.renderer.leave()
                     return self.renderer.empty()
-                ticket = uow.tickets.move(ticket, TicketStatus.CALLBACK_REQUESTED, now,
-                                          callback_number=number)
                 if record.can_text:
                     self.queue_sms(uow, record, record.english, "sms_callback",
                                    {"brand": self.config.service.brand, "ticket": ticket.number})
