@@ -218,11 +218,7 @@ class Outage:
             if isinstance(record, SpooledStatus):
                 return self._replay_status(uow, record)
             if isinstance(record, SpooledQueueResult):
-                if not uow.calls.exists(record.call_sid):
-                    self._meet(uow, record.call_sid, None, None, record.at)
-                service.apply_queue_result(uow, record.call_sid, record.result,
-                                           record.queue_time, record.at)
-                return True
+                return self._replay_queue_result(uow, record)
             account = uow.accounts.by_id(record.account_ref)
             restored = uow.tickets.restore(record, account, record.created_at)
             if restored is not None and record.sms is not None:
@@ -230,6 +226,18 @@ class Outage:
                                  to_number=record.caller_number, body=record.sms.body,
                                  now=service.clock())
             return restored is not None
+
+    def _replay_queue_result(self, uow: "UnitOfWork", record: SpooledQueueResult) -> bool:
+        """Apply a spooled queue result; False if the call already had it."""
+        before = uow.calls.load(record.call_sid)
+        if before is None:
+            self._meet(uow, record.call_sid, None, None, record.at)
+        after = self.service.apply_queue_result(uow, record.call_sid, record.result,
+                                                record.queue_time, record.at)
+        if before is None:
+            return True
+        moved = before.ticket is not None and after.ticket.status is not before.ticket.status
+        return moved or before.queue_result != record.result
 
     def _replay_status(self, uow: "UnitOfWork", record: SpooledStatus) -> bool:
         """Apply a spooled status. A call the database never saw (answered while it was
