@@ -117,10 +117,11 @@ def _create_engine(url, echo: bool) -> Engine:
     def _sqlite_begin(connection):
         # A write transaction takes the write lock at once; a read-only one (desk pages,
         # exports, /metrics, /healthz) reads a WAL snapshot and never blocks a writer.
-        if connection.get_execution_options().get("ivr_readonly"):
-            connection.exec_driver_sql("BEGIN")
-        else:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Sent straight to the driver: it is transaction control, not a statement of the
+        # service's (the statement budget does not count it).
+        begin = "BEGIN" if connection.get_execution_options().get("ivr_readonly") \
+            else "BEGIN IMMEDIATE"
+        connection.connection.driver_connection.execute(begin)
 
     return engine
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import event, select
 
-from ivr.storage.models import Call, OutboxMessage, Ticket
+from ivr import create_app
+from ivr.storage.models import Call, Lockout, OutboxMessage, Ticket
 
-from ..support import BUSINESS_OWNER, CALLER, twiml
+from ..support import BUSINESS_OWNER, CALLER, TwilioClient, twiml
 
 # Statements each webhook step may issue (BEGIN excluded; COMMIT is not a statement).
 # The same figures are in README.md, "Reliability and scale".
@@ -87,8 +91,6 @@ def test_a_desk_read_held_open_does_not_delay_a_call(twilio, ivr, app, call_sid)
     """A report reading for a long time (held open here) must not take the write lock:
     a new call is answered while the read is still in progress, well within the 5 s a
     write would wait for a lock."""
-    import time
-
     with ivr.storage.unit_of_work(readonly=True) as uow:
         rows, total = uow.desk.tickets()  # the read has its snapshot now
         started = time.monotonic()
@@ -190,3 +192,32 @@ def test_counters_beyond_any_column_are_kept_at_its_bound_not_refused(
         assert call.queue_seconds == call.duration_seconds == 2**31 - 1
         assert call.status_sequence == min(int(value), 2**63 - 1)
     assert ticket_of(ivr, call_sid).status == "connected"
+
+
+def test_twenty_parallel_copies_of_a_wrong_host_key_count_once_and_all_ask_for_the_pmi(
+        twilio, ivr, app, call_sid):
+    """The promise in README ("Duplicates"): the copies change the call once, the first
+    applied gets the step's answer and the others the prompt the call now waits for."""
+    second = create_app(ivr.settings, clock=ivr.service.clock)  # another worker
+    clients = [twilio, TwilioClient(second)]
+    step(twilio, call_sid, "/voice")
+    step(twilio, call_sid, "/voice/menu", "2")
+    step(twilio, call_sid, "/voice/pmi", BUSINESS_OWNER[0])
+    params = {**twilio.call_params(call_sid), "Digits": "1111111"}
+    barrier = threading.Barrier(20)
+
+    def send(n):
+        barrier.wait()
+        return clients[n % 2].post("/voice/host-key", **params)
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = [twiml(r) for r in pool.map(send, range(20))]
+    second.extensions["ivr"].storage.dispose()
+    actions = {a.find("Gather").get("action").split("?")[0] for a in answers}
+    assert actions == {"/voice/pmi"}
+    with ivr.storage.transaction() as session:
+        assert session.get(Call, call_sid).auth_failures == 1
+        assert session.get(Lockout, f"pmi:{BUSINESS_OWNER[0]}").failures == 1
+    bodies = [ET.tostring(a) for a in answers]
+    first = [b for b in bodies if bodies.count(b) == 1]
+    assert len(set(bodies)) <= 2 and len(first) <= 1  # the first answer, and the prompt
