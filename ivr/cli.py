@@ -20,7 +20,7 @@ from .extension import ivr
 from .helpdesk.sender import Sender as HelpdeskSender
 from .sim.simulator import HttpTransport, Simulator, UnknownTwiML, WsgiTransport, transcript
 from .sim.surge import run_surge
-from .storage import DATABASE_DOWN, LockoutRepository, TicketRepository
+from .storage import DATABASE_DOWN
 
 
 @click.command("init-db")
@@ -53,8 +53,8 @@ def accounts_unlock(pmi, caller):
     if bool(pmi) == bool(caller):
         raise click.UsageError("give a PMI or --caller NUMBER")
     key = lockout_keys(pmi, None)[0] if pmi else lockout_keys("", caller)[1]
-    with ivr().storage.transaction() as session:
-        cleared = LockoutRepository(ivr().storage, session).clear(key)
+    with ivr().storage.unit_of_work() as uow:
+        cleared = uow.lockouts.clear(key)
     what = f"PMI {pmi}" if pmi else f"caller {mask(caller)}"
     logging.getLogger("ivr.accounts").info(
         "operator cleared the lock of %s", "a PMI" if pmi else what)
@@ -65,9 +65,9 @@ def accounts_unlock(pmi, caller):
 def accounts_locks():
     """PMIs and caller numbers locked now, with their expiry."""
     now = ivr().service.clock()
-    with ivr().storage.transaction() as session:
+    with ivr().storage.unit_of_work(readonly=True) as uow:
         locks = [(lock.key, lock.locked_until, lock.lock_count, lock.attempts_while_locked)
-                 for lock in LockoutRepository(ivr().storage, session).current(now)]
+                 for lock in uow.lockouts.current(now)]
     if not locks:
         click.echo("No locks.")
         return
@@ -85,8 +85,8 @@ def accounts_locks():
 def accounts_purge_failures(days):
     """Forget old failure counts (of PMIs and callers) that hold no lock now."""
     now = ivr().service.clock()
-    with ivr().storage.transaction() as session:
-        removed = LockoutRepository(ivr().storage, session).purge(
+    with ivr().storage.unit_of_work() as uow:
+        removed = uow.lockouts.purge(
             now - dt.timedelta(days=days), now)
     click.echo(f"Forgot {removed} failure counts older than {days} days.")
 
@@ -96,8 +96,8 @@ def accounts_purge_failures(days):
 @click.option("--limit", type=int, default=None, help="At most this many, newest first.")
 def tickets_list(as_json, limit):
     """Tickets, newest first."""
-    with ivr().storage.transaction() as session:
-        rows = [ticket_dict(t) for t in TicketRepository(ivr().storage, session).list(limit)]
+    with ivr().storage.unit_of_work(readonly=True) as uow:
+        rows = [ticket_dict(t) for t in uow.tickets.list(limit)]
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from .domain.priority import HIGHEST, LEVELS, LOWEST
+
 PLANS = ("free", "pro", "business", "education", "enterprise", "api")
 ROLES = ("owner", "admin", "member")
 
@@ -176,7 +178,7 @@ class Policy(_Model):
 
 
 class Priority(_Model):
-    level: int = Field(ge=1, le=4)
+    level: int = Field(ge=HIGHEST, le=LOWEST)
     name: str
     target_response_minutes: int = Field(gt=0)
 
@@ -345,8 +347,9 @@ class IvrConfig(_Model):
     @classmethod
     def _four_levels(cls, value: list[Priority]) -> list[Priority]:
         levels = sorted(p.level for p in value)
-        if levels != [1, 2, 3, 4]:
-            raise ValueError(f"expected priorities 1, 2, 3 and 4 once each, got {levels}")
+        if levels != list(LEVELS):
+            named = ", ".join(map(str, LEVELS[:-1])) + f" and {LEVELS[-1]}"
+            raise ValueError(f"expected priorities {named} once each, got {levels}")
         return sorted(value, key=lambda p: p.level)
 
     @field_validator("lines")

@@ -14,7 +14,7 @@ from twilio.rest import Client
 from .config import Settings
 from .domain.phones import mask
 from .helpdesk.sender import Sender
-from .storage import DATABASE_DOWN, OutboxRepository, Storage, utcnow
+from .storage import DATABASE_DOWN, Storage, utcnow
 
 log = logging.getLogger("ivr.outbox")
 
@@ -37,12 +37,12 @@ def drain(storage: Storage, settings: Settings, *, http_client: HttpClient | Non
         client = Client(settings.twilio_account_sid, settings.twilio_auth_token,
                         http_client=http_client or TwilioHttpClient(timeout=SEND_TIMEOUT))
     while True:
-        with storage.transaction() as session:
+        with storage.unit_of_work() as uow:
             claimed = [(m.id, m.to_number, m.body, m.attempts) for m in
-                       OutboxRepository(storage, session).claim(batch, utcnow(), STALE_CLAIM)]
+                       uow.outbox.claim(batch, utcnow(), STALE_CLAIM)]
         results = [_send(client, settings, missing, *message) for message in claimed]
-        with storage.transaction() as session:
-            outbox = OutboxRepository(storage, session)
+        with storage.unit_of_work() as uow:
+            outbox = uow.outbox
             for message_id, outcome, fields in results:
                 outbox.record(message_id, **fields)
                 counts[outcome] += 1

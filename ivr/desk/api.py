@@ -14,6 +14,7 @@ from flask import Blueprint, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..domain.flow import Outcome
+from ..domain.priority import HIGHEST, LOWEST
 from ..extension import ivr
 from ..storage import HelpdeskJobRepository
 from .service import STATUSES, BadRequest, Desk, DeskError, parse_moment
@@ -101,7 +102,7 @@ def _filters(allowed: tuple[str, ...], statuses: tuple[str, ...]) -> dict:
     since, until = _one("since"), _one("until")
     filters = {
         "statuses": _choices("status", statuses),
-        "priority": _integer("priority", 1, 4, None),
+        "priority": _integer("priority", HIGHEST, LOWEST, None),
         "region": region[0] if region else None,
         "since": parse_moment(since, "since") if since else None,
         "until": parse_moment(until, "until", end=True) if until else None,

@@ -8,6 +8,7 @@ import json
 import click
 from flask.cli import AppGroup
 
+from ..domain.priority import HIGHEST, LOWEST
 from ..extension import ivr
 from .service import EXPORT_FORMATS, Desk, DeskError, parse_moment
 
@@ -87,7 +88,7 @@ def tickets_close(ref):
 
 @tickets_cli.command("set-priority")
 @click.argument("ref", metavar="ID")
-@click.argument("priority", type=click.IntRange(1, 4))
+@click.argument("priority", type=click.IntRange(HIGHEST, LOWEST))
 def tickets_set_priority(ref, priority):
     """Reclassify a ticket; its target response time follows the configured priority."""
     view, changed = _run(desk().set_priority, ref, priority)

@@ -27,6 +27,8 @@ from flask import (
     url_for,
 )
 
+from ..domain.priority import KEYS as PRIORITY_KEYS
+from ..domain.priority import RANGE_TEXT
 from ..extension import ivr
 from ..storage.desk_sessions import DeskSessionRepository
 from ..storage import HelpdeskJobRepository
@@ -220,8 +222,8 @@ def close(ref: str):
 @admin.post("/tickets/<ref>/priority")
 def set_priority(ref: str):
     text = request.form.get("priority", "")
-    if text not in ("1", "2", "3", "4"):
-        return message(400, f"priority: {text[:20]!r} is not a priority from 1 to 4")
+    if text not in PRIORITY_KEYS:
+        return message(400, f"priority: {text[:20]!r} is not a priority {RANGE_TEXT}")
     view, changed = desk().set_priority(ref, int(text))
     flash(f"Ticket {view['number']} {'is now' if changed else 'was already'} "
           f"P{view['priority']} {view['priority_name']}.")

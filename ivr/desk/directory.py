@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..config import PLANS, ROLES, Lengths
 from ..security import HostKeyHasher
-from ..storage import AccountRepository, Storage, utcnow
+from ..storage import Storage, utcnow
 from ..storage.models import Account
 
 HEADER = ["account_id", "plan", "user_email", "role", "pmi", "host_key"]
@@ -116,8 +116,8 @@ def import_rows(rows: list[Row], storage: Storage, hasher: HostKeyHasher,
     created = updated = 0
     now = utcnow()
     try:
-        with storage.transaction() as session:
-            accounts = AccountRepository(session)
+        with storage.unit_of_work() as uow:
+            accounts = uow.accounts
             by_email = accounts.by_emails([r.user_email for r in rows])
             by_pmi = accounts.by_pmis([r.pmi for r in rows])
             in_file = {r.user_email for r in rows}

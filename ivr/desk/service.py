@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from ..config import IvrConfig
-from ..domain.lifecycle import STATUSES, TRANSITIONS
+from ..domain.lifecycle import STATUSES, UNCLOSED, ForbiddenMove, move
+from ..domain.priority import RANGE_TEXT, is_level
 from ..domain.phones import mask
-from ..storage import DeskRepository, Storage
-from ..storage.deadlines import DeadlineQueries
+from ..storage import Storage
 from ..storage import helpdesk as helpdesk_jobs
+from ..storage.deadlines import DeadlineQueries
 from ..storage.models import Call, Ticket
 
 log = logging.getLogger("ivr.desk")
 
-UNCLOSED = STATUSES[:-1]
 EXPORT_FORMATS = ("csv", "json")
 URGENT_SHARE = 0.25  # under a quarter of the target time left
 
@@ -369,11 +369,11 @@ class Desk:
     # -- one ticket --------------------------------------------------------------------
 
     def ticket(self, ref: str | int) -> dict:
-        with self.storage.transaction() as session:
-            ticket, caller = self._find(DeskRepository(self.storage, session), ref)
+        with self.storage.unit_of_work(readonly=True) as uow:
+            ticket, caller = self._find(uow, ref)
             view = ticket_view(ticket, caller, self.config, self.clock())
             if self.config.helpdesk:  # the ticket in the help desk (issue 9)
-                view["helpdesk"] = helpdesk_view(session, ticket.id, self.config.helpdesk)
+                view["helpdesk"] = helpdesk_view(uow.session, ticket.id, self.config.helpdesk)
             return view
 
     def close(self, ref: str | int) -> tuple[dict, bool]:
@@ -391,13 +391,11 @@ class Desk:
             raise BadRequest("nothing to change: give a status or a priority")
         if status is not None and status not in STATUSES:
             raise BadRequest(f"status: {status!r} is not one of {', '.join(STATUSES)}")
-        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
-                                     or not 1 <= priority <= 4):
-            raise BadRequest(f"priority: {priority!r} is not a priority from 1 to 4")
+        if priority is not None and not is_level(priority):
+            raise BadRequest(f"priority: {priority!r} is not a priority {RANGE_TEXT}")
         now = self.clock()
-        with self.storage.transaction() as session:
-            ticket, caller = self._find(DeskRepository(self.storage, session), ref,
-                                        for_update=True)
+        with self.storage.unit_of_work() as uow:
+            ticket, caller = self._find(uow, ref, for_update=True)
             changed, before = False, (ticket.priority, ticket.status)
             if priority is not None and priority != ticket.priority:
                 if ticket.status == "closed":
@@ -408,12 +406,12 @@ class Desk:
                 ticket.target_response_minutes = self.config.priority(priority).target_response_minutes
                 changed = True
             if status is not None and status != ticket.status:
-                if status not in TRANSITIONS[ticket.status]:
-                    allowed = ", ".join(TRANSITIONS[ticket.status]) or "none: it is final"
-                    raise Conflict(f"ticket {ticket.number} cannot go from {ticket.status} to "
-                                   f"{status} (allowed from {ticket.status}: {allowed})")
-                log.info("ticket id=%s status %s -> %s", ticket.id, ticket.status, status)
-                ticket.status = status
+                try:
+                    new = move(ticket.status, status)
+                except ForbiddenMove as forbidden:
+                    raise Conflict(f"ticket {ticket.number} {forbidden}") from None
+                log.info("ticket id=%s status %s -> %s", ticket.id, ticket.status, new)
+                ticket.status = new.value
                 if status == "connected":
                     ticket.connected_at = ticket.connected_at or now
                 if status == "closed":
@@ -422,13 +420,13 @@ class Desk:
             if changed:
                 ticket.updated_at = now
                 if push and self.config.helpdesk:  # help desk push (issue 9)
-                    helpdesk_jobs.queue_changes(session, ticket, before, now)
-            session.flush()
+                    helpdesk_jobs.queue_changes(uow.session, ticket, before, now)
+            uow.session.flush()
             return ticket_view(ticket, caller, self.config, now), changed
 
-    def _find(self, desk: DeskRepository, ref, for_update: bool = False):
+    def _find(self, uow, ref, for_update: bool = False):
         ref = str(ref).strip()
-        found = desk.ticket(ref, for_update=for_update) if ref.isascii() else None
+        found = uow.desk.ticket(ref, for_update=for_update) if ref.isascii() else None
         if found is None:
             raise NotFound(f"no ticket with id or number {str(ref)[:20]!r}")
         return found
@@ -437,15 +435,15 @@ class Desk:
 
     def tickets(self, *, page: int = 1, per_page: int = 50, **filters) -> Page:
         now = self.clock()
-        with self.storage.transaction() as session:
-            rows, total = DeskRepository(self.storage, session).tickets(
+        with self.storage.unit_of_work(readonly=True) as uow:
+            rows, total = uow.desk.tickets(
                 offset=(page - 1) * per_page, limit=per_page, **filters)
             items = [ticket_view(t, caller, self.config, now) for t, caller in rows]
         return Page(items, page, per_page, total)
 
     def calls(self, *, page: int = 1, per_page: int = 50, **filters) -> Page:
-        with self.storage.transaction() as session:
-            rows, total = DeskRepository(self.storage, session).calls(
+        with self.storage.unit_of_work(readonly=True) as uow:
+            rows, total = uow.desk.calls(
                 offset=(page - 1) * per_page, limit=per_page, **filters)
             items = [call_view(call, ticket) for call, ticket in rows]
         return Page(items, page, per_page, total)
@@ -459,8 +457,8 @@ class Desk:
         """The first ``limit`` unclosed tickets by time left, and the counts (overdue,
         urgent, fine, total) over every unclosed ticket."""
         now = self.clock()
-        with self.storage.transaction() as session:
-            queries = DeadlineQueries(self.storage.dialect, session)
+        with self.storage.unit_of_work(readonly=True) as uow:
+            queries = DeadlineQueries(self.storage.dialect, uow.session)
             rows = queries.unclosed(UNCLOSED, limit)
             counts = queries.counts(UNCLOSED, now, URGENT_SHARE)
             views = [ticket_view(t, caller, self.config, now) for t, caller in rows]
@@ -469,14 +467,14 @@ class Desk:
     # -- reports -----------------------------------------------------------------------
 
     def sla(self, period: Period, slowest: int = 10) -> SlaReport:
-        with self.storage.transaction() as session:
-            rows, _ = DeskRepository(self.storage, session).tickets(since=period.since,
+        with self.storage.unit_of_work(readonly=True) as uow:
+            rows, _ = uow.desk.tickets(since=period.since,
                                                                     until=period.until)
             return sla_report([t for t, _ in rows], self.clock(), slowest)
 
     def traffic(self, period: Period) -> Traffic:
-        with self.storage.transaction() as session:
-            desk = DeskRepository(self.storage, session)
+        with self.storage.unit_of_work(readonly=True) as uow:
+            desk = uow.desk
             return traffic(desk.calls_by_region_and_outcome(period.since, period.until),
                            desk.call_start_times(period.since, period.until))
 
@@ -486,8 +484,8 @@ class Desk:
         if fmt not in EXPORT_FORMATS:
             raise BadRequest(f"format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
         now = self.clock()
-        with self.storage.transaction() as session:
-            rows, _ = DeskRepository(self.storage, session).tickets(since=since,
+        with self.storage.unit_of_work(readonly=True) as uow:
+            rows, _ = uow.desk.tickets(since=since,
                                                                     oldest_first=True)
             views = [ticket_view(t, caller, self.config, now) for t, caller in rows]
         return render_export(export_rows(views), fmt)

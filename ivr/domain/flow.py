@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from ..config import IvrConfig, Line
+from .priority import KEYS as PRIORITY_KEYS
 
 
 class Step(StrEnum):
@@ -211,7 +212,7 @@ class CallFlow:
         return self._end(state, outcome)
 
     def _priority(self, state: CallState, digits: str, ports: Ports) -> Reply:
-        if digits not in ("1", "2", "3", "4") or state.caller is None:
+        if digits not in PRIORITY_KEYS or state.caller is None:
             return self._retry(state, [say("priority_invalid")])
         priority = self.config.priority(int(digits))
         state.ticket = ports.open_ticket(state.caller, priority.level, priority.target_response_minutes)

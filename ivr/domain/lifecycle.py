@@ -3,18 +3,80 @@
 open -> callback_requested | in_queue -> connected -> closed. A waiting caller may ask for
 a callback instead; a caller who hangs up while waiting puts the ticket back in the open
 pile; a dialled desk connects without a queue; any ticket may be closed; a closed ticket
-stays closed.
+stays closed. ``move`` is the one rule for every change of status: it raises on a move
+the lifecycle does not allow, for the call service and the desk alike.
 """
 
-STATUSES = ("open", "in_queue", "callback_requested", "connected", "closed")
-TRANSITIONS: dict[str, tuple[str, ...]] = {
-    "open": ("in_queue", "callback_requested", "connected", "closed"),
-    "in_queue": ("open", "callback_requested", "connected", "closed"),
-    "callback_requested": ("connected", "closed"),
-    "connected": ("closed",),
-    "closed": (),
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TicketStatus(StrEnum):
+    OPEN = "open"
+    IN_QUEUE = "in_queue"
+    CALLBACK_REQUESTED = "callback_requested"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+    @property
+    def final(self) -> bool:
+        return not TRANSITIONS[self]
+
+
+TRANSITIONS: dict[TicketStatus, tuple[TicketStatus, ...]] = {
+    TicketStatus.OPEN: (TicketStatus.IN_QUEUE, TicketStatus.CALLBACK_REQUESTED,
+                        TicketStatus.CONNECTED, TicketStatus.CLOSED),
+    TicketStatus.IN_QUEUE: (TicketStatus.OPEN, TicketStatus.CALLBACK_REQUESTED,
+                            TicketStatus.CONNECTED, TicketStatus.CLOSED),
+    TicketStatus.CALLBACK_REQUESTED: (TicketStatus.CONNECTED, TicketStatus.CLOSED),
+    TicketStatus.CONNECTED: (TicketStatus.CLOSED,),
+    TicketStatus.CLOSED: (),
 }
+
+STATUSES = tuple(status.value for status in TicketStatus)
+# Every status a ticket can still leave: what the desk's "unclosed" lists show.
+UNCLOSED = tuple(status.value for status in TicketStatus if not status.final)
+
+
+class ForbiddenMove(ValueError):
+    def __init__(self, current: TicketStatus, new: TicketStatus):
+        allowed = ", ".join(TRANSITIONS[current]) or "none: it is final"
+        super().__init__(f"cannot go from {current} to {new} (allowed from {current}: {allowed})")
+        self.current, self.new = current, new
 
 
 def can_move(current: str, new: str) -> bool:
-    return new in TRANSITIONS.get(current, ())
+    try:
+        return TicketStatus(new) in TRANSITIONS[TicketStatus(current)]
+    except ValueError:
+        return False
+
+
+def move(current: str, new: str) -> TicketStatus:
+    """The status after moving ``current`` to ``new``; raises ForbiddenMove otherwise."""
+    current, new = TicketStatus(current), TicketStatus(new)
+    if new not in TRANSITIONS[current]:
+        raise ForbiddenMove(current, new)
+    return new
+
+
+def routed_status(dialled: bool) -> TicketStatus:
+    """Where a routed call's ticket starts: waiting in the queue, unless the route
+    dials a desk directly (then the desk's answer connects it)."""
+    return TicketStatus.OPEN if dialled else TicketStatus.IN_QUEUE
+
+
+# How a wait in the queue (or a dialled desk) ended -> where the ticket goes. Twilio's
+# QueueResult values, and DialCallStatus for a dialled desk. Any other result (the queue
+# was full, the desk did not answer, the caller left for a callback) asks for a callback.
+QUEUE_RESULTS: dict[str, TicketStatus] = {
+    "hangup": TicketStatus.OPEN,            # gave up waiting: back to the open pile
+    "bridged": TicketStatus.CONNECTED,      # an agent took the call
+    "completed": TicketStatus.CONNECTED,    # a dialled desk answered
+    "answered": TicketStatus.CONNECTED,
+}
+
+
+def after_queue(result: str) -> TicketStatus:
+    return QUEUE_RESULTS.get(result, TicketStatus.CALLBACK_REQUESTED)

@@ -2,15 +2,50 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from .models import Account
+from .sql import Sql
+
+if TYPE_CHECKING:
+    from .uow import UnitOfWork
+
+BY_PMI = Sql("SELECT id, account_id, user_email, plan, role, host_key_hash FROM accounts "
+             "WHERE pmi = :pmi")
+
+ID_BY_EMAIL = Sql("SELECT id FROM accounts WHERE user_email = :email")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What a host-key check needs of a directory entry."""
+
+    id: int
+    account_id: str
+    user_email: str
+    plan: str
+    role: str
+    host_key_hash: str
 
 
 class AccountRepository:
-    def __init__(self, session: Session):
-        self.session = session
+    def __init__(self, uow: "UnitOfWork"):
+        self.uow = uow
+
+    @property
+    def session(self):
+        return self.uow.session
+
+    def entry_by_pmi(self, pmi: str) -> Entry | None:
+        """The directory entry of a PMI, in one driver-level statement (webhook path)."""
+        row = BY_PMI.run(self.uow.connection, {"pmi": pmi}).first()
+        return Entry(*row) if row is not None else None
+
+    def id_by_email(self, email: str) -> int | None:
+        return ID_BY_EMAIL.run(self.uow.connection, {"email": email}).scalar()
 
     def by_id(self, ref: int) -> Account | None:
         return self.session.get(Account, ref)

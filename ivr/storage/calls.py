@@ -1,124 +1,269 @@
-"""Calls: one record per call, its state between webhooks and how it ended."""
+"""Calls: one record per call, its state between webhooks and how it ended.
+
+The webhook path's repository: a call's record and state are loaded by one statement
+(with its ticket, if any) and saved by one, as driver-level SQL (see ``sql.py``).
+
+A call's state (``domain.flow.CallState``) maps to its columns in ONE declaration,
+``STATE`` below: the load, the first insert and the save are all generated from it. Adding
+a field to the state means: the field, its column (model and migration), one line here.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..domain.flow import Caller, CallState, Outcome, Step, TicketInfo
-from .engine import Storage
-from .models import Call, Ticket
+from ..domain.lifecycle import TicketStatus
+from .sql import Codec, Sql, clamp_int
 
-
-class CallRepository:
-    def __init__(self, storage: Storage, session: Session):
-        self.storage = storage
-        self.session = session
-
-    def get(self, call_sid: str, *, for_update: bool = True) -> Call | None:
-        """The call, locked for this transaction on PostgreSQL (SQLite's BEGIN IMMEDIATE
-        already holds the write lock)."""
-        lock = for_update and self.storage.dialect == "postgresql"
-        return self.session.get(Call, call_sid, with_for_update=lock or None)
-
-    def start(self, *, call_sid: str, account_sid: str | None, dialed_number: str, region: str,
-              language: str, caller_number: str, can_text: bool, now: dt.datetime) -> Call:
-        """The call's record, created by the first webhook that sees it."""
-        self.session.execute(
-            self.storage.insert(Call)
-            .values(
-                call_sid=call_sid, account_sid=account_sid, dialed_number=dialed_number,
-                region=region, language=language, caller_number=caller_number,
-                can_text=can_text, step=Step.MENU.value, english=False, attempts=0,
-                auth_failures=0, steps_reached="", started_at=now, updated_at=now,
-            )
-            .on_conflict_do_nothing()
-        )
-        call = self.get(call_sid)
-        assert call is not None
-        return call
-
-    @staticmethod
-    def state(call: Call, ticket: Ticket | None) -> CallState:
-        caller = None
-        if call.account_id is not None:
-            caller = Caller(call.account_id, call.user_email or "", call.plan or "", call.role or "")
-        return CallState(
-            call_sid=call.call_sid,
-            can_text=call.can_text,
-            step=Step(call.step),
-            english=call.english,
-            attempts=call.attempts,
-            auth_failures=call.auth_failures,
-            pmi=call.pending_pmi,
-            caller=caller,
-            outcome=Outcome(call.outcome) if call.outcome else None,
-            ticket=ticket_info(ticket) if ticket is not None else None,
-            transfer_to=call.transfer_to,
-            steps_reached=[s for s in call.steps_reached.split(",") if s],
-        )
-
-    @staticmethod
-    def save(call: Call, state: CallState, now: dt.datetime) -> None:
-        call.step = state.step.value
-        call.english = state.english
-        call.attempts = state.attempts
-        call.auth_failures = state.auth_failures
-        call.pending_pmi = state.pmi
-        if state.caller is not None:
-            call.account_id = state.caller.account_id
-            call.user_email = state.caller.user_email
-            call.plan = state.caller.plan
-            call.role = state.caller.role
-        if state.outcome is not None and call.outcome in (None, Outcome.ABANDONED.value):
-            call.outcome = state.outcome.value
-            call.abandoned_at_step = None
-        call.transfer_to = state.transfer_to
-        call.steps_reached = ",".join(state.steps_reached)[:255]
-        call.updated_at = now
-
-    def record_status(self, call_sid: str, status: str, duration: int | None,
-                      now: dt.datetime, sequence: int | None = None) -> tuple[Call | None, bool]:
-        """Apply a status callback, unless it is older than one already applied: callbacks
-        may arrive out of order and a call never moves backwards. Returns the call and
-        whether this callback marked it abandoned."""
-        call = self.get(call_sid)
-        if call is None:
-            return None, False
-        if sequence is not None and call.status_sequence is not None \
-                and sequence <= call.status_sequence:
-            return call, False
-        if call.twilio_status in FINAL_STATUSES and status not in FINAL_STATUSES:
-            return call, False
-        abandoned = False
-        if sequence is not None:
-            call.status_sequence = sequence
-        call.twilio_status = status
-        if duration is not None:
-            call.duration_seconds = duration
-        if status in FINAL_STATUSES:
-            call.ended_at = call.ended_at or now
-            if call.outcome is None:
-                call.outcome = Outcome.ABANDONED.value
-                call.abandoned_at_step = call.step
-                abandoned = True
-        call.updated_at = now
-        return call, abandoned
-
-    def record_queue_result(self, call_sid: str, result: str, seconds: int | None,
-                            now: dt.datetime) -> Call | None:
-        call = self.get(call_sid)
-        if call is None:
-            return None
-        call.queue_result = result
-        call.queue_seconds = seconds
-        call.updated_at = now
-        return call
-
+if TYPE_CHECKING:
+    from .uow import UnitOfWork
 
 FINAL_STATUSES = ("completed", "busy", "failed", "no-answer", "canceled")
 
 
-def ticket_info(ticket: Ticket) -> TicketInfo:
-    return TicketInfo(ticket.number, ticket.priority, ticket.target_response_minutes)
+@dataclasses.dataclass(frozen=True)
+class Mapped:
+    """One field of a call's state and the column(s) that keep it."""
+
+    field: str
+    columns: tuple[str, ...]
+    load: Callable[[tuple], Any]
+    dump: Callable[[Any], tuple]
+    saved: bool = True  # False: fixed when the call starts, never written again
+
+    @classmethod
+    def column(cls, field: str, column: str | None = None, load: Callable = lambda v: v,
+               dump: Callable = lambda v: v, saved: bool = True) -> "Mapped":
+        return cls(field, (column or field,), lambda values: load(values[0]),
+                   lambda value: (dump(value),), saved)
+
+
+def _caller(values: tuple) -> Caller | None:
+    account_id, email, plan, role = values
+    return None if account_id is None else Caller(account_id, email or "", plan or "", role or "")
+
+
+def _caller_columns(caller: Caller | None) -> tuple:
+    if caller is None:
+        return (None, None, None, None)
+    return (caller.account_id, caller.user_email, caller.plan, caller.role)
+
+
+# CallState field <-> calls columns. ``outcome`` is loaded here but saved by its own rule
+# (an outcome, once reached, is final; only "abandoned" may be replaced), and ``ticket``
+# comes from the tickets table.
+STATE: tuple[Mapped, ...] = (
+    Mapped.column("call_sid", saved=False),
+    Mapped.column("can_text", load=bool, saved=False),
+    Mapped.column("step", load=Step, dump=lambda step: step.value),
+    Mapped.column("english", load=bool),
+    Mapped.column("attempts"),
+    Mapped.column("auth_failures"),
+    Mapped.column("pmi", "pending_pmi"),
+    Mapped("caller", ("account_id", "user_email", "plan", "role"), _caller, _caller_columns),
+    Mapped.column("transfer_to"),
+    Mapped.column("steps_reached", load=lambda text: [s for s in (text or "").split(",") if s],
+                  dump=lambda steps: ",".join(steps)[:255]),
+    Mapped.column("outcome", load=lambda v: Outcome(v) if v else None, saved=False),
+)
+# Columns the service reads besides the state's.
+RECORD = ("dialed_number", "region", "language", "caller_number", "abandoned_at_step",
+          "twilio_status", "queue_result")
+TICKET = ("id", "number", "priority", "target_response_minutes", "status")
+
+_STATE_COLUMNS = tuple(c for m in STATE for c in m.columns)
+_SAVED = tuple(c for m in STATE if m.saved for c in m.columns)
+_COLUMNS = _STATE_COLUMNS + RECORD
+_SELECT = ("SELECT " + ", ".join(f"c.{c}" for c in _COLUMNS) + ", "
+           + ", ".join(f"t.{c}" for c in TICKET)
+           + " FROM calls c LEFT OUTER JOIN tickets t ON t.call_sid = c.call_sid"
+           " WHERE c.call_sid = :call_sid")
+_TICKET_AT, _OUTCOME_AT = len(_COLUMNS), _COLUMNS.index("outcome")
+LOAD = Sql(_SELECT)
+LOAD_FOR_UPDATE = Sql(_SELECT, _SELECT + " FOR UPDATE OF c")
+SAVE = Sql("UPDATE calls SET " + ", ".join(f"{c} = :{c}" for c in
+                                          _SAVED + ("outcome", "abandoned_at_step", "language",
+                                                    "updated_at"))
+           + " WHERE call_sid = :call_sid")
+_INSERTED = ("call_sid", "account_sid", "dialed_number", "region", "language", "caller_number",
+             "can_text") + tuple(c for c in _SAVED) + ("outcome", "started_at", "updated_at")
+START = Sql("INSERT INTO calls (" + ", ".join(_INSERTED) + ") VALUES ("
+            + ", ".join(f":{c}" for c in _INSERTED) + ") ON CONFLICT (call_sid) DO NOTHING")
+
+# A status callback: applied unless older than one already applied (callbacks may come
+# out of order; a call never moves backwards). The first final status of a call without
+# an outcome also marks it abandoned at the step it had reached: ABANDON, tried only for a
+# final status that STATUS left alone, so a routed call's end costs one statement.
+_STATUS_SET = """
+      status_sequence = COALESCE(CAST(:sequence AS BIGINT), status_sequence),
+      twilio_status = :status,
+      duration_seconds = COALESCE(CAST(:duration AS INTEGER), duration_seconds),
+      ended_at = CASE WHEN :final = 1 THEN COALESCE(ended_at, :now) ELSE ended_at END,
+      updated_at = :now"""
+_STATUS_WHERE = """
+    WHERE call_sid = :call_sid
+      AND (CAST(:sequence AS BIGINT) IS NULL OR status_sequence IS NULL
+           OR status_sequence < CAST(:sequence AS BIGINT))
+      AND (:final = 1 OR twilio_status IS NULL OR twilio_status NOT IN
+           ('completed', 'busy', 'failed', 'no-answer', 'canceled'))"""
+STATUS = Sql("UPDATE calls SET" + _STATUS_SET + _STATUS_WHERE
+             + " AND (:final = 0 OR outcome IS NOT NULL) RETURNING region, outcome")
+ABANDON = Sql("UPDATE calls SET" + _STATUS_SET + ", outcome = 'abandoned', "
+              "abandoned_at_step = step" + _STATUS_WHERE
+              + " AND outcome IS NULL RETURNING region, outcome")
+QUEUE_RESULT = Sql("UPDATE calls SET queue_result = :result, queue_seconds = :seconds, "
+                   "updated_at = :now WHERE call_sid = :call_sid")
+
+
+@dataclasses.dataclass(frozen=True)
+class TicketRow:
+    id: int
+    number: str
+    priority: int
+    target_response_minutes: int
+    status: TicketStatus
+
+    @property
+    def info(self) -> TicketInfo:
+        return TicketInfo(self.number, self.priority, self.target_response_minutes)
+
+
+class CallRecord:
+    """A call's row as loaded (``record.region``...), its state and its ticket."""
+
+    __slots__ = ("values", "state", "ticket")
+
+    def __init__(self, values: dict[str, Any], state: CallState, ticket: TicketRow | None):
+        self.values = values
+        self.state = state
+        self.ticket = ticket
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__getattribute__("values")[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def finished(self) -> bool:
+        """Whether Twilio has told how the call or its wait in the queue ended."""
+        return self.values["twilio_status"] in FINAL_STATUSES or bool(self.values["queue_result"])
+
+
+def _state(values: dict[str, Any]) -> CallState:
+    kwargs = {m.field: m.load(tuple(values[c] for c in m.columns)) for m in STATE}
+    return CallState(**kwargs)
+
+
+class CallRepository:
+    def __init__(self, uow: "UnitOfWork"):
+        self.uow = uow
+        self.codec: Codec = uow.codec
+
+    def load(self, call_sid: str, *, lock: bool = True) -> CallRecord | None:
+        """The call with its state and ticket, in one statement; on PostgreSQL the call's
+        row is locked for this transaction when ``lock`` (SQLite's write transaction
+        already holds the lock)."""
+        statement = LOAD_FOR_UPDATE if lock and self.uow.lock_rows else LOAD
+        row = statement.run(self.uow.connection, {"call_sid": call_sid}).first()
+        if row is None:
+            return None
+        if statement is LOAD_FOR_UPDATE and row[_TICKET_AT] is None \
+                and row[_OUTCOME_AT] == Outcome.ROUTED.value:
+            # The row lock was granted after another request routed the call: PostgreSQL
+            # rechecked the call's row but not the join, made before that ticket existed.
+            # The lock is ours now, so a second look sees both as they are.
+            row = statement.run(self.uow.connection, {"call_sid": call_sid}).first()
+        values = dict(zip(_COLUMNS, row[:len(_COLUMNS)]))
+        values["can_text"] = bool(values["can_text"])
+        values["english"] = bool(values["english"])
+        ticket = None
+        if row[len(_COLUMNS)] is not None:
+            tid, number, priority, minutes, status = row[len(_COLUMNS):]
+            ticket = TicketRow(tid, number, priority, minutes, TicketStatus(status))
+        state = _state(values)
+        # Only a finished call replays its ticket; no other step needs it.
+        if ticket is not None and state.step is Step.DONE:
+            state.ticket = ticket.info
+        return CallRecord(values, state, ticket)
+
+    def new(self, *, call_sid: str, account_sid: str | None, dialed_number: str, region: str,
+            language: str, caller_number: str, can_text: bool) -> CallRecord:
+        """A call not stored yet, as its first webhook finds it."""
+        values: dict[str, Any] = {
+            "call_sid": call_sid, "account_sid": account_sid, "dialed_number": dialed_number,
+            "region": region, "language": language, "caller_number": caller_number,
+            "can_text": can_text, "abandoned_at_step": None, "twilio_status": None,
+            "queue_result": None,
+        }
+        state = CallState(call_sid=call_sid, can_text=can_text)
+        for m in STATE:
+            values.update(zip(m.columns, m.dump(getattr(state, m.field))))
+        return CallRecord(values, state, None)
+
+    def _state_values(self, record: CallRecord, state: CallState, language: str,
+                      now: dt.datetime) -> dict[str, Any]:
+        params: dict[str, Any] = {"call_sid": record.call_sid}
+        for m in STATE:
+            if m.saved:
+                params.update(zip(m.columns, m.dump(getattr(state, m.field))))
+        outcome, abandoned_at = record.outcome, record.abandoned_at_step
+        if state.outcome is not None and outcome in (None, Outcome.ABANDONED.value):
+            outcome, abandoned_at = state.outcome.value, None
+        params.update(outcome=outcome, abandoned_at_step=abandoned_at, language=language,
+                      updated_at=self.codec.time(now))
+        return params
+
+    def start(self, record: CallRecord, state: CallState, language: str,
+              now: dt.datetime) -> bool:
+        """Store a new call with the state its first webhook left it in; False if another
+        request stored it first (then load it and run the step again)."""
+        params = self._state_values(record, state, language, now)
+        params.update(account_sid=record.account_sid, dialed_number=record.dialed_number,
+                      region=record.region, caller_number=record.caller_number,
+                      can_text=record.can_text,
+                      started_at=params["updated_at"])
+        params.pop("abandoned_at_step")
+        return START.run(self.uow.connection, params).rowcount == 1
+
+    def save(self, record: CallRecord, state: CallState, language: str,
+             now: dt.datetime) -> str | None:
+        """Store the call's new state; returns its outcome as stored."""
+        params = self._state_values(record, state, language, now)
+        SAVE.run(self.uow.connection, params)
+        return params["outcome"]
+
+    def record_status(self, call_sid: str, status: str, duration: int | None,
+                      now: dt.datetime, sequence: int | None = None
+                      ) -> tuple[bool, str | None, str | None, bool]:
+        """Apply a status callback, in one statement. Returns (applied, region, outcome,
+        whether this callback marked the call abandoned); applied is False for an unknown
+        call or an out-of-date callback."""
+        final = status in FINAL_STATUSES
+        params = {
+            "call_sid": call_sid, "status": status, "final": int(final),
+            "now": self.codec.time(now),
+            # Twilio's counters, kept within their columns: anything larger is held at the
+            # bound rather than refused (BIGINT for the sequence, INTEGER for seconds).
+            "duration": clamp_int(duration), "sequence": clamp_int(sequence, 0, 2**63 - 1),
+        }
+        row = STATUS.run(self.uow.connection, params).first()
+        if row is not None:
+            return True, row[0], row[1], False
+        if final:
+            row = ABANDON.run(self.uow.connection, params).first()
+            if row is not None:
+                return True, row[0], row[1], True
+        return False, None, None, False
+
+    def exists(self, call_sid: str) -> bool:
+        return LOAD.run(self.uow.connection, {"call_sid": call_sid}).first() is not None
+
+    def record_queue_result(self, call_sid: str, result: str, seconds: int | None,
+                            now: dt.datetime) -> None:
+        QUEUE_RESULT.run(self.uow.connection, {
+            "call_sid": call_sid, "result": result, "seconds": clamp_int(seconds),
+            "now": self.codec.time(now)})

@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING
 
-from .engine import Storage
+from sqlalchemy import func, select
+
 from .models import Call, Ticket
+
+if TYPE_CHECKING:
+    from .uow import UnitOfWork
 
 
 class DeskRepository:
     """The support desk's queries: tickets and calls by filter and page, report figures."""
 
-    def __init__(self, storage: Storage, session: Session):
-        self.storage = storage
-        self.session = session
+    def __init__(self, uow: "UnitOfWork"):
+        self.uow = uow
+
+    @property
+    def session(self):
+        return self.uow.session
 
     def ticket(self, ref: str, *, for_update: bool = False) -> tuple[Ticket, str | None] | None:
         """A ticket by its 8-digit number, else by its id, with its caller's number."""
         if not ref.isdigit() or len(ref) > 16:
             return None
         base = select(Ticket, Call.caller_number).join(Call, Call.call_sid == Ticket.call_sid)
-        if for_update and self.storage.dialect == "postgresql":
+        if for_update and self.uow.lock_rows:
             base = base.with_for_update(of=Ticket)
         row = self.session.execute(base.where(Ticket.number == ref)).first()
         if row is None and int(ref) < 2**31:

@@ -14,7 +14,6 @@ from sqlalchemy import (
     Engine,
     create_engine,
     event,
-    select,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -46,8 +45,17 @@ class Storage:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    def unit_of_work(self, *, readonly: bool = False):
+        """One transaction and the repositories working in it (see ``uow.py``). A
+        read-only one never takes SQLite's write lock, so it cannot delay a webhook."""
+        from .uow import UnitOfWork
+
+        return UnitOfWork(self, readonly=readonly)
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Session]:
+        """An ORM session in one write transaction (scripts and tests; the app's code
+        goes through ``unit_of_work``)."""
         session = self._sessions()
         try:
             yield session
@@ -67,9 +75,10 @@ class Storage:
             command.upgrade(cfg, "head")
 
     def ping(self) -> None:
-        """Raise if the database cannot be reached."""
+        """Raise if the database cannot be reached (a read: no write lock)."""
         with self.engine.connect() as connection:
-            connection.execute(select(1))
+            connection.execution_options(ivr_readonly=True)
+            connection.exec_driver_sql("SELECT 1").scalar()
 
     def insert(self, table):
         """An INSERT that can say ON CONFLICT DO NOTHING on this database."""
@@ -106,7 +115,13 @@ def _create_engine(url, echo: bool) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _sqlite_begin(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A write transaction takes the write lock at once; a read-only one (desk pages,
+        # exports, /metrics, /healthz) reads a WAL snapshot and never blocks a writer.
+        # Sent straight to the driver: it is transaction control, not a statement of the
+        # service's (the statement budget does not count it).
+        begin = "BEGIN" if connection.get_execution_options().get("ivr_readonly") \
+            else "BEGIN IMMEDIATE"
+        connection.connection.driver_connection.execute(begin)
 
     return engine
 

@@ -100,15 +100,16 @@ def update_statement(ticket_id: int, event: str, now: dt.datetime, data: dict):
         status="pending", attempts=0, failures=0, created_at=now, next_attempt_at=now)
 
 
-def queue_status(db, ticket, now: dt.datetime) -> None:
+def queue_status(db, ticket, now: dt.datetime, callback_number: str | None = None) -> None:
     """Queue an update for a ticket that just moved, if its new status is one the help
-    desk hears about (callback requested, connected, closed). ``ticket`` needs ``id``,
-    ``status`` and ``callback_number``."""
+    desk hears about (callback requested, connected, closed). ``ticket`` needs ``id`` and
+    ``status``; the number to call back is ``callback_number``, else the ticket's own."""
     if ticket is None or ticket.status not in PUSHED_STATUSES:
         return
-    data = {"status": ticket.status}
-    if ticket.status == "callback_requested" and ticket.callback_number:
-        data["callback_number"] = ticket.callback_number
+    data = {"status": str(ticket.status)}
+    callback_number = callback_number or getattr(ticket, "callback_number", None)
+    if ticket.status == "callback_requested" and callback_number:
+        data["callback_number"] = callback_number
     db.execute(update_statement(ticket.id, ticket.status, now, data))
 
 

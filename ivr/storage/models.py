@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -93,7 +94,7 @@ class Call(Base):
     abandoned_at_step: Mapped[str | None] = mapped_column(String(16))
     twilio_status: Mapped[str | None] = mapped_column(String(32))
     # SequenceNumber of the newest status callback applied; older ones are ignored.
-    status_sequence: Mapped[int | None] = mapped_column(Integer)
+    status_sequence: Mapped[int | None] = mapped_column(BigInteger)
     duration_seconds: Mapped[int | None] = mapped_column(Integer)
     queue_result: Mapped[str | None] = mapped_column(String(32))
     queue_seconds: Mapped[int | None] = mapped_column(Integer)
@@ -134,7 +135,7 @@ class OutboxMessage(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     call_sid: Mapped[str] = mapped_column(String(64))
     template: Mapped[str] = mapped_column(String(32))
-    to_number: Mapped[str] = mapped_column(String(32))
+    to_number: Mapped[str] = mapped_column(String(64))
     body: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     reason: Mapped[str | None] = mapped_column(Text)

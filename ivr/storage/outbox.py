@@ -4,27 +4,37 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING
 
-from .engine import Storage
+from sqlalchemy import func, or_, select, update
+
 from .models import OutboxMessage
+from .sql import Sql
+
+if TYPE_CHECKING:
+    from .uow import UnitOfWork
+
+QUEUE = Sql("""
+    INSERT INTO outbox (call_sid, template, to_number, body, status, attempts, created_at)
+    VALUES (:call_sid, :template, :to_number, :body, 'pending', 0, :now)
+    ON CONFLICT DO NOTHING
+""")
 
 
 class OutboxRepository:
-    def __init__(self, storage: Storage, session: Session):
-        self.storage = storage
-        self.session = session
+    def __init__(self, uow: "UnitOfWork"):
+        self.uow = uow
+
+    @property
+    def session(self):
+        return self.uow.session
 
     def queue(self, *, call_sid: str, template: str, to_number: str, body: str,
               now: dt.datetime) -> None:
         """Queue a message once per call and template, however often it is asked for."""
-        self.session.execute(
-            self.storage.insert(OutboxMessage)
-            .values(call_sid=call_sid, template=template, to_number=to_number, body=body,
-                    status="pending", attempts=0, created_at=now)
-            .on_conflict_do_nothing()
-        )
+        QUEUE.run(self.uow.connection, {"call_sid": call_sid, "template": template,
+                                        "to_number": to_number, "body": body,
+                                        "now": self.uow.codec.time(now)})
 
     def claim(self, limit: int, now: dt.datetime, stale_after: dt.timedelta) -> list[OutboxMessage]:
         """Take up to ``limit`` messages to send, marking them "sending"; messages a sender
@@ -33,7 +43,7 @@ class OutboxRepository:
                       (OutboxMessage.status == "sending")
                       & (OutboxMessage.claimed_at < now - stale_after))
         query = select(OutboxMessage).where(waiting).order_by(OutboxMessage.id).limit(limit)
-        if self.storage.dialect == "postgresql":
+        if self.uow.lock_rows:
             query = query.with_for_update(skip_locked=True)
         messages = list(self.session.scalars(query))
         for message in messages:

@@ -1,74 +1,130 @@
-"""Tickets: one per routed call, moved along the lifecycle."""
+"""Tickets: one per routed call, moved along the lifecycle (``domain.lifecycle``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import secrets
+from typing import TYPE_CHECKING
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 from ..domain.flow import Caller, Outcome, Step
-from ..domain.lifecycle import can_move
-from .calls import CallRepository
-from .engine import Storage
-from .models import Account, Ticket
+from ..domain.lifecycle import TicketStatus, can_move, move
+from .calls import TicketRow
+from .models import Call, Ticket
+from .sql import Sql
+
+if TYPE_CHECKING:
+    from .uow import UnitOfWork
+
+OPEN = Sql("""
+    INSERT INTO tickets (number, call_sid, account_id, user_email, priority,
+                         target_response_minutes, region, status, created_at, acknowledged_at)
+    VALUES (:number, :call_sid, :account_id, :user_email, :priority, :minutes, :region,
+            :status, :now, :acknowledged_at)
+    ON CONFLICT DO NOTHING
+    RETURNING id, number, priority, target_response_minutes, status
+""")
+FOR_CALL = Sql("SELECT id, number, priority, target_response_minutes, status FROM tickets "
+               "WHERE call_sid = :call_sid")
+BY_ID = Sql("SELECT id, number, priority, target_response_minutes, status FROM tickets "
+            "WHERE id = :id")
+MOVE = Sql("""
+    UPDATE tickets SET status = :status, updated_at = :now,
+      connected_at = CASE WHEN :connected = 1 THEN COALESCE(connected_at, :now)
+                          ELSE connected_at END,
+      callback_number = COALESCE(:callback_number, callback_number)
+    WHERE id = :id AND status = :current
+    RETURNING id
+""")
 
 
 class TicketRepository:
-    def __init__(self, storage: Storage, session: Session):
-        self.storage = storage
-        self.session = session
-
-    def for_call(self, call_sid: str) -> Ticket | None:
-        return self.session.scalars(select(Ticket).where(Ticket.call_sid == call_sid)).first()
+    def __init__(self, uow: "UnitOfWork"):
+        self.uow = uow
 
     def open(self, *, call_sid: str, caller: Caller, priority: int, target_minutes: int,
-             region: str, now: dt.datetime, number: str | None = None) -> Ticket:
-        """This call's ticket: created once, returned as it is on every later request.
-        ``number`` is tried first; another is drawn only if it is taken."""
+             region: str, status: TicketStatus, now: dt.datetime,
+             acknowledged: bool, number: str | None = None) -> TicketRow:
+        """This call's ticket: created once (one statement), returned as it is on every
+        later request. ``number`` is tried first; another is drawn only if it is taken."""
+        codec = self.uow.codec
         for attempt in range(20):
-            existing = self.for_call(call_sid)
-            if existing is not None:
-                return existing
-            self.session.execute(
-                self.storage.insert(Ticket)
-                .values(
-                    number=number if number and attempt == 0 else new_ticket_number(),
-                    call_sid=call_sid, account_id=caller.account_id,
-                    user_email=caller.user_email, priority=priority,
-                    target_response_minutes=target_minutes, region=region, status="open",
-                    created_at=now,
-                )
-                .on_conflict_do_nothing()
-            )
+            row = OPEN.run(self.uow.connection, {
+                "number": number if number and attempt == 0 else new_ticket_number(),
+                "call_sid": call_sid, "account_id": caller.account_id,
+                "user_email": caller.user_email, "priority": priority, "minutes": target_minutes,
+                "region": region, "status": status.value, "now": codec.time(now),
+                "acknowledged_at": codec.time(now) if acknowledged else None,
+            }).first()
+            if row is None:  # this call has one already, or the number was taken
+                row = FOR_CALL.run(self.uow.connection, {"call_sid": call_sid}).first()
+            if row is not None:
+                tid, number_, level, minutes, current = row
+                return TicketRow(tid, number_, level, minutes, TicketStatus(current))
         raise RuntimeError("could not allocate a unique ticket number")
 
-    def restore(self, record: dict, account: Account | None, now: dt.datetime) -> Ticket | None:
-        """Write a ticket taken while the database was down; None if this call has one."""
-        calls = CallRepository(self.storage, self.session)
-        call = calls.start(
-            call_sid=record["call_sid"], account_sid=None, dialed_number=record["dialed_number"],
-            region=record["region"], language=record["language"],
-            caller_number=record["caller_number"], can_text=record["can_text"], now=now)
-        if self.for_call(record["call_sid"]) is not None:
+    def move(self, ticket: TicketRow, new: TicketStatus, now: dt.datetime,
+             callback_number: str | None = None) -> TicketRow:
+        """Move the ticket on; raises ``lifecycle.ForbiddenMove`` if it may not go there
+        from where it stands."""
+        return self._move(ticket, new, now, callback_number, strict=True)
+
+    def advance(self, ticket: TicketRow, new: TicketStatus, now: dt.datetime,
+                callback_number: str | None = None) -> TicketRow:
+        """Move the ticket on if the lifecycle allows it from where it stands; otherwise
+        leave it there (a replayed webhook, or the desk got there first). Returns the
+        ticket as it now stands either way."""
+        return self._move(ticket, new, now, callback_number, strict=False)
+
+    def _move(self, ticket: TicketRow, new: TicketStatus, now: dt.datetime,
+              callback_number: str | None, strict: bool) -> TicketRow:
+        # The update applies only if the ticket is still where it was read (the desk may
+        # have moved it meanwhile); if not, the move is judged again from where it is.
+        for _ in range(3):
+            if not strict and not can_move(ticket.status, new):
+                return ticket
+            status = move(ticket.status, new)
+            moved = MOVE.run(self.uow.connection, {
+                "id": ticket.id, "status": status.value, "now": self.uow.codec.time(now),
+                "connected": int(status is TicketStatus.CONNECTED),
+                "callback_number": callback_number, "current": ticket.status.value,
+            }).first()
+            if moved is not None:
+                return dataclasses.replace(ticket, status=status)
+            ticket = self._current(ticket.id)
+        raise RuntimeError(f"ticket id={ticket.id} kept changing while it was being moved")
+
+    def _current(self, ticket_id: int) -> TicketRow:
+        row = BY_ID.run(self.uow.connection, {"id": ticket_id}).first()
+        return TicketRow(row[0], row[1], row[2], row[3], TicketStatus(row[4]))
+
+    def restore(self, record, account, now: dt.datetime) -> Ticket | None:
+        """Write a ticket taken while the database was down; None if this call has one.
+        ``record`` is a spooled ticket (``voice.outage.SpooledTicket``)."""
+        session = self.uow.session
+        uow = self.uow
+        calls = uow.calls
+        fresh = calls.new(call_sid=record.call_sid, account_sid=None,
+                          dialed_number=record.dialed_number, region=record.region,
+                          language=record.language, caller_number=record.caller_number,
+                          can_text=record.can_text)
+        calls.start(fresh, fresh.state, record.language, now)
+        call = session.get(Call, record.call_sid, with_for_update=uow.lock_rows or None)
+        if session.scalars(select(Ticket.id).where(Ticket.call_sid == record.call_sid)).first():
             return None
-        number = record["number"]
-        while self.session.scalars(select(Ticket.id).where(Ticket.number == number)).first():
+        number = record.number
+        while session.scalars(select(Ticket.id).where(Ticket.number == number)).first():
             number = new_ticket_number()  # the spoken number was taken meanwhile: very rare
-        self.session.execute(
-            self.storage.insert(Ticket)
-            .values(number=number, call_sid=record["call_sid"],
-                    account_id=account.account_id if account else "unknown",
-                    user_email=account.user_email if account else "unknown",
-                    priority=record["priority"],
-                    target_response_minutes=record["target_response_minutes"],
-                    region=record["region"], status=record.get("status", "open"),
-                    created_at=now,
-                    acknowledged_at=dt.datetime.fromisoformat(record["acknowledged_at"]))
-            .on_conflict_do_nothing(index_elements=["call_sid"])
-        )
-        ticket = self.for_call(record["call_sid"])
+        ticket = Ticket(number=number, call_sid=record.call_sid,
+                        account_id=account.account_id if account else "unknown",
+                        user_email=account.user_email if account else "unknown",
+                        priority=record.priority,
+                        target_response_minutes=record.target_response_minutes,
+                        region=record.region, status=record.status, created_at=now,
+                        acknowledged_at=record.acknowledged_at)
+        session.add(ticket)
         if account is not None and call.account_id is None:
             call.account_id, call.user_email = account.account_id, account.user_email
             call.plan, call.role = account.plan, account.role
@@ -78,40 +134,14 @@ class TicketRepository:
         call.steps_reached = ",".join(
             s for s in (call.steps_reached.split(",") + ["ticket", "routed", "spooled"]) if s)[:255]
         call.updated_at = now
+        session.flush()
         return ticket
-
-    def move(self, call_sid: str, status: str, now: dt.datetime,
-             callback_number: str | None = None) -> Ticket | None:
-        """Move this call's ticket along the lifecycle; None if there is no ticket or the
-        move is not allowed from where it is (a repeated request changes nothing)."""
-        query = select(Ticket).where(Ticket.call_sid == call_sid)
-        if self.storage.dialect == "postgresql":
-            query = query.with_for_update()
-        ticket = self.session.scalars(query).first()
-        if ticket is None or not can_move(ticket.status, status):
-            return None
-        ticket.status = status
-        ticket.updated_at = now
-        if status == "connected":
-            ticket.connected_at = ticket.connected_at or now
-        if callback_number:
-            ticket.callback_number = callback_number
-        return ticket
-
-    def acknowledge(self, call_sid: str, now: dt.datetime) -> None:
-        """Record when the caller was first told the ticket number."""
-        self.session.execute(
-            update(Ticket)
-            .where(Ticket.call_sid == call_sid, Ticket.acknowledged_at.is_(None))
-            .values(acknowledged_at=now)
-            .execution_options(synchronize_session=False)
-        )
 
     def list(self, limit: int | None = None) -> list[Ticket]:
         query = select(Ticket).order_by(Ticket.created_at.desc(), Ticket.id.desc())
         if limit:
             query = query.limit(limit)
-        return list(self.session.scalars(query))
+        return list(self.uow.session.scalars(query))
 
 
 def new_ticket_number() -> str:

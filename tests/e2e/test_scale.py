@@ -184,3 +184,64 @@ def test_sqlite_takes_a_thousand_tickets_from_four_workers_at_once(tmp_path):
         assert connection.execute(text("PRAGMA integrity_check")).scalar() == "ok"
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     storage.dispose()
+
+
+def _signed_post(url, path, params):
+    from twilio.request_validator import RequestValidator
+
+    signature = RequestValidator(TOKEN).compute_signature(PUBLIC + path, params)
+    return requests.post(url + path, data=params, headers={"X-Twilio-Signature": signature},
+                         timeout=30)
+
+
+def _at_the_host_key_prompt(url, caller, pmi):
+    """A new call from ``caller`` that has typed ``pmi``: its webhook parameters."""
+    params = {"CallSid": new_call_sid(), "AccountSid": "AC" + "0" * 32, "To": US_LINE,
+              "From": caller}
+    for path, digits in (("/voice", None), ("/voice/menu", "2"), ("/voice/pmi", pmi)):
+        response = _signed_post(url, path, {**params, **({"Digits": digits} if digits else {})})
+        assert response.status_code == 200
+    return params
+
+
+def _burst(url, calls, key):
+    """Every call's host key, released at one moment."""
+    barrier = threading.Barrier(len(calls))
+
+    def send(params):
+        barrier.wait()
+        return _signed_post(url, "/voice/host-key", {**params, "Digits": key})
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(send, calls))
+
+
+@pytest.mark.parametrize("limit", ["pmi", "caller"])
+def test_a_burst_of_simultaneous_host_keys_over_four_workers_has_exactly_the_limit_judged(
+        database_url, prepared, tmp_path, limit):
+    """40 wrong keys at one instant, for one PMI from 40 callers (or from one caller for
+    40 PMIs): exactly the limit's number is judged, every other one is refused as locked,
+    and the refusals all read the same."""
+    from ivr.config import load_config
+    from ivr.storage.models import Lockout
+
+    policy = load_config(CONFIG).lockout
+    server = Server(database_url, tmp_path, workers=4, name=f"burst-{limit}")
+    try:
+        if limit == "pmi":
+            calls = [_at_the_host_key_prompt(server.url, f"+1202555{n:04d}", BUSINESS_OWNER[0])
+                     for n in range(40)]
+            key, threshold = f"pmi:{BUSINESS_OWNER[0]}", policy.pmi_failures
+        else:
+            calls = [_at_the_host_key_prompt(server.url, "+12025550777", f"55590{n:05d}")
+                     for n in range(40)]
+            key, threshold = "caller:+12025550777", policy.caller_failures
+        answers = _burst(server.url, calls, "7401935")
+    finally:
+        server.stop()
+    assert {a.status_code for a in answers} == {200}, server.output()[-2000:]
+    assert len({a.content for a in answers}) == 1  # judged or refused: one answer
+    with prepared.transaction() as session:
+        counter = session.get(Lockout, key)
+        assert counter.lock_count == 1 and counter.failures == 0
+        assert counter.attempts_while_locked == 40 - threshold

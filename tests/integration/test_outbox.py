@@ -85,11 +85,11 @@ def test_a_message_claimed_by_a_sender_that_died_is_sent_again_later(simulator, 
 
     from sqlalchemy import update
 
-    from ivr.storage import OutboxRepository, utcnow
+    from ivr.storage import utcnow
 
     queue_one(simulator)
-    with ivr.storage.transaction() as session:  # a sender claims it, then dies
-        assert len(OutboxRepository(ivr.storage, session).claim(10, utcnow(), outbox.STALE_CLAIM)) == 1
+    with ivr.storage.unit_of_work() as uow:  # a sender claims it, then dies
+        assert len(uow.outbox.claim(10, utcnow(), outbox.STALE_CLAIM)) == 1
     settings = ivr.settings.model_copy(update={"twilio_account_sid": "AC" + "1" * 32,
                                                "sms_from": "+15005550006"})
     http = RecordingHttpClient()

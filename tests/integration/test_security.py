@@ -15,7 +15,6 @@ from sqlalchemy import inspect, select
 from ivr import create_app
 from ivr.desk.directory import Row, import_rows
 from ivr.storage.models import Base, Lockout
-from ivr.storage import LockoutRepository
 
 from ..support import BUSINESS_OWNER, US_LINE, TwilioClient, twiml
 
@@ -128,10 +127,11 @@ def test_failures_spread_over_more_than_the_window_do_not_throttle_a_caller(twil
 
 def test_parallel_failures_are_all_counted(app, ivr, clock):
     def fail():
-        with ivr.storage.transaction() as session:
-            LockoutRepository(ivr.storage, session).fail(
-                "pmi:5550000000", clock(), threshold=1000, window=None,
-                lock_for=ivr.config.lockout.duration)
+        with ivr.storage.unit_of_work() as uow:
+            counters = uow.lockouts.claim("pmi:5550000000", "caller:withheld", clock())
+            counters["pmi:5550000000"].fail(clock(), threshold=1000, window=None,
+                                            lock_for=ivr.config.lockout.duration)
+            uow.lockouts.settle(counters, clock())
 
     threads = [threading.Thread(target=fail) for _ in range(24)]
     for thread in threads:
@@ -145,10 +145,11 @@ def test_parallel_failures_past_the_threshold_lock_once(app, ivr, clock):
     results = []
 
     def fail():
-        with ivr.storage.transaction() as session:
-            results.append(LockoutRepository(ivr.storage, session).fail(
-                "pmi:5550000001", clock(), threshold=5, window=None,
-                lock_for=ivr.config.lockout.duration))
+        with ivr.storage.unit_of_work() as uow:
+            counters = uow.lockouts.claim("pmi:5550000001", "caller:withheld", clock())
+            results.append(counters["pmi:5550000001"].fail(
+                clock(), threshold=5, window=None, lock_for=ivr.config.lockout.duration))
+            uow.lockouts.settle(counters, clock())
 
     threads = [threading.Thread(target=fail) for _ in range(12)]
     for thread in threads:

@@ -1,7 +1,7 @@
 """help desk: push jobs written with the ticket change they carry, sent by the outbox sender
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-11-25
 """
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 import ivr.storage.models
 
 revision = '0006'
-down_revision = '0004'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 

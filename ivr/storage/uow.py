@@ -1,0 +1,106 @@
+"""The unit of work: one transaction and the repositories that work inside it.
+
+    with storage.unit_of_work() as uow:                 # BEGIN IMMEDIATE on SQLite
+        call = uow.calls.load(call_sid)
+        ...                                             # committed on leaving the block
+    with storage.unit_of_work(readonly=True) as uow:    # plain BEGIN: never the write lock
+        rows, total = uow.desk.tickets(...)
+
+The webhook path's repositories run driver-level SQL on the unit's connection; the ORM
+session (``uow.session``: desk reads, the directory import, operator commands) is opened
+only when something asks for it, on the same connection and transaction.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session
+
+from .accounts import AccountRepository
+from .calls import CallRepository
+from .desk_queries import DeskRepository
+from .lockouts import LockoutRepository
+from .outbox import OutboxRepository
+from .sql import Codec
+from .tickets import TicketRepository
+
+if TYPE_CHECKING:
+    from .engine import Storage
+
+
+class UnitOfWork:
+    def __init__(self, storage: "Storage", *, readonly: bool = False):
+        self.storage = storage
+        self.readonly = readonly
+        self.dialect = storage.dialect
+        self.codec = Codec(self.dialect)
+        self.connection: Connection | None = None
+
+    def __enter__(self) -> "UnitOfWork":
+        connection = self.storage.engine.connect()
+        if self.readonly:
+            # SQLite: a deferred BEGIN (see engine.py). PostgreSQL readers never block.
+            connection.execution_options(ivr_readonly=True)
+        try:
+            connection.begin()
+        except BaseException:
+            connection.close()
+            raise
+        self.connection = connection
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        connection, self.connection = self.connection, None
+        session = self.__dict__.pop("session", None)
+        try:
+            if error is None:
+                if session is not None:
+                    session.flush()
+                connection.commit()
+            else:
+                connection.rollback()
+        finally:
+            if session is not None:
+                session.close()
+            connection.close()
+
+    @property
+    def lock_rows(self) -> bool:
+        """Whether reads for an update take row locks (PostgreSQL). SQLite's write
+        transaction already holds the database's one write lock."""
+        return self.dialect == "postgresql" and not self.readonly
+
+    @cached_property
+    def session(self) -> Session:
+        """The ORM on this unit's connection and transaction."""
+        return Session(bind=self.connection, expire_on_commit=False,
+                       join_transaction_mode="rollback_only")
+
+    # -- repositories ------------------------------------------------------------------
+
+    @cached_property
+    def calls(self) -> CallRepository:
+        return CallRepository(self)
+
+    @cached_property
+    def tickets(self) -> TicketRepository:
+        return TicketRepository(self)
+
+    @cached_property
+    def lockouts(self) -> LockoutRepository:
+        return LockoutRepository(self)
+
+    @cached_property
+    def outbox(self) -> OutboxRepository:
+        return OutboxRepository(self)
+
+    @cached_property
+    def accounts(self) -> AccountRepository:
+        return AccountRepository(self)
+
+    @cached_property
+    def desk(self) -> DeskRepository:
+        return DeskRepository(self)

@@ -1,0 +1,297 @@
+"""The outage path: answering calls while the database is unreachable, and catching up.
+
+- A verified caller's priority prompt carries a pass signed by the service (``a``, ``f``,
+  ``t`` in its action URL), so the call can still be routed if the database is gone by
+  the time the caller presses a key.
+- What could not be written goes to the spool (``spool.py``) as typed records with a
+  format version; ``replay`` writes them once the database is back. Records written by an
+  earlier release (format 1: no ``v`` field) replay too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import hmac
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+from .. import metrics
+from ..config import Line
+from ..domain.flow import Caller, CallState, Reply, Step, TicketInfo
+from ..domain.lifecycle import TicketStatus, routed_status
+from ..domain.phones import can_receive_sms
+from ..storage import helpdesk as helpdesk_jobs
+
+if TYPE_CHECKING:
+    from ..storage import CallRecord, UnitOfWork
+    from .service import CallRequest, CallService
+
+log = logging.getLogger("ivr.calls")
+
+FORMAT = 2  # the spool record format this release writes
+
+
+@dataclass(frozen=True)
+class SpooledSms:
+    template: str
+    body: str
+
+
+@dataclass(frozen=True)
+class SpooledTicket:
+    """A caller routed during the outage: their ticket, as they heard it."""
+
+    call_sid: str
+    account_ref: int
+    number: str
+    priority: int
+    target_response_minutes: int
+    region: str
+    dialed_number: str
+    caller_number: str
+    can_text: bool
+    english: bool
+    language: str
+    created_at: dt.datetime
+    acknowledged_at: dt.datetime
+    status: str
+    sms: SpooledSms | None = None
+    kind = "ticket"
+
+
+@dataclass(frozen=True)
+class SpooledStatus:
+    """A status callback. ``to`` and ``caller`` let replay record a call the database
+    never saw (answered while it was down); format 1 records have neither."""
+
+    call_sid: str
+    status: str
+    duration: int | None
+    sequence: int | None
+    at: dt.datetime
+    to: str | None = None
+    caller: str | None = None
+    kind = "status"
+
+
+@dataclass(frozen=True)
+class SpooledQueueResult:
+    call_sid: str
+    result: str
+    queue_time: int | None
+    at: dt.datetime
+    kind = "queue_result"
+
+
+Record = SpooledTicket | SpooledStatus | SpooledQueueResult
+KINDS: dict[str, type] = {cls.kind: cls for cls in (SpooledTicket, SpooledStatus,
+                                                    SpooledQueueResult)}
+_TIMES = ("created_at", "acknowledged_at", "at")
+
+
+def encode(record: Record) -> dict[str, Any]:
+    """The record as the spool's JSON line holds it."""
+    data = dataclasses.asdict(record)
+    for name in _TIMES:
+        if name in data:
+            data[name] = data[name].isoformat()
+    return {"v": FORMAT, "kind": record.kind, **data}
+
+
+def decode(data: Mapping[str, Any]) -> Record:
+    """A spooled record of any known format; ValueError/KeyError/TypeError if unreadable."""
+    version = data.get("v", 1)
+    if version not in (1, FORMAT):
+        raise ValueError(f"spool record format {version!r} is newer than this release")
+    kind = KINDS[data.get("kind", "ticket")]
+    names = {f.name for f in dataclasses.fields(kind)}
+    values = {k: v for k, v in data.items() if k in names}
+    for name in _TIMES:
+        if name in values:
+            values[name] = dt.datetime.fromisoformat(values[name])
+    if kind is SpooledTicket:
+        # Format 1 kept no status before the dial routes came: those tickets were open.
+        values.setdefault("status", TicketStatus.OPEN.value)
+        values["status"] = TicketStatus(values["status"]).value
+        sms = values.get("sms")
+        values["sms"] = SpooledSms(sms["template"], sms["body"]) if sms else None
+        values["account_ref"] = int(values["account_ref"])
+    return kind(**values)
+
+
+class Outage:
+    def __init__(self, service: "CallService"):
+        self.service = service
+
+    # -- the signed pass -----------------------------------------------------------------
+
+    def _tag(self, call_sid: str, account_ref: str, flags: str) -> str:
+        key = self.service.hasher.derive("verified-call")
+        return hmac.new(key, f"{call_sid}|{account_ref}|{flags}".encode(),
+                        hashlib.sha256).hexdigest()[:32]
+
+    def verified_pass(self, uow: "UnitOfWork", record: "CallRecord",
+                      reply: Reply) -> dict[str, str] | None:
+        """Query parameters for the priority prompt of a verified caller: proof, signed by
+        the service, that lets the call be routed even if the database is gone by then."""
+        state = record.state
+        if reply.ask is None or reply.ask.step is not Step.PRIORITY or state.caller is None:
+            return None
+        ref = state.caller.ref
+        if ref is None:  # a re-prompt: the caller was verified by an earlier request
+            ref = uow.accounts.id_by_email(state.caller.user_email)
+            if ref is None:
+                return None
+        ref, flags = str(ref), f"{int(record.can_text)}{int(state.english)}"
+        return {"a": ref, "f": flags, "t": self._tag(record.call_sid, ref, flags)}
+
+    def check_pass(self, call_sid: str, query: Mapping[str, str]) -> tuple[int, bool, bool] | None:
+        ref, flags, tag = query.get("a", ""), query.get("f", ""), query.get("t", "")
+        if not (ref.isdigit() and flags in ("00", "01", "10", "11")):
+            return None
+        if not hmac.compare_digest(tag, self._tag(call_sid, ref, flags)):
+            return None
+        return int(ref), flags[0] == "1", flags[1] == "1"
+
+    def ticket_number(self, call_sid: str) -> str:
+        """A ticket number derived from the call, like new_ticket_number() in form."""
+        digest = hmac.new(self.service.hasher.derive("outage-ticket"), call_sid.encode(),
+                          hashlib.sha256)
+        return str(10_000_000 + int.from_bytes(digest.digest()[:8], "big") % 90_000_000)
+
+    # -- answering without the database --------------------------------------------------
+
+    def route(self, request: "CallRequest", digits: str, verified: tuple[int, bool, bool],
+              query: Mapping[str, str]) -> str:
+        """Route a verified caller without the database; the ticket goes to the spool."""
+        service = self.service
+        account_ref, can_text, english = verified
+        line = service.config.line_for(request.to)
+        state = CallState(request.call_sid, can_text=can_text, step=Step.PRIORITY,
+                          english=english, caller=Caller("", "", "", ""))
+        ports = _SpoolPorts(service, request.call_sid, line, english)
+        reply = service._flow(line).handle(state, Step.PRIORITY.value, digits, ports)
+        if reply.route is None or ports.ticket is None:
+            return service.renderer.reply(reply, line, dict(query))
+        now = service.clock()
+        metrics.SPOOLED.labels("ticket").inc()
+        dialled = service.config.route_for(line).kind == "dial"
+        self._append(SpooledTicket(
+            call_sid=request.call_sid, account_ref=account_ref, number=ports.ticket.number,
+            priority=ports.ticket.priority,
+            target_response_minutes=ports.ticket.target_response_minutes,
+            region=line.region if line is not None else "unknown",
+            dialed_number=line.number if line is not None else request.to,
+            caller_number=request.caller, can_text=can_text, english=english,
+            language=service.renderer.voices(line)[1 if english else 0].language,
+            created_at=now, acknowledged_at=now, sms=ports.sms,
+            status=routed_status(dialled).value))
+        log.warning("database unreachable: call %s routed, its ticket spooled", request.call_sid)
+        return service.renderer.reply(reply, line)
+
+    def spool_status(self, request: "CallRequest", status: str, duration: int | None,
+                     sequence: int | None) -> None:
+        metrics.SPOOLED.labels("status").inc()
+        self._append(SpooledStatus(request.call_sid, status, duration, sequence,
+                                   self.service.clock(), request.to, request.caller))
+        log.warning("database unreachable: status of call %s spooled", request.call_sid)
+
+    def spool_queue_result(self, request: "CallRequest", result: str,
+                           queue_time: int | None) -> None:
+        metrics.SPOOLED.labels("queue_result").inc()
+        self._append(SpooledQueueResult(request.call_sid, result, queue_time,
+                                        self.service.clock()))
+        log.warning("database unreachable: queue result of call %s spooled", request.call_sid)
+
+    def _append(self, record: Record) -> None:
+        self.service.spool.append(encode(record))
+
+    # -- catching up -----------------------------------------------------------------------
+
+    def replay(self, data: Mapping[str, Any]) -> bool:
+        """Write one spooled record; False if the database already had it."""
+        record = decode(data)
+        service = self.service
+        with service.storage.unit_of_work() as uow:
+            if isinstance(record, SpooledStatus):
+                return self._replay_status(uow, record)
+            if isinstance(record, SpooledQueueResult):
+                return self._replay_queue_result(uow, record)
+            account = uow.accounts.by_id(record.account_ref)
+            restored = uow.tickets.restore(record, account, record.created_at)
+            if restored is not None and service.config.helpdesk:  # help desk push (issue 9)
+                helpdesk_jobs.queue_create(uow.session, restored.id, service.clock())
+            if restored is not None and record.sms is not None:
+                uow.outbox.queue(call_sid=record.call_sid, template=record.sms.template,
+                                 to_number=record.caller_number, body=record.sms.body,
+                                 now=service.clock())
+            return restored is not None
+
+    def _replay_queue_result(self, uow: "UnitOfWork", record: SpooledQueueResult) -> bool:
+        """Apply a spooled queue result; False if the call already had it."""
+        before = uow.calls.load(record.call_sid)
+        if before is None:
+            self._meet(uow, record.call_sid, None, None, record.at)
+        after = self.service.apply_queue_result(uow, record.call_sid, record.result,
+                                                record.queue_time, record.at)
+        if before is None:
+            return True
+        moved = before.ticket is not None and after.ticket.status is not before.ticket.status
+        return moved or before.queue_result != record.result
+
+    def _replay_status(self, uow: "UnitOfWork", record: SpooledStatus) -> bool:
+        """Apply a spooled status. A call the database never saw (answered while it was
+        down) is recorded first, so its end is kept rather than dropped."""
+        calls = uow.calls
+        applied, *_ = calls.record_status(record.call_sid, record.status, record.duration,
+                                          record.at, sequence=record.sequence)
+        if applied:
+            return True
+        if calls.exists(record.call_sid):
+            return False  # an older callback than one already applied
+        self._meet(uow, record.call_sid, record.to, record.caller, record.at)
+        applied, *_ = calls.record_status(record.call_sid, record.status, record.duration,
+                                          record.at, sequence=record.sequence)
+        log.info("call %s answered during the outage recorded from its status", record.call_sid)
+        return applied
+
+    def _meet(self, uow: "UnitOfWork", call_sid: str, to: str | None, caller: str | None,
+              at: dt.datetime) -> None:
+        """Store a call known only from a spooled callback."""
+        config = self.service.config
+        line = config.line_for(to)
+        voice = line.speech if line is not None else config.service.speech
+        record = uow.calls.new(call_sid=call_sid, account_sid=None,
+                               dialed_number=line.number if line is not None else (to or ""),
+                               region=line.region if line is not None else "unknown",
+                               language=voice.language, caller_number=caller or "",
+                               can_text=can_receive_sms(caller))
+        uow.calls.start(record, record.state, voice.language, at)
+
+
+class _SpoolPorts:
+    """The flow's side effects while the database is unreachable: kept for the spool."""
+
+    def __init__(self, service: "CallService", call_sid: str, line: Line | None, english: bool):
+        self.service = service
+        self.call_sid = call_sid
+        self.line = line
+        self.english = english
+        self.ticket: TicketInfo | None = None
+        self.sms: SpooledSms | None = None
+
+    def verify(self, pmi: str, host_key: str) -> Caller | None:
+        return None  # never asked: only verified callers are routed during an outage
+
+    def open_ticket(self, caller: Caller, priority: int, target_minutes: int) -> TicketInfo:
+        # The same number for the same call, however often Twilio repeats the request.
+        self.ticket = TicketInfo(self.service.outage.ticket_number(self.call_sid), priority,
+                                 target_minutes)
+        return self.ticket
+
+    def send_sms(self, template: str, params: dict[str, object]) -> None:
+        body = self.service.catalogue_for(self.line, self.english).text(template, params)
+        self.sms = SpooledSms(template, body)

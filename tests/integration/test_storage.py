@@ -1,0 +1,223 @@
+"""The storage layer under the webhooks: statements per step, reads that never block a
+call, replayed and oversized webhooks, and the unit of work itself."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import event, select
+
+from ivr import create_app
+from ivr.storage.models import Call, Lockout, OutboxMessage, Ticket
+
+from ..support import BUSINESS_OWNER, CALLER, TwilioClient, twiml
+
+# Statements each webhook step may issue (BEGIN excluded; COMMIT is not a statement).
+# The same figures are in README.md, "Reliability and scale".
+BUDGET = {
+    "incoming": 2,         # load the call (with its ticket) + store it
+    "menu": 2,             # load + save
+    "pmi": 2,              # load + save
+    "host-key": 5,         # load + directory entry + claim both counters + settle + save
+    "priority": 4,         # load + ticket + text message + save
+    "wait": 1,             # load (read-only)
+    "wait-choice": 3,      # load + move the ticket + text message
+    "queue-result": 3,     # load + record the result + move the ticket
+    "status": 1,           # one conditional update
+    "status-abandoned": 2,  # the end of a call that never got an outcome
+    "replayed": 1,         # a repeated request for a step already answered: load only
+}
+
+
+@contextlib.contextmanager
+def counting(storage):
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if not statement.lstrip().upper().startswith("BEGIN"):
+            statements.append(statement)
+
+    event.listen(storage.engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(storage.engine, "before_cursor_execute", count)
+
+
+def step(twilio, sid, path, digits=None, caller=CALLER, **extra):
+    params = {**twilio.call_params(sid, caller=caller), **extra}
+    if digits is not None:
+        params["Digits"] = digits
+    response = twilio.post(path, **params)
+    assert response.status_code == 200
+    return response
+
+
+def within_budget(ivr, name, send):
+    with counting(ivr.storage) as statements:
+        response = send()
+    assert len(statements) <= BUDGET[name], (name, statements)
+    return response
+
+
+def test_every_webhook_step_stays_within_its_statement_budget(twilio, ivr, call_sid):
+    budget = lambda name, path, digits=None, **extra: within_budget(  # noqa: E731
+        ivr, name, lambda: step(twilio, call_sid, path, digits, **extra))
+    budget("incoming", "/voice")
+    budget("replayed", "/voice")
+    budget("menu", "/voice/menu", "2")
+    budget("pmi", "/voice/pmi", BUSINESS_OWNER[0])
+    budget("host-key", "/voice/host-key", "1111111")  # a wrong key: refused, counted
+    budget("pmi", "/voice/pmi", BUSINESS_OWNER[0])
+    budget("host-key", "/voice/host-key", BUSINESS_OWNER[1])
+    budget("priority", "/voice/priority", "2")
+    budget("replayed", "/voice/priority", "2")
+    budget("wait", "/voice/wait", QueuePosition="1", AvgQueueTime="30")
+    budget("wait-choice", "/voice/wait-choice", "1")
+    budget("queue-result", "/voice/queue-result", QueueResult="leave", QueueTime="40")
+    budget("status", "/voice/status", CallStatus="completed", CallDuration="80")
+    other = "CA" + "e" * 32
+    within_budget(ivr, "incoming", lambda: step(twilio, other, "/voice"))
+    within_budget(ivr, "status-abandoned", lambda: step(
+        twilio, other, "/voice/status", CallStatus="completed", CallDuration="3"))
+
+
+def test_a_desk_read_held_open_does_not_delay_a_call(twilio, ivr, app, call_sid):
+    """A report reading for a long time (held open here) must not take the write lock:
+    a new call is answered while the read is still in progress, well within the 5 s a
+    write would wait for a lock."""
+    with ivr.storage.unit_of_work(readonly=True) as uow:
+        rows, total = uow.desk.tickets()  # the read has its snapshot now
+        started = time.monotonic()
+        answer = twiml(step(twilio, call_sid, "/voice"))
+        waited = time.monotonic() - started
+        assert uow.connection is not None  # still inside the read
+    assert answer.find("Gather") is not None  # the menu, not the fallback apology
+    assert waited < 2.5
+    with ivr.storage.transaction() as session:
+        assert session.get(Call, call_sid) is not None
+
+
+def test_health_and_metrics_answer_while_a_call_holds_the_write_lock(twilio, ivr, app):
+    """/healthz and /metrics read without asking for the write lock, so they neither wait
+    for a webhook's transaction nor make one wait."""
+    held, release = threading.Event(), threading.Event()
+
+    def writer():
+        with ivr.storage.unit_of_work() as uow:
+            uow.calls.load("CA" + "0" * 32)  # inside a write transaction
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert held.wait(10)
+        client = app.test_client()
+        assert client.get("/healthz").get_json()["database"] == "ok"
+        assert client.get("/metrics").status_code == 200
+        assert thread.is_alive()  # answered while the write was still open
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_a_write_in_a_read_only_unit_of_work_is_refused_by_postgresql_or_never_locks_sqlite(ivr):
+    with ivr.storage.unit_of_work(readonly=True) as reader:
+        with ivr.storage.unit_of_work() as writer:  # not blocked by the open read
+            writer.outbox.queue(call_sid="CA" + "1" * 32, template="t", to_number=CALLER,
+                                body="b", now=ivr.service.clock())
+        assert reader.outbox.depth() in (0, 1)  # its snapshot may predate the write
+    with ivr.storage.unit_of_work(readonly=True) as reader:
+        assert reader.outbox.depth() == 1
+
+
+def routed(twilio, sid, caller=CALLER):
+    step(twilio, sid, "/voice", caller=caller)
+    step(twilio, sid, "/voice/menu", "2", caller=caller)
+    step(twilio, sid, "/voice/pmi", BUSINESS_OWNER[0], caller=caller)
+    step(twilio, sid, "/voice/host-key", BUSINESS_OWNER[1], caller=caller)
+    return twiml(step(twilio, sid, "/voice/priority", "2", caller=caller))
+
+
+def ticket_of(ivr, sid):
+    with ivr.storage.transaction() as session:
+        return session.scalars(select(Ticket).where(Ticket.call_sid == sid)).one()
+
+
+@pytest.mark.parametrize("replayed", ["/voice/priority", "/voice"])
+def test_a_finished_calls_replayed_webhook_changes_nothing_and_enqueues_no_one(
+        twilio, ivr, call_sid, replayed):
+    assert routed(twilio, call_sid).find("Enqueue") is not None
+    step(twilio, call_sid, "/voice/queue-result", QueueResult="hangup", QueueTime="30")
+    step(twilio, call_sid, "/voice/status", CallStatus="completed", CallDuration="90")
+    assert ticket_of(ivr, call_sid).status == "open"
+    with ivr.storage.transaction() as session:
+        before = session.get(Call, call_sid).updated_at
+    answer = twiml(step(twilio, call_sid, replayed, "2"))
+    assert answer.find("Enqueue") is None and answer.find("Hangup") is not None
+    assert ticket_of(ivr, call_sid).status == "open"
+    with ivr.storage.transaction() as session:
+        assert session.get(Call, call_sid).updated_at == before
+
+
+def test_a_caller_with_a_long_extension_is_routed_and_texted(twilio, ivr, call_sid):
+    caller = "+14155550100;ext=12345678901234567890"
+    assert len(caller) == 37
+    assert routed(twilio, call_sid, caller=caller).find("Enqueue") is not None
+    assert ticket_of(ivr, call_sid).status == "in_queue"
+    with ivr.storage.transaction() as session:
+        message = session.scalars(select(OutboxMessage)
+                                  .where(OutboxMessage.call_sid == call_sid)).one()
+        assert message.to_number == caller
+
+
+@pytest.mark.parametrize("value", [str(2**31), str(2**63), str(2**63 + 5), "9" * 40])
+def test_counters_beyond_any_column_are_kept_at_its_bound_not_refused(
+        twilio, ivr, call_sid, value):
+    routed(twilio, call_sid)
+    answer = twiml(step(twilio, call_sid, "/voice/queue-result", QueueResult="bridged",
+                        QueueTime=value))
+    assert answer.find("Enqueue") is None  # not sent to the fallback queue
+    step(twilio, call_sid, "/voice/status", CallStatus="completed", CallDuration=value,
+         SequenceNumber=value)
+    with ivr.storage.transaction() as session:
+        call = session.get(Call, call_sid)
+        assert call.queue_result == "bridged" and call.twilio_status == "completed"
+        assert call.queue_seconds == call.duration_seconds == 2**31 - 1
+        assert call.status_sequence == min(int(value), 2**63 - 1)
+    assert ticket_of(ivr, call_sid).status == "connected"
+
+
+def test_twenty_parallel_copies_of_a_wrong_host_key_count_once_and_all_ask_for_the_pmi(
+        twilio, ivr, app, call_sid):
+    """The promise in README ("Duplicates"): the copies change the call once, the first
+    applied gets the step's answer and the others the prompt the call now waits for."""
+    second = create_app(ivr.settings, clock=ivr.service.clock)  # another worker
+    clients = [twilio, TwilioClient(second)]
+    step(twilio, call_sid, "/voice")
+    step(twilio, call_sid, "/voice/menu", "2")
+    step(twilio, call_sid, "/voice/pmi", BUSINESS_OWNER[0])
+    params = {**twilio.call_params(call_sid), "Digits": "1111111"}
+    barrier = threading.Barrier(20)
+
+    def send(n):
+        barrier.wait()
+        return clients[n % 2].post("/voice/host-key", **params)
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = [twiml(r) for r in pool.map(send, range(20))]
+    second.extensions["ivr"].storage.dispose()
+    actions = {a.find("Gather").get("action").split("?")[0] for a in answers}
+    assert actions == {"/voice/pmi"}
+    with ivr.storage.transaction() as session:
+        assert session.get(Call, call_sid).auth_failures == 1
+        assert session.get(Lockout, f"pmi:{BUSINESS_OWNER[0]}").failures == 1
+    bodies = [ET.tostring(a) for a in answers]
+    first = [b for b in bodies if bodies.count(b) == 1]
+    assert len(set(bodies)) <= 2 and len(first) <= 1  # the first answer, and the prompt
