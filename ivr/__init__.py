@@ -17,6 +17,7 @@ from .storage import Storage, utcnow
 from .voice.prompts import Catalogue, CatalogueError, load_catalogues
 from .voice.service import CallService
 from .voice.spool import Spool
+from .voice.floor import Floor
 from .voice.twiml import Renderer
 
 
@@ -31,6 +32,7 @@ class Ivr:
     hasher: HostKeyHasher
     renderer: Renderer
     service: CallService
+    floor: "Floor | None" = None  # the engineer line and callbacks (ivr/voice/floor.py)
 
 
 def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Flask:
@@ -51,20 +53,24 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Fl
     service = CallService(config, catalogues, storage, hasher, renderer, spool, clock=clock)
 
     app = Flask(__name__, instance_path=str(settings.instance_path.resolve()))
-    app.extensions["ivr"] = Ivr(settings, config, catalogues, storage, hasher, renderer, service)
+    app.extensions["ivr"] = Ivr(settings, config, catalogues, storage, hasher, renderer, service,
+                                floor=Floor(config, catalogues, storage, renderer, clock))
     if settings.trusted_proxies:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
 
     from . import cli, health
     from .desk import api, commands, dashboard  # noqa: F401  commands: tickets show|close|...
-    from .voice import webhooks
+    from .desk import floor_views  # noqa: F401  engineers, callbacks: /admin/floor, commands
+    from .voice import agent, webhooks
 
     app.register_blueprint(webhooks.voice)
+    app.register_blueprint(agent.agent)
     app.register_blueprint(health.health)
     app.register_blueprint(api.api)
     app.register_blueprint(dashboard.admin)
     cli.register(app)
+    app.cli.add_command(floor_views.engineers_cli)
     return app
 
 

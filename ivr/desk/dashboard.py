@@ -25,6 +25,7 @@ from flask import (
 )
 
 from ..extension import ivr
+from .engineers import Engineers
 from .service import EXPORT_FORMATS, Desk, DeskError, Period, parse_moment
 
 log = logging.getLogger("ivr.admin")
@@ -97,9 +98,18 @@ def guard():
         return message(400, EXPIRED)
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
-    if not _same(session.get("operator", ""), operator_mark(token)):
-        return redirect(url_for("admin.login"))
-    return None
+    if _same(session.get("operator", ""), operator_mark(token)):
+        return None
+    name = session.get("engineer")
+    if name and _same(session.get("engineer_mark", ""),
+                      Engineers.of(ivr()).session_mark(name) or ""):
+        return None
+    return redirect(url_for("admin.login"))
+
+
+def actor() -> str:
+    """Who is signed in: 'admin' for IVR_ADMIN_TOKEN, else the engineer's name."""
+    return session.get("engineer") or "admin"
 
 
 @admin.errorhandler(DeskError)
@@ -114,9 +124,21 @@ def desk_error(exc: DeskError):
 def login():
     if request.method == "GET":
         return render_template("admin/login.html")
-    if not _same(request.form.get("token", "").strip(), ivr().settings.admin_token):
-        log.warning("dashboard sign-in refused: wrong token")
-        return render_template("admin/login.html", error="That is not the admin token."), 401
+    given = request.form.get("token", "").strip()
+    engineer = None
+    if not _same(given, ivr().settings.admin_token):
+        engineer = Engineers.of(ivr()).by_token(given)  # a personal desk token
+        if engineer is None:
+            log.warning("dashboard sign-in refused: wrong token")
+            return render_template("admin/login.html",
+                                   error="That is not the admin token or a desk token."), 401
+        session.clear()
+        session.permanent = True
+        session["engineer"] = engineer.name
+        session["engineer_mark"] = Engineers.of(ivr()).session_mark(engineer.name)
+        session["csrf"] = secrets.token_urlsafe(32)
+        log.info("dashboard sign-in by engineer %s", engineer.name)
+        return redirect(url_for("admin.tickets"))
     session.clear()
     session.permanent = True
     session["operator"] = operator_mark(ivr().settings.admin_token)
@@ -153,7 +175,7 @@ def ticket(ref: str):
 
 @admin.post("/tickets/<ref>/close")
 def close(ref: str):
-    view, changed = desk().close(ref)
+    view, changed = desk().close(ref, actor=actor())
     flash(f"Ticket {view['number']} {'closed' if changed else 'was already closed'}.")
     return redirect(url_for("admin.ticket", ref=view["number"]))
 
@@ -163,7 +185,7 @@ def set_priority(ref: str):
     text = request.form.get("priority", "")
     if text not in ("1", "2", "3", "4"):
         return message(400, f"priority: {text[:20]!r} is not a priority from 1 to 4")
-    view, changed = desk().set_priority(ref, int(text))
+    view, changed = desk().set_priority(ref, int(text), actor=actor())
     flash(f"Ticket {view['number']} {'is now' if changed else 'was already'} "
           f"P{view['priority']} {view['priority_name']}.")
     return redirect(url_for("admin.ticket", ref=view["number"]))

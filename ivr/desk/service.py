@@ -18,6 +18,7 @@ from ..config import IvrConfig
 from ..domain.lifecycle import STATUSES, TRANSITIONS
 from ..domain.phones import mask
 from ..storage import DeskRepository, Storage
+from ..storage.engineers import FloorRepository, floor_details
 from ..storage.models import Call, Ticket
 
 log = logging.getLogger("ivr.desk")
@@ -346,16 +347,18 @@ class Desk:
     def ticket(self, ref: str | int) -> dict:
         with self.storage.transaction() as session:
             ticket, caller = self._find(DeskRepository(self.storage, session), ref)
-            return ticket_view(ticket, caller, self.config, self.clock())
+            view = ticket_view(ticket, caller, self.config, self.clock())
+            view.update(floor_details(self.storage, session, ticket.id))
+            return view
 
-    def close(self, ref: str | int) -> tuple[dict, bool]:
-        return self.update(ref, status="closed")
+    def close(self, ref: str | int, actor: str = "admin") -> tuple[dict, bool]:
+        return self.update(ref, status="closed", actor=actor)
 
-    def set_priority(self, ref: str | int, level: int) -> tuple[dict, bool]:
-        return self.update(ref, priority=level)
+    def set_priority(self, ref: str | int, level: int, actor: str = "admin") -> tuple[dict, bool]:
+        return self.update(ref, priority=level, actor=actor)
 
     def update(self, ref: str | int, *, status: str | None = None,
-               priority: int | None = None) -> tuple[dict, bool]:
+               priority: int | None = None, actor: str = "admin") -> tuple[dict, bool]:
         """Reclassify and/or move a ticket on; returns its view and whether it changed.
         Asking for the status or priority it already has changes nothing."""
         if status is None and priority is None:
@@ -375,6 +378,8 @@ class Desk:
                     raise Conflict(f"ticket {ticket.number} is closed; its priority can no "
                                    "longer change")
                 log.info("ticket id=%s priority %s -> %s", ticket.id, ticket.priority, priority)
+                FloorRepository(self.storage, session).record(
+                    ticket.id, actor, "priority", f"P{ticket.priority} -> P{priority}", now)
                 ticket.priority = priority
                 ticket.target_response_minutes = self.config.priority(priority).target_response_minutes
                 changed = True
@@ -384,6 +389,9 @@ class Desk:
                     raise Conflict(f"ticket {ticket.number} cannot go from {ticket.status} to "
                                    f"{status} (allowed from {ticket.status}: {allowed})")
                 log.info("ticket id=%s status %s -> %s", ticket.id, ticket.status, status)
+                FloorRepository(self.storage, session).record(
+                    ticket.id, actor, "close" if status == "closed" else "status",
+                    f"{ticket.status} -> {status}", now)
                 ticket.status = status
                 if status == "connected":
                     ticket.connected_at = ticket.connected_at or now
@@ -393,7 +401,9 @@ class Desk:
             if changed:
                 ticket.updated_at = now
             session.flush()
-            return ticket_view(ticket, caller, self.config, now), changed
+            view = ticket_view(ticket, caller, self.config, now)
+            view.update(floor_details(self.storage, session, ticket.id))
+            return view, changed
 
     def _find(self, desk: DeskRepository, ref, for_update: bool = False):
         ref = str(ref).strip()

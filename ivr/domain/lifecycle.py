@@ -10,7 +10,8 @@ STATUSES = ("open", "in_queue", "callback_requested", "connected", "closed")
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     "open": ("in_queue", "callback_requested", "connected", "closed"),
     "in_queue": ("open", "callback_requested", "connected", "closed"),
-    "callback_requested": ("connected", "closed"),
+    # Back to the open pile after the configured number of failed callback attempts.
+    "callback_requested": ("open", "connected", "closed"),
     "connected": ("closed",),
     "closed": (),
 }

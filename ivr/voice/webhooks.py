@@ -100,13 +100,16 @@ def queue_result():
 @voice.post("/wait")
 @twilio_signed
 def wait():
-    return twiml(ivr().service.wait(request.form, request.args))
+    # Callers wait in queues of their own: where they stand comes from the engineer
+    # line's order (priority, then wait), not from Twilio's position in a one-caller queue.
+    params = ivr().floor.with_position(request.form) if ivr().floor else request.form
+    return twiml(ivr().service.wait(params, request.args))
 
 
 @voice.post("/wait-choice")
 @twilio_signed
 def wait_choice():
-    return twiml(ivr().service.wait_choice(request.form))
+    return twiml(ivr().service.wait_choice(request.form, request.args))
 
 
 @voice.post("/fallback")
