@@ -120,10 +120,13 @@ def outbox_drain(watch):
     """Send pending text messages through Twilio (marks them not sent without credentials)."""
     if watch:
         click.echo("Draining the SMS outbox every 2 seconds; Ctrl-C to stop.")
-        sms_outbox.watch(ivr().storage, ivr().settings, ivr().service)
+        sms_outbox.watch(ivr().storage, ivr().settings, ivr().service, floor=ivr().floor)
         return
     counts = sms_outbox.drain(ivr().storage, ivr().settings)
     click.echo(", ".join(f"{name}: {count}" for name, count in counts.items()))
+    reopened = ivr().floor.sweep_stranded() if ivr().floor else 0
+    if reopened:
+        click.echo(f"{reopened} tickets stranded in a queue after their calls ended reopened.")
 
 
 spool_cli = AppGroup("spool", help="Tickets and statuses kept on disk while the database was down.")

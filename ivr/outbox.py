@@ -66,9 +66,11 @@ def _send(client: Client | None, settings: Settings, missing: list[str], message
     return message_id, "sent", {"status": "sent", "twilio_sid": sent.sid, "sent_at": utcnow()}
 
 
-def watch(storage: Storage, settings: Settings, service, interval: float = 2.0) -> None:
+def watch(storage: Storage, settings: Settings, service, interval: float = 2.0,
+          floor=None) -> None:
     """The sender process beside the web workers: replay the outage spool once the
-    database is back (its SMS join the outbox), then drain the outbox; forever."""
+    database is back (its SMS join the outbox), then drain the outbox; forever. With the
+    floor, tickets stranded in a queue after their calls ended go back to open too."""
     while True:
         try:
             if service.spool.depth():
@@ -77,6 +79,8 @@ def watch(storage: Storage, settings: Settings, service, interval: float = 2.0) 
                     log.info("spool replayed: %s written, %s already present", result.applied,
                              result.already_present)
             drain(storage, settings)
+            if floor is not None:
+                floor.sweep_stranded()
         except Exception:  # keep the sender alive through a database outage
             log.exception("outbox or spool replay failed; retrying")
         time.sleep(interval)
