@@ -164,8 +164,11 @@ def spool_status():
 @click.option("--seed", type=int, default=1, show_default=True, help="Surge: the mix's seed.")
 @click.option("--think", type=click.FloatRange(0, 60), default=0.0, show_default=True,
               help="Surge: seconds each caller listens before answering a prompt.")
+@click.option("--engineers", type=click.IntRange(1, 200), default=None,
+              help="With --calls: engineers answer through /voice/agent in simulated time; "
+                   "reports the waits per priority.")
 @with_appcontext
-def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think):
+def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think, engineers):
     """Drive one whole call as Twilio would and print what the caller hears;
     with --calls, drive a surge and report throughput, latency and failures."""
     settings = ivr().settings
@@ -176,6 +179,16 @@ def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think):
     def transport():
         return HttpTransport(url) if url else WsgiTransport(app)
 
+    if calls and engineers:
+        from .sim.engineers import ensure_engineers, run_floor
+
+        ensure_engineers(engineers)
+        report = run_floor(transport(), token, calls, engineers, seed=seed,
+                           signing_base=signing_base)
+        click.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.table())
+        if report.errors:
+            raise SystemExit(1)
+        return
     if calls:
         with click.progressbar(length=calls, label="calls", file=sys.stderr) as bar:
             report = run_surge(transport, token, calls, concurrency, signing_base=signing_base,
