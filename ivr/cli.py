@@ -12,6 +12,7 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
 from . import outbox as sms_outbox
+from . import queues
 from .desk import directory
 from .desk.service import ticket_dict
 from .domain.phones import lockout_keys, mask
@@ -127,6 +128,9 @@ def outbox_drain(watch):
     reopened = ivr().floor.sweep_stranded() if ivr().floor else 0
     if reopened:
         click.echo(f"{reopened} tickets stranded in a queue after their calls ended reopened.")
+    deleted = queues.prune(ivr().config, ivr().settings)
+    if deleted:
+        click.echo(f"{deleted} empty per-ticket Twilio queues deleted.")
 
 
 spool_cli = AppGroup("spool", help="Tickets and statuses kept on disk while the database was down.")

@@ -11,6 +11,7 @@ from twilio.http import HttpClient
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
+from . import queues
 from .config import Settings
 from .domain.phones import mask
 from .storage import DATABASE_DOWN, OutboxRepository, Storage, utcnow
@@ -20,6 +21,7 @@ log = logging.getLogger("ivr.outbox")
 MAX_ATTEMPTS = 5
 SEND_TIMEOUT = 10.0  # seconds for one request to Twilio's REST API
 STALE_CLAIM = dt.timedelta(minutes=10)  # a sender that died mid-send: send again
+QUEUE_PRUNE_SECONDS = 300  # how often the sender deletes empty per-ticket Twilio queues
 
 
 def drain(storage: Storage, settings: Settings, *, http_client: HttpClient | None = None,
@@ -70,7 +72,9 @@ def watch(storage: Storage, settings: Settings, service, interval: float = 2.0,
           floor=None) -> None:
     """The sender process beside the web workers: replay the outage spool once the
     database is back (its SMS join the outbox), then drain the outbox; forever. With the
-    floor, tickets stranded in a queue after their calls ended go back to open too."""
+    floor, tickets stranded in a queue after their calls ended go back to open too, and
+    empty per-ticket Twilio queues are deleted every few minutes."""
+    pruned_at = 0.0
     while True:
         try:
             if service.spool.depth():
@@ -81,6 +85,9 @@ def watch(storage: Storage, settings: Settings, service, interval: float = 2.0,
             drain(storage, settings)
             if floor is not None:
                 floor.sweep_stranded()
+                if time.monotonic() - pruned_at > QUEUE_PRUNE_SECONDS:
+                    pruned_at = time.monotonic()
+                    queues.prune(floor.config, settings)
         except Exception:  # keep the sender alive through a database outage
             log.exception("outbox or spool replay failed; retrying")
         time.sleep(interval)
