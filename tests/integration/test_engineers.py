@@ -118,3 +118,12 @@ def test_an_engineer_signs_in_to_the_dashboard_and_their_actions_carry_their_nam
     # A rotated token signs the engineer out of the dashboard.
     cli(app, "engineers", "rotate-token", "aiko")
     assert browser.get("/admin/").status_code == 302
+
+
+def test_tickets_show_lists_who_did_what(app, ivr):
+    token = add(app)
+    ticket = add_ticket(ivr, created=at("2026-11-25 11:00"))
+    app.test_client().patch(f"/api/tickets/{ticket.number}", json={"status": "closed"},
+                            headers={"Authorization": f"Bearer {token}"})
+    shown = cli(app, "tickets", "show", ticket.number).output.splitlines()
+    assert "  2026-11-25T12:00:00 aiko: close (open -> closed)" in shown
