@@ -224,6 +224,14 @@ class FloorRepository:
             .values(claimed_at=None, updated_at=now)
             .execution_options(synchronize_session=False)).rowcount == 1
 
+    def connected_since(self, since: dt.datetime) -> list[tuple[Ticket, Call]]:
+        """Tickets an engineer line connected since a time, with their calls."""
+        rows = self.session.execute(
+            select(Ticket, Call).join(Call, Call.call_sid == Ticket.call_sid)
+            .join(Assignment, Assignment.ticket_id == Ticket.id)
+            .where(Assignment.connected_at >= since))
+        return [(t, c) for t, c in rows]
+
     def stranded(self, ended_before: dt.datetime, limit: int = 500) -> list[Ticket]:
         """Tickets still in a queue whose calls ended before a time with no queue result."""
         return list(self.session.scalars(

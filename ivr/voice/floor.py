@@ -45,6 +45,8 @@ from .twiml import Renderer
 
 log = logging.getLogger("ivr.floor")
 
+ESTIMATE_WINDOW = dt.timedelta(minutes=30)  # pick-ups counted for a waiting caller's estimate
+
 
 def group_for(config: IvrConfig, call: Call, priority: int) -> str | None:
     """The configured queue (group) a ticket's caller waits in; None for dial and
@@ -111,30 +113,44 @@ class Floor:
                      a.engineer if a is not None and a.claimed_at is not None else None)
                     for t, c, a in rows]
 
-    def position(self, call_sid: str) -> int | None:
-        """Where a waiting caller stands in their queue group, as engineers will take them."""
+    def position(self, call_sid: str) -> tuple[int, int | None] | None:
+        """Where a waiting caller stands in their queue group, as engineers will take them,
+        and the expected wait in seconds: their place times the time between pick-ups from
+        that group over the last half hour (None without enough of them to tell)."""
+        since = self.clock() - ESTIMATE_WINDOW
         with self.storage.transaction() as session:
-            rows = FloorRepository(self.storage, session).waiting()
+            floor = FloorRepository(self.storage, session)
+            rows = floor.waiting()
+            recent = floor.connected_since(since)
         everyone = [waiting_of(self.config, t, c) for t, c, _ in rows]
         for (ticket, call, _), me in zip(rows, everyone):
             if call.call_sid == call_sid:
-                return position(me, everyone)
+                place = position(me, everyone)
+                taken = sum(1 for t, c in recent
+                            if group_for(self.config, c, t.priority) == me.group)
+                if taken < 2:
+                    return place, None
+                return place, int(place * ESTIMATE_WINDOW.total_seconds() / taken)
         return None
 
     def with_position(self, params: Mapping[str, str]) -> Mapping[str, str]:
-        """A waitUrl request with QueuePosition replaced by the caller's place in the
-        engineer line's order; unchanged if that cannot be told (database down)."""
+        """A waitUrl request with QueuePosition and AvgQueueTime replaced by the caller's
+        place in the engineer line's order and the service's estimate; unchanged if that
+        cannot be told (database down, or a caller not in the database)."""
         call_sid = _sid(params)
         if call_sid is None:
             return params
         try:
-            place = self.position(call_sid)
+            found = self.position(call_sid)
         except DATABASE_DOWN:
             return params
-        if place is None:
+        if found is None:
             return params
-        return {**params.to_dict(), "QueuePosition": str(place)} \
-            if hasattr(params, "to_dict") else {**params, "QueuePosition": str(place)}
+        place, estimate = found
+        # Twilio's AvgQueueTime of a one-caller queue is this caller's own wait so far,
+        # not an expectation: replace it with the service's estimate, or none ("0").
+        values = params.to_dict() if hasattr(params, "to_dict") else dict(params)
+        return {**values, "QueuePosition": str(place), "AvgQueueTime": str(estimate or 0)}
 
     # -- the engineer line -------------------------------------------------------------
 

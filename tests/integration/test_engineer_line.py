@@ -178,3 +178,24 @@ def test_a_caller_waiting_hears_their_place_in_the_engineers_order(twilio, ivr, 
         root = twiml(twilio.post(f"/voice/wait?ticket={waiting['ticket']}&priority=1",
                                  **params))
         assert spoken(root)[0] == f"You're number {place} in line."
+
+
+def test_the_expected_wait_comes_from_recent_pick_ups_not_the_one_caller_queue(
+        twilio, ivr, clock):
+    add_engineer(ivr)
+    waiting = queued(twilio, 2)
+    params = {**twilio.call_params(waiting["sid"]), "QueuePosition": "1", "AvgQueueTime": "600"}
+    path = f"/voice/wait?ticket={waiting['ticket']}&priority=2"
+    # Twilio's figure for a queue of one is this caller's own wait: not an expectation.
+    assert spoken(twiml(twilio.post(path, **params)))[:2] == [
+        "You're number 1 in line.",
+        "To leave the queue and have an engineer call you back, press 1."]
+    for _ in range(3):  # three callers taken from the same group in the last half hour
+        taken = queued(twilio, 1)
+        sid = new_call_sid()
+        root = twiml(twilio.post("/voice/agent", **engineer_params(sid)))
+        twilio.post(root.find("Dial/Queue").get("url"), **twilio.call_params(taken["sid"]),
+                    DequeingCallSid=sid)
+        clock.advance(minutes=1)
+    said = spoken(twiml(twilio.post(path, **params)))
+    assert said[:2] == ["You're number 1 in line.", "The expected wait is about 10 minutes."]
