@@ -244,3 +244,20 @@ def test_callbacks_due_are_listed_by_priority_then_time_left(app, twilio, ivr, c
     due = Callbacks.of(ivr).due()
     assert [d["number"] for d in due] == [p1_later["ticket"], p3["ticket"]]
     assert due[0]["seconds_left"] == 3600 and due[1]["seconds_left"] == 1430 * 60
+
+
+@pytest.mark.parametrize("path", [
+    "/voice/agent", "/voice/agent?wait=x", "/voice/agent/joining", "/voice/agent/joining?ticket=x",
+    "/voice/agent/after?ticket=99999999999999999999", "/voice/callback/engineer?attempt=abc",
+    "/voice/callback/engineer-key?attempt=99999999999", "/voice/callback/customer?attempt=-1",
+    "/voice/callback/dialled", "/voice/callback/status?attempt=1&leg=sideways",
+])
+@pytest.mark.parametrize("params", [
+    {}, {"CallSid": "not-a-sid", "From": "\x00\ufffd", "Digits": "1" * 500},
+    {"CallSid": "CA" + "f" * 32, "From": "client:", "DialCallStatus": "completed"},
+])
+def test_odd_requests_on_the_engineer_and_callback_paths_get_twiml_not_an_error(
+        app, twilio, ivr, path, params):
+    add_engineer(ivr)
+    response = twilio.post(path, **params)
+    assert response.status_code == 200 and response.mimetype == "text/xml"
