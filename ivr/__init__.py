@@ -18,6 +18,7 @@ from .storage import Storage, utcnow
 from .voice.prompts import Catalogue, CatalogueError, load_catalogues
 from .voice.service import CallService
 from .voice.spool import Spool
+from .voice.floor import Floor
 from .voice.twiml import Renderer
 
 
@@ -32,6 +33,7 @@ class Ivr:
     hasher: HostKeyHasher
     renderer: Renderer
     service: CallService
+    floor: "Floor | None" = None  # the engineer line and callbacks (ivr/voice/floor.py)
 
 
 def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Flask:
@@ -54,22 +56,26 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Fl
     service = CallService(config, catalogues, storage, hasher, renderer, spool, clock=clock)
 
     app = Flask(__name__, instance_path=str(settings.instance_path.resolve()))
-    app.extensions["ivr"] = Ivr(settings, config, catalogues, storage, hasher, renderer, service)
+    app.extensions["ivr"] = Ivr(settings, config, catalogues, storage, hasher, renderer, service,
+                                floor=Floor(config, catalogues, storage, renderer, clock))
     if settings.trusted_proxies:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
 
     from . import cli, health, web
     from .desk import api, commands, dashboard  # noqa: F401  commands: tickets show|close|...
+    from .desk import floor_views  # noqa: F401  engineers, callbacks: /admin/floor, commands
     from .helpdesk import webhook as helpdesk_webhook
-    from .voice import webhooks
+    from .voice import agent, webhooks
 
     app.register_blueprint(webhooks.voice)
+    app.register_blueprint(agent.agent)
     app.register_blueprint(health.health)
     app.register_blueprint(api.api)
     app.register_blueprint(dashboard.admin)
     app.register_blueprint(helpdesk_webhook.hooks)
     cli.register(app)
+    app.cli.add_command(floor_views.engineers_cli)
     web.install(app)  # body limits, accepted hosts, desk headers (after the blueprints)
     return app
 

@@ -12,6 +12,7 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
 from . import outbox as sms_outbox
+from . import queues
 from .desk import directory
 from .desk.commands import tickets_cli
 from .desk.service import ticket_dict
@@ -120,7 +121,7 @@ def outbox_drain(watch):
     and push tickets to the help desk when one is configured."""
     if watch:
         click.echo("Draining the SMS outbox every 2 seconds; Ctrl-C to stop.")
-        sms_outbox.watch(ivr().storage, ivr().settings, ivr().service)
+        sms_outbox.watch(ivr().storage, ivr().settings, ivr().service, floor=ivr().floor)
         return
     counts = sms_outbox.drain(ivr().storage, ivr().settings)
     click.echo(", ".join(f"{name}: {count}" for name, count in counts.items()))
@@ -128,6 +129,12 @@ def outbox_drain(watch):
         pushed = HelpdeskSender(ivr().storage, ivr().config, ivr().settings,
                                 clock=ivr().service.clock).drain()
         click.echo("help desk: " + ", ".join(f"{name}: {n}" for name, n in pushed.items()))
+    reopened = ivr().floor.sweep_stranded() if ivr().floor else 0
+    if reopened:
+        click.echo(f"{reopened} tickets stranded in a queue after their calls ended reopened.")
+    deleted = queues.prune(ivr().config, ivr().settings)
+    if deleted:
+        click.echo(f"{deleted} empty per-ticket Twilio queues deleted.")
 
 
 spool_cli = AppGroup("spool", help="Tickets and statuses kept on disk while the database was down.")
@@ -165,11 +172,15 @@ def spool_status():
 @click.option("--seed", type=int, default=1, show_default=True, help="Surge: the mix's seed.")
 @click.option("--think", type=click.FloatRange(0, 60), default=0.0, show_default=True,
               help="Surge: seconds each caller listens before answering a prompt.")
+@click.option("--engineers", type=click.IntRange(1, 200), default=None,
+              help="With --calls: engineers answer through /voice/agent in simulated time; "
+                   "reports the waits per priority.")
 @with_appcontext
-def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think):
+def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think, engineers):
     """Drive one whole call as Twilio would and print what the caller hears, with the
     estimated seconds of speech per prompt and before the queue; with --calls, drive a
-    surge and report throughput, latency, failures and the mean and longest listening."""
+    surge and report throughput, latency, failures and the mean and longest listening
+    (with --engineers, engineers answer and the waits per priority are reported)."""
     settings = ivr().settings
     app = current_app._get_current_object()
     token = settings.twilio_auth_token or ""
@@ -178,6 +189,16 @@ def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think):
     def transport():
         return HttpTransport(url) if url else WsgiTransport(app)
 
+    if calls and engineers:
+        from .sim.engineers import ensure_engineers, run_floor
+
+        ensure_engineers(engineers)
+        report = run_floor(transport(), token, calls, engineers, seed=seed,
+                           signing_base=signing_base)
+        click.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.table())
+        if report.errors:
+            raise SystemExit(1)
+        return
     if calls:
         with click.progressbar(length=calls, label="calls", file=sys.stderr) as bar:
             report = run_surge(transport, token, calls, concurrency, signing_base=signing_base,

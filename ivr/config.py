@@ -234,6 +234,25 @@ class Queue(_Model):
         return max(1, round(self.announce_every_seconds / self.hold_audio_seconds))
 
 
+class Engineers(_Model):
+    """The engineer line, callbacks and the sweep of stranded tickets."""
+
+    # An engineer's line holds the caller it chose this long before another engineer may
+    # take them (the whisper plays in between).
+    claim_seconds: int = Field(default=60, ge=10, le=600)
+    # How long the engineer line waits for the chosen caller's queue (a caller who just
+    # hung up leaves it empty), and how often it looks again when nobody is waiting.
+    dial_timeout_seconds: int = Field(default=10, ge=3, le=60)
+    poll_seconds: int = Field(default=15, ge=3, le=120)
+    # Callbacks: ring time of each leg, and failed tries on the customer's side after
+    # which the ticket goes back to the open pile and the customer gets a text.
+    ring_seconds: int = Field(default=30, ge=5, le=120)
+    callback_attempts: int = Field(default=3, ge=1, le=10)
+    # A ticket still in a queue this long after its call ended, with no queue result from
+    # Twilio, goes back to the open pile.
+    stranded_after_seconds: int = Field(default=120, ge=10, le=86400)
+
+
 class Notice(_Model):
     message: str = Field(description="catalogue key of the notice")
     start: dt.date
@@ -333,6 +352,7 @@ class IvrConfig(_Model):
     lengths: Lengths = Lengths()
     lockout: Lockout = Lockout()
     queue: Queue = Queue()
+    engineers: Engineers = Engineers()
     notice: Notice | None = None
     links: Links
     retention: Retention = Retention()

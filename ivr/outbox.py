@@ -11,6 +11,7 @@ from twilio.http import HttpClient
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
+from . import queues
 from .config import Settings
 from .domain.phones import mask
 from .helpdesk.sender import Sender
@@ -21,6 +22,7 @@ log = logging.getLogger("ivr.outbox")
 MAX_ATTEMPTS = 5
 SEND_TIMEOUT = 10.0  # seconds for one request to Twilio's REST API
 STALE_CLAIM = dt.timedelta(minutes=10)  # a sender that died mid-send: send again
+QUEUE_PRUNE_SECONDS = 300  # how often the sender deletes empty per-ticket Twilio queues
 
 
 def drain(storage: Storage, settings: Settings, *, http_client: HttpClient | None = None,
@@ -67,12 +69,15 @@ def _send(client: Client | None, settings: Settings, missing: list[str], message
     return message_id, "sent", {"status": "sent", "twilio_sid": sent.sid, "sent_at": utcnow()}
 
 
-def watch(storage: Storage, settings: Settings, service, interval: float = 2.0) -> None:
+def watch(storage: Storage, settings: Settings, service, interval: float = 2.0,
+          floor=None) -> None:
     """The sender process beside the web workers: replay the outage spool once the
     database is back (its SMS join the outbox), then drain the outbox and the help-desk
-    pushes; forever."""
+    pushes; forever. With the floor, tickets stranded in a queue after their calls ended
+    go back to open too, and empty per-ticket Twilio queues are deleted every few minutes."""
     helpdesk = Sender(storage, service.config, settings, clock=service.clock) \
         if service.config.helpdesk else None
+    pruned_at = 0.0
     while True:
         try:
             if service.spool.depth():
@@ -83,6 +88,11 @@ def watch(storage: Storage, settings: Settings, service, interval: float = 2.0) 
             drain(storage, settings)
             if helpdesk is not None:
                 helpdesk.drain()
+            if floor is not None:
+                floor.sweep_stranded()
+                if time.monotonic() - pruned_at > QUEUE_PRUNE_SECONDS:
+                    pruned_at = time.monotonic()
+                    queues.prune(floor.config, settings)
         except Exception:  # keep the sender alive through a database outage
             log.exception("outbox or spool replay failed; retrying")
         time.sleep(interval)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hmac
 import logging
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..domain.flow import Outcome
 from ..domain.priority import HIGHEST, LOWEST
 from ..extension import ivr
 from ..storage import HelpdeskJobRepository
+from .engineers import Engineers
 from .service import STATUSES, BadRequest, Desk, DeskError, parse_moment
 
 log = logging.getLogger("ivr.api")
@@ -47,6 +48,12 @@ def authorise():
     if not expected:
         return error(404, DISABLED)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    g.actor, g.engineer = "admin", None
+    if scheme.lower() == "bearer" and not token_matches(given.strip(), expected):
+        engineer = Engineers.of(ivr()).by_token(given.strip())  # a personal desk token
+        if engineer is not None:
+            g.actor = g.engineer = engineer.name
+            return None
     if scheme.lower() != "bearer" or not token_matches(given.strip(), expected):
         log.warning("API request %s %s refused: missing or wrong bearer token", request.method,
                     request.path)
@@ -156,7 +163,7 @@ def update_ticket(ref: str):
     if "status" in body and not isinstance(body["status"], str):
         raise BadRequest(f"status: {body['status']!r} is not one of {', '.join(STATUSES)}")
     view, _ = Desk.of(ivr()).update(ref, status=body.get("status"),
-                                    priority=body.get("priority"))
+                                    priority=body.get("priority"), actor=g.actor)
     return jsonify(view)
 
 

@@ -71,11 +71,16 @@ def tickets_show(ref, as_json):
         ("connected", view["connected_at"] or "-"),
         ("closed", view["closed_at"] or "-"),
         ("call", view["call_sid"]),
+        ("engineer", view.get("engineer") or "-"),
+        ("callback tries", view.get("callback_attempts", 0)),
     ]
     if "helpdesk" in view:  # the ticket in the help desk (issue 9)
         rows.append(("help desk", helpdesk_line(view["helpdesk"])))
     for name, value in rows:
         click.echo(f"{name + ':':<17}{value}")
+    for action in view.get("actions", []):
+        click.echo(f"  {action['at'][:19]} {action['actor']}: {action['action']}"
+                   + (f" ({action['detail']})" if action["detail"] else ""))
 
 
 @tickets_cli.command("close")

@@ -30,9 +30,10 @@ from flask import (
 from ..domain.priority import KEYS as PRIORITY_KEYS
 from ..domain.priority import RANGE_TEXT
 from ..extension import ivr
-from ..storage.desk_sessions import DeskSessionRepository
 from ..storage import HelpdeskJobRepository
+from ..storage.desk_sessions import DeskSessionRepository
 from ..storage.helpdesk import job_dict
+from .engineers import Engineers
 from .service import EXPORT_FORMATS, Desk, DeskError, Period, parse_moment
 
 log = logging.getLogger("ivr.admin")
@@ -80,7 +81,8 @@ def identity_for_token(token: str) -> str | None:
     admin = ivr().settings.admin_token
     if admin and _same(token, admin):
         return "admin"
-    return None
+    engineer = Engineers.of(ivr()).by_token(token) if token else None  # a personal token
+    return ENGINEER + engineer.name if engineer is not None else None
 
 
 def credential_mark(identity: str) -> str | None:
@@ -88,6 +90,8 @@ def credential_mark(identity: str) -> str | None:
     with another (e.g. before IVR_ADMIN_TOKEN changed) is no longer valid."""
     if identity == "admin" and ivr().settings.admin_token:
         return operator_mark(ivr().settings.admin_token)
+    if identity.startswith(ENGINEER):  # changes when the token is rotated, gone when removed
+        return Engineers.of(ivr()).session_mark(identity.removeprefix(ENGINEER))
     return None
 
 
@@ -146,6 +150,15 @@ def guard():
     return None
 
 
+ENGINEER = "engineer:"  # identities of engineers signed in with their personal token
+
+
+def actor() -> str:
+    """Who is signed in: 'admin' for IVR_ADMIN_TOKEN, else the engineer's name."""
+    identity = g.get("desk_identity") or "admin"
+    return identity.removeprefix(ENGINEER)
+
+
 @admin.errorhandler(429)
 def too_many(exc):
     log.warning("dashboard sign-in refused: too many attempts from one address")
@@ -168,7 +181,8 @@ def login():  # rate-limited per client address (ivr/web.py)
     identity = identity_for_token(request.form.get("token", "").strip())
     if identity is None:
         log.warning("dashboard sign-in refused: wrong token")
-        return render_template("admin/login.html", error="That is not the admin token."), 401
+        return render_template("admin/login.html",
+                               error="That is not the admin token or a desk token."), 401
     now = ivr().service.clock()
     lifetime = current_app.permanent_session_lifetime
     with ivr().storage.transaction() as db_session:
@@ -214,7 +228,7 @@ def ticket(ref: str):
 
 @admin.post("/tickets/<ref>/close")
 def close(ref: str):
-    view, changed = desk().close(ref)
+    view, changed = desk().close(ref, actor=actor())
     flash(f"Ticket {view['number']} {'closed' if changed else 'was already closed'}.")
     return redirect(url_for("admin.ticket", ref=view["number"]))
 
@@ -224,7 +238,7 @@ def set_priority(ref: str):
     text = request.form.get("priority", "")
     if text not in PRIORITY_KEYS:
         return message(400, f"priority: {text[:20]!r} is not a priority {RANGE_TEXT}")
-    view, changed = desk().set_priority(ref, int(text))
+    view, changed = desk().set_priority(ref, int(text), actor=actor())
     flash(f"Ticket {view['number']} {'is now' if changed else 'was already'} "
           f"P{view['priority']} {view['priority_name']}.")
     return redirect(url_for("admin.ticket", ref=view["number"]))

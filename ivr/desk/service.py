@@ -21,6 +21,7 @@ from ..domain.phones import mask
 from ..storage import Storage
 from ..storage import helpdesk as helpdesk_jobs
 from ..storage.deadlines import DeadlineQueries
+from ..storage.engineers import FloorRepository, floor_details
 from ..storage.models import Call, Ticket
 
 log = logging.getLogger("ivr.desk")
@@ -372,18 +373,20 @@ class Desk:
         with self.storage.unit_of_work(readonly=True) as uow:
             ticket, caller = self._find(uow, ref)
             view = ticket_view(ticket, caller, self.config, self.clock())
+            view.update(floor_details(self.storage, uow.session, ticket.id))
             if self.config.helpdesk:  # the ticket in the help desk (issue 9)
                 view["helpdesk"] = helpdesk_view(uow.session, ticket.id, self.config.helpdesk)
             return view
 
-    def close(self, ref: str | int) -> tuple[dict, bool]:
-        return self.update(ref, status="closed")
+    def close(self, ref: str | int, actor: str = "admin") -> tuple[dict, bool]:
+        return self.update(ref, status="closed", actor=actor)
 
-    def set_priority(self, ref: str | int, level: int) -> tuple[dict, bool]:
-        return self.update(ref, priority=level)
+    def set_priority(self, ref: str | int, level: int, actor: str = "admin") -> tuple[dict, bool]:
+        return self.update(ref, priority=level, actor=actor)
 
     def update(self, ref: str | int, *, status: str | None = None,
-               priority: int | None = None, push: bool = True) -> tuple[dict, bool]:
+               priority: int | None = None, push: bool = True,
+               actor: str = "admin") -> tuple[dict, bool]:
         """Reclassify and/or move a ticket on; returns its view and whether it changed.
         Asking for the status or priority it already has changes nothing. ``push=False``
         for a change that came from the help desk (it is not pushed back there)."""
@@ -402,6 +405,8 @@ class Desk:
                     raise Conflict(f"ticket {ticket.number} is closed; its priority can no "
                                    "longer change")
                 log.info("ticket id=%s priority %s -> %s", ticket.id, ticket.priority, priority)
+                FloorRepository(self.storage, uow.session).record(
+                    ticket.id, actor, "priority", f"P{ticket.priority} -> P{priority}", now)
                 ticket.priority = priority
                 ticket.target_response_minutes = self.config.priority(priority).target_response_minutes
                 changed = True
@@ -411,6 +416,9 @@ class Desk:
                 except ForbiddenMove as forbidden:
                     raise Conflict(f"ticket {ticket.number} {forbidden}") from None
                 log.info("ticket id=%s status %s -> %s", ticket.id, ticket.status, new)
+                FloorRepository(self.storage, uow.session).record(
+                    ticket.id, actor, "close" if status == "closed" else "status",
+                    f"{ticket.status} -> {status}", now)
                 ticket.status = new.value
                 if status == "connected":
                     ticket.connected_at = ticket.connected_at or now
@@ -422,7 +430,9 @@ class Desk:
                 if push and self.config.helpdesk:  # help desk push (issue 9)
                     helpdesk_jobs.queue_changes(uow.session, ticket, before, now)
             uow.session.flush()
-            return ticket_view(ticket, caller, self.config, now), changed
+            view = ticket_view(ticket, caller, self.config, now)
+            view.update(floor_details(self.storage, uow.session, ticket.id))
+            return view, changed
 
     def _find(self, uow, ref, for_update: bool = False):
         ref = str(ref).strip()

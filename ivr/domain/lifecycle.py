@@ -29,7 +29,9 @@ TRANSITIONS: dict[TicketStatus, tuple[TicketStatus, ...]] = {
                         TicketStatus.CONNECTED, TicketStatus.CLOSED),
     TicketStatus.IN_QUEUE: (TicketStatus.OPEN, TicketStatus.CALLBACK_REQUESTED,
                             TicketStatus.CONNECTED, TicketStatus.CLOSED),
-    TicketStatus.CALLBACK_REQUESTED: (TicketStatus.CONNECTED, TicketStatus.CLOSED),
+    # Back to the open pile after the configured number of failed callback attempts.
+    TicketStatus.CALLBACK_REQUESTED: (TicketStatus.OPEN, TicketStatus.CONNECTED,
+                                      TicketStatus.CLOSED),
     TicketStatus.CONNECTED: (TicketStatus.CLOSED,),
     TicketStatus.CLOSED: (),
 }

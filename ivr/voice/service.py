@@ -196,11 +196,14 @@ class CallService:
         ticket_query = urlencode({k: query[k] for k in ("ticket", "priority") if k in query})
         return self.renderer.wait(speech, line, english, ticket_query, offer)
 
-    def wait_choice(self, params: Mapping[str, str]) -> str:
+    def wait_choice(self, params: Mapping[str, str],
+                    query: Mapping[str, str] | None = None) -> str:
         """A key pressed while waiting: the callback key leaves the queue for a callback."""
         request = CallRequest.from_params(params)
         if request is None or (params.get("Digits") or "") != self.config.queue.callback_key:
-            return self.renderer.empty()  # back to waiting: Twilio asks the waitUrl again
+            query = query or {}
+            return self.renderer.back_to_wait(
+                urlencode({k: query[k] for k in ("ticket", "priority") if k in query}))
         try:
             with self.storage.unit_of_work() as uow:
                 now = self.clock()

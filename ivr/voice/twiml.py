@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 from twilio.twiml.voice_response import Dial, Enqueue, Gather, VoiceResponse
 
 from ..config import DialRoute, EnqueueRoute, IvrConfig, Line, TaskRouterRoute, Voice
+from ..domain.engineers import queue_name
 from ..domain.flow import Reply, Say, Step, TicketInfo, say
 from ..domain.flow import ticket_again as ticket_again_speech
 from .prompts import Catalogue, Digits
@@ -108,7 +109,9 @@ class Renderer:
         query = urlencode({"ticket": ticket.number, "priority": ticket.priority})
         action = f"{QUEUE_RESULT_PATH}?{query}"
         if isinstance(route, EnqueueRoute):
-            response.append(Enqueue(route.queue.format(priority=ticket.priority), action=action,
+            # One queue per caller: the engineer line dials exactly the caller it chose.
+            name = queue_name(route.queue.format(priority=ticket.priority), ticket.number)
+            response.append(Enqueue(name, action=action,
                                     method="POST", wait_url=f"{WAIT_PATH}?{query}",
                                     wait_url_method="POST"))
         elif isinstance(route, TaskRouterRoute):
@@ -180,6 +183,14 @@ class Renderer:
         gather = self._wait_gather(ticket_query, english)
         self._speak(gather, Reply(ticket_again_speech(number), english=english), line)
         response.append(gather)
+        return str(response)
+
+    def back_to_wait(self, ticket_query: str) -> str:
+        """Back to the wait announcements after a key that is not the callback key: an
+        explicit <Redirect> to the waitUrl rather than a document with nothing in it."""
+        response = VoiceResponse()
+        response.redirect(f"{WAIT_PATH}?{ticket_query}" if ticket_query else WAIT_PATH,
+                          method="POST")
         return str(response)
 
     def leave(self) -> str:

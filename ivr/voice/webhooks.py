@@ -102,7 +102,10 @@ def queue_result():
 @voice.post("/wait")
 @twilio_signed
 def wait():
-    return twiml(ivr().service.wait(request.form, request.args))
+    # Callers wait in queues of their own: where they stand comes from the engineer
+    # line's order (priority, then wait), not from Twilio's position in a one-caller queue.
+    params = ivr().floor.with_position(request.form) if ivr().floor else request.form
+    return twiml(ivr().service.wait(params, request.args))
 
 
 @voice.post("/wait-choice")
@@ -110,7 +113,7 @@ def wait():
 def wait_choice():
     if request.form.get("Digits") == ivr().config.menu.repeat_key:  # the ticket number again
         return twiml(ivr().renderer.ticket_again(request.form.get("To"), request.args))
-    return twiml(ivr().service.wait_choice(request.form))
+    return twiml(ivr().service.wait_choice(request.form, request.args))
 
 
 @voice.post("/fallback")

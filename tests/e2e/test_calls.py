@@ -36,7 +36,7 @@ def rows(ivr, model):
 def test_on_every_regional_number_an_eligible_owner_reaches_the_queue_with_a_ticket(
         simulator, ivr, number, language, queue, priority, target):
     result = simulator.call(number, CALLER, owner_digits(priority))
-    assert result.outcome == "routed" and result.route["queue"] == queue
+    assert result.outcome == "routed" and result.route["queue"] == f"{queue}.{result.ticket}"
     (ticket,) = rows(ivr, Ticket)
     assert (result.ticket, result.priority) == (ticket.number, priority)
     assert ticket.target_response_minutes == target and ticket.status == "in_queue"

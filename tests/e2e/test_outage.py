@@ -49,8 +49,8 @@ def test_verified_callers_are_routed_and_their_tickets_replayed_once(app, ivr, t
         response = dead.post(action, **twilio.call_params(sid), Digits="1")
         assert time.monotonic() - started < 10  # well inside Twilio's 15 s
         root = twiml(response)
-        assert root.find("Enqueue").text == "support-us"
         spoken[sid] = [e.text for e in root.iter("say-as")][0]
+        assert root.find("Enqueue").text == f"support-us.{spoken[sid]}"
         queue = {**twilio.call_params(sid), "QueueResult": "bridged", "QueueTime": "30"}
         after = twiml(dead.post(f"/voice/queue-result?ticket={spoken[sid]}&priority=1", **queue))
         assert after[-1].tag == "Hangup"

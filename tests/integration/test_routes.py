@@ -59,7 +59,7 @@ def test_a_queue_name_can_carry_the_priority(tmp_path, settings, clock):
     app = app_with(tmp_path, settings, clock, UK_ROUTE,
                    'route = { kind = "enqueue", queue = "emea-p{priority}" }\n\n[menu]')
     result = Simulator(WsgiTransport(app), TOKEN).call("+442070398961", CALLER, DIGITS)
-    assert result.route["queue"] == "emea-p1"
+    assert result.route["queue"] == f"emea-p1.{result.ticket}"  # one queue per caller
 
 
 def test_a_bad_workflow_sid_stops_the_app(tmp_path, settings, clock):
@@ -78,4 +78,4 @@ def test_the_simulator_drives_a_running_server_over_http(app):
     finally:
         server.shutdown()
     assert result.outcome == "routed" and result.ticket
-    assert json.loads(result.to_json())["route"]["queue"] == "support-apac"
+    assert json.loads(result.to_json())["route"]["queue"] == f"support-apac.{result.ticket}"

@@ -25,7 +25,8 @@ BUDGET = {
     "pmi": 2,              # load + save
     "host-key": 5,         # load + directory entry + claim both counters + settle + save
     "priority": 4,         # load + ticket + text message + save
-    "wait": 1,             # load (read-only)
+    "wait": 3,             # load (read-only); the caller's place among everyone waiting
+                           # and the recent pick-ups of their group (the expected wait)
     "wait-choice": 3,      # load + move the ticket + text message
     "queue-result": 3,     # load + record the result + move the ticket
     "status": 1,           # one conditional update

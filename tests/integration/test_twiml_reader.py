@@ -68,6 +68,7 @@ def documents(renderer, config):
         ("ticket_again", "ticket", renderer.ticket_again(US, {"ticket": TICKET.number,
                                                              "priority": "1"})),
         ("ticket_again", "malformed", renderer.ticket_again(US, {"ticket": "12ab"})),
+        ("back_to_wait", "back to waiting", renderer.back_to_wait(QUERY)),
         ("leave", "leave", renderer.leave()),
         ("fallback", "fallback", renderer.fallback(line)),
         ("hangup", "hangup", renderer.hangup()),
@@ -120,7 +121,8 @@ def test_a_prompt_is_a_gather_the_caller_answers_or_lets_time_out(renderer, conf
 
 
 @pytest.mark.parametrize("case, route", [
-    ("route enqueue", {"verb": "Enqueue", "queue": "support-us"}),
+    # Each caller waits in a queue of their own, so an engineer gets the caller they hear of.
+    ("route enqueue", {"verb": "Enqueue", "queue": f"support-us.{TICKET.number}"}),
     ("route taskrouter", {"verb": "Enqueue", "workflow_sid": "WW" + "a" * 32, "queue": None,
                           "task": {"ticket": TICKET.number, "priority": 1,
                                    "region": "United States", "target_response_minutes": 60}}),
@@ -237,3 +239,9 @@ def test_a_gather_may_hold_speech_music_and_silence():
     document.append(gather)
     result, _, _ = play(str(document), [], waiting=True)
     assert [e.kind for e in result.events] == ["say", "play", "pause"]
+
+
+def test_a_key_that_is_not_the_callback_key_sends_the_caller_back_to_waiting(renderer, config):
+    result, following, extra = play(by_case(renderer, config)["back to waiting"])
+    assert following == f"/voice/wait?{QUERY}" and extra == {}
+    assert result.events == []

@@ -63,7 +63,7 @@ def test_an_eligible_owner_is_enqueued_with_the_ticket_read_back_digit_by_digit(
     digits = [e.text for e in root.iter("say-as") if e.get("interpret-as") == "digits"]
     assert digits == [ticket.number]  # once in full; star repeats it in the queue
     enqueue = root.find("Enqueue")
-    assert enqueue.text == "support-us"
+    assert enqueue.text == f"support-us.{ticket.number}"  # one queue per caller
     assert enqueue.get("action") == f"/voice/queue-result?ticket={ticket.number}&priority=3"
     assert ticket.priority == 3 and ticket.target_response_minutes == 1440
     assert ticket.acknowledged_at is not None and ticket.acknowledged_at >= ticket.created_at

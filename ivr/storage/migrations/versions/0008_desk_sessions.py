@@ -1,7 +1,7 @@
 """desk_sessions: dashboard sign-ins kept on the server, so signing out revokes them
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-11-25
 """
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 import ivr.storage.models
 
 revision = '0008'
-down_revision = '0006'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,150 @@
+"""Callbacks that really get placed: Twilio's REST API rings the engineer first.
+
+Placing one is a desk action (dashboard button, API, command), never part of a caller's
+webhook. The attempt is written in one short transaction, the REST request runs with no
+transaction open and with a time-out, and its result is written in another. What happens
+next arrives through the signed webhooks of ivr/voice/floor.py: the engineer hears the
+summary and presses 1, the customer is dialled with the regional number they called as
+caller ID, and both legs report their status.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Callable
+
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http import HttpClient
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+from ..config import IvrConfig, Settings
+from ..domain.engineers import customer_outcome
+from ..domain.phones import mask
+from ..storage import Storage
+from ..storage.engineers import EngineerRepository, FloorRepository, engineer_info
+from ..storage.models import Call
+from ..voice.agent_twiml import CALLBACK_ENGINEER_PATH, CALLBACK_STATUS_PATH, url
+from .service import BadRequest, Conflict, NotFound, target_at
+
+log = logging.getLogger("ivr.callbacks")
+
+REST_TIMEOUT = 10.0  # seconds for one request to Twilio's REST API
+
+
+class Callbacks:
+    def __init__(self, storage: Storage, config: IvrConfig, settings: Settings,
+                 clock: Callable[[], dt.datetime], http_client: HttpClient | None = None):
+        self.storage = storage
+        self.config = config
+        self.settings = settings
+        self.clock = clock
+        self.http_client = http_client
+
+    @classmethod
+    def of(cls, ivr, http_client: HttpClient | None = None) -> "Callbacks":
+        return cls(ivr.storage, ivr.config, ivr.settings, ivr.service.clock, http_client)
+
+    def due(self) -> list[dict]:
+        """Tickets waiting for a callback: priority first, then least time left."""
+        now = self.clock()
+        with self.storage.unit_of_work(readonly=True) as uow:
+            session = uow.session
+            rows = FloorRepository(self.storage, session).callbacks_due()
+            items = [{
+                "id": t.id, "number": t.number, "priority": t.priority,
+                "priority_name": self.config.priority(t.priority).name, "region": t.region,
+                "account_id": t.account_id, "language": c.language,
+                "callback_number": t.callback_number,
+                "seconds_left": int((target_at(t) - now).total_seconds()),
+                "attempts": a.callback_attempts if a is not None else 0,
+                "failures": a.callback_failures if a is not None else 0,
+            } for t, c, a in rows]
+        return sorted(items, key=lambda i: (i["priority"], i["seconds_left"], i["id"]))
+
+    def place(self, ref: str | int, engineer_name: str, actor: str) -> dict:
+        """Ring the engineer's phone for this ticket's callback; returns the attempt."""
+        missing = [name for name, value in (
+            ("TWILIO_ACCOUNT_SID", self.settings.twilio_account_sid),
+            ("TWILIO_AUTH_TOKEN", self.settings.twilio_auth_token),
+            ("IVR_PUBLIC_URL", self.settings.public_url)) if not value]
+        if missing:
+            raise BadRequest(f"callbacks need {', '.join(missing)} (Twilio must reach this "
+                             "service's webhooks)")
+        now = self.clock()
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            found = uow.desk.ticket(str(ref).strip(),
+                                                                 for_update=True)
+            if found is None:
+                raise NotFound(f"no ticket with id or number {str(ref)[:20]!r}")
+            ticket, _ = found
+            if ticket.status != "callback_requested":
+                raise Conflict(f"ticket {ticket.number} is {ticket.status}, not waiting for a "
+                               "callback")
+            if not ticket.callback_number:
+                raise Conflict(f"ticket {ticket.number} has no number to call back")
+            engineer = EngineerRepository(self.storage, session).named(engineer_name)
+            if engineer is None:
+                raise NotFound(f"no engineer named {engineer_name[:40]!r}")
+            info = engineer_info(engineer)
+            floor = FloorRepository(self.storage, session)
+            busy = floor.open_attempt(ticket.id)
+            limit = dt.timedelta(seconds=4 * self.config.engineers.ring_seconds + 60)
+            if busy is not None and busy.status != "calling_customer" \
+                    and now - busy.created_at < limit:
+                raise Conflict(f"a callback for ticket {ticket.number} is already being placed "
+                               f"by {busy.engineer}")
+            attempt = floor.new_attempt(ticket.id, info.name, now)
+            assignment = floor.assignment(ticket.id, now, for_update=True)
+            assignment.callback_attempts += 1
+            assignment.updated_at = now
+            floor.record(ticket.id, actor, "callback",
+                         f"attempt {assignment.callback_attempts} by {info.name}", now)
+            caller_id = session.get(Call, ticket.call_sid).dialed_number
+            attempt_id, number = attempt.id, ticket.number
+        base = self.settings.public_url
+        try:
+            call = self._client().calls.create(
+                to=info.dial_target, from_=caller_id,
+                url=base + url(CALLBACK_ENGINEER_PATH, attempt=attempt_id), method="POST",
+                status_callback=base + url(CALLBACK_STATUS_PATH, attempt=attempt_id,
+                                           leg="engineer"),
+                status_callback_method="POST", timeout=self.config.engineers.ring_seconds)
+        except (TwilioRestException, TwilioException, OSError) as exc:
+            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+            log.warning("callback attempt %s for ticket %s could not be placed: %s",
+                        attempt_id, number, type(exc).__name__)
+            with self.storage.unit_of_work() as uow:
+                session = uow.session
+                attempt = FloorRepository(self.storage, session).attempt(attempt_id)
+                attempt.status, attempt.outcome = "done", "error"
+                attempt.detail, attempt.ended_at = reason, self.clock()
+            raise CallbackFailed(f"Twilio did not place the call: {reason}") from None
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            attempt = FloorRepository(self.storage, session).attempt(attempt_id)
+            attempt.engineer_call_sid = call.sid
+            if attempt.status == "placing":
+                attempt.status = "calling_engineer"
+            view = attempt_view(attempt)
+        log.info("callback attempt %s for ticket %s: ringing %s", attempt_id, number,
+                 mask(info.phone) if info.phone else "a Client app")
+        return view
+
+    def _client(self) -> Client:
+        return Client(self.settings.twilio_account_sid, self.settings.twilio_auth_token,
+                      http_client=self.http_client or TwilioHttpClient(timeout=REST_TIMEOUT))
+
+
+class CallbackFailed(Conflict):
+    status = 502
+
+
+def attempt_view(attempt) -> dict:
+    return {"id": attempt.id, "engineer": attempt.engineer, "status": attempt.status,
+            "outcome": attempt.outcome, "detail": attempt.detail,
+            "created_at": attempt.created_at.isoformat(),
+            "ended_at": attempt.ended_at.isoformat() if attempt.ended_at else None,
+            "answered": customer_outcome(attempt.outcome or "") == "answered"}

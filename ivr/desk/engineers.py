@@ -1,0 +1,147 @@
+"""Engineers as people: a name, a phone or Twilio Client identity, the languages and queue
+groups they serve, and a personal desk token kept only as a keyed hash.
+
+The token is random (256 bits), so a fast keyed hash is the right tool: HMAC-SHA256 under a
+key derived from the pepper. A database dump alone cannot be turned back into tokens, and
+looking a token up costs one hash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import re
+import secrets
+from typing import Callable
+
+from ..domain.engineers import EngineerInfo, parse_list, primary_language
+from ..domain.phones import callable_number
+from ..security import HostKeyHasher
+from ..storage import Storage
+from ..storage.engineers import EngineerRepository, engineer_info
+from .service import BadRequest, Conflict, NotFound
+
+TOKEN_PREFIX = "eng_"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._'-]{0,62}")
+IDENTITY = re.compile(r"[A-Za-z0-9_.@-]{1,120}")
+QUEUE = re.compile(r"[A-Za-z0-9_.{}-]{1,64}")
+ADMIN = "admin"  # the actor recorded for IVR_ADMIN_TOKEN
+
+
+def token_digest(hasher: HostKeyHasher, token: str) -> str:
+    key = hasher.derive("engineer-desk-token")
+    return hmac.new(key, token.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+class Engineers:
+    """Adding, listing, removing engineers, their tokens, and who a token or call is."""
+
+    def __init__(self, storage: Storage, hasher: HostKeyHasher,
+                 clock: Callable[[], dt.datetime]):
+        self.storage = storage
+        self.hasher = hasher
+        self.clock = clock
+
+    @classmethod
+    def of(cls, ivr) -> "Engineers":
+        return cls(ivr.storage, ivr.hasher, ivr.service.clock)
+
+    def add(self, name: str, *, phone: str | None = None, client: str | None = None,
+            languages: str = "", queues: str = "") -> tuple[EngineerInfo, str]:
+        """Create an engineer; returns them and their token (shown this once)."""
+        name = (name or "").strip()
+        if not NAME.fullmatch(name) or name == ADMIN:
+            raise BadRequest(f"name: {name[:40]!r} must be 1 to 63 letters, digits, spaces or "
+                             "._'- and not 'admin'")
+        if bool(phone) == bool(client):
+            raise BadRequest("give exactly one of --phone E164 or --client IDENTITY")
+        number = None
+        if phone:
+            number = callable_number(phone)
+            if number is None:
+                raise BadRequest(f"phone: {phone[:40]!r} is not a valid phone number in "
+                                 "international form (+81...)")
+        if client and not IDENTITY.fullmatch(client):
+            raise BadRequest(f"client: {client[:40]!r} may hold letters, digits and _.@- only")
+        langs = parse_list(languages)
+        wrong = [lang for lang in langs if not re.fullmatch(r"[a-z]{2,3}", primary_language(lang))]
+        if wrong:
+            raise BadRequest(f"languages: {wrong[0][:20]!r} is not a language code like ja or en")
+        groups = parse_list(queues)
+        wrong = [q for q in groups if not QUEUE.fullmatch(q)]
+        if wrong:
+            raise BadRequest(f"queues: {wrong[0][:40]!r} is not a queue name")
+        token = new_token()
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            repo = EngineerRepository(self.storage, session)
+            clash = repo.clash(name, number, client)
+            if clash:
+                raise Conflict(clash)
+            engineer = repo.add(name=name, phone=number, client_identity=client,
+                                languages=",".join(primary_language(lang) for lang in langs),
+                                queues=",".join(groups), token_hash=token_digest(self.hasher, token),
+                                now=self.clock())
+            return engineer_info(engineer), token
+
+    def list(self) -> list[EngineerInfo]:
+        with self.storage.unit_of_work(readonly=True) as uow:
+            session = uow.session
+            return [engineer_info(e) for e in EngineerRepository(self.storage, session).all()]
+
+    def get(self, name: str) -> EngineerInfo:
+        with self.storage.unit_of_work(readonly=True) as uow:
+            session = uow.session
+            engineer = EngineerRepository(self.storage, session).named(name)
+            if engineer is None:
+                raise NotFound(f"no engineer named {name[:40]!r}")
+            return engineer_info(engineer)
+
+    def remove(self, name: str) -> None:
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            if not EngineerRepository(self.storage, session).remove(name):
+                raise NotFound(f"no engineer named {name[:40]!r}")
+
+    def rotate_token(self, name: str) -> str:
+        """A new token for an engineer; the old one stops working at once."""
+        token = new_token()
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            if not EngineerRepository(self.storage, session).set_token(
+                    name, token_digest(self.hasher, token), self.clock()):
+                raise NotFound(f"no engineer named {name[:40]!r}")
+        return token
+
+    def by_token(self, token: str) -> EngineerInfo | None:
+        """The engineer a personal desk token belongs to, or None."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
+            return None
+        with self.storage.unit_of_work(readonly=True) as uow:
+            session = uow.session
+            engineer = EngineerRepository(self.storage, session).by_token_hash(
+                token_digest(self.hasher, token))
+            return engineer_info(engineer) if engineer is not None else None
+
+    def by_caller(self, caller: str | None) -> EngineerInfo | None:
+        """The engineer calling the engineer line: 'client:alice' or their phone number."""
+        with self.storage.unit_of_work(readonly=True) as uow:
+            session = uow.session
+            engineer = EngineerRepository(self.storage, session).for_caller(caller)
+            return engineer_info(engineer) if engineer is not None else None
+
+    def session_mark(self, name: str) -> str | None:
+        """What a dashboard session keeps for a signed-in engineer: it changes when their
+        token is rotated (signing them out) and is gone when they are removed."""
+        with self.storage.unit_of_work(readonly=True) as uow:
+            session = uow.session
+            engineer = EngineerRepository(self.storage, session).named(name)
+            if engineer is None:
+                return None
+            key = self.hasher.derive("engineer-dashboard-session")
+            return hmac.new(key, engineer.token_hash.encode(), hashlib.sha256).hexdigest()

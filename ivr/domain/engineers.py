@@ -1,0 +1,138 @@
+"""Engineers on the line: who serves which caller, and which waiting caller comes first.
+
+Plain Python. Every waiting caller sits alone in a Twilio queue named after their ticket
+(``queue_name``), so the engineer line can dequeue exactly the caller it chose: the most
+urgent one (priority first, then the longest wait) among the queue groups and languages
+the engineer serves.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Iterable
+
+QUEUE_NAME_LIMIT = 64  # Twilio's limit on a queue's name
+
+
+def queue_name(group: str, ticket_number: str) -> str:
+    """The Twilio queue a ticket's caller waits in: one caller per queue, so whoever dials
+    it gets exactly that caller. ``group`` is the configured queue (``support-jp``)."""
+    suffix = f".{ticket_number}"
+    return group[: QUEUE_NAME_LIMIT - len(suffix)] + suffix
+
+
+def primary_language(tag: str | None) -> str:
+    """'ja' of 'ja-JP'; '' when unknown."""
+    return (tag or "").split("-", 1)[0].strip().lower()
+
+
+def parse_list(text: str | None) -> tuple[str, ...]:
+    """'ja, en,,fr' -> ('ja', 'en', 'fr'), duplicates dropped, order kept."""
+    seen: list[str] = []
+    for part in (text or "").split(","):
+        part = part.strip()
+        if part and part not in seen:
+            seen.append(part)
+    return tuple(seen)
+
+
+@dataclass(frozen=True)
+class Serves:
+    """What one engineer takes: queue groups and caller languages (empty: all of them)."""
+
+    queues: tuple[str, ...] = ()
+    languages: tuple[str, ...] = ()
+
+    def takes(self, group: str | None, language: str | None) -> bool:
+        if group is None:
+            return False
+        if self.queues and group not in self.queues:
+            return False
+        if self.languages and primary_language(language) not in \
+                {primary_language(lang) for lang in self.languages}:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A caller waiting in the queues, as the choice rule sees them."""
+
+    ticket_id: int
+    priority: int
+    since: dt.datetime
+    group: str | None
+    language: str | None
+
+
+def order_key(waiting: Waiting) -> tuple:
+    """Most urgent first: priority 1 before 4, then whoever has waited longest."""
+    return (waiting.priority, waiting.since, waiting.ticket_id)
+
+
+def ranked(serves: Serves, callers: Iterable[Waiting]) -> list[Waiting]:
+    """The callers this engineer may take, the one to take first at the front."""
+    return sorted((w for w in callers if serves.takes(w.group, w.language)), key=order_key)
+
+
+def position(me: Waiting, callers: Iterable[Waiting]) -> int:
+    """Where a waiting caller stands in their queue group: 1 + the callers of the same
+    group an engineer would take before them."""
+    ahead = sum(1 for w in callers if w.ticket_id != me.ticket_id and w.group == me.group
+                and order_key(w) < order_key(me))
+    return ahead + 1
+
+
+@dataclass(frozen=True)
+class EngineerInfo:
+    name: str
+    phone: str | None
+    client_identity: str | None
+    languages: tuple[str, ...]
+    queues: tuple[str, ...]
+    created_at: dt.datetime
+
+    @property
+    def serves(self) -> Serves:
+        return Serves(self.queues, self.languages)
+
+    @property
+    def dial_target(self) -> str | None:
+        """What Twilio dials to reach them: their phone, else their Client app."""
+        if self.phone:
+            return self.phone
+        return f"client:{self.client_identity}" if self.client_identity else None
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "phone": self.phone, "client": self.client_identity,
+                "languages": list(self.languages), "queues": list(self.queues),
+                "created_at": self.created_at.isoformat()}
+
+
+# -- callbacks --------------------------------------------------------------------------
+
+# Outcomes of a callback attempt. Only those on the customer's side count towards giving
+# up: the text that says "we tried to call you" must be true.
+CUSTOMER_FAILURES = ("busy", "no-answer", "failed", "canceled")
+ENGINEER_FAILURES = ("engineer-no-answer", "engineer-busy", "engineer-failed",
+                     "engineer-declined", "error")
+ANSWERED = "answered"
+
+
+def engineer_outcome(call_status: str) -> str:
+    """The attempt's outcome when the engineer's own leg ended before the customer's was
+    dialled."""
+    return {"busy": "engineer-busy", "no-answer": "engineer-no-answer",
+            "failed": "engineer-failed", "canceled": "engineer-no-answer"}.get(
+        call_status, "engineer-declined")
+
+
+def customer_outcome(status: str) -> str | None:
+    """The attempt's outcome from the customer leg's status (or a Dial's DialCallStatus);
+    None while it is not final."""
+    if status in ("in-progress", "answered", "completed"):
+        return ANSWERED
+    if status in CUSTOMER_FAILURES:
+        return status
+    return None

@@ -1,0 +1,325 @@
+"""Engineers, who did what to a ticket, pick-ups from the queues and callback attempts."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    delete,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from ..domain.engineers import EngineerInfo, parse_list
+from ..domain.lifecycle import can_move
+from ..domain.phones import callable_number
+from .engine import Storage
+from .models import Base, Call, Ticket, UTCDateTime
+
+
+class Engineer(Base):
+    """A named engineer: how their calls are recognised, what they serve, their desk
+    token (only its keyed hash)."""
+
+    __tablename__ = "engineers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    phone: Mapped[str | None] = mapped_column(String(32), unique=True)
+    client_identity: Mapped[str | None] = mapped_column(String(128), unique=True)
+    languages: Mapped[str] = mapped_column(String(128), default="")
+    queues: Mapped[str] = mapped_column(String(255), default="")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    token_rotated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class Assignment(Base):
+    """The engineer side of one ticket: who picked it up and when, callback counts."""
+
+    __tablename__ = "assignments"
+
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), primary_key=True)
+    engineer: Mapped[str | None] = mapped_column(String(64))
+    # Set when an engineer's line chose this caller; another engineer skips the caller
+    # until the claim connects or grows stale.
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    engineer_call_sid: Mapped[str | None] = mapped_column(String(64))
+    connected_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    callback_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    callback_failures: Mapped[int] = mapped_column(Integer, default=0)
+    note: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class DeskAction(Base):
+    """Who did what to a ticket, and when (close, priority, callback, pick-up, ...)."""
+
+    __tablename__ = "desk_actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(String(255))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class CallbackAttempt(Base):
+    """One try at calling a customer back: the engineer's leg, then the customer's."""
+
+    __tablename__ = "callback_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    engineer: Mapped[str] = mapped_column(String(64))
+    engineer_call_sid: Mapped[str | None] = mapped_column(String(64), index=True)
+    customer_call_sid: Mapped[str | None] = mapped_column(String(64))
+    # placing, calling_engineer, calling_customer, done
+    status: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+def engineer_info(engineer: Engineer) -> EngineerInfo:
+    return EngineerInfo(engineer.name, engineer.phone, engineer.client_identity,
+                        parse_list(engineer.languages), parse_list(engineer.queues),
+                        engineer.created_at)
+
+
+class EngineerRepository:
+    def __init__(self, storage: Storage, session: Session):
+        self.storage = storage
+        self.session = session
+
+    def add(self, *, name: str, phone: str | None, client_identity: str | None,
+            languages: str, queues: str, token_hash: str, now: dt.datetime) -> Engineer:
+        engineer = Engineer(name=name, phone=phone, client_identity=client_identity,
+                            languages=languages, queues=queues, token_hash=token_hash,
+                            created_at=now, token_rotated_at=now)
+        self.session.add(engineer)
+        self.session.flush()
+        return engineer
+
+    def named(self, name: str) -> Engineer | None:
+        return self.session.scalars(select(Engineer).where(Engineer.name == name)).first()
+
+    def clash(self, name: str, phone: str | None, client_identity: str | None) -> str | None:
+        """Why a new engineer cannot be added, or None."""
+        if self.named(name) is not None:
+            return f"an engineer named {name!r} exists already"
+        if phone and self.by_phone(phone) is not None:
+            return "another engineer has this phone number"
+        if client_identity and self.by_client(client_identity) is not None:
+            return f"another engineer has the client identity {client_identity!r}"
+        return None
+
+    def by_phone(self, phone: str) -> Engineer | None:
+        return self.session.scalars(select(Engineer).where(Engineer.phone == phone)).first()
+
+    def by_client(self, identity: str) -> Engineer | None:
+        return self.session.scalars(
+            select(Engineer).where(Engineer.client_identity == identity)).first()
+
+    def for_caller(self, caller: str | None) -> Engineer | None:
+        """The engineer on a call from 'client:IDENTITY' or from their phone number."""
+        caller = (caller or "").strip()
+        if caller.startswith("client:"):
+            return self.by_client(caller[len("client:"):])
+        number = callable_number(caller)
+        return self.by_phone(number) if number else None
+
+    def by_token_hash(self, digest: str) -> Engineer | None:
+        return self.session.scalars(select(Engineer).where(Engineer.token_hash == digest)).first()
+
+    def all(self) -> list[Engineer]:
+        return list(self.session.scalars(select(Engineer).order_by(Engineer.name)))
+
+    def remove(self, name: str) -> bool:
+        return self.session.execute(delete(Engineer).where(Engineer.name == name)).rowcount > 0
+
+    def set_token(self, name: str, digest: str, now: dt.datetime) -> bool:
+        return self.session.execute(
+            update(Engineer).where(Engineer.name == name)
+            .values(token_hash=digest, token_rotated_at=now)).rowcount > 0
+
+
+class FloorRepository:
+    """The queues as engineers see them: waiting callers, pick-ups, actions, callbacks."""
+
+    def __init__(self, storage: Storage, session: Session):
+        self.storage = storage
+        self.session = session
+
+    # -- who did what ------------------------------------------------------------------
+
+    def record(self, ticket_id: int, actor: str, action: str, detail: str | None,
+               now: dt.datetime) -> None:
+        self.session.add(DeskAction(ticket_id=ticket_id, actor=actor[:64], action=action,
+                                    detail=(detail or None) and detail[:255], at=now))
+
+    def actions(self, ticket_id: int) -> list[DeskAction]:
+        return list(self.session.scalars(
+            select(DeskAction).where(DeskAction.ticket_id == ticket_id)
+            .order_by(DeskAction.at, DeskAction.id)))
+
+    def assignment(self, ticket_id: int, now: dt.datetime, *,
+                   for_update: bool = False) -> Assignment:
+        """The ticket's assignment row, created on first use."""
+        self.session.execute(
+            self.storage.insert(Assignment)
+            .values(ticket_id=ticket_id, callback_attempts=0, callback_failures=0,
+                    updated_at=now)
+            .on_conflict_do_nothing())
+        query = select(Assignment).where(Assignment.ticket_id == ticket_id)
+        if for_update and self.storage.dialect == "postgresql":
+            query = query.with_for_update()
+        return self.session.scalars(query).one()
+
+    def find_assignment(self, ticket_id: int) -> Assignment | None:
+        return self.session.get(Assignment, ticket_id)
+
+    # -- the queues --------------------------------------------------------------------
+
+    def waiting(self, limit: int = 2000) -> list[tuple[Ticket, Call, Assignment | None]]:
+        """Tickets whose callers are in a queue now (not hung up, not left), most urgent
+        first, with their calls and assignments."""
+        rows = self.session.execute(
+            select(Ticket, Call, Assignment)
+            .join(Call, Call.call_sid == Ticket.call_sid)
+            .outerjoin(Assignment, Assignment.ticket_id == Ticket.id)
+            .where(Ticket.status == "in_queue", Call.ended_at.is_(None),
+                   Call.queue_result.is_(None))
+            .order_by(Ticket.priority, Ticket.acknowledged_at, Ticket.id)
+            .limit(limit))
+        return [(t, c, a) for t, c, a in rows]
+
+    def claim(self, ticket_id: int, engineer: str, engineer_call_sid: str | None,
+              now: dt.datetime, stale_before: dt.datetime) -> bool:
+        """Take a waiting caller for an engineer, unless another engineer holds a fresh
+        claim on them: a compare-and-set, so two engineers never get the same caller."""
+        self.assignment(ticket_id, now)
+        taken = self.session.execute(
+            update(Assignment)
+            .where(Assignment.ticket_id == ticket_id, Assignment.connected_at.is_(None),
+                   (Assignment.claimed_at.is_(None)) | (Assignment.claimed_at < stale_before))
+            .values(engineer=engineer, claimed_at=now, engineer_call_sid=engineer_call_sid,
+                    updated_at=now)
+            .execution_options(synchronize_session=False))
+        return taken.rowcount == 1
+
+    def release(self, ticket_id: int, engineer_call_sid: str, now: dt.datetime) -> bool:
+        """Give up a claim that never connected (the caller left meanwhile)."""
+        return self.session.execute(
+            update(Assignment)
+            .where(Assignment.ticket_id == ticket_id, Assignment.connected_at.is_(None),
+                   Assignment.engineer_call_sid == engineer_call_sid)
+            .values(claimed_at=None, updated_at=now)
+            .execution_options(synchronize_session=False)).rowcount == 1
+
+    def connected_since(self, since: dt.datetime) -> list[tuple[Ticket, Call]]:
+        """Tickets an engineer line connected since a time, with their calls."""
+        rows = self.session.execute(
+            select(Ticket, Call).join(Call, Call.call_sid == Ticket.call_sid)
+            .join(Assignment, Assignment.ticket_id == Ticket.id)
+            .where(Assignment.connected_at >= since))
+        return [(t, c) for t, c in rows]
+
+    def stranded(self, ended_before: dt.datetime, limit: int = 500) -> list[Ticket]:
+        """Tickets still in a queue whose calls ended before a time with no queue result."""
+        return list(self.session.scalars(
+            select(Ticket).join(Call, Call.call_sid == Ticket.call_sid)
+            .where(Ticket.status == "in_queue", Call.ended_at.is_not(None),
+                   Call.ended_at < ended_before, Call.queue_result.is_(None))
+            .order_by(Ticket.id).limit(limit)))
+
+    # -- callbacks ---------------------------------------------------------------------
+
+    def callbacks_due(self, limit: int = 500) -> list[tuple[Ticket, Call, Assignment | None]]:
+        rows = self.session.execute(
+            select(Ticket, Call, Assignment)
+            .join(Call, Call.call_sid == Ticket.call_sid)
+            .outerjoin(Assignment, Assignment.ticket_id == Ticket.id)
+            .where(Ticket.status == "callback_requested")
+            .order_by(Ticket.priority, Ticket.created_at, Ticket.id).limit(limit))
+        return [(t, c, a) for t, c, a in rows]
+
+    def new_attempt(self, ticket_id: int, engineer: str, now: dt.datetime) -> CallbackAttempt:
+        attempt = CallbackAttempt(ticket_id=ticket_id, engineer=engineer, status="placing",
+                                  created_at=now)
+        self.session.add(attempt)
+        self.session.flush()
+        return attempt
+
+    def attempt(self, attempt_id: int, *, for_update: bool = False) -> CallbackAttempt | None:
+        lock = for_update and self.storage.dialect == "postgresql"
+        return self.session.get(CallbackAttempt, attempt_id, with_for_update=lock or None)
+
+    def attempts(self, ticket_id: int) -> list[CallbackAttempt]:
+        return list(self.session.scalars(
+            select(CallbackAttempt).where(CallbackAttempt.ticket_id == ticket_id)
+            .order_by(CallbackAttempt.id)))
+
+    def open_attempt(self, ticket_id: int) -> CallbackAttempt | None:
+        return self.session.scalars(
+            select(CallbackAttempt).where(CallbackAttempt.ticket_id == ticket_id,
+                                          CallbackAttempt.outcome.is_(None))
+            .order_by(CallbackAttempt.id.desc())).first()
+
+    def actions_count(self) -> int:
+        return self.session.scalar(select(func.count()).select_from(DeskAction)) or 0
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def floor_details(storage: Storage, session: Session, ticket_id: int) -> dict:
+    """The engineer side of a ticket for the desk: who took it and when, callback
+    attempts, and every desk action with who did it and when."""
+    floor = FloorRepository(storage, session)
+    assignment = floor.find_assignment(ticket_id)
+    return {
+        "engineer": assignment.engineer if assignment and assignment.connected_at else None,
+        "engineer_connected_at": _iso(assignment.connected_at) if assignment else None,
+        "callback_attempts": assignment.callback_attempts if assignment else 0,
+        "callback_failures": assignment.callback_failures if assignment else 0,
+        "note": assignment.note if assignment else None,
+        "attempts": [{"id": a.id, "engineer": a.engineer, "status": a.status,
+                      "outcome": a.outcome, "created_at": _iso(a.created_at),
+                      "ended_at": _iso(a.ended_at)} for a in floor.attempts(ticket_id)],
+        "actions": [{"actor": a.actor, "action": a.action, "detail": a.detail,
+                     "at": _iso(a.at)} for a in floor.actions(ticket_id)],
+    }
+
+
+# -- tickets as the engineers' side moves them (ORM, off the callers' hot path) ----------
+
+
+def ticket_for_call(session: Session, call_sid: str, *, for_update: bool = False) -> Ticket | None:
+    query = select(Ticket).where(Ticket.call_sid == call_sid)
+    if for_update and session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return session.scalars(query).first()
+
+
+def move_ticket(session: Session, call_sid: str, status: str, now: dt.datetime) -> Ticket | None:
+    """Move this call's ticket along the lifecycle (``domain.lifecycle``); None when it has
+    no ticket or the lifecycle does not allow the move from where it stands (a repeated
+    request then changes nothing)."""
+    ticket = ticket_for_call(session, call_sid, for_update=True)
+    if ticket is None or not can_move(ticket.status, status):
+        return None
+    ticket.status = status
+    ticket.updated_at = now
+    if status == "connected":
+        ticket.connected_at = ticket.connected_at or now
+    return ticket

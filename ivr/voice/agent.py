@@ -1,0 +1,82 @@
+"""HTTP: the engineer line (POST /voice/agent) and the callback legs' webhooks.
+
+Thin: every view is signature-checked like the rest of /voice, asks the Floor service and
+returns its TwiML.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, request
+from werkzeug.exceptions import HTTPException
+
+from ..extension import ivr
+from .webhooks import twilio_signed, twiml
+
+log = logging.getLogger("ivr.http")
+
+agent = Blueprint("agent", __name__)
+
+
+def floor():
+    return ivr().floor
+
+
+@agent.post("/voice/agent")
+@twilio_signed
+def engineer_line():
+    return twiml(floor().agent_call(request.form, request.args))
+
+
+@agent.post("/voice/agent/joining")
+@twilio_signed
+def joining():
+    return twiml(floor().joining(request.form, request.args))
+
+
+@agent.post("/voice/agent/after")
+@twilio_signed
+def after():
+    return twiml(floor().after(request.form, request.args))
+
+
+@agent.post("/voice/callback/engineer")
+@twilio_signed
+def callback_engineer():
+    return twiml(floor().callback_engineer(request.form, request.args))
+
+
+@agent.post("/voice/callback/engineer-key")
+@twilio_signed
+def callback_key():
+    return twiml(floor().callback_key(request.form, request.args))
+
+
+@agent.post("/voice/callback/customer")
+@twilio_signed
+def callback_customer():
+    return twiml(floor().callback_customer(request.form, request.args))
+
+
+@agent.post("/voice/callback/dialled")
+@twilio_signed
+def callback_dialled():
+    return twiml(floor().callback_dialled(request.form, request.args))
+
+
+@agent.post("/voice/callback/status")
+@twilio_signed
+def callback_status():
+    floor().callback_status(request.form, request.args)
+    return twiml(floor().agent.empty())
+
+
+@agent.errorhandler(Exception)
+def agent_error(error):
+    """An unexpected failure on an engineer's or a callback's leg: log it and end the leg
+    politely (these calls have no queue to fall back to)."""
+    if isinstance(error, HTTPException):
+        return error
+    log.exception("webhook %s failed", request.path)
+    return twiml(floor().agent.goodbye(ivr().config.service.speech))

@@ -1,0 +1,403 @@
+"""The engineer side of the line: the engineer line's webhooks and the callback legs.
+
+How an engineer is connected to the right caller: every caller waits alone in a Twilio
+queue named after their ticket (``support-jp.12345678``). When an engineer reaches
+``/voice/agent``, the service chooses the most urgent waiting caller they serve (priority
+first, then the longest wait), claims them in the database so no other engineer takes
+the same caller, whispers the summary to the engineer with <Say>, then <Dial><Queue>s
+that caller's own queue. <Queue url> plays to the dequeued caller (an engineer is joining)
+and tells the service the two are bridged. No REST call runs inside a webhook.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Callable, Mapping
+
+from sqlalchemy import select
+
+from ..config import EnqueueRoute, IvrConfig, Voice
+from ..domain.engineers import (
+    ANSWERED,
+    CUSTOMER_FAILURES,
+    EngineerInfo,
+    Waiting,
+    customer_outcome,
+    engineer_outcome,
+    position,
+    queue_name,
+    ranked,
+)
+from ..domain.phones import can_receive_sms, mask
+from ..storage import DATABASE_DOWN, Storage
+from ..storage.engineers import (
+    CallbackAttempt,
+    EngineerRepository,
+    FloorRepository,
+    engineer_info,
+    move_ticket,
+    ticket_for_call,
+)
+from ..storage.models import Call, Ticket
+from .agent_twiml import AgentRenderer, Line
+from .prompts import Catalogue
+from .service import CALL_SID
+from .twiml import Renderer
+
+log = logging.getLogger("ivr.floor")
+
+ESTIMATE_WINDOW = dt.timedelta(minutes=30)  # pick-ups counted for a waiting caller's estimate
+
+
+def group_for(config: IvrConfig, call: Call, priority: int) -> str | None:
+    """The configured queue (group) a ticket's caller waits in; None for dial and
+    TaskRouter routes, which engineers do not take from here."""
+    route = config.route_for(config.line_for(call.dialed_number))
+    if not isinstance(route, EnqueueRoute):
+        return None
+    return route.queue.format(priority=priority)
+
+
+def waiting_of(config: IvrConfig, ticket: Ticket, call: Call) -> Waiting:
+    return Waiting(ticket.id, ticket.priority, ticket.acknowledged_at or ticket.created_at,
+                   group_for(config, call, ticket.priority), call.language)
+
+
+def _sid(params: Mapping[str, str], name: str = "CallSid") -> str | None:
+    sid = params.get(name) or ""
+    return sid if CALL_SID.fullmatch(sid) else None
+
+
+def _minutes(seconds: float) -> int:
+    return max(0, int(seconds // 60))
+
+
+class Floor:
+    """The engineer line and the callback legs, one transaction per webhook."""
+
+    def __init__(self, config: IvrConfig, catalogues: dict[str, Catalogue], storage: Storage,
+                 renderer: Renderer, clock: Callable[[], dt.datetime]):
+        self.config = config
+        self.catalogues = catalogues
+        self.storage = storage
+        self.renderer = renderer
+        self.agent = AgentRenderer(config, catalogues)
+        self.clock = clock
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def caller_voice(self, call: Call | None) -> Voice:
+        line = self.config.line_for(call.dialed_number) if call is not None else None
+        own, english = self.renderer.voices(line)
+        return english if call is not None and call.english else own
+
+    def engineer_voice(self, engineer: EngineerInfo | None) -> Voice:
+        return self.agent.voice_for_languages(engineer.languages if engineer else ())
+
+    def summary(self, voice: Voice, ticket: Ticket, call: Call, waited: float | None) -> list[Line]:
+        """What an engineer hears about a caller before they are connected."""
+        lines: list[Line] = [("agent_whisper", {
+            "ticket": ticket.number, "priority": ticket.priority,
+            "plan": call.plan or "?", "account": ticket.account_id, "region": ticket.region,
+            "language": self.agent.language_name(voice, call.language)})]
+        if waited is not None:
+            minutes = _minutes(waited)
+            lines.append(("agent_waited_minutes", {"minutes": minutes}) if minutes
+                         else ("agent_waited_under_minute", {}))
+        return lines
+
+    def waiting(self) -> list[tuple[Ticket, Call, Waiting, str | None]]:
+        """Callers in the queues now, most urgent first, with who has claimed each."""
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            rows = FloorRepository(self.storage, session).waiting()
+            return [(t, c, waiting_of(self.config, t, c),
+                     a.engineer if a is not None and a.claimed_at is not None else None)
+                    for t, c, a in rows]
+
+    def position(self, call_sid: str) -> tuple[int, int | None] | None:
+        """Where a waiting caller stands in their queue group, as engineers will take them,
+        and the expected wait in seconds: their place times the time between pick-ups from
+        that group over the last half hour (None without enough of them to tell)."""
+        since = self.clock() - ESTIMATE_WINDOW
+        with self.storage.unit_of_work(readonly=True) as uow:
+            session = uow.session
+            floor = FloorRepository(self.storage, session)
+            rows = floor.waiting()
+            recent = floor.connected_since(since)
+        everyone = [waiting_of(self.config, t, c) for t, c, _ in rows]
+        for (ticket, call, _), me in zip(rows, everyone):
+            if call.call_sid == call_sid:
+                place = position(me, everyone)
+                taken = sum(1 for t, c in recent
+                            if group_for(self.config, c, t.priority) == me.group)
+                if taken < 2:
+                    return place, None
+                return place, int(place * ESTIMATE_WINDOW.total_seconds() / taken)
+        return None
+
+    def with_position(self, params: Mapping[str, str]) -> Mapping[str, str]:
+        """A waitUrl request with QueuePosition and AvgQueueTime replaced by the caller's
+        place in the engineer line's order and the service's estimate; unchanged if that
+        cannot be told (database down, or a caller not in the database)."""
+        call_sid = _sid(params)
+        if call_sid is None:
+            return params
+        try:
+            found = self.position(call_sid)
+        except DATABASE_DOWN:
+            return params
+        if found is None:
+            return params
+        place, estimate = found
+        # Twilio's AvgQueueTime of a one-caller queue is this caller's own wait so far,
+        # not an expectation: replace it with the service's estimate, or none ("0").
+        values = params.to_dict() if hasattr(params, "to_dict") else dict(params)
+        return {**values, "QueuePosition": str(place), "AvgQueueTime": str(estimate or 0)}
+
+    # -- the engineer line -------------------------------------------------------------
+
+    def agent_call(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
+        """POST /voice/agent: who is calling, and the most urgent caller they serve."""
+        call_sid = _sid(params)
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            found = EngineerRepository(self.storage, session).for_caller(params.get("From"))
+            engineer = engineer_info(found) if found is not None else None
+        if engineer is None or call_sid is None:
+            log.info("engineer line: refused a call from %s", mask(params.get("From")))
+            return self.agent.refuse(self.config.service.speech)
+        voice = self.engineer_voice(engineer)
+        digits = (params.get("Digits") or "").strip()
+        if digits and digits != "1":
+            return self.agent.goodbye(voice)
+        now = self.clock()
+        stale = now - dt.timedelta(seconds=self.config.engineers.claim_seconds)
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            floor = FloorRepository(self.storage, session)
+            rows = {t.id: (t, c, a) for t, c, a in floor.waiting()}
+            free = [waiting_of(self.config, t, c) for t, c, a in rows.values()
+                    if a is None or (a.connected_at is None
+                                     and (a.claimed_at is None or a.claimed_at < stale))]
+            for choice in ranked(engineer.serves, free):
+                if floor.claim(choice.ticket_id, engineer.name, call_sid, now, stale):
+                    ticket, call, _ = rows[choice.ticket_id]
+                    floor.record(ticket.id, engineer.name, "pick-up",
+                                 f"chosen on the engineer line (P{ticket.priority})", now)
+                    break
+            else:
+                ticket = call = choice = None
+        if ticket is None:
+            return self.agent.nobody(voice, announce=query.get("wait") != "1")
+        log.info("engineer %s takes ticket id=%s (P%s)", engineer.name, ticket.id, ticket.priority)
+        whisper = self.summary(voice, ticket, call, (now - choice.since).total_seconds())
+        return self.agent.connect(voice, whisper, queue_name(choice.group, ticket.number),
+                                  ticket.number)
+
+    def joining(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
+        """<Queue url>: played to the dequeued caller as the engineer is bridged in. The
+        ticket records the engineer and the moment and moves to connected."""
+        call_sid = _sid(params)
+        now = self.clock()
+        call = None
+        if call_sid is not None:
+            with self.storage.unit_of_work() as uow:
+                session = uow.session
+                call = session.get(Call, call_sid)
+                ticket = ticket_for_call(session, call_sid)
+                if ticket is not None:
+                    floor = FloorRepository(self.storage, session)
+                    assignment = floor.assignment(ticket.id, now, for_update=True)
+                    move_ticket(session, call_sid, "connected", now)
+                    if assignment.connected_at is None:
+                        assignment.connected_at = now
+                        assignment.updated_at = now
+                        dequeuer = _sid(params, "DequeingCallSid")
+                        if dequeuer and assignment.engineer_call_sid not in (None, dequeuer):
+                            log.warning("ticket id=%s bridged to a call that did not claim it",
+                                        ticket.id)
+                        floor.record(ticket.id, assignment.engineer or "unknown engineer",
+                                     "connected", "engineer line", now)
+        return self.agent.joining(self.caller_voice(call))
+
+    def after(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
+        """The engineer's <Dial> ended: after a conversation, offer the next caller; if the
+        chosen caller had gone, free the claim and look again at once."""
+        call_sid = _sid(params)
+        number = query.get("ticket") or ""
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            found = EngineerRepository(self.storage, session).for_caller(params.get("From"))
+            engineer = engineer_info(found) if found is not None else None
+            ticket = session.scalars(select(Ticket).where(Ticket.number == number)).first() \
+                if number.isdigit() and len(number) <= 16 else None
+            talked = False
+            if ticket is not None and call_sid is not None:
+                floor = FloorRepository(self.storage, session)
+                assignment = floor.find_assignment(ticket.id)
+                talked = assignment is not None and assignment.connected_at is not None \
+                    and assignment.engineer_call_sid == call_sid
+                if not talked:
+                    floor.release(ticket.id, call_sid, self.clock())
+        voice = self.engineer_voice(engineer)
+        if engineer is None:
+            return self.agent.goodbye(voice)
+        return self.agent.next_caller(voice) if talked else self.agent.missed(voice)
+
+    # -- callbacks ---------------------------------------------------------------------
+
+    def _attempt(self, session, query: Mapping[str, str], *, for_update: bool = True):
+        text = query.get("attempt") or ""
+        if not (text.isdigit() and len(text) < 10):
+            return None, None, None, None
+        floor = FloorRepository(self.storage, session)
+        attempt = floor.attempt(int(text), for_update=for_update)
+        if attempt is None:
+            return None, None, None, None
+        ticket = session.get(Ticket, attempt.ticket_id)
+        call = session.get(Call, ticket.call_sid)
+        engineer = EngineerRepository(self.storage, session).named(attempt.engineer)
+        return attempt, ticket, call, engineer_info(engineer) if engineer else None
+
+    def callback_engineer(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
+        """The engineer answered the callback's first leg: the summary, then press 1."""
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            attempt, ticket, call, engineer = self._attempt(session, query)
+            if attempt is None or attempt.outcome is not None:
+                return self.agent.hangup()
+            attempt.status = "engineer_answered"
+            voice = self.engineer_voice(engineer)
+            summary = self.summary(voice, ticket, call, None)
+            attempt_id = attempt.id
+        return self.agent.callback_offer(voice, summary, attempt_id)
+
+    def callback_key(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            attempt, ticket, call, engineer = self._attempt(session, query)
+            if attempt is None or attempt.outcome is not None:
+                return self.agent.hangup()
+            voice = self.engineer_voice(engineer)
+            if (params.get("Digits") or "") != "1":
+                self._finish(uow, attempt, ticket, call, "engineer-declined")
+                return self.agent.goodbye(voice)
+            if ticket.status != "callback_requested" or not ticket.callback_number:
+                self._finish(uow, attempt, ticket, call, "error",
+                             f"ticket is {ticket.status} now")
+                return self.agent.goodbye(voice)
+            attempt.status = "calling_customer"
+            return self.agent.callback_dial(voice, attempt.id, ticket.callback_number,
+                                            call.dialed_number)
+
+    def callback_customer(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
+        """<Number url>: the customer answered; they hear who is calling, then the engineer."""
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            attempt, ticket, call, _ = self._attempt(session, query)
+            if attempt is None:
+                return self.agent.empty()
+            attempt.customer_call_sid = _sid(params) or attempt.customer_call_sid
+            self._finish(uow, attempt, ticket, call, ANSWERED)
+            return self.agent.callback_greeting(self.caller_voice(call), ticket.number)
+
+    def callback_dialled(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
+        """The engineer leg's <Dial> ended: record a failure, tell the engineer."""
+        status = (params.get("DialCallStatus") or "")[:32]
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            attempt, ticket, call, engineer = self._attempt(session, query)
+            if attempt is None:
+                return self.agent.hangup()
+            outcome = customer_outcome(status) or "failed"
+            self._finish(uow, attempt, ticket, call, outcome)
+            if attempt.outcome == ANSWERED:
+                return self.agent.hangup()
+            return self.agent.callback_not_reached(self.engineer_voice(engineer))
+
+    def callback_status(self, params: Mapping[str, str], query: Mapping[str, str]) -> None:
+        """Status callbacks of both legs (leg=engineer from the REST call, leg=customer
+        from the <Number>)."""
+        status = (params.get("CallStatus") or "")[:32]
+        leg = query.get("leg")
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            attempt, ticket, call, _ = self._attempt(session, query)
+            if attempt is None:
+                return
+            if leg == "customer":
+                attempt.customer_call_sid = _sid(params) or attempt.customer_call_sid
+                if status in ("answered", "in-progress"):
+                    self._finish(uow, attempt, ticket, call, ANSWERED)
+                elif status in CUSTOMER_FAILURES or status == "completed":
+                    self._finish(uow, attempt, ticket, call, customer_outcome(status))
+            elif leg == "engineer" and status in ("completed", "busy", "no-answer", "failed",
+                                                    "canceled"):
+                if attempt.status in ("placing", "calling_engineer", "engineer_answered"):
+                    self._finish(uow, attempt, ticket, call, engineer_outcome(status))
+
+    def _finish(self, uow, attempt: CallbackAttempt, ticket: Ticket, call: Call,
+                outcome: str, detail: str | None = None) -> None:
+        """Record how an attempt ended (once). Answered: the ticket is connected. After
+        the configured number of failures on the customer's side the ticket goes back to
+        the open pile with a note, and the customer gets a text saying we tried."""
+        if attempt.outcome is not None:
+            return
+        now = self.clock()
+        session = uow.session
+        floor = FloorRepository(self.storage, session)
+        assignment = floor.assignment(ticket.id, now, for_update=True)
+        attempt.outcome, attempt.status, attempt.ended_at = outcome, "done", now
+        attempt.detail = detail
+        floor.record(ticket.id, attempt.engineer, "callback-result", outcome, now)
+        log.info("callback attempt %s for ticket id=%s: %s", attempt.id, ticket.id, outcome)
+        if outcome == ANSWERED:
+            if move_ticket(session, ticket.call_sid, "connected", now):
+                assignment.engineer, assignment.connected_at = attempt.engineer, now
+                assignment.updated_at = now
+            return
+        if outcome not in CUSTOMER_FAILURES:
+            return
+        assignment.callback_failures += 1
+        assignment.updated_at = now
+        limit = self.config.engineers.callback_attempts
+        if assignment.callback_failures < limit or ticket.status != "callback_requested":
+            return
+        move_ticket(session, ticket.call_sid, "open", now)
+        assignment.note = (f"{assignment.callback_failures} callback attempts did not reach "
+                           f"the customer; back in the open pile")
+        floor.record(ticket.id, "system", "reopened", assignment.note, now)
+        number = ticket.callback_number
+        if number and can_receive_sms(number):
+            line = self.config.line_for(call.dialed_number)
+            own, english = self.renderer.voices(line)
+            catalogue = self.catalogues[(english if call.english else own).catalogue_name]
+            uow.outbox.queue(
+                call_sid=call.call_sid, template="sms_callback_missed", to_number=number,
+                body=catalogue.text("sms_callback_missed", {"brand": self.config.service.brand,
+                                                            "ticket": ticket.number}),
+                now=now)
+
+    # -- the sweep ---------------------------------------------------------------------
+
+    def sweep_stranded(self) -> int:
+        """Tickets left in_queue after their calls ended with no queue result from Twilio
+        (its request to the Enqueue action failed or was lost) go back to the open pile."""
+        now = self.clock()
+        grace = dt.timedelta(seconds=self.config.engineers.stranded_after_seconds)
+        moved = 0
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            floor = FloorRepository(self.storage, session)
+            for ticket in floor.stranded(now - grace):
+                if move_ticket(session, ticket.call_sid, "open", now) is not None:
+                    floor.record(ticket.id, "system", "reopened",
+                                 "the call ended while queued and Twilio sent no queue result",
+                                 now)
+                    moved += 1
+        if moved:
+            log.warning("%s tickets left in a queue after their calls ended went back to open",
+                        moved)
+        return moved

@@ -1,0 +1,33 @@
+"""The simulator plays engineers too: with more callers than engineers, the engineer line
+serves P1 callers before P4 callers."""
+
+import json
+
+from ivr.sim.engineers import engineer_name, engineer_phone, run_floor
+from ivr.sim.simulator import WsgiTransport
+
+from ..floor_support import add_engineer
+from ..support import TOKEN
+
+
+def test_with_more_callers_than_engineers_p1_callers_wait_less_than_p4_callers(app, ivr):
+    for n in range(2):
+        add_engineer(ivr, engineer_name(n), phone=engineer_phone(n), languages="")
+    report = run_floor(WsgiTransport(app), TOKEN, calls=30, engineers=2, seed=3)
+    assert report.errors == [] and report.served == 30 and report.unserved == 0
+    assert report.pickups == 30
+    waits = {p: report.figures(p) for p in (1, 2, 3, 4)}
+    assert waits[1]["callers"] and waits[4]["callers"]
+    assert waits[1]["mean"] < waits[4]["mean"]
+    assert waits[1]["max"] <= waits[4]["max"]
+
+
+def test_the_command_runs_callers_and_engineers_and_reports_waits_per_priority(app):
+    result = app.test_cli_runner().invoke(
+        args=["simulate", "--calls", "12", "--engineers", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["served"] == 12 and report["engineers"] == 2
+    assert set(report["waits_seconds"]) == {"P1", "P2", "P3", "P4"}
+    again = app.test_cli_runner().invoke(args=["simulate", "--calls", "4", "--engineers", "2"])
+    assert again.exit_code == 0 and "mean wait" in again.output

@@ -1,0 +1,263 @@
+"""Callbacks that really get placed: the engineer's phone first through Twilio's REST API
+(a recording HttpClient here), the summary and a key press, then the customer, with both
+legs reporting through signed status callbacks."""
+
+import pytest
+from sqlalchemy import select
+
+from ivr.sim.simulator import new_call_sid
+from ivr.storage.engineers import Assignment, CallbackAttempt
+from ivr.storage.models import OutboxMessage, Ticket
+
+from ..desk_support import ADMIN_TOKEN, admin_app
+from ..floor_support import ENGINEER_PHONE, add_engineer, digits_spoken, queued
+from ..support import CALLER, US_LINE, RecordingHttpClient, spoken, twiml
+
+ACCOUNT = "AC" + "1" * 32
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+def http():
+    return RecordingHttpClient()
+
+
+@pytest.fixture
+def app(settings, clock, http):
+    app = admin_app(settings.model_copy(update={"twilio_account_sid": ACCOUNT,
+                                                "public_url": "http://localhost"}), clock)
+    app.extensions["twilio_http_client"] = http
+    yield app
+    app.extensions["ivr"].storage.dispose()
+
+
+def waiting_for_callback(twilio, priority=1, to=US_LINE, caller=CALLER):
+    waiting = queued(twilio, priority, to=to, caller=caller)
+    root = twiml(twilio.post(f"/voice/wait-choice?ticket={waiting['ticket']}&priority=1",
+                             **twilio.call_params(waiting["sid"], to=to, caller=caller),
+                             Digits="1"))
+    assert root[0].tag == "Leave"
+    return waiting
+
+
+def state(ivr, number):
+    with ivr.storage.transaction() as session:
+        ticket = session.scalars(select(Ticket).where(Ticket.number == number)).one()
+        assignment = session.get(Assignment, ticket.id)
+        attempts = [(a.engineer, a.outcome) for a in session.scalars(
+            select(CallbackAttempt).where(CallbackAttempt.ticket_id == ticket.id)
+            .order_by(CallbackAttempt.id))]
+        return ticket, assignment, attempts
+
+
+def place(app, number, body=None, headers=AUTH):
+    return app.test_client().post(f"/api/tickets/{number}/callback", json=body or {},
+                                  headers=headers)
+
+
+def leg(sid, to, caller):
+    return {"CallSid": sid, "AccountSid": ACCOUNT, "From": caller, "To": to,
+            "CallStatus": "in-progress", "Direction": "outbound-api",
+            "ApiVersion": "2010-04-01"}
+
+
+def engineer_answers_and_presses_1(twilio, attempt_id, engineer_sid):
+    offer = twiml(twilio.post(f"/voice/callback/engineer?attempt={attempt_id}",
+                              **leg(engineer_sid, ENGINEER_PHONE, US_LINE)))
+    key = offer.find("Gather").get("action")
+    return offer, twiml(twilio.post(key, **leg(engineer_sid, ENGINEER_PHONE, US_LINE),
+                                    Digits="1"))
+
+
+def test_a_callback_rings_the_engineer_then_dials_the_customer_who_answers(
+        app, twilio, ivr, http, clock):
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+
+    response = place(app, waiting["ticket"], {"engineer": "aiko"})
+    assert response.status_code == 201, response.get_json()
+    attempt = response.get_json()
+    (request,) = http.requests
+    assert request["method"] == "POST"
+    assert request["uri"].endswith(f"/Accounts/{ACCOUNT}/Calls.json")
+    data = request["data"]
+    assert (data["To"], data["From"]) == (ENGINEER_PHONE, US_LINE)
+    assert data["Url"] == f"http://localhost/voice/callback/engineer?attempt={attempt['id']}"
+    assert data["StatusCallback"] == ("http://localhost/voice/callback/status?"
+                                      f"attempt={attempt['id']}&leg=engineer")
+    assert str(data["Timeout"]) == str(ivr.config.engineers.ring_seconds)
+
+    engineer_sid = new_call_sid()
+    offer, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], engineer_sid)
+    assert digits_spoken(offer) == [waiting["ticket"]]
+    assert spoken(offer.find("Gather"))[-1] == "To call the customer now, press 1. To cancel, hang up."
+    dial = dial_root.find("Dial")
+    assert dial.get("callerId") == US_LINE  # the regional number the customer called
+    number = dial.find("Number")
+    assert number.text == CALLER
+    assert number.get("url") == f"/voice/callback/customer?attempt={attempt['id']}"
+    assert number.get("statusCallback") == (f"/voice/callback/status?attempt={attempt['id']}"
+                                            "&leg=customer")
+
+    customer_sid = new_call_sid()
+    greeting = twiml(twilio.post(number.get("url"), **leg(customer_sid, CALLER, US_LINE)))
+    assert spoken(greeting)[0].startswith("Hello, this is Zoom technical support calling you "
+                                          "back about ticket")
+    assert digits_spoken(greeting) == [waiting["ticket"]]
+    ticket, assignment, attempts = state(ivr, waiting["ticket"])
+    assert ticket.status == "connected" and ticket.connected_at == clock.now
+    assert assignment.engineer == "aiko" and assignment.callback_attempts == 1
+    assert attempts == [("aiko", "answered")]
+
+    # Later reports of the same legs change nothing.
+    twilio.post(number.get("statusCallback"), **{**leg(customer_sid, CALLER, US_LINE),
+                                                 "CallStatus": "completed"})
+    twilio.post(f"/voice/callback/status?attempt={attempt['id']}&leg=engineer",
+                **{**leg(engineer_sid, ENGINEER_PHONE, US_LINE), "CallStatus": "completed"})
+    assert state(ivr, waiting["ticket"])[2] == [("aiko", "answered")]
+    view = app.test_client().get(f"/api/tickets/{waiting['ticket']}", headers=AUTH).get_json()
+    assert view["engineer"] == "aiko" and view["callback_attempts"] == 1
+    assert [(a["actor"], a["action"]) for a in view["actions"]] == [
+        ("admin", "callback"), ("aiko", "callback-result")]
+
+
+def test_failed_attempts_are_counted_and_the_last_one_reopens_the_ticket_with_a_text(
+        app, twilio, ivr, http):
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    tries = ivr.config.engineers.callback_attempts
+    for n, status in enumerate(["busy", "no-answer", "failed"][:tries], start=1):
+        attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+        _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+        number = dial_root.find("Dial/Number")
+        twilio.post(number.get("statusCallback"),
+                    **{**leg(new_call_sid(), CALLER, US_LINE), "CallStatus": status})
+        told = twiml(twilio.post(dial_root.find("Dial").get("action"),
+                                 **leg(new_call_sid(), ENGINEER_PHONE, US_LINE),
+                                 DialCallStatus=status))
+        assert spoken(told) == ["The customer couldn't be reached. The attempt has been "
+                                "recorded. Goodbye."]
+        ticket, assignment, attempts = state(ivr, waiting["ticket"])
+        assert assignment.callback_attempts == n and attempts[-1] == ("aiko", status)
+        if n < tries:
+            assert ticket.status == "callback_requested"
+    assert ticket.status == "open"
+    assert assignment.note.startswith(f"{tries} callback attempts did not reach the customer")
+    with ivr.storage.transaction() as session:
+        texts = {m.template: m for m in session.scalars(select(OutboxMessage))}
+    assert texts["sms_callback_missed"].to_number == CALLER
+    assert "we tried to call you back about ticket" in texts["sms_callback_missed"].body
+    assert place(app, waiting["ticket"], {"engineer": "aiko"}).status_code == 409
+
+
+def test_an_engineer_who_does_not_answer_leaves_the_ticket_waiting_for_its_callback(
+        app, twilio, ivr, http):
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    twilio.post(f"/voice/callback/status?attempt={attempt['id']}&leg=engineer",
+                **{**leg(new_call_sid(), ENGINEER_PHONE, US_LINE), "CallStatus": "no-answer"})
+    ticket, assignment, attempts = state(ivr, waiting["ticket"])
+    assert ticket.status == "callback_requested"
+    assert (assignment.callback_attempts, assignment.callback_failures) == (1, 0)
+    assert attempts == [("aiko", "engineer-no-answer")]
+
+
+def test_an_engineer_who_hangs_up_without_pressing_1_declines_the_attempt(app, twilio, ivr):
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    offer = twiml(twilio.post(f"/voice/callback/engineer?attempt={attempt['id']}",
+                              **leg(new_call_sid(), ENGINEER_PHONE, US_LINE)))
+    assert offer[-1].tag == "Hangup"
+    twiml(twilio.post(offer.find("Gather").get("action"),
+                      **leg(new_call_sid(), ENGINEER_PHONE, US_LINE), Digits="9"))
+    assert state(ivr, waiting["ticket"])[2] == [("aiko", "engineer-declined")]
+
+
+def test_a_rest_error_is_reported_and_recorded_and_changes_no_status(app, twilio, ivr, http):
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    http.responses.append((400, {"code": 21215, "message": "Geo permission", "status": 400}))
+    response = place(app, waiting["ticket"], {"engineer": "aiko"})
+    assert response.status_code == 502
+    assert "Twilio did not place the call" in response.get_json()["error"]
+    ticket, _, attempts = state(ivr, waiting["ticket"])
+    assert ticket.status == "callback_requested" and attempts == [("aiko", "error")]
+
+
+def test_a_personal_token_places_the_callback_for_its_owner_only(app, twilio, ivr, http):
+    token = add_engineer(ivr)
+    add_engineer(ivr, "ben", phone="+14155550188")
+    waiting = waiting_for_callback(twilio)
+    mine = {"Authorization": f"Bearer {token}"}
+    assert place(app, waiting["ticket"], {"engineer": "ben"}, headers=mine).status_code == 403
+    response = place(app, waiting["ticket"], headers=mine)
+    assert response.status_code == 201 and response.get_json()["engineer"] == "aiko"
+    view = app.test_client().get(f"/api/tickets/{waiting['ticket']}", headers=mine).get_json()
+    assert view["actions"][0]["actor"] == "aiko"
+
+
+@pytest.mark.parametrize("body, status", [
+    ({}, 400), ({"engineer": "nobody"}, 404), ({"engineer": 7}, 400),
+    ({"engineer": "aiko", "extra": 1}, 400),
+])
+def test_a_bad_callback_request_gets_a_clear_error_and_places_nothing(
+        app, twilio, ivr, http, body, status):
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    response = place(app, waiting["ticket"], body)
+    assert response.status_code == status and response.get_json()["error"]
+    assert http.requests == []
+
+
+def test_a_ticket_not_waiting_for_a_callback_is_refused(app, twilio, ivr, http):
+    add_engineer(ivr)
+    waiting = queued(twilio, 2)
+    response = place(app, waiting["ticket"], {"engineer": "aiko"})
+    assert response.status_code == 409 and "not waiting for a callback" in response.get_json()["error"]
+    assert http.requests == []
+
+
+def test_the_command_places_a_callback(app, twilio, ivr, http):
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    result = app.test_cli_runner().invoke(args=["tickets", "callback", waiting["ticket"],
+                                                "--engineer", "aiko"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Callback attempt 1 placed: ringing aiko first.")
+    assert len(http.requests) == 1
+
+
+def test_callback_webhooks_refuse_unsigned_requests(app, twilio, ivr):
+    for path in ("/voice/callback/engineer?attempt=1", "/voice/callback/status?attempt=1",
+                 "/voice/callback/customer?attempt=1", "/voice/agent/joining?ticket=1"):
+        assert twilio.post(path, signed=False, CallSid=new_call_sid()).status_code == 403
+
+
+def test_callbacks_due_are_listed_by_priority_then_time_left(app, twilio, ivr, clock):
+    from ivr.desk.callbacks import Callbacks
+
+    p3 = waiting_for_callback(twilio, 3)
+    clock.advance(minutes=10)
+    p1_later = waiting_for_callback(twilio, 1)
+    due = Callbacks.of(ivr).due()
+    assert [d["number"] for d in due] == [p1_later["ticket"], p3["ticket"]]
+    assert due[0]["seconds_left"] == 3600 and due[1]["seconds_left"] == 1430 * 60
+
+
+@pytest.mark.parametrize("path", [
+    "/voice/agent", "/voice/agent?wait=x", "/voice/agent/joining", "/voice/agent/joining?ticket=x",
+    "/voice/agent/after?ticket=99999999999999999999", "/voice/callback/engineer?attempt=abc",
+    "/voice/callback/engineer-key?attempt=99999999999", "/voice/callback/customer?attempt=-1",
+    "/voice/callback/dialled", "/voice/callback/status?attempt=1&leg=sideways",
+])
+@pytest.mark.parametrize("params", [
+    {}, {"CallSid": "not-a-sid", "From": "\x00\ufffd", "Digits": "1" * 500},
+    {"CallSid": "CA" + "f" * 32, "From": "client:", "DialCallStatus": "completed"},
+])
+def test_odd_requests_on_the_engineer_and_callback_paths_get_twiml_not_an_error(
+        app, twilio, ivr, path, params):
+    add_engineer(ivr)
+    response = twilio.post(path, **params)
+    assert response.status_code == 200 and response.mimetype == "text/xml"

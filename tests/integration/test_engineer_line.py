@@ -1,0 +1,201 @@
+"""The engineer line: the most urgent caller first, a whisper naming them, then the
+connection to exactly that caller."""
+
+from sqlalchemy import select
+
+from ivr.sim.simulator import new_call_sid
+from ivr.storage.engineers import Assignment, DeskAction
+from ivr.storage.models import Ticket
+
+from ..floor_support import add_engineer, digits_spoken, engineer_params, queued
+from ..support import spoken, twiml
+
+
+def ticket(ivr, number):
+    with ivr.storage.transaction() as session:
+        return session.scalars(select(Ticket).where(Ticket.number == number)).one()
+
+
+def assignment(ivr, number):
+    with ivr.storage.transaction() as session:
+        return session.get(Assignment, ticket(ivr, number).id)
+
+
+def test_the_engineer_gets_the_newer_p1_before_the_older_p3_and_the_whisper_names_it(
+        twilio, ivr, clock):
+    add_engineer(ivr)
+    older_p3 = queued(twilio, 3)
+    clock.advance(minutes=5)
+    newer_p1 = queued(twilio, 1)
+    clock.advance(minutes=2)
+
+    agent_sid = new_call_sid()
+    root = twiml(twilio.post("/voice/agent", **engineer_params(agent_sid)))
+    assert [e.tag for e in root] == ["Say", "Say", "Say", "Dial"]
+    assert digits_spoken(root) == [newer_p1["ticket"]]
+    said = spoken(root)
+    assert said[0] == (f"Ticket {newer_p1['ticket']}. Priority 1. business plan, account "
+                       "demo-business, United States. The caller speaks English.")
+    assert said[1] == "They have waited 2 minutes."
+    assert {e.get("language") for e in root.iter("Say")} == {"en-US"}
+    queue = root.find("Dial/Queue")
+    # The queue dialled holds only the P1 caller: the whisper is about who answers.
+    assert queue.text == newer_p1["queue"] != older_p3["queue"]
+    assert queue.get("url") == f"/voice/agent/joining?ticket={newer_p1['ticket']}"
+    assert root.find("Dial").get("action") == f"/voice/agent/after?ticket={newer_p1['ticket']}"
+
+    # Twilio dequeues the P1 caller: they hear that an engineer is joining, in their language.
+    caller = {**twilio.call_params(newer_p1["sid"]), "QueueSid": "QU" + "1" * 32,
+              "QueueTime": "120", "DequeingCallSid": agent_sid}
+    joining = twiml(twilio.post(queue.get("url"), **caller))
+    assert spoken(joining) == ["An engineer is joining your call now."]
+    p1 = ticket(ivr, newer_p1["ticket"])
+    assert p1.status == "connected" and p1.connected_at == clock.now
+    assert assignment(ivr, newer_p1["ticket"]).engineer == "aiko"
+    assert ticket(ivr, older_p3["ticket"]).status == "in_queue"
+
+    # After the conversation the engineer may take the next caller: the P3.
+    after = twiml(twilio.post(root.find("Dial").get("action"),
+                              **engineer_params(agent_sid), DialCallStatus="completed"))
+    gather = after.find("Gather")
+    assert gather.get("action") == "/voice/agent" and gather.get("numDigits") == "1"
+    again = twiml(twilio.post("/voice/agent", **engineer_params(agent_sid), Digits="1"))
+    assert digits_spoken(again) == [older_p3["ticket"]]
+    assert again.find("Dial/Queue").text == older_p3["queue"]
+
+
+def test_the_pick_up_is_recorded_with_who_and_when(twilio, ivr, clock):
+    add_engineer(ivr)
+    waiting = queued(twilio, 2)
+    agent_sid = new_call_sid()
+    root = twiml(twilio.post("/voice/agent", **engineer_params(agent_sid)))
+    twilio.post(root.find("Dial/Queue").get("url"),
+                **twilio.call_params(waiting["sid"]), DequeingCallSid=agent_sid)
+    with ivr.storage.transaction() as session:
+        actions = [(a.actor, a.action, a.at) for a in session.scalars(
+            select(DeskAction).order_by(DeskAction.id))]
+    assert actions == [("aiko", "pick-up", clock.now), ("aiko", "connected", clock.now)]
+
+
+def test_two_engineers_never_get_the_same_caller(twilio, ivr):
+    add_engineer(ivr, "aiko")
+    add_engineer(ivr, "ben", phone="+14155550188")
+    first = queued(twilio, 2)
+    second = queued(twilio, 2)
+    one = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid())))
+    two = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), "+14155550188")))
+    assert digits_spoken(one) == [first["ticket"]] and digits_spoken(two) == [second["ticket"]]
+    three = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid())))
+    assert three.find("Dial") is None and three.find("Redirect") is not None
+
+
+def test_a_claim_that_never_connects_is_freed_for_the_next_engineer(twilio, ivr, clock):
+    add_engineer(ivr)
+    waiting = queued(twilio, 1)
+    agent_sid = new_call_sid()
+    root = twiml(twilio.post("/voice/agent", **engineer_params(agent_sid)))
+    # The caller hung up during the whisper: the queue was empty and the Dial timed out.
+    missed = twiml(twilio.post(root.find("Dial").get("action"), **engineer_params(agent_sid),
+                               DialCallStatus="no-answer"))
+    assert spoken(missed) == ["That caller is no longer waiting. Looking for the next one."]
+    assert missed[-1].tag == "Redirect" and missed[-1].text == "/voice/agent"
+    assert assignment(ivr, waiting["ticket"]).claimed_at is None
+
+
+def test_a_stale_claim_lets_another_engineer_take_the_caller(twilio, ivr, clock):
+    add_engineer(ivr, "aiko")
+    add_engineer(ivr, "ben", phone="+14155550188")
+    waiting = queued(twilio, 1)
+    twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid())))
+    clock.advance(seconds=ivr.config.engineers.claim_seconds + 1)
+    root = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), "+14155550188")))
+    assert digits_spoken(root) == [waiting["ticket"]]
+
+
+def test_nobody_waiting_the_engineer_hears_so_and_holds_for_the_next_caller(twilio, ivr):
+    add_engineer(ivr)
+    sid = new_call_sid()
+    root = twiml(twilio.post("/voice/agent", **engineer_params(sid)))
+    assert [e.tag for e in root] == ["Say", "Pause", "Redirect"]
+    assert spoken(root)[0].startswith("Nobody is waiting right now.")
+    assert root.find("Redirect").text == "/voice/agent?wait=1"
+    holding = twiml(twilio.post("/voice/agent?wait=1", **engineer_params(sid)))
+    assert [e.tag for e in holding] == ["Pause", "Redirect"]  # no repeated announcement
+    waiting = queued(twilio, 4)
+    found = twiml(twilio.post("/voice/agent?wait=1", **engineer_params(sid)))
+    assert digits_spoken(found) == [waiting["ticket"]]
+
+
+def test_an_unknown_number_is_politely_refused(twilio, ivr):
+    queued(twilio, 1)
+    root = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), "+14155550111")))
+    assert [e.tag for e in root] == ["Say", "Hangup"]
+    assert spoken(root)[0].startswith("This phone isn't registered for the engineer line.")
+
+
+def test_a_client_app_is_recognised_by_its_identity(twilio, ivr):
+    add_engineer(ivr, phone=None, client="aiko-laptop")
+    waiting = queued(twilio, 3)
+    root = twiml(twilio.post("/voice/agent",
+                             **engineer_params(new_call_sid(), "client:aiko-laptop")))
+    assert digits_spoken(root) == [waiting["ticket"]]
+
+
+def test_an_engineer_takes_only_the_languages_and_queues_they_serve(twilio, ivr):
+    add_engineer(ivr, "hana", phone="+81312345678", languages="ja", queues="support-jp")
+    english = queued(twilio, 1)
+    japanese = queued(twilio, 4, to="+81531320070", caller="+819012345678")
+    root = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), "+81312345678")))
+    assert digits_spoken(root) == [japanese["ticket"]]
+    assert {e.get("language") for e in root.iter("Say")} == {"ja-JP"}
+    assert "お客様の言語は日本語です" in spoken(root)[0]
+    assert ticket(ivr, english["ticket"]).status == "in_queue"
+
+
+def test_a_caller_who_switched_to_english_counts_as_english(twilio, ivr):
+    add_engineer(ivr, "hana", phone="+81312345678", languages="ja")
+    add_engineer(ivr, "ben", phone="+14155550188", languages="en")
+    switched = queued(twilio, 1, to="+81531320070", caller="+819012345678", english=True)
+    hana = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), "+81312345678")))
+    assert hana.find("Dial") is None
+    ben = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), "+14155550188")))
+    assert digits_spoken(ben) == [switched["ticket"]]
+
+
+def test_the_engineer_line_refuses_an_unsigned_request(twilio, ivr):
+    add_engineer(ivr)
+    response = twilio.post("/voice/agent", signed=False, **engineer_params(new_call_sid()))
+    assert response.status_code == 403
+
+
+def test_a_caller_waiting_hears_their_place_in_the_engineers_order(twilio, ivr, clock):
+    first_p4 = queued(twilio, 4)
+    clock.advance(minutes=1)
+    later_p1 = queued(twilio, 1)
+    for waiting, place in ((later_p1, 1), (first_p4, 2)):
+        params = {**twilio.call_params(waiting["sid"]), "QueuePosition": "1",
+                  "AvgQueueTime": "0"}
+        root = twiml(twilio.post(f"/voice/wait?ticket={waiting['ticket']}&priority=1",
+                                 **params))
+        assert spoken(root)[0] == f"You're number {place} in line."
+
+
+def test_the_expected_wait_comes_from_recent_pick_ups_not_the_one_caller_queue(
+        twilio, ivr, clock):
+    add_engineer(ivr)
+    waiting = queued(twilio, 2)
+    params = {**twilio.call_params(waiting["sid"]), "QueuePosition": "1", "AvgQueueTime": "600"}
+    path = f"/voice/wait?ticket={waiting['ticket']}&priority=2"
+    # Twilio's figure for a queue of one is this caller's own wait: not an expectation.
+    said = spoken(twiml(twilio.post(path, **params)))
+    assert said[0] == "You're number 1 in line."
+    assert not any("minute" in line for line in said)
+    for _ in range(3):  # three callers taken from the same group in the last half hour
+        taken = queued(twilio, 1)
+        sid = new_call_sid()
+        root = twiml(twilio.post("/voice/agent", **engineer_params(sid)))
+        twilio.post(root.find("Dial/Queue").get("url"), **twilio.call_params(taken["sid"]),
+                    DequeingCallSid=sid)
+        clock.advance(minutes=1)
+    said = spoken(twiml(twilio.post(path, **params)))
+    assert said[:2] == ["You're number 1 in line.", "The expected wait is about 10 minutes."]

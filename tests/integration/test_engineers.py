@@ -1,0 +1,129 @@
+"""Engineers as people: the commands, personal desk tokens kept as keyed hashes, and every
+desk action recorded with who did it and when."""
+
+import hashlib
+import hmac
+import json
+
+import pytest
+from sqlalchemy import select, text
+
+from ivr.storage.engineers import Engineer
+
+from ..desk_support import ADMIN_TOKEN, add_ticket, at, parse_html
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+def app(desk_app):
+    return desk_app
+
+
+def cli(app, *args):
+    return app.test_cli_runner().invoke(args=list(args))
+
+
+def add(app, name="aiko", *extra):
+    result = cli(app, "engineers", "add", name, *(extra or ("--phone", "+81 90-1234-5678",
+                                                            "--languages", "ja,en",
+                                                            "--queues", "support-jp")))
+    assert result.exit_code == 0, result.output
+    heading, token = result.output.strip().splitlines()
+    assert heading == f"Engineer {name} added. Their desk token (shown only now):"
+    return token
+
+
+def test_an_engineer_is_added_listed_and_their_token_is_stored_only_as_a_keyed_hash(app, ivr):
+    token = add(app)
+    listed = json.loads(cli(app, "engineers", "list", "--json").output)
+    assert listed == [{"name": "aiko", "phone": "+819012345678", "client": None,
+                       "languages": ["ja", "en"], "queues": ["support-jp"],
+                       "created_at": listed[0]["created_at"]}]
+    with ivr.storage.transaction() as session:
+        stored = session.scalars(select(Engineer)).one().token_hash
+        dump = " ".join(str(v) for row in session.execute(text("SELECT * FROM engineers"))
+                        for v in row)
+    key = ivr.hasher.derive("engineer-desk-token")
+    assert stored == hmac.new(key, token.encode(), hashlib.sha256).hexdigest()
+    assert token not in dump and token not in json.dumps(listed)
+    plain = cli(app, "engineers", "list").output
+    assert "aiko" in plain and "+819012345678" in plain and token not in plain
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bob"], "give exactly one of --phone E164 or --client IDENTITY"),
+    (["bob", "--phone", "+1", "--client", "x"], "give exactly one of"),
+    (["bob", "--phone", "12345"], "is not a valid phone number"),
+    (["bob", "--client", "bad identity!"], "may hold letters, digits and _.@- only"),
+    (["admin", "--client", "x"], "must be 1 to 63 letters"),
+    (["bob", "--client", "x", "--languages", "japanese"], "is not a language code"),
+])
+def test_a_bad_engineer_is_refused_with_the_reason(app, args, message):
+    result = cli(app, "engineers", "add", *args)
+    assert result.exit_code != 0 and message in result.output
+
+
+def test_names_phones_and_identities_are_unique(app):
+    add(app)
+    assert "exists already" in cli(app, "engineers", "add", "aiko", "--client", "z").output
+    assert "this phone number" in cli(app, "engineers", "add", "ben", "--phone",
+                                      "+819012345678").output
+
+
+def test_a_personal_token_opens_the_api_until_it_is_rotated_or_removed(app):
+    token = add(app)
+    client = app.test_client()
+    assert client.get("/api/tickets", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    rotated = cli(app, "engineers", "rotate-token", "aiko")
+    assert rotated.exit_code == 0
+    new = rotated.output.strip().splitlines()[-1]
+    assert new != token
+    assert client.get("/api/tickets", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert client.get("/api/tickets", headers={"Authorization": f"Bearer {new}"}).status_code == 200
+    assert cli(app, "engineers", "remove", "aiko").output.strip() == "Engineer aiko removed."
+    assert client.get("/api/tickets", headers={"Authorization": f"Bearer {new}"}).status_code == 401
+    assert cli(app, "engineers", "remove", "aiko").exit_code != 0
+
+
+def test_every_desk_action_records_who_and_when_in_the_api(app, ivr, clock):
+    token = add(app)
+    ticket = add_ticket(ivr, created=at("2026-11-25 11:00"))
+    client = app.test_client()
+    client.patch(f"/api/tickets/{ticket.number}", json={"priority": 2},
+                 headers={"Authorization": f"Bearer {token}"})
+    clock.advance(minutes=5)
+    view = client.patch(f"/api/tickets/{ticket.number}", json={"status": "closed"},
+                        headers=AUTH).get_json()
+    assert [(a["actor"], a["action"], a["detail"], a["at"]) for a in view["actions"]] == [
+        ("aiko", "priority", "P1 -> P2", "2026-11-25T12:00:00+00:00"),
+        ("admin", "close", "open -> closed", "2026-11-25T12:05:00+00:00"),
+    ]
+
+
+def test_an_engineer_signs_in_to_the_dashboard_and_their_actions_carry_their_name(app, ivr):
+    token = add(app)
+    ticket = add_ticket(ivr, created=at("2026-11-25 11:00"))
+    browser = app.test_client()
+    login = parse_html(browser.get("/admin/login").get_data(as_text=True)).find("login")
+    response = browser.post("/admin/login", data={"csrf_token": login.field("csrf_token"),
+                                                  "token": token})
+    assert response.status_code == 302 and response.headers["Location"] == "/admin/"
+    path = f"/admin/tickets/{ticket.number}"
+    doc = parse_html(browser.get(path).get_data(as_text=True))
+    browser.post(f"{path}/close", data={"csrf_token": doc.find("close").field("csrf_token")})
+    doc = parse_html(browser.get(path).get_data(as_text=True))
+    rows = doc.find("history").rows()
+    assert [cells[1:3] for _, cells in rows] == [["aiko", "close"]]
+    # A rotated token signs the engineer out of the dashboard.
+    cli(app, "engineers", "rotate-token", "aiko")
+    assert browser.get("/admin/").status_code == 302
+
+
+def test_tickets_show_lists_who_did_what(app, ivr):
+    token = add(app)
+    ticket = add_ticket(ivr, created=at("2026-11-25 11:00"))
+    app.test_client().patch(f"/api/tickets/{ticket.number}", json={"status": "closed"},
+                            headers={"Authorization": f"Bearer {token}"})
+    shown = cli(app, "tickets", "show", ticket.number).output.splitlines()
+    assert "  2026-11-25T12:00:00 aiko: close (open -> closed)" in shown

@@ -1,0 +1,83 @@
+"""The dashboard's floor page: Waiting now and Callbacks due, refreshing themselves, with
+a Call back button behind the CSRF token."""
+
+import pytest
+
+from ..desk_support import ADMIN_TOKEN, admin_app, parse_html
+from ..floor_support import add_engineer, queued
+from ..support import RecordingHttpClient, twiml
+
+
+@pytest.fixture
+def http():
+    return RecordingHttpClient()
+
+
+@pytest.fixture
+def app(settings, clock, http):
+    app = admin_app(settings.model_copy(update={"twilio_account_sid": "AC" + "1" * 32,
+                                                "public_url": "http://localhost"}), clock)
+    app.extensions["twilio_http_client"] = http
+    yield app
+    app.extensions["ivr"].storage.dispose()
+
+
+@pytest.fixture
+def browser(app):
+    browser = app.test_client()
+    login = parse_html(browser.get("/admin/login").get_data(as_text=True)).find("login")
+    browser.post("/admin/login", data={"csrf_token": login.field("csrf_token"),
+                                       "token": ADMIN_TOKEN})
+    return browser
+
+
+def floor(browser):
+    response = browser.get("/admin/floor")
+    assert response.status_code == 200
+    return parse_html(response.get_data(as_text=True))
+
+
+def test_waiting_now_lists_callers_most_urgent_first_with_waits_and_languages(
+        browser, twilio, clock):
+    older_p3 = queued(twilio, 3)
+    clock.advance(minutes=4)
+    newer_p1 = queued(twilio, 1, to="+81531320070", caller="+819012345678")
+    clock.advance(minutes=1)
+    doc = floor(browser)
+    refresh = [m for m in doc.iter("meta") if m.attrs.get("http-equiv") == "refresh"]
+    assert [m.attrs["content"] for m in refresh] == ["5"]
+    rows = doc.find("waiting").rows()
+    assert [attrs["data-ticket"] for attrs, _ in rows] == [newer_p1["ticket"], older_p3["ticket"]]
+    assert rows[0][1][:5] == [newer_p1["ticket"], "P1 urgent", "1 min", "ja-JP", "Japan"]
+    assert rows[1][1][:5] == [older_p3["ticket"], "P3 medium", "5 min", "en-US", "United States"]
+    assert doc.has("callbacks-empty")
+
+
+def test_a_callback_is_placed_from_the_button_with_the_csrf_token(browser, twilio, ivr, http):
+    add_engineer(ivr)
+    waiting = queued(twilio, 2)
+    twiml(twilio.post(f"/voice/wait-choice?ticket={waiting['ticket']}&priority=2",
+                      **twilio.call_params(waiting["sid"]), Digits="1"))
+    doc = floor(browser)
+    (row,) = doc.find("callbacks").rows()
+    assert row[1][:3] == [waiting["ticket"], "P2 high", "4 h 00 min left"]
+    form = next(f for f in doc.iter("form") if f.attrs.get("action", "").endswith("/callback"))
+    assert browser.post(form.attrs["action"], data={"engineer": "aiko"}).status_code == 400
+    assert http.requests == []
+    response = browser.post(form.attrs["action"], data={
+        "csrf_token": form.field("csrf_token"), "engineer": form.field("engineer")})
+    assert response.status_code == 302 and response.headers["Location"] == "/admin/floor"
+    assert len(http.requests) == 1
+    page = floor(browser)
+    assert any("Calling aiko now for ticket" in p.text() for p in page.iter("p"))
+    assert page.find("callbacks").rows()[0][1][4] == "1"  # one try so far
+
+
+def test_the_ticket_page_offers_the_callback_and_shows_the_engineer(browser, twilio, ivr):
+    add_engineer(ivr)
+    waiting = queued(twilio, 1)
+    twiml(twilio.post(f"/voice/wait-choice?ticket={waiting['ticket']}&priority=1",
+                      **twilio.call_params(waiting["sid"]), Digits="1"))
+    doc = parse_html(browser.get(f"/admin/tickets/{waiting['ticket']}").get_data(as_text=True))
+    assert doc.find("callback").field("engineer") == "aiko"
+    assert doc.find("engineer").text() == "–"

@@ -1,0 +1,60 @@
+"""No ticket stranded: a ticket still in a queue after its call ended, with no queue
+result from Twilio, goes back to the open pile after the grace period."""
+
+from sqlalchemy import select
+
+from ivr.storage.engineers import DeskAction
+from ivr.storage.models import Ticket
+
+from ..floor_support import queued
+from ..support import twiml
+
+
+def status(ivr, number):
+    with ivr.storage.transaction() as session:
+        return session.scalars(select(Ticket.status).where(Ticket.number == number)).one()
+
+
+def hang_up(twilio, waiting, **extra):
+    twiml(twilio.post("/voice/status", **{**twilio.call_params(waiting["sid"]),
+                                          "CallStatus": "completed", "CallDuration": "95",
+                                          **extra}))
+
+
+def test_a_call_that_ended_without_a_queue_result_reopens_after_the_grace_period(
+        twilio, ivr, clock):
+    lost = queued(twilio, 1)
+    hang_up(twilio, lost)
+    grace = ivr.config.engineers.stranded_after_seconds
+    clock.advance(seconds=grace - 1)
+    assert ivr.floor.sweep_stranded() == 0 and status(ivr, lost["ticket"]) == "in_queue"
+    clock.advance(seconds=2)
+    assert ivr.floor.sweep_stranded() == 1 and status(ivr, lost["ticket"]) == "open"
+    with ivr.storage.transaction() as session:
+        (action,) = session.scalars(select(DeskAction)).all()
+    assert (action.actor, action.action) == ("system", "reopened")
+    assert action.detail == "the call ended while queued and Twilio sent no queue result"
+    assert ivr.floor.sweep_stranded() == 0
+
+
+def test_callers_still_waiting_or_with_a_queue_result_are_left_alone(twilio, ivr, clock):
+    waiting = queued(twilio, 2)
+    bridged = queued(twilio, 3)
+    twiml(twilio.post(f"/voice/queue-result?ticket={bridged['ticket']}&priority=3",
+                      **twilio.call_params(bridged["sid"]), QueueResult="bridged",
+                      QueueTime="30"))
+    hang_up(twilio, bridged)
+    clock.advance(hours=2)
+    assert ivr.floor.sweep_stranded() == 0
+    assert (status(ivr, waiting["ticket"]), status(ivr, bridged["ticket"])) == (
+        "in_queue", "connected")
+
+
+def test_the_drain_command_sweeps_stranded_tickets(app, twilio, ivr, clock):
+    lost = queued(twilio, 4)
+    hang_up(twilio, lost)
+    clock.advance(hours=1)
+    result = app.test_cli_runner().invoke(args=["outbox", "drain"])
+    assert result.exit_code == 0, result.output
+    assert "1 tickets stranded in a queue after their calls ended reopened." in result.output
+    assert status(ivr, lost["ticket"]) == "open"
