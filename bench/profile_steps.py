@@ -1,8 +1,18 @@
-"""Where a webhook's time goes: whole calls in-process (no HTTP, one thread) under
-pyinstrument, on SQLite. Writes bench/results/profile.txt and prints the top of it."""
+"""Where a webhook's time goes, step by step: whole calls in-process (no HTTP, one thread),
+the app wrapped in a WSGI middleware that times every request and, in a second pass,
+profiles it with pyinstrument into one profile per step. Only the server's side is inside
+the middleware (not the test client or the simulator).
+
+For each step the time per request is split into categories (SQLAlchemy ORM, Core, the
+database driver and server, Werkzeug, Flask, the signature check, TwiML, logging, metrics,
+the service's own code, ...), scaled to the time measured without the profiler, so the
+table reads in milliseconds per request. Written to bench/results/profile.txt (with the
+pyinstrument trees) on SQLite and, when reachable, on PostgreSQL."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import random
 import sys
@@ -10,61 +20,217 @@ import tempfile
 import time
 from pathlib import Path
 
+from pyinstrument import Profiler
+from pyinstrument.session import Session
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from pyinstrument import Profiler  # noqa: E402
+from run import TOKEN, app_env, postgres, prepare  # noqa: E402
 
-from ivr import create_app  # noqa: E402
-from ivr.desk.directory import import_file  # noqa: E402
-from ivr.config import Settings  # noqa: E402
-from ivr.sim.simulator import Simulator, WsgiTransport  # noqa: E402
-from ivr.sim.surge import plan_call  # noqa: E402
+OUT = ROOT / "bench" / "results" / "profile.txt"
+
+DRIVER_CALLS = {"do_execute", "do_execute_no_params", "do_executemany", "do_commit",
+                "do_rollback", "do_begin", "do_ping", "do_close"}
+# (category, test on file path and function), first match wins.
+DRIVER = "database driver and server (execute, commit)"
+CATEGORIES = [
+    (DRIVER,
+     lambda path, fn: ("/sqlalchemy/engine/default.py" in path and fn in DRIVER_CALLS)
+     or "/psycopg/" in path or "/psycopg_binary/" in path or "sqlite3" in path),
+    ("SQLAlchemy ORM (session, identity map, flush)", lambda path, fn: "/sqlalchemy/orm/" in path),
+    ("SQLAlchemy Core (statements, compile cache, rows, pool)", lambda path, fn: "/sqlalchemy/" in path),
+    ("signature check (twilio RequestValidator)",
+     lambda path, fn: "/twilio/request_validator" in path),
+    ("TwiML building (twilio, xml.etree)", lambda path, fn: "/twilio/" in path or "/xml/" in path),
+    ("Werkzeug (environ, form parsing, routing, response)", lambda path, fn: "/werkzeug/" in path),
+    ("Flask (contexts, dispatch)", lambda path, fn: "/flask/" in path),
+    ("metrics (prometheus_client)", lambda path, fn: "/prometheus_client/" in path),
+    ("logging", lambda path, fn: "/logging/" in path),
+    ("hashing (hmac, hashlib)", lambda path, fn: path.endswith(("/hmac.py", "/hashlib.py"))),
+    ("phonenumbers", lambda path, fn: "/phonenumbers/" in path),
+    ("pydantic", lambda path, fn: "/pydantic" in path),
+    ("the service's own code (ivr/)", lambda path, fn: "/ivr/" in path),
+]
+OTHER = "other (standard library, json, datetime, ...)"
 
 
-def main(calls: int = 400) -> None:
-    import logging
+def category(path: str, function: str) -> str:
+    for name, test in CATEGORIES:
+        if test(path, function):
+            return name
+    return OTHER
 
-    logging.getLogger("ivr").setLevel(logging.WARNING)
+
+class Steps:
+    """WSGI middleware: wall and CPU time per request by path, optionally under one
+    pyinstrument profiler per path."""
+
+    def __init__(self, app):
+        self.app = app
+        self.profile = False
+        self.wall: dict[str, list[float]] = {}
+        self.cpu: dict[str, list[float]] = {}
+        self.profilers: dict[str, Profiler] = {}
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, environ, start_response):
+        step = environ.get("PATH_INFO", "")
+        profiler = None
+        if self.profile:
+            profiler = self.profilers.setdefault(step, Profiler(interval=0.0002))
+            profiler.start()
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return list(self.app(environ, start_response))
+        finally:
+            cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+            if profiler:
+                profiler.stop()
+                self.counts[step] = self.counts.get(step, 0) + 1
+            else:
+                self.wall.setdefault(step, []).append(wall)
+                self.cpu.setdefault(step, []).append(cpu)
+
+
+DBAPI_CALLS = ("Cursor.", "Connection.", "ServerCursor.", "PGconn.", "PQ")
+
+
+def split(session: Session) -> dict[str, float]:
+    """Seconds of self time per category over a session's frame tree. A built-in function
+    (C code) counts where its caller does, except the DB-API driver's own methods."""
+    totals: dict[str, float] = {}
+    root = session.root_frame()
+    stack = [(root, OTHER)] if root else []
+    while stack:
+        frame, parent = stack.pop()
+        path, function = frame.file_path or "", frame.function or ""
+        if frame.is_synthetic:
+            name = parent
+        elif path.startswith("<built-in>"):
+            name = DRIVER if function.startswith(DBAPI_CALLS) else parent
+        else:
+            name = category(path, function)
+        stack.extend((child, name) for child in frame.children)
+        if frame.is_synthetic:
+            continue
+        self_time = frame.total_self_time
+        if self_time > 0:
+            totals[name] = totals.get(name, 0.0) + self_time
+    return totals
+
+
+def profile_backend(name: str, database_url: str, calls: int, seed: int) -> str:
+    from ivr.sim.simulator import Simulator, WsgiTransport
+    from ivr.sim.surge import plan_call
+
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(config_path=ROOT / "config" / "ivr.toml",
-                            database_url=f"sqlite:///{tmp}/profile.db",
-                            instance_path=Path(tmp) / "instance", twilio_auth_token="profile",
-                            host_key_pepper="profile")
-        app = create_app(settings)
-        ivr = app.extensions["ivr"]
-        ivr.storage.upgrade()
-        import_file(ROOT / "config" / "demo-accounts.csv", ivr.storage, ivr.hasher,
-                    ivr.config.lengths)
-        logging.getLogger("ivr").setLevel(logging.WARNING)
-        simulator = Simulator(WsgiTransport(app), "profile")
-        rng = random.Random(5)
-        plans = [plan_call(n, rng) for n in range(calls + 50)]
-        for _kind, to, caller, digits in plans[:50]:  # warm up
-            simulator.call(to, caller, digits)
-        half = (len(plans) - 50) // 2
-        requests, started = 0, time.perf_counter()
-        for _kind, to, caller, digits in plans[50:50 + half]:
-            requests += simulator.call(to, caller, digits).requests
-        plain_ms = 1000 * (time.perf_counter() - started) / requests
-        print(f"{requests} requests, {plain_ms:.2f} ms each in-process (no profiler)")
-        profiler = Profiler(interval=0.0005)
-        requests = 0
-        started = time.perf_counter()
-        profiler.start()
-        for _kind, to, caller, digits in plans[50 + half:]:
-            requests += simulator.call(to, caller, digits).requests
-        profiler.stop()
-        seconds = time.perf_counter() - started
-    text = profiler.output_text(unicode=False, color=False, show_all=False)
-    out = ROOT / "bench" / "results" / "profile.txt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"{plain_ms:.2f} ms per request in-process without the profiler\n"
-                   f"{requests} requests in {seconds:.2f} s in-process "
-                   f"({1000 * seconds / requests:.2f} ms each, profiler on)\n\n{text}")
-    print(f"{requests} requests, {1000 * seconds / requests:.2f} ms each in-process (profiler on)")
-    print("\n".join(text.splitlines()[:80]))
+        env = app_env(database_url, Path(tmp) / "instance")
+        prepare(env)
+        saved = dict(os.environ)
+        os.environ.update(env)
+        # The app logs to stderr as it does under gunicorn; here it goes to /dev/null.
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+            try:
+                from ivr import create_app
+
+                app = create_app()
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+            steps = Steps(app.wsgi_app)
+            app.wsgi_app = steps
+            simulator = Simulator(WsgiTransport(app), TOKEN)
+            rng = random.Random(seed)
+            plans = [plan_call(n, rng) for n in range(50 + 2 * calls)]
+            for _kind, to, caller, digits in plans[:50]:  # warm up: caches, connections
+                simulator.call(to, caller, digits)
+            steps.wall.clear()
+            steps.cpu.clear()
+            for _kind, to, caller, digits in plans[50:50 + calls]:
+                simulator.call(to, caller, digits)
+            steps.profile = True
+            for _kind, to, caller, digits in plans[50 + calls:]:
+                simulator.call(to, caller, digits)
+            app.extensions["ivr"].storage.dispose()
+    return report(name, steps)
+
+
+def report(name: str, steps: Steps) -> str:
+    order = sorted(steps.wall, key=lambda s: (-len(steps.wall[s]), s))
+    plain = {s: 1000 * sum(steps.wall[s]) / len(steps.wall[s]) for s in order}
+    cpu = {s: 1000 * sum(steps.cpu[s]) / len(steps.cpu[s]) for s in order}
+    requests = {s: len(steps.wall[s]) for s in order}
+    total_requests = sum(requests.values())
+    plain["all"] = sum(plain[s] * requests[s] for s in order) / total_requests
+    cpu["all"] = sum(cpu[s] * requests[s] for s in order) / total_requests
+    sessions = {s: steps.profilers[s].last_session for s in order if s in steps.profilers}
+    shares: dict[str, dict[str, float]] = {}
+    for step, session in sessions.items():
+        totals = split(session)
+        whole = sum(totals.values()) or 1.0
+        # Categories scaled to the time measured without the profiler, in ms per request.
+        shares[step] = {k: plain[step] * v / whole for k, v in totals.items()}
+    every = {}
+    for step in shares:
+        for k, v in shares[step].items():
+            every[k] = every.get(k, 0.0) + v * requests[step] / total_requests
+    shares["all"] = every
+    columns = [*order, "all"]
+    width = max(len(c) for c in columns) + 2
+    label = 56
+    lines = [f"== {name}: {total_requests} requests in-process without the profiler "
+             f"(then as many again under it) ==", "",
+             f"{'ms per request':<{label}}" + "".join(f"{c:>{width}}" for c in columns),
+             f"{'requests':<{label}}" + "".join(
+                 f"{requests.get(c, total_requests):>{width}}" for c in columns),
+             f"{'wall time in the app, no profiler':<{label}}" + "".join(
+                 f"{plain[c]:>{width}.2f}" for c in columns),
+             f"{'CPU time in the app, no profiler':<{label}}" + "".join(
+                 f"{cpu[c]:>{width}.2f}" for c in columns),
+             f"{'of which (profiled shares, scaled to the wall time):':<{label}}"]
+    names = sorted(every, key=lambda k: -every[k])
+    for k in names:
+        lines.append(f"  {k[:label - 2]:<{label - 2}}" + "".join(
+            f"{shares.get(c, {}).get(k, 0.0):>{width}.2f}" for c in columns))
+    lines.append("")
+    for step in order:
+        if step not in sessions:
+            continue
+        profiler = steps.profilers[step]
+        text = profiler.output_text(unicode=False, color=False, show_all=False)
+        body = "\n".join(line for line in text.splitlines()[7:] if line.strip())
+        lines += [f"-- {name} {step}: pyinstrument, {steps.counts.get(step, 0)} requests, "
+                  f"interval 0.2 ms --", body, ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=400,
+                        help="whole calls timed, then as many profiled (default 400)")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    args = parser.parse_args(argv)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    sections = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if "sqlite" in backends:
+            sections.append(profile_backend("sqlite", f"sqlite:///{tmp}/profile.db",
+                                            args.calls, seed=5))
+        database = postgres("ivr_bench_profile") if "postgresql" in backends else None
+        if database:
+            try:
+                sections.append(profile_backend("postgresql", database.url, args.calls, seed=5))
+            finally:
+                database.drop()
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(__doc__.split("\n\n")[0] + "\n\n" + "\n".join(sections), encoding="utf-8")
+    for section in sections:
+        print("\n".join(section.split("\n-- ")[0].splitlines()))
+    print(f"Wrote {OUT}")
 
 
 if __name__ == "__main__":
-    main(int(os.environ.get("PROFILE_CALLS", "400")))
+    main()

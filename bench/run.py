@@ -100,36 +100,39 @@ class Postgres:
     """A database of the bench's own on the PostgreSQL server, so the backends serving
     the run are exactly the ones connected to it."""
 
-    def __init__(self, admin_url: str):
+    def __init__(self, admin_url: str, name: str = BENCH_DATABASE):
         from sqlalchemy import create_engine, text
         from sqlalchemy.engine import make_url
 
         self.text = text
+        self.name = name
         self.admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_size=1)
         with self.admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)"))
-            connection.execute(text(f"CREATE DATABASE {BENCH_DATABASE}"))
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            connection.execute(text(f"CREATE DATABASE {name}"))
             self.version = connection.execute(text("SHOW server_version")).scalar()
-        self.url = make_url(admin_url).set(database=BENCH_DATABASE).render_as_string(
+        self.url = make_url(admin_url).set(database=name).render_as_string(
             hide_password=False)
 
     def backends(self) -> list[int]:
         with self.admin.connect() as connection:
             return list(connection.execute(self.text(
                 "SELECT pid FROM pg_stat_activity WHERE datname = :name"),
-                {"name": BENCH_DATABASE}).scalars())
+                {"name": self.name}).scalars())
 
     def drop(self) -> None:
         with self.admin.connect() as connection:
-            connection.execute(self.text(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)"))
+            connection.execute(self.text(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)"))
         self.admin.dispose()
 
 
-def postgres(args) -> Postgres | None:
+def postgres(name: str = BENCH_DATABASE) -> Postgres | None:
+    """The bench's own database on IVR_BENCH_POSTGRES_URL's server (default: the local one),
+    or None when it cannot be reached."""
     url = os.environ.get("IVR_BENCH_POSTGRES_URL",
                          "postgresql+psycopg://postgres@127.0.0.1:5432/test")
     try:
-        return Postgres(url)
+        return Postgres(url, name)
     except Exception as exc:
         print(f"PostgreSQL not used: {type(exc).__name__}: {exc}".splitlines()[0])
         return None
@@ -196,7 +199,18 @@ def show(name: str, phase: str, figures: dict) -> None:
           f"unexpected {figures['unexpected_count']}", flush=True)
 
 
+def app_env(database_url: str, instance: Path) -> dict:
+    """The environment the app is served with: signatures checked, no public URL."""
+    env = {**os.environ, "IVR_DATABASE_URL": database_url, "TWILIO_AUTH_TOKEN": TOKEN,
+           "IVR_VALIDATE_SIGNATURES": "true", "IVR_INSTANCE_PATH": str(instance),
+           "IVR_HOST_KEY_PEPPER": "bench-pepper", "PYTHONWARNINGS": "ignore"}
+    for variable in ("IVR_PUBLIC_URL", "IVR_ACCESS_LOG", "PROMETHEUS_MULTIPROC_DIR"):
+        env.pop(variable, None)
+    return env
+
+
 def prepare(env: dict) -> None:
+    """A fresh schema and the demo directory, through the app's own commands."""
     flask = [sys.executable, "-m", "flask", "--app", "app"]
     for args in (["init-db"], ["accounts", "import", "config/demo-accounts.csv"]):
         subprocess.run(flask + args, cwd=ROOT, env=env, check=True, capture_output=True)
@@ -204,11 +218,7 @@ def prepare(env: dict) -> None:
 
 def run_backend(name: str, database_url: str, database: Postgres | None, args,
                 instance: Path) -> dict:
-    env = {**os.environ, "IVR_DATABASE_URL": database_url, "TWILIO_AUTH_TOKEN": TOKEN,
-           "IVR_VALIDATE_SIGNATURES": "true", "IVR_INSTANCE_PATH": str(instance),
-           "IVR_HOST_KEY_PEPPER": "bench-pepper", "PYTHONWARNINGS": "ignore"}
-    for variable in ("IVR_PUBLIC_URL", "IVR_ACCESS_LOG", "PROMETHEUS_MULTIPROC_DIR"):
-        env.pop(variable, None)
+    env = app_env(database_url, instance)
     prepare(env)
     print(f"[{name}] service: {args.calls} calls at saturation, {args.paced_calls} at a "
           f"caller's pace ({args.think:g} s), concurrency {args.concurrency}, "
@@ -332,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
         if "sqlite" in backends:
             result["runs"].append(run_backend("sqlite", f"sqlite:///{tmp}/bench.db", None, args,
                                               Path(tmp) / "instance-sqlite"))
-        database = postgres(args) if "postgresql" in backends else None
+        database = postgres() if "postgresql" in backends else None
         if database:
             try:
                 result["runs"].append(run_backend("postgresql", database.url, database, args,
