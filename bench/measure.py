@@ -125,3 +125,31 @@ def by_step(timings: Iterable[tuple[str, float]]) -> dict[str, dict]:
 
 def per_request_ms(cpu_seconds: float, requests: int) -> float | None:
     return round(1000 * cpu_seconds / requests, 3) if requests else None
+
+
+def worker_stats(records: list[dict], start: float, end: float) -> dict:
+    """What the workers noted (bench/gunicorn_bench.py) between two wall-clock times: the
+    time each request spent inside a worker, by step, and the garbage collections."""
+    timings: list[tuple[str, float]] = []
+    collections: list[tuple[int, float]] = []
+    for record in records:
+        names = {number: path for path, number in record.get("paths", {}).items()}
+        values = record.get("requests", [])
+        for i in range(0, len(values) - 2, 3):
+            at, seconds, path = values[i:i + 3]
+            if start <= at <= end:
+                timings.append((names.get(int(path), "?"), seconds))
+        for at, generation, seconds in record.get("collections", []):
+            if start <= at <= end:
+                collections.append((int(generation), seconds))
+    pauses = [seconds for _, seconds in collections]
+    return {
+        "latency_ms": by_step(timings),
+        "gc": {"collections": len(collections),
+               "by_generation": {str(g): sum(1 for gen, _ in collections if gen == g)
+                                 for g in (0, 1, 2)},
+               "total_ms": round(1000 * sum(pauses), 2),
+               "max_ms": round(1000 * max(pauses), 2) if pauses else 0.0,
+               "ms_per_request": round(1000 * sum(pauses) / len(timings), 4)
+               if timings else None},
+    }

@@ -66,17 +66,26 @@ def tables(result: dict) -> str:
             f"| {v['paced_p99_ms']} / {v['bare_paced_p99_ms']} ({v['paced_p99_times_bare']}×) "
             f"| {rss} | {v['errors']} |")
     for run in result["runs"]:
-        sv, bare = run["service"]["paced"]["latency_ms"], run["bare"]["paced"]["latency_ms"]
-        lines += ["", f"At a caller's pace, {run['backend']} (ms; {run['service']['paced']['requests']}"
-                  f" requests to the service, {run['bare']['paced']['requests']} to the bare "
-                  "endpoint):", "",
-                  "| step | requests | service p50 / p95 / p99 | bare p50 / p95 / p99 |",
-                  "|---|---|---|---|"]
+        service, bare_run = run["service"]["paced"], run["bare"]["paced"]
+        sv, bare = service["latency_ms"], bare_run["latency_ms"]
+        inside = service.get("in_worker", {}).get("latency_ms", {})
+        lines += ["", f"At a caller's pace, {run['backend']} (ms; {service['requests']} requests "
+                  f"to each server). \"Inside a worker\" is the service's own time from request "
+                  "parsed to response written; the rest of what the client saw is waiting for a "
+                  "free worker (and for a core):", "",
+                  "| step | requests | service p50 / p95 / p99 | of it inside a worker p50 / "
+                  "p99 | bare p50 / p95 / p99 |", "|---|---|---|---|---|"]
         for step in sorted(sv, key=lambda k: (k == "all", k)):
-            b = bare.get(step, {})
+            b, i = bare.get(step, {}), inside.get(step, {})
             lines.append(f"| {step} | {sv[step]['count']} "
                          f"| {_ms(sv[step], 'p50')} / {_ms(sv[step], 'p95')} / {_ms(sv[step], 'p99')} "
+                         f"| {_ms(i, 'p50')} / {_ms(i, 'p99')} "
                          f"| {_ms(b, 'p50')} / {_ms(b, 'p95')} / {_ms(b, 'p99')} |")
+        lines += ["", "Garbage collection in the service's workers: " + "; ".join(
+            f"{phase} {g['collections']} collections (generation 2: "
+            f"{g['by_generation'].get('2', 0)}), {g['total_ms']} ms in all, longest {g['max_ms']} ms"
+            for phase, g in ((phase, run["service"][phase].get("in_worker", {}).get("gc"))
+                             for phase in ("saturated", "paced")) if g) + "."]
     return "\n".join(lines) + "\n"
 
 

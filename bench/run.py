@@ -20,6 +20,7 @@ import http.client
 import json
 import os
 import platform
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from client import Drive, drive_calls, replay_calls  # noqa: E402
 from measure import (  # noqa: E402
     CpuSnapshot, by_step, cpu_delta, gunicorn_pids, machine_busy, per_request_ms, process_cpu,
-    process_rss,
+    process_rss, worker_stats,
 )
 
 TOKEN = "bench-auth-token"
@@ -57,17 +58,20 @@ def free_port() -> int:
 
 
 class Gunicorn:
-    """gunicorn with the project's gunicorn.conf.py (read from the repository root), no
-    access log, warnings only."""
+    """gunicorn with the project's gunicorn.conf.py and the bench's hooks
+    (bench/gunicorn_bench.py), no access log, warnings only."""
 
     def __init__(self, target: str, env: dict, workers: int, extra: list[str] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile("w+")
+        self.stats = tempfile.TemporaryDirectory()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", str(workers), "--log-level", "warning", *extra, target],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "gunicorn", "-c", "bench/gunicorn_bench.py",
+             "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
+             "--log-level", "warning", *extra, target],
+            cwd=ROOT, env={**env, "IVR_BENCH_WORKER_STATS": self.stats.name}, stdout=self.log,
+            stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self._healthy() and len(self.pids()[1]) == workers:
@@ -90,10 +94,20 @@ class Gunicorn:
         return gunicorn_pids(self.process.pid)
 
     def stop(self) -> str:
+        """Stop; the log. The workers' own notes are then in ``self.records``."""
         self.process.terminate()
         self.process.wait(timeout=30)
+        self.records = [json.loads(path.read_text())
+                        for path in Path(self.stats.name).glob("*.json")]
+        self.stats.cleanup()
         self.log.seek(0)
         return self.log.read()
+
+
+def add_worker_stats(figures: dict, records: list[dict]) -> None:
+    """The workers' view of a phase: time inside a worker per step, garbage collections."""
+    start, end = figures.pop("window")
+    figures["in_worker"] = worker_stats(records, start, end)
 
 
 class Postgres:
@@ -145,7 +159,9 @@ def measured(server: Gunicorn, database: Postgres | None, load) -> tuple[Drive, 
     backends = database.backends() if database else []
     before = (CpuSnapshot.of([master, *workers]), CpuSnapshot.of(backends), process_cpu(me),
               machine_busy())
+    window = [time.time()]
     drive = load()
+    window.append(time.time())
     master, workers = server.pids()
     backends = database.backends() if database else []
     after = (CpuSnapshot.of([master, *workers]), CpuSnapshot.of(backends), process_cpu(me),
@@ -157,6 +173,7 @@ def measured(server: Gunicorn, database: Postgres | None, load) -> tuple[Drive, 
     busy = after[3] - before[3]
     total = server_cpu["seconds"] + db_cpu["seconds"]
     figures = {
+        "window": window,
         "calls": drive.calls, "concurrency": drive.concurrency, "requests": drive.requests,
         "seconds": round(wall, 3),
         "requests_per_second": round(drive.requests / wall, 1) if wall else None,
@@ -237,6 +254,8 @@ def run_backend(name: str, database_url: str, database: Postgres | None, args,
         show(name, "service paced", service_paced)
     finally:
         log = service.stop()
+    for figures in (service_saturated, service_paced):
+        add_worker_stats(figures, service.records)
     bare = Gunicorn("bare:app", env, args.workers, ["--pythonpath", "bench"])
     try:
         replay_calls(bare.url, TOKEN, saturated.recorded[:args.warmup], args.concurrency,
@@ -250,6 +269,8 @@ def run_backend(name: str, database_url: str, database: Postgres | None, args,
         show(name, "bare paced", bare_paced)
     finally:
         bare.stop()
+    for figures in (bare_saturated, bare_paced):
+        add_worker_stats(figures, bare.records)
 
     ratio = bare_saturated["server_cpu_ms_per_request"] / service_saturated[
         "server_cpu_ms_per_request"]
@@ -332,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--note", default="", help="a sentence kept with the figures")
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    # A terminated run still stops its servers and drops its database (the finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     started = dt.datetime.now(dt.timezone.utc)
     result = {"label": args.label, "note": args.note,

@@ -16,6 +16,7 @@ from werkzeug.wrappers import Request, Response
 from bench.client import Exchange, LightTransport, replay_calls
 from bench.measure import (
     CpuSnapshot, by_step, cpu_delta, latency_summary, percentile, proc_stat_cpu, process_cpu,
+    worker_stats,
 )
 
 
@@ -124,3 +125,19 @@ def test_replay_signs_every_request_for_the_server_it_is_sent_to(echo_server):
     validator = RequestValidator("token")
     for path, form, signature in seen:
         assert validator.validate(url + path, form, signature)
+
+
+def test_worker_stats_keep_only_what_happened_inside_the_phase():
+    record = {"paths": {"/voice": 0, "/voice/menu": 1},
+              "requests": [100.0, 0.004, 0, 105.0, 0.002, 1, 105.5, 0.008, 1, 200.0, 0.5, 0],
+              "collections": [[99.0, 2, 0.3], [104.0, 0, 0.001], [106.0, 2, 0.012]]}
+
+    stats = worker_stats([record], start=101.0, end=110.0)
+
+    assert stats["latency_ms"]["/voice/menu"]["count"] == 2
+    assert "/voice" not in stats["latency_ms"]
+    assert stats["latency_ms"]["all"]["max"] == 8.0
+    assert stats["gc"]["collections"] == 2
+    assert stats["gc"]["by_generation"] == {"0": 1, "1": 0, "2": 1}
+    assert stats["gc"]["max_ms"] == 12.0
+    assert stats["gc"]["total_ms"] == 13.0
