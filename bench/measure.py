@@ -153,3 +153,19 @@ def worker_stats(records: list[dict], start: float, end: float) -> dict:
                "ms_per_request": round(1000 * sum(pauses) / len(timings), 4)
                if timings else None},
     }
+
+
+def limited_by(cores: dict) -> str:
+    """Which side kept a phase from going faster, from the cores each side kept busy:
+    the server (with its database) using nearly every core, the one-process client using
+    nearly one, the rest of the machine taking what was left, or none of them (the
+    requests were waiting: paced callers, locks, disk)."""
+    cpus = cores["machine"]
+    server = cores["server"] + cores["database"]
+    if server >= 0.85 * cpus:
+        return "server"
+    if cores["client"] >= 0.85:
+        return "client"
+    if server + cores["client"] + cores["rest_of_machine"] >= 0.85 * cpus:
+        return "machine (other processes)"
+    return "none (waiting)"

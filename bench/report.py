@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+try:
+    from measure import limited_by
+except ImportError:  # imported as bench.report
+    from .measure import limited_by
+
 MARKER = "<!-- results -->"
 
 
@@ -14,7 +19,8 @@ def _ms(summary: dict, key: str) -> str:
 
 def _cores(figures: dict) -> str:
     c = figures["cores"]
-    return f"{c['server']} / {c['database']} / {c['client']} / {c['rest_of_machine']}"
+    side = figures.get("limited_by") or limited_by(c)
+    return f"{c['server']} / {c['database']} / {c['client']} / {c['rest_of_machine']} ({side})"
 
 
 def tables(result: dict) -> str:
@@ -41,7 +47,7 @@ def tables(result: dict) -> str:
         "",
         "| database | server CPU per webhook: service / bare (ms) | ratio bare ÷ service "
         "(minimum; goal 0.5) | requests/s: service / bare | cores service: server / db / "
-        "client / rest of machine | cores bare: same | paced p99 service / bare (ms) "
+        "client / rest of machine (limited by) | cores bare: same | paced p99 service / bare (ms) "
         "(target ≤ 2×) | memory per worker (MB): after warm-up → after the saturating calls "
         "| errors |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from client import Drive, drive_calls, replay_calls  # noqa: E402
 from measure import (  # noqa: E402
     CpuSnapshot, by_step, cpu_delta, gunicorn_pids, machine_busy, per_request_ms, process_cpu,
-    process_rss, worker_stats,
+    limited_by, process_rss, worker_stats,
 )
 
 TOKEN = "bench-auth-token"
@@ -190,10 +190,12 @@ def measured(server: Gunicorn, database: Postgres | None, load) -> tuple[Drive, 
                   "rest_of_machine": round((busy - total - client_cpu) / wall, 2),
                   "machine": psutil.cpu_count()},
         "client_cpu_ms_per_request": per_request_ms(client_cpu, drive.requests),
+        "limited_by": None,
         "latency_ms": by_step(drive.timings()),
         "error_count": len(drive.errors), "errors": drive.errors[:20],
         "unexpected_count": len(drive.unexpected), "unexpected": drive.unexpected[:20],
     }
+    figures["limited_by"] = limited_by(figures["cores"])
     if drive.by_kind:
         figures["by_kind"] = drive.by_kind
     return drive, figures
@@ -211,7 +213,8 @@ def show(name: str, phase: str, figures: dict) -> None:
           f"{figures['requests_per_second']} requests/s, server CPU "
           f"{figures['server_cpu_ms_per_request']} ms/request; cores: server {c['server']}, "
           f"database {c['database']}, client {c['client']}, rest of machine "
-          f"{c['rest_of_machine']}; p50/p99 {figures['latency_ms']['all'].get('p50')} / "
+          f"{c['rest_of_machine']} (limited by {figures['limited_by']}); "
+          f"p50/p99 {figures['latency_ms']['all'].get('p50')} / "
           f"{figures['latency_ms']['all'].get('p99')} ms; errors {figures['error_count']}, "
           f"unexpected {figures['unexpected_count']}", flush=True)
 

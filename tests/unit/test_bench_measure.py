@@ -15,8 +15,8 @@ from werkzeug.wrappers import Request, Response
 
 from bench.client import Exchange, LightTransport, replay_calls
 from bench.measure import (
-    CpuSnapshot, by_step, cpu_delta, latency_summary, percentile, proc_stat_cpu, process_cpu,
-    worker_stats,
+    CpuSnapshot, by_step, cpu_delta, latency_summary, limited_by, percentile, proc_stat_cpu,
+    process_cpu, worker_stats,
 )
 
 
@@ -141,3 +141,15 @@ def test_worker_stats_keep_only_what_happened_inside_the_phase():
     assert stats["gc"]["by_generation"] == {"0": 1, "1": 0, "2": 1}
     assert stats["gc"]["max_ms"] == 12.0
     assert stats["gc"]["total_ms"] == 13.0
+
+
+@pytest.mark.parametrize("cores, side", [
+    ({"server": 1.8, "database": 0.0, "client": 0.2, "rest_of_machine": 0.0}, "server"),
+    ({"server": 1.2, "database": 0.6, "client": 0.2, "rest_of_machine": 0.0}, "server"),
+    ({"server": 0.9, "database": 0.0, "client": 0.95, "rest_of_machine": 0.0}, "client"),
+    ({"server": 0.3, "database": 0.0, "client": 0.1, "rest_of_machine": 1.5},
+     "machine (other processes)"),
+    ({"server": 0.2, "database": 0.0, "client": 0.05, "rest_of_machine": 0.1}, "none (waiting)"),
+])
+def test_limited_by_names_the_side_that_kept_the_cores_busy(cores, side):
+    assert limited_by({**cores, "machine": 2}) == side
