@@ -158,7 +158,7 @@ def worker_stats(records: list[dict], start: float, end: float) -> dict:
 def limited_by(cores: dict) -> str:
     """Which side kept a phase from going faster, from the cores each side kept busy:
     the server (with its database) using nearly every core, the one-process client using
-    nearly one, the rest of the machine taking what was left, or none of them (the
+    nearly one, other processes taking what was left, or nothing (the
     requests were waiting: paced callers, locks, disk)."""
     cpus = cores["machine"]
     server = cores["server"] + cores["database"]
@@ -167,5 +167,5 @@ def limited_by(cores: dict) -> str:
     if cores["client"] >= 0.85:
         return "client"
     if server + cores["client"] + cores["rest_of_machine"] >= 0.85 * cpus:
-        return "machine (other processes)"
-    return "none (waiting)"
+        return "other processes"
+    return "nothing: waiting"

@@ -148,8 +148,8 @@ def test_worker_stats_keep_only_what_happened_inside_the_phase():
     ({"server": 1.2, "database": 0.6, "client": 0.2, "rest_of_machine": 0.0}, "server"),
     ({"server": 0.9, "database": 0.0, "client": 0.95, "rest_of_machine": 0.0}, "client"),
     ({"server": 0.3, "database": 0.0, "client": 0.1, "rest_of_machine": 1.5},
-     "machine (other processes)"),
-    ({"server": 0.2, "database": 0.0, "client": 0.05, "rest_of_machine": 0.1}, "none (waiting)"),
+     "other processes"),
+    ({"server": 0.2, "database": 0.0, "client": 0.05, "rest_of_machine": 0.1}, "nothing: waiting"),
 ])
 def test_limited_by_names_the_side_that_kept_the_cores_busy(cores, side):
     assert limited_by({**cores, "machine": 2}) == side
