@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 from pyinstrument import Profiler
+from pyinstrument.renderers import ConsoleRenderer
 from pyinstrument.session import Session
+from sqlalchemy import Engine, event
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -30,6 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run import TOKEN, app_env, postgres, prepare  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "profile.txt"
+INTERVAL = 0.0002  # seconds between samples
 
 DRIVER_CALLS = {"do_execute", "do_execute_no_params", "do_executemany", "do_commit",
                 "do_rollback", "do_begin", "do_ping", "do_close"}
@@ -72,26 +75,43 @@ class Steps:
         self.profile = False
         self.wall: dict[str, list[float]] = {}
         self.cpu: dict[str, list[float]] = {}
-        self.profilers: dict[str, Profiler] = {}
-        self.counts: dict[str, int] = {}
+        self.profiler = Profiler(interval=INTERVAL)
+        self.sessions: dict[str, list[Session]] = {}
+        self.statements: dict[str, list[int]] = {}
+        self._statements = 0
+        # Every engine's statements (a class-level listener: no hold on the app's storage).
+        event.listen(Engine, "before_cursor_execute", self._count)
+
+    def _count(self, *_args) -> None:
+        self._statements += 1
 
     def __call__(self, environ, start_response):
         step = environ.get("PATH_INFO", "")
-        profiler = None
         if self.profile:
-            profiler = self.profilers.setdefault(step, Profiler(interval=0.0002))
-            profiler.start()
+            self.profiler.start()
+        self._statements = 0
         wall, cpu = time.perf_counter(), time.thread_time()
         try:
             return list(self.app(environ, start_response))
         finally:
             cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
-            if profiler:
-                profiler.stop()
-                self.counts[step] = self.counts.get(step, 0) + 1
+            if self.profile:
+                # One session per request, kept apart: the profiler would otherwise merge
+                # each into all the earlier ones (quadratic in the number of samples).
+                self.sessions.setdefault(step, []).append(self.profiler.stop())
+                self.profiler.reset()
             else:
                 self.wall.setdefault(step, []).append(wall)
+                self.statements.setdefault(step, []).append(self._statements)
                 self.cpu.setdefault(step, []).append(cpu)
+
+
+def combined(sessions: list[Session]) -> Session:
+    """One session of many, merged pairwise in a balanced tree."""
+    while len(sessions) > 1:
+        sessions = [Session.combine(*sessions[i:i + 2]) if i + 1 < len(sessions) else sessions[i]
+                    for i in range(0, len(sessions), 2)]
+    return sessions[0]
 
 
 DBAPI_CALLS = ("Cursor.", "Connection.", "ServerCursor.", "PGconn.", "PQ")
@@ -162,10 +182,12 @@ def report(name: str, steps: Steps) -> str:
     plain = {s: 1000 * sum(steps.wall[s]) / len(steps.wall[s]) for s in order}
     cpu = {s: 1000 * sum(steps.cpu[s]) / len(steps.cpu[s]) for s in order}
     requests = {s: len(steps.wall[s]) for s in order}
+    statements = {s: sum(steps.statements[s]) / len(steps.statements[s]) for s in order}
     total_requests = sum(requests.values())
     plain["all"] = sum(plain[s] * requests[s] for s in order) / total_requests
     cpu["all"] = sum(cpu[s] * requests[s] for s in order) / total_requests
-    sessions = {s: steps.profilers[s].last_session for s in order if s in steps.profilers}
+    statements["all"] = sum(statements[s] * requests[s] for s in order) / total_requests
+    sessions = {s: combined(steps.sessions[s]) for s in order if steps.sessions.get(s)}
     shares: dict[str, dict[str, float]] = {}
     for step, session in sessions.items():
         totals = split(session)
@@ -189,20 +211,23 @@ def report(name: str, steps: Steps) -> str:
                  f"{plain[c]:>{width}.2f}" for c in columns),
              f"{'CPU time in the app, no profiler':<{label}}" + "".join(
                  f"{cpu[c]:>{width}.2f}" for c in columns),
+             f"{'SQL statements per request (SQLite: with BEGIN)':<{label}}" + "".join(
+                 f"{statements[c]:>{width}.1f}" for c in columns),
              f"{'of which (profiled shares, scaled to the wall time):':<{label}}"]
     names = sorted(every, key=lambda k: -every[k])
+    lines[2] += f"{'% of all':>{width}}"
     for k in names:
         lines.append(f"  {k[:label - 2]:<{label - 2}}" + "".join(
-            f"{shares.get(c, {}).get(k, 0.0):>{width}.2f}" for c in columns))
+            f"{shares.get(c, {}).get(k, 0.0):>{width}.2f}" for c in columns)
+            + f"{100 * every[k] / (plain['all'] or 1):>{width}.1f}")
     lines.append("")
     for step in order:
         if step not in sessions:
             continue
-        profiler = steps.profilers[step]
-        text = profiler.output_text(unicode=False, color=False, show_all=False)
+        text = ConsoleRenderer(unicode=False, color=False, show_all=False).render(sessions[step])
         body = "\n".join(line for line in text.splitlines()[7:] if line.strip())
-        lines += [f"-- {name} {step}: pyinstrument, {steps.counts.get(step, 0)} requests, "
-                  f"interval 0.2 ms --", body, ""]
+        lines += [f"-- {name} {step}: pyinstrument, {len(steps.sessions[step])} requests, "
+                  f"interval {INTERVAL * 1000:g} ms --", body, ""]
     return "\n".join(lines)
 
 
