@@ -176,12 +176,16 @@ def drive_calls(base_url: str, auth_token: str, calls: int, concurrency: int, *,
             return kind, transport.exchanges[start:], f"{kind} call to {to}: " \
                 f"{type(exc).__name__}: {exc}", None
         problem = None
-        if result.outcome == "error":
+        if result.outcome == "error":  # an HTTP error or a reply the simulator refused
             problem = "error"
         elif result.outcome != EXPECTED[kind] or (kind == "eligible" and not result.ticket):
             problem = "unexpected"
-        return kind, transport.exchanges[start:], \
-            f"{kind} call {result.call_sid}: {result.outcome}" if problem else None, problem
+        message = None
+        if problem:
+            detail = "; ".join(e.text for e in result.events if e.kind == "http_error")
+            message = f"{kind} call {result.call_sid}: {result.outcome}" + \
+                (f" ({detail})" if detail else "")
+        return kind, transport.exchanges[start:], message, problem
 
     started = time.perf_counter()
     results, states = _pool(concurrency, make, work, plans)
@@ -195,8 +199,6 @@ def drive_calls(base_url: str, auth_token: str, calls: int, concurrency: int, *,
         drive.exchanges.extend(exchanges)
         if message:
             (drive.unexpected if problem == "unexpected" else drive.errors).append(message)
-    drive.errors.extend(f"HTTP {e.status} from {e.path}" for e in drive.exchanges
-                        if e.status != 200)
     return drive
 
 
