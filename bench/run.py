@@ -233,7 +233,9 @@ def prepare(env: dict) -> None:
     """A fresh schema and the demo directory, through the app's own commands."""
     flask = [sys.executable, "-m", "flask", "--app", "app"]
     for args in (["init-db"], ["accounts", "import", "config/demo-accounts.csv"]):
-        subprocess.run(flask + args, cwd=ROOT, env=env, check=True, capture_output=True)
+        done = subprocess.run(flask + args, cwd=ROOT, env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"flask {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
 
 
 def run_backend(name: str, database_url: str, database: Postgres | None, args,
