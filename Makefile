@@ -59,9 +59,10 @@ stop-sender:
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Measurements, not tests (see bench/README.md). BENCH_ARGS, e.g. "--calls 2000 --backends sqlite".
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
-	$(BIN)/python bench/profile.py > /dev/null
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/profile_steps.py $(PROFILE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

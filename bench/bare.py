@@ -1,6 +1,7 @@
-"""The yardstick: a bare Flask endpoint that returns a fixed TwiML prompt, with no signature
-check and no database. The benchmark drives it with the same client as the real app, so
-the ratio of the two is a figure that holds on any machine."""
+"""The yardstick: a bare Flask endpoint that answers every voice webhook path with a fixed
+TwiML prompt, with no signature check and no database. The benchmark replays the service's
+own calls against it with the same client and concurrency, so the ratio of the two
+servers' CPU per webhook is a figure that holds on any machine."""
 
 from flask import Flask, Response
 from twilio.twiml.voice_response import Gather, VoiceResponse
@@ -18,7 +19,8 @@ BODY = str(_response)
 
 
 @app.post("/voice")
-def voice():
+@app.post("/voice/<path:step>")
+def voice(step: str = ""):
     return Response(BODY, mimetype="text/xml")
 
 

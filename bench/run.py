@@ -1,34 +1,52 @@
-"""`make bench`: the surge simulator against gunicorn (workers = cores) on SQLite, and on
-PostgreSQL when one is reachable, next to a bare Flask endpoint driven by the same client
-with the same request count and concurrency. Writes bench/results/*.json and the table in
-bench/README.md. Not part of `make test`: figures here are measurements, not assertions."""
+"""`make bench`: what a webhook costs the server, next to a bare endpoint, on SQLite and on
+PostgreSQL. See bench/README.md for what is measured and how to read it.
+
+For each database: gunicorn serves the app (2 workers by default, signatures checked);
+the load generator in bench/client.py plays whole calls (all nine numbers, every kind of
+caller) first at saturation (callers answer at once) and then at a caller's pace (32 calls
+in progress, each caller answering 1 s after every prompt). Then gunicorn serves
+bench/bare.py and the same recorded calls are replayed against it, with the same client,
+concurrency and pauses. Around every phase the CPU seconds of the gunicorn master and
+workers (and of the PostgreSQL backends serving the bench's own database), of the load
+generator and of the whole machine are read, and the workers' resident memory before and
+after the saturating phase. Figures go to bench/results/ and the table in bench/README.md.
+Not part of `make test`: figures here are measurements, not assertions."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import http.client
 import json
 import os
 import platform
+import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 from pathlib import Path
 
-import requests
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from ivr.sim.simulator import HttpTransport  # noqa: E402
-from ivr.sim.surge import percentiles, run_surge  # noqa: E402
+from client import Drive, drive_calls, replay_calls  # noqa: E402
+from measure import (  # noqa: E402
+    CpuSnapshot, by_step, cpu_delta, gunicorn_pids, machine_busy, per_request_ms, process_cpu,
+    limited_by, process_rss, worker_stats,
+)
 
 TOKEN = "bench-auth-token"
 RESULTS = ROOT / "bench" / "results"
-TARGETS = {"min_ratio": 0.5, "max_p99_ms": 50.0}
+TARGETS = {"cpu_ratio_goal": 0.5, "cpu_ratio_min_sqlite": 0.33, "cpu_ratio_min_postgresql": 0.25,
+           "paced_p99_max_times_bare": 2.0}
+BENCH_DATABASE = "ivr_bench"
+MB = 1024 * 1024
 
 
 def free_port() -> int:
@@ -40,179 +58,341 @@ def free_port() -> int:
 
 
 class Gunicorn:
+    """gunicorn with the project's gunicorn.conf.py and the bench's hooks
+    (bench/gunicorn_bench.py), no access log, warnings only."""
+
     def __init__(self, target: str, env: dict, workers: int, extra: list[str] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile("w+")
+        self.stats = tempfile.TemporaryDirectory()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", str(workers), "--log-level", "warning", *extra, target],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "gunicorn", "-c", "bench/gunicorn_bench.py",
+             "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
+             "--log-level", "warning", *extra, target],
+            cwd=ROOT, env={**env, "IVR_BENCH_WORKER_STATS": self.stats.name}, stdout=self.log,
+            stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                time.sleep(0.2)
-        self.stop()
+            if self._healthy() and len(self.pids()[1]) == workers:
+                return
+            time.sleep(0.2)
+        print(self.stop())
         raise SystemExit(f"{target} did not start")
 
+    def _healthy(self) -> bool:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        try:
+            connection.request("GET", "/healthz")
+            return connection.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            connection.close()
+
+    def pids(self) -> tuple[int, list[int]]:
+        return gunicorn_pids(self.process.pid)
+
     def stop(self) -> str:
+        """Stop; the log. The workers' own notes are then in ``self.records``."""
         self.process.terminate()
         self.process.wait(timeout=30)
+        self.records = [json.loads(path.read_text())
+                        for path in Path(self.stats.name).glob("*.json")]
+        self.stats.cleanup()
         self.log.seek(0)
         return self.log.read()
 
 
-def drive_bare(url: str, count: int, concurrency: int) -> dict:
-    """The same HTTP client as the simulator, posting the same kind of form."""
-    local = threading.local()
-    params = {"CallSid": "CA" + "0" * 32, "AccountSid": "AC" + "0" * 32, "From": "+12025550100",
-              "To": "+18887999666", "CallStatus": "in-progress", "Direction": "inbound",
-              "ApiVersion": "2010-04-01"}
-
-    def one(_):
-        if not hasattr(local, "transport"):
-            local.transport = HttpTransport(url)
-        started = time.perf_counter()
-        status, _body = local.transport.post("/voice", params, {"X-Twilio-Signature": "x"})
-        return status, time.perf_counter() - started
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        outcomes = list(pool.map(one, range(count)))
-    seconds = time.perf_counter() - started
-    errors = sum(1 for status, _ in outcomes if status != 200)
-    return {"requests": count, "seconds": round(seconds, 3),
-            "requests_per_second": round(count / seconds, 1), "errors": errors,
-            "latency_ms": percentiles([t for _, t in outcomes])}
+def add_worker_stats(figures: dict, records: list[dict]) -> None:
+    """The workers' view of a phase: time inside a worker per step, garbage collections."""
+    start, end = figures.pop("window")
+    figures["in_worker"] = worker_stats(records, start, end)
 
 
-def prepare(env: dict) -> None:
-    flask = [sys.executable, "-m", "flask", "--app", "app"]
-    for args in (["init-db"], ["accounts", "import", "config/demo-accounts.csv"]):
-        subprocess.run(flask + args, cwd=ROOT, env=env, check=True, capture_output=True)
+class Postgres:
+    """A database of the bench's own on the PostgreSQL server, so the backends serving
+    the run are exactly the ones connected to it."""
 
-
-def postgres_url() -> str | None:
-    url = os.environ.get("IVR_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    try:
+    def __init__(self, admin_url: str, name: str = BENCH_DATABASE):
         from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
 
-        admin = create_engine(url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text("DROP SCHEMA IF EXISTS ivr_bench CASCADE"))
-            connection.execute(text("CREATE SCHEMA ivr_bench"))
-        admin.dispose()
+        self.text = text
+        self.name = name
+        self.admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_size=1)
+        with self.admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            connection.execute(text(f"CREATE DATABASE {name}"))
+            self.version = connection.execute(text("SHOW server_version")).scalar()
+        self.url = make_url(admin_url).set(database=name).render_as_string(
+            hide_password=False)
+
+    def backends(self) -> list[int]:
+        with self.admin.connect() as connection:
+            return list(connection.execute(self.text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = :name"),
+                {"name": self.name}).scalars())
+
+    def drop(self) -> None:
+        with self.admin.connect() as connection:
+            connection.execute(self.text(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)"))
+        self.admin.dispose()
+
+
+def postgres(name: str = BENCH_DATABASE) -> Postgres | None:
+    """The bench's own database on IVR_BENCH_POSTGRES_URL's server (default: the local one),
+    or None when it cannot be reached."""
+    url = os.environ.get("IVR_BENCH_POSTGRES_URL",
+                         "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    try:
+        return Postgres(url, name)
     except Exception as exc:
         print(f"PostgreSQL not used: {type(exc).__name__}: {exc}".splitlines()[0])
         return None
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).update_query_dict({"options": "-csearch_path=ivr_bench"}).render_as_string(
-        hide_password=False)
 
 
-def run_backend(name: str, database_url: str, calls: int, concurrency: int, workers: int,
-                instance: Path, think: float, paced_calls: int) -> dict:
+def measured(server: Gunicorn, database: Postgres | None, load) -> tuple[Drive, dict]:
+    """Run ``load()`` and read every process's CPU around it."""
+    me = os.getpid()
+    master, workers = server.pids()
+    backends = database.backends() if database else []
+    before = (CpuSnapshot.of([master, *workers]), CpuSnapshot.of(backends), process_cpu(me),
+              machine_busy())
+    window = [time.time()]
+    drive = load()
+    window.append(time.time())
+    master, workers = server.pids()
+    backends = database.backends() if database else []
+    after = (CpuSnapshot.of([master, *workers]), CpuSnapshot.of(backends), process_cpu(me),
+             machine_busy())
+    wall = drive.seconds
+    server_cpu = cpu_delta(before[0], after[0])
+    db_cpu = cpu_delta(before[1], after[1])
+    client_cpu = after[2] - before[2]
+    busy = after[3] - before[3]
+    total = server_cpu["seconds"] + db_cpu["seconds"]
+    figures = {
+        "window": window,
+        "calls": drive.calls, "concurrency": drive.concurrency, "requests": drive.requests,
+        "seconds": round(wall, 3),
+        "requests_per_second": round(drive.requests / wall, 1) if wall else None,
+        "server_cpu_ms_per_request": per_request_ms(total, drive.requests),
+        "gunicorn_cpu_ms_per_request": per_request_ms(server_cpu["seconds"], drive.requests),
+        "database_cpu_ms_per_request": per_request_ms(db_cpu["seconds"], drive.requests)
+        if database else None,
+        "gunicorn_cpu": server_cpu, "database_cpu": db_cpu if database else None,
+        # Cores busy on average: 2.0 for the server means both cores were its; 1.0 for the
+        # client means the load generator (one Python process) was the limit.
+        "cores": {"server": round(server_cpu["seconds"] / wall, 2),
+                  "database": round(db_cpu["seconds"] / wall, 2),
+                  "client": round(client_cpu / wall, 2),
+                  "rest_of_machine": round((busy - total - client_cpu) / wall, 2),
+                  "machine": psutil.cpu_count()},
+        "client_cpu_ms_per_request": per_request_ms(client_cpu, drive.requests),
+        "limited_by": None,
+        "latency_ms": by_step(drive.timings()),
+        "error_count": len(drive.errors), "errors": drive.errors[:20],
+        "unexpected_count": len(drive.unexpected), "unexpected": drive.unexpected[:20],
+    }
+    figures["limited_by"] = limited_by(figures["cores"])
+    if drive.by_kind:
+        figures["by_kind"] = drive.by_kind
+    return drive, figures
+
+
+def rss_by_worker(server: Gunicorn) -> dict[str, float]:
+    _, workers = server.pids()
+    return {str(pid): round(process_rss(pid) / MB, 1) for pid in workers
+            if process_rss(pid) is not None}
+
+
+def show(name: str, phase: str, figures: dict) -> None:
+    c = figures["cores"]
+    print(f"[{name}] {phase}: {figures['requests']} requests in {figures['seconds']:.1f} s, "
+          f"{figures['requests_per_second']} requests/s, server CPU "
+          f"{figures['server_cpu_ms_per_request']} ms/request; cores: server {c['server']}, "
+          f"database {c['database']}, client {c['client']}, rest of machine "
+          f"{c['rest_of_machine']} (limited by {figures['limited_by']}); "
+          f"p50/p99 {figures['latency_ms']['all'].get('p50')} / "
+          f"{figures['latency_ms']['all'].get('p99')} ms; errors {figures['error_count']}, "
+          f"unexpected {figures['unexpected_count']}", flush=True)
+
+
+def app_env(database_url: str, instance: Path) -> dict:
+    """The environment the app is served with: signatures checked, no public URL, the
+    loopback host pinned."""
     env = {**os.environ, "IVR_DATABASE_URL": database_url, "TWILIO_AUTH_TOKEN": TOKEN,
-           "IVR_INSTANCE_PATH": str(instance), "IVR_HOST_KEY_PEPPER": "bench-pepper",
-           "PYTHONWARNINGS": "ignore"}
-    env.pop("IVR_PUBLIC_URL", None)
+           "IVR_VALIDATE_SIGNATURES": "true", "IVR_INSTANCE_PATH": str(instance),
+           "IVR_HOST_KEY_PEPPER": "bench-pepper", "PYTHONWARNINGS": "ignore",
+           # Signatures are checked against the request's own URL: pin the host it uses.
+           "IVR_ALLOWED_HOSTS": "127.0.0.1"}
+    for variable in ("IVR_PUBLIC_URL", "IVR_ACCESS_LOG", "PROMETHEUS_MULTIPROC_DIR"):
+        env.pop(variable, None)
+    return env
+
+
+def prepare(env: dict) -> None:
+    """A fresh schema and the demo directory, through the app's own commands."""
+    flask = [sys.executable, "-m", "flask", "--app", "app"]
+    for args in (["init-db"], ["accounts", "import", "config/demo-accounts.csv"]):
+        done = subprocess.run(flask + args, cwd=ROOT, env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"flask {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+
+
+def run_backend(name: str, database_url: str, database: Postgres | None, args,
+                instance: Path) -> dict:
+    env = app_env(database_url, instance)
     prepare(env)
-    print(f"[{name}] surge: {calls} calls at concurrency {concurrency}, {workers} workers")
-    full = Gunicorn("app:app", env, workers)
+    print(f"[{name}] service: {args.calls} calls at saturation, {args.paced_calls} at a "
+          f"caller's pace ({args.think:g} s), concurrency {args.concurrency}, "
+          f"{args.workers} workers", flush=True)
+    service = Gunicorn("app:app", env, args.workers)
     try:
-        run_surge(lambda: HttpTransport(full.url), TOKEN, min(100, calls), concurrency, seed=99)
-        # Saturation: every caller answers at once, so the service never waits for anyone.
-        surge = run_surge(lambda: HttpTransport(full.url), TOKEN, calls, concurrency, seed=7)
-        print(surge.table())
-        # Callers' pace: each listens `think` seconds before answering a prompt.
-        paced = run_surge(lambda: HttpTransport(full.url), TOKEN, paced_calls, concurrency,
-                          seed=8, think=think)
-        print(paced.table())
+        drive_calls(service.url, TOKEN, args.warmup, args.concurrency, seed=1)
+        rss_before = rss_by_worker(service)
+        saturated, service_saturated = measured(service, database, lambda: drive_calls(
+            service.url, TOKEN, args.calls, args.concurrency, seed=7, first=args.warmup))
+        rss_after = rss_by_worker(service)
+        show(name, "service saturated", service_saturated)
+        paced, service_paced = measured(service, database, lambda: drive_calls(
+            service.url, TOKEN, args.paced_calls, args.concurrency, seed=8, think=args.think,
+            first=args.warmup + args.calls))
+        show(name, "service paced", service_paced)
     finally:
-        log = full.stop()
-    bare = Gunicorn("bare:app", env, workers, ["--pythonpath", "bench"])
+        log = service.stop()
+    for figures in (service_saturated, service_paced):
+        add_worker_stats(figures, service.records)
+    bare = Gunicorn("bare:app", env, args.workers, ["--pythonpath", "bench"])
     try:
-        drive_bare(bare.url, min(500, surge.requests), concurrency)
-        baseline = drive_bare(bare.url, surge.requests, concurrency)
+        replay_calls(bare.url, TOKEN, saturated.recorded[:args.warmup], args.concurrency,
+                     paced=False)
+        replayed = saturated.recorded[:args.bare_calls]
+        _, bare_saturated = measured(bare, None, lambda: replay_calls(
+            bare.url, TOKEN, replayed, args.concurrency, paced=False))
+        show(name, "bare saturated", bare_saturated)
+        _, bare_paced = measured(bare, None, lambda: replay_calls(
+            bare.url, TOKEN, paced.recorded, args.concurrency, paced=True))
+        show(name, "bare paced", bare_paced)
     finally:
         bare.stop()
-    ratio = surge.requests_per_second / baseline["requests_per_second"]
-    p99 = paced.latency_ms["all"]["p99"]
+    for figures in (bare_saturated, bare_paced):
+        add_worker_stats(figures, bare.records)
+
+    ratio = bare_saturated["server_cpu_ms_per_request"] / service_saturated[
+        "server_cpu_ms_per_request"]
+    p99, bare_p99 = service_paced["latency_ms"]["all"]["p99"], bare_paced["latency_ms"]["all"]["p99"]
+    minimum = TARGETS[f"cpu_ratio_min_{name}"]
+    errors = sum(f["error_count"] + f["unexpected_count"] for f in
+                 (service_saturated, service_paced, bare_saturated, bare_paced))
     verdict = {
-        "ratio": round(ratio, 3),
-        "ratio_meets_target": ratio >= TARGETS["min_ratio"],
-        "paced_p99_ms": p99,
-        "paced_p99_meets_target": p99 < TARGETS["max_p99_ms"],
-        "saturated_p99_ms": surge.latency_ms["all"]["p99"],
-        "no_errors": not (surge.errors or surge.unexpected or paced.errors or paced.unexpected),
-        "database_locked_in_log": log.count("database is locked"),
+        "cpu_ratio": round(ratio, 3),
+        "cpu_ratio_meets_goal": ratio >= TARGETS["cpu_ratio_goal"],
+        "cpu_ratio_meets_minimum": ratio >= minimum, "cpu_ratio_minimum": minimum,
+        "requests_per_second_ratio": round(service_saturated["requests_per_second"]
+                                           / bare_saturated["requests_per_second"], 3),
+        "paced_p99_ms": p99, "bare_paced_p99_ms": bare_p99,
+        "paced_p99_times_bare": round(p99 / bare_p99, 2) if bare_p99 else None,
+        "paced_p99_meets_target": p99 <= TARGETS["paced_p99_max_times_bare"] * bare_p99,
+        "errors": errors,
+        "log": {"database is locked": log.count("database is locked"),
+                "Traceback": log.count("Traceback"), "WORKER TIMEOUT": log.count("WORKER TIMEOUT")},
     }
-    print(f"[{name}] bare endpoint: {baseline['requests_per_second']} requests/s; "
-          f"ratio {ratio:.2f}; p99 at callers' pace {p99} ms")
-    return {"backend": name, "workers": workers, "surge": surge.as_dict(),
-            "paced": paced.as_dict(), "bare": baseline, "verdict": verdict}
+    print(f"[{name}] CPU per webhook: service {service_saturated['server_cpu_ms_per_request']} ms, "
+          f"bare {bare_saturated['server_cpu_ms_per_request']} ms: ratio {ratio:.3f} "
+          f"(minimum {minimum}, goal {TARGETS['cpu_ratio_goal']}); paced p99 {p99} ms vs bare "
+          f"{bare_p99} ms; errors {errors}", flush=True)
+    return {"backend": name, "workers": args.workers, "database_version": database.version
+            if database else sqlite3.sqlite_version,
+            "memory_mb_per_worker": {"after_warmup": rss_before,
+                                     f"after_{args.calls}_calls": rss_after,
+                                     "calls_between": args.calls},
+            "service": {"saturated": service_saturated, "paced": service_paced},
+            "bare": {"saturated": bare_saturated, "paced": bare_paced},
+            "verdict": verdict}
 
 
-def write_readme(result: dict) -> None:
-    readme = ROOT / "bench" / "README.md"
-    text = readme.read_text(encoding="utf-8") if readme.exists() else ""
-    marker = "<!-- results -->"
-    head = text.split(marker)[0] if marker in text else "# Benchmark\n"
-    rows = ["| backend | workers | concurrent calls | calls/s | requests/s | bare requests/s "
-            "| ratio (target ≥ 0.5) | saturated p50 / p99 ms | paced p50 / p95 / p99 ms "
-            "(target p99 < 50) | errors |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    for run in result["runs"]:
-        s, p, b, v = run["surge"], run["paced"], run["bare"], run["verdict"]
-        errors = s["error_count"] + s["unexpected_count"] + p["error_count"] + p["unexpected_count"]
-        rows.append(f"| {run['backend']} | {run['workers']} | {s['concurrency']} "
-                    f"| {s['calls_per_second']} | {s['requests_per_second']} "
-                    f"| {b['requests_per_second']} | {v['ratio']} "
-                    f"| {s['latency_ms']['all']['p50']} / {s['latency_ms']['all']['p99']} "
-                    f"| {p['latency_ms']['all']['p50']} / {p['latency_ms']['all']['p95']} / "
-                    f"{p['latency_ms']['all']['p99']} | {errors} |")
-    stamp = f"Last run {result['finished']} on {result['machine']['cpus']} CPUs " \
-            f"({result['machine']['python']}); raw figures in `results/latest.json`."
-    readme.write_text(head.rstrip() + f"\n\n{marker}\n{stamp}\n\n" + "\n".join(rows) + "\n",
-                      encoding="utf-8")
+def machine() -> dict:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("Flask", "Werkzeug", "SQLAlchemy", "gunicorn", "psycopg", "twilio", "psutil"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                                capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"nproc": len(os.sched_getaffinity(0)), "cpus": psutil.cpu_count(),
+            "cpu_model": model, "memory_gb": round(psutil.virtual_memory().total / 1024 ** 3, 1),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "sqlite": sqlite3.sqlite_version, "packages": versions, "commit": commit,
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--calls", type=int, default=1500)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=10_000,
+                        help="whole calls at saturation against the service; the workers' "
+                             "memory is read before and after them (default 10000)")
+    parser.add_argument("--bare-calls", type=int, default=3_000,
+                        help="how many of those calls are replayed against the bare endpoint "
+                             "(default 3000: its CPU per request settles well before)")
+    parser.add_argument("--paced-calls", type=int, default=320,
+                        help="whole calls at a caller's pace, on each server (default 320)")
+    parser.add_argument("--think", type=float, default=1.0,
+                        help="seconds a paced caller listens before every answer (default 1)")
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--think", type=float, default=0.25,
-                        help="seconds a paced caller listens before each answer")
-    parser.add_argument("--paced-calls", type=int, default=600)
-    parser.add_argument("--no-postgres", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=100, help="calls before measuring")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--label", default="", help="a word for the README table, e.g. before")
+    parser.add_argument("--note", default="", help="a sentence kept with the figures")
+    args = parser.parse_args(argv)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    # A terminated run still stops its servers and drops its database (the finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    runs = []
+    started = dt.datetime.now(dt.timezone.utc)
+    result = {"label": args.label, "note": args.note,
+              "started": started.isoformat(timespec="seconds"), "machine": machine(),
+              "settings": {k: v for k, v in vars(args).items() if k not in ("label", "note")},
+              "targets": TARGETS, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
-        common = dict(calls=args.calls, concurrency=args.concurrency, workers=args.workers,
-                      think=args.think, paced_calls=args.paced_calls)
-        runs.append(run_backend("sqlite", f"sqlite:///{tmp}/bench.db",
-                                instance=Path(tmp) / "instance-sqlite", **common))
-        pg = None if args.no_postgres else postgres_url()
-        if pg:
-            runs.append(run_backend("postgresql", pg, instance=Path(tmp) / "instance-pg", **common))
-    result = {
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "targets": TARGETS, "runs": runs,
-    }
+        if "sqlite" in backends:
+            result["runs"].append(run_backend("sqlite", f"sqlite:///{tmp}/bench.db", None, args,
+                                              Path(tmp) / "instance-sqlite"))
+        database = postgres() if "postgresql" in backends else None
+        if database:
+            try:
+                result["runs"].append(run_backend("postgresql", database.url, database, args,
+                                                  Path(tmp) / "instance-pg"))
+            finally:
+                database.drop()
+    finished = dt.datetime.now(dt.timezone.utc)
+    result["finished"] = finished.isoformat(timespec="seconds")
+    result["duration_seconds"] = round((finished - started).total_seconds())
     RESULTS.mkdir(parents=True, exist_ok=True)
     body = json.dumps(result, indent=2)
-    (RESULTS / f"bench-{result['finished'][:19].replace(':', '')}.json").write_text(body)
+    stamp = result["finished"][:19].replace(":", "")
+    (RESULTS / f"bench-{stamp}{'-' + args.label if args.label else ''}.json").write_text(body)
     (RESULTS / "latest.json").write_text(body)
-    write_readme(result)
-    print(f"Wrote {RESULTS / 'latest.json'} and bench/README.md")
+    from report import write_readme
+
+    write_readme(ROOT / "bench" / "README.md", result)
+    print(f"Wrote {RESULTS / 'latest.json'} and bench/README.md "
+          f"({result['duration_seconds']} s)")
 
 
 if __name__ == "__main__":
