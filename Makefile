@@ -10,7 +10,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 WORKERS ?= 2
 
-.PHONY: run sender stop stop-web stop-sender test bench install clean
+.PHONY: run sender sender-background stop stop-web stop-sender test bench install clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,24 +20,33 @@ $(STAMP): requirements.txt
 install: $(STAMP)
 
 # Local development: signatures are not checked unless TWILIO_AUTH_TOKEN is set.
-# The web server only: the SMS and spool sender is its own process (`make sender`), so a
-# crash or restart of one never stops the other. A server left behind by a crash (its
-# pid in instance/gunicorn.pid) is stopped first, so `make run` always starts.
+VALIDATE = IVR_VALIDATE_SIGNATURES=$${IVR_VALIDATE_SIGNATURES:-$$([ -n "$$TWILIO_AUTH_TOKEN" ] && echo true || echo false)}
+
+# The web server, and the SMS and spool sender beside it. The sender runs in a session of
+# its own (setsid), not under this shell: a crash or restart of the web server never
+# stops it. Whatever a crash left behind (pids in instance/gunicorn.pid and
+# instance/sender.pid) is stopped first, so `make run` always starts.
 run: $(STAMP)
 	@if [ -z "$$TWILIO_AUTH_TOKEN" ]; then \
 	  echo "TWILIO_AUTH_TOKEN is not set: serving with IVR_VALIDATE_SIGNATURES=false (local only)"; fi
 	@$(MAKE) --no-print-directory stop-web
-	@echo "Run 'make sender' in another terminal to send text messages and replay the spool."
-	IVR_VALIDATE_SIGNATURES=$${IVR_VALIDATE_SIGNATURES:-$$([ -n "$$TWILIO_AUTH_TOKEN" ] && echo true || echo false)} \
-	  sh -c '$(FLASK) init-db && $(FLASK) accounts import config/demo-accounts.csv && \
-	    exec $(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) \
-	      --pid instance/gunicorn.pid --access-logfile - app:app'
+	$(VALIDATE) sh -c '$(FLASK) init-db && $(FLASK) accounts import config/demo-accounts.csv'
+	@$(MAKE) --no-print-directory sender-background
+	$(VALIDATE) exec $(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) \
+	  --pid instance/gunicorn.pid --access-logfile - app:app
 
-# The sender (SMS and spool replay), restart-safe the same way; one per host.
+# The sender in the foreground (e.g. under a supervisor); one per host.
 sender: $(STAMP)
 	@$(MAKE) --no-print-directory stop-sender
-	IVR_VALIDATE_SIGNATURES=$${IVR_VALIDATE_SIGNATURES:-$$([ -n "$$TWILIO_AUTH_TOKEN" ] && echo true || echo false)} \
-	  sh -c 'mkdir -p instance && echo $$$$ > instance/sender.pid && exec $(FLASK) outbox drain --watch'
+	$(VALIDATE) sh -c 'mkdir -p instance && echo $$$$ > instance/sender.pid && exec $(FLASK) outbox drain --watch'
+
+# The sender detached from this shell, logging to instance/sender.log.
+sender-background: $(STAMP)
+	@$(MAKE) --no-print-directory stop-sender
+	@mkdir -p instance
+	@$(VALIDATE) setsid sh -c 'echo $$$$ > instance/sender.pid && exec $(FLASK) outbox drain --watch' \
+	  >> instance/sender.log 2>&1 < /dev/null &
+	@echo "sender started in the background (instance/sender.pid, log in instance/sender.log)"
 
 stop: stop-web stop-sender
 
