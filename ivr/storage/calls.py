@@ -102,6 +102,7 @@ _STATUS_SET = """
       twilio_status = :status,
       duration_seconds = COALESCE(CAST(:duration AS INTEGER), duration_seconds),
       ended_at = CASE WHEN :final = 1 THEN COALESCE(ended_at, :now) ELSE ended_at END,
+      pending_pmi = CASE WHEN :final = 1 THEN NULL ELSE pending_pmi END,
       updated_at = :now"""
 _STATUS_WHERE = """
     WHERE call_sid = :call_sid

@@ -222,3 +222,17 @@ def test_twenty_parallel_copies_of_a_wrong_host_key_count_once_and_all_ask_for_t
     bodies = [ET.tostring(a) for a in answers]
     first = [b for b in bodies if bodies.count(b) == 1]
     assert len(set(bodies)) <= 2 and len(first) <= 1  # the first answer, and the prompt
+
+
+def test_a_pmi_typed_before_the_call_ended_is_not_kept_once_it_ends(twilio, ivr, call_sid):
+    """A caller who hangs up at the host-key prompt leaves no PMI behind in the call record."""
+    step(twilio, call_sid, "/voice")
+    step(twilio, call_sid, "/voice/menu", "2")
+    step(twilio, call_sid, "/voice/pmi", BUSINESS_OWNER[0])
+    with ivr.storage.transaction() as session:
+        assert session.get(Call, call_sid).pending_pmi == BUSINESS_OWNER[0]
+    step(twilio, call_sid, "/voice/status", CallStatus="completed", CallDuration="20",
+         SequenceNumber="3")
+    with ivr.storage.transaction() as session:
+        call = session.get(Call, call_sid)
+        assert call.pending_pmi is None and call.outcome == "abandoned"
