@@ -31,6 +31,7 @@ from ..domain.engineers import (
 )
 from ..domain.phones import can_receive_sms, mask
 from ..storage import DATABASE_DOWN, Storage
+from ..storage import helpdesk as helpdesk_jobs
 from ..storage.engineers import (
     CallbackAttempt,
     EngineerRepository,
@@ -210,7 +211,7 @@ class Floor:
                 if ticket is not None:
                     floor = FloorRepository(self.storage, session)
                     assignment = floor.assignment(ticket.id, now, for_update=True)
-                    move_ticket(session, call_sid, "connected", now)
+                    self._pushed(session, move_ticket(session, call_sid, "connected", now), now)
                     if assignment.connected_at is None:
                         assignment.connected_at = now
                         assignment.updated_at = now
@@ -354,7 +355,8 @@ class Floor:
         floor.record(ticket.id, attempt.engineer, "callback-result", outcome, now)
         log.info("callback attempt %s for ticket id=%s: %s", attempt.id, ticket.id, outcome)
         if outcome == ANSWERED:
-            if move_ticket(session, ticket.call_sid, "connected", now):
+            if self._pushed(session, move_ticket(session, ticket.call_sid, "connected", now),
+                            now):
                 assignment.engineer, assignment.connected_at = attempt.engineer, now
                 assignment.updated_at = now
             return
@@ -379,6 +381,12 @@ class Floor:
                 body=catalogue.text("sms_callback_missed", {"brand": self.config.service.brand,
                                                             "ticket": ticket.number}),
                 now=now)
+
+    def _pushed(self, session, moved, now):
+        """A ticket the engineers' side just connected is pushed to the help desk too."""
+        if moved is not None and self.config.helpdesk:  # help desk push (issue 9)
+            helpdesk_jobs.queue_status(session, moved, now)
+        return moved
 
     # -- the sweep ---------------------------------------------------------------------
 
