@@ -146,7 +146,8 @@ def profile_backend(name: str, database_url: str, calls: int, seed: int) -> str:
     from ivr.sim.surge import plan_call
 
     with tempfile.TemporaryDirectory() as tmp:
-        env = app_env(database_url, Path(tmp) / "instance")
+        # The in-process client calls http://localhost: pin that host, not the server's.
+        env = {**app_env(database_url, Path(tmp) / "instance"), "IVR_ALLOWED_HOSTS": "localhost"}
         prepare(env)
         saved = dict(os.environ)
         os.environ.update(env)
@@ -169,7 +170,10 @@ def profile_backend(name: str, database_url: str, calls: int, seed: int) -> str:
             steps.wall.clear()
             steps.cpu.clear()
             for _kind, to, caller, digits in plans[50:50 + calls]:
-                simulator.call(to, caller, digits)
+                result = simulator.call(to, caller, digits)
+                if result.outcome is None or result.outcome == "error":
+                    raise SystemExit(f"profile: a call to {to} ended in {result.outcome!r}: "
+                                     "the app refused it, so there is nothing to profile")
             steps.profile = True
             for _kind, to, caller, digits in plans[50 + calls:]:
                 simulator.call(to, caller, digits)

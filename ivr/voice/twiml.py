@@ -206,13 +206,18 @@ class Renderer:
         return str(response)
 
     def hangup(self) -> str:
-        response = VoiceResponse()
-        response.hangup()
-        return str(response)
+        return HANGUP
 
     def empty(self) -> str:
-        return str(VoiceResponse())
+        return EMPTY
 
+
+# Two documents that never change (every status callback answers EMPTY).
+EMPTY = str(VoiceResponse())
+_hangup = VoiceResponse()
+_hangup.hangup()
+HANGUP = str(_hangup)
+del _hangup
 
 # Queue and dial results after which the caller needs to hear nothing more.
 SERVED = ("bridged", "hangup", "completed", "answered")
