@@ -12,7 +12,7 @@ import requests
 from sqlalchemy import select
 
 from ivr.desk.service import Desk
-from ivr.sim.simulator import Simulator, WsgiTransport
+from ivr.sim.simulator import Simulator, WsgiTransport, new_call_sid
 from ivr.storage import HelpdeskJob, HelpdeskJobRepository
 from ivr.storage.models import Ticket
 
@@ -698,3 +698,22 @@ def test_helpdesk_commands_list_pending_and_failed_pushes_and_retry_all_of_them(
     assert "is sent, not failed" in cli("helpdesk", "retry", "1").output
     assert "no push with id 99" in cli("helpdesk", "retry", "99").output
     assert "Latest sent" in cli("helpdesk", "status").output
+
+
+def test_an_engineer_picking_up_a_caller_queues_a_connected_update(app, ivr):
+    from ..floor_support import add_engineer, engineer_params, queued
+    from ..support import TwilioClient, twiml
+
+    twilio = TwilioClient(app)
+    add_engineer(ivr)
+    waiting = queued(twilio, 1)
+    number = waiting["ticket"]
+    assert [job.kind for job in jobs(ivr)] == ["create"]
+    agent_sid = new_call_sid()
+    root = twiml(twilio.post("/voice/agent", **engineer_params(agent_sid)))
+    twilio.post(root.find("Dial/Queue").get("url"), **twilio.call_params(waiting["sid"]),
+                DequeingCallSid=agent_sid)
+    assert ticket_row(ivr, number).status == "connected"
+    updates = [job for job in jobs(ivr) if job.kind == "update"]
+    assert [(job.event, json.loads(job.data)["status"]) for job in updates] == [
+        ("connected", "connected")]
