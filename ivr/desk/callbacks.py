@@ -25,7 +25,7 @@ from ..domain.phones import mask
 from ..storage import Storage
 from ..storage.engineers import EngineerRepository, FloorRepository, engineer_info
 from ..storage.models import Call
-from ..voice.agent_twiml import CALLBACK_ENGINEER_PATH, CALLBACK_STATUS_PATH, url
+from ..voice.twiml import CALLBACK_ENGINEER_PATH, CALLBACK_STATUS_PATH, url
 from .service import BadRequest, Conflict, NotFound, target_at
 
 log = logging.getLogger("ivr.callbacks")

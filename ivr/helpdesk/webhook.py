@@ -18,12 +18,11 @@ import json
 import logging
 
 from flask import Blueprint, jsonify, request
-from sqlalchemy import select
 
 from ..desk.service import Desk, DeskError
 from ..extension import ivr
 from ..storage import DATABASE_DOWN, HelpdeskJobRepository
-from ..storage.models import Ticket
+from ..storage.tickets import ticket_by_number
 from .zendesk import LEVELS
 
 log = logging.getLogger("ivr.helpdesk")
@@ -141,8 +140,7 @@ def apply(number: str, remote_id: str | None, status: str | None, priority: int 
     """Close and/or reprioritise the ticket with this number, as the desk would."""
     storage = ivr().storage
     with storage.transaction() as session:
-        found = session.execute(select(Ticket.id, Ticket.status)
-                                .where(Ticket.number == number)).first()
+        found = ticket_by_number(session, number)
         if found is None:
             return answer(404, error=f"no phone ticket {number}")
         known = HelpdeskJobRepository(session).remote_id(found.id)

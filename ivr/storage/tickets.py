@@ -147,3 +147,10 @@ class TicketRepository:
 def new_ticket_number() -> str:
     """Eight digits, never starting with 0, so it reads back the same way it is written."""
     return str(10_000_000 + secrets.randbelow(90_000_000))
+
+
+def ticket_by_number(session, number: str) -> Ticket | None:
+    """A ticket by the number the caller heard, through the ORM (desk-side code)."""
+    if not (number.isascii() and number.isdigit() and len(number) <= 16):
+        return None
+    return session.scalars(select(Ticket).where(Ticket.number == number)).first()

@@ -15,8 +15,6 @@ import datetime as dt
 import logging
 from typing import Callable, Mapping
 
-from sqlalchemy import select
-
 from ..config import EnqueueRoute, IvrConfig, Voice
 from ..domain.engineers import (
     ANSWERED,
@@ -41,10 +39,10 @@ from ..storage.engineers import (
     ticket_for_call,
 )
 from ..storage.models import Call, Ticket
-from .agent_twiml import AgentRenderer, Line
+from ..storage.tickets import ticket_by_number
 from .prompts import Catalogue
 from .service import CALL_SID
-from .twiml import Renderer
+from .twiml import AgentRenderer, Renderer, SpokenLine
 
 log = logging.getLogger("ivr.floor")
 
@@ -96,9 +94,9 @@ class Floor:
     def engineer_voice(self, engineer: EngineerInfo | None) -> Voice:
         return self.agent.voice_for_languages(engineer.languages if engineer else ())
 
-    def summary(self, voice: Voice, ticket: Ticket, call: Call, waited: float | None) -> list[Line]:
+    def summary(self, voice: Voice, ticket: Ticket, call: Call, waited: float | None) -> list[SpokenLine]:
         """What an engineer hears about a caller before they are connected."""
-        lines: list[Line] = [("agent_whisper", {
+        lines: list[SpokenLine] = [("agent_whisper", {
             "ticket": ticket.number, "priority": ticket.priority,
             "plan": call.plan or "?", "account": ticket.account_id, "region": ticket.region,
             "language": self.agent.language_name(voice, call.language)})]
@@ -232,8 +230,7 @@ class Floor:
             session = uow.session
             found = EngineerRepository(self.storage, session).for_caller(params.get("From"))
             engineer = engineer_info(found) if found is not None else None
-            ticket = session.scalars(select(Ticket).where(Ticket.number == number)).first() \
-                if number.isdigit() and len(number) <= 16 else None
+            ticket = ticket_by_number(session, number)
             talked = False
             if ticket is not None and call_sid is not None:
                 floor = FloorRepository(self.storage, session)
