@@ -21,7 +21,7 @@ def prometheus_metrics():
 
 
 def helpdesk_counts() -> dict[str, int]:
-    with ivr().storage.transaction() as session:
+    with ivr().storage.reading() as session:
         return HelpdeskJobRepository(session).counts()
 
 

@@ -173,7 +173,7 @@ def helpdesk():
     config = ivr().config.helpdesk
     if config is None:
         return jsonify(connected=False)
-    with ivr().storage.transaction() as session:
+    with ivr().storage.reading() as session:
         report = HelpdeskJobRepository(session).report(config.ticket_url)
     return jsonify(connected=True, kind=config.kind, url=config.base_url, **report)
 

@@ -104,7 +104,7 @@ def signed_in_identity() -> str | None:
     session_id = session.get("sid")
     if not isinstance(session_id, str):
         return None
-    with ivr().storage.transaction() as db_session:
+    with ivr().storage.reading() as db_session:
         row = _sessions(db_session).find(session_id, ivr().service.clock())
         identity, credential = (row.identity, row.credential) if row else (None, "")
     expected = credential_mark(identity) if identity else None
@@ -251,7 +251,7 @@ def helpdesk_counts() -> dict | None:
     """Pushes by status, or None when no help desk is connected."""
     if ivr().config.helpdesk is None:
         return None
-    with ivr().storage.transaction() as session:
+    with ivr().storage.reading() as session:
         return HelpdeskJobRepository(session).counts()
 
 
@@ -260,7 +260,7 @@ def helpdesk():
     config = ivr().config.helpdesk
     if config is None:
         return render_template("admin/helpdesk.html", helpdesk=None)
-    with ivr().storage.transaction() as session:
+    with ivr().storage.reading() as session:
         jobs = HelpdeskJobRepository(session)
         counts = jobs.counts()
         failed = [job_dict(j, n) for j, n in jobs.listing(("failed",), 200)]

@@ -66,6 +66,13 @@ class Storage:
         finally:
             session.close()
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Session]:
+        """An ORM session in a read-only unit of work: never SQLite's write lock, so a
+        desk page or a scrape cannot delay a webhook."""
+        with self.unit_of_work(readonly=True) as uow:
+            yield uow.session
+
     def upgrade(self) -> None:
         """Create or upgrade the schema to the newest migration (idempotent)."""
         cfg = AlembicConfig()

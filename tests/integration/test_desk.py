@@ -377,3 +377,29 @@ def test_the_dashboard_export_is_the_same_file_as_the_command(signed_in, ivr, cl
         f'attachment; filename="tickets-since-2026-11-24.{fmt}"')
     command = cli("tickets", "export", "--format", fmt, "--since", "2026-11-24")
     assert response.get_data(as_text=True) == command.output
+
+
+def test_a_signed_in_desk_page_answers_while_a_call_holds_the_write_lock(desk_app, signed_in):
+    """The dashboard's session check and its pages read without the write lock, so an
+    operator's page neither waits for a webhook's transaction nor makes one wait."""
+    import threading
+
+    browser = signed_in
+    storage = desk_app.extensions["ivr"].storage
+    held, release = threading.Event(), threading.Event()
+
+    def writer():
+        with storage.unit_of_work() as uow:
+            uow.calls.load("CA" + "0" * 32)  # inside a write transaction
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert held.wait(10)
+        assert browser.get("/admin/").status_code == 200
+        assert thread.is_alive()  # answered while the write was still open
+    finally:
+        release.set()
+        thread.join()
