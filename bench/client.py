@@ -135,18 +135,22 @@ class Drive:
         return [(e.path, e.seconds) for e in self.exchanges]
 
 
-def _pool(concurrency: int, make_state, work, items) -> list:
+def _pool(concurrency: int, make_state, work, items, spread: float = 0.0) -> list:
     """Run ``work(state, item)`` for every item on ``concurrency`` threads, each with its
-    own ``state`` (a client); results in the order of the items."""
+    own ``state`` (a client); results in the order of the items. With ``spread``, the
+    threads' first items start evenly over that many seconds instead of all at once."""
     local = threading.local()
     states = []
     lock = threading.Lock()
 
     def one(item):
         if not hasattr(local, "state"):
-            local.state = make_state()
             with lock:
+                place = len(states)
+                local.state = make_state()
                 states.append(local.state)
+            if spread:
+                time.sleep(spread * place / concurrency)
         return work(local.state, item)
 
     with ThreadPoolExecutor(concurrency) as pool:
@@ -155,10 +159,11 @@ def _pool(concurrency: int, make_state, work, items) -> list:
 
 
 def drive_calls(base_url: str, auth_token: str, calls: int, concurrency: int, *,
-                seed: int, think: float = 0.0, first: int = 0) -> Drive:
+                seed: int, think: float = 0.0, first: int = 0, spread: float = 0.0) -> Drive:
     """``calls`` whole calls to the service, ``concurrency`` at a time. ``think`` is the
     pause before every answer (0 answers at once: the service never waits for a caller).
-    ``first`` numbers the calls (and so their caller numbers) after earlier phases'."""
+    ``first`` numbers the calls (and so their caller numbers) after earlier phases'.
+    ``spread``: seconds over which the first ``concurrency`` calls arrive (0: together)."""
     rng = random.Random(seed)
     plans = [plan_call(first + n, rng) for n in range(calls)]
 
@@ -188,7 +193,7 @@ def drive_calls(base_url: str, auth_token: str, calls: int, concurrency: int, *,
         return kind, transport.exchanges[start:], message, problem
 
     started = time.perf_counter()
-    results, states = _pool(concurrency, make, work, plans)
+    results, states = _pool(concurrency, make, work, plans, spread)
     seconds = time.perf_counter() - started
     for transport, _ in states:
         transport.close()
@@ -203,9 +208,10 @@ def drive_calls(base_url: str, auth_token: str, calls: int, concurrency: int, *,
 
 
 def replay_calls(base_url: str, auth_token: str, recorded: list[list[Exchange]],
-                 concurrency: int, *, paced: bool) -> Drive:
+                 concurrency: int, *, paced: bool, spread: float = 0.0) -> Drive:
     """The recorded calls again, against ``base_url``. When ``paced``, each request waits
-    the pause the caller took before it in the recording."""
+    the pause the caller took before it in the recording; ``spread`` as for
+    ``drive_calls``."""
 
     def make():
         return LightTransport(base_url), RequestValidator(auth_token)
@@ -232,7 +238,7 @@ def replay_calls(base_url: str, auth_token: str, recorded: list[list[Exchange]],
         return transport.exchanges[start:], errors
 
     started = time.perf_counter()
-    results, states = _pool(concurrency, make, work, recorded)
+    results, states = _pool(concurrency, make, work, recorded, spread)
     seconds = time.perf_counter() - started
     for transport, _ in states:
         transport.close()

@@ -39,7 +39,10 @@ def tables(result: dict) -> str:
         f"Settings: {s['workers']} gunicorn workers, {s['concurrency']} calls in progress, "
         f"{s['calls']} calls at saturation against the service ({s['bare_calls']} of them "
         f"replayed against the bare endpoint), {s['paced_calls']} calls at a caller's pace "
-        f"({s['think']:g} s before every answer) against each.",
+        f"({s['think']:g} s before every answer; "
+        + (f"the first calls arriving spread over {s['think']:g} s"
+           if s.get("arrivals", "together") == "spread" else "all calls starting at once")
+        + ") against each.",
     ]
     if result.get("note"):
         lines += ["", f"Note: {result['note']}"]

@@ -245,6 +245,9 @@ def run_backend(name: str, database_url: str, database: Postgres | None, args,
                 instance: Path) -> dict:
     env = app_env(database_url, instance)
     prepare(env)
+    # Callers ring at different moments: the paced calls' first requests arrive spread
+    # over one think time, not as 32 at the same instant (--arrivals together does that).
+    spread = args.think if args.arrivals == "spread" else 0.0
     print(f"[{name}] service: {args.calls} calls at saturation, {args.paced_calls} at a "
           f"caller's pace ({args.think:g} s), concurrency {args.concurrency}, "
           f"{args.workers} workers", flush=True)
@@ -258,7 +261,7 @@ def run_backend(name: str, database_url: str, database: Postgres | None, args,
         show(name, "service saturated", service_saturated)
         paced, service_paced = measured(service, database, lambda: drive_calls(
             service.url, TOKEN, args.paced_calls, args.concurrency, seed=8, think=args.think,
-            first=args.warmup + args.calls))
+            first=args.warmup + args.calls, spread=spread))
         show(name, "service paced", service_paced)
     finally:
         log = service.stop()
@@ -273,7 +276,7 @@ def run_backend(name: str, database_url: str, database: Postgres | None, args,
             bare.url, TOKEN, replayed, args.concurrency, paced=False))
         show(name, "bare saturated", bare_saturated)
         _, bare_paced = measured(bare, None, lambda: replay_calls(
-            bare.url, TOKEN, paced.recorded, args.concurrency, paced=True))
+            bare.url, TOKEN, paced.recorded, args.concurrency, paced=True, spread=spread))
         show(name, "bare paced", bare_paced)
     finally:
         bare.stop()
@@ -353,6 +356,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="whole calls at a caller's pace, on each server (default 320)")
     parser.add_argument("--think", type=float, default=1.0,
                         help="seconds a paced caller listens before every answer (default 1)")
+    parser.add_argument("--arrivals", choices=("spread", "together"), default="spread",
+                        help="paced phase: the first calls start spread evenly over one "
+                             "think time (default), or all at the same instant, which keeps "
+                             "the callers answering in bursts of --concurrency at once")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=100, help="calls before measuring")

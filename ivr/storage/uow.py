@@ -17,6 +17,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from .accounts import AccountRepository
@@ -40,17 +41,27 @@ class UnitOfWork:
         self.connection: Connection | None = None
 
     def __enter__(self) -> "UnitOfWork":
-        connection = self.storage.engine.connect()
-        if self.readonly:
-            # SQLite: a deferred BEGIN (see engine.py). PostgreSQL readers never block.
-            connection.execution_options(ivr_readonly=True)
-        try:
-            connection.begin()
-        except BaseException:
-            connection.close()
-            raise
-        self.connection = connection
-        return self
+        for attempt in (1, 2):
+            connection = self.storage.engine.connect()
+            if self.readonly:
+                # SQLite: a deferred BEGIN (see engine.py). PostgreSQL readers never block.
+                connection.execution_options(ivr_readonly=True)
+            try:
+                connection.begin()
+            except DBAPIError as error:
+                connection.close()
+                # On PostgreSQL the BEGIN is the first thing a pooled connection sends
+                # (engine.py): a connection the server dropped fails here, before any work,
+                # and SQLAlchemy has already discarded it and the pool's older ones.
+                if attempt == 1 and error.connection_invalidated:
+                    continue
+                raise
+            except BaseException:
+                connection.close()
+                raise
+            self.connection = connection
+            return self
+        raise AssertionError("unreachable")
 
     def __exit__(self, kind, error, traceback) -> None:
         connection, self.connection = self.connection, None

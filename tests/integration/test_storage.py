@@ -10,11 +10,12 @@ import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import create_engine, event, select, text
 
 from ivr import create_app
 from ivr.storage.models import Call, Lockout, OutboxMessage, Ticket
 
+from ..conftest import POSTGRES_URL
 from ..support import BUSINESS_OWNER, CALLER, TwilioClient, twiml
 
 # Statements each webhook step may issue (BEGIN excluded; COMMIT is not a statement).
@@ -136,6 +137,32 @@ def test_a_write_in_a_read_only_unit_of_work_is_refused_by_postgresql_or_never_l
         assert reader.outbox.depth() in (0, 1)  # its snapshot may predate the write
     with ivr.storage.unit_of_work(readonly=True) as reader:
         assert reader.outbox.depth() == 1
+
+
+def test_a_connection_the_server_dropped_is_replaced_before_the_next_webhook(
+        twilio, ivr, call_sid):
+    """PostgreSQL restarted, or closed idle connections: the pool still holds their
+    sockets. The next webhook's BEGIN finds out, and the unit of work starts again on a
+    fresh connection, so the caller hears the next prompt rather than the apology."""
+    if ivr.storage.dialect != "postgresql":
+        pytest.skip("SQLite has no server to drop a connection")
+    step(twilio, call_sid, "/voice")
+    pool = ivr.storage.engine.pool
+    assert pool.checkedin() >= 1  # the connection the first webhook used, kept for reuse
+    name = ivr.storage.engine.url.query["application_name"]
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            dropped = connection.execute(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = :name"), {"name": name}).scalar()
+        assert dropped >= 1
+    finally:
+        admin.dispose()
+    answer = twiml(step(twilio, call_sid, "/voice/menu", "2"))
+    assert answer.find("Gather").get("action").endswith("/voice/pmi")
+    with ivr.storage.unit_of_work(readonly=True) as uow:
+        assert uow.calls.load(call_sid).state.step.value == "pmi"
 
 
 def routed(twilio, sid, caller=CALLER):
