@@ -11,6 +11,8 @@ again, before any buffering, by the server front in ``ivr.edge``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 
 from flask import Flask, abort, request
@@ -44,6 +46,7 @@ CONTENT_SECURITY_POLICY = {
 SIGN_IN_LIMIT = "10 per minute; 50 per hour"
 RATE_LIMITED_ENDPOINTS = ("admin.login",)
 UNLIMITED_BLUEPRINTS = ("voice", "agent", "health", "hooks")
+TWIML_BLUEPRINTS = ("voice", "agent")
 
 
 class BoundedJSONProvider(DefaultJSONProvider):
@@ -77,28 +80,54 @@ def install(app: Flask) -> None:
     )
     app.json = BoundedJSONProvider(app)
     app.before_request(_limit_body)
-    limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", default_limits=[],
-                      headers_enabled=True)
+    # Only the sign-in form is limited: the limiter's hooks (its per-request bookkeeping)
+    # do not run for Twilio's webhooks, the health check or Zendesk's hook at all.
+    with _hooks_skipped_for(app, UNLIMITED_BLUEPRINTS):
+        limiter = Limiter(get_remote_address, app=app, storage_uri="memory://",
+                          default_limits=[], headers_enabled=True)
     for endpoint in RATE_LIMITED_ENDPOINTS:
         app.view_functions[endpoint] = limiter.limit(SIGN_IN_LIMIT, methods=["POST"])(
             app.view_functions[endpoint])
-    # Only the sign-in form is limited: Twilio's webhooks, the health check and Zendesk's
-    # hook skip the limiter's per-request bookkeeping.
-    for name in UNLIMITED_BLUEPRINTS:
-        if name in app.blueprints:
-            limiter.exempt(app.blueprints[name])
     app.after_request(_no_store)
-    Talisman(
-        app,
-        force_https=False,  # TLS ends at the proxy; Twilio only calls the https URL
-        frame_options="DENY",
-        content_security_policy=CONTENT_SECURITY_POLICY,
-        content_security_policy_nonce_in=[],
-        referrer_policy="no-referrer",
-        session_cookie_secure=app.config.get("SESSION_COOKIE_SECURE", False),
-        session_cookie_http_only=True,
-        strict_transport_security=True,
-    )
+    # The browser headers are for the desk's pages; TwiML is read by Twilio alone.
+    with _hooks_skipped_for(app, TWIML_BLUEPRINTS):
+        Talisman(
+            app,
+            force_https=False,  # TLS ends at the proxy; Twilio only calls the https URL
+            frame_options="DENY",
+            content_security_policy=CONTENT_SECURITY_POLICY,
+            content_security_policy_nonce_in=[],
+            referrer_policy="no-referrer",
+            session_cookie_secure=app.config.get("SESSION_COOKIE_SECURE", False),
+            session_cookie_http_only=True,
+            strict_transport_security=True,
+        )
+
+
+@contextlib.contextmanager
+def _hooks_skipped_for(app: Flask, blueprints: tuple[str, ...]):
+    """The app-wide request hooks an extension installs inside this block do not run for
+    requests to ``blueprints``. Flask-Limiter and Flask-Talisman hook every request; on a
+    webhook their work (about a quarter of a millisecond together) would be thrown away."""
+    registries = (app.before_request_funcs, app.after_request_funcs,
+                  app.teardown_request_funcs)
+    earlier = [list(registry.get(None, ())) for registry in registries]
+    yield
+    for registry, old in zip(registries, earlier):
+        hooks = registry.get(None, [])
+        registry[None] = [hook if hook in old else _skipping(hook, frozenset(blueprints))
+                          for hook in hooks]
+
+
+def _skipping(hook, blueprints: frozenset[str]):
+    @functools.wraps(hook)
+    def run(*args):
+        if request.blueprint in blueprints:
+            # after_request hands the response on; before and teardown hooks return None.
+            return args[0] if args else None
+        return hook(*args)
+
+    return run
 
 
 def _refuse_too_large() -> None:
