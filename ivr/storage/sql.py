@@ -48,7 +48,10 @@ class Codec:
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
         value = value.astimezone(_UTC)
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else value
+        # SQLAlchemy's SQLite DateTime text, "2026-11-25 12:00:00.000000" (isoformat is
+        # several times cheaper than strftime, and this runs for every timestamp written).
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds") if self.sqlite \
+            else value
 
     @staticmethod
     def read_time(value) -> dt.datetime | None:
