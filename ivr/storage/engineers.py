@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
     Text,
+    and_,
+    bindparam,
+    case,
     delete,
     func,
+    literal,
+    or_,
     select,
     update,
 )
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
 from ..domain.engineers import EngineerInfo, parse_list
 from ..domain.lifecycle import can_move
@@ -225,6 +231,22 @@ class FloorRepository:
             .values(claimed_at=None, updated_at=now)
             .execution_options(synchronize_session=False)).rowcount == 1
 
+    def place_in_line(self, call_sid: str, groups: "QueueGroups",
+                      picked_up_since: dt.datetime) -> tuple[int, int] | None:
+        """For a waiting caller: how many callers of their queue group an engineer would
+        take before them (priority, then the longest wait, then the older ticket), and how
+        many callers of that group were picked up since a time. Two statements, counted
+        by the database: a wait poll costs the same with 5 or 500 callers waiting.
+        None if the call has no ticket waiting in a queue."""
+        ahead_query, taken_query = _line_queries(groups)
+        row = self.session.execute(ahead_query, {"call_sid": call_sid}).first()
+        if row is None:
+            return None
+        group, ahead = row
+        taken = self.session.execute(taken_query, {"group": group,
+                                                   "since": picked_up_since}).scalar_one()
+        return ahead, taken
+
     def connected_since(self, since: dt.datetime) -> list[tuple[Ticket, Call]]:
         """Tickets an engineer line connected since a time, with their calls."""
         rows = self.session.execute(
@@ -323,3 +345,59 @@ def move_ticket(session: Session, call_sid: str, status: str, now: dt.datetime) 
     if status == "connected":
         ticket.connected_at = ticket.connected_at or now
     return ticket
+
+
+# -- a waiting caller's place in line ------------------------------------------------------
+
+# The queue group of every (dialled number, priority) pair, as the voice layer's
+# configuration says (``voice.floor.queue_groups``): ``pairs`` for the configured lines,
+# ``others`` by priority for a number that is not one of them. None (a route without
+# queues) is a group of its own, as it is in ``domain.engineers.position``.
+QueueGroups = tuple[tuple[tuple[tuple[str, int], str | None], ...],
+                    tuple[tuple[int, str | None], ...]]
+
+_NO_GROUP = ""  # None as SQL can compare it
+
+
+@functools.lru_cache(maxsize=8)
+def _line_queries(groups: QueueGroups):
+    """The two statements of ``place_in_line`` for one configuration, built once."""
+    pairs, others = groups
+
+    def group_of(ticket, call):
+        return case(*[((call.dialed_number == number) & (ticket.priority == level),
+                       literal(group or _NO_GROUP)) for (number, level), group in pairs],
+                    *[(ticket.priority == level, literal(group or _NO_GROUP))
+                      for level, group in others],
+                    else_=literal(_NO_GROUP))
+
+    def waiting(ticket, call):
+        return and_(ticket.status == "in_queue", call.ended_at.is_(None),
+                    call.queue_result.is_(None))
+
+    def since(ticket):
+        return func.coalesce(ticket.acknowledged_at, ticket.created_at)
+
+    me_ticket, me_call = aliased(Ticket), aliased(Call)
+    me = (select(me_ticket.id.label("id"), me_ticket.priority.label("priority"),
+                 since(me_ticket).label("since"), group_of(me_ticket, me_call).label("grp"))
+          .join(me_call, me_call.call_sid == me_ticket.call_sid)
+          .where(waiting(me_ticket, me_call), me_call.call_sid == bindparam("call_sid"))
+          .subquery("me"))
+    other, other_call = aliased(Ticket), aliased(Call)
+    ahead = (select(func.count(other.id))
+             .join(other_call, other_call.call_sid == other.call_sid)
+             .where(waiting(other, other_call), other.id != me.c.id,
+                    group_of(other, other_call) == me.c.grp,
+                    or_(other.priority < me.c.priority,
+                        and_(other.priority == me.c.priority,
+                             or_(since(other) < me.c.since,
+                                 and_(since(other) == me.c.since, other.id < me.c.id)))))
+             .scalar_subquery())
+    ahead_query = select(me.c.grp, ahead).select_from(me)
+    taken_query = (select(func.count(Ticket.id))
+                   .join(Call, Call.call_sid == Ticket.call_sid)
+                   .join(Assignment, Assignment.ticket_id == Ticket.id)
+                   .where(Assignment.connected_at >= bindparam("since", type_=UTCDateTime()),
+                          group_of(Ticket, Call) == bindparam("group")))
+    return ahead_query, taken_query

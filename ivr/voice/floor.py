@@ -30,8 +30,10 @@ from ..domain.engineers import (
 from ..domain.phones import can_receive_sms, mask
 from ..storage import DATABASE_DOWN, Storage
 from ..storage import helpdesk as helpdesk_jobs
+from ..domain.priority import LEVELS
 from ..storage.engineers import (
     CallbackAttempt,
+    QueueGroups,
     EngineerRepository,
     FloorRepository,
     engineer_info,
@@ -52,10 +54,20 @@ ESTIMATE_WINDOW = dt.timedelta(minutes=30)  # pick-ups counted for a waiting cal
 def group_for(config: IvrConfig, call: Call, priority: int) -> str | None:
     """The configured queue (group) a ticket's caller waits in; None for dial and
     TaskRouter routes, which engineers do not take from here."""
-    route = config.route_for(config.line_for(call.dialed_number))
-    if not isinstance(route, EnqueueRoute):
-        return None
-    return route.queue.format(priority=priority)
+    return _group(config.route_for(config.line_for(call.dialed_number)), priority)
+
+
+def queue_groups(config: IvrConfig) -> QueueGroups:
+    """``group_for`` as a table the database can use: the group of every configured line
+    at every priority level, then of any other number by level."""
+    pairs = tuple(((line.number, level), _group(config.route_for(line), level))
+                  for line in config.lines for level in LEVELS)
+    others = tuple((level, _group(config.route_for(None), level)) for level in LEVELS)
+    return pairs, others
+
+
+def _group(route, level: int) -> str | None:
+    return route.queue.format(priority=level) if isinstance(route, EnqueueRoute) else None
 
 
 def waiting_of(config: IvrConfig, ticket: Ticket, call: Call) -> Waiting:
@@ -83,6 +95,7 @@ class Floor:
         self.renderer = renderer
         self.agent = AgentRenderer(config, catalogues)
         self.clock = clock
+        self.groups = queue_groups(config)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -121,20 +134,15 @@ class Floor:
         that group over the last half hour (None without enough of them to tell)."""
         since = self.clock() - ESTIMATE_WINDOW
         with self.storage.unit_of_work(readonly=True) as uow:
-            session = uow.session
-            floor = FloorRepository(self.storage, session)
-            rows = floor.waiting()
-            recent = floor.connected_since(since)
-        everyone = [waiting_of(self.config, t, c) for t, c, _ in rows]
-        for (ticket, call, _), me in zip(rows, everyone):
-            if call.call_sid == call_sid:
-                place = position(me, everyone)
-                taken = sum(1 for t, c in recent
-                            if group_for(self.config, c, t.priority) == me.group)
-                if taken < 2:
-                    return place, None
-                return place, int(place * ESTIMATE_WINDOW.total_seconds() / taken)
-        return None
+            found = FloorRepository(self.storage, uow.session).place_in_line(
+                call_sid, self.groups, since)
+        if found is None:
+            return None
+        ahead, taken = found
+        place = ahead + 1
+        if taken < 2:
+            return place, None
+        return place, int(place * ESTIMATE_WINDOW.total_seconds() / taken)
 
     def with_position(self, params: Mapping[str, str]) -> Mapping[str, str]:
         """A waitUrl request with QueuePosition and AvgQueueTime replaced by the caller's

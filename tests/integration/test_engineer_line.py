@@ -199,3 +199,68 @@ def test_the_expected_wait_comes_from_recent_pick_ups_not_the_one_caller_queue(
         clock.advance(minutes=1)
     said = spoken(twiml(twilio.post(path, **params)))
     assert said[:2] == ["You're number 1 in line.", "The expected wait is about 10 minutes."]
+
+
+def test_every_waiting_callers_place_and_estimate_match_the_engineers_order(ivr, clock):
+    """The wait URL counts in the database; a crowd of callers over every line, priority
+    and state gets the same place and estimate as the engineer line's rule applied to
+    everyone waiting (``domain.engineers.position``)."""
+    import datetime as dt
+    import random
+
+    from ivr.domain.engineers import position
+    from ivr.storage.engineers import FloorRepository
+    from ivr.storage.models import Call
+    from ivr.voice.floor import ESTIMATE_WINDOW, group_for, waiting_of
+
+    rng = random.Random(8)
+    now = clock.now
+    numbers = [line.number for line in ivr.config.lines] + ["+15005550006"]  # and no line
+    sids = []
+    with ivr.storage.transaction() as session:
+        for n in range(120):
+            sid = new_call_sid()
+            sids.append(sid)
+            created = now - dt.timedelta(minutes=rng.choice([5, 10, 10, 20, 40]))  # ties too
+            session.add(Call(
+                call_sid=sid, dialed_number=rng.choice(numbers), region="r", language="en-US",
+                caller_number="+14155550100", can_text=True, step="done", english=False,
+                attempts=0, auth_failures=0, steps_reached="", outcome="routed",
+                started_at=created, updated_at=created,
+                ended_at=now if rng.random() < 0.1 else None,
+                queue_result="hangup" if rng.random() < 0.1 else None))
+            session.flush()
+            ticket = Ticket(
+                number=str(20_000_000 + n), call_sid=sid, account_id="a", user_email="e",
+                priority=rng.choice([1, 2, 3, 4]), target_response_minutes=60, region="r",
+                status=rng.choice(["in_queue"] * 6 + ["open", "connected"]),
+                created_at=created,
+                acknowledged_at=created + dt.timedelta(minutes=1) if rng.random() < 0.3
+                else None)
+            session.add(ticket)
+            session.flush()
+            if rng.random() < 0.3:
+                session.add(Assignment(ticket_id=ticket.id, callback_attempts=0,
+                                       callback_failures=0, updated_at=now,
+                                       connected_at=now - dt.timedelta(
+                                           minutes=rng.choice([1, 10, 29, 31, 90]))))
+    floor = ivr.floor
+    since = now - ESTIMATE_WINDOW
+    with ivr.storage.transaction() as session:
+        repository = FloorRepository(ivr.storage, session)
+        rows = repository.waiting()
+        recent = repository.connected_since(since)
+    everyone = {call.call_sid: waiting_of(ivr.config, t, call) for t, call, _ in rows}
+    checked = 0
+    for sid in sids:
+        me = everyone.get(sid)
+        if me is None:
+            assert floor.position(sid) is None
+            continue
+        place = position(me, everyone.values())
+        taken = sum(1 for t, c in recent if group_for(ivr.config, c, t.priority) == me.group)
+        expected = (place, None if taken < 2 else
+                    int(place * ESTIMATE_WINDOW.total_seconds() / taken))
+        assert floor.position(sid) == expected, sid
+        checked += 1
+    assert checked > 60 and len({place for place, _ in map(floor.position, everyone)}) > 5
