@@ -64,6 +64,7 @@ def within_budget(ivr, name, send):
     with counting(ivr.storage) as statements:
         response = send()
     assert len(statements) <= BUDGET[name], (name, statements)
+    assert statements, name  # every step reads the call at least: the count sees the SQL
     return response
 
 
@@ -163,6 +164,49 @@ def test_a_connection_the_server_dropped_is_replaced_before_the_next_webhook(
     assert answer.find("Gather").get("action").endswith("/voice/pmi")
     with ivr.storage.unit_of_work(readonly=True) as uow:
         assert uow.calls.load(call_sid).state.step.value == "pmi"
+
+
+def test_driver_level_sql_fails_as_sqlalchemy_would_with_its_parameters_hidden(ivr):
+    """The hot path's statements run on the DB-API cursor; their errors still arrive as
+    SQLAlchemy's exceptions (the outage path catches those) with the parameters hidden,
+    and the whole unit of work is rolled back."""
+    from sqlalchemy.exc import IntegrityError
+
+    from ivr.storage.sql import Sql
+
+    incomplete = Sql("INSERT INTO calls (call_sid, region) VALUES (:sid, :region)")
+    with pytest.raises(IntegrityError) as raised:
+        with ivr.storage.unit_of_work() as uow:
+            uow.outbox.queue(call_sid="CA" + "7" * 32, template="t", to_number=CALLER,
+                             body="b", now=ivr.service.clock())
+            incomplete.run(uow.connection, {"sid": "CA" + "7" * 32, "region": "r"})
+    assert "SQL parameters hidden" in str(raised.value)
+    with ivr.storage.unit_of_work(readonly=True) as uow:  # rolled back as a whole
+        assert uow.outbox.depth() == 0
+
+
+def test_a_connection_dropped_inside_a_webhook_is_discarded_and_reported_as_down(ivr):
+    """The server goes away between the BEGIN and a statement: the statement fails as
+    DATABASE_DOWN (the caller gets the fallback), and that connection is never reused."""
+    if ivr.storage.dialect != "postgresql":
+        pytest.skip("SQLite has no server to drop a connection")
+    from ivr.storage import DATABASE_DOWN
+
+    name = ivr.storage.engine.url.query["application_name"]
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with pytest.raises(DATABASE_DOWN) as raised:
+            with ivr.storage.unit_of_work() as uow:
+                with admin.connect() as connection:
+                    connection.execute(text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = :name"), {"name": name})
+                uow.calls.load("CA" + "8" * 32)
+        assert raised.value.connection_invalidated
+    finally:
+        admin.dispose()
+    with ivr.storage.unit_of_work(readonly=True) as uow:  # a fresh connection
+        assert uow.calls.load("CA" + "8" * 32) is None
 
 
 def routed(twilio, sid, caller=CALLER):
