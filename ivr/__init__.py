@@ -12,7 +12,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import ConfigError, IvrConfig, Settings, check_helpdesk, load_config
-from .privacy import protect_data_files
+from .privacy import RedactingFormatter, protect_data_files
 from .security import HostKeyHasher, load_pepper
 from .storage import Storage, utcnow
 from .voice.prompts import Catalogue, CatalogueError, load_catalogues
@@ -96,6 +96,6 @@ def _configure_logging() -> None:
     logger = logging.getLogger("ivr")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

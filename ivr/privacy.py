@@ -4,6 +4,7 @@ that anonymises old call records (``flask --app app retention apply``)."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from pathlib import Path
 
@@ -11,9 +12,23 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy.engine import make_url
 
+from .domain.phones import redact_numbers
 from .extension import ivr
 from .storage.desk_sessions import DeskSessionRepository
 from .storage.retention import RetentionRepository
+
+class RedactingFormatter(logging.Formatter):
+    """The log's formatter. The service's own messages show numbers through ``mask``; an
+    error's text is not the service's: a database quotes the row it refused ("Failing row
+    contains (..., +14155550123, ..., 912345678, ...)"), so the traceback keeps only the last
+    four digits of every long number in it."""
+
+    def formatException(self, ei) -> str:
+        return redact_numbers(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return redact_numbers(super().formatStack(stack_info))
+
 
 PRIVATE_FILE = 0o600
 PRIVATE_FOLDER = 0o700

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import phonenumbers
 
@@ -13,6 +14,17 @@ def mask(number: str | None) -> str:
     """A phone number as logs may show it: the last four digits only."""
     digits = "".join(ch for ch in (number or "") if ch.isdigit())
     return f"…{digits[-4:]}" if len(digits) >= 4 else "…"
+
+
+# A run of six or more digits standing on its own: a phone number, a PMI, a typed key.
+_LONG_NUMBER = re.compile(r"(?<![\w+])\+?\d{6,}(?!\w)")
+
+
+def redact_numbers(text: str) -> str:
+    """Text (an error's message, a traceback) with every long number cut to its last four
+    digits, as ``mask`` shows a phone number. Identifiers that start with letters (call
+    SIDs) are left whole."""
+    return _LONG_NUMBER.sub(lambda found: mask(found.group()), text)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -115,3 +115,33 @@ def test_the_desk_shows_an_anonymised_caller_as_withheld(app, aged, clock):
     app.test_cli_runner().invoke(args=["retention", "apply"])
     view = Desk.of(app.extensions["ivr"]).ticket(aged[0].number)
     assert view["caller"] == "…" and view["callback_number"] is None
+
+
+def test_a_failing_webhook_logs_its_error_without_the_numbers_the_database_quoted(
+        twilio, ivr, call_sid, monkeypatch):
+    """PostgreSQL quotes a failing row in its error ("Failing row contains (...)"): the
+    caller's number and a PMI would reach the log with the traceback. The log's formatter
+    keeps the last four digits of every long number in an error's text."""
+    import io
+    import logging
+
+    from sqlalchemy.exc import IntegrityError
+
+    from ivr.storage.calls import CallRepository
+
+    def failing(*_args, **_kwargs):
+        raise IntegrityError("INSERT INTO calls ...", {}, Exception(
+            "null value in column \"step\" violates not-null constraint\nDETAIL:  Failing "
+            "row contains (CA77, +14155550123, 912345678, 2026-11-25 12:00:00.123456)."))
+
+    handler = logging.getLogger("ivr").handlers[0]
+    stream = io.StringIO()
+    monkeypatch.setattr(handler, "stream", stream)
+    monkeypatch.setattr(CallRepository, "save", failing)
+    twilio.post("/voice", **twilio.call_params(call_sid))
+    answer = twilio.post("/voice/menu", **{**twilio.call_params(call_sid), "Digits": "2"})
+    assert answer.status_code == 200  # the caller still hears the fallback
+    logged = stream.getvalue()
+    assert "webhook /voice/menu failed" in logged and "Failing row contains" in logged
+    assert "4155550123" not in logged and "912345678" not in logged
+    assert "…0123" in logged and "…5678" in logged
