@@ -46,8 +46,9 @@ class Sql:
         dialect = connection.dialect
         statement = self.postgresql if dialect.name == "postgresql" else self.sqlite
         dbapi_connection = connection.connection.dbapi_connection
-        cursor = dbapi_connection.cursor()
+        cursor = None
         try:
+            cursor = dbapi_connection.cursor()  # fails too on a connection already closed
             listeners = connection.dispatch.before_cursor_execute
             if listeners:
                 listeners(connection, cursor, statement, params, None, False)
@@ -62,7 +63,8 @@ class Sql:
                                       hide_parameters=True, dialect=dialect,
                                       connection_invalidated=dropped) from error
         finally:
-            cursor.close()
+            if cursor is not None:
+                cursor.close()
 
 
 class Rows:

@@ -207,6 +207,10 @@ def test_a_connection_dropped_inside_a_webhook_is_discarded_and_reported_as_down
         admin.dispose()
     with ivr.storage.unit_of_work(readonly=True) as uow:  # a fresh connection
         assert uow.calls.load("CA" + "8" * 32) is None
+    with pytest.raises(DATABASE_DOWN):  # closed on this side: no cursor to be had
+        with ivr.storage.unit_of_work() as uow:
+            uow.connection.connection.dbapi_connection.close()
+            uow.calls.load("CA" + "8" * 32)
 
 
 def routed(twilio, sid, caller=CALLER):
