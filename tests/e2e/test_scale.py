@@ -1,12 +1,7 @@
 """Many workers, one database: duplicate and concurrent webhooks, steps served by
 different server processes, and SQLite under four gunicorn workers."""
 
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,12 +9,11 @@ import requests
 from sqlalchemy import func, select, text
 
 from ivr import create_app
-from ivr.desk.directory import import_file
 from ivr.storage.models import Call, OutboxMessage, Ticket
 from ivr.sim.simulator import HttpTransport, Simulator, new_call_sid
-from ivr.storage import Storage
 
-from ..support import BUSINESS_OWNER, CALLER, CONFIG, DEMO_ACCOUNTS, ROOT, TOKEN, US_LINE, TwilioClient
+from ..support import BUSINESS_OWNER, CALLER, CONFIG, TOKEN, US_LINE, TwilioClient
+from .servers import Gunicorn, prepare_database
 
 PUBLIC = "https://ivr.example.com"
 OWNER_DIGITS = ["2", f"{BUSINESS_OWNER[0]}#", f"{BUSINESS_OWNER[1]}#", "1"]
@@ -63,54 +57,14 @@ def test_the_same_webhook_at_the_same_moment_on_two_workers_makes_one_ticket(set
     second.extensions["ivr"].storage.dispose()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """The app under gunicorn in its own process."""
-
-    def __init__(self, database_url, tmp_path, workers=1, name="server"):
-        self.port = free_port()
-        self.log = open(tmp_path / f"{name}-{self.port}.log", "w+")
-        env = {**os.environ, "IVR_DATABASE_URL": database_url, "TWILIO_AUTH_TOKEN": TOKEN,
-               "IVR_PUBLIC_URL": PUBLIC, "IVR_HOST_KEY_PEPPER": "test-pepper",
-               "IVR_CONFIG": str(CONFIG), "IVR_INSTANCE_PATH": str(tmp_path / "instance")}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", str(workers), "--log-level", "warning", "app:app"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"server did not start: {self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self):
-        self.process.terminate()
-        self.process.wait(timeout=20)
+def Server(database_url, tmp_path, workers=1, name="server") -> Gunicorn:
+    """The app under gunicorn, signing against the public URL."""
+    return Gunicorn(tmp_path, database_url, workers=workers, name=name, IVR_PUBLIC_URL=PUBLIC)
 
 
 @pytest.fixture
 def prepared(database_url):
-    storage = Storage(database_url)
-    storage.upgrade()
-    from ivr.config import load_config
-    from ivr.security import HostKeyHasher
-
-    import_file(DEMO_ACCOUNTS, storage, HostKeyHasher(b"test-pepper"), load_config(CONFIG).lengths)
+    storage = prepare_database(database_url)
     yield storage
     storage.dispose()
 
@@ -152,12 +106,7 @@ def test_any_worker_serves_any_step_of_a_call(database_url, prepared, tmp_path):
 def test_sqlite_takes_a_thousand_tickets_from_four_workers_at_once(tmp_path):
     database = tmp_path / "ivr.db"
     url = f"sqlite:///{database}"
-    storage = Storage(url)
-    storage.upgrade()
-    from ivr.config import load_config
-    from ivr.security import HostKeyHasher
-
-    import_file(DEMO_ACCOUNTS, storage, HostKeyHasher(b"test-pepper"), load_config(CONFIG).lengths)
+    storage = prepare_database(url)
     server = Server(url, tmp_path, workers=4, name="sqlite")
     try:
         def one_call(n):

@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,94 +17,22 @@ from twilio.request_validator import RequestValidator
 
 from ivr.sim.simulator import HttpTransport, Simulator, new_call_sid
 
-from ..support import BUSINESS_OWNER, CALLER, CONFIG, ROOT, TOKEN, US_LINE
+from ..support import BUSINESS_OWNER, CALLER, TOKEN, US_LINE
+from .servers import Gunicorn as Server, alive, prepare_database
 
 HOST = "ivr.example.com"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Gunicorn:
-    """gunicorn with the project's gunicorn.conf.py, pinned to HOST (no IVR_PUBLIC_URL)."""
-
-    def __init__(self, tmp_path: Path, database_url: str, port: int | None = None,
-                 workers: int = 2, **env):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.pidfile = tmp_path / f"gunicorn-{self.port}.pid"
-        self.log = open(tmp_path / f"gunicorn-{self.port}.log", "a+")
-        environment = {**os.environ, "IVR_DATABASE_URL": database_url, "TWILIO_AUTH_TOKEN": TOKEN,
-                       "IVR_ALLOWED_HOSTS": f"{HOST},127.0.0.1",
-                       "IVR_HOST_KEY_PEPPER": "test-pepper", "IVR_CONFIG": str(CONFIG),
-                       "IVR_INSTANCE_PATH": str(tmp_path / "instance"),
-                       "IVR_PIDFILE": str(self.pidfile), **env}
-        environment.pop("IVR_PUBLIC_URL", None)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", str(workers), "--log-level", "warning", "app:app"],
-            cwd=ROOT, env=environment, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"server did not start: {self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def workers(self) -> list[int]:
-        return children(self.process.pid)
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+def Gunicorn(tmp_path: Path, database_url: str, **options) -> Server:
+    """The server pinned to HOST (no IVR_PUBLIC_URL): signatures are checked against the
+    Host header, which must be one of the allowed hosts."""
+    return Server(tmp_path, database_url,
+                  **{"IVR_ALLOWED_HOSTS": f"{HOST},127.0.0.1", **options})
 
 
 @pytest.fixture
-def database(tmp_path, database_url):
-    from ivr.config import load_config
-    from ivr.desk.directory import import_file
-    from ivr.security import HostKeyHasher
-    from ivr.storage import Storage
-
-    from ..support import DEMO_ACCOUNTS
-
-    storage = Storage(database_url)
-    storage.upgrade()
-    import_file(DEMO_ACCOUNTS, storage, HostKeyHasher(b"test-pepper"), load_config(CONFIG).lengths)
-    storage.dispose()
+def database(database_url):
+    prepare_database(database_url).dispose()
     return database_url
 
 
