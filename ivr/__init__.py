@@ -33,7 +33,7 @@ class Ivr:
     hasher: HostKeyHasher
     renderer: Renderer
     service: CallService
-    floor: "Floor | None" = None  # the engineer line and callbacks (ivr/voice/floor.py)
+    floor: Floor  # the engineer line and callbacks (ivr/voice/floor.py)
 
 
 def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Flask:

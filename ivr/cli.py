@@ -129,7 +129,7 @@ def outbox_drain(watch):
         pushed = HelpdeskSender(ivr().storage, ivr().config, ivr().settings,
                                 clock=ivr().service.clock).drain()
         click.echo("help desk: " + ", ".join(f"{name}: {n}" for name, n in pushed.items()))
-    reopened = ivr().floor.sweep_stranded() if ivr().floor else 0
+    reopened = ivr().floor.sweep_stranded()
     if reopened:
         click.echo(f"{reopened} tickets stranded in a queue after their calls ended reopened.")
     deleted = queues.prune(ivr().config, ivr().settings)

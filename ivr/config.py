@@ -86,6 +86,11 @@ class EnqueueRoute(_Model):
     kind: Literal["enqueue"] = "enqueue"
     queue: str = Field(min_length=1, max_length=64)
 
+    def group(self, priority: int) -> str:
+        """The queue group a caller of this priority waits in (``queue`` may name the
+        priority: ``support-p{priority}``); each caller's own queue is named after it."""
+        return self.queue.format(priority=priority)
+
 
 class DialRoute(_Model):
     kind: Literal["dial"]

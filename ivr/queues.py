@@ -20,6 +20,7 @@ from twilio.rest import Client
 
 from .config import EnqueueRoute, IvrConfig, Settings
 from .domain.clock import utcnow
+from .domain.priority import LEVELS
 
 log = logging.getLogger("ivr.queues")
 
@@ -33,7 +34,7 @@ def ticket_groups(config: IvrConfig) -> set[str]:
     groups = set()
     for route in [config.service.default_route] + [line.route for line in config.lines]:
         if isinstance(route, EnqueueRoute):
-            groups.update(route.queue.format(priority=p) for p in (1, 2, 3, 4))
+            groups.update(route.group(level) for level in LEVELS)
     return groups
 
 

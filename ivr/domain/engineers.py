@@ -115,8 +115,6 @@ class EngineerInfo:
 # Outcomes of a callback attempt. Only those on the customer's side count towards giving
 # up: the text that says "we tried to call you" must be true.
 CUSTOMER_FAILURES = ("busy", "no-answer", "failed", "canceled")
-ENGINEER_FAILURES = ("engineer-no-answer", "engineer-busy", "engineer-failed",
-                     "engineer-declined", "error")
 ANSWERED = "answered"
 
 

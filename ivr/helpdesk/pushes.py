@@ -14,6 +14,7 @@ import re
 
 from ..config import IvrConfig
 from ..domain.phones import mask
+from ..domain.priority import LEVELS
 from .base import NewTicket, TicketChange
 
 LANGUAGES = {
@@ -21,7 +22,7 @@ LANGUAGES = {
     "en-IN": "English (India)", "en-NZ": "English (New Zealand)", "fr-FR": "French",
     "ja-JP": "Japanese",
 }
-PRIORITY_TAGS = tuple(f"priority_p{level}" for level in (1, 2, 3, 4))
+PRIORITY_TAGS = tuple(f"priority_p{level}" for level in LEVELS)
 
 
 def tag(prefix: str, value: str | None) -> str:

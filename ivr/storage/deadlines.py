@@ -9,6 +9,7 @@ from sqlalchemy import Float, and_, cast, func, literal, select
 from sqlalchemy.orm import Session
 
 from .models import Call, Ticket
+from .sql import Codec
 
 
 def target_expression(dialect: str):
@@ -22,11 +23,8 @@ def target_expression(dialect: str):
 
 
 def _now_value(dialect: str, now: dt.datetime):
-    if dialect == "postgresql":
-        return literal(now)
-    # The same text form SQLAlchemy stores on SQLite (UTC, no zone).
-    text = now.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return func.julianday(text)
+    value = Codec(dialect).time(now)  # on SQLite, the text SQLAlchemy stores
+    return literal(value) if dialect == "postgresql" else func.julianday(value)
 
 
 class DeadlineQueries:

@@ -9,7 +9,7 @@ import hashlib
 import hmac
 import secrets
 
-from sqlalchemy import String, delete, select
+from sqlalchemy import String, delete
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from .models import Base, UTCDateTime
@@ -58,13 +58,6 @@ class DeskSessionRepository:
             delete(DeskSession).where(DeskSession.id_hash == self._hash(session_id or "")))
         return bool(result.rowcount)
 
-    def end_all(self, identity: str) -> int:
-        result = self.session.execute(delete(DeskSession).where(DeskSession.identity == identity))
-        return result.rowcount or 0
-
     def purge(self, now: dt.datetime) -> int:
         result = self.session.execute(delete(DeskSession).where(DeskSession.expires_at <= now))
         return result.rowcount or 0
-
-    def count(self) -> int:
-        return len(self.session.scalars(select(DeskSession.id_hash)).all())

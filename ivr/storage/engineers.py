@@ -296,9 +296,6 @@ class FloorRepository:
                                           CallbackAttempt.outcome.is_(None))
             .order_by(CallbackAttempt.id.desc())).first()
 
-    def actions_count(self) -> int:
-        return self.session.scalar(select(func.count()).select_from(DeskAction)) or 0
-
 
 def _iso(moment: dt.datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None

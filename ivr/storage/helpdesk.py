@@ -37,7 +37,6 @@ from .models import Base, Call, Ticket, UTCDateTime
 
 # Ticket statuses an update is pushed for (a move to in_queue or back to open is not).
 PUSHED_STATUSES = ("callback_requested", "connected", "closed")
-UNSENT = ("pending", "sending", "failed")
 
 
 class HelpdeskJob(Base):
@@ -197,10 +196,6 @@ class HelpdeskJobRepository:
         counts = {"pending": 0, "sending": 0, "sent": 0, "failed": 0}
         counts.update({status: n for status, n in rows})
         return counts
-
-    def depth(self) -> int:
-        return self.session.scalar(select(func.count()).select_from(HelpdeskJob).where(
-            HelpdeskJob.status.in_(("pending", "sending")))) or 0
 
     def listing(self, statuses: tuple[str, ...], limit: int = 100,
                 newest_first: bool = False) -> list[tuple[HelpdeskJob, str]]:

@@ -112,10 +112,6 @@ class Codec:
             value = dt.datetime.fromisoformat(value)
         return value.replace(tzinfo=_UTC) if value.tzinfo is None else value.astimezone(_UTC)
 
-    @staticmethod
-    def read_bool(value) -> bool:
-        return bool(value)
-
 
 def clamp_int(value: int | None, low: int = -(2**31), high: int = 2**31 - 1) -> int | None:
     """A caller-supplied count as an INTEGER column can hold it (PostgreSQL's is 32-bit)."""

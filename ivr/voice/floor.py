@@ -67,7 +67,7 @@ def queue_groups(config: IvrConfig) -> QueueGroups:
 
 
 def _group(route, level: int) -> str | None:
-    return route.queue.format(priority=level) if isinstance(route, EnqueueRoute) else None
+    return route.group(level) if isinstance(route, EnqueueRoute) else None
 
 
 def waiting_of(config: IvrConfig, ticket: Ticket, call: Call) -> Waiting:

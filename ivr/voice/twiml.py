@@ -110,7 +110,7 @@ class Renderer:
         action = f"{QUEUE_RESULT_PATH}?{query}"
         if isinstance(route, EnqueueRoute):
             # One queue per caller: the engineer line dials exactly the caller it chose.
-            name = queue_name(route.queue.format(priority=ticket.priority), ticket.number)
+            name = queue_name(route.group(ticket.priority), ticket.number)
             response.append(Enqueue(name, action=action,
                                     method="POST", wait_url=f"{WAIT_PATH}?{query}",
                                     wait_url_method="POST"))
