@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from ..domain.clock import utcnow  # noqa: F401  re-exported for the storage layer
 
@@ -37,7 +37,6 @@ class Storage:
     def __init__(self, url: str, *, echo: bool = False):
         self.url = make_url(url)
         self.engine = _create_engine(self.url, echo=echo)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # A worker forked from a process that already connected (gunicorn --preload) must
         # open its own connections rather than share the parent's sockets or SQLite handles.
         engine = weakref.ref(self.engine)
@@ -56,17 +55,11 @@ class Storage:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Session]:
-        """An ORM session in one write transaction (scripts and tests; the app's code
-        goes through ``unit_of_work``)."""
-        session = self._sessions()
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+        """An ORM session in one write unit of work: committed at the end, rolled back on an
+        error, and begun like every unit of work (a connection the server dropped is
+        replaced before any work)."""
+        with self.unit_of_work() as uow:
+            yield uow.session
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Session]:

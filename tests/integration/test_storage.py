@@ -140,16 +140,9 @@ def test_a_write_in_a_read_only_unit_of_work_is_refused_by_postgresql_or_never_l
         assert reader.outbox.depth() == 1
 
 
-def test_a_connection_the_server_dropped_is_replaced_before_the_next_webhook(
-        twilio, ivr, call_sid):
-    """PostgreSQL restarted, or closed idle connections: the pool still holds their
-    sockets. The next webhook's BEGIN finds out, and the unit of work starts again on a
-    fresh connection, so the caller hears the next prompt rather than the apology."""
-    if ivr.storage.dialect != "postgresql":
-        pytest.skip("SQLite has no server to drop a connection")
-    step(twilio, call_sid, "/voice")
-    pool = ivr.storage.engine.pool
-    assert pool.checkedin() >= 1  # the connection the first webhook used, kept for reuse
+def drop_pooled_connections(ivr) -> None:
+    """Terminate, on the server, the backends of the connections the app's pool keeps."""
+    assert ivr.storage.engine.pool.checkedin() >= 1  # kept for reuse
     name = ivr.storage.engine.url.query["application_name"]
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     try:
@@ -160,6 +153,29 @@ def test_a_connection_the_server_dropped_is_replaced_before_the_next_webhook(
         assert dropped >= 1
     finally:
         admin.dispose()
+
+
+def test_the_orm_transactions_of_the_desk_and_the_sender_survive_a_dropped_connection(
+        twilio, ivr, call_sid):
+    """storage.transaction() (sign-in, the sender, Zendesk's hook) begins like a webhook's
+    unit of work: a dropped connection is replaced, not reported as the database down."""
+    if ivr.storage.dialect != "postgresql":
+        pytest.skip("SQLite has no server to drop a connection")
+    step(twilio, call_sid, "/voice")
+    drop_pooled_connections(ivr)
+    with ivr.storage.transaction() as session:
+        assert session.get(Call, call_sid) is not None
+
+
+def test_a_connection_the_server_dropped_is_replaced_before_the_next_webhook(
+        twilio, ivr, call_sid):
+    """PostgreSQL restarted, or closed idle connections: the pool still holds their
+    sockets. The next webhook's BEGIN finds out, and the unit of work starts again on a
+    fresh connection, so the caller hears the next prompt rather than the apology."""
+    if ivr.storage.dialect != "postgresql":
+        pytest.skip("SQLite has no server to drop a connection")
+    step(twilio, call_sid, "/voice")
+    drop_pooled_connections(ivr)
     answer = twiml(step(twilio, call_sid, "/voice/menu", "2"))
     assert answer.find("Gather").get("action").endswith("/voice/pmi")
     with ivr.storage.unit_of_work(readonly=True) as uow:
