@@ -17,8 +17,9 @@ def ticket(ivr, number):
 
 
 def assignment(ivr, number):
+    ticket_id = ticket(ivr, number).id
     with ivr.storage.transaction() as session:
-        return session.get(Assignment, ticket(ivr, number).id)
+        return session.get(Assignment, ticket_id)
 
 
 def test_the_engineer_gets_the_newer_p1_before_the_older_p3_and_the_whisper_names_it(
