@@ -161,9 +161,10 @@ def test_the_surge_simulator_drives_a_mix_of_calls_and_reports_per_step_latency(
                                       "failed_auth", "abandoned"}
     assert {"/voice", "/voice/menu", "/voice/pmi", "/voice/host-key", "/voice/priority",
             "/voice/status"} <= set(report["latency_ms"])
-    for figures in report["latency_ms"].values():
-        assert figures["p50"] <= figures["p95"] <= figures["p99"]
-    assert report["requests_per_second"] > 0 and report["calls_per_second"] > 0
+    # every request the calls made is in the per-step table once, and in its "all" row
+    steps = {step: figures for step, figures in report["latency_ms"].items() if step != "all"}
+    assert sum(figures["count"] for figures in steps.values()) \
+        == report["latency_ms"]["all"]["count"] == report["requests"] > 60
 
 
 def test_the_surge_simulator_flags_unexpected_outcomes(app, ivr):

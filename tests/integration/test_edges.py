@@ -220,9 +220,10 @@ def test_the_api_answers_the_calendars_edges_with_a_page_or_a_clear_400(desk_app
     add_ticket(desk_app.extensions["ivr"], created=at("2026-11-25 10:00"))
     response = desk_app.test_client().get(path, query_string={name: value}, headers=AUTH)
     assert response.is_json
-    if response.status_code == 400:
+    # A date whose offset takes it past year 1 or 9999 is outside the range; the rest work.
+    if value.endswith(("+01:00", "-01:00")):
+        assert response.status_code == 400
         assert "outside the supported range" in response.get_json()["error"]
-        assert value.endswith(("+01:00", "-01:00"))
     else:
         assert response.status_code == 200
         assert response.get_json()["total"] == (1 if name == "until" or value == "0001-01-01"
@@ -235,10 +236,11 @@ def test_the_dashboard_answers_the_calendars_edges_with_a_page_or_a_clear_400(de
                                                                               name, value):
     separator = "" if path.endswith("&") else "?"
     response = desk_client.get(f"{path}{separator}{name}={value.replace('+', '%2B')}")
-    assert response.status_code in (200, 400), response.get_data(as_text=True)[:300]
-    if response.status_code == 400:
+    expected = 400 if value.endswith(("+01:00", "-01:00")) else 200
+    assert response.status_code == expected, response.get_data(as_text=True)[:300]
+    if expected == 400:
         message = parse_html(response.get_data(as_text=True)).find("message").text()
-        assert "outside the supported range" in message or "must come after its start" in message
+        assert "outside the supported range" in message
 
 
 def test_json_nested_too_deeply_is_invalid_json_to_every_reader(desk_app):
