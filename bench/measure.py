@@ -157,9 +157,10 @@ def worker_stats(records: list[dict], start: float, end: float) -> dict:
 
 def limited_by(cores: dict) -> str:
     """Which side kept a phase from going faster, from the cores each side kept busy:
-    the server (with its database) using nearly every core, the one-process client using
-    nearly one, other processes taking what was left, or nothing (the
-    requests were waiting: paced callers, locks, disk)."""
+    the server (with its database) using nearly every core; the one-process client using
+    nearly one; the cores all busy, with the server taking what the client left it (on a
+    small machine the two share the cores) or other processes taking a real share; or
+    nothing (the requests were waiting: paced callers, locks, disk)."""
     cpus = cores["machine"]
     server = cores["server"] + cores["database"]
     if server >= 0.85 * cpus:
@@ -167,5 +168,7 @@ def limited_by(cores: dict) -> str:
     if cores["client"] >= 0.85:
         return "client"
     if server + cores["client"] + cores["rest_of_machine"] >= 0.85 * cpus:
-        return "other processes"
+        if cores["rest_of_machine"] >= 0.25 * cpus:
+            return "other processes"
+        return "server (sharing the cores with the client)"
     return "nothing: waiting"

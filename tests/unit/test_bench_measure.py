@@ -152,6 +152,10 @@ def test_worker_stats_keep_only_what_happened_inside_the_phase():
     ({"server": 0.9, "database": 0.0, "client": 0.95, "rest_of_machine": 0.0}, "client"),
     ({"server": 0.3, "database": 0.0, "client": 0.1, "rest_of_machine": 1.5},
      "other processes"),
+    ({"server": 1.52, "database": 0.0, "client": 0.2, "rest_of_machine": 0.04},
+     "server (sharing the cores with the client)"),
+    ({"server": 1.26, "database": 0.21, "client": 0.14, "rest_of_machine": 0.14},
+     "server (sharing the cores with the client)"),
     ({"server": 0.2, "database": 0.0, "client": 0.05, "rest_of_machine": 0.1}, "nothing: waiting"),
 ])
 def test_limited_by_names_the_side_that_kept_the_cores_busy(cores, side):
