@@ -288,17 +288,17 @@ class AgentRenderer:
 
     # -- the engineer line -------------------------------------------------------------
 
-    def refuse(self, voice: Voice) -> str:
+    def _say_then_hang_up(self, voice: Voice, key: str) -> str:
         response = VoiceResponse()
-        self.say(response, voice, [("agent_unknown", {})])
+        self.say(response, voice, [(key, {})])
         response.hangup()
         return str(response)
 
+    def refuse(self, voice: Voice) -> str:
+        return self._say_then_hang_up(voice, "agent_unknown")
+
     def goodbye(self, voice: Voice) -> str:
-        response = VoiceResponse()
-        self.say(response, voice, [("agent_goodbye", {})])
-        response.hangup()
-        return str(response)
+        return self._say_then_hang_up(voice, "agent_goodbye")
 
     def connect(self, voice: Voice, whisper: list[SpokenLine], queue: str, ticket: str) -> str:
         """The whisper, then the chosen caller's own queue: whoever dials it gets them."""
@@ -373,17 +373,12 @@ class AgentRenderer:
         return str(response)
 
     def callback_not_reached(self, voice: Voice) -> str:
-        response = VoiceResponse()
-        self.say(response, voice, [("callback_not_reached", {})])
-        response.hangup()
-        return str(response)
+        return self._say_then_hang_up(voice, "callback_not_reached")
 
     @staticmethod
     def hangup() -> str:
-        response = VoiceResponse()
-        response.hangup()
-        return str(response)
+        return HANGUP
 
     @staticmethod
     def empty() -> str:
-        return str(VoiceResponse())
+        return EMPTY
