@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from ..config import IvrConfig, Line
-from .priority import KEYS as PRIORITY_KEYS
+from .priority import level_of_key
 
 
 class Step(StrEnum):
@@ -212,9 +212,10 @@ class CallFlow:
         return self._end(state, outcome)
 
     def _priority(self, state: CallState, digits: str, ports: Ports) -> Reply:
-        if digits not in PRIORITY_KEYS or state.caller is None:
+        level = level_of_key(digits)
+        if level is None or state.caller is None:
             return self._retry(state, [say("priority_invalid")])
-        priority = self.config.priority(int(digits))
+        priority = self.config.priority(level)
         state.ticket = ports.open_ticket(state.caller, priority.level, priority.target_response_minutes)
         state.reach("ticket")
         state.step = Step.DONE

@@ -378,9 +378,7 @@ class Floor:
         floor.record(ticket.id, "system", "reopened", assignment.note, now)
         number = ticket.callback_number
         if number and can_receive_sms(number):
-            line = self.config.line_for(call.dialed_number)
-            own, english = self.renderer.voices(line)
-            catalogue = self.catalogues[(english if call.english else own).catalogue_name]
+            catalogue = self.catalogues[self.caller_voice(call).catalogue_name]
             uow.outbox.queue(
                 call_sid=call.call_sid, template="sms_callback_missed", to_number=number,
                 body=catalogue.text("sms_callback_missed", {"brand": self.config.service.brand,
