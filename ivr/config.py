@@ -457,6 +457,9 @@ def load_config(path: str | os.PathLike) -> IvrConfig:
         raise ConfigError(f"{path}: invalid configuration:\n  {problems}") from None
 
 
+REST_TIMEOUT = 10.0  # seconds for one request to Twilio's REST API
+
+
 class Settings(BaseModel):
     """Deployment settings from the environment (see the README's configuration table)."""
 
@@ -484,6 +487,18 @@ class Settings(BaseModel):
         if isinstance(value, str):
             return [host.strip().lower() for host in value.split(",") if host.strip()]
         return value
+
+    def rest_client(self, http_client=None):
+        """Twilio's REST client for this account, each request limited to REST_TIMEOUT
+        seconds; None without credentials. ``http_client``: twilio's HttpClient interface
+        (tests pass a recording one)."""
+        if not (self.twilio_account_sid and self.twilio_auth_token):
+            return None
+        from twilio.http.http_client import TwilioHttpClient
+        from twilio.rest import Client
+
+        return Client(self.twilio_account_sid, self.twilio_auth_token,
+                      http_client=http_client or TwilioHttpClient(timeout=REST_TIMEOUT))
 
     @property
     def production(self) -> bool:

@@ -8,7 +8,6 @@ import time
 
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http import HttpClient
-from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from . import queues
@@ -20,7 +19,6 @@ from .storage import DATABASE_DOWN, Storage, utcnow
 log = logging.getLogger("ivr.outbox")
 
 MAX_ATTEMPTS = 5
-SEND_TIMEOUT = 10.0  # seconds for one request to Twilio's REST API
 STALE_CLAIM = dt.timedelta(minutes=10)  # a sender that died mid-send: send again
 QUEUE_PRUNE_SECONDS = 300  # how often the sender deletes empty per-ticket Twilio queues
 
@@ -34,10 +32,7 @@ def drain(storage: Storage, settings: Settings, *, http_client: HttpClient | Non
     missing = [name for name, value in (("TWILIO_ACCOUNT_SID", settings.twilio_account_sid),
                                         ("TWILIO_AUTH_TOKEN", settings.twilio_auth_token),
                                         ("IVR_SMS_FROM", settings.sms_from)) if not value]
-    client = None
-    if not missing:
-        client = Client(settings.twilio_account_sid, settings.twilio_auth_token,
-                        http_client=http_client or TwilioHttpClient(timeout=SEND_TIMEOUT))
+    client = None if missing else settings.rest_client(http_client)
     while True:
         with storage.unit_of_work() as uow:
             claimed = [(m.id, m.to_number, m.body, m.attempts) for m in

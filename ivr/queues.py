@@ -15,8 +15,6 @@ import re
 
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http import HttpClient
-from twilio.http.http_client import TwilioHttpClient
-from twilio.rest import Client
 
 from .config import EnqueueRoute, IvrConfig, Settings
 from .domain.clock import utcnow
@@ -24,7 +22,6 @@ from .domain.priority import LEVELS
 
 log = logging.getLogger("ivr.queues")
 
-REST_TIMEOUT = 10.0
 IDLE = dt.timedelta(minutes=10)
 TICKET_QUEUE = re.compile(r"(?P<group>.+)\.(?P<ticket>[1-9][0-9]{7})")
 
@@ -42,10 +39,9 @@ def prune(config: IvrConfig, settings: Settings, *, http_client: HttpClient | No
           now: dt.datetime | None = None, limit: int = 1000) -> int:
     """Delete empty, idle per-ticket queues; returns how many were deleted (0 without
     Twilio credentials)."""
-    if not (settings.twilio_account_sid and settings.twilio_auth_token):
+    client = settings.rest_client(http_client)
+    if client is None:
         return 0
-    client = Client(settings.twilio_account_sid, settings.twilio_auth_token,
-                    http_client=http_client or TwilioHttpClient(timeout=REST_TIMEOUT))
     now = now or utcnow()
     groups = ticket_groups(config)
     deleted = 0

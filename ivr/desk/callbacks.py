@@ -16,7 +16,6 @@ from typing import Callable
 
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http import HttpClient
-from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from ..config import IvrConfig, Settings
@@ -30,7 +29,6 @@ from .service import BadRequest, Conflict, NotFound, target_at
 
 log = logging.getLogger("ivr.callbacks")
 
-REST_TIMEOUT = 10.0  # seconds for one request to Twilio's REST API
 
 
 class Callbacks:
@@ -134,8 +132,7 @@ class Callbacks:
         return view
 
     def _client(self) -> Client:
-        return Client(self.settings.twilio_account_sid, self.settings.twilio_auth_token,
-                      http_client=self.http_client or TwilioHttpClient(timeout=REST_TIMEOUT))
+        return self.settings.rest_client(self.http_client)
 
 
 class CallbackFailed(Conflict):
