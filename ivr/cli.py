@@ -12,13 +12,11 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
 from . import outbox as sms_outbox
-from . import queues
 from .desk import directory
 from .desk.commands import tickets_cli
 from .desk.service import ticket_dict
 from .domain.phones import lockout_keys, mask
 from .extension import ivr
-from .helpdesk.sender import Sender as HelpdeskSender
 from .sim.simulator import HttpTransport, Simulator, UnknownTwiML, WsgiTransport, transcript
 from .sim.surge import run_surge
 from .storage import DATABASE_DOWN
@@ -121,20 +119,16 @@ def outbox_drain(watch):
     and push tickets to the help desk when one is configured."""
     if watch:
         click.echo("Draining the SMS outbox every 2 seconds; Ctrl-C to stop.")
-        sms_outbox.watch(ivr().storage, ivr().settings, ivr().service, floor=ivr().floor)
+        sms_outbox.watch(ivr().storage, ivr().settings, ivr().service, ivr().floor)
         return
-    counts = sms_outbox.drain(ivr().storage, ivr().settings)
-    click.echo(", ".join(f"{name}: {count}" for name, count in counts.items()))
-    if ivr().config.helpdesk:
-        pushed = HelpdeskSender(ivr().storage, ivr().config, ivr().settings,
-                                clock=ivr().service.clock).drain()
-        click.echo("help desk: " + ", ".join(f"{name}: {n}" for name, n in pushed.items()))
-    reopened = ivr().floor.sweep_stranded()
-    if reopened:
-        click.echo(f"{reopened} tickets stranded in a queue after their calls ended reopened.")
-    deleted = queues.prune(ivr().config, ivr().settings)
-    if deleted:
-        click.echo(f"{deleted} empty per-ticket Twilio queues deleted.")
+    done = sms_outbox.drain_all(ivr().storage, ivr().settings, ivr().service, ivr().floor)
+    click.echo(", ".join(f"{name}: {count}" for name, count in done["sms"].items()))
+    if "helpdesk" in done:
+        click.echo("help desk: " + ", ".join(f"{name}: {n}" for name, n in done["helpdesk"].items()))
+    if done["reopened"]:
+        click.echo(f"{done['reopened']} tickets stranded in a queue after their calls ended reopened.")
+    if done["queues_deleted"]:
+        click.echo(f"{done['queues_deleted']} empty per-ticket Twilio queues deleted.")
 
 
 spool_cli = AppGroup("spool", help="Tickets and statuses kept on disk while the database was down.")

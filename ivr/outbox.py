@@ -64,14 +64,23 @@ def _send(client: Client | None, settings: Settings, missing: list[str], message
     return message_id, "sent", {"status": "sent", "twilio_sid": sent.sid, "sent_at": utcnow()}
 
 
-def watch(storage: Storage, settings: Settings, service, interval: float = 2.0,
-          floor=None) -> None:
+def drain_all(storage: Storage, settings: Settings, service, floor,
+              prune_queues: bool = True) -> dict[str, dict[str, int] | int]:
+    """One round of the sender's work: text messages, help-desk pushes (when a help desk
+    is configured), tickets stranded in a queue after their calls ended put back to open,
+    and (``prune_queues``) empty per-ticket Twilio queues deleted. What each part did."""
+    done: dict[str, dict[str, int] | int] = {"sms": drain(storage, settings)}
+    if service.config.helpdesk:
+        done["helpdesk"] = Sender(storage, service.config, settings, clock=service.clock).drain()
+    done["reopened"] = floor.sweep_stranded()
+    done["queues_deleted"] = queues.prune(service.config, settings) if prune_queues else 0
+    return done
+
+
+def watch(storage: Storage, settings: Settings, service, floor, interval: float = 2.0) -> None:
     """The sender process beside the web workers: replay the outage spool once the
-    database is back (its SMS join the outbox), then drain the outbox and the help-desk
-    pushes; forever. With the floor, tickets stranded in a queue after their calls ended
-    go back to open too, and empty per-ticket Twilio queues are deleted every few minutes."""
-    helpdesk = Sender(storage, service.config, settings, clock=service.clock) \
-        if service.config.helpdesk else None
+    database is back (its SMS join the outbox), then ``drain_all``, forever; empty
+    per-ticket Twilio queues are looked for every few minutes, not every round."""
     pruned_at = 0.0
     while True:
         try:
@@ -80,14 +89,10 @@ def watch(storage: Storage, settings: Settings, service, interval: float = 2.0,
                 if result.read:
                     log.info("spool replayed: %s written, %s already present", result.applied,
                              result.already_present)
-            drain(storage, settings)
-            if helpdesk is not None:
-                helpdesk.drain()
-            if floor is not None:
-                floor.sweep_stranded()
-                if time.monotonic() - pruned_at > QUEUE_PRUNE_SECONDS:
-                    pruned_at = time.monotonic()
-                    queues.prune(floor.config, settings)
+            prune = time.monotonic() - pruned_at > QUEUE_PRUNE_SECONDS
+            if prune:
+                pruned_at = time.monotonic()
+            drain_all(storage, settings, service, floor, prune_queues=prune)
         except Exception:  # keep the sender alive through a database outage
             log.exception("outbox or spool replay failed; retrying")
         time.sleep(interval)
