@@ -6,7 +6,7 @@ from flask import Blueprint, Response, jsonify
 
 from . import metrics
 from .extension import ivr
-from .storage import HelpdeskJobRepository
+from .storage.helpdesk import helpdesk_counts
 
 health = Blueprint("health", __name__)
 
@@ -14,15 +14,11 @@ health = Blueprint("health", __name__)
 @health.get("/metrics")
 def prometheus_metrics():
     service = ivr().service
-    more = [metrics.HelpdeskCollector(helpdesk_counts)] if ivr().config.helpdesk else []
+    more = [metrics.HelpdeskCollector(lambda: helpdesk_counts(ivr().storage))] \
+        if ivr().config.helpdesk else []
     body, content_type = metrics.exposition(
         metrics.DepthCollector(service.outbox_depth, service.spool.depth), *more)
     return Response(body, content_type=content_type)
-
-
-def helpdesk_counts() -> dict[str, int]:
-    with ivr().storage.reading() as session:
-        return HelpdeskJobRepository(session).counts()
 
 
 @health.get("/healthz")

@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 from ..domain.flow import Outcome
 from ..domain.priority import HIGHEST, LOWEST
 from ..extension import ivr
-from ..storage import HelpdeskJobRepository
+from ..storage.helpdesk import status_report
 from .engineers import Engineers
 from .service import STATUSES, BadRequest, Desk, DeskError, parse_moment
 
@@ -170,12 +170,7 @@ def update_ticket(ref: str):
 @api.get("/helpdesk")
 def helpdesk():
     """Help-desk pushes: counts, pending, failed (with the help desk's error), latest sent."""
-    config = ivr().config.helpdesk
-    if config is None:
-        return jsonify(connected=False)
-    with ivr().storage.reading() as session:
-        report = HelpdeskJobRepository(session).report(config.ticket_url)
-    return jsonify(connected=True, kind=config.kind, url=config.base_url, **report)
+    return jsonify(status_report(ivr().storage, ivr().config.helpdesk))
 
 
 # -- errors ------------------------------------------------------------------------------

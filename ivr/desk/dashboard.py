@@ -32,7 +32,7 @@ from ..domain.priority import RANGE_TEXT
 from ..extension import ivr
 from ..storage import HelpdeskJobRepository
 from ..storage.desk_sessions import DeskSessionRepository
-from ..storage.helpdesk import job_dict
+from ..storage.helpdesk import helpdesk_counts, job_dict
 from .engineers import Engineers
 from .service import EXPORT_FORMATS, Desk, DeskError, Period, parse_moment
 
@@ -217,7 +217,7 @@ def tickets():
     today = ivr().service.clock().date()
     return render_template("admin/tickets.html", tickets=views, counts=counts,
                            export_since=(today - dt.timedelta(days=30)).isoformat(),
-                           formats=EXPORT_FORMATS, helpdesk=helpdesk_counts())
+                           formats=EXPORT_FORMATS, helpdesk=_helpdesk_counts())
 
 
 @admin.get("/tickets/<ref>")
@@ -247,12 +247,11 @@ def set_priority(ref: str):
 # -- the help desk (Zendesk) -------------------------------------------------------------
 
 
-def helpdesk_counts() -> dict | None:
+def _helpdesk_counts() -> dict | None:
     """Pushes by status, or None when no help desk is connected."""
     if ivr().config.helpdesk is None:
         return None
-    with ivr().storage.reading() as session:
-        return HelpdeskJobRepository(session).counts()
+    return helpdesk_counts(ivr().storage)
 
 
 @admin.get("/helpdesk")

@@ -10,27 +10,18 @@ from flask.cli import AppGroup
 
 from ..extension import ivr
 from ..storage import HelpdeskJobRepository
+from ..storage.helpdesk import status_report
 
 helpdesk_cli = AppGroup("helpdesk", help="Tickets pushed to the help desk (Zendesk).")
 
 NOT_CONNECTED = "help desk: not connected (no [helpdesk] section in the configuration)"
 
 
-def status_report(limit: int = 50) -> dict:
-    """Pushes pending, failed (with the help desk's error) and the latest sent."""
-    config = ivr().config.helpdesk
-    if config is None:
-        return {"connected": False}
-    with ivr().storage.transaction() as session:
-        report = HelpdeskJobRepository(session).report(config.ticket_url, limit)
-    return {"connected": True, "kind": config.kind, "url": config.base_url, **report}
-
-
 @helpdesk_cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def helpdesk_status(as_json):
     """Pushes pending, failed (with the help desk's error) and recently sent."""
-    report = status_report()
+    report = status_report(ivr().storage, ivr().config.helpdesk)
     if as_json:
         click.echo(json.dumps(report, ensure_ascii=False, indent=2))
         return

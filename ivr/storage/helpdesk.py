@@ -244,3 +244,22 @@ def job_dict(job: HelpdeskJob, number: str) -> dict:
             "remote_id": job.remote_id, "created_at": iso(job.created_at),
             "next_attempt_at": iso(job.next_attempt_at) if job.status == "pending" else None,
             "sent_at": iso(job.sent_at)}
+
+
+# -- what the desk, the API, the CLI and /metrics show -------------------------------------
+
+
+def helpdesk_counts(storage) -> dict[str, int]:
+    """Pushes by status, read without the write lock."""
+    with storage.reading() as session:
+        return HelpdeskJobRepository(session).counts()
+
+
+def status_report(storage, config, limit: int = 50) -> dict:
+    """The help desk's state for the API and ``helpdesk status``: whether one is
+    connected, and then its kind, address and ``HelpdeskJobRepository.report``."""
+    if config is None:
+        return {"connected": False}
+    with storage.reading() as session:
+        report = HelpdeskJobRepository(session).report(config.ticket_url, limit)
+    return {"connected": True, "kind": config.kind, "url": config.base_url, **report}
