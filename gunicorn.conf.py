@@ -63,12 +63,26 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """Put the buffering front (ivr/edge.py) before a WSGI app under the asyncio worker."""
+    """Put the buffering front (ivr/edge.py) before a WSGI app under the asyncio worker,
+    then keep what loading the app made out of the garbage collector's way."""
     if hasattr(worker, "asgi"):
         from ivr.edge import BufferingFront, is_asgi
 
         if not is_asgi(worker.asgi):
             worker.asgi = BufferingFront(worker.asgi)
+    _freeze_loaded_objects()
+
+
+def _freeze_loaded_objects() -> None:
+    """A loaded worker holds a few hundred thousand objects that live as long as it does
+    (modules, SQLAlchemy's tables, the prompt catalogues, phonenumbers' metadata). Every
+    full collection walked all of them: pauses of about 120 ms, a dozen times per 10,000
+    calls, each one landing on whichever caller's request was running. Frozen, they are
+    never walked again, and a full collection covers only what requests left behind."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _die_with_parent() -> None:
