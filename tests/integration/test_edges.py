@@ -417,6 +417,21 @@ def test_a_forged_or_unknown_session_id_signs_nobody_in(desk_client, desk_app):
         assert client.get("/admin/").status_code == status
 
 
+def test_a_request_without_a_session_cookie_never_builds_the_cookie_signer(
+        desk_app, monkeypatch):
+    interface = desk_app.session_interface
+    built = []
+    original = type(interface).get_signing_serializer
+    monkeypatch.setattr(type(interface), "get_signing_serializer",
+                        lambda self, app: built.append(1) or original(self, app))
+    assert desk_app.test_client().get("/healthz").status_code == 200
+    assert built == []
+    # A page that puts something in a new session still signs and sets its cookie.
+    client = desk_app.test_client()
+    assert client.get("/admin/login").status_code == 200 and built
+    assert client.get_cookie("ivr_admin", path="/admin") is not None
+
+
 def test_sign_in_attempts_from_one_address_are_limited_and_say_so(desk_app):
     client = desk_app.test_client()
     form = parse_html(client.get("/admin/login").get_data(as_text=True)).find("login")
