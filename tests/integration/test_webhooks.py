@@ -143,6 +143,21 @@ def test_a_signature_over_other_parameters_is_refused(twilio, call_sid, ivr):
     assert response.status_code == 403
 
 
+def test_a_request_signed_for_the_url_with_its_default_port_passes(proxied_app, call_sid):
+    # Twilio has signed some URLs with ":443" and some without; both are the same URL.
+    public = TwilioClient(proxied_app, base="https://ivr.example.com")
+    params = public.call_params(call_sid)
+    signature = public.validator.compute_signature("https://ivr.example.com:443/voice", params)
+    assert public.post("/voice", signature=signature, **params).status_code == 200
+
+
+@pytest.mark.parametrize("signature", ["é" * 28, "x" * 5000, "=" * 28])
+def test_a_signature_header_of_any_shape_is_refused_without_an_error(twilio, call_sid,
+                                                                       signature):
+    response = twilio.post("/voice", signature=signature, **twilio.call_params(call_sid))
+    assert response.status_code == 403
+
+
 @pytest.fixture
 def proxied_app(settings, clock):
     from ivr import create_app
