@@ -81,8 +81,14 @@ def _observe(response):
         step = (request.view_args or {}).get("name", endpoint)
         if endpoint == "gather" and step not in STEPS_BY_PATH:
             step = "unknown"  # keeps the label set bounded whatever the path
-        metrics.WEBHOOK_SECONDS.labels(step).observe(time.perf_counter() - g.started)
+        timer = _TIMERS.get(step)
+        if timer is None:  # the label set is bounded (the steps and "unknown")
+            timer = _TIMERS[step] = metrics.WEBHOOK_SECONDS.labels(step)
+        timer.observe(time.perf_counter() - g.started)
     return response
+
+
+_TIMERS: dict = {}  # a step's histogram: looked up by labels() once per process
 
 
 @voice.post("")
