@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import weakref
 from pathlib import Path
 from typing import Iterator
@@ -20,12 +21,16 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from ..domain.clock import utcnow  # noqa: F401  re-exported for the storage layer
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+# How long a write waits for another worker's (SQLite's busy timeout): a caller must hear
+# something within Twilio's 15 s, and past this the service takes the outage path.
+LOCK_WAIT_SECONDS = 5.0
 
 # Errors that mean the database cannot be reached or written, not that a request was bad.
 DATABASE_DOWN = (OperationalError, InterfaceError)
@@ -161,8 +166,7 @@ def _create_engine(url, echo: bool) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        # Wait for another worker's write at most 5 s: Twilio gives up on a webhook at 15 s.
-        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute(f"PRAGMA busy_timeout={int(LOCK_WAIT_SECONDS * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
@@ -175,7 +179,16 @@ def _create_engine(url, echo: bool) -> Engine:
         # service's (the statement budget does not count it).
         begin = "BEGIN" if connection.get_execution_options().get("ivr_readonly") \
             else "BEGIN IMMEDIATE"
-        connection.connection.driver_connection.execute(begin)
+        try:
+            connection.connection.driver_connection.execute(begin)
+        except sqlite3.Error as error:
+            # Reported as SQLAlchemy reports the driver's errors everywhere else: "database
+            # is locked" after LOCK_WAIT_SECONDS is an OperationalError, which the service
+            # takes for a database it cannot reach (a bare sqlite3 error raised here ended
+            # in the generic fallback, and a status callback was lost, not spooled).
+            raise DBAPIError.instance(begin, None, error, sqlite3.Error,
+                                      hide_parameters=True,
+                                      dialect=connection.dialect) from error
 
     return engine
 
