@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tomllib
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,7 +20,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -363,10 +363,11 @@ class IvrConfig(_Model):
     retention: Retention = Retention()
     helpdesk: Helpdesk | None = None
 
-    _by_number: dict[str, Line] = PrivateAttr(default_factory=dict)
-
-    def model_post_init(self, context: object) -> None:
-        self._by_number = {line.number: line for line in self.lines}
+    @cached_property
+    def lines_by_number(self) -> dict[str, Line]:
+        """The lines by their E.164 number. A cached property, not a private attribute:
+        pydantic serves those through ``__getattr__``, and every webhook asks for its line."""
+        return {line.number: line for line in self.lines}
 
     @field_validator("priorities")
     @classmethod
@@ -399,14 +400,14 @@ class IvrConfig(_Model):
         """The configured line for a dialled number in any common notation, or None."""
         if not number:
             return None
-        line = self._by_number.get(number)  # Twilio sends E.164: no parsing needed
+        line = self.lines_by_number.get(number)  # Twilio sends E.164: no parsing needed
         if line is not None:
             return line
         try:
             e164 = normalise_number(number)
         except ValueError:
             return None
-        return self._by_number.get(e164)
+        return self.lines_by_number.get(e164)
 
     def priority(self, level: int) -> Priority:
         return self.priorities[level - 1]
