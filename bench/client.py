@@ -134,6 +134,21 @@ class Drive:
     def timings(self) -> list[tuple[str, float]]:
         return [(e.path, e.seconds) for e in self.exchanges]
 
+    @classmethod
+    def joined(cls, drives: list["Drive"]) -> "Drive":
+        """Several stretches of one phase as one: calls, requests, seconds and findings
+        added up."""
+        by_kind: dict[str, int] = {}
+        for drive in drives:
+            for kind, n in drive.by_kind.items():
+                by_kind[kind] = by_kind.get(kind, 0) + n
+        return cls(calls=sum(d.calls for d in drives), concurrency=drives[0].concurrency,
+                   seconds=sum(d.seconds for d in drives),
+                   exchanges=[e for d in drives for e in d.exchanges],
+                   recorded=[c for d in drives for c in d.recorded],
+                   errors=[e for d in drives for e in d.errors],
+                   unexpected=[u for d in drives for u in d.unexpected], by_kind=by_kind)
+
 
 def _pool(concurrency: int, make_state, work, items, spread: float = 0.0) -> list:
     """Run ``work(state, item)`` for every item on ``concurrency`` threads, each with its

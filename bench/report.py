@@ -38,7 +38,9 @@ def tables(result: dict) -> str:
         "",
         f"Settings: {s['workers']} gunicorn workers, {s['concurrency']} calls in progress, "
         f"{s['calls']} calls at saturation against the service ({s['bare_calls']} of them "
-        f"replayed against the bare endpoint), {s['paced_calls']} calls at a caller's pace "
+        f"replayed against the bare endpoint"
+        + (f", in {s['rounds']} alternating rounds" if s.get("rounds") else "")
+        + f"), {s['paced_calls']} calls at a caller's pace "
         f"({s['think']:g} s before every answer; "
         + (f"the first calls arriving spread over {s['think']:g} s"
            if s.get("arrivals", "together") == "spread" else "all calls starting at once")
@@ -74,6 +76,13 @@ def tables(result: dict) -> str:
             f"| {_cores(sv['saturated'])} | {_cores(bare['saturated'])} "
             f"| {v['paced_p99_ms']} / {v['bare_paced_p99_ms']} ({v['paced_p99_times_bare']}×) "
             f"| {rss} | {v['errors']} |")
+    for run in result["runs"]:
+        rounds = run["service"]["saturated"].get("rounds")
+        if rounds:
+            lines += ["", f"Saturation in rounds, {run['backend']}: service / bare ms per "
+                      "webhook (ratio) in each round, the two servers taking turns: "
+                      + "; ".join(f"{r['service_ms']} / {r['bare_ms']} ({r['ratio']})"
+                                  for r in rounds) + "."]
     for run in result["runs"]:
         service, bare_run = run["service"]["paced"], run["bare"]["paced"]
         sv, bare = service["latency_ms"], bare_run["latency_ms"]

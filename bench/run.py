@@ -4,9 +4,10 @@ PostgreSQL. See bench/README.md for what is measured and how to read it.
 For each database: gunicorn serves the app (2 workers by default, signatures checked);
 the load generator in bench/client.py plays whole calls (all nine numbers, every kind of
 caller) first at saturation (callers answer at once) and then at a caller's pace (32 calls
-in progress, each caller answering 1 s after every prompt). Then gunicorn serves
+in progress, each caller answering 1 s after every prompt). A second gunicorn serves
 bench/bare.py and the same recorded calls are replayed against it, with the same client,
-concurrency and pauses. Around every phase the CPU seconds of the gunicorn master and
+concurrency and pauses: at saturation the two servers take turns in rounds, so a drift in
+the machine's speed meets both alike. Around every stretch the CPU seconds of the gunicorn master and
 workers (and of the PostgreSQL backends serving the bench's own database), of the load
 generator and of the whole machine are read, and the workers' resident memory before and
 after the saturating phase. Figures go to bench/results/ and the table in bench/README.md.
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -152,7 +154,19 @@ def postgres(name: str = BENCH_DATABASE) -> Postgres | None:
         return None
 
 
-def measured(server: Gunicorn, database: Postgres | None, load) -> tuple[Drive, dict]:
+@dataclass
+class Sample:
+    """One stretch of load and the CPU every side spent on it."""
+
+    drive: Drive
+    window: list[float]
+    server_cpu: dict
+    db_cpu: dict
+    client_cpu: float
+    busy: float
+
+
+def sample(server: Gunicorn, database: Postgres | None, load) -> Sample:
     """Run ``load()`` and read every process's CPU around it."""
     me = os.getpid()
     master, workers = server.pids()
@@ -166,14 +180,28 @@ def measured(server: Gunicorn, database: Postgres | None, load) -> tuple[Drive, 
     backends = database.backends() if database else []
     after = (CpuSnapshot.of([master, *workers]), CpuSnapshot.of(backends), process_cpu(me),
              machine_busy())
+    return Sample(drive, window, cpu_delta(before[0], after[0]), cpu_delta(before[1], after[1]),
+                  after[2] - before[2], after[3] - before[3])
+
+
+def _added(deltas: list[dict]) -> dict:
+    return {"seconds": round(sum(d["seconds"] for d in deltas), 4),
+            "processes": max(d["processes"] for d in deltas),
+            "appeared": sorted({p for d in deltas for p in d["appeared"]}),
+            "vanished": sorted({p for d in deltas for p in d["vanished"]})}
+
+
+def figures_of(samples: list[Sample], database: Postgres | None) -> tuple[Drive, dict]:
+    """The figures of a phase, from one stretch of load or several (added up)."""
+    drive = Drive.joined([s.drive for s in samples])
     wall = drive.seconds
-    server_cpu = cpu_delta(before[0], after[0])
-    db_cpu = cpu_delta(before[1], after[1])
-    client_cpu = after[2] - before[2]
-    busy = after[3] - before[3]
+    server_cpu = _added([s.server_cpu for s in samples])
+    db_cpu = _added([s.db_cpu for s in samples])
+    client_cpu = sum(s.client_cpu for s in samples)
+    busy = sum(s.busy for s in samples)
     total = server_cpu["seconds"] + db_cpu["seconds"]
     figures = {
-        "window": window,
+        "window": [samples[0].window[0], samples[-1].window[1]],
         "calls": drive.calls, "concurrency": drive.concurrency, "requests": drive.requests,
         "seconds": round(wall, 3),
         "requests_per_second": round(drive.requests / wall, 1) if wall else None,
@@ -199,6 +227,20 @@ def measured(server: Gunicorn, database: Postgres | None, load) -> tuple[Drive, 
     if drive.by_kind:
         figures["by_kind"] = drive.by_kind
     return drive, figures
+
+
+def measured(server: Gunicorn, database: Postgres | None, load) -> tuple[Drive, dict]:
+    """Run ``load()`` and read every process's CPU around it."""
+    return figures_of([sample(server, database, load)], database)
+
+
+def _round_figures(service: Sample, bare: Sample, database: Postgres | None) -> dict:
+    """One round's CPU per webhook on each side, and their ratio."""
+    _, ours = figures_of([service], database)
+    _, theirs = figures_of([bare], None)
+    mine, yard = ours["server_cpu_ms_per_request"], theirs["server_cpu_ms_per_request"]
+    return {"service_ms": mine, "bare_ms": yard,
+            "ratio": round(yard / mine, 3) if mine and yard else None}
 
 
 def rss_by_worker(server: Gunicorn) -> dict[str, float]:
@@ -252,36 +294,56 @@ def run_backend(name: str, database_url: str, database: Postgres | None, args,
           f"caller's pace ({args.think:g} s), concurrency {args.concurrency}, "
           f"{args.workers} workers", flush=True)
     service = Gunicorn("app:app", env, args.workers)
+    bare = None
     try:
-        drive_calls(service.url, TOKEN, args.warmup, args.concurrency, seed=1)
+        warm = drive_calls(service.url, TOKEN, args.warmup, args.concurrency, seed=1)
+        bare = Gunicorn("bare:app", env, args.workers, ["--pythonpath", "bench"])
+        replay_calls(bare.url, TOKEN, warm.recorded, args.concurrency, paced=False)
         rss_before = rss_by_worker(service)
-        saturated, service_saturated = measured(service, database, lambda: drive_calls(
-            service.url, TOKEN, args.calls, args.concurrency, seed=7, first=args.warmup))
+        # Saturation in rounds that alternate between the two servers: each round's calls
+        # against the service, then the first of them replayed against the bare endpoint.
+        # The machine's speed drifts (bench/README.md), and both sides then meet it alike.
+        service_samples, bare_samples, rounds = [], [], []
+        per_round = -(-args.calls // args.rounds)
+        bare_per_round = -(-args.bare_calls // args.rounds)
+        done = 0
+        for number in range(args.rounds):
+            calls = min(per_round, args.calls - done)
+            if calls <= 0:
+                break
+            ran = sample(service, database, lambda calls=calls, number=number, done=done:
+                         drive_calls(service.url, TOKEN, calls, args.concurrency,
+                                     seed=7 + number, first=args.warmup + done))
+            replayed = ran.drive.recorded[:bare_per_round]
+            base = sample(bare, None, lambda replayed=replayed: replay_calls(
+                bare.url, TOKEN, replayed, args.concurrency, paced=False))
+            service_samples.append(ran)
+            bare_samples.append(base)
+            done += calls
+            rounds.append(_round_figures(ran, base, database))
+        saturated, service_saturated = figures_of(service_samples, database)
         rss_after = rss_by_worker(service)
         show(name, "service saturated", service_saturated)
+        print(f"[{name}] ratio by round: "
+              + ", ".join(str(r["ratio"]) for r in rounds), flush=True)
         paced, service_paced = measured(service, database, lambda: drive_calls(
             service.url, TOKEN, args.paced_calls, args.concurrency, seed=8, think=args.think,
             first=args.warmup + args.calls, spread=spread))
         show(name, "service paced", service_paced)
-    finally:
-        log = service.stop()
-    for figures in (service_saturated, service_paced):
-        add_worker_stats(figures, service.records)
-    bare = Gunicorn("bare:app", env, args.workers, ["--pythonpath", "bench"])
-    try:
-        replay_calls(bare.url, TOKEN, saturated.recorded[:args.warmup], args.concurrency,
-                     paced=False)
-        replayed = saturated.recorded[:args.bare_calls]
-        _, bare_saturated = measured(bare, None, lambda: replay_calls(
-            bare.url, TOKEN, replayed, args.concurrency, paced=False))
+        _, bare_saturated = figures_of(bare_samples, None)
         show(name, "bare saturated", bare_saturated)
         _, bare_paced = measured(bare, None, lambda: replay_calls(
             bare.url, TOKEN, paced.recorded, args.concurrency, paced=True, spread=spread))
         show(name, "bare paced", bare_paced)
     finally:
-        bare.stop()
+        log = service.stop()
+        if bare is not None:
+            bare.stop()
+    for figures in (service_saturated, service_paced):
+        add_worker_stats(figures, service.records)
     for figures in (bare_saturated, bare_paced):
         add_worker_stats(figures, bare.records)
+    service_saturated["rounds"] = rounds
 
     ratio = bare_saturated["server_cpu_ms_per_request"] / service_saturated[
         "server_cpu_ms_per_request"]
@@ -352,6 +414,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bare-calls", type=int, default=3_000,
                         help="how many of those calls are replayed against the bare endpoint "
                              "(default 3000: its CPU per request settles well before)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="the saturating calls alternate between the service and the "
+                             "bare endpoint in this many rounds, so a drift in the "
+                             "machine's speed meets both alike (default 5)")
     parser.add_argument("--paced-calls", type=int, default=320,
                         help="whole calls at a caller's pace, on each server (default 320)")
     parser.add_argument("--think", type=float, default=1.0,
@@ -367,6 +433,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label", default="", help="a word for the README table, e.g. before")
     parser.add_argument("--note", default="", help="a sentence kept with the figures")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     # A terminated run still stops its servers and drops its database (the finally blocks).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

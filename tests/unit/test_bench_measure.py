@@ -160,3 +160,26 @@ def test_worker_stats_keep_only_what_happened_inside_the_phase():
 ])
 def test_limited_by_names_the_side_that_kept_the_cores_busy(cores, side):
     assert limited_by({**cores, "machine": 2}) == side
+
+
+def test_a_phase_run_in_rounds_adds_its_stretches_up_before_dividing():
+    from bench.client import Drive
+    from bench.run import Sample, figures_of
+
+    def stretch(requests: int, seconds: float, server_cpu: float, start: float) -> Sample:
+        exchanges = [Exchange("/voice", {}, 0.0, 0.001 * (n + 1), 200) for n in range(requests)]
+        drive = Drive(calls=requests // 2, concurrency=4, seconds=seconds, exchanges=exchanges,
+                      by_kind={"eligible": 1})
+        delta = {"seconds": server_cpu, "processes": 3, "appeared": [], "vanished": []}
+        none = {"seconds": 0.0, "processes": 0, "appeared": [], "vanished": []}
+        return Sample(drive, [start, start + seconds], delta, none, 0.1 * seconds,
+                      server_cpu + 0.1 * seconds)
+
+    drive, figures = figures_of([stretch(100, 1.0, 0.2, 10.0), stretch(300, 2.0, 0.9, 20.0)],
+                                None)
+    assert (drive.requests, drive.calls, drive.by_kind) == (400, 200, {"eligible": 2})
+    # (0.2 + 0.9) s over 400 requests, not the mean of 2 ms and 3 ms per request
+    assert figures["server_cpu_ms_per_request"] == 2.75
+    assert figures["cores"]["server"] == round(1.1 / 3.0, 2)
+    assert figures["window"] == [10.0, 22.0]
+    assert figures["latency_ms"]["all"]["count"] == 400
