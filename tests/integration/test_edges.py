@@ -432,6 +432,36 @@ def test_a_request_without_a_session_cookie_never_builds_the_cookie_signer(
     assert client.get_cookie("ivr_admin", path="/admin") is not None
 
 
+FORM_BODIES = [
+    b"CallSid=CA1&Digits=123%23&From=%2B14155550123&Caller=+14155550123",
+    b"Digits=&Empty&=nameless&CallSid=CA1",  # blank values and a field without "="
+    b"Digits=1&Digits=2&Digits=3",  # a repeated field keeps every value, in order
+    b"Digits=%ZZ%4&SpeechResult=caf%C3%A9+ol%E9",  # malformed and non-UTF-8 escapes
+    b"Digits=\xff\xfe&CallSid=CA1",  # raw bytes that are not UTF-8
+    b"a=1;b=2&&&c=%26%3D",
+    b"",
+]
+
+
+@pytest.mark.parametrize("body", FORM_BODIES)
+def test_a_webhook_form_is_read_exactly_as_werkzeugs_form_parser_reads_it(app, body):
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wrappers import Request
+
+    def environ():
+        built = EnvironBuilder(path="/voice/pmi", method="POST", data=body,
+                               content_type="application/x-www-form-urlencoded")
+        return built.get_environ()
+
+    werkzeug = Request(environ())
+    with app.request_context(environ()):
+        from flask import request
+
+        assert type(request._get_current_object()).__name__ == "WebRequest"  # the fast path is the one compared
+        assert list(request.form.items(multi=True)) == list(werkzeug.form.items(multi=True))
+        assert not request.files and not werkzeug.files
+
+
 def test_sign_in_attempts_from_one_address_are_limited_and_say_so(desk_app):
     client = desk_app.test_client()
     form = parse_html(client.get("/admin/login").get_data(as_text=True)).find("login")
