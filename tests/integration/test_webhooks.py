@@ -158,6 +158,21 @@ def test_a_signature_header_of_any_shape_is_refused_without_an_error(twilio, cal
     assert response.status_code == 403
 
 
+def test_a_form_with_a_repeated_field_is_signed_over_every_value(twilio, call_sid):
+    # Twilio signs each value of a repeated field (sorted), as RequestValidator computes
+    # it over a MultiDict; the check must read the form the same way.
+    from werkzeug.datastructures import MultiDict
+
+    items = [*twilio.call_params(call_sid).items(), ("Extra", "b"), ("Extra", "a"),
+             ("Blank", "")]
+    signature = twilio.validator.compute_signature(twilio.base + "/voice", MultiDict(items))
+    headers = {"X-Twilio-Signature": signature}
+    assert twilio.client.post("/voice", data=MultiDict(items), headers=headers
+                              ).status_code == 200
+    dropped = MultiDict(items[:-2] + items[-1:])  # one of the repeated values left out
+    assert twilio.client.post("/voice", data=dropped, headers=headers).status_code == 403
+
+
 @pytest.fixture
 def proxied_app(settings, clock):
     from ivr import create_app
