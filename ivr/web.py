@@ -213,5 +213,7 @@ def _no_store(response):
     if request.path.startswith(DESK_PREFIXES):
         response.headers["Cache-Control"] = "no-store"
         response.headers["Pragma"] = "no-cache"
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    # Set, not setdefault: Talisman's value for the desk is the same, and Werkzeug's
+    # setdefault raises and catches an HTTP error for a header that is missing.
+    response.headers["X-Content-Type-Options"] = "nosniff"
     return response
