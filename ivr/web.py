@@ -91,7 +91,9 @@ class CookieSessions(SecureCookieSessionInterface):
     CPU); a new session is signed when it is saved, as before."""
 
     def open_session(self, app, request):
-        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+        # No Cookie header at all (every webhook): nothing to parse or look up.
+        if app.secret_key and (not request.environ.get("HTTP_COOKIE")
+                               or not request.cookies.get(self.get_cookie_name(app))):
             return self.session_class()
         return super().open_session(app, request)
 

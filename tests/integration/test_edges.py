@@ -425,6 +425,9 @@ def test_a_request_without_a_session_cookie_never_builds_the_cookie_signer(
     monkeypatch.setattr(type(interface), "get_signing_serializer",
                         lambda self, app: built.append(1) or original(self, app))
     assert desk_app.test_client().get("/healthz").status_code == 200
+    other = desk_app.test_client()
+    other.set_cookie("unrelated", "1")  # a Cookie header without the session's cookie
+    assert other.get("/healthz").status_code == 200
     assert built == []
     # A page that puts something in a new session still signs and sets its cookie.
     client = desk_app.test_client()
