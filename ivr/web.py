@@ -22,6 +22,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_talisman import Talisman
+from werkzeug.wsgi import get_content_length
 
 from . import metrics
 
@@ -179,7 +180,9 @@ def _refuse_too_large() -> None:
 def _limit_body():
     """413 for a body over the cap, judged on Content-Length alone when it is given; and
     for a form with more fields than any Twilio request has."""
-    length = request.content_length
+    # Read from the environ: Request.content_length asks the headers for a
+    # Transfer-Encoding, and a missing header is a raised and caught KeyError.
+    length = get_content_length(request.environ)
     if length is not None and length > MAX_BODY_BYTES:
         _refuse_too_large()
     if length is None and request.environ.get("wsgi.input_terminated"):
