@@ -28,24 +28,30 @@ def redact_numbers(text: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def callable_number(number: str | None) -> str | None:
-    """The number in E.164 if an engineer could call it back, else None (withheld...)."""
+def _parsed(number: str) -> phonenumbers.PhoneNumber | None:
+    """The number as phonenumbers reads it (E.164 expected), or None. Kept per number: a
+    call's number is read when it arrives (SMS), at the host key (lockout) and for a
+    callback, and parsing is the costly part of each. Callers must not change it."""
     try:
-        parsed = phonenumbers.parse(number or "", None)
+        return phonenumbers.parse(number, None)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_valid_number(parsed):
+
+
+@functools.lru_cache(maxsize=4096)
+def callable_number(number: str | None) -> str | None:
+    """The number in E.164 if an engineer could call it back, else None (withheld...)."""
+    parsed = _parsed(number or "")
+    if parsed is None or not phonenumbers.is_valid_number(parsed):
         return None
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
 @functools.lru_cache(maxsize=4096)
 def can_receive_sms(number: str | None) -> bool:
-    try:
-        parsed = phonenumbers.parse(number or "", None)
-    except phonenumbers.NumberParseException:
-        return False
-    return phonenumbers.is_valid_number(parsed) and phonenumbers.number_type(parsed) in TEXTABLE
+    parsed = _parsed(number or "")
+    return parsed is not None and phonenumbers.is_valid_number(parsed) \
+        and phonenumbers.number_type(parsed) in TEXTABLE
 
 
 def lockout_keys(pmi: str, caller_number: str | None) -> tuple[str, str]:
@@ -55,8 +61,7 @@ def lockout_keys(pmi: str, caller_number: str | None) -> tuple[str, str]:
 
 @functools.lru_cache(maxsize=4096)
 def _caller_key(number: str) -> str:
-    try:
-        parsed = phonenumbers.parse(number, None)
-    except phonenumbers.NumberParseException:
+    parsed = _parsed(number)
+    if parsed is None:
         return "withheld"
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)

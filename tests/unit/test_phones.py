@@ -1,6 +1,9 @@
 """Phone-number rules that logs depend on."""
 
-from ivr.domain.phones import mask, redact_numbers
+import pytest
+
+from ivr.domain import phones
+from ivr.domain.phones import callable_number, can_receive_sms, lockout_keys, mask, redact_numbers
 
 
 def test_long_numbers_in_error_text_keep_their_last_four_digits_only():
@@ -13,3 +16,37 @@ def test_long_numbers_in_error_text_keep_their_last_four_digits_only():
     for kept in ("CA0123456789abcdef0123456789abcdef", " 42,", "2026-11-25", "line 1234"):
         assert kept in redacted
     assert mask("+14155550123") == "…0123"
+
+
+# (number, can receive an SMS, number to call back, lockout key), as phonenumbers judges
+# them: a Japanese mobile and a US number can be texted, a London or Tokyo landline cannot.
+NUMBERS = [
+    ("+819012345678", True, "+819012345678", "caller:+819012345678"),
+    ("+12125550199", True, "+12125550199", "caller:+12125550199"),
+    ("+1 (212) 555-0199", True, "+12125550199", "caller:+12125550199"),
+    ("+442071838750", False, "+442071838750", "caller:+442071838750"),
+    ("+81312345678", False, "+81312345678", "caller:+81312345678"),
+    ("+447700900123", False, None, "caller:+447700900123"),  # a drama number: not valid
+    ("+999123", False, None, "caller:withheld"),  # no such country code
+    ("anonymous", False, None, "caller:withheld"),
+    ("266696687", False, None, "caller:withheld"),  # no country code at all
+    ("", False, None, "caller:withheld"),
+]
+
+
+@pytest.mark.parametrize("order", ["sms first", "lockout first", "callback first"])
+def test_each_phone_rule_gives_its_answer_whichever_reads_a_number_first(order):
+    # The rules share one parsed copy of each number: none of them may change it.
+    rules = {"sms first": (can_receive_sms, callable_number, _lockout_key),
+             "lockout first": (_lockout_key, callable_number, can_receive_sms),
+             "callback first": (callable_number, can_receive_sms, _lockout_key)}[order]
+    for cache in (can_receive_sms, callable_number, phones._caller_key, phones._parsed):
+        cache.cache_clear()
+    for number, sms, callback, key in NUMBERS:
+        expected = {can_receive_sms: sms, callable_number: callback, _lockout_key: key}
+        for rule in rules + rules:
+            assert rule(number) == expected[rule], (number, rule.__name__)
+
+
+def _lockout_key(number: str) -> str:
+    return lockout_keys("123456789", number)[1]
