@@ -8,7 +8,6 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import ConfigError, IvrConfig, Settings, check_helpdesk, load_config
@@ -20,6 +19,7 @@ from .voice.service import CallService
 from .voice.spool import Spool
 from .voice.floor import Floor
 from .voice.twiml import Renderer
+from .web import App
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Ivr:
     floor: Floor  # the engineer line and callbacks (ivr/voice/floor.py)
 
 
-def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Flask:
+def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> App:
     """Build the app; a configuration problem stops it with a message saying what is wrong."""
     try:
         settings = settings or Settings.from_env()
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Fl
     spool = Spool(settings.instance_path / "spool")
     service = CallService(config, catalogues, storage, hasher, renderer, spool, clock=clock)
 
-    app = Flask(__name__, instance_path=str(settings.instance_path.resolve()))
+    app = App(__name__, instance_path=str(settings.instance_path.resolve()))
     app.extensions["ivr"] = Ivr(settings, config, catalogues, storage, hasher, renderer, service,
                                 floor=Floor(config, catalogues, storage, renderer, clock))
     if settings.trusted_proxies:

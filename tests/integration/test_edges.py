@@ -481,3 +481,23 @@ def test_sign_in_attempts_from_one_address_are_limited_and_say_so(desk_app):
     assert other.post("/admin/login", environ_base={"REMOTE_ADDR": "10.0.0.9"},
                       data={"csrf_token": form.field("csrf_token"),
                             "token": ADMIN_TOKEN}).status_code == 302
+
+
+def test_the_app_keeps_which_functions_are_plain_and_still_runs_coroutines():
+    from ivr.web import App
+
+    app = App(__name__)
+
+    @app.get("/plain")
+    def plain():
+        return "plain"
+
+    @app.get("/coroutine")
+    async def coroutine():
+        return "coroutine"
+
+    client = app.test_client()
+    for _ in range(2):  # the second time from what the app kept
+        assert client.get("/plain").get_data(as_text=True) == "plain"
+        assert client.get("/coroutine").get_data(as_text=True) == "coroutine"
+    assert app._sync[plain] is plain and app._sync[coroutine] is not coroutine
