@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import operator
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..domain.flow import Caller, CallState, Outcome, Step, TicketInfo
@@ -26,19 +27,20 @@ FINAL_STATUSES = ("completed", "busy", "failed", "no-answer", "canceled")
 
 @dataclasses.dataclass(frozen=True)
 class Mapped:
-    """One field of a call's state and the column(s) that keep it."""
+    """One field of a call's state and the column(s) that keep it. ``load`` turns what the
+    columns hold into the field's value and ``dump`` the other way: one value for one
+    column, a tuple for several; None leaves the value as it is."""
 
     field: str
     columns: tuple[str, ...]
-    load: Callable[[tuple], Any]
-    dump: Callable[[Any], tuple]
+    load: Callable[[Any], Any] | None = None
+    dump: Callable[[Any], Any] | None = None
     saved: bool = True  # False: fixed when the call starts, never written again
 
     @classmethod
-    def column(cls, field: str, column: str | None = None, load: Callable = lambda v: v,
-               dump: Callable = lambda v: v, saved: bool = True) -> "Mapped":
-        return cls(field, (column or field,), lambda values: load(values[0]),
-                   lambda value: (dump(value),), saved)
+    def column(cls, field: str, column: str | None = None, load: Callable | None = None,
+               dump: Callable | None = None, saved: bool = True) -> "Mapped":
+        return cls(field, (column or field,), load, dump, saved)
 
 
 def _caller(values: tuple) -> Caller | None:
@@ -69,6 +71,13 @@ STATE: tuple[Mapped, ...] = (
                   dump=lambda steps: ",".join(steps)[:255]),
     Mapped.column("outcome", load=lambda v: Outcome(v) if v else None, saved=False),
 )
+# What loading and saving a state run for each field, worked out once (a webhook does
+# both): (field, a getter of its column or columns from a row's values, load) and
+# (field, its one column or None, its columns, dump).
+_READERS = tuple((m.field, operator.itemgetter(*m.columns), m.load) for m in STATE)
+_ALL_WRITERS = tuple((m.field, m.columns[0] if len(m.columns) == 1 else None, m.columns,
+                      m.dump) for m in STATE)
+_WRITERS = tuple(w for w, m in zip(_ALL_WRITERS, STATE) if m.saved)
 # Columns the service reads besides the state's.
 RECORD = ("dialed_number", "region", "language", "caller_number", "abandoned_at_step",
           "twilio_status", "queue_result")
@@ -154,8 +163,23 @@ class CallRecord:
         return self.values["twilio_status"] in FINAL_STATUSES or bool(self.values["queue_result"])
 
 
+def _put(writers: tuple, state: CallState, into: dict[str, Any]) -> None:
+    """The state's fields, as their columns hold them, into ``into``."""
+    for field, column, columns, dump in writers:
+        value = getattr(state, field)
+        if dump is not None:
+            value = dump(value)
+        if column is not None:
+            into[column] = value
+        else:
+            into.update(zip(columns, value))
+
+
 def _state(values: dict[str, Any]) -> CallState:
-    kwargs = {m.field: m.load(tuple(values[c] for c in m.columns)) for m in STATE}
+    kwargs = {}
+    for field, get, load in _READERS:
+        value = get(values)
+        kwargs[field] = value if load is None else load(value)
     return CallState(**kwargs)
 
 
@@ -201,16 +225,13 @@ class CallRepository:
             "queue_result": None,
         }
         state = CallState(call_sid=call_sid, can_text=can_text)
-        for m in STATE:
-            values.update(zip(m.columns, m.dump(getattr(state, m.field))))
+        _put(_ALL_WRITERS, state, values)
         return CallRecord(values, state, None)
 
     def _state_values(self, record: CallRecord, state: CallState, language: str,
                       now: dt.datetime) -> dict[str, Any]:
         params: dict[str, Any] = {"call_sid": record.call_sid}
-        for m in STATE:
-            if m.saved:
-                params.update(zip(m.columns, m.dump(getattr(state, m.field))))
+        _put(_WRITERS, state, params)
         outcome, abandoned_at = record.outcome, record.abandoned_at_step
         if state.outcome is not None and outcome in (None, Outcome.ABANDONED.value):
             outcome, abandoned_at = state.outcome.value, None
