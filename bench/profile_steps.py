@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import random
 import sys
@@ -151,7 +152,12 @@ def profile_backend(name: str, database_url: str, calls: int, seed: int) -> str:
         prepare(env)
         saved = dict(os.environ)
         os.environ.update(env)
-        # The app logs to stderr as it does under gunicorn; here it goes to /dev/null.
+        # The app logs to stderr as it does under gunicorn; here it goes to /dev/null. The
+        # app's log handler is made afresh for each backend: kept from the first pass, it
+        # would write to that pass's closed stream and print a traceback per log line.
+        logger = logging.getLogger("ivr")
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
         with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
             try:
                 from ivr import create_app
