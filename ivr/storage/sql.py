@@ -34,12 +34,17 @@ _UTC = dt.timezone.utc
 class Sql:
     """One statement, in each dialect's parameter style."""
 
-    __slots__ = ("sqlite", "postgresql")
+    __slots__ = ("sqlite", "postgresql", "returns_rows")
 
     def __init__(self, text: str, postgresql: str | None = None):
         self.sqlite = " ".join(text.split())
         pg = " ".join((postgresql or text).split())
         self.postgresql = _PARAM.sub(r"%(\1)s", pg)
+        # Known from the text, not asked of the cursor after each run: psycopg answers
+        # ``cursor.description`` by building a Column object for every column returned.
+        self.returns_rows = _returns_rows(self.sqlite)
+        if _returns_rows(self.postgresql) != self.returns_rows:
+            raise ValueError(f"the two dialects' statements differ in what they return: {text}")
 
     def run(self, connection: Connection, params: dict) -> "Rows":
         """Run on ``connection``'s DB-API connection, in its transaction; every row read."""
@@ -53,7 +58,7 @@ class Sql:
             if listeners:
                 listeners(connection, cursor, statement, params, None, False)
             cursor.execute(statement, params)
-            rows = cursor.fetchall() if cursor.description is not None else []
+            rows = cursor.fetchall() if self.returns_rows else []
             return Rows(rows, cursor.rowcount)
         except dialect.loaded_dbapi.Error as error:
             dropped = dialect.is_disconnect(error, dbapi_connection, cursor)
@@ -65,6 +70,12 @@ class Sql:
         finally:
             if cursor is not None:
                 cursor.close()
+
+
+def _returns_rows(statement: str) -> bool:
+    """Whether a statement gives rows back: a SELECT, or a change with RETURNING."""
+    words = statement.upper().split()
+    return words[0] == "SELECT" or "RETURNING" in words
 
 
 class Rows:

@@ -329,3 +329,16 @@ def test_a_pmi_typed_before_the_call_ended_is_not_kept_once_it_ends(twilio, ivr,
     with ivr.storage.transaction() as session:
         call = session.get(Call, call_sid)
         assert call.pending_pmi is None and call.outcome == "abandoned"
+
+
+def test_a_statement_knows_from_its_text_whether_it_gives_rows_back():
+    from ivr.storage.sql import Sql
+
+    assert Sql("SELECT id FROM calls WHERE call_sid = :sid").returns_rows
+    assert Sql("UPDATE calls SET step = :step WHERE call_sid = :sid RETURNING region"
+               ).returns_rows
+    assert not Sql("UPDATE calls SET step = :step WHERE call_sid = :sid").returns_rows
+    assert not Sql("INSERT INTO calls (call_sid) VALUES (:sid) ON CONFLICT (call_sid) "
+                   "DO NOTHING").returns_rows
+    with pytest.raises(ValueError):  # one dialect's text may not return what the other's does
+        Sql("UPDATE calls SET step = :step", "UPDATE calls SET step = :step RETURNING step")
