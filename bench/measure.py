@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -74,6 +75,25 @@ def machine_busy() -> float:
     times = psutil.cpu_times()
     return sum(times) - times.idle - getattr(times, "iowait", 0.0) \
         - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+
+
+QUIET_CORES = 0.15  # busy cores under which the machine counts as quiet
+QUIET_WINDOW = 0.5  # seconds each look at the machine lasts
+QUIET_LIMIT = 15.0  # seconds to wait for quiet at most
+
+
+def settle(busy=machine_busy, clock=time.monotonic, sleep=time.sleep) -> float:
+    """Wait until the machine is quiet (under QUIET_CORES busy cores over QUIET_WINDOW
+    seconds), QUIET_LIMIT seconds at most; returns how long it waited. A turn of load
+    started at once would share the cores with the work the turn before left running
+    (PostgreSQL's WAL writer, checkpoints, autovacuum after a turn of writes)."""
+    start = clock()
+    while True:
+        before, since = busy(), clock()
+        sleep(QUIET_WINDOW)
+        cores = (busy() - before) / max(clock() - since, 1e-9)
+        if cores < QUIET_CORES or clock() - start >= QUIET_LIMIT:
+            return clock() - start
 
 
 def gunicorn_pids(master: int) -> tuple[int, list[int]]:

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from client import Drive, drive_calls, replay_calls  # noqa: E402
 from measure import (  # noqa: E402
     CpuSnapshot, by_step, cpu_delta, gunicorn_pids, machine_busy, per_request_ms, process_cpu,
-    limited_by, process_rss, worker_stats,
+    limited_by, process_rss, settle, worker_stats,
 )
 
 TOKEN = "bench-auth-token"
@@ -311,10 +311,12 @@ def run_backend(name: str, database_url: str, database: Postgres | None, args,
             calls = min(per_round, args.calls - done)
             if calls <= 0:
                 break
+            settle()  # each turn on a quiet machine (measure.settle)
             ran = sample(service, database, lambda calls=calls, number=number, done=done:
                          drive_calls(service.url, TOKEN, calls, args.concurrency,
                                      seed=7 + number, first=args.warmup + done))
             replayed = ran.drive.recorded[:bare_per_round]
+            settle()
             base = sample(bare, None, lambda replayed=replayed: replay_calls(
                 bare.url, TOKEN, replayed, args.concurrency, paced=False))
             service_samples.append(ran)

@@ -183,3 +183,37 @@ def test_a_phase_run_in_rounds_adds_its_stretches_up_before_dividing():
     assert figures["cores"]["server"] == round(1.1 / 3.0, 2)
     assert figures["window"] == [10.0, 22.0]
     assert figures["latency_ms"]["all"]["count"] == 400
+
+
+class FakeMachine:
+    """A clock and a busy-CPU counter: ``loads`` are the busy cores of each look."""
+
+    def __init__(self, loads: list[float]):
+        self.now, self.busy_seconds, self.loads = 0.0, 0.0, list(loads)
+
+    def clock(self) -> float:
+        return self.now
+
+    def busy(self) -> float:
+        return self.busy_seconds
+
+    def sleep(self, seconds: float) -> None:
+        load = self.loads.pop(0) if self.loads else 2.0
+        self.now += seconds
+        self.busy_seconds += load * seconds
+
+
+def test_settle_waits_for_a_quiet_look_and_no_longer():
+    from bench.measure import settle
+
+    machine = FakeMachine([1.2, 0.6, 0.1, 0.0])
+    assert settle(machine.busy, machine.clock, machine.sleep) == 1.5  # the third look
+    assert machine.loads == [0.0]
+
+
+def test_settle_gives_up_on_a_machine_that_stays_busy():
+    from bench.measure import QUIET_LIMIT, settle
+
+    machine = FakeMachine([])
+    waited = settle(machine.busy, machine.clock, machine.sleep)
+    assert QUIET_LIMIT <= waited < QUIET_LIMIT + 1
