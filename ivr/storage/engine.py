@@ -21,10 +21,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from ..domain.clock import utcnow  # noqa: F401  re-exported for the storage layer
+from .sql import driver_error
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -186,9 +187,7 @@ def _create_engine(url, echo: bool) -> Engine:
             # is locked" after LOCK_WAIT_SECONDS is an OperationalError, which the service
             # takes for a database it cannot reach (a bare sqlite3 error raised here ended
             # in the generic fallback, and a status callback was lost, not spooled).
-            raise DBAPIError.instance(begin, None, error, sqlite3.Error,
-                                      hide_parameters=True,
-                                      dialect=connection.dialect) from error
+            raise driver_error(begin, None, error, connection.dialect) from error
 
     return engine
 

@@ -64,12 +64,19 @@ class Sql:
             dropped = dialect.is_disconnect(error, dbapi_connection, cursor)
             if dropped:
                 connection.invalidate(error)
-            raise DBAPIError.instance(statement, params, error, dialect.loaded_dbapi.Error,
-                                      hide_parameters=True, dialect=dialect,
-                                      connection_invalidated=dropped) from error
+            raise driver_error(statement, params, error, dialect, dropped=dropped) from error
         finally:
             if cursor is not None:
                 cursor.close()
+
+
+def driver_error(statement: str, params, error: Exception, dialect, *,
+                 dropped: bool = False) -> DBAPIError:
+    """A driver's error as SQLAlchemy reports the driver's errors everywhere else
+    (``OperationalError`` and the rest, which the outage path catches), parameters hidden."""
+    return DBAPIError.instance(statement, params, error, dialect.loaded_dbapi.Error,
+                               hide_parameters=True, dialect=dialect,
+                               connection_invalidated=dropped)
 
 
 def _returns_rows(statement: str) -> bool:
