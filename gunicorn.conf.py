@@ -74,7 +74,7 @@ def post_worker_init(worker):
 
 
 def _freeze_loaded_objects() -> None:
-    """A loaded worker holds a few hundred thousand objects that live as long as it does
+    """A loaded worker holds over a hundred thousand objects that live as long as it does
     (modules, SQLAlchemy's tables, the prompt catalogues, phonenumbers' metadata). Every
     full collection walked all of them: pauses of about 120 ms, a dozen times per 10,000
     calls, each one landing on whichever caller's request was running. Frozen, they are
