@@ -11,8 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from ivr.storage import DATABASE_DOWN, Storage
-from ivr.storage import engine
+from ivr.storage import DATABASE_DOWN, Storage, engine
 
 from ..support import TwilioClient
 
@@ -72,7 +71,8 @@ def test_a_writer_waits_for_another_workers_write_then_goes_on(app, ivr, worker,
         assert uow.connection.exec_driver_sql("SELECT count(*) FROM n").scalar() == 0
     release.set()
     assert done.wait(5)
-    holder.join(5), writer.join(5)
+    holder.join(5)
+    writer.join(5)
     with ivr.storage.unit_of_work(readonly=True) as uow:
         assert sorted(v for (v,) in uow.connection.exec_driver_sql("SELECT v FROM n")) == [1, 2]
 
