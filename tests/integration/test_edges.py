@@ -447,22 +447,31 @@ FORM_BODIES = [
 
 
 @pytest.mark.parametrize("body", FORM_BODIES)
-def test_a_webhook_form_is_read_exactly_as_werkzeugs_form_parser_reads_it(app, body):
+def test_a_webhook_form_is_read_exactly_as_werkzeugs_form_parser_reads_it(body):
     from werkzeug.test import EnvironBuilder
     from werkzeug.wrappers import Request
+
+    from ivr.web import WebRequest
 
     def environ():
         built = EnvironBuilder(path="/voice/pmi", method="POST", data=body,
                                content_type="application/x-www-form-urlencoded")
         return built.get_environ()
 
-    werkzeug = Request(environ())
-    with app.request_context(environ()):
-        from flask import request
+    ours, werkzeugs = WebRequest(environ()), Request(environ())
+    assert list(ours.form.items(multi=True)) == list(werkzeugs.form.items(multi=True))
+    assert not ours.files and not werkzeugs.files
 
-        assert type(request._get_current_object()).__name__ == "WebRequest"  # the fast path is the one compared
-        assert list(request.form.items(multi=True)) == list(werkzeug.form.items(multi=True))
-        assert not request.files and not werkzeug.files
+
+def test_the_app_reads_its_requests_with_the_web_request(app):
+    from flask import request
+
+    from ivr.web import WebRequest
+
+    assert app.request_class is WebRequest
+    with app.test_request_context("/voice/pmi", method="POST", data={"Digits": "1"}):
+        assert isinstance(request._get_current_object(), WebRequest)
+        assert request.form["Digits"] == "1"
 
 
 def test_sign_in_attempts_from_one_address_are_limited_and_say_so(desk_app):
