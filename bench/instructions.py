@@ -26,20 +26,18 @@ prints a note and stops without it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import random
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import TOKEN, app_env, prepare  # noqa: E402
+from run import in_process  # noqa: E402
 
 WARMUP = 60
 OUT = Path(__file__).resolve().parent / "results" / "instructions.txt"
@@ -48,35 +46,24 @@ REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 def play(calls: int) -> int:
     """Warm up, then play ``calls`` whole calls; returns the requests those calls made."""
-    from ivr.sim.simulator import Simulator, WsgiTransport
     from ivr.sim.surge import plan_call
 
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**app_env(f"sqlite:///{tmp}/instructions.db", Path(tmp) / "instance"),
-               "IVR_ALLOWED_HOSTS": "localhost"}
-        prepare(env)
-        os.environ.update(env)
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
-            from ivr import create_app
+    with in_process() as (app, simulator):
+        counted = []
+        inner = app.wsgi_app
 
-            app = create_app()
-            counted = []
-            inner = app.wsgi_app
+        def counting(environ, start_response):
+            counted.append(1)
+            return inner(environ, start_response)
 
-            def counting(environ, start_response):
-                counted.append(1)
-                return inner(environ, start_response)
-
-            app.wsgi_app = counting
-            simulator = Simulator(WsgiTransport(app), TOKEN)
-            rng = random.Random(11)
-            plans = [plan_call(n, rng) for n in range(WARMUP + calls)]
-            for _kind, to, caller, digits in plans[:WARMUP]:
-                simulator.call(to, caller, digits)
-            counted.clear()
-            for _kind, to, caller, digits in plans[WARMUP:]:
-                simulator.call(to, caller, digits)
-            app.extensions["ivr"].storage.dispose()
+        app.wsgi_app = counting
+        rng = random.Random(11)
+        plans = [plan_call(n, rng) for n in range(WARMUP + calls)]
+        for _kind, to, caller, digits in plans[:WARMUP]:
+            simulator.call(to, caller, digits)
+        counted.clear()
+        for _kind, to, caller, digits in plans[WARMUP:]:
+            simulator.call(to, caller, digits)
     return len(counted)
 
 

@@ -12,9 +12,6 @@ pyinstrument trees) on SQLite and, when reachable, on PostgreSQL."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
-import os
 import random
 import sys
 import tempfile
@@ -30,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import TOKEN, app_env, postgres, prepare  # noqa: E402
+from run import in_process, postgres  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "profile.txt"
 INTERVAL = 0.0002  # seconds between samples
@@ -143,47 +140,25 @@ def split(session: Session) -> dict[str, float]:
 
 
 def profile_backend(name: str, database_url: str, calls: int, seed: int) -> str:
-    from ivr.sim.simulator import Simulator, WsgiTransport
     from ivr.sim.surge import plan_call
 
-    with tempfile.TemporaryDirectory() as tmp:
-        # The in-process client calls http://localhost: pin that host, not the server's.
-        env = {**app_env(database_url, Path(tmp) / "instance"), "IVR_ALLOWED_HOSTS": "localhost"}
-        prepare(env)
-        saved = dict(os.environ)
-        os.environ.update(env)
-        # The app logs to stderr as it does under gunicorn; here it goes to /dev/null. The
-        # app's log handler is made afresh for each backend: kept from the first pass, it
-        # would write to that pass's closed stream and print a traceback per log line.
-        logger = logging.getLogger("ivr")
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
-            try:
-                from ivr import create_app
-
-                app = create_app()
-            finally:
-                os.environ.clear()
-                os.environ.update(saved)
-            steps = Steps(app.wsgi_app)
-            app.wsgi_app = steps
-            simulator = Simulator(WsgiTransport(app), TOKEN)
-            rng = random.Random(seed)
-            plans = [plan_call(n, rng) for n in range(50 + 2 * calls)]
-            for _kind, to, caller, digits in plans[:50]:  # warm up: caches, connections
-                simulator.call(to, caller, digits)
-            steps.wall.clear()
-            steps.cpu.clear()
-            for _kind, to, caller, digits in plans[50:50 + calls]:
-                result = simulator.call(to, caller, digits)
-                if result.outcome is None or result.outcome == "error":
-                    raise SystemExit(f"profile: a call to {to} ended in {result.outcome!r}: "
-                                     "the app refused it, so there is nothing to profile")
-            steps.profile = True
-            for _kind, to, caller, digits in plans[50 + calls:]:
-                simulator.call(to, caller, digits)
-            app.extensions["ivr"].storage.dispose()
+    with in_process(database_url) as (app, simulator):
+        steps = Steps(app.wsgi_app)
+        app.wsgi_app = steps
+        rng = random.Random(seed)
+        plans = [plan_call(n, rng) for n in range(50 + 2 * calls)]
+        for _kind, to, caller, digits in plans[:50]:  # warm up: caches, connections
+            simulator.call(to, caller, digits)
+        steps.wall.clear()
+        steps.cpu.clear()
+        for _kind, to, caller, digits in plans[50:50 + calls]:
+            result = simulator.call(to, caller, digits)
+            if result.outcome is None or result.outcome == "error":
+                raise SystemExit(f"profile: a call to {to} ended in {result.outcome!r}: "
+                                 "the app refused it, so there is nothing to profile")
+        steps.profile = True
+        for _kind, to, caller, digits in plans[50 + calls:]:
+            simulator.call(to, caller, digits)
     return report(name, steps)
 
 

@@ -16,9 +16,11 @@ Not part of `make test`: figures here are measurements, not assertions."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import http.client
 import json
+import logging
 import os
 import platform
 import signal
@@ -281,6 +283,38 @@ def prepare(env: dict) -> None:
         done = subprocess.run(flask + args, cwd=ROOT, env=env, capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"flask {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+
+
+@contextlib.contextmanager
+def in_process(database_url: str | None = None):
+    """The app in this process (no HTTP, no gunicorn) and a simulator calling it, on a
+    fresh schema with the demo directory; ``None`` gives it a SQLite file of its own. The
+    app logs to /dev/null through a handler made for this app: one kept from an earlier
+    app would write to that app's closed stream and print a traceback per log line."""
+    from ivr.sim.simulator import Simulator, WsgiTransport
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # The simulator calls http://localhost: pin that host, not the server's.
+        env = {**app_env(database_url or f"sqlite:///{tmp}/bench.db", Path(tmp) / "instance"),
+               "IVR_ALLOWED_HOSTS": "localhost"}
+        prepare(env)
+        logger = logging.getLogger("ivr")
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        saved = dict(os.environ)
+        os.environ.update(env)
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+            try:
+                from ivr import create_app
+
+                app = create_app()
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+            try:
+                yield app, Simulator(WsgiTransport(app), TOKEN)
+            finally:
+                app.extensions["ivr"].storage.dispose()
 
 
 def run_backend(name: str, database_url: str, database: Postgres | None, args,
