@@ -131,7 +131,10 @@ class _PsycopgDialect(PGDialect_psycopg):
         dbapi_connection.autocommit = True
 
     def do_begin(self, dbapi_connection):
-        if dbapi_connection in self._without_transactions:
+        # SQLAlchemy hands ``set_isolation_level`` the driver's connection but ``do_begin``
+        # the pool's proxy of it: the set holds the former.
+        if getattr(dbapi_connection, "dbapi_connection", dbapi_connection) \
+                in self._without_transactions:
             return
         statement = "BEGIN"
         if dbapi_connection.isolation_level is not None:

@@ -342,3 +342,24 @@ def test_a_statement_knows_from_its_text_whether_it_gives_rows_back():
                    "DO NOTHING").returns_rows
     with pytest.raises(ValueError):  # one dialect's text may not return what the other's does
         Sql("UPDATE calls SET step = :step", "UPDATE calls SET step = :step RETURNING step")
+
+
+def test_a_connection_set_to_autocommit_sends_no_begin_and_the_next_user_gets_one(ivr):
+    """An AUTOCOMMIT connection (``isolation_level``) runs each statement on its own: the
+    dialect, which sends BEGIN itself, must leave it out there and only there."""
+    if ivr.storage.dialect != "postgresql":
+        pytest.skip("SQLite's transactions are begun by its own hook")
+    from psycopg.pq import TransactionStatus
+
+    def status(connection):
+        return connection.connection.dbapi_connection.info.transaction_status
+
+    with ivr.storage.engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        with connection.begin():
+            connection.exec_driver_sql("SELECT 1")
+            assert status(connection) is TransactionStatus.IDLE
+    with ivr.storage.unit_of_work() as uow:  # the pool's connection, back to transactions
+        uow.calls.load("CA" + "9" * 32)
+        assert status(uow.connection) is TransactionStatus.INTRANS
+
