@@ -261,9 +261,10 @@ class CallRepository:
     def record_status(self, call_sid: str, status: str, duration: int | None,
                       now: dt.datetime, sequence: int | None = None
                       ) -> tuple[bool, str | None, str | None, bool]:
-        """Apply a status callback, in one statement. Returns (applied, region, outcome,
-        whether this callback marked the call abandoned); applied is False for an unknown
-        call or an out-of-date callback."""
+        """Apply a status callback: one statement, two for the end of a call without an
+        outcome, three for a final status that neither fits at first. Returns (applied,
+        region, outcome, whether this callback marked the call abandoned); applied is False
+        for an unknown call or an out-of-date callback."""
         final = status in FINAL_STATUSES
         params = {
             "call_sid": call_sid, "status": status, "final": int(final),
@@ -272,13 +273,19 @@ class CallRepository:
             # bound rather than refused (BIGINT for the sequence, INTEGER for seconds).
             "duration": clamp_int(duration), "sequence": clamp_int(sequence, 0, 2**63 - 1),
         }
-        row = STATUS.run(self.uow.connection, params).first()
-        if row is not None:
-            return True, row[0], row[1], False
-        if final:
-            row = ABANDON.run(self.uow.connection, params).first()
+        connection = self.uow.connection
+        row = STATUS.run(connection, params).first()
+        if row is None and final:
+            row = ABANDON.run(connection, params).first()
             if row is not None:
                 return True, row[0], row[1], True
+            # On PostgreSQL, ABANDON may have waited for the row lock of a step that gave
+            # the call its outcome and committed, after STATUS had passed the row over
+            # for lacking one. Asked again, STATUS sees that outcome. (An unknown call or
+            # an out-of-date callback costs this third statement too.)
+            row = STATUS.run(connection, params).first()
+        if row is not None:
+            return True, row[0], row[1], False
         return False, None, None, False
 
     def exists(self, call_sid: str) -> bool:

@@ -363,3 +363,46 @@ def test_a_connection_set_to_autocommit_sends_no_begin_and_the_next_user_gets_on
         uow.calls.load("CA" + "9" * 32)
         assert status(uow.connection) is TransactionStatus.INTRANS
 
+
+def backends_waiting_for_a_lock(ivr) -> int:
+    name = ivr.storage.engine.url.query["application_name"]
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            return connection.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
+                "AND wait_event_type = 'Lock'"), {"name": name}).scalar()
+    finally:
+        admin.dispose()
+
+
+def test_a_hang_up_while_the_call_gets_its_outcome_still_ends_the_call(twilio, ivr, call_sid):
+    """The caller hangs up just as a step gives the call its outcome (PostgreSQL, two
+    transactions at once): the final status waits for that step's row lock and is then
+    applied to the call as it now stands, not dropped as if it were out of date."""
+    if ivr.storage.dialect != "postgresql":
+        pytest.skip("SQLite's write lock runs the two one after the other")
+    from ivr.domain.flow import Outcome, Step
+
+    step(twilio, call_sid, "/voice")
+    step(twilio, call_sid, "/voice/menu", "2")
+    now = ivr.service.clock()
+    with ivr.storage.unit_of_work() as uow:  # a step about to end the call, not committed
+        record = uow.calls.load(call_sid)
+        record.state.step, record.state.outcome = Step.DONE, Outcome.TRANSFERRED
+        uow.calls.save(record, record.state, record.language, now)
+        ended = threading.Thread(target=ivr.service.status, args=({
+            **twilio.call_params(call_sid), "CallStatus": "completed", "CallDuration": "9",
+            "SequenceNumber": "4"},))
+        ended.start()
+        deadline = time.monotonic() + 10
+        while not backends_waiting_for_a_lock(ivr):
+            assert time.monotonic() < deadline and ended.is_alive(), \
+                "the status callback never waited for the step's row lock"
+            time.sleep(0.02)
+    ended.join(10)
+    with ivr.storage.transaction() as session:
+        call = session.get(Call, call_sid)
+        assert (call.twilio_status, call.duration_seconds, call.outcome) == \
+            ("completed", 9, "transferred")
+        assert call.ended_at is not None
