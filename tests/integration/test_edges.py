@@ -509,4 +509,6 @@ def test_the_app_keeps_which_functions_are_plain_and_still_runs_coroutines():
     for _ in range(2):  # the second time from what the app kept
         assert client.get("/plain").get_data(as_text=True) == "plain"
         assert client.get("/coroutine").get_data(as_text=True) == "coroutine"
-    assert app._sync[plain] is plain and app._sync[coroutine] is not coroutine
+    assert app.ensure_sync(plain) is plain
+    wrapped = app.ensure_sync(coroutine)  # run through asgiref, the same wrapper each time
+    assert wrapped is not coroutine and app.ensure_sync(coroutine) is wrapped
