@@ -245,9 +245,6 @@ class CallService:
         """Apply one spooled record; False if the database already had it."""
         return self.outage.replay(record)
 
-    def outage_ticket_number(self, call_sid: str) -> str:
-        return self.outage.ticket_number(call_sid)
-
     # -- helpers -----------------------------------------------------------------------
 
     def _flow(self, line: Line | None) -> CallFlow:
