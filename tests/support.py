@@ -46,11 +46,16 @@ class TwilioClient:
         self.base = base
 
     def post(self, path: str, signed: bool = True, signature: str | None = None, **params):
+        return self.post_form(path, params, signed, signature)
+
+    def post_form(self, path: str, form: dict, signed: bool = True,
+                  signature: str | None = None):
+        """``post`` for a form whose field names are arbitrary (they could be "path")."""
         headers = {}
         if signed:
             headers["X-Twilio-Signature"] = signature or self.validator.compute_signature(
-                self.base + path, params)
-        return self.client.post(path, data=params, headers=headers)
+                self.base + path, form)
+        return self.client.post(path, data=form, headers=headers)
 
     def call_params(self, call_sid: str, to: str = US_LINE, caller: str = CALLER) -> dict:
         return {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": caller, "To": to,
@@ -78,6 +83,28 @@ def postgres_schema(server_url: str):
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE application_name = :name AND pid <> pg_backend_pid()"), {"name": name})
             connection.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
+        admin.dispose()
+
+
+def until_waiting_for_a_lock(ivr, thread, what: str) -> None:
+    """PostgreSQL: return once one of the app's connections waits for a lock (what
+    ``thread`` is about to do); fail if ``thread`` ends first or 10 s pass."""
+    import time
+
+    from sqlalchemy import create_engine, text
+
+    name = ivr.storage.engine.url.query["application_name"]
+    admin = create_engine(ivr.storage.engine.url, isolation_level="AUTOCOMMIT")
+    try:
+        deadline = time.monotonic() + 10
+        with admin.connect() as connection:
+            while not connection.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
+                    "AND wait_event_type = 'Lock'"), {"name": name}).scalar():
+                assert thread.is_alive() and time.monotonic() < deadline, \
+                    f"{what} never waited for a lock"
+                time.sleep(0.02)
+    finally:
         admin.dispose()
 
 

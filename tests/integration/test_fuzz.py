@@ -58,7 +58,7 @@ def test_any_signed_post_gets_twiml_or_a_refusal_and_leaves_other_calls_alone(
         ivr._victim = snapshot(ivr)
     form = {k: v for k, v in form.items() if v != VICTIM and k}
     caplog.clear()
-    response = twilio.post(path, **form)
+    response = twilio.post_form(path, form)
     # Unexpected errors are answered with the fallback TwiML; none may happen here.
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
     if response.status_code == 413:  # larger than any Twilio request: refused unread
