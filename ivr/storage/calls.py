@@ -158,6 +158,11 @@ class CallRecord:
             raise AttributeError(name) from None
 
     @property
+    def ended(self) -> bool:
+        """Whether Twilio has reported the end of the call itself."""
+        return self.values["twilio_status"] in FINAL_STATUSES
+
+    @property
     def finished(self) -> bool:
         """Whether Twilio has told how the call or its wait in the queue ended."""
         return self.values["twilio_status"] in FINAL_STATUSES or bool(self.values["queue_result"])

@@ -22,7 +22,6 @@ from .. import metrics
 from ..config import Line
 from ..domain.flow import Caller, CallState, Reply, Step, TicketInfo
 from ..domain.lifecycle import TicketStatus, routed_status
-from ..domain.phones import can_receive_sms
 from ..storage import helpdesk as helpdesk_jobs
 
 if TYPE_CHECKING:
@@ -234,7 +233,7 @@ class Outage:
         """Apply a spooled queue result; False if the call already had it."""
         before = uow.calls.load(record.call_sid)
         if before is None:
-            self._meet(uow, record.call_sid, None, None, record.at)
+            self.service.meet(uow, record.call_sid, None, None, record.at)
         after = self.service.apply_queue_result(uow, record.call_sid, record.result,
                                                 record.queue_time, record.at)
         if before is None:
@@ -243,33 +242,11 @@ class Outage:
         return moved or before.queue_result != record.result
 
     def _replay_status(self, uow: "UnitOfWork", record: SpooledStatus) -> bool:
-        """Apply a spooled status. A call the database never saw (answered while it was
-        down) is recorded first, so its end is kept rather than dropped."""
-        calls = uow.calls
-        applied, *_ = calls.record_status(record.call_sid, record.status, record.duration,
-                                          record.at, sequence=record.sequence)
-        if applied:
-            return True
-        if calls.exists(record.call_sid):
-            return False  # an older callback than one already applied
-        self._meet(uow, record.call_sid, record.to, record.caller, record.at)
-        applied, *_ = calls.record_status(record.call_sid, record.status, record.duration,
-                                          record.at, sequence=record.sequence)
-        log.info("call %s answered during the outage recorded from its status", record.call_sid)
+        """Apply a spooled status (a call the database never saw is stored first)."""
+        applied, *_ = self.service.apply_status(uow, record.call_sid, record.status,
+                                                record.duration, record.at, record.sequence,
+                                                record.to, record.caller)
         return applied
-
-    def _meet(self, uow: "UnitOfWork", call_sid: str, to: str | None, caller: str | None,
-              at: dt.datetime) -> None:
-        """Store a call known only from a spooled callback."""
-        config = self.service.config
-        line = config.line_for(to)
-        voice = line.speech if line is not None else config.service.speech
-        record = uow.calls.new(call_sid=call_sid, account_sid=None,
-                               dialed_number=line.number if line is not None else (to or ""),
-                               region=line.region if line is not None else "unknown",
-                               language=voice.language, caller_number=caller or "",
-                               can_text=can_receive_sms(caller))
-        uow.calls.start(record, record.state, voice.language, at)
 
 
 class _SpoolPorts:

@@ -121,8 +121,9 @@ class CallService:
         sequence = _int(params.get("SequenceNumber"))
         try:
             with self.storage.unit_of_work() as uow:
-                applied, region, outcome, abandoned = uow.calls.record_status(
-                    request.call_sid, status, duration, self.clock(), sequence=sequence)
+                applied, region, outcome, abandoned = self.apply_status(
+                    uow, request.call_sid, status, duration, self.clock(), sequence,
+                    request.to, request.caller)
         except DATABASE_DOWN:
             self.outage.spool_status(request, status, duration, sequence)
             return
@@ -131,6 +132,36 @@ class CallService:
         if applied:
             log.info("call %s status=%s outcome=%s duration=%s", request.call_sid, status,
                      outcome, duration)
+
+    def apply_status(self, uow: UnitOfWork, call_sid: str, status: str, duration: int | None,
+                     at: dt.datetime, sequence: int | None, to: str | None,
+                     caller: str | None) -> tuple[bool, str | None, str | None, bool]:
+        """Apply a status callback (live or replayed from the spool); see
+        ``CallRepository.record_status`` for what it returns. A call the database has not
+        seen is stored first, so its end is kept rather than dropped: one answered while
+        the database was down and not replayed yet, or one whose first webhook is still
+        in its transaction (on PostgreSQL the insert waits for that one's, then finds
+        it)."""
+        calls = uow.calls
+        result = calls.record_status(call_sid, status, duration, at, sequence=sequence)
+        if result[0] or calls.exists(call_sid):
+            return result  # applied, or older than a callback already applied
+        if self.meet(uow, call_sid, to, caller, at):
+            log.info("call %s stored from its status callback (its first webhook not seen)",
+                     call_sid)
+        return calls.record_status(call_sid, status, duration, at, sequence=sequence)
+
+    def meet(self, uow: UnitOfWork, call_sid: str, to: str | None, caller: str | None,
+             at: dt.datetime) -> bool:
+        """Store a call known only from a callback; False if it was stored meanwhile."""
+        line = self.config.line_for(to)
+        voice = line.speech if line is not None else self.config.service.speech
+        record = uow.calls.new(call_sid=call_sid, account_sid=None,
+                               dialed_number=line.number if line is not None else (to or ""),
+                               region=line.region if line is not None else "unknown",
+                               language=voice.language, caller_number=caller or "",
+                               can_text=can_receive_sms(caller))
+        return uow.calls.start(record, record.state, voice.language, at)
 
     def queue_result(self, params: Mapping[str, str], ticket_number: str | None) -> str:
         """Twilio's request after <Enqueue> or <Dial> ends: record how it ended and how long
@@ -255,11 +286,12 @@ class CallService:
               ) -> tuple[Reply | None, Line | None, CallRecord]:
         """Load the call (or meet it), run one step of the flow, store what changed.
         The reply is None for a request about a finished call: Twilio has said how the
-        call or its wait ended, so a late or replayed request changes nothing."""
+        call ended (whatever step it had reached) or how its wait in the queue ended, so a
+        late or replayed request changes nothing."""
         for attempt in (1, 2):
             record, created = self._load(uow, request)
             line = self.config.line_for(record.dialed_number)
-            if record.state.step is Step.DONE and record.finished:
+            if record.ended or (record.state.step is Step.DONE and record.finished):
                 return None, line, record
             state = record.state
             before = dataclasses.replace(state, steps_reached=list(state.steps_reached))

@@ -16,7 +16,8 @@ from ivr import create_app
 from ivr.storage.models import Call, Lockout, OutboxMessage, Ticket
 
 from ..conftest import POSTGRES_URL
-from ..support import BUSINESS_OWNER, CALLER, TwilioClient, spoken, twiml
+from ..support import (BUSINESS_OWNER, CALLER, TwilioClient, spoken, twiml,
+                       until_waiting_for_a_lock)
 
 # Statements each webhook step may issue (BEGIN excluded; COMMIT is not a statement).
 # The same figures are in README.md, "Reliability and scale".
@@ -364,18 +365,6 @@ def test_a_connection_set_to_autocommit_sends_no_begin_and_the_next_user_gets_on
         assert status(uow.connection) is TransactionStatus.INTRANS
 
 
-def backends_waiting_for_a_lock(ivr) -> int:
-    name = ivr.storage.engine.url.query["application_name"]
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            return connection.execute(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
-                "AND wait_event_type = 'Lock'"), {"name": name}).scalar()
-    finally:
-        admin.dispose()
-
-
 def test_a_hang_up_while_the_call_gets_its_outcome_still_ends_the_call(twilio, ivr, call_sid):
     """The caller hangs up just as a step gives the call its outcome (PostgreSQL, two
     transactions at once): the final status waits for that step's row lock and is then
@@ -395,11 +384,7 @@ def test_a_hang_up_while_the_call_gets_its_outcome_still_ends_the_call(twilio, i
             **twilio.call_params(call_sid), "CallStatus": "completed", "CallDuration": "9",
             "SequenceNumber": "4"},))
         ended.start()
-        deadline = time.monotonic() + 10
-        while not backends_waiting_for_a_lock(ivr):
-            assert time.monotonic() < deadline and ended.is_alive(), \
-                "the status callback never waited for the step's row lock"
-            time.sleep(0.02)
+        until_waiting_for_a_lock(ivr, ended, "the status callback")
     ended.join(10)
     with ivr.storage.transaction() as session:
         call = session.get(Call, call_sid)

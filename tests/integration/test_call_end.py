@@ -1,0 +1,138 @@
+"""A call's end, whichever order the requests around it arrive in: a hang-up reported
+before the call is stored (its first webhook still in its transaction, or a call answered
+during an outage not yet replayed) is kept, and a step's request that arrives after the
+end changes nothing."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from sqlalchemy import select
+
+from ivr.storage.calls import CallRepository
+from ivr.storage.models import Call, Ticket
+from ivr.storage.tickets import TicketRepository
+
+from ..support import BUSINESS_OWNER, ROOT, twiml, until_waiting_for_a_lock
+from .test_storage import step
+
+# A ticket logged during an outage, as the spool keeps it (the format's sample).
+SPOOLED = json.loads((ROOT / "tests/data/spool/format-2.jsonl").read_text().splitlines()[0])
+
+
+def hang_up(twilio, sid, duration="4", sequence="2", **call):
+    return {**twilio.call_params(sid, **call), "CallStatus": "completed",
+            "CallDuration": duration, "SequenceNumber": sequence}
+
+
+def stored(ivr, sid) -> Call:
+    with ivr.storage.transaction() as session:
+        return session.get(Call, sid)
+
+
+def status_meanwhile(ivr, params, hold: threading.Event) -> None:
+    """Send the status callback while another transaction is held open, wait until it
+    waits for that one, then let that one go and await both."""
+    ended = threading.Thread(target=ivr.service.status, args=(params,))
+    ended.start()
+    until_waiting_for_a_lock(ivr, ended, "the status callback")
+    hold.set()
+    ended.join(10)
+
+
+def pause_after(monkeypatch, cls, name, thread_name=None):
+    """Make ``cls.name`` stop, once it has run, until the returned event is set; the
+    other event says it got there."""
+    original = getattr(cls, name)
+    reached, release = threading.Event(), threading.Event()
+
+    def paused(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        if thread_name is None or threading.current_thread().name == thread_name:
+            reached.set()
+            assert release.wait(10)
+        return result
+
+    monkeypatch.setattr(cls, name, paused)
+    return reached, release
+
+
+def test_a_hang_up_reported_before_the_outage_replay_is_kept_and_the_ticket_joins_it(
+        twilio, ivr):
+    """Answered and routed while the database was down; the database is back and Twilio
+    reports the end before the sender has replayed the spool."""
+    sid = SPOOLED["call_sid"]
+    ivr.service.status(hang_up(twilio, sid, "90", "5", to=SPOOLED["dialed_number"],
+                               caller=SPOOLED["caller_number"]))
+    call = stored(ivr, sid)
+    assert (call.twilio_status, call.duration_seconds, call.region) == ("completed", 90, "Japan")
+    assert ivr.service.replay(SPOOLED)
+    call = stored(ivr, sid)
+    assert (call.outcome, call.twilio_status) == ("routed", "completed")
+
+
+def test_a_hang_up_during_the_first_webhook_still_ends_the_call(twilio, ivr, call_sid,
+                                                                 monkeypatch):
+    """The caller hangs up while the first webhook's transaction, which stores the call,
+    is still open: the status waits for it, then applies."""
+    if ivr.storage.dialect != "postgresql":
+        pytest.skip("SQLite's write lock runs the two one after the other")
+    inserted, release = pause_after(monkeypatch, CallRepository, "start", "first-voice")
+    first = threading.Thread(name="first-voice", target=ivr.service.incoming,
+                             args=(twilio.call_params(call_sid),))
+    first.start()
+    assert inserted.wait(10)
+    status_meanwhile(ivr, hang_up(twilio, call_sid), release)
+    first.join(10)
+    call = stored(ivr, call_sid)
+    assert (call.twilio_status, call.duration_seconds, call.outcome) == \
+        ("completed", 4, "abandoned")
+    assert call.ended_at is not None
+
+
+def test_a_hang_up_while_the_replay_restores_the_call_still_ends_it(twilio, ivr,
+                                                                     monkeypatch):
+    if ivr.storage.dialect != "postgresql":
+        pytest.skip("SQLite's write lock runs the two one after the other")
+    sid = SPOOLED["call_sid"]
+    restored, release = pause_after(monkeypatch, TicketRepository, "restore")
+    replay = threading.Thread(target=ivr.service.replay, args=(SPOOLED,))
+    replay.start()
+    assert restored.wait(10)
+    status_meanwhile(ivr, hang_up(twilio, sid, "90", "5", to=SPOOLED["dialed_number"],
+                                  caller=SPOOLED["caller_number"]), release)
+    replay.join(10)
+    call = stored(ivr, sid)
+    assert (call.outcome, call.twilio_status, call.duration_seconds) == \
+        ("routed", "completed", 90)
+
+
+def test_a_pmi_that_arrives_after_the_hang_up_is_not_kept(twilio, ivr, call_sid):
+    """Twilio's request for the PMI step comes after the status callback that ended the
+    call: the PMI is not stored in the ended call's record, and the reply hangs up."""
+    step(twilio, call_sid, "/voice")
+    step(twilio, call_sid, "/voice/menu", "2")
+    step(twilio, call_sid, "/voice/status", CallStatus="completed", CallDuration="20",
+         SequenceNumber="3")
+    answer = twiml(step(twilio, call_sid, "/voice/pmi", BUSINESS_OWNER[0]))
+    assert [verb.tag for verb in answer] == ["Hangup"]
+    call = stored(ivr, call_sid)
+    assert (call.pending_pmi, call.step, call.outcome, call.abandoned_at_step) == \
+        (None, "pmi", "abandoned", "pmi")
+
+
+def test_a_priority_chosen_after_the_hang_up_opens_no_ticket_and_enqueues_no_one(
+        twilio, ivr, call_sid):
+    step(twilio, call_sid, "/voice")
+    step(twilio, call_sid, "/voice/menu", "2")
+    step(twilio, call_sid, "/voice/pmi", BUSINESS_OWNER[0])
+    step(twilio, call_sid, "/voice/host-key", BUSINESS_OWNER[1])
+    step(twilio, call_sid, "/voice/status", CallStatus="completed", CallDuration="20",
+         SequenceNumber="3")
+    answer = twiml(step(twilio, call_sid, "/voice/priority", "2"))
+    assert [verb.tag for verb in answer] == ["Hangup"]
+    with ivr.storage.transaction() as session:
+        tickets = session.scalars(select(Ticket).where(Ticket.call_sid == call_sid)).all()
+    assert (stored(ivr, call_sid).outcome, tickets) == ("abandoned", [])
