@@ -212,6 +212,13 @@ class FloorRepository:
               now: dt.datetime, stale_before: dt.datetime) -> bool:
         """Take a waiting caller for an engineer, unless another engineer holds a fresh
         claim on them: a compare-and-set, so two engineers never get the same caller."""
+        if self.storage.dialect == "postgresql":
+            # The ticket's row before the assignment's, the order of every writer: the
+            # KEY SHARE lock the pick-up's desk action takes anyway, taken first, so a
+            # caller being bridged in at once (``Floor.joining``) is waited for, not
+            # deadlocked with.
+            self.session.execute(select(Ticket.id).where(Ticket.id == ticket_id)
+                                 .with_for_update(key_share=True))
         self.assignment(ticket_id, now)
         taken = self.session.execute(
             update(Assignment)
@@ -324,9 +331,12 @@ def floor_details(storage: Storage, session: Session, ticket_id: int) -> dict:
 
 
 def ticket_for_call(session: Session, call_sid: str, *, for_update: bool = False) -> Ticket | None:
+    """This call's ticket; ``for_update`` locks its row (PostgreSQL) and reads it as it
+    stands once the lock is held, not as the session last loaded it: a change committed
+    by whoever held the lock (the desk's close) is seen, not written over."""
     query = select(Ticket).where(Ticket.call_sid == call_sid)
     if for_update and session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
+        query = query.with_for_update().execution_options(populate_existing=True)
     return session.scalars(query).first()
 
 

@@ -213,7 +213,9 @@ class Floor:
             with self.storage.unit_of_work() as uow:
                 session = uow.session
                 call = session.get(Call, call_sid)
-                ticket = ticket_for_call(session, call_sid)
+                # The ticket's row first, then its assignment: the order of every writer
+                # (the desk's callbacks too), so two of them never deadlock.
+                ticket = ticket_for_call(session, call_sid, for_update=True)
                 if ticket is not None:
                     floor = FloorRepository(self.storage, session)
                     assignment = floor.assignment(ticket.id, now, for_update=True)
@@ -262,7 +264,12 @@ class Floor:
         attempt = floor.attempt(int(text), for_update=for_update)
         if attempt is None:
             return None, None, None, None
-        ticket = session.get(Ticket, attempt.ticket_id)
+        # The ticket's row is locked before the assignment's (``_finish``), the order the
+        # desk's ``Callbacks.place`` takes them in: a callback placed while the customer
+        # answers the last one waits for this webhook, or this webhook for it, never both.
+        lock = for_update and self.storage.dialect == "postgresql"
+        ticket = session.get(Ticket, attempt.ticket_id, with_for_update=lock or None,
+                             populate_existing=lock)
         call = session.get(Call, ticket.call_sid)
         engineer = EngineerRepository(self.storage, session).named(attempt.engineer)
         return attempt, ticket, call, engineer_info(engineer) if engineer else None

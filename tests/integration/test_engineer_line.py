@@ -1,14 +1,17 @@
 """The engineer line: the most urgent caller first, a whisper naming them, then the
 connection to exactly that caller."""
 
+import threading
+
+import pytest
 from sqlalchemy import select
 
 from ivr.sim.simulator import new_call_sid
-from ivr.storage.engineers import Assignment, DeskAction
+from ivr.storage.engineers import Assignment, DeskAction, FloorRepository
 from ivr.storage.models import Ticket
 
 from ..floor_support import add_engineer, digits_spoken, engineer_params, queued
-from ..support import spoken, twiml
+from ..support import spoken, twiml, until_waiting_for_a_lock
 
 
 def ticket(ivr, number):
@@ -111,6 +114,82 @@ def test_a_stale_claim_lets_another_engineer_take_the_caller(twilio, ivr, clock)
     clock.advance(seconds=ivr.config.engineers.claim_seconds + 1)
     root = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), "+14155550188")))
     assert digits_spoken(root) == [waiting["ticket"]]
+
+
+def test_a_close_the_desk_commits_while_the_engineer_is_bridged_in_is_not_undone(twilio, ivr):
+    """Twilio bridges the caller to the engineer while the desk closes their ticket: the
+    bridge waits for the ticket's row and, once the close commits, leaves it closed."""
+    if ivr.storage.dialect != "postgresql":
+        pytest.skip("SQLite's write lock runs the desk's close and the bridge one after "
+                    "the other")
+    add_engineer(ivr)
+    waiting = queued(twilio, 1)
+    agent_sid = new_call_sid()
+    twiml(twilio.post("/voice/agent", **engineer_params(agent_sid)))
+    caller = {**twilio.call_params(waiting["sid"]), "DequeingCallSid": agent_sid}
+    bridged = []
+    bridge = threading.Thread(target=lambda: bridged.append(ivr.floor.joining(caller, {})))
+    with ivr.storage.unit_of_work() as uow:  # the desk closes the ticket, not committed yet
+        closing, _ = uow.desk.ticket(waiting["ticket"], for_update=True)
+        closing.status = "closed"
+        uow.session.flush()
+        bridge.start()
+        until_waiting_for_a_lock(ivr, bridge, "the bridge")
+    bridge.join(10)
+    assert len(bridged) == 1  # the caller heard the engineer joining
+    assert ticket(ivr, waiting["ticket"]).status == "closed"
+
+
+def test_a_pick_up_of_a_stale_claim_while_its_caller_is_bridged_in_waits_not_deadlocks(
+        twilio, ivr, clock, monkeypatch):
+    """aiko's claim has gone stale when Twilio bridges her caller in, just as ben's line
+    looks for a caller. Both take the ticket's row before its assignment's, so ben's
+    pick-up waits for the bridge rather than deadlocking with it (PostgreSQL would abort
+    one), then finds the caller connected to aiko."""
+    if ivr.storage.dialect != "postgresql":
+        pytest.skip("SQLite's write lock runs the bridge and the pick-up one after the other")
+    add_engineer(ivr, "aiko")
+    add_engineer(ivr, "ben", phone="+14155550188")
+    waiting = queued(twilio, 1)
+    aiko_sid = new_call_sid()
+    twiml(twilio.post("/voice/agent", **engineer_params(aiko_sid)))
+    clock.advance(seconds=ivr.config.engineers.claim_seconds + 1)
+
+    bridging, release = threading.Event(), threading.Event()
+    real = FloorRepository.assignment
+
+    def held(self, *args, **kwargs):  # the bridge holds the ticket's row, not yet the rest
+        if not bridging.is_set():
+            bridging.set()
+            assert release.wait(20)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FloorRepository, "assignment", held)
+    results, errors = {}, {}
+
+    def run(name, handler, *args):
+        try:
+            results[name] = handler(*args)
+        except Exception as error:  # noqa: BLE001  reported by the assertion below
+            cause = getattr(error, "orig", None) or error  # the driver's, for a database error
+            errors[name] = f"{type(cause).__name__}: {str(cause).splitlines()[0]}"
+
+    caller = {**twilio.call_params(waiting["sid"]), "DequeingCallSid": aiko_sid}
+    bridge = threading.Thread(target=run, args=("bridge", ivr.floor.joining, caller, {}))
+    bridge.start()
+    assert bridging.wait(10)
+    pick_up = threading.Thread(target=run, args=(
+        "pick-up", ivr.floor.agent_call, engineer_params(new_call_sid(), "+14155550188"), {}))
+    pick_up.start()
+    until_waiting_for_a_lock(ivr, pick_up, "ben's pick-up")
+    release.set()
+    bridge.join(15)
+    pick_up.join(15)
+    assert not errors, errors
+    assert "<Dial" not in results["pick-up"]  # nobody else waiting for ben
+    assert ticket(ivr, waiting["ticket"]).status == "connected"
+    taken = assignment(ivr, waiting["ticket"])
+    assert (taken.engineer, taken.engineer_call_sid) == ("aiko", aiko_sid)
 
 
 def test_nobody_waiting_the_engineer_hears_so_and_holds_for_the_next_caller(twilio, ivr):

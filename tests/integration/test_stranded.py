@@ -1,13 +1,16 @@
 """No ticket stranded: a ticket still in a queue after its call ended, with no queue
 result from Twilio, goes back to the open pile after the grace period."""
 
+import threading
+
+import pytest
 from sqlalchemy import select
 
 from ivr.storage.engineers import DeskAction
 from ivr.storage.models import Ticket
 
 from ..floor_support import queued
-from ..support import twiml
+from ..support import twiml, until_waiting_for_a_lock
 
 
 def status(ivr, number):
@@ -58,3 +61,26 @@ def test_the_drain_command_sweeps_stranded_tickets(app, twilio, ivr, clock):
     assert result.exit_code == 0, result.output
     assert "1 tickets stranded in a queue after their calls ended reopened." in result.output
     assert status(ivr, lost["ticket"]) == "open"
+
+
+def test_a_close_the_desk_commits_while_the_sweep_waits_for_the_ticket_is_not_undone(
+        twilio, ivr, clock):
+    """The sweep reads a stranded ticket, then waits for its row while the desk closes
+    it: once the close commits the sweep sees the ticket closed and leaves it so."""
+    if ivr.storage.dialect != "postgresql":
+        pytest.skip("SQLite's write lock runs the desk's close and the sweep one after "
+                    "the other")
+    lost = queued(twilio, 1)
+    hang_up(twilio, lost)
+    clock.advance(hours=1)
+    swept = []
+    sweep = threading.Thread(target=lambda: swept.append(ivr.floor.sweep_stranded()))
+    with ivr.storage.unit_of_work() as uow:  # the desk closes the ticket, not committed yet
+        ticket, _ = uow.desk.ticket(lost["ticket"], for_update=True)
+        ticket.status = "closed"
+        uow.session.flush()
+        sweep.start()
+        until_waiting_for_a_lock(ivr, sweep, "the sweep")
+    sweep.join(10)
+    assert status(ivr, lost["ticket"]) == "closed"
+    assert swept == [0]
