@@ -19,30 +19,42 @@ from .storage import DATABASE_DOWN, Storage, utcnow
 log = logging.getLogger("ivr.outbox")
 
 MAX_ATTEMPTS = 5
-STALE_CLAIM = dt.timedelta(minutes=10)  # a sender that died mid-send: send again
+# A message's claim, renewed just before it is sent: one a sender died holding is sent again.
+STALE_CLAIM = dt.timedelta(minutes=10)
 QUEUE_PRUNE_SECONDS = 300  # how often the sender deletes empty per-ticket Twilio queues
 
 
 def drain(storage: Storage, settings: Settings, *, http_client: HttpClient | None = None,
           batch: int = 50) -> dict[str, int]:
-    """Send what is pending, once. Messages are claimed in one short transaction, sent
-    with no transaction open (a slow Twilio API never holds up a webhook), and their
-    results recorded in another. Returns counts by the status each message ended in."""
+    """Send what is pending, once. Messages are claimed in one short transaction, then
+    sent one at a time with no transaction open (a slow Twilio API never holds up a
+    webhook). A batch may take longer than a claim lasts, so each message's claim is
+    renewed just before it is sent (one another sender has taken meanwhile is left to
+    it) and its result recorded just after, while the claim is still this sender's.
+    Returns counts by the status each message ended in."""
     counts = {"sent": 0, "not_sent": 0, "failed": 0, "retry": 0}
     missing = [name for name, value in (("TWILIO_ACCOUNT_SID", settings.twilio_account_sid),
                                         ("TWILIO_AUTH_TOKEN", settings.twilio_auth_token),
                                         ("IVR_SMS_FROM", settings.sms_from)) if not value]
     client = None if missing else settings.rest_client(http_client)
     while True:
+        claimed_at = utcnow()
         with storage.unit_of_work() as uow:
             claimed = [(m.id, m.to_number, m.body, m.attempts) for m in
-                       uow.outbox.claim(batch, utcnow(), STALE_CLAIM)]
-        results = [_send(client, settings, missing, *message) for message in claimed]
-        with storage.unit_of_work() as uow:
-            outbox = uow.outbox
-            for message_id, outcome, fields in results:
-                outbox.record(message_id, **fields)
-                counts[outcome] += 1
+                       uow.outbox.claim(batch, claimed_at, STALE_CLAIM)]
+        for message_id, to_number, body, attempts in claimed:
+            with storage.unit_of_work() as uow:
+                held = uow.outbox.renew(message_id, claimed_at, utcnow())
+            if held is None:
+                log.info("sms %s was taken by another sender; not sent here", message_id)
+                continue
+            _, outcome, fields = _send(client, settings, missing, message_id, to_number, body,
+                                       attempts)
+            with storage.unit_of_work() as uow:
+                if not uow.outbox.record(message_id, held, **fields):
+                    log.warning("sms %s was taken by another sender while it was sent; "
+                                "result not recorded", message_id)
+            counts[outcome] += 1
         if len(claimed) < batch or counts["retry"]:
             return counts
 

@@ -6,7 +6,7 @@ import datetime as dt
 
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select
 
 from .models import OutboxMessage
 from .sql import Sql
@@ -18,6 +18,19 @@ QUEUE = Sql("""
     INSERT INTO outbox (call_sid, template, to_number, body, status, attempts, created_at)
     VALUES (:call_sid, :template, :to_number, :body, 'pending', 0, :now)
     ON CONFLICT DO NOTHING
+""")
+# A sender renews its claim on one message just before sending it, and records the result,
+# only while the claim it took is still the message's: not once another sender has taken
+# the message again (the first one's claim ran out).
+RENEW = Sql("""
+    UPDATE outbox SET claimed_at = :now
+    WHERE id = :id AND status = 'sending' AND claimed_at = :claimed_at
+    RETURNING id
+""")
+RECORD = Sql("""
+    UPDATE outbox SET status = :status, reason = :reason, twilio_sid = :twilio_sid,
+                      sent_at = :sent_at
+    WHERE id = :id AND status = 'sending' AND claimed_at = :claimed_at
 """)
 
 
@@ -51,12 +64,25 @@ class OutboxRepository:
             message.attempts += 1
         return messages
 
-    def record(self, message_id: int, *, status: str, reason: str | None = None,
-               twilio_sid: str | None = None, sent_at: dt.datetime | None = None) -> None:
-        self.session.execute(
-            update(OutboxMessage).where(OutboxMessage.id == message_id)
-            .values(status=status, reason=reason, twilio_sid=twilio_sid, sent_at=sent_at)
-        )
+    def renew(self, message_id: int, claimed_at: dt.datetime,
+              now: dt.datetime) -> dt.datetime | None:
+        """Renew this sender's claim on one message (taken at ``claimed_at``) just before
+        sending it: the new claim time, or None if another sender has taken it since."""
+        codec = self.uow.codec
+        renewed = RENEW.run(self.uow.connection, {"id": message_id, "now": codec.time(now),
+                                                  "claimed_at": codec.time(claimed_at)})
+        return now if renewed.rows else None
+
+    def record(self, message_id: int, claimed_at: dt.datetime, *, status: str,
+               reason: str | None = None, twilio_sid: str | None = None,
+               sent_at: dt.datetime | None = None) -> bool:
+        """Store a result, unless another sender has claimed the message since (this
+        sender's claim ran out): False then, and nothing is written."""
+        codec = self.uow.codec
+        return RECORD.run(self.uow.connection, {
+            "id": message_id, "claimed_at": codec.time(claimed_at), "status": status,
+            "reason": reason, "twilio_sid": twilio_sid, "sent_at": codec.time(sent_at),
+        }).rowcount == 1
 
     def for_call(self, call_sid: str) -> list[OutboxMessage]:
         return list(self.session.scalars(

@@ -100,3 +100,64 @@ def test_a_message_claimed_by_a_sender_that_died_is_sent_again_later(simulator, 
     assert outbox.drain(ivr.storage, settings, http_client=http)["sent"] == 1
     (message,) = messages(ivr)
     assert message.status == "sent" and message.attempts == 2
+
+
+def test_a_batch_slower_than_a_claim_has_each_message_sent_once_beside_a_second_sender(
+        simulator, ivr, monkeypatch):
+    """Sender A claims three messages and sends them one at a time, each send within the
+    claim but the batch longer than it. Each claim is renewed just before its send, so
+    sender B, starting while A sends the second, takes only the third (whose claim ran
+    out), and A, finding it taken, does not send it again."""
+    import datetime as dt
+
+    from ivr.storage import utcnow
+
+    for _ in range(3):
+        queue_one(simulator)
+    now = [utcnow()]
+    monkeypatch.setattr(outbox, "utcnow", lambda: now[0])
+    settings = ivr.settings.model_copy(update={"twilio_account_sid": "AC" + "1" * 32,
+                                               "sms_from": "+15005550006"})
+    other = RecordingHttpClient()
+
+    class Slow(RecordingHttpClient):
+        """A's Twilio: each request takes 6 minutes; B runs during the second."""
+
+        def request(self, *args, **kwargs):
+            now[0] += dt.timedelta(minutes=6)
+            if len(self.requests) == 1:
+                taken = outbox.drain(ivr.storage, settings, http_client=other)["sent"]
+                assert taken == 1, f"B sent {taken} messages, not just the one A left"
+            return super().request(*args, **kwargs)
+
+    mine = Slow()
+    assert outbox.drain(ivr.storage, settings, http_client=mine)["sent"] == 2
+    assert (len(mine.requests), len(other.requests)) == (2, 1)
+    sent = sorted(messages(ivr), key=lambda m: m.id)
+    assert [(m.status, m.attempts) for m in sent] == [("sent", 1), ("sent", 1), ("sent", 2)]
+
+
+def test_a_result_is_not_recorded_over_a_sender_that_took_the_message_since(
+        simulator, ivr, monkeypatch):
+    """A's send outlasts its claim and sender B sends the message meanwhile: A's result
+    is not written over B's, the message stays as B recorded it."""
+    import datetime as dt
+
+    from ivr.storage import utcnow
+
+    queue_one(simulator)
+    now = [utcnow()]
+    monkeypatch.setattr(outbox, "utcnow", lambda: now[0])
+    settings = ivr.settings.model_copy(update={"twilio_account_sid": "AC" + "1" * 32,
+                                               "sms_from": "+15005550006"})
+    other = RecordingHttpClient([(201, {"sid": "SM" + "b" * 32, "status": "queued"})])
+
+    class Stuck(RecordingHttpClient):
+        def request(self, *args, **kwargs):
+            now[0] += outbox.STALE_CLAIM + dt.timedelta(seconds=1)
+            assert outbox.drain(ivr.storage, settings, http_client=other)["sent"] == 1
+            return super().request(*args, **kwargs)
+
+    assert outbox.drain(ivr.storage, settings, http_client=Stuck())["sent"] == 1
+    (message,) = messages(ivr)
+    assert (message.status, message.twilio_sid, message.attempts) == ("sent", "SM" + "b" * 32, 2)
