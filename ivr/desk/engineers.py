@@ -15,6 +15,8 @@ import re
 import secrets
 from typing import Callable
 
+from sqlalchemy.exc import IntegrityError
+
 from ..domain.engineers import EngineerInfo, parse_list, primary_language
 from ..domain.phones import callable_number
 from ..security import HostKeyHasher
@@ -77,17 +79,25 @@ class Engineers:
         if wrong:
             raise BadRequest(f"queues: {wrong[0][:40]!r} is not a queue name")
         token = new_token()
-        with self.storage.unit_of_work() as uow:
-            session = uow.session
-            repo = EngineerRepository(self.storage, session)
-            clash = repo.clash(name, number, client)
-            if clash:
-                raise Conflict(clash)
-            engineer = repo.add(name=name, phone=number, client_identity=client,
-                                languages=",".join(primary_language(lang) for lang in langs),
-                                queues=",".join(groups), token_hash=token_digest(self.hasher, token),
-                                now=self.clock())
-            return engineer_info(engineer), token
+        try:
+            with self.storage.unit_of_work() as uow:
+                session = uow.session
+                repo = EngineerRepository(self.storage, session)
+                clash = repo.clash(name, number, client)
+                if clash:
+                    raise Conflict(clash)
+                engineer = repo.add(name=name, phone=number, client_identity=client,
+                                    languages=",".join(primary_language(lang) for lang in langs),
+                                    queues=",".join(groups),
+                                    token_hash=token_digest(self.hasher, token), now=self.clock())
+                return engineer_info(engineer), token
+        except IntegrityError:
+            # The same engineer added at the same moment (a form sent twice): the other
+            # add committed while this one's INSERT waited on the unique index.
+            with self.storage.unit_of_work(readonly=True) as uow:
+                clash = EngineerRepository(self.storage, uow.session).clash(name, number, client)
+            raise Conflict(clash or "an engineer with this name, phone number or client "
+                                    "identity was added at the same time") from None
 
     def list(self) -> list[EngineerInfo]:
         with self.storage.unit_of_work(readonly=True) as uow:

@@ -4,13 +4,17 @@ desk action recorded with who did it and when."""
 import hashlib
 import hmac
 import json
+import threading
 
 import pytest
 from sqlalchemy import select, text
 
-from ivr.storage.engineers import Engineer
+from ivr.desk.engineers import Engineers
+from ivr.desk.service import Conflict
+from ivr.storage.engineers import Engineer, EngineerRepository
 
 from ..desk_support import ADMIN_TOKEN, add_ticket, at, parse_html
+from ..support import until_waiting_for_a_lock
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -69,6 +73,33 @@ def test_names_phones_and_identities_are_unique(app):
     assert "exists already" in cli(app, "engineers", "add", "aiko", "--client", "z").output
     assert "this phone number" in cli(app, "engineers", "add", "ben", "--phone",
                                       "+819012345678").output
+
+
+def test_the_same_engineer_added_twice_at_once_is_refused_as_a_duplicate(ivr, clock):
+    """A form sent twice: the second add checks before the first commits, then its INSERT
+    waits on the unique index; it is refused as a sequential duplicate is (409), not a
+    database error."""
+    if ivr.storage.dialect != "postgresql":
+        pytest.skip("SQLite's write lock runs the two adds one after the other")
+    outcome = []
+
+    def second():
+        try:
+            Engineers.of(ivr).add("aiko", phone="+14155550199")
+        except Exception as error:  # noqa: BLE001  reported by the assertion below
+            outcome.append(error)
+
+    adding = threading.Thread(target=second)
+    with ivr.storage.unit_of_work() as uow:  # the first add, not committed yet
+        EngineerRepository(ivr.storage, uow.session).add(
+            name="aiko", phone="+14155550199", client_identity=None, languages="en",
+            queues="", token_hash="0" * 64, now=clock.now)
+        adding.start()
+        until_waiting_for_a_lock(ivr, adding, "the second add")
+    adding.join(10)
+    (error,) = outcome
+    assert isinstance(error, Conflict), repr(error)
+    assert str(error) == "an engineer named 'aiko' exists already"
 
 
 def test_a_personal_token_opens_the_api_until_it_is_rotated_or_removed(app):
