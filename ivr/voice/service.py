@@ -199,8 +199,9 @@ class CallService:
         if ticket is not None:
             number = callable_number(record.caller_number) \
                 if target is TicketStatus.CALLBACK_REQUESTED else None
-            record.ticket = uow.tickets.advance(ticket, target, now, callback_number=number)
-            if self.config.helpdesk and record.ticket.status is not ticket.status:
+            record.ticket, moved = uow.tickets.advance(ticket, target, now,
+                                                       callback_number=number)
+            if self.config.helpdesk and moved:
                 helpdesk_jobs.queue_status(uow.connection, record.ticket, now, number)  # issue 9
         return record
 
@@ -243,14 +244,13 @@ class CallService:
                 if ticket is None:
                     return self.renderer.empty()
                 number = callable_number(record.caller_number)
-                before = ticket.status
+                moved = False
                 if number is not None:
-                    ticket = uow.tickets.advance(ticket, TicketStatus.CALLBACK_REQUESTED, now,
-                                                 callback_number=number)
-                waiting = TicketStatus.CALLBACK_REQUESTED
-                if before is waiting or ticket.status is not waiting:
+                    ticket, moved = uow.tickets.advance(
+                        ticket, TicketStatus.CALLBACK_REQUESTED, now, callback_number=number)
+                if not moved:
                     # A repeated press (the ticket already waits for its callback) leaves too.
-                    if ticket.status is waiting:
+                    if ticket.status is TicketStatus.CALLBACK_REQUESTED:
                         return self.renderer.leave()
                     return self.renderer.empty()
                 if self.config.helpdesk:  # help desk push (issue 9)
