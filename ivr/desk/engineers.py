@@ -93,11 +93,13 @@ class Engineers:
                 return engineer_info(engineer), token
         except IntegrityError:
             # The same engineer added at the same moment (a form sent twice): the other
-            # add committed while this one's INSERT waited on the unique index.
+            # add committed while this one's INSERT waited on the unique index. Any other
+            # integrity error is not a duplicate and is not reported as one.
             with self.storage.unit_of_work(readonly=True) as uow:
                 clash = EngineerRepository(self.storage, uow.session).clash(name, number, client)
-            raise Conflict(clash or "an engineer with this name, phone number or client "
-                                    "identity was added at the same time") from None
+            if not clash:
+                raise
+            raise Conflict(clash) from None
 
     def list(self) -> list[EngineerInfo]:
         with self.storage.unit_of_work(readonly=True) as uow:
