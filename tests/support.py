@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import threading
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -106,6 +107,50 @@ def until_waiting_for_a_lock(ivr, thread, what: str) -> None:
                 time.sleep(0.02)
     finally:
         admin.dispose()
+
+
+def pause(monkeypatch, owner, name: str, *, before: bool = False,
+          thread: str | None = None) -> tuple[threading.Event, threading.Event]:
+    """Make ``owner.name`` (a class's method or an object's) stop the first time it is
+    called (in the thread named ``thread``, if given), once it has run, or just before
+    with ``before``: ``reached`` is set then, and it goes on once ``release`` is set.
+    Returns (reached, release)."""
+    original = getattr(owner, name)
+    reached, release = threading.Event(), threading.Event()
+
+    def paused(*args, **kwargs):
+        mine = not reached.is_set() and (
+            thread is None or threading.current_thread().name == thread)
+        if mine and before:
+            reached.set()
+            assert release.wait(20)
+        result = original(*args, **kwargs)
+        if mine and not before:
+            reached.set()
+            assert release.wait(20)
+        return result
+
+    monkeypatch.setattr(owner, name, paused)
+    return reached, release
+
+
+class Outcomes:
+    """Handlers run in threads, each one's result or error kept under its name (a
+    database error as the driver's own, first line only)."""
+
+    def __init__(self):
+        self.results: dict = {}
+        self.errors: dict = {}
+
+    def thread(self, name: str, handler, *args) -> threading.Thread:
+        def run():
+            try:
+                self.results[name] = handler(*args)
+            except Exception as error:  # noqa: BLE001  reported by the test's assertion
+                cause = getattr(error, "orig", None) or error
+                self.errors[name] = f"{type(cause).__name__}: {str(cause).splitlines()[0]}"
+
+        return threading.Thread(name=name, target=run)
 
 
 def twiml(response) -> ET.Element:

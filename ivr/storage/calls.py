@@ -267,7 +267,7 @@ class CallRepository:
                       now: dt.datetime, sequence: int | None = None
                       ) -> tuple[bool, str | None, str | None, bool]:
         """Apply a status callback: one statement, two for the end of a call without an
-        outcome, three for a final status that neither fits at first. Returns (applied,
+        outcome, three on PostgreSQL for a final status that neither fits. Returns (applied,
         region, outcome, whether this callback marked the call abandoned); applied is False
         for an unknown call or an out-of-date callback."""
         final = status in FINAL_STATUSES
@@ -284,11 +284,12 @@ class CallRepository:
             row = ABANDON.run(connection, params).first()
             if row is not None:
                 return True, row[0], row[1], True
-            # On PostgreSQL, ABANDON may have waited for the row lock of a step that gave
-            # the call its outcome and committed, after STATUS had passed the row over
-            # for lacking one. Asked again, STATUS sees that outcome. (An unknown call or
-            # an out-of-date callback costs this third statement too.)
-            row = STATUS.run(connection, params).first()
+            if self.uow.lock_rows:
+                # On PostgreSQL, ABANDON may have waited for the row lock of a step that
+                # gave the call its outcome and committed, after STATUS had passed the row
+                # over for lacking one. Asked again, STATUS sees that outcome. (An unknown
+                # call or an out-of-date callback costs this third statement too.)
+                row = STATUS.run(connection, params).first()
         if row is not None:
             return True, row[0], row[1], False
         return False, None, None, False

@@ -127,6 +127,12 @@ class TicketRepository:
                         region=record.region, status=record.status, created_at=now,
                         acknowledged_at=record.acknowledged_at)
         session.add(ticket)
+        # The call as the spool knows it: its row may have been stored from a callback
+        # alone (a status or queue result that reached the database before this replay),
+        # with the line's own language and without the caller's number.
+        call.dialed_number, call.region = record.dialed_number, record.region
+        call.caller_number, call.can_text = record.caller_number, record.can_text
+        call.language, call.english = record.language, record.english
         if account is not None and call.account_id is None:
             call.account_id, call.user_email = account.account_id, account.user_email
             call.plan, call.role = account.plan, account.role

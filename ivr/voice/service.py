@@ -139,17 +139,23 @@ class CallService:
         """Apply a status callback (live or replayed from the spool); see
         ``CallRepository.record_status`` for what it returns. A call the database has not
         seen is stored first, so its end is kept rather than dropped: one answered while
-        the database was down and not replayed yet, or one whose first webhook is still
-        in its transaction (on PostgreSQL the insert waits for that one's, then finds
-        it)."""
+        the database was down and not replayed yet, one whose first webhook is still in
+        its transaction (on PostgreSQL the insert waits for that one's, then finds it), or
+        one whose first webhook failed and was answered by the fallback. A call stored
+        this way is abandoned with no step reached, and not counted as abandoned by a
+        caller (``abandoned`` is False): nobody knows what its caller heard."""
         calls = uow.calls
         result = calls.record_status(call_sid, status, duration, at, sequence=sequence)
         if result[0] or calls.exists(call_sid):
             return result  # applied, or older than a callback already applied
-        if self.meet(uow, call_sid, to, caller, at):
-            log.info("call %s stored from its status callback (its first webhook not seen)",
-                     call_sid)
-        return calls.record_status(call_sid, status, duration, at, sequence=sequence)
+        if not self.meet(uow, call_sid, to, caller, at):
+            # Stored meanwhile by its first webhook: the status applies as to any call.
+            return calls.record_status(call_sid, status, duration, at, sequence=sequence)
+        log.info("call %s stored from its status callback (its first webhook not seen)",
+                 call_sid)
+        applied, region, outcome, _ = calls.record_status(call_sid, status, duration, at,
+                                                          sequence=sequence)
+        return applied, region, outcome, False
 
     def meet(self, uow: UnitOfWork, call_sid: str, to: str | None, caller: str | None,
              at: dt.datetime) -> bool:

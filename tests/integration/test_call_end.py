@@ -11,11 +11,12 @@ import threading
 import pytest
 from sqlalchemy import select
 
+from ivr import metrics
 from ivr.storage.calls import CallRepository
 from ivr.storage.models import Call, Ticket
 from ivr.storage.tickets import TicketRepository
 
-from ..support import BUSINESS_OWNER, ROOT, twiml, until_waiting_for_a_lock
+from ..support import BUSINESS_OWNER, ROOT, pause, twiml, until_waiting_for_a_lock
 from .test_storage import step
 
 # A ticket logged during an outage, as the spool keeps it (the format's sample).
@@ -42,35 +43,24 @@ def status_meanwhile(ivr, params, hold: threading.Event) -> None:
     ended.join(10)
 
 
-def pause_after(monkeypatch, cls, name, thread_name=None):
-    """Make ``cls.name`` stop, once it has run, until the returned event is set; the
-    other event says it got there."""
-    original = getattr(cls, name)
-    reached, release = threading.Event(), threading.Event()
-
-    def paused(self, *args, **kwargs):
-        result = original(self, *args, **kwargs)
-        if thread_name is None or threading.current_thread().name == thread_name:
-            reached.set()
-            assert release.wait(10)
-        return result
-
-    monkeypatch.setattr(cls, name, paused)
-    return reached, release
-
-
 def test_a_hang_up_reported_before_the_outage_replay_is_kept_and_the_ticket_joins_it(
         twilio, ivr):
     """Answered and routed while the database was down; the database is back and Twilio
     reports the end before the sender has replayed the spool."""
     sid = SPOOLED["call_sid"]
+    abandoned = metrics.CALLS.labels("Japan", "abandoned")
+    before = abandoned._value.get()
     ivr.service.status(hang_up(twilio, sid, "90", "5", to=SPOOLED["dialed_number"],
                                caller=SPOOLED["caller_number"]))
     call = stored(ivr, sid)
     assert (call.twilio_status, call.duration_seconds, call.region) == ("completed", 90, "Japan")
+    assert (call.outcome, call.steps_reached) == ("abandoned", "")
+    assert abandoned._value.get() == before  # nobody knows yet what this caller heard
     assert ivr.service.replay(SPOOLED)
     call = stored(ivr, sid)
     assert (call.outcome, call.twilio_status) == ("routed", "completed")
+    # The call as the caller had it, not as the status callback alone could tell.
+    assert (call.language, call.english, call.can_text) == ("en-US", True, True)
 
 
 def test_a_hang_up_during_the_first_webhook_still_ends_the_call(twilio, ivr, call_sid,
@@ -79,7 +69,7 @@ def test_a_hang_up_during_the_first_webhook_still_ends_the_call(twilio, ivr, cal
     is still open: the status waits for it, then applies."""
     if ivr.storage.dialect != "postgresql":
         pytest.skip("SQLite's write lock runs the two one after the other")
-    inserted, release = pause_after(monkeypatch, CallRepository, "start", "first-voice")
+    inserted, release = pause(monkeypatch, CallRepository, "start", thread="first-voice")
     first = threading.Thread(name="first-voice", target=ivr.service.incoming,
                              args=(twilio.call_params(call_sid),))
     first.start()
@@ -97,7 +87,7 @@ def test_a_hang_up_while_the_replay_restores_the_call_still_ends_it(twilio, ivr,
     if ivr.storage.dialect != "postgresql":
         pytest.skip("SQLite's write lock runs the two one after the other")
     sid = SPOOLED["call_sid"]
-    restored, release = pause_after(monkeypatch, TicketRepository, "restore")
+    restored, release = pause(monkeypatch, TicketRepository, "restore")
     replay = threading.Thread(target=ivr.service.replay, args=(SPOOLED,))
     replay.start()
     assert restored.wait(10)

@@ -2,8 +2,6 @@
 (a recording HttpClient here), the summary and a key press, then the customer, with both
 legs reporting through signed status callbacks."""
 
-import threading
-
 import pytest
 from sqlalchemy import select
 
@@ -14,7 +12,7 @@ from ivr.storage.models import OutboxMessage, Ticket
 
 from ..desk_support import ADMIN_TOKEN, admin_app
 from ..floor_support import ENGINEER_PHONE, add_engineer, digits_spoken, queued
-from ..support import (CALLER, US_LINE, RecordingHttpClient, spoken, twiml,
+from ..support import (CALLER, US_LINE, Outcomes, RecordingHttpClient, pause, spoken, twiml,
                        until_waiting_for_a_lock)
 
 ACCOUNT = "AC" + "1" * 32
@@ -138,38 +136,21 @@ def test_a_callback_placed_while_the_customer_answers_the_last_one_waits_not_dea
     first = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
     engineer_answers_and_presses_1(twilio, first["id"], new_call_sid())  # calling_customer
 
-    placing, release = threading.Event(), threading.Event()
-    real = FloorRepository.open_attempt
-
-    def held(self, ticket_id):  # the new callback holds the ticket's row, not yet the rest
-        found = real(self, ticket_id)
-        placing.set()
-        assert release.wait(20)
-        return found
-
-    monkeypatch.setattr(FloorRepository, "open_attempt", held)
-    errors = {}
-
-    def run(name, handler, *args):
-        try:
-            handler(*args)
-        except Exception as error:  # noqa: BLE001  reported by the assertion below
-            cause = getattr(error, "orig", None) or error  # the driver's, for a database error
-            errors[name] = f"{type(cause).__name__}: {str(cause).splitlines()[0]}"
-
-    second = threading.Thread(target=run, args=(
-        "place", Callbacks.of(ivr, http).place, waiting["ticket"], "aiko", "admin"))
+    # The new callback holds the ticket's row, not yet the rest.
+    placing, release = pause(monkeypatch, FloorRepository, "open_attempt")
+    outcomes = Outcomes()
+    second = outcomes.thread("place", Callbacks.of(ivr, http).place, waiting["ticket"], "aiko",
+                             "admin")
     second.start()
     assert placing.wait(10)
-    answered = threading.Thread(target=run, args=(
-        "customer", ivr.floor.callback_customer, leg(new_call_sid(), CALLER, US_LINE),
-        {"attempt": str(first["id"])}))
+    answered = outcomes.thread("customer", ivr.floor.callback_customer,
+                               leg(new_call_sid(), CALLER, US_LINE), {"attempt": str(first["id"])})
     answered.start()
     until_waiting_for_a_lock(ivr, answered, "the customer's webhook")
     release.set()
     second.join(15)
     answered.join(15)
-    assert not errors, errors
+    assert not outcomes.errors, outcomes.errors
     ticket, assignment, attempts = state(ivr, waiting["ticket"])
     assert ticket.status == "connected" and assignment.engineer == "aiko"
     assert attempts == [("aiko", "answered"), ("aiko", None)]

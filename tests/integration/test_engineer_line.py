@@ -11,7 +11,7 @@ from ivr.storage.engineers import Assignment, DeskAction, FloorRepository
 from ivr.storage.models import Ticket
 
 from ..floor_support import add_engineer, digits_spoken, engineer_params, queued
-from ..support import spoken, twiml, until_waiting_for_a_lock
+from ..support import Outcomes, pause, spoken, twiml, until_waiting_for_a_lock
 
 
 def ticket(ivr, number):
@@ -155,38 +155,22 @@ def test_a_pick_up_of_a_stale_claim_while_its_caller_is_bridged_in_waits_not_dea
     twiml(twilio.post("/voice/agent", **engineer_params(aiko_sid)))
     clock.advance(seconds=ivr.config.engineers.claim_seconds + 1)
 
-    bridging, release = threading.Event(), threading.Event()
-    real = FloorRepository.assignment
-
-    def held(self, *args, **kwargs):  # the bridge holds the ticket's row, not yet the rest
-        if not bridging.is_set():
-            bridging.set()
-            assert release.wait(20)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(FloorRepository, "assignment", held)
-    results, errors = {}, {}
-
-    def run(name, handler, *args):
-        try:
-            results[name] = handler(*args)
-        except Exception as error:  # noqa: BLE001  reported by the assertion below
-            cause = getattr(error, "orig", None) or error  # the driver's, for a database error
-            errors[name] = f"{type(cause).__name__}: {str(cause).splitlines()[0]}"
-
+    # The bridge holds the ticket's row, not yet the rest.
+    bridging, release = pause(monkeypatch, FloorRepository, "assignment", before=True)
+    outcomes = Outcomes()
     caller = {**twilio.call_params(waiting["sid"]), "DequeingCallSid": aiko_sid}
-    bridge = threading.Thread(target=run, args=("bridge", ivr.floor.joining, caller, {}))
+    bridge = outcomes.thread("bridge", ivr.floor.joining, caller, {})
     bridge.start()
     assert bridging.wait(10)
-    pick_up = threading.Thread(target=run, args=(
-        "pick-up", ivr.floor.agent_call, engineer_params(new_call_sid(), "+14155550188"), {}))
+    pick_up = outcomes.thread("pick-up", ivr.floor.agent_call,
+                              engineer_params(new_call_sid(), "+14155550188"), {})
     pick_up.start()
     until_waiting_for_a_lock(ivr, pick_up, "ben's pick-up")
     release.set()
     bridge.join(15)
     pick_up.join(15)
-    assert not errors, errors
-    assert "<Dial" not in results["pick-up"]  # nobody else waiting for ben
+    assert not outcomes.errors, outcomes.errors
+    assert "<Dial" not in outcomes.results["pick-up"]  # nobody else waiting for ben
     assert ticket(ivr, waiting["ticket"]).status == "connected"
     taken = assignment(ivr, waiting["ticket"])
     assert (taken.engineer, taken.engineer_call_sid) == ("aiko", aiko_sid)

@@ -719,24 +719,14 @@ def test_an_engineer_picking_up_a_caller_queues_a_connected_update(app, ivr):
         ("connected", "connected")]
 
 
-def two_copies_at_once(ivr, pause_after: str, send) -> None:
+def two_copies_at_once(ivr, monkeypatch, pause_after: str, send) -> None:
     """Copy A of a request runs until the service's ``pause_after`` has returned (inside
     its transaction); copy B starts and waits for A's row lock; then A commits."""
     import threading
 
-    from ..support import until_waiting_for_a_lock
+    from ..support import pause, until_waiting_for_a_lock
 
-    original = getattr(ivr.service, pause_after)
-    reached, release = threading.Event(), threading.Event()
-
-    def paused(*args, **kwargs):
-        result = original(*args, **kwargs)
-        if threading.current_thread().name == "copy-a":
-            reached.set()
-            assert release.wait(10)
-        return result
-
-    setattr(ivr.service, pause_after, paused)
+    reached, release = pause(monkeypatch, ivr.service, pause_after, thread="copy-a")
     a = threading.Thread(name="copy-a", target=send)
     b = threading.Thread(name="copy-b", target=send)
     a.start()
@@ -757,7 +747,8 @@ def updates_pushed(ivr, call_sid) -> tuple[list[str], str]:
 
 
 @pytest.mark.parametrize("request_", ["callback key", "queue result"])
-def test_two_copies_of_a_request_that_moves_the_ticket_push_one_update(ivr, app, request_):
+def test_two_copies_of_a_request_that_moves_the_ticket_push_one_update(ivr, app, monkeypatch,
+                                                                      request_):
     """Twilio sends a request twice at the same instant. The copy that waited for the
     call's row lock read the ticket before the first copy moved it; it must not take the
     first copy's move for its own and push the change to the help desk a second time."""
@@ -770,10 +761,10 @@ def test_two_copies_of_a_request_that_moves_the_ticket_push_one_update(ivr, app,
     routed(twilio, sid)
     if request_ == "callback key":
         params = {**twilio.call_params(sid), "Digits": "1"}
-        two_copies_at_once(ivr, "queue_sms", lambda: ivr.service.wait_choice(params, {}))
+        two_copies_at_once(ivr, monkeypatch, "queue_sms", lambda: ivr.service.wait_choice(params, {}))
         assert updates_pushed(ivr, sid) == (["callback_requested"], "callback_requested")
     else:
         params = {**twilio.call_params(sid), "QueueResult": "bridged", "QueueTime": "20"}
-        two_copies_at_once(ivr, "apply_queue_result",
+        two_copies_at_once(ivr, monkeypatch, "apply_queue_result",
                            lambda: ivr.service.queue_result(params, None))
         assert updates_pushed(ivr, sid) == (["connected"], "connected")

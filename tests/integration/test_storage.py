@@ -33,6 +33,10 @@ BUDGET = {
     "queue-result": 3,     # load + record the result + move the ticket
     "status": 1,           # one conditional update
     "status-abandoned": 2,  # the end of a call that never got an outcome
+    "status-stale": 4,     # out of date: both updates pass it over, then the call is
+                           # found (PostgreSQL asks STATUS again first, see record_status)
+    "status-unknown": 7,   # no call yet: as stale, then the call stored and the status
+                           # applied (its end marked abandoned)
     "replayed": 1,         # a repeated request for a step already answered: load only
 }
 
@@ -84,11 +88,16 @@ def test_every_webhook_step_stays_within_its_statement_budget(twilio, ivr, call_
     budget("wait", "/voice/wait", QueuePosition="1", AvgQueueTime="30")
     budget("wait-choice", "/voice/wait-choice", "1")
     budget("queue-result", "/voice/queue-result", QueueResult="leave", QueueTime="40")
-    budget("status", "/voice/status", CallStatus="completed", CallDuration="80")
+    budget("status", "/voice/status", CallStatus="completed", CallDuration="80",
+           SequenceNumber="5")
+    budget("status-stale", "/voice/status", CallStatus="completed", CallDuration="80",
+           SequenceNumber="4")
     other = "CA" + "e" * 32
     within_budget(ivr, "incoming", lambda: step(twilio, other, "/voice"))
     within_budget(ivr, "status-abandoned", lambda: step(
         twilio, other, "/voice/status", CallStatus="completed", CallDuration="3"))
+    within_budget(ivr, "status-unknown", lambda: step(
+        twilio, "CA" + "d" * 32, "/voice/status", CallStatus="completed", CallDuration="3"))
 
 
 def test_a_desk_read_held_open_does_not_delay_a_call(twilio, ivr, app, call_sid):
