@@ -6,7 +6,7 @@ from __future__ import annotations
 from ivr.desk.engineers import Engineers
 from ivr.sim.simulator import new_call_sid
 
-from .support import BUSINESS_OWNER, CALLER, US_LINE, twiml
+from .support import BUSINESS_OWNER, CALLER, US_LINE, twiml, until_waiting_for_a_lock
 
 ENGINEER_PHONE = "+14155550199"
 ENGINEER_LINE = "+15005550006"
@@ -44,3 +44,16 @@ def engineer_params(sid: str, caller: str = ENGINEER_PHONE) -> dict:
 
 def digits_spoken(root) -> list[str]:
     return [e.text for e in root.iter("say-as") if e.get("interpret-as") == "digits"]
+
+
+def while_the_desk_closes(ivr, number: str, thread, what: str) -> None:
+    """Start ``thread`` while the desk's close of ticket ``number`` is written but not
+    committed, let the close commit once ``thread`` waits for the ticket's row
+    (PostgreSQL), then await ``thread``."""
+    with ivr.storage.unit_of_work() as uow:
+        closing, _ = uow.desk.ticket(number, for_update=True)
+        closing.status = "closed"
+        uow.session.flush()
+        thread.start()
+        until_waiting_for_a_lock(ivr, thread, what)
+    thread.join(10)

@@ -134,6 +134,22 @@ def pause(monkeypatch, owner, name: str, *, before: bool = False,
     return reached, release
 
 
+def second_waits_for_first(ivr, first: threading.Thread, reached: threading.Event,
+                           release: threading.Event, second: threading.Thread,
+                           what: str) -> None:
+    """Start ``first`` and let it reach its pause (``pause``), then start ``second`` and
+    return once it waits for a lock (the one ``first`` holds, PostgreSQL); then let
+    ``first`` go on and await both."""
+    if not first.is_alive():
+        first.start()
+    assert reached.wait(10), "the first never reached its pause"
+    second.start()
+    until_waiting_for_a_lock(ivr, second, what)
+    release.set()
+    first.join(15)
+    second.join(15)
+
+
 class Outcomes:
     """Handlers run in threads, each one's result or error kept under its name (a
     database error as the driver's own, first line only)."""

@@ -16,7 +16,7 @@ from ivr.storage.calls import CallRepository
 from ivr.storage.models import Call, Ticket
 from ivr.storage.tickets import TicketRepository
 
-from ..support import BUSINESS_OWNER, ROOT, pause, twiml, until_waiting_for_a_lock
+from ..support import BUSINESS_OWNER, ROOT, pause, second_waits_for_first, twiml
 from .test_storage import step
 
 # A ticket logged during an outage, as the spool keeps it (the format's sample).
@@ -33,14 +33,12 @@ def stored(ivr, sid) -> Call:
         return session.get(Call, sid)
 
 
-def status_meanwhile(ivr, params, hold: threading.Event) -> None:
-    """Send the status callback while another transaction is held open, wait until it
-    waits for that one, then let that one go and await both."""
-    ended = threading.Thread(target=ivr.service.status, args=(params,))
-    ended.start()
-    until_waiting_for_a_lock(ivr, ended, "the status callback")
-    hold.set()
-    ended.join(10)
+def status_meanwhile(ivr, holder: threading.Thread, reached: threading.Event,
+                     release: threading.Event, params) -> None:
+    """The status callback sent while ``holder`` is paused inside its transaction."""
+    second_waits_for_first(ivr, holder, reached, release,
+                           threading.Thread(target=ivr.service.status, args=(params,)),
+                           "the status callback")
 
 
 def test_a_hang_up_reported_before_the_outage_replay_is_kept_and_the_ticket_joins_it(
@@ -72,10 +70,7 @@ def test_a_hang_up_during_the_first_webhook_still_ends_the_call(twilio, ivr, cal
     inserted, release = pause(monkeypatch, CallRepository, "start", thread="first-voice")
     first = threading.Thread(name="first-voice", target=ivr.service.incoming,
                              args=(twilio.call_params(call_sid),))
-    first.start()
-    assert inserted.wait(10)
-    status_meanwhile(ivr, hang_up(twilio, call_sid), release)
-    first.join(10)
+    status_meanwhile(ivr, first, inserted, release, hang_up(twilio, call_sid))
     call = stored(ivr, call_sid)
     assert (call.twilio_status, call.duration_seconds, call.outcome) == \
         ("completed", 4, "abandoned")
@@ -89,11 +84,8 @@ def test_a_hang_up_while_the_replay_restores_the_call_still_ends_it(twilio, ivr,
     sid = SPOOLED["call_sid"]
     restored, release = pause(monkeypatch, TicketRepository, "restore")
     replay = threading.Thread(target=ivr.service.replay, args=(SPOOLED,))
-    replay.start()
-    assert restored.wait(10)
-    status_meanwhile(ivr, hang_up(twilio, sid, "90", "5", to=SPOOLED["dialed_number"],
-                                  caller=SPOOLED["caller_number"]), release)
-    replay.join(10)
+    status_meanwhile(ivr, replay, restored, release, hang_up(
+        twilio, sid, "90", "5", to=SPOOLED["dialed_number"], caller=SPOOLED["caller_number"]))
     call = stored(ivr, sid)
     assert (call.outcome, call.twilio_status, call.duration_seconds) == \
         ("routed", "completed", 90)

@@ -12,8 +12,8 @@ from ivr.storage.models import OutboxMessage, Ticket
 
 from ..desk_support import ADMIN_TOKEN, admin_app
 from ..floor_support import ENGINEER_PHONE, add_engineer, digits_spoken, queued
-from ..support import (CALLER, US_LINE, Outcomes, RecordingHttpClient, pause, spoken, twiml,
-                       until_waiting_for_a_lock)
+from ..support import (CALLER, US_LINE, Outcomes, RecordingHttpClient, pause,
+                       second_waits_for_first, spoken, twiml)
 
 ACCOUNT = "AC" + "1" * 32
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -141,15 +141,9 @@ def test_a_callback_placed_while_the_customer_answers_the_last_one_waits_not_dea
     outcomes = Outcomes()
     second = outcomes.thread("place", Callbacks.of(ivr, http).place, waiting["ticket"], "aiko",
                              "admin")
-    second.start()
-    assert placing.wait(10)
     answered = outcomes.thread("customer", ivr.floor.callback_customer,
                                leg(new_call_sid(), CALLER, US_LINE), {"attempt": str(first["id"])})
-    answered.start()
-    until_waiting_for_a_lock(ivr, answered, "the customer's webhook")
-    release.set()
-    second.join(15)
-    answered.join(15)
+    second_waits_for_first(ivr, second, placing, release, answered, "the customer's webhook")
     assert not outcomes.errors, outcomes.errors
     ticket, assignment, attempts = state(ivr, waiting["ticket"])
     assert ticket.status == "connected" and assignment.engineer == "aiko"

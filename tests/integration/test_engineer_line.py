@@ -10,8 +10,9 @@ from ivr.sim.simulator import new_call_sid
 from ivr.storage.engineers import Assignment, DeskAction, FloorRepository
 from ivr.storage.models import Ticket
 
-from ..floor_support import add_engineer, digits_spoken, engineer_params, queued
-from ..support import Outcomes, pause, spoken, twiml, until_waiting_for_a_lock
+from ..floor_support import (add_engineer, digits_spoken, engineer_params, queued,
+                             while_the_desk_closes)
+from ..support import Outcomes, pause, second_waits_for_first, spoken, twiml
 
 
 def ticket(ivr, number):
@@ -129,13 +130,7 @@ def test_a_close_the_desk_commits_while_the_engineer_is_bridged_in_is_not_undone
     caller = {**twilio.call_params(waiting["sid"]), "DequeingCallSid": agent_sid}
     bridged = []
     bridge = threading.Thread(target=lambda: bridged.append(ivr.floor.joining(caller, {})))
-    with ivr.storage.unit_of_work() as uow:  # the desk closes the ticket, not committed yet
-        closing, _ = uow.desk.ticket(waiting["ticket"], for_update=True)
-        closing.status = "closed"
-        uow.session.flush()
-        bridge.start()
-        until_waiting_for_a_lock(ivr, bridge, "the bridge")
-    bridge.join(10)
+    while_the_desk_closes(ivr, waiting["ticket"], bridge, "the bridge")
     assert len(bridged) == 1  # the caller heard the engineer joining
     assert ticket(ivr, waiting["ticket"]).status == "closed"
 
@@ -160,15 +155,9 @@ def test_a_pick_up_of_a_stale_claim_while_its_caller_is_bridged_in_waits_not_dea
     outcomes = Outcomes()
     caller = {**twilio.call_params(waiting["sid"]), "DequeingCallSid": aiko_sid}
     bridge = outcomes.thread("bridge", ivr.floor.joining, caller, {})
-    bridge.start()
-    assert bridging.wait(10)
     pick_up = outcomes.thread("pick-up", ivr.floor.agent_call,
                               engineer_params(new_call_sid(), "+14155550188"), {})
-    pick_up.start()
-    until_waiting_for_a_lock(ivr, pick_up, "ben's pick-up")
-    release.set()
-    bridge.join(15)
-    pick_up.join(15)
+    second_waits_for_first(ivr, bridge, bridging, release, pick_up, "ben's pick-up")
     assert not outcomes.errors, outcomes.errors
     assert "<Dial" not in outcomes.results["pick-up"]  # nobody else waiting for ben
     assert ticket(ivr, waiting["ticket"]).status == "connected"

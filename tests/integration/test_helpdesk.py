@@ -724,18 +724,11 @@ def two_copies_at_once(ivr, monkeypatch, pause_after: str, send) -> None:
     its transaction); copy B starts and waits for A's row lock; then A commits."""
     import threading
 
-    from ..support import pause, until_waiting_for_a_lock
+    from ..support import pause, second_waits_for_first
 
     reached, release = pause(monkeypatch, ivr.service, pause_after, thread="copy-a")
-    a = threading.Thread(name="copy-a", target=send)
-    b = threading.Thread(name="copy-b", target=send)
-    a.start()
-    assert reached.wait(10)
-    b.start()
-    until_waiting_for_a_lock(ivr, b, "the second copy")
-    release.set()
-    a.join(10)
-    b.join(10)
+    second_waits_for_first(ivr, threading.Thread(name="copy-a", target=send), reached, release,
+                           threading.Thread(name="copy-b", target=send), "the second copy")
 
 
 def updates_pushed(ivr, call_sid) -> tuple[list[str], str]:

@@ -9,8 +9,8 @@ from sqlalchemy import select
 from ivr.storage.engineers import DeskAction
 from ivr.storage.models import Ticket
 
-from ..floor_support import queued
-from ..support import twiml, until_waiting_for_a_lock
+from ..floor_support import queued, while_the_desk_closes
+from ..support import twiml
 
 
 def status(ivr, number):
@@ -75,12 +75,6 @@ def test_a_close_the_desk_commits_while_the_sweep_waits_for_the_ticket_is_not_un
     clock.advance(hours=1)
     swept = []
     sweep = threading.Thread(target=lambda: swept.append(ivr.floor.sweep_stranded()))
-    with ivr.storage.unit_of_work() as uow:  # the desk closes the ticket, not committed yet
-        ticket, _ = uow.desk.ticket(lost["ticket"], for_update=True)
-        ticket.status = "closed"
-        uow.session.flush()
-        sweep.start()
-        until_waiting_for_a_lock(ivr, sweep, "the sweep")
-    sweep.join(10)
+    while_the_desk_closes(ivr, lost["ticket"], sweep, "the sweep")
     assert status(ivr, lost["ticket"]) == "closed"
     assert swept == [0]
