@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
+import threading
 import weakref
 from pathlib import Path
 from typing import Iterator
@@ -27,11 +29,20 @@ from sqlalchemy.orm import Session
 from ..domain.clock import utcnow  # noqa: F401  re-exported for the storage layer
 from .sql import driver_error
 
+log = logging.getLogger("ivr.storage")
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 # How long a write waits for another worker's (SQLite's busy timeout): a caller must hear
 # something within Twilio's 15 s, and past this the service takes the outage path.
 LOCK_WAIT_SECONDS = 5.0
+
+# SQLite's WAL is copied back into the database file (a checkpoint, with an fsync) by a
+# thread of each process every CHECKPOINT_SECONDS, not by whichever webhook's commit
+# happens to cross SQLite's threshold: that commit paid 5-50 ms for it. A connection still
+# checkpoints by itself past WAL_LIMIT_PAGES (40 MB), should that thread ever stop.
+CHECKPOINT_SECONDS = 1.0
+WAL_LIMIT_PAGES = 10_000
 
 # Errors that mean the database cannot be reached or written, not that a request was bad.
 DATABASE_DOWN = (OperationalError, InterfaceError)
@@ -43,6 +54,9 @@ class Storage:
     def __init__(self, url: str, *, echo: bool = False):
         self.url = make_url(url)
         self.engine = _create_engine(self.url, echo=echo)
+        self.checkpointer = _Checkpointer.for_engine(self.engine)
+        if self.checkpointer is not None:  # a storage dropped without dispose() stops it too
+            weakref.finalize(self, self.checkpointer.stop)
         # A worker forked from a process that already connected (gunicorn --preload) must
         # open its own connections rather than share the parent's sockets or SQLite handles.
         engine = weakref.ref(self.engine)
@@ -93,6 +107,8 @@ class Storage:
         return (pg_insert if self.dialect == "postgresql" else sqlite_insert)(table)
 
     def dispose(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.engine.dispose()
 
 
@@ -173,6 +189,7 @@ def _create_engine(url, echo: bool) -> Engine:
         cursor.execute(f"PRAGMA busy_timeout={int(LOCK_WAIT_SECONDS * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_LIMIT_PAGES}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -194,3 +211,62 @@ def _create_engine(url, echo: bool) -> Engine:
 
     return engine
 
+
+
+class _Checkpointer:
+    """Checkpoints a SQLite database's WAL from a thread of its own, in each process that
+    uses the database (started with the process's first connection, so a forked worker
+    starts its own), and stops with ``Storage.dispose``. A PASSIVE checkpoint never
+    waits for or blocks a writer or a reader; the database file's fsync happens here."""
+
+    def __init__(self, database: str):
+        self.database = database
+        self.runs = 0
+        self._pid: int | None = None
+        self._stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> "_Checkpointer | None":
+        database = engine.url.database
+        if engine.dialect.name != "sqlite" or not database or database == ":memory:" \
+                or database.startswith("file:"):
+            return None
+        checkpointer = cls(database)
+        event.listen(engine, "connect", lambda *_: checkpointer.start())
+        return checkpointer
+
+    def start(self) -> None:
+        if self._pid == os.getpid() or self._stop.is_set():
+            return
+        self._pid = os.getpid()
+        self.thread = threading.Thread(target=self._loop, name="sqlite-checkpoint", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run_once(self) -> tuple[int, int, int]:
+        """One PASSIVE checkpoint: (busy, frames in the WAL, frames checkpointed)."""
+        # mode=rw: a database file that has gone away is not created again here.
+        connection = sqlite3.connect(f"{Path(self.database).resolve().as_uri()}?mode=rw",
+                                     uri=True, timeout=LOCK_WAIT_SECONDS)
+        try:
+            busy, frames, done = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            connection.close()
+        self.runs += 1
+        return busy, frames, done
+
+    def _loop(self) -> None:
+        failing = False
+        while not self._stop.wait(CHECKPOINT_SECONDS):
+            if not os.path.exists(self.database):
+                return  # the database was deleted (a test's, or a file moved away)
+            try:
+                self.run_once()
+                failing = False
+            except sqlite3.Error as error:  # the next turn tries again
+                if not failing:
+                    log.warning("SQLite WAL checkpoint failed: %s", error)
+                failing = True
