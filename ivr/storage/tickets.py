@@ -65,12 +65,6 @@ class TicketRepository:
                 return TicketRow(tid, number_, level, minutes, TicketStatus(current))
         raise RuntimeError("could not allocate a unique ticket number")
 
-    def move(self, ticket: TicketRow, new: TicketStatus, now: dt.datetime,
-             callback_number: str | None = None) -> TicketRow:
-        """Move the ticket on; raises ``lifecycle.ForbiddenMove`` if it may not go there
-        from where it stands."""
-        return self._move(ticket, new, now, callback_number, strict=True)[0]
-
     def advance(self, ticket: TicketRow, new: TicketStatus, now: dt.datetime,
                 callback_number: str | None = None) -> tuple[TicketRow, bool]:
         """Move the ticket on if the lifecycle allows it from where it stands; otherwise
@@ -78,14 +72,10 @@ class TicketRepository:
         ticket as it now stands, and whether this call moved it: not when the move was
         already made, by the desk or by another copy of the same request that ran while
         this one waited for the call's lock (its ``ticket`` was read before that)."""
-        return self._move(ticket, new, now, callback_number, strict=False)
-
-    def _move(self, ticket: TicketRow, new: TicketStatus, now: dt.datetime,
-              callback_number: str | None, strict: bool) -> tuple[TicketRow, bool]:
         # The update applies only if the ticket is still where it was read (the desk may
         # have moved it meanwhile); if not, the move is judged again from where it is.
         for _ in range(3):
-            if not strict and not can_move(ticket.status, new):
+            if not can_move(ticket.status, new):
                 return ticket, False
             status = move(ticket.status, new)
             moved = MOVE.run(self.uow.connection, {
