@@ -48,8 +48,8 @@ def drain(storage: Storage, settings: Settings, *, http_client: HttpClient | Non
             if held is None:
                 log.info("sms %s was taken by another sender; not sent here", message_id)
                 continue
-            _, outcome, fields = _send(client, settings, missing, message_id, to_number, body,
-                                       attempts)
+            outcome, fields = _send(client, settings, missing, message_id, to_number, body,
+                                    attempts)
             with storage.unit_of_work() as uow:
                 if not uow.outbox.record(message_id, held, **fields):
                     log.warning("sms %s was taken by another sender while it was sent; "
@@ -60,20 +60,21 @@ def drain(storage: Storage, settings: Settings, *, http_client: HttpClient | Non
 
 
 def _send(client: Client | None, settings: Settings, missing: list[str], message_id: int,
-          to_number: str, body: str, attempts: int) -> tuple[int, str, dict]:
+          to_number: str, body: str, attempts: int) -> tuple[str, dict]:
+    """Send one message: the outcome counted and the fields its record gets."""
     if client is None:
-        return message_id, "not_sent", {"status": "not_sent",
-                                        "reason": f"not configured: {', '.join(missing)}"}
+        return "not_sent", {"status": "not_sent",
+                            "reason": f"not configured: {', '.join(missing)}"}
     try:
         sent = client.messages.create(to=to_number, from_=settings.sms_from, body=body)
     except (TwilioRestException, TwilioException, OSError) as exc:
         log.warning("sms %s to %s failed (attempt %s)", message_id, mask(to_number), attempts)
         reason = f"{type(exc).__name__}: {str(exc)[:300]}"
         if attempts >= MAX_ATTEMPTS:
-            return message_id, "failed", {"status": "failed", "reason": reason}
-        return message_id, "retry", {"status": "pending", "reason": reason}
+            return "failed", {"status": "failed", "reason": reason}
+        return "retry", {"status": "pending", "reason": reason}
     log.info("sms %s sent to %s", message_id, mask(to_number))
-    return message_id, "sent", {"status": "sent", "twilio_sid": sent.sid, "sent_at": utcnow()}
+    return "sent", {"status": "sent", "twilio_sid": sent.sid, "sent_at": utcnow()}
 
 
 def drain_all(storage: Storage, settings: Settings, service, floor,
