@@ -165,7 +165,7 @@ class CallRecord:
     @property
     def finished(self) -> bool:
         """Whether Twilio has told how the call or its wait in the queue ended."""
-        return self.values["twilio_status"] in FINAL_STATUSES or bool(self.values["queue_result"])
+        return self.ended or bool(self.values["queue_result"])
 
 
 def _put(writers: tuple, state: CallState, into: dict[str, Any]) -> None:

@@ -148,14 +148,13 @@ class CallService:
         result = calls.record_status(call_sid, status, duration, at, sequence=sequence)
         if result[0] or calls.exists(call_sid):
             return result  # applied, or older than a callback already applied
-        if not self.meet(uow, call_sid, to, caller, at):
-            # Stored meanwhile by its first webhook: the status applies as to any call.
-            return calls.record_status(call_sid, status, duration, at, sequence=sequence)
-        log.info("call %s stored from its status callback (its first webhook not seen)",
-                 call_sid)
-        applied, region, outcome, _ = calls.record_status(call_sid, status, duration, at,
-                                                          sequence=sequence)
-        return applied, region, outcome, False
+        met = self.meet(uow, call_sid, to, caller, at)  # False: its first webhook stored it
+        if met:
+            log.info("call %s stored from its status callback (its first webhook not seen)",
+                     call_sid)
+        applied, region, outcome, abandoned = calls.record_status(call_sid, status, duration,
+                                                                  at, sequence=sequence)
+        return applied, region, outcome, abandoned and not met
 
     def meet(self, uow: UnitOfWork, call_sid: str, to: str | None, caller: str | None,
              at: dt.datetime) -> bool:
