@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import threading
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -90,8 +91,6 @@ def postgres_schema(server_url: str):
 def until_waiting_for_a_lock(ivr, thread, what: str) -> None:
     """PostgreSQL: return once one of the app's connections waits for a lock (what
     ``thread`` is about to do); fail if ``thread`` ends first or 10 s pass."""
-    import time
-
     from sqlalchemy import create_engine, text
 
     name = ivr.storage.engine.url.query["application_name"]

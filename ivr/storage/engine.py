@@ -212,7 +212,6 @@ def _create_engine(url, echo: bool) -> Engine:
     return engine
 
 
-
 class _Checkpointer:
     """Checkpoints a SQLite database's WAL from a thread of its own, in each process that
     uses the database (started with the process's first connection, so a forked worker
