@@ -159,14 +159,20 @@ class CallService:
     def meet(self, uow: UnitOfWork, call_sid: str, to: str | None, caller: str | None,
              at: dt.datetime) -> bool:
         """Store a call known only from a callback; False if it was stored meanwhile."""
+        record = self._new_record(uow, call_sid, None, to or "", caller or "")
+        return uow.calls.start(record, record.state, record.language, at)
+
+    def _new_record(self, uow: UnitOfWork, call_sid: str, account_sid: str | None, to: str,
+                    caller: str) -> CallRecord:
+        """A call not stored yet, on the line it was made to (the default voice and an
+        "unknown" region for a number that is not one of the lines)."""
         line = self.config.line_for(to)
         voice = line.speech if line is not None else self.config.service.speech
-        record = uow.calls.new(call_sid=call_sid, account_sid=None,
-                               dialed_number=line.number if line is not None else (to or ""),
-                               region=line.region if line is not None else "unknown",
-                               language=voice.language, caller_number=caller or "",
-                               can_text=can_receive_sms(caller))
-        return uow.calls.start(record, record.state, voice.language, at)
+        return uow.calls.new(call_sid=call_sid, account_sid=account_sid,
+                             dialed_number=line.number if line is not None else to,
+                             region=line.region if line is not None else "unknown",
+                             language=voice.language, caller_number=caller,
+                             can_text=can_receive_sms(caller))
 
     def queue_result(self, params: Mapping[str, str], ticket_number: str | None) -> str:
         """Twilio's request after <Enqueue> or <Dial> ends: record how it ended and how long
@@ -315,20 +321,11 @@ class CallService:
         record = uow.calls.load(request.call_sid)
         if record is not None:
             return record, False
-        line = self.config.line_for(request.to)
-        if line is None:
+        if self.config.line_for(request.to) is None:
             log.warning("call %s to unconfigured number %s answered in %s", request.call_sid,
                         mask(request.to), self.config.service.default_language)
-        voice = line.speech if line is not None else self.config.service.speech
-        record = uow.calls.new(
-            call_sid=request.call_sid,
-            account_sid=request.account_sid,
-            dialed_number=line.number if line is not None else request.to,
-            region=line.region if line is not None else "unknown",
-            language=voice.language,
-            caller_number=request.caller,
-            can_text=can_receive_sms(request.caller),
-        )
+        record = self._new_record(uow, request.call_sid, request.account_sid, request.to,
+                                  request.caller)
         log.info("call %s started region=%s from=%s", record.call_sid, record.region,
                  mask(request.caller))
         return record, True
