@@ -173,8 +173,8 @@ def _create_engine(url, echo: bool) -> Engine:
                              pool_pre_ping=url.get_driver_name() != "ivr_psycopg",
                              pool_size=5, max_overflow=5,
                              connect_args={"connect_timeout": 3})
-    database = url.database
-    if database and database != ":memory:" and not database.startswith("file:"):
+    database = _sqlite_file(url)
+    if database is not None:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     # hide_parameters: an SQL error in a log never shows the PMI, numbers or message bodies.
     engine = create_engine(url, echo=echo, hide_parameters=True, connect_args={"timeout": 5})
@@ -212,6 +212,14 @@ def _create_engine(url, echo: bool) -> Engine:
     return engine
 
 
+def _sqlite_file(url) -> str | None:
+    """The path of a SQLite URL's database file; None for an in-memory or URI database."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database
+
+
 class _Checkpointer:
     """Checkpoints a SQLite database's WAL from a thread of its own, in each process that
     uses the database (started with the process's first connection, so a forked worker
@@ -227,9 +235,8 @@ class _Checkpointer:
 
     @classmethod
     def for_engine(cls, engine: Engine) -> "_Checkpointer | None":
-        database = engine.url.database
-        if engine.dialect.name != "sqlite" or not database or database == ":memory:" \
-                or database.startswith("file:"):
+        database = _sqlite_file(engine.url) if engine.dialect.name == "sqlite" else None
+        if database is None:
             return None
         checkpointer = cls(database)
         event.listen(engine, "connect", lambda *_: checkpointer.start())
