@@ -6,6 +6,11 @@ short transaction as soon as it is known. A sender killed at any point leaves it
 claimed; their lease runs out and the next sender sends them again, which is safe: a
 create carries the same Idempotency-Key and body, an update sets the same values and
 skips a note that is already there.
+
+A round of slow pushes can outlast the lease on the jobs it has not reached yet, and
+another sender then takes them, pushes them and moves on to the tickets' next changes. So
+each job's claim is renewed just before its push, and a job another sender has taken is
+left to it: pushed late, an old change would overwrite a newer one in the help desk.
 """
 
 from __future__ import annotations
@@ -81,6 +86,8 @@ class Sender:
                 if failing >= GIVE_UP_ROUND_AFTER:
                     result = Result("retry", message=f"put off: {self.desk.name} did not "
                                     "answer the pushes before it", tried=False)
+                elif not self._renew(item):
+                    continue
                 else:
                     result = self._push(item)
                     failing = failing + 1 if result.outcome == "retry" \
@@ -122,6 +129,18 @@ class Sender:
             attempts=job.attempts, failures=job.failures, claimed_at=now,
             first_try_age=(now - (job.first_attempt_at or now)).total_seconds(),
             problem=problem)
+
+    def _renew(self, item: Work) -> bool:
+        """Hold the job for its push, unless another sender has taken it since the claim."""
+        now = self.clock()
+        with self.storage.transaction() as session:
+            held = HelpdeskJobRepository(session).renew(item.job_id, item.claimed_at, now)
+        if held:
+            item.claimed_at = now
+        else:
+            log.info("help desk: job %s was taken by another sender; not pushed here",
+                     item.job_id)
+        return held
 
     def _push(self, item: Work) -> Result:
         """The request, with no transaction open."""

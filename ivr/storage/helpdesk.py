@@ -164,9 +164,18 @@ class HelpdeskJobRepository:
             select(HelpdeskJob.id).where(HelpdeskJob.ticket_id == ticket_id,
                                          HelpdeskJob.dedupe == "create")) is not None
 
+    def renew(self, job_id: int, claimed_at: dt.datetime, now: dt.datetime) -> bool:
+        """Renew this sender's claim on one job (taken at ``claimed_at``) to ``now``, just
+        before pushing it: False if another sender has taken it since, and nothing is
+        written."""
+        return self._while_held(job_id, claimed_at, {"claimed_at": now})
+
     def record(self, job_id: int, claimed_at: dt.datetime | None, **values) -> bool:
         """Store a result, unless another sender has claimed the job since (its lease ran
         out): False then, and nothing is written."""
+        return self._while_held(job_id, claimed_at, values)
+
+    def _while_held(self, job_id: int, claimed_at: dt.datetime | None, values: dict) -> bool:
         result = self.session.execute(
             update(HelpdeskJob)
             .where(HelpdeskJob.id == job_id, HelpdeskJob.status == "sending",

@@ -178,6 +178,58 @@ def test_a_sender_killed_between_zendesks_answer_and_recording_it_still_makes_on
     assert jobs(ivr)[0].remote_id == str(next(iter(fake.tickets)))
 
 
+class SlowFirstPush:
+    """The help desk as a sender sees it, with ``meanwhile`` run during its first push:
+    a push that took so long that the sender's claim on the rest of its batch ran out."""
+
+    def __init__(self, desk, meanwhile):
+        self.desk, self.meanwhile, self.pushes = desk, meanwhile, 0
+
+    @property
+    def name(self):
+        return self.desk.name
+
+    def _slow(self, result):
+        self.pushes += 1
+        if self.pushes == 1:
+            self.meanwhile()
+        return result
+
+    def create(self, *args, **kwargs):
+        return self._slow(self.desk.create(*args, **kwargs))
+
+    def update(self, *args, **kwargs):
+        return self._slow(self.desk.update(*args, **kwargs))
+
+
+def test_a_batch_that_outlasts_its_claim_never_pushes_an_old_change_over_a_newer_one(
+        simulator, ivr, fake, clock):
+    first = call(simulator)  # P1
+    sender(ivr, clock).drain()
+    second = call(simulator, US_LINE, CALLER, 2)
+    desk = Desk.of(ivr)
+    desk.set_priority(first, 3)  # queued after the second ticket's create
+
+    def another_sender_takes_over():
+        clock.advance(seconds=ivr.config.helpdesk.lease_seconds + 1)
+        assert sender(ivr, clock).drain()["sent"] == 2  # the second's create, then P3
+        desk.set_priority(first, 2)
+        assert sender(ivr, clock).drain()["sent"] == 1  # P2
+
+    slow = sender(ivr, clock)
+    slow.desk = SlowFirstPush(slow.desk, another_sender_takes_over)
+    slow.drain()  # claimed the second's create and P3 together; the create was slow
+
+    by_number = {t["external_id"]: t for t in fake.tickets.values()}
+    assert set(by_number) == {first, second}
+    assert by_number[first]["priority"] == "high"  # P2, the latest: P3 was not pushed again
+    path = f"/api/v2/tickets/{by_number[first]['id']}.json"
+    priorities = [r["json"]["ticket"]["priority"] for r in fake.writes() if r["path"] == path]
+    assert priorities == ["normal", "high"]
+    assert slow.desk.pushes == 1  # the rest of its batch was left to the sender that took it
+    assert all(j.status == "sent" for j in jobs(ivr))
+
+
 def test_a_create_retried_after_zendesk_forgot_the_key_finds_the_ticket_by_external_id(
         simulator, ivr, fake, clock, monkeypatch):
     number = call(simulator)
