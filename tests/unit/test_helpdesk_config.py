@@ -36,6 +36,8 @@ def test_a_subdomain_gives_the_zendesk_host_and_a_url_wins_when_set(tmp_path):
     ({"custom_fields": "{ region = -3 }"}, "helpdesk.custom_fields"),
     ({"timeout_seconds": "0"}, "helpdesk.timeout_seconds"),
     ({"max_attempts": "0"}, "helpdesk.max_attempts"),
+    ({"timeout_seconds": "20", "lease_seconds": "60"},
+     "lease_seconds (60) must be at least four times timeout_seconds (20)"),
     ({"surprise": "1"}, "helpdesk.surprise: is not a known key"),
 ])
 def test_bad_help_desk_settings_stop_the_app_naming_the_key(tmp_path, keys, named):
