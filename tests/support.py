@@ -65,47 +65,64 @@ class TwilioClient:
 
 
 @contextlib.contextmanager
+def postgres_admin(url):
+    """A connection of its own to a PostgreSQL server, outside the app's pool, each
+    statement committed as it runs (to create and drop schemas, watch and end backends)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    admin = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as connection:
+            yield connection
+    finally:
+        admin.dispose()
+
+
+@contextlib.contextmanager
 def postgres_schema(server_url: str):
     """A URL whose connections live in a new, empty schema; the schema is dropped after,
     and any connection a test left open to it is closed first."""
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
     name = f"t_{uuid.uuid4().hex[:16]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
+    with postgres_admin(server_url) as connection:
         connection.execute(text(f'CREATE SCHEMA "{name}"'))
     url = make_url(server_url).update_query_dict(
         {"options": f"-csearch_path={name}", "application_name": name})
     try:
         yield url.render_as_string(hide_password=False)
     finally:
-        with admin.connect() as connection:
-            connection.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = :name AND pid <> pg_backend_pid()"), {"name": name})
+        with postgres_admin(server_url) as connection:
+            end_backends(connection, name)
             connection.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
-        admin.dispose()
+
+
+def end_backends(admin, application_name: str) -> int:
+    """Terminate, on the server, every backend of an application but the admin's own."""
+    from sqlalchemy import text
+
+    return admin.execute(text(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = :name AND pid <> pg_backend_pid()"),
+        {"name": application_name}).scalar()
 
 
 def until_waiting_for_a_lock(ivr, thread, what: str) -> None:
     """PostgreSQL: return once one of the app's connections waits for a lock (what
     ``thread`` is about to do); fail if ``thread`` ends first or 10 s pass."""
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
 
     name = ivr.storage.engine.url.query["application_name"]
-    admin = create_engine(ivr.storage.engine.url, isolation_level="AUTOCOMMIT")
-    try:
-        deadline = time.monotonic() + 10
-        with admin.connect() as connection:
-            while not connection.execute(text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
-                    "AND wait_event_type = 'Lock'"), {"name": name}).scalar():
-                assert thread.is_alive() and time.monotonic() < deadline, \
-                    f"{what} never waited for a lock"
-                time.sleep(0.02)
-    finally:
-        admin.dispose()
+    deadline = time.monotonic() + 10
+    with postgres_admin(ivr.storage.engine.url) as connection:
+        while not connection.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
+                "AND wait_event_type = 'Lock'"), {"name": name}).scalar():
+            assert thread.is_alive() and time.monotonic() < deadline, \
+                f"{what} never waited for a lock"
+            time.sleep(0.02)
 
 
 def pause(monkeypatch, owner, name: str, *, before: bool = False,

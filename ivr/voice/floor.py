@@ -23,7 +23,6 @@ from ..domain.engineers import (
     Waiting,
     customer_outcome,
     engineer_outcome,
-    position,
     queue_name,
     ranked,
 )

@@ -8,12 +8,9 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from ivr.storage import DATABASE_DOWN, Storage, engine
-
-from ..support import TwilioClient
 
 
 @pytest.fixture

@@ -10,14 +10,14 @@ import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import create_engine, event, select, text
+from sqlalchemy import event, select
 
 from ivr import create_app
 from ivr.storage.models import Call, Lockout, OutboxMessage, Ticket
 
 from ..conftest import POSTGRES_URL
-from ..support import (BUSINESS_OWNER, CALLER, TwilioClient, spoken, twiml,
-                       until_waiting_for_a_lock)
+from ..support import (BUSINESS_OWNER, CALLER, TwilioClient, end_backends, postgres_admin,
+                       spoken, twiml, until_waiting_for_a_lock)
 
 # Statements each webhook step may issue (BEGIN excluded; COMMIT is not a statement).
 # The same figures are in README.md, "Reliability and scale".
@@ -153,16 +153,8 @@ def test_a_write_in_a_read_only_unit_of_work_is_refused_by_postgresql_or_never_l
 def drop_pooled_connections(ivr) -> None:
     """Terminate, on the server, the backends of the connections the app's pool keeps."""
     assert ivr.storage.engine.pool.checkedin() >= 1  # kept for reuse
-    name = ivr.storage.engine.url.query["application_name"]
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            dropped = connection.execute(text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = :name"), {"name": name}).scalar()
-        assert dropped >= 1
-    finally:
-        admin.dispose()
+    with postgres_admin(POSTGRES_URL) as admin:
+        assert end_backends(admin, ivr.storage.engine.url.query["application_name"]) >= 1
 
 
 def test_the_orm_transactions_of_the_desk_and_the_sender_survive_a_dropped_connection(
@@ -219,18 +211,12 @@ def test_a_connection_dropped_inside_a_webhook_is_discarded_and_reported_as_down
     from ivr.storage import DATABASE_DOWN
 
     name = ivr.storage.engine.url.query["application_name"]
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with pytest.raises(DATABASE_DOWN) as raised:
-            with ivr.storage.unit_of_work() as uow:
-                with admin.connect() as connection:
-                    connection.execute(text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE application_name = :name"), {"name": name})
-                uow.calls.load("CA" + "8" * 32)
-        assert raised.value.connection_invalidated
-    finally:
-        admin.dispose()
+    with pytest.raises(DATABASE_DOWN) as raised:
+        with ivr.storage.unit_of_work() as uow:
+            with postgres_admin(POSTGRES_URL) as admin:
+                assert end_backends(admin, name) == 1
+            uow.calls.load("CA" + "8" * 32)
+    assert raised.value.connection_invalidated
     with ivr.storage.unit_of_work(readonly=True) as uow:  # a fresh connection
         assert uow.calls.load("CA" + "8" * 32) is None
     with pytest.raises(DATABASE_DOWN):  # closed on this side: no cursor to be had
