@@ -7,7 +7,11 @@ For each step the time per request is split into categories (SQLAlchemy ORM, Cor
 database driver and server, Werkzeug, Flask, the signature check, TwiML, logging, metrics,
 the service's own code, ...), scaled to the time measured without the profiler, so the
 table reads in milliseconds per request. Written to bench/results/profile.txt (with the
-pyinstrument trees) on SQLite and, when reachable, on PostgreSQL."""
+pyinstrument trees) on SQLite and, when reachable, on PostgreSQL.
+
+``--pause 0.03`` waits that long before every request (outside what is timed), as a
+caller's pace does: each request then finds the caches cold, and the profile says where a
+paced request's time goes (written to bench/results/profile-paced.txt)."""
 
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run import in_process, postgres  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "profile.txt"
+OUT_PACED = ROOT / "bench" / "results" / "profile-paced.txt"
 INTERVAL = 0.0002  # seconds between samples
 
 DRIVER_CALLS = {"do_execute", "do_execute_no_params", "do_executemany", "do_commit",
@@ -68,8 +73,9 @@ class Steps:
     """WSGI middleware: wall and CPU time per request by path, optionally under one
     pyinstrument profiler per path."""
 
-    def __init__(self, app):
+    def __init__(self, app, pause: float = 0.0):
         self.app = app
+        self.pause = pause
         self.profile = False
         self.wall: dict[str, list[float]] = {}
         self.cpu: dict[str, list[float]] = {}
@@ -85,6 +91,8 @@ class Steps:
 
     def __call__(self, environ, start_response):
         step = environ.get("PATH_INFO", "")
+        if self.pause:
+            time.sleep(self.pause)
         if self.profile:
             self.profiler.start()
         self._statements = 0
@@ -139,7 +147,8 @@ def split(session: Session) -> dict[str, float]:
     return totals
 
 
-def profile_backend(name: str, database_url: str, calls: int, seed: int) -> str:
+def profile_backend(name: str, database_url: str, calls: int, seed: int,
+                    pause: float = 0.0) -> str:
     from ivr.sim.surge import plan_call
 
     with in_process(database_url) as (app, simulator):
@@ -151,6 +160,7 @@ def profile_backend(name: str, database_url: str, calls: int, seed: int) -> str:
             simulator.call(to, caller, digits)
         steps.wall.clear()
         steps.cpu.clear()
+        steps.pause = pause
         for _kind, to, caller, digits in plans[50:50 + calls]:
             result = simulator.call(to, caller, digits)
             if result.outcome is None or result.outcome == "error":
@@ -187,8 +197,9 @@ def report(name: str, steps: Steps) -> str:
     columns = [*order, "all"]
     width = max(len(c) for c in columns) + 2
     label = 56
+    paced = f", {steps.pause * 1000:g} ms before each" if steps.pause else ""
     lines = [f"== {name}: {total_requests} requests in-process without the profiler "
-             f"(then as many again under it) ==", "",
+             f"(then as many again under it){paced} ==", "",
              f"{'ms per request':<{label}}" + "".join(f"{c:>{width}}" for c in columns),
              f"{'requests':<{label}}" + "".join(
                  f"{requests.get(c, total_requests):>{width}}" for c in columns),
@@ -222,24 +233,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=400,
                         help="whole calls timed, then as many profiled (default 400)")
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--pause", type=float, default=0.0,
+                        help="seconds to wait before every request, as a caller's pace does "
+                             "(default 0: back to back)")
     args = parser.parse_args(argv)
+    out = OUT_PACED if args.pause else OUT
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     sections = []
     with tempfile.TemporaryDirectory() as tmp:
         if "sqlite" in backends:
             sections.append(profile_backend("sqlite", f"sqlite:///{tmp}/profile.db",
-                                            args.calls, seed=5))
+                                            args.calls, seed=5, pause=args.pause))
         database = postgres("ivr_bench_profile") if "postgresql" in backends else None
         if database:
             try:
-                sections.append(profile_backend("postgresql", database.url, args.calls, seed=5))
+                sections.append(profile_backend("postgresql", database.url, args.calls,
+                                                seed=5, pause=args.pause))
             finally:
                 database.drop()
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(__doc__.split("\n\n")[0] + "\n\n" + "\n".join(sections), encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(__doc__.split("\n\n")[0] + "\n\n" + "\n".join(sections), encoding="utf-8")
     for section in sections:
         print("\n".join(section.split("\n-- ")[0].splitlines()))
-    print(f"Wrote {OUT}")
+    print(f"Wrote {out}")
 
 
 if __name__ == "__main__":
