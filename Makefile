@@ -72,6 +72,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/profile_steps.py $(PROFILE_ARGS)
+	$(BIN)/python bench/profile_steps.py --calls 200 --pause 0.03 $(PROFILE_ARGS)
 	$(BIN)/python bench/instructions.py
 
 clean:
