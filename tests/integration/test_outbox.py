@@ -17,6 +17,21 @@ def messages(ivr):
         return session.scalars(select(OutboxMessage)).all()
 
 
+def with_twilio(ivr):
+    """The app's settings with the account and sender number the SMS need."""
+    return ivr.settings.model_copy(update={"twilio_account_sid": "AC" + "1" * 32,
+                                           "sms_from": "+15005550006"})
+
+
+def sender_clock(monkeypatch) -> list:
+    """The sender's clock, held still: ``now[0] += ...`` moves it."""
+    from ivr.storage import utcnow
+
+    now = [utcnow()]
+    monkeypatch.setattr(outbox, "utcnow", lambda: now[0])
+    return now
+
+
 def test_without_credentials_each_message_is_marked_not_sent_with_the_reason(simulator, ivr):
     queue_one(simulator)
     counts = outbox.drain(ivr.storage, ivr.settings)
@@ -28,8 +43,7 @@ def test_without_credentials_each_message_is_marked_not_sent_with_the_reason(sim
 
 def test_with_credentials_the_sender_posts_to_twilio_messages(simulator, ivr):
     queue_one(simulator)
-    settings = ivr.settings.model_copy(update={"twilio_account_sid": "AC" + "1" * 32,
-                                               "sms_from": "+15005550006"})
+    settings = with_twilio(ivr)
     http = RecordingHttpClient()
     counts = outbox.drain(ivr.storage, settings, http_client=http)
     assert counts["sent"] == 1
@@ -47,8 +61,7 @@ def test_with_credentials_the_sender_posts_to_twilio_messages(simulator, ivr):
 
 def test_a_rejected_message_is_retried_then_given_up(simulator, ivr):
     queue_one(simulator)
-    settings = ivr.settings.model_copy(update={"twilio_account_sid": "AC" + "1" * 32,
-                                               "sms_from": "+15005550006"})
+    settings = with_twilio(ivr)
     error = (400, {"code": 21211, "message": "Invalid 'To' Phone Number", "status": 400})
     http = RecordingHttpClient([error] * outbox.MAX_ATTEMPTS)
     for _ in range(outbox.MAX_ATTEMPTS):
@@ -64,8 +77,7 @@ def test_a_slow_twilio_api_does_not_hold_the_database_while_sending(simulator, i
     from ivr.storage.models import Call
 
     queue_one(simulator)
-    settings = ivr.settings.model_copy(update={"twilio_account_sid": "AC" + "1" * 32,
-                                               "sms_from": "+15005550006"})
+    settings = with_twilio(ivr)
     writes = []
 
     class WritingWhileSending(RecordingHttpClient):
@@ -90,8 +102,7 @@ def test_a_message_claimed_by_a_sender_that_died_is_sent_again_later(simulator, 
     queue_one(simulator)
     with ivr.storage.unit_of_work() as uow:  # a sender claims it, then dies
         assert len(uow.outbox.claim(10, utcnow(), outbox.STALE_CLAIM)) == 1
-    settings = ivr.settings.model_copy(update={"twilio_account_sid": "AC" + "1" * 32,
-                                               "sms_from": "+15005550006"})
+    settings = with_twilio(ivr)
     http = RecordingHttpClient()
     assert outbox.drain(ivr.storage, settings, http_client=http)["sent"] == 0  # still claimed
     with ivr.storage.transaction() as session:
@@ -110,14 +121,10 @@ def test_a_batch_slower_than_a_claim_has_each_message_sent_once_beside_a_second_
     out), and A, finding it taken, does not send it again."""
     import datetime as dt
 
-    from ivr.storage import utcnow
-
     for _ in range(3):
         queue_one(simulator)
-    now = [utcnow()]
-    monkeypatch.setattr(outbox, "utcnow", lambda: now[0])
-    settings = ivr.settings.model_copy(update={"twilio_account_sid": "AC" + "1" * 32,
-                                               "sms_from": "+15005550006"})
+    now = sender_clock(monkeypatch)
+    settings = with_twilio(ivr)
     other = RecordingHttpClient()
 
     class Slow(RecordingHttpClient):
@@ -143,13 +150,9 @@ def test_a_result_is_not_recorded_over_a_sender_that_took_the_message_since(
     is not written over B's, the message stays as B recorded it."""
     import datetime as dt
 
-    from ivr.storage import utcnow
-
     queue_one(simulator)
-    now = [utcnow()]
-    monkeypatch.setattr(outbox, "utcnow", lambda: now[0])
-    settings = ivr.settings.model_copy(update={"twilio_account_sid": "AC" + "1" * 32,
-                                               "sms_from": "+15005550006"})
+    now = sender_clock(monkeypatch)
+    settings = with_twilio(ivr)
     other = RecordingHttpClient([(201, {"sid": "SM" + "b" * 32, "status": "queued"})])
 
     class Stuck(RecordingHttpClient):
