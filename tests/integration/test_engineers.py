@@ -4,17 +4,15 @@ desk action recorded with who did it and when."""
 import hashlib
 import hmac
 import json
-import threading
 
 import pytest
 from sqlalchemy import select, text
 
 from ivr.desk.engineers import Engineers
-from ivr.desk.service import Conflict
 from ivr.storage.engineers import Engineer, EngineerRepository
 
 from ..desk_support import ADMIN_TOKEN, add_ticket, at, parse_html
-from ..support import until_waiting_for_a_lock
+from ..support import Outcomes, until_waiting_for_a_lock
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -81,15 +79,9 @@ def test_the_same_engineer_added_twice_at_once_is_refused_as_a_duplicate(ivr, cl
     database error."""
     if ivr.storage.dialect != "postgresql":
         pytest.skip("SQLite's write lock runs the two adds one after the other")
-    outcome = []
-
-    def second():
-        try:
-            Engineers.of(ivr).add("aiko", phone="+14155550199")
-        except Exception as error:  # noqa: BLE001  reported by the assertion below
-            outcome.append(error)
-
-    adding = threading.Thread(target=second)
+    outcomes = Outcomes()
+    adding = outcomes.thread("second",
+                             lambda: Engineers.of(ivr).add("aiko", phone="+14155550199"))
     with ivr.storage.unit_of_work() as uow:  # the first add, not committed yet
         EngineerRepository(ivr.storage, uow.session).add(
             name="aiko", phone="+14155550199", client_identity=None, languages="en",
@@ -97,9 +89,7 @@ def test_the_same_engineer_added_twice_at_once_is_refused_as_a_duplicate(ivr, cl
         adding.start()
         until_waiting_for_a_lock(ivr, adding, "the second add")
     adding.join(10)
-    (error,) = outcome
-    assert isinstance(error, Conflict), repr(error)
-    assert str(error) == "an engineer named 'aiko' exists already"
+    assert outcomes.errors == {"second": "Conflict: an engineer named 'aiko' exists already"}
 
 
 def test_a_personal_token_opens_the_api_until_it_is_rotated_or_removed(app):
