@@ -24,6 +24,7 @@ _collections: list = []
 
 
 def post_fork(server, worker):
+    _base["post_fork"](server, worker)  # the project's own hook: a worker dies with its master
     del _requests[:]
     _collections.clear()
     started = {}
