@@ -52,11 +52,29 @@ def is_trivial(key: str) -> bool:
     return steps in ({1}, {9})
 
 
+def header_problem(cells: list[str]) -> str:
+    """What is wrong with the first row, naming only the header's own words: a file
+    without its header has a PMI and a host key there, and this message reaches logs."""
+    cells = [c.strip() for c in cells]
+    others = sum(1 for c in cells if c not in HEADER)
+    found = [c for c in cells if c in HEADER]
+    said = f"row 1: header must be {','.join(HEADER)}"
+    missing = [h for h in HEADER if h not in found]
+    if missing:
+        said += f"; missing {', '.join(missing)}"
+    if others:
+        said += (f"; {others} other cell{'s' if others > 1 else ''} not shown (a file without "
+                 "its header has a PMI and a host key there)")
+    if not missing and not others:
+        said += f"; got {','.join(found)}"  # the right names, in another order or repeated
+    return said
+
+
 def parse(text: str, lengths: Lengths, source: str = "accounts CSV") -> list[Row]:
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if header is None or [h.strip() for h in header] != HEADER:
-        raise ImportFailed(source, [f"row 1: header must be {','.join(HEADER)}, got {','.join(header or [])}"])
+        raise ImportFailed(source, [header_problem(header or [])])
     problems: list[str] = []
     rows: list[Row] = []
     seen_pmi: dict[str, int] = {}

@@ -55,3 +55,21 @@ def test_a_wrong_header_is_refused():
 ])
 def test_trivial_host_keys_are_recognised(key, trivial):
     assert is_trivial(key) is trivial
+
+
+def test_a_file_without_its_header_is_refused_without_echoing_its_first_row():
+    with pytest.raises(ImportFailed) as error:
+        parse("acme,business,owner@acme.example,owner,5550177201,8172635\n", Lengths())
+    (problem,) = error.value.problems
+    for secret in ("8172635", "5550177201", "owner@acme.example"):
+        assert secret not in problem
+    assert "missing account_id, plan, user_email, role, pmi, host_key" in problem
+    assert "6 other cells not shown" in problem
+
+
+def test_a_header_in_another_order_is_named():
+    with pytest.raises(ImportFailed) as error:
+        parse("plan,account_id,user_email,role,pmi,host_key\n", Lengths())
+    assert error.value.problems == [
+        "row 1: header must be account_id,plan,user_email,role,pmi,host_key; "
+        "got plan,account_id,user_email,role,pmi,host_key"]
