@@ -29,6 +29,8 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._'-]{0,62}")
 IDENTITY = re.compile(r"[A-Za-z0-9_.@-]{1,120}")
 QUEUE = re.compile(r"[A-Za-z0-9_.{}-]{1,64}")
 ADMIN = "admin"  # the actor recorded for IVR_ADMIN_TOKEN
+HELPDESK_ACTOR = "zendesk"  # the actor recorded for changes made in the help desk
+RESERVED = (ADMIN, HELPDESK_ACTOR)  # no engineer takes these names: the history would lie
 
 
 def token_digest(hasher: HostKeyHasher, token: str) -> str:
@@ -57,9 +59,9 @@ class Engineers:
             languages: str = "", queues: str = "") -> tuple[EngineerInfo, str]:
         """Create an engineer; returns them and their token (shown this once)."""
         name = (name or "").strip()
-        if not NAME.fullmatch(name) or name == ADMIN:
+        if not NAME.fullmatch(name) or name.lower() in RESERVED:
             raise BadRequest(f"name: {name[:40]!r} must be 1 to 63 letters, digits, spaces or "
-                             "._'- and not 'admin'")
+                             "._'- and not 'admin' or 'zendesk'")
         if bool(phone) == bool(client):
             raise BadRequest("give exactly one of --phone E164 or --client IDENTITY")
         number = None

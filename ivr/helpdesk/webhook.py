@@ -18,7 +18,9 @@ import json
 import logging
 
 from flask import Blueprint, jsonify, request
+from werkzeug.exceptions import HTTPException
 
+from ..desk.engineers import HELPDESK_ACTOR
 from ..desk.service import Desk, DeskError
 from ..extension import ivr
 from ..storage import DATABASE_DOWN, HelpdeskJobRepository
@@ -48,6 +50,15 @@ def database_down(exc):
 
 for _error in DATABASE_DOWN:
     hooks.register_error_handler(_error, database_down)
+
+
+@hooks.errorhandler(Exception)
+def unexpected(exc: Exception):
+    """Zendesk reads JSON here, errors included: never Flask's HTML error page."""
+    if isinstance(exc, HTTPException):
+        return answer(exc.code or 500, error=exc.description or exc.name)
+    log.exception("Zendesk webhook failed")
+    return answer(500, error="internal error; the server log has the details")
 
 
 def signature_of(secret: str, timestamp: str, body: bytes) -> str:
@@ -103,7 +114,7 @@ def read_body(body: bytes) -> tuple[str | None, int | None, str, str | None]:
     ValueError saying what is wrong with it."""
     try:
         data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # the last: nested too deeply
         raise ValueError('the body is not JSON; expected {"ticket": {"id": ..., "external_id": '
                          '..., "status": ..., "priority": ...}}') from None
     ticket = data.get("ticket") if isinstance(data, dict) else None
@@ -155,7 +166,7 @@ def apply(number: str, remote_id: str | None, status: str | None, priority: int 
         return answer(200, result="unchanged", ticket=number, status=current_status)
     try:
         view, changed = Desk.of(ivr()).update(number, status=closing, priority=priority,
-                                              push=False)
+                                              push=False, actor=HELPDESK_ACTOR)
     except DeskError as exc:
         return answer(exc.status, error=str(exc))
     if changed:

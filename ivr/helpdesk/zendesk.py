@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import logging
+import math
 
 import requests
 
@@ -177,6 +178,8 @@ def retry_after(response: requests.Response) -> float | None:
         return None
     try:
         seconds = float(value)
+        if not math.isfinite(seconds):  # "NaN", "inf": not a delay, so none was given
+            return None
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)

@@ -59,6 +59,7 @@ def test_an_engineer_is_added_listed_and_their_token_is_stored_only_as_a_keyed_h
     (["bob", "--phone", "12345"], "is not a valid phone number"),
     (["bob", "--client", "bad identity!"], "may hold letters, digits and _.@- only"),
     (["admin", "--client", "x"], "must be 1 to 63 letters"),
+    (["Zendesk", "--client", "x"], "not 'admin' or 'zendesk'"),  # the help desk's changes
     (["bob", "--client", "x", "--languages", "japanese"], "is not a language code"),
 ])
 def test_a_bad_engineer_is_refused_with_the_reason(app, args, message):

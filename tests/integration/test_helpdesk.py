@@ -14,6 +14,7 @@ from sqlalchemy import select
 from ivr.desk.service import Desk
 from ivr.sim.simulator import Simulator, WsgiTransport, new_call_sid
 from ivr.storage import HelpdeskJob, HelpdeskJobRepository
+from ivr.storage.engineers import DeskAction
 from ivr.storage.models import Ticket
 
 from ..desk_support import ADMIN_TOKEN, parse_html
@@ -345,6 +346,18 @@ def test_a_rate_limit_honours_retry_after_and_does_not_count_as_a_failure(simula
     assert sender(ivr, clock).drain()["sent"] == 1
 
 
+@pytest.mark.parametrize("value", ["NaN", "inf", "-inf"])
+def test_a_retry_after_that_is_not_a_finite_number_is_ignored_not_a_crash(simulator, ivr,
+                                                                         fake, clock, value):
+    call(simulator)
+    fake.fail_next(1, 429, {"Retry-After": value})
+    counts = sender(ivr, clock).drain()
+    assert counts["rate_limited"] == 1
+    (job,) = jobs(ivr)
+    assert job.status == "pending" and clock.now < job.next_attempt_at \
+        < clock.now + dt.timedelta(hours=1)
+
+
 @pytest.mark.parametrize("status", [401, 403, 422])
 def test_refusals_are_permanent_with_zendesks_message_until_an_operator_retries(
         simulator, ivr, fake, clock, cli, status):
@@ -468,6 +481,19 @@ def test_a_priority_changed_in_zendesk_comes_back_with_its_target(app, simulator
     assert [j.kind for j in jobs(ivr)] == ["create"]
 
 
+def test_changes_made_in_zendesk_are_recorded_as_zendesks_in_the_history(app, simulator, ivr,
+                                                                         fake, clock):
+    number = call(simulator, US_LINE, CALLER, 1)
+    sender(ivr, clock).drain()
+    (remote_id,) = fake.tickets
+    post_hook(app, trigger_body(remote_id, number, "Open", "Low"), stamp(clock))
+    post_hook(app, trigger_body(remote_id, number, "Solved", "Low"), stamp(clock))
+    with ivr.storage.transaction() as session:
+        history = [(a.actor, a.action) for a in session.scalars(
+            select(DeskAction).order_by(DeskAction.id))]
+    assert history == [("zendesk", "priority"), ("zendesk", "close")]
+
+
 def test_forged_and_stale_signatures_are_refused_and_change_nothing(app, simulator, ivr,
                                                                     fake, clock):
     number = call(simulator)
@@ -500,6 +526,7 @@ def test_forged_and_stale_signatures_are_refused_and_change_nothing(app, simulat
     (b'{"ticket": {"external_id": ["1"], "status": "solved"}}', "ticket.external_id"),
     (b'{"ticket": {"id": "abc", "external_id": "1", "status": "solved"}}', "ticket.id"),
     (b'\xff\xfe', "not JSON"),
+    (b'{"ticket": ' + b"[" * 5000 + b"]" * 5000 + b"}", "not JSON"),  # nested too deeply
 ])
 def test_bad_webhook_bodies_get_a_400_with_a_message(app, clock, raw, message):
     response = post_hook(app, raw, stamp(clock))
