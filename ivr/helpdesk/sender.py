@@ -19,7 +19,7 @@ import datetime as dt
 import json
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from .. import metrics
@@ -81,9 +81,11 @@ class Sender:
                 work = [self._prepare(jobs, job, now) for job in jobs.claim(batch, now, lease)]
             if not work:
                 break
-            failing = 0
+            failing, paused = 0, None
             for item in work:
-                if failing >= GIVE_UP_ROUND_AFTER:
+                if paused is not None:
+                    result = paused
+                elif failing >= GIVE_UP_ROUND_AFTER:
                     result = Result("retry", message=f"put off: {self.desk.name} did not "
                                     "answer the pushes before it", tried=False)
                 elif not self._renew(item):
@@ -92,14 +94,30 @@ class Sender:
                     result = self._push(item)
                     failing = failing + 1 if result.outcome == "retry" \
                         and not result.rate_limited else 0
+                    if result.rate_limited:
+                        paused = self._pause(result)
+                        result = replace(result, retry_after=paused.retry_after)
                 with self.storage.transaction() as session:
                     outcome = self._record(HelpdeskJobRepository(session), item, result)
                 if outcome:
                     counts[outcome] += 1
                     metrics.HELPDESK_PUSHES.labels(outcome).inc()
-            if failing >= GIVE_UP_ROUND_AFTER:
+            if failing >= GIVE_UP_ROUND_AFTER or paused is not None:
                 break
         return counts
+
+    def _pause(self, limited: Result) -> Result:
+        """The help desk said "too many requests": no request goes to it until it said to
+        come back, from this sender or another. The rest of this round is put off with the
+        same wait, and so is every other pending push."""
+        delay = limited.retry_after if limited.retry_after is not None else self.backoff(1)
+        until = self.clock() + dt.timedelta(seconds=delay)
+        with self.storage.transaction() as session:
+            held = HelpdeskJobRepository(session).defer_pending(until)
+        log.info("help desk: %s asked to slow down; no push for %.0f s (%s other pushes "
+                 "held)", self.desk.name, delay, held)
+        return Result("retry", message=f"put off: {self.desk.name} asked to wait (rate "
+                      "limit)", retry_after=delay, rate_limited=True, tried=False)
 
     # -- one job -----------------------------------------------------------------------
 

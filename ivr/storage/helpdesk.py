@@ -164,6 +164,14 @@ class HelpdeskJobRepository:
             select(HelpdeskJob.id).where(HelpdeskJob.ticket_id == ticket_id,
                                          HelpdeskJob.dedupe == "create")) is not None
 
+    def defer_pending(self, until: dt.datetime) -> int:
+        """Hold every pending job until ``until`` at the earliest (the help desk asked for
+        a pause); how many moved."""
+        return self.session.execute(
+            update(HelpdeskJob)
+            .where(HelpdeskJob.status == "pending", HelpdeskJob.next_attempt_at < until)
+            .values(next_attempt_at=until)).rowcount
+
     def renew(self, job_id: int, claimed_at: dt.datetime, now: dt.datetime) -> bool:
         """Renew this sender's claim on one job (taken at ``claimed_at``) to ``now``, just
         before pushing it: False if another sender has taken it since, and nothing is

@@ -346,6 +346,23 @@ def test_a_rate_limit_honours_retry_after_and_does_not_count_as_a_failure(simula
     assert sender(ivr, clock).drain()["sent"] == 1
 
 
+@pytest.mark.parametrize("batch", [20, 1])
+def test_a_rate_limit_stops_every_push_until_retry_after(simulator, ivr, fake, clock, batch):
+    """Zendesk's 429 asks the account to wait: the rest of the round, and pushes not
+    claimed yet (batch 1), go out only after Retry-After."""
+    for _ in range(3):
+        call(simulator)
+    fake.fail_next(1, 429, {"Retry-After": "60"})
+    counts = sender(ivr, clock).drain(batch=batch)
+    assert len(fake.writes()) == 1 and counts["sent"] == 0
+    assert {j.next_attempt_at for j in jobs(ivr)} == {clock.now + dt.timedelta(seconds=60)}
+    assert all(j.failures == 0 and j.status == "pending" for j in jobs(ivr))
+    clock.advance(seconds=59)
+    assert sender(ivr, clock).drain()["sent"] == 0 and len(fake.writes()) == 1
+    clock.advance(seconds=1)
+    assert sender(ivr, clock).drain()["sent"] == 3 and len(fake.tickets) == 3
+
+
 @pytest.mark.parametrize("value", ["NaN", "inf", "-inf"])
 def test_a_retry_after_that_is_not_a_finite_number_is_ignored_not_a_crash(simulator, ivr,
                                                                          fake, clock, value):
