@@ -73,8 +73,7 @@ class Callbacks:
         now = self.clock()
         with self.storage.unit_of_work() as uow:
             session = uow.session
-            found = uow.desk.ticket(str(ref).strip(),
-                                                                 for_update=True)
+            found = uow.desk.ticket(str(ref).strip(), for_update=True)
             if found is None:
                 raise NotFound(f"no ticket with id or number {str(ref)[:20]!r}")
             ticket, _ = found
@@ -88,10 +87,13 @@ class Callbacks:
                 raise NotFound(f"no engineer named {engineer_name[:40]!r}")
             info = engineer_info(engineer)
             floor = FloorRepository(self.storage, session)
+            # One attempt at a time, whatever its leg: while the customer's phone rings
+            # for one, a second would dial them again. An attempt whose legs never
+            # reported (lost status callbacks) stops counting after every ring it could
+            # have made.
             busy = floor.open_attempt(ticket.id)
             limit = dt.timedelta(seconds=4 * self.config.engineers.ring_seconds + 60)
-            if busy is not None and busy.status != "calling_customer" \
-                    and now - busy.created_at < limit:
+            if busy is not None and now - busy.created_at < limit:
                 raise Conflict(f"a callback for ticket {ticket.number} is already being placed "
                                f"by {busy.engineer}")
             attempt = floor.new_attempt(ticket.id, info.name, now)

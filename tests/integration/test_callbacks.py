@@ -123,18 +123,40 @@ def test_a_callback_rings_the_engineer_then_dials_the_customer_who_answers(
         ("admin", "callback"), ("aiko", "callback-result")]
 
 
+def test_a_second_callback_is_refused_while_the_customer_rings_for_the_first(
+        app, twilio, ivr, http, clock):
+    add_engineer(ivr)
+    add_engineer(ivr, "ben", phone="+14155550198")
+    waiting = waiting_for_callback(twilio)
+    first = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    _, dial = engineer_answers_and_presses_1(twilio, first["id"], new_call_sid())
+    assert dial.find("Dial/Number").text == CALLER  # the customer's phone rings
+    clock.advance(seconds=5)
+    second = place(app, waiting["ticket"], {"engineer": "ben"})
+    assert second.status_code == 409
+    assert "already being placed by aiko" in second.get_json()["error"]
+    assert len(http.requests) == 1  # ben's phone never rang
+
+    # The customer does not answer: the attempt ends, and the next one may go.
+    twilio.post(dial.find("Dial/Number").get("statusCallback"),
+                **{**leg(new_call_sid(), CALLER, US_LINE), "CallStatus": "no-answer"})
+    assert place(app, waiting["ticket"], {"engineer": "ben"}).status_code == 201
+
+
 def test_a_callback_placed_while_the_customer_answers_the_last_one_waits_not_deadlocks(
-        app, twilio, ivr, http, monkeypatch):
-    """The desk places a new callback just as the customer answers the previous attempt's
-    call. Both take the ticket's row before its assignment's, so one waits for the other
-    rather than deadlocking (PostgreSQL would abort the customer's webhook: goodbye, and
-    the answered callback never recorded)."""
+        app, twilio, ivr, http, monkeypatch, clock):
+    """The desk places a new callback just as the customer answers a previous attempt's
+    call whose status reports were lost (so it no longer holds new attempts back). Both
+    take the ticket's row before its assignment's, so one waits for the other rather than
+    deadlocking (PostgreSQL would abort the customer's webhook: goodbye, and the answered
+    callback never recorded)."""
     if ivr.storage.dialect != "postgresql":
         pytest.skip("SQLite's write lock runs the two one after the other")
     add_engineer(ivr)
     waiting = waiting_for_callback(twilio)
     first = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
     engineer_answers_and_presses_1(twilio, first["id"], new_call_sid())  # calling_customer
+    clock.advance(seconds=4 * ivr.config.engineers.ring_seconds + 60)
 
     # The new callback holds the ticket's row, not yet the rest.
     placing, release = pause(monkeypatch, FloorRepository, "open_attempt")
