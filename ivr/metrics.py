@@ -22,8 +22,8 @@ VERIFICATIONS = Counter("ivr_verifications_total", "Host-key checks by result (p
                         ["result"])
 TICKETS = Counter("ivr_tickets_total", "Tickets logged by priority", ["priority"])
 SPOOLED = Counter("ivr_spooled_total", "Records written to the outage spool by kind", ["kind"])
-HELPDESK_PUSHES = Counter("ivr_helpdesk_pushes", "Pushes to the help desk by result (sent, retry, "
-                          "rate_limited, failed)", ["result"])
+HELPDESK_PUSHES = Counter("ivr_helpdesk_pushes", "Pushes to the help desk by result (sent, "
+                          "superseded, retry, rate_limited, failed)", ["result"])
 WEBHOOK_SECONDS = Histogram(
     "ivr_webhook_seconds", "Time to answer a Twilio webhook, by step", ["step"],
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),

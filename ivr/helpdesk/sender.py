@@ -31,7 +31,7 @@ from .zendesk import Zendesk
 
 log = logging.getLogger("ivr.helpdesk")
 
-RESULTS = ("sent", "retry", "rate_limited", "failed")
+RESULTS = ("sent", "superseded", "retry", "rate_limited", "failed")
 # Transient failures in a row after which the rest of a round is put off: a help desk
 # that does not answer should not hold the sender (and the SMS beside it) for long.
 GIVE_UP_ROUND_AFTER = 3
@@ -40,6 +40,7 @@ GIVE_UP_ROUND_AFTER = 3
 @dataclass
 class Work:
     job_id: int
+    ticket_id: int
     ticket: str  # the ticket number, for logs
     kind: str
     payload: dict | None
@@ -49,6 +50,7 @@ class Work:
     claimed_at: dt.datetime
     first_try_age: float
     problem: str | None = None
+    priority: int | None = None  # the level a priority change sets
 
 
 def connect(config: IvrConfig, settings: Settings) -> HelpDesk:
@@ -88,7 +90,10 @@ class Sender:
                 elif failing >= GIVE_UP_ROUND_AFTER:
                     result = Result("retry", message=f"put off: {self.desk.name} did not "
                                     "answer the pushes before it", tried=False)
-                elif not self._renew(item):
+                elif (held := self._renew(item)) != "held":
+                    if held == "superseded":
+                        counts[held] += 1
+                        metrics.HELPDESK_PUSHES.labels(held).inc()
                     continue
                 else:
                     result = self._push(item)
@@ -140,25 +145,37 @@ class Sender:
                 job.payload = json.dumps(payload, sort_keys=True)
             except (ValueError, KeyError, TypeError) as exc:
                 problem = f"cannot build the push: {exc}"
+        data = json.loads(job.data or "{}") if job.event == "priority" else {}
         return Work(
-            job_id=job.id, ticket=ticket.number, kind=job.kind,
+            job_id=job.id, ticket_id=job.ticket_id, ticket=ticket.number, kind=job.kind,
             payload=json.loads(job.payload) if job.payload else None,
             remote_id=jobs.remote_id(job.ticket_id) if job.kind == "update" else None,
             attempts=job.attempts, failures=job.failures, claimed_at=now,
             first_try_age=(now - (job.first_attempt_at or now)).total_seconds(),
-            problem=problem)
+            problem=problem, priority=data.get("priority"))
 
-    def _renew(self, item: Work) -> bool:
-        """Hold the job for its push, unless another sender has taken it since the claim."""
+    def _renew(self, item: Work) -> str:
+        """Hold the job for its push ("held"), unless another sender has taken it since
+        the claim ("taken"). A priority change the ticket has moved on from (a newer one
+        made on the desk, queued behind it, or one made in the help desk, which already
+        shows it) is closed unsent ("superseded"): sent late, it would put the older
+        priority back there."""
         now = self.clock()
         with self.storage.transaction() as session:
-            held = HelpdeskJobRepository(session).renew(item.job_id, item.claimed_at, now)
-        if held:
+            jobs = HelpdeskJobRepository(session)
+            if not jobs.renew(item.job_id, item.claimed_at, now):
+                log.info("help desk: job %s was taken by another sender; not pushed here",
+                         item.job_id)
+                return "taken"
             item.claimed_at = now
-        else:
-            log.info("help desk: job %s was taken by another sender; not pushed here",
-                     item.job_id)
-        return held
+            if item.priority is not None:
+                current = jobs.priority_of(item.ticket_id)
+                if current != item.priority:
+                    jobs.record(item.job_id, now, status="sent", sent_at=now, last_error=None)
+                    log.info("help desk: ticket %s's change to P%s not pushed: it is P%s now "
+                             "(job %s)", item.ticket, item.priority, current, item.job_id)
+                    return "superseded"
+        return "held"
 
     def _push(self, item: Work) -> Result:
         """The request, with no transaction open."""

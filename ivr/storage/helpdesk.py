@@ -172,6 +172,9 @@ class HelpdeskJobRepository:
             .where(HelpdeskJob.status == "pending", HelpdeskJob.next_attempt_at < until)
             .values(next_attempt_at=until)).rowcount
 
+    def priority_of(self, ticket_id: int) -> int | None:
+        return self.session.scalar(select(Ticket.priority).where(Ticket.id == ticket_id))
+
     def renew(self, job_id: int, claimed_at: dt.datetime, now: dt.datetime) -> bool:
         """Renew this sender's claim on one job (taken at ``claimed_at``) to ``now``, just
         before pushing it: False if another sender has taken it since, and nothing is

@@ -231,6 +231,39 @@ def test_a_batch_that_outlasts_its_claim_never_pushes_an_old_change_over_a_newer
     assert all(j.status == "sent" for j in jobs(ivr))
 
 
+def test_a_desk_change_held_up_by_zendesk_does_not_undo_a_newer_change_made_there(
+        app, simulator, ivr, fake, clock):
+    number = call(simulator, US_LINE, CALLER, 1)
+    sender(ivr, clock).drain()
+    (remote_id,) = fake.tickets
+    Desk.of(ivr).set_priority(number, 3)       # the desk says P3 ...
+    fake.fail_next(1, 503)
+    assert sender(ivr, clock).drain()["retry"] == 1  # ... Zendesk is busy: the push waits
+    clock.advance(minutes=1)                   # an agent makes it Urgent in Zendesk
+    hook = post_hook(app, trigger_body(remote_id, number, "Open", "Urgent"), stamp(clock))
+    assert hook.json["priority"] == 1
+    clock.advance(minutes=10)
+    assert sender(ivr, clock).drain()["superseded"] == 1
+    assert (ticket_row(ivr, number).priority, fake.tickets[remote_id]["priority"]) == \
+        (1, "urgent")
+    assert [(j.event, j.status) for j in jobs(ivr)] == [("created", "sent"),
+                                                        ("priority", "sent")]
+
+
+def test_of_two_desk_changes_queued_together_only_the_newer_priority_is_pushed(
+        simulator, ivr, fake, clock):
+    number = call(simulator, US_LINE, CALLER, 1)
+    sender(ivr, clock).drain()
+    (remote_id,) = fake.tickets
+    Desk.of(ivr).set_priority(number, 3)
+    Desk.of(ivr).set_priority(number, 2)
+    counts = sender(ivr, clock).drain()
+    assert (counts["superseded"], counts["sent"]) == (1, 1)
+    assert fake.tickets[remote_id]["priority"] == "high"
+    (update,) = [w for w in fake.writes() if w["method"] == "PUT"]
+    assert "P2" in update["json"]["ticket"]["comment"]["body"]
+
+
 def test_a_create_retried_after_zendesk_forgot_the_key_finds_the_ticket_by_external_id(
         simulator, ivr, fake, clock, monkeypatch):
     number = call(simulator)
