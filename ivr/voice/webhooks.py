@@ -6,6 +6,7 @@ import functools
 import hmac
 import logging
 import time
+from urllib.parse import quote
 
 from flask import Blueprint, Response, abort, g, request
 from twilio.request_validator import RequestValidator
@@ -21,7 +22,7 @@ log = logging.getLogger("ivr.http")
 voice = Blueprint("voice", __name__, url_prefix="/voice")
 
 STEPS_BY_PATH = {path.rsplit("/", 1)[1]: step for step, path in STEP_PATHS.items()}
-
+PATH_SAFE = "/:@!$&'()*+,;=-._~"  # what a URL's path may hold unescaped (RFC 3986)
 
 
 def twiml(body: str) -> Response:
@@ -29,12 +30,16 @@ def twiml(body: str) -> Response:
 
 
 def signed_url() -> str:
-    """The URL Twilio signed: IVR_PUBLIC_URL and the path when set, else the request's own."""
+    """The URL Twilio signed: IVR_PUBLIC_URL and the path when set, else the request's own.
+    The query is the one sent, byte for byte: Werkzeug's ``request.url`` decodes escapes
+    (``%2F``, ``%40``, UTF-8) that Twilio signed as written."""
     public = ivr().settings.public_url
+    path = request.path
     if not public:
-        return request.url
+        public = f"{request.scheme}://{request.host}"
+        path = quote(request.root_path + request.path, safe=PATH_SAFE)
     query = request.query_string.decode("latin-1")
-    return f"{public}{request.path}" + (f"?{query}" if query else "")
+    return f"{public}{path}" + (f"?{query}" if query else "")
 
 
 class FormValues(dict):

@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import json
 import secrets
+from urllib.parse import unquote
 
 import pytest
 from prometheus_client import REGISTRY
@@ -157,6 +158,23 @@ def test_a_request_signed_for_another_app_of_the_account_is_refused(pinned_app, 
     twiml(response)
     with pinned_app.extensions["ivr"].storage.transaction() as session:
         assert session.get(Call, call_sid) is not None
+
+
+@pytest.mark.parametrize("query", ["src=console%2Fus", "tag=s%C3%A3o-paulo", "cb=a%40b",
+                                   "x=%7E", "a=1&b=%26"])
+def test_a_webhook_url_with_escapes_in_its_query_passes_when_signed_as_written(
+        pinned_app, call_sid, query):
+    params = TwilioClient(pinned_app).call_params(call_sid)
+    response = pinned_app.test_client().post(
+        f"/voice?{query}", base_url="http://ivr.example.com", data=params,
+        headers={"X-Twilio-Signature": signed_for(f"http://ivr.example.com/voice?{query}",
+                                                  params)})
+    assert response.status_code == 200
+    decoded = pinned_app.test_client().post(  # the same request, signed for another URL
+        f"/voice?{query}", base_url="http://ivr.example.com", data=params,
+        headers={"X-Twilio-Signature": signed_for(
+            f"http://ivr.example.com/voice?{unquote(query)}x", params)})
+    assert decoded.status_code == 403
 
 
 def test_with_a_public_url_a_signature_for_another_host_is_refused_whatever_the_host_header(
