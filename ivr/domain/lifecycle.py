@@ -80,5 +80,11 @@ QUEUE_RESULTS: dict[str, TicketStatus] = {
 }
 
 
-def after_queue(result: str) -> TicketStatus:
-    return QUEUE_RESULTS.get(result, TicketStatus.CALLBACK_REQUESTED)
+def after_queue(result: str, can_call_back: bool = True) -> TicketStatus:
+    """Where the ticket goes when its wait ends this way. A caller who cannot be called
+    back (a withheld number) goes to the open pile instead of waiting for a callback no
+    one could place."""
+    target = QUEUE_RESULTS.get(result, TicketStatus.CALLBACK_REQUESTED)
+    if target is TicketStatus.CALLBACK_REQUESTED and not can_call_back:
+        return TicketStatus.OPEN
+    return target

@@ -195,7 +195,9 @@ class CallService:
             ticket_number = ticket_number if (ticket_number or "").isdigit() else None
             self.outage.spool_queue_result(request, result, queue_time)
         log.info("call %s queue result=%s", request.call_sid, result)
-        return self.renderer.after_queue(line, ticket_number, result, english)
+        return self.renderer.after_queue(line, ticket_number, result, english,
+                                         can_call_back=callable_number(request.caller)
+                                         is not None)
 
     def apply_queue_result(self, uow: UnitOfWork, call_sid: str, result: str,
                            queue_time: int | None, now: dt.datetime) -> CallRecord | None:
@@ -206,10 +208,11 @@ class CallService:
         if record is None:
             return None
         uow.calls.record_queue_result(call_sid, result, queue_time, now)
-        target, ticket = after_queue(result), record.ticket
+        ticket = record.ticket
         if ticket is not None:
-            number = callable_number(record.caller_number) \
-                if target is TicketStatus.CALLBACK_REQUESTED else None
+            number = callable_number(record.caller_number)
+            target = after_queue(result, can_call_back=number is not None)
+            number = number if target is TicketStatus.CALLBACK_REQUESTED else None
             record.ticket, moved = uow.tickets.advance(ticket, target, now,
                                                        callback_number=number)
             if self.config.helpdesk and moved:

@@ -128,17 +128,19 @@ class Renderer:
             response.append(dial)
 
     def after_queue(self, line: Line | None, ticket_number: str | None, result: str,
-                    english: bool) -> str:
+                    english: bool, can_call_back: bool = True) -> str:
         """What a caller hears when the queue ends: nothing after a conversation, the
         callback confirmation after leaving for one, and that the ticket is kept when
-        the queue or desk could not take the call."""
+        the queue or desk could not take the call (followed up by email when the
+        caller's number cannot be called back)."""
         response = VoiceResponse()
         if ticket_number and result == "leave":
             self._speak(response, Reply((say("callback_confirmed", ticket=ticket_number),),
                                         english=english), line)
         elif ticket_number and result not in SERVED:
-            self._speak(response, Reply((say("queue_unavailable", ticket=ticket_number),),
-                                        english=english), line)
+            key = "queue_unavailable" if can_call_back else "queue_unavailable_no_callback"
+            self._speak(response, Reply((say(key, ticket=ticket_number),), english=english),
+                        line)
         response.hangup()
         return str(response)
 

@@ -111,6 +111,29 @@ def test_queue_results_move_the_ticket_and_tell_the_caller_what_happens(
         assert session.get(Call, result.call_sid).queue_seconds == 42
 
 
+@pytest.mark.parametrize("to, language", [("+18887999666", "en-US"),
+                                          ("+81531320070", "ja-JP"),
+                                          ("+33800946464", "fr-FR")])
+@pytest.mark.parametrize("queue_result", ["queue-full", "error"])
+def test_a_full_queue_for_a_withheld_number_opens_the_ticket_and_promises_no_call(
+        simulator, twilio, ivr, queue_result, to, language):
+    """No callback can be placed without a number: the ticket goes to the open pile (not
+    a callback list where it would wait for ever) and the caller hears it is kept and
+    answered by email."""
+    result = routed(simulator, to, caller="anonymous")
+    params = {**twilio.call_params(result.call_sid, to=to, caller="anonymous"),
+              "QueueResult": queue_result}
+    root = twiml(twilio.post(f"/voice/queue-result?ticket={result.ticket}&priority=1",
+                             **params))
+    ticket = ticket_of(ivr, result.call_sid)
+    assert (ticket.status, ticket.callback_number) == ("open", None)
+    (said,) = spoken(root)
+    expected = ivr.catalogues[language].text("queue_unavailable_no_callback",
+                                             {"ticket": result.ticket})
+    assert said.replace(" ", "") == expected.replace(" ", "")
+    assert root[-1].tag == "Hangup"
+
+
 def test_a_repeated_callback_press_leaves_the_queue_again(simulator, twilio, ivr):
     result = routed(simulator)
     params = {**twilio.call_params(result.call_sid), "Digits": "1"}

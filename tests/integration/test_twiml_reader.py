@@ -59,6 +59,8 @@ def documents(renderer, config):
         ("reply", "goodbye", renderer.reply(Reply((say("goodbye"),), hangup=True), line)),
         ("after_queue", "leave", renderer.after_queue(line, TICKET.number, "leave", False)),
         ("after_queue", "unavailable", renderer.after_queue(line, TICKET.number, "error", False)),
+        ("after_queue", "unavailable, no number to call back",
+         renderer.after_queue(line, TICKET.number, "error", False, can_call_back=False)),
         ("after_queue", "served", renderer.after_queue(line, TICKET.number, "bridged", False)),
         ("wait", "callback and ticket", renderer.wait(
             waiting(3, 150, "1", offer_ticket=True), line, False, QUERY, True)),

@@ -250,3 +250,13 @@ def test_a_routed_caller_hears_the_ticket_number_once_before_the_queue(us, ports
     reply = drive(us, CallState("CA1", can_text=True), ports, "2", "1234567890", "654321", "4")
     assert [s.key for s in reply.speech].count("ticket_logged") == 1
     assert sum(1 for s in reply.speech if "ticket" in s.kwargs) == 1
+
+
+def test_a_wait_that_ends_unserved_asks_for_a_callback_only_when_one_can_be_placed():
+    from ivr.domain.lifecycle import TicketStatus, after_queue
+
+    assert after_queue("queue-full") is TicketStatus.CALLBACK_REQUESTED
+    assert after_queue("queue-full", can_call_back=False) is TicketStatus.OPEN
+    assert after_queue("leave", can_call_back=False) is TicketStatus.OPEN
+    assert after_queue("bridged", can_call_back=False) is TicketStatus.CONNECTED
+    assert after_queue("hangup") is TicketStatus.OPEN
