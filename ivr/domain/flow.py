@@ -90,11 +90,22 @@ def say(key: str, in_english: bool = False, **params: object) -> Say:
 
 @dataclass(frozen=True)
 class Ask:
-    """Collect keys for a step: one key (menus) or digits ended by '#'."""
+    """Collect keys for a step: one key (menus) or digits ended by '#'. ``prompt`` names
+    this very prompt of the call (``prompt_of``); the answer brings it back, so a repeated
+    answer to a prompt already answered is told apart from a new one."""
 
     step: Step
     single_key: bool
     timeout_seconds: int
+    prompt: str = ""
+
+
+def prompt_of(state: CallState) -> str:
+    """What tells one prompt of a step from the next: the tries used at it, the failed
+    verifications (the PMI is asked again after each) and the language (the menu is asked
+    again in English). Twilio retrying an answer brings the same name back after the
+    first copy has moved the call on, and that copy must not count as a second try."""
+    return f"{state.attempts}-{state.auth_failures}-{int(state.english)}"
 
 
 @dataclass(frozen=True)
@@ -138,12 +149,15 @@ class CallFlow:
         state.reach("greeting")
         return self._ask(state, speech)
 
-    def handle(self, state: CallState, step: str, digits: str | None, ports: Ports) -> Reply:
-        """What to do with the keys pressed at ``step`` (None or '' for no input)."""
+    def handle(self, state: CallState, step: str, digits: str | None, ports: Ports,
+               prompt: str | None = None) -> Reply:
+        """What to do with the keys pressed at ``step`` (None or '' for no input), in
+        answer to ``prompt`` (``Ask.prompt``; None when the request does not say)."""
         if state.step is Step.DONE:
             return self._final(state)
-        if step != state.step.value:
-            # A stale or out-of-order request: ask again for what the call is waiting for.
+        if step != state.step.value or (prompt is not None and prompt != prompt_of(state)):
+            # A stale, repeated or out-of-order request: ask again for what the call is
+            # waiting for, without counting it as a try.
             return self._ask(state, [])
         digits = (digits or "").strip()
         if digits == "":
@@ -288,7 +302,7 @@ class CallFlow:
         return Reply(
             tuple(speech + prompts),
             english=state.english,
-            ask=Ask(state.step, single_key, timeout),
+            ask=Ask(state.step, single_key, timeout, prompt_of(state)),
         )
 
     def _prompt(self, state: CallState) -> list[Say]:

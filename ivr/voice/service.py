@@ -95,8 +95,10 @@ class CallService:
             return self.renderer.hangup()
         digits = (params.get("Digits") or "")[:64]
 
+        prompt = (query or {}).get("p")
+
         def handle(uow: UnitOfWork, record: CallRecord, flow: CallFlow) -> Reply:
-            return flow.handle(record.state, step, digits, _Ports(self, uow, record))
+            return flow.handle(record.state, step, digits, _Ports(self, uow, record), prompt)
 
         try:
             with self.storage.unit_of_work() as uow:

@@ -78,6 +78,7 @@ class Renderer:
         response = VoiceResponse()
         if reply.ask is not None:
             ask = reply.ask
+            query = {"p": ask.prompt, **(query or {})} if ask.prompt else query
             action = STEP_PATHS[ask.step] + (f"?{urlencode(query)}" if query else "")
             gather = Gather(
                 input="dtmf",

@@ -224,7 +224,9 @@ def test_failure_kinds_take_the_same_time(twilio, ivr, many_accounts, throttled)
     refusals = {probe.attempt(UNKNOWN_PMI, WRONG)}
     refusals.add(probe.attempt(UNKNOWN_PMI, WRONG, new_call=False))
     refusals.add(probe.attempt(UNKNOWN_PMI, WRONG, new_call=False))
-    assert len(refusals) == 2  # "try again" and the final goodbye
+    # "Try again" after the first and after the second failure (the same words; their
+    # prompts are named apart, see flow.prompt_of), and the final goodbye.
+    assert len(refusals) == 3
     timings = {"unknown": [], "wrong": [], "locked": [], "throttled": []}
     callers = [Caller(twilio, caller(1000 + n)) for n in range(60)]  # 9 failures each at most
     wrong_caller = locked_caller = None  # a new one for every call, below

@@ -44,7 +44,7 @@ def documents(renderer, config):
     out = []
     for step in (Step.MENU, Step.PMI, Step.HOST_KEY, Step.PRIORITY):
         single = step in (Step.MENU, Step.PRIORITY)
-        reply = Reply((say("menu", support_key="2"),), ask=Ask(step, single, 6))
+        reply = Reply((say("menu", support_key="2"),), ask=Ask(step, single, 6, "1-0-0"))
         out.append(("reply", f"ask {step.value}", renderer.reply(reply, line)))
     routed = Reply((say("ticket_logged", ticket=TICKET.number),), route=TICKET)
     out += [
@@ -104,10 +104,10 @@ def by_case(renderer, config):
 
 
 @pytest.mark.parametrize("step, token, path, digits", [
-    ("menu", "2", "/voice/menu", "2"),
-    ("pmi", "5550100201#", "/voice/pmi", "5550100201"),
-    ("host_key", "9164023#", "/voice/host-key", "9164023"),
-    ("priority", "12", "/voice/priority", "1"),   # one key is taken; the rest is dropped
+    ("menu", "2", "/voice/menu?p=1-0-0", "2"),
+    ("pmi", "5550100201#", "/voice/pmi?p=1-0-0", "5550100201"),
+    ("host_key", "9164023#", "/voice/host-key?p=1-0-0", "9164023"),
+    ("priority", "12", "/voice/priority?p=1-0-0", "1"),   # one key is taken; the rest dropped
 ])
 def test_a_prompt_is_a_gather_the_caller_answers_or_lets_time_out(renderer, config, step, token,
                                                                   path, digits):

@@ -40,11 +40,11 @@ def to_priority(twilio, sid, pmi_key=BUSINESS_OWNER):
 def test_an_incoming_call_gets_a_menu_gather_in_the_line_language_then_a_redirect(twilio, call_sid):
     root = twiml(press(twilio, call_sid, "/voice", to="+33800946464"))
     gather, redirect = list(root)
-    assert gather.tag == "Gather" and gather.get("action") == "/voice/menu"
+    assert gather.tag == "Gather" and gather.get("action") == "/voice/menu?p=0-0-0"
     assert gather.get("numDigits") == "1"
     languages = [say.get("language") for say in gather.iter("Say")]
     assert languages.count("fr-FR") == len(languages) - 1 and "en-GB" in languages
-    assert redirect.tag == "Redirect" and redirect.text == "/voice/menu"
+    assert redirect.tag == "Redirect" and redirect.text == "/voice/menu?p=0-0-0"
 
 
 def test_digit_prompts_finish_on_hash(twilio, call_sid):
@@ -52,7 +52,7 @@ def test_digit_prompts_finish_on_hash(twilio, call_sid):
     root = twiml(press(twilio, call_sid, "/voice/menu", "2"))
     gather = root.find("Gather")
     assert gather.get("finishOnKey") == "#" and gather.get("numDigits") is None
-    assert gather.get("action") == "/voice/pmi"
+    assert gather.get("action") == "/voice/pmi?p=0-0-0"
 
 
 def test_an_eligible_owner_is_enqueued_with_the_ticket_read_back_digit_by_digit(twilio, call_sid, ivr):
@@ -242,6 +242,47 @@ def test_a_missing_call_sid_ends_politely_without_writing(twilio, ivr):
     assert count(ivr, Call) == 0
 
 
+def retried(twilio, sid, action, digits=None, to=US_LINE):
+    """The same request twice, as Twilio sends it again when the first answer is lost."""
+    first = press(twilio, sid, action, digits, to=to)
+    return first, press(twilio, sid, action, digits, to=to)
+
+
+def test_a_retried_wrong_priority_key_counts_as_one_try(twilio, call_sid, ivr):
+    action = to_priority(twilio, call_sid).find("Gather").get("action")
+    first, again = retried(twilio, call_sid, action, "7")
+    retry_prompt = twiml(first).find("Gather").get("action")
+    assert twiml(again).find("Gather").get("action") == retry_prompt  # asked again, not counted
+    root = twiml(press(twilio, call_sid, retry_prompt, "8"))  # a second mistake: a third try
+    assert root.find("Gather") is not None
+    root = twiml(press(twilio, call_sid, root.find("Gather").get("action"), "1"))
+    assert root.find(".//Enqueue") is not None and count(ivr, Ticket) == 1
+
+
+@pytest.mark.parametrize("step_path, digits", [
+    ("/voice/menu", "5"), ("/voice/menu", None), ("/voice/pmi", "12"), ("/voice/pmi", None),
+])
+def test_a_retried_mistake_or_silence_at_a_prompt_counts_once(twilio, call_sid, ivr, step_path,
+                                                             digits):
+    root = twiml(press(twilio, call_sid, "/voice"))
+    if step_path == "/voice/pmi":
+        root = twiml(press(twilio, call_sid, root.find("Gather").get("action"), "2"))
+    action = root.find("Gather").get("action")
+    for _ in range(ivr.config.retries.prompt_attempts - 1):
+        first, again = retried(twilio, call_sid, action, digits)
+        action = twiml(first).find("Gather").get("action")
+        assert twiml(again).find("Gather").get("action") == action
+    assert call_row(ivr, call_sid).outcome is None  # the last try is still the caller's
+
+
+def test_a_retried_english_key_is_not_heard_as_a_wrong_key(twilio, call_sid):
+    japan = "+81531320070"
+    action = twiml(press(twilio, call_sid, "/voice", to=japan)).find("Gather").get("action")
+    first, again = retried(twilio, call_sid, action, "9", to=japan)
+    assert spoken(twiml(again)) == spoken(twiml(first))
+    assert not any("not a valid" in text for text in spoken(twiml(again)))
+
+
 def test_an_unknown_step_is_a_404_with_a_clear_message(twilio, call_sid):
     response = twilio.post("/voice/nonsense", **twilio.call_params(call_sid))
     assert response.status_code == 404
@@ -251,7 +292,7 @@ def test_an_unknown_step_is_a_404_with_a_clear_message(twilio, call_sid):
 def test_a_step_posted_out_of_order_asks_again_for_the_current_step(twilio, call_sid, ivr):
     twiml(press(twilio, call_sid, "/voice"))
     root = twiml(press(twilio, call_sid, "/voice/priority", "1"))
-    assert root.find("Gather").get("action") == "/voice/menu"
+    assert root.find("Gather").get("action") == "/voice/menu?p=0-0-0"
     assert count(ivr, Ticket) == 0
 
 
