@@ -153,6 +153,10 @@ def install(app: Flask) -> None:
         app.view_functions[endpoint] = limiter.limit(SIGN_IN_LIMIT, methods=["POST"])(
             app.view_functions[endpoint])
     app.after_request(_no_store)
+    if (settings.public_url or "").startswith("https://"):
+        # Talisman sends HSTS only for a request it sees as https; behind a TLS proxy that
+        # is not trusted for X-Forwarded-Proto, every request looks like plain http.
+        app.after_request(_hsts)
     # The browser headers are for the desk's pages; TwiML is read by Twilio alone.
     with _hooks_skipped_for(app, TWIML_BLUEPRINTS):
         Talisman(
@@ -235,6 +239,16 @@ def _buffer_chunked_body(environ) -> None:
     environ["wsgi.input"] = io.BytesIO(body)
     environ["CONTENT_LENGTH"] = str(len(body))
     del environ["wsgi.input_terminated"]
+
+
+HSTS = "max-age=31556926; includeSubDomains"  # a year, as Flask-Talisman sends it
+
+
+def _hsts(response):
+    if request.blueprint not in TWIML_BLUEPRINTS \
+            and "Strict-Transport-Security" not in response.headers:
+        response.headers["Strict-Transport-Security"] = HSTS
+    return response
 
 
 def _no_store(response):

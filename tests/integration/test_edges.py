@@ -18,7 +18,7 @@ from ivr.sim.simulator import new_call_sid
 from ivr.storage.models import Call, Ticket
 from ivr.web import MAX_BODY_BYTES
 
-from ..desk_support import ADMIN_TOKEN, add_ticket, at, parse_html
+from ..desk_support import ADMIN_TOKEN, add_ticket, admin_app, at, parse_html
 from ..support import CALLER, TOKEN, US_LINE, TwilioClient, twiml
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -371,6 +371,27 @@ def test_twilios_webhooks_skip_the_desks_browser_headers_and_the_sign_in_limiter
     page = desk_app.test_client().get("/admin/login")
     assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
     assert page.headers["X-Frame-Options"] == "DENY"
+
+
+def test_with_an_https_public_url_desk_pages_carry_hsts_behind_a_proxy_not_trusted(
+        settings, clock):
+    """TLS ends at the proxy and IVR_TRUSTED_PROXIES is not set, so every request looks
+    like plain http here; the public URL says browsers reach the desk over https."""
+    app = admin_app(settings.model_copy(update={"public_url": "https://ivr.example.com"}),
+                    clock)
+    try:
+        for path in ("/admin/login", "/api/tickets"):
+            response = app.test_client().get(path)
+            assert response.headers.getlist("Strict-Transport-Security") == [
+                "max-age=31556926; includeSubDomains"]
+        twilio = TwilioClient(app)
+        answer = twilio.post("/voice", **twilio.call_params(new_call_sid()))
+        assert "Strict-Transport-Security" not in answer.headers
+        proxied = app.test_client().get("/admin/login",
+                                        headers={"X-Forwarded-Proto": "https"})
+        assert len(proxied.headers.getlist("Strict-Transport-Security")) == 1  # Talisman's
+    finally:
+        app.extensions["ivr"].storage.dispose()
 
 
 def test_api_answers_are_not_cached_either(desk_app):
