@@ -12,7 +12,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from ..config import IvrConfig
 from ..domain.lifecycle import STATUSES, UNCLOSED, ForbiddenMove, move
@@ -386,10 +386,13 @@ class Desk:
 
     def update(self, ref: str | int, *, status: str | None = None,
                priority: int | None = None, push: bool = True,
-               actor: str = "admin") -> tuple[dict, bool]:
+               actor: str = "admin",
+               first_time: Callable[[Any], bool] | None = None) -> tuple[dict, bool]:
         """Reclassify and/or move a ticket on; returns its view and whether it changed.
         Asking for the status or priority it already has changes nothing. ``push=False``
-        for a change that came from the help desk (it is not pushed back there)."""
+        for a change that came from the help desk (it is not pushed back there).
+        ``first_time(session)``, called in the change's transaction before anything is
+        changed, says whether this request is new; False (a replay): nothing changes."""
         if status is None and priority is None:
             raise BadRequest("nothing to change: give a status or a priority")
         if status is not None and status not in STATUSES:
@@ -400,6 +403,8 @@ class Desk:
         with self.storage.unit_of_work() as uow:
             ticket, caller = self._find(uow, ref, for_update=True)
             changed, before = False, (ticket.priority, ticket.status)
+            if first_time is not None and not first_time(uow.session):
+                status = priority = None  # applied before: answer as things stand
             if priority is not None and priority != ticket.priority:
                 if ticket.status == "closed":
                     raise Conflict(f"ticket {ticket.number} is closed; its priority can no "

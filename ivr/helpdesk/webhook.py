@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 from ..desk.engineers import HELPDESK_ACTOR
 from ..desk.service import Desk, DeskError
 from ..extension import ivr
-from ..storage import DATABASE_DOWN, HelpdeskJobRepository
+from ..storage import DATABASE_DOWN, HelpdeskJobRepository, first_delivery
 from ..storage.tickets import ticket_by_number
 from .zendesk import LEVELS
 
@@ -106,7 +106,8 @@ def zendesk():
         return answer(400, error=str(exc))
     if not external_id:
         return answer(200, result="ignored", reason="not a phone ticket (no external_id)")
-    return apply(external_id, remote_id, status, priority)
+    return apply(external_id, remote_id, status, priority,
+                 delivery=hashlib.sha256(given.encode("utf-8", "replace")).hexdigest())
 
 
 def read_body(body: bytes) -> tuple[str | None, int | None, str, str | None]:
@@ -147,8 +148,11 @@ def read_body(body: bytes) -> tuple[str | None, int | None, str, str | None]:
     return status or None, LEVELS.get(priority_name), external_id, remote_id
 
 
-def apply(number: str, remote_id: str | None, status: str | None, priority: int | None):
-    """Close and/or reprioritise the ticket with this number, as the desk would."""
+def apply(number: str, remote_id: str | None, status: str | None, priority: int | None,
+          delivery: str | None = None):
+    """Close and/or reprioritise the ticket with this number, as the desk would.
+    ``delivery`` names this delivery (a hash of its signature): one applied before, sent
+    again, changes nothing, so a replay cannot bring an older change back."""
     storage = ivr().storage
     with storage.transaction() as session:
         found = ticket_by_number(session, number)
@@ -165,8 +169,12 @@ def apply(number: str, remote_id: str | None, status: str | None, priority: int 
     if closing is None and priority is None:
         return answer(200, result="unchanged", ticket=number, status=current_status)
     try:
+        now = ivr().service.clock()
+        first_time = None if delivery is None else \
+            (lambda session: first_delivery(session, delivery, now))
         view, changed = Desk.of(ivr()).update(number, status=closing, priority=priority,
-                                              push=False, actor=HELPDESK_ACTOR)
+                                              push=False, actor=HELPDESK_ACTOR,
+                                              first_time=first_time)
     except DeskError as exc:
         return answer(exc.status, error=str(exc))
     if changed:

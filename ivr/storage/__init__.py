@@ -9,7 +9,7 @@ from .accounts import AccountRepository
 from .calls import FINAL_STATUSES, CallRecord, CallRepository, TicketRow
 from .desk_queries import DeskRepository
 from .engine import DATABASE_DOWN, Storage, utcnow
-from .helpdesk import HelpdeskJob, HelpdeskJobRepository
+from .helpdesk import HelpdeskDelivery, HelpdeskJob, HelpdeskJobRepository, first_delivery
 from .lockouts import LockoutRepository
 from .outbox import OutboxRepository
 from .tickets import TicketRepository, new_ticket_number
@@ -17,7 +17,7 @@ from .uow import UnitOfWork
 
 __all__ = [
     "DATABASE_DOWN", "FINAL_STATUSES", "AccountRepository", "CallRecord", "CallRepository",
-    "DeskRepository", "HelpdeskJob", "HelpdeskJobRepository", "LockoutRepository",
-    "OutboxRepository", "Storage", "TicketRepository", "TicketRow", "UnitOfWork",
-    "new_ticket_number", "utcnow",
+    "DeskRepository", "HelpdeskDelivery", "HelpdeskJob", "HelpdeskJobRepository",
+    "LockoutRepository", "OutboxRepository", "Storage", "TicketRepository", "TicketRow",
+    "UnitOfWork", "first_delivery", "new_ticket_number", "utcnow",
 ]

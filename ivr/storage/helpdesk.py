@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    delete,
     exists,
     func,
     insert,
@@ -67,6 +68,33 @@ class HelpdeskJob(Base):
     first_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class HelpdeskDelivery(Base):
+    """A webhook delivery from the help desk that changed a ticket, by a hash of its
+    signature. The same bytes sent again while the signature is fresh (a replay) find it
+    here and change nothing; an older change never comes back over a newer one that way.
+    Rows go after ``DELIVERY_MEMORY``, once the signature itself is refused as too old."""
+
+    __tablename__ = "helpdesk_deliveries"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+DELIVERY_MEMORY = dt.timedelta(minutes=15)  # three times the signature's five minutes
+
+
+def first_delivery(db, key: str, now: dt.datetime) -> bool:
+    """Record a delivery about to be applied (inside the transaction that applies it):
+    False when it was applied before. Forgets deliveries older than DELIVERY_MEMORY."""
+    table = HelpdeskDelivery.__table__
+    db.execute(delete(table).where(table.c.received_at < now - DELIVERY_MEMORY))
+    dialect_insert = pg_insert if _dialect(db) == "postgresql" else sqlite_insert
+    # RETURNING, not the row count: through the session, PostgreSQL's came back -1.
+    inserted = db.execute(dialect_insert(table).values(key=key, received_at=now)
+                          .on_conflict_do_nothing().returning(table.c.key))
+    return inserted.first() is not None
 
 
 # -- queueing (the webhook's and the desk's transaction) -----------------------------------

@@ -9,11 +9,11 @@ import json
 
 import pytest
 import requests
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ivr.desk.service import Desk
 from ivr.sim.simulator import Simulator, WsgiTransport, new_call_sid
-from ivr.storage import HelpdeskJob, HelpdeskJobRepository
+from ivr.storage import HelpdeskDelivery, HelpdeskJob, HelpdeskJobRepository
 from ivr.storage.engineers import DeskAction
 from ivr.storage.models import Ticket
 
@@ -529,6 +529,30 @@ def test_a_priority_changed_in_zendesk_comes_back_with_its_target(app, simulator
     row = ticket_row(ivr, number)
     assert (row.priority, row.target_response_minutes) == (4, 1440)
     assert [j.kind for j in jobs(ivr)] == ["create"]
+
+
+def test_a_delivery_sent_again_does_not_undo_a_newer_one(app, simulator, ivr, fake, clock):
+    """Low, then Urgent, then the Low delivery again byte for byte (a replay inside the
+    signature's five minutes): the ticket stays P1."""
+    number = call(simulator, US_LINE, CALLER, 1)
+    sender(ivr, clock).drain()
+    (remote_id,) = fake.tickets
+    client = app.test_client()
+    low = signed(trigger_body(remote_id, number, "Open", "Low"), stamp(clock))
+    assert client.post("/hooks/zendesk", data=low[0], headers=low[1]).json["priority"] == 4
+    clock.advance(minutes=1)
+    assert post_hook(app, trigger_body(remote_id, number, "Open", "Urgent"),
+                     stamp(clock)).json["priority"] == 1
+    clock.advance(minutes=1)
+    again = client.post("/hooks/zendesk", data=low[0], headers=low[1])
+    assert (again.status_code, again.json["result"], again.json["priority"]) == \
+        (200, "unchanged", 1)
+    assert ticket_row(ivr, number).priority == 1
+    clock.advance(minutes=20)  # long after: refused as stale, and forgotten here
+    assert client.post("/hooks/zendesk", data=low[0], headers=low[1]).status_code == 401
+    post_hook(app, trigger_body(remote_id, number, "Open", "High"), stamp(clock))
+    with ivr.storage.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(HelpdeskDelivery)) == 1
 
 
 def test_changes_made_in_zendesk_are_recorded_as_zendesks_in_the_history(app, simulator, ivr,
