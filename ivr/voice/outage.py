@@ -223,9 +223,16 @@ class Outage:
             restored = uow.tickets.restore(record, account, record.created_at)
             if restored is not None and service.config.helpdesk:  # help desk push (issue 9)
                 helpdesk_jobs.queue_create(uow.session, restored.id, service.clock())
+            renumbered = restored is not None and restored.number != record.number
+            if renumbered:
+                log.warning("ticket %s, spoken during the outage, is stored as %s: another "
+                            "ticket took that number meanwhile", record.number, restored.number)
             if restored is not None and record.sms is not None:
+                # The text gives the number the ticket really has, whatever was spoken.
+                body = record.sms.body.replace(record.number, restored.number) \
+                    if renumbered else record.sms.body
                 uow.outbox.queue(call_sid=record.call_sid, template=record.sms.template,
-                                 to_number=record.caller_number, body=record.sms.body,
+                                 to_number=record.caller_number, body=body,
                                  now=service.clock())
             return restored is not None
 

@@ -12,7 +12,9 @@ from sqlalchemy import select
 from ivr.storage.models import Account, Call, OutboxMessage, Ticket
 from ivr.voice.outage import FORMAT, SpooledStatus, decode, encode
 
-from ..support import ROOT
+from ivr.sim.simulator import Simulator, WsgiTransport
+
+from ..support import BUSINESS_OWNER, CALLER, ROOT, TOKEN, US_LINE
 
 SAMPLES = ROOT / "tests" / "data" / "spool"
 
@@ -46,6 +48,27 @@ def test_a_spool_of_either_format_replays_every_record(ivr, name, sid, number, t
     assert len(texts) == 1
     again = replay_sample(ivr, name)  # a second replay of the same records doubles nothing
     assert (again.applied, again.already_present) == (0, 4)
+
+
+def test_a_spoken_number_taken_meanwhile_is_replaced_and_the_text_gives_the_new_one(
+        app, ivr, caplog):
+    """The outage number is derived from the call; one ticket in 90 million per stored
+    ticket finds it taken when the spool is replayed."""
+    result = Simulator(WsgiTransport(app), TOKEN).call(
+        US_LINE, CALLER, ["2", f"{BUSINESS_OWNER[0]}#", f"{BUSINESS_OWNER[1]}#", "2"])
+    with ivr.storage.transaction() as session:
+        session.scalars(select(Ticket).where(Ticket.number == result.ticket)).one() \
+            .number = "52345678"  # the number the spooled caller heard
+    replay_sample(ivr, "format-2.jsonl")
+    sid = "CA20000000000000000000000000000001"
+    with ivr.storage.transaction() as session:
+        mine = session.scalars(select(Ticket).where(Ticket.call_sid == sid)).one()
+        (text,) = session.scalars(select(OutboxMessage.body)
+                                  .where(OutboxMessage.call_sid == sid)).all()
+    assert mine.number != "52345678"
+    assert text == f"Ticket {mine.number} logged."
+    assert f"ticket 52345678, spoken during the outage, is stored as {mine.number}" \
+        in caplog.text
 
 
 @pytest.mark.parametrize("name, sid, region", [
