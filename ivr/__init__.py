@@ -60,7 +60,10 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Ap
                                 floor=Floor(config, catalogues, storage, renderer, clock))
     if settings.trusted_proxies:
         n = settings.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
+        # No X-Forwarded-Prefix: the TwiML's next-step URLs are root paths, so an app
+        # mounted under a prefix would send Twilio out of it after the first answer.
+        # Without the prefix the signature check fails at once and says so instead.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
 
     from . import cli, health, web
     from .desk import api, commands, dashboard  # noqa: F401  commands: tickets show|close|...

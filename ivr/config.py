@@ -13,6 +13,7 @@ import os
 import tomllib
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Annotated, Literal
 
 import phonenumbers
@@ -524,8 +525,19 @@ class Settings(BaseModel):
 
     @field_validator("public_url")
     @classmethod
-    def _no_trailing_slash(cls, value: str | None) -> str | None:
-        return value.rstrip("/") if value else value
+    def _scheme_and_host(cls, value: str | None) -> str | None:
+        """The service is served at the root of its host: every next-step URL in its
+        TwiML is a root path (/voice/menu), which Twilio resolves against the host."""
+        if not value:
+            return value
+        value = value.rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path \
+                or parts.query or parts.fragment:
+            raise ValueError(f"{value[:80]!r}: give the scheme and host only (for example "
+                             "https://ivr.example.com); the service must be served at the "
+                             "root of its host, not under a path")
+        return value
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":

@@ -319,6 +319,23 @@ def test_forwarded_headers_are_ignored_unless_proxies_are_trusted(settings, cloc
         assert response.status_code == expected
 
 
+def test_a_proxy_that_mounts_the_service_under_a_path_is_refused_at_the_first_request(
+        settings, clock):
+    """The TwiML's next-step URLs are root paths: under /line, Twilio would leave the
+    service after the greeting. X-Forwarded-Prefix is not honoured, so the signature Twilio
+    made for /line/voice does not match and the very first request says so (403)."""
+    app = create_app(settings.model_copy(update={"trusted_proxies": 1}), clock=clock)
+    app.extensions["ivr"].storage.upgrade()
+    client = TwilioClient(app, base="https://ivr.example.com")
+    params = client.call_params("CA" + "7" * 32)
+    signature = client.validator.compute_signature("https://ivr.example.com/line/voice", params)
+    response = client.client.post("/voice", data=params, headers={
+        "X-Forwarded-Proto": "https", "X-Forwarded-Host": "ivr.example.com",
+        "X-Forwarded-Prefix": "/line", "X-Twilio-Signature": signature})
+    assert response.status_code == 403
+    app.extensions["ivr"].storage.dispose()
+
+
 def test_old_failure_counts_are_purged_but_current_locks_are_kept(app, twilio, ivr, clock):
     import datetime as dt
 

@@ -172,3 +172,15 @@ def test_a_short_admin_token_is_refused():
     long_enough = "x" * 32
     assert Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false",
                               "IVR_ADMIN_TOKEN": long_enough}).admin_token == long_enough
+
+
+@pytest.mark.parametrize("url", ["https://ivr.example.com/line", "https://ivr.example.com?x=1",
+                                 "ivr.example.com", "ftp://ivr.example.com"])
+def test_a_public_url_with_a_path_or_without_a_scheme_is_refused(url):
+    """Twilio resolves the TwiML's root paths (/voice/menu) against the host: under a
+    path the call would leave the service after its first answer."""
+    with pytest.raises(ConfigError, match="IVR_PUBLIC_URL.*scheme and host only"):
+        Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false", "IVR_PUBLIC_URL": url})
+    assert Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false",
+                              "IVR_PUBLIC_URL": "https://ivr.example.com:8443/"}
+                             ).public_url == "https://ivr.example.com:8443"
