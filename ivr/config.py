@@ -532,12 +532,15 @@ class Settings(BaseModel):
             return value
         value = value.rstrip("/")
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path \
-                or parts.query or parts.fragment:
+        # Rebuilt from its parts: "https://host?" passes urlsplit with an empty query,
+        # and the scheme comes back in lower case ("HTTPS://" is an https URL).
+        base = f"{parts.scheme}://{parts.netloc}"
+        if parts.scheme not in ("http", "https") or not parts.netloc \
+                or base.lower() != value.lower():
             raise ValueError(f"{value[:80]!r}: give the scheme and host only (for example "
                              "https://ivr.example.com); the service must be served at the "
                              "root of its host, not under a path")
-        return value
+        return base
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":

@@ -175,6 +175,7 @@ def test_a_short_admin_token_is_refused():
 
 
 @pytest.mark.parametrize("url", ["https://ivr.example.com/line", "https://ivr.example.com?x=1",
+                                 "https://ivr.example.com?", "https://ivr.example.com#",
                                  "ivr.example.com", "ftp://ivr.example.com"])
 def test_a_public_url_with_a_path_or_without_a_scheme_is_refused(url):
     """Twilio resolves the TwiML's root paths (/voice/menu) against the host: under a
@@ -184,3 +185,6 @@ def test_a_public_url_with_a_path_or_without_a_scheme_is_refused(url):
     assert Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false",
                               "IVR_PUBLIC_URL": "https://ivr.example.com:8443/"}
                              ).public_url == "https://ivr.example.com:8443"
+    assert Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false",
+                              "IVR_PUBLIC_URL": "HTTPS://ivr.example.com"}
+                             ).public_url == "https://ivr.example.com"  # HSTS, Secure cookie
