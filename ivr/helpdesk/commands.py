@@ -49,7 +49,7 @@ def helpdesk_status(as_json):
         click.echo("\nLatest sent:")
         for job in report["sent"]:
             click.echo(f"{job['id']:>6} {job['ticket']:<10} {job['kind'] + ' ' + job['event']:<20} "
-                       f"{job['url'] or ''}")
+                       f"{job['error'] or job['url'] or ''}")  # error: a superseded change
 
 
 @helpdesk_cli.command("retry")

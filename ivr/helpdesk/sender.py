@@ -171,7 +171,9 @@ class Sender:
             if item.priority is not None:
                 current = jobs.priority_of(item.ticket_id)
                 if current != item.priority:
-                    jobs.record(item.job_id, now, status="sent", sent_at=now, last_error=None)
+                    jobs.record(item.job_id, now, status="sent", sent_at=now,
+                                last_error=f"not sent: superseded (the ticket is P{current} "
+                                           "now)")
                     log.info("help desk: ticket %s's change to P%s not pushed: it is P%s now "
                              "(job %s)", item.ticket, item.priority, current, item.job_id)
                     return "superseded"

@@ -232,7 +232,7 @@ def test_a_batch_that_outlasts_its_claim_never_pushes_an_old_change_over_a_newer
 
 
 def test_a_desk_change_held_up_by_zendesk_does_not_undo_a_newer_change_made_there(
-        app, simulator, ivr, fake, clock):
+        app, simulator, ivr, fake, clock, cli):
     number = call(simulator, US_LINE, CALLER, 1)
     sender(ivr, clock).drain()
     (remote_id,) = fake.tickets
@@ -248,6 +248,8 @@ def test_a_desk_change_held_up_by_zendesk_does_not_undo_a_newer_change_made_ther
         (1, "urgent")
     assert [(j.event, j.status) for j in jobs(ivr)] == [("created", "sent"),
                                                         ("priority", "sent")]
+    assert jobs(ivr)[1].last_error == "not sent: superseded (the ticket is P1 now)"
+    assert "not sent: superseded" in cli("helpdesk", "status").output  # not shown as sent
 
 
 def test_of_two_desk_changes_queued_together_only_the_newer_priority_is_pushed(
