@@ -50,6 +50,7 @@ SIGN_IN_LIMIT = "10 per minute; 50 per hour"
 RATE_LIMITED_ENDPOINTS = ("admin.login",)
 UNLIMITED_BLUEPRINTS = ("voice", "agent", "health", "hooks")
 TWIML_BLUEPRINTS = ("voice", "agent")
+HSTS_MAX_AGE = 31556926  # a year, in seconds: Strict-Transport-Security on desk pages
 
 
 FORM = "application/x-www-form-urlencoded"
@@ -169,6 +170,7 @@ def install(app: Flask) -> None:
             session_cookie_secure=app.config.get("SESSION_COOKIE_SECURE", False),
             session_cookie_http_only=True,
             strict_transport_security=True,
+            strict_transport_security_max_age=HSTS_MAX_AGE,
         )
 
 
@@ -241,13 +243,13 @@ def _buffer_chunked_body(environ) -> None:
     del environ["wsgi.input_terminated"]
 
 
-HSTS = "max-age=31556926; includeSubDomains"  # a year, as Flask-Talisman sends it
-
-
 def _hsts(response):
+    """The header Talisman sends (same max-age, subdomains included), for a request it did
+    not see as https."""
     if request.blueprint not in TWIML_BLUEPRINTS \
             and "Strict-Transport-Security" not in response.headers:
-        response.headers["Strict-Transport-Security"] = HSTS
+        response.headers["Strict-Transport-Security"] = \
+            f"max-age={HSTS_MAX_AGE}; includeSubDomains"
     return response
 
 
