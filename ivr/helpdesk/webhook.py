@@ -149,7 +149,7 @@ def read_body(body: bytes) -> tuple[str | None, int | None, str, str | None]:
 
 
 def apply(number: str, remote_id: str | None, status: str | None, priority: int | None,
-          delivery: str | None = None):
+          delivery: str):
     """Close and/or reprioritise the ticket with this number, as the desk would.
     ``delivery`` names this delivery (a hash of its signature): one applied before, sent
     again, changes nothing, so a replay cannot bring an older change back."""
@@ -170,11 +170,9 @@ def apply(number: str, remote_id: str | None, status: str | None, priority: int 
         return answer(200, result="unchanged", ticket=number, status=current_status)
     try:
         now = ivr().service.clock()
-        first_time = None if delivery is None else \
-            (lambda session: first_delivery(session, delivery, now))
-        view, changed = Desk.of(ivr()).update(number, status=closing, priority=priority,
-                                              push=False, actor=HELPDESK_ACTOR,
-                                              first_time=first_time)
+        view, changed = Desk.of(ivr()).update(
+            number, status=closing, priority=priority, push=False, actor=HELPDESK_ACTOR,
+            first_time=lambda session: first_delivery(session, delivery, now))
     except DeskError as exc:
         return answer(exc.status, error=str(exc))
     if changed:
