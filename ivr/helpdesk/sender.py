@@ -53,6 +53,11 @@ class Work:
     priority: int | None = None  # the level a priority change sets
 
 
+def _tally(counts: dict[str, int], outcome: str) -> None:
+    counts[outcome] += 1
+    metrics.HELPDESK_PUSHES.labels(outcome).inc()
+
+
 def connect(config: IvrConfig, settings: Settings) -> HelpDesk:
     """The configured help desk's client."""
     return Zendesk.from_config(config.helpdesk, settings.zendesk_api_token or "")
@@ -92,8 +97,7 @@ class Sender:
                                     "answer the pushes before it", tried=False)
                 elif (held := self._renew(item)) != "held":
                     if held == "superseded":
-                        counts[held] += 1
-                        metrics.HELPDESK_PUSHES.labels(held).inc()
+                        _tally(counts, held)
                     continue
                 else:
                     result = self._push(item)
@@ -105,8 +109,7 @@ class Sender:
                 with self.storage.transaction() as session:
                     outcome = self._record(HelpdeskJobRepository(session), item, result)
                 if outcome:
-                    counts[outcome] += 1
-                    metrics.HELPDESK_PUSHES.labels(outcome).inc()
+                    _tally(counts, outcome)
             if failing >= GIVE_UP_ROUND_AFTER or paused is not None:
                 break
         return counts
@@ -145,14 +148,15 @@ class Sender:
                 job.payload = json.dumps(payload, sort_keys=True)
             except (ValueError, KeyError, TypeError) as exc:
                 problem = f"cannot build the push: {exc}"
-        data = json.loads(job.data or "{}") if job.event == "priority" else {}
+        payload = json.loads(job.payload) if job.payload else None
         return Work(
             job_id=job.id, ticket_id=job.ticket_id, ticket=ticket.number, kind=job.kind,
-            payload=json.loads(job.payload) if job.payload else None,
+            payload=payload,
             remote_id=jobs.remote_id(job.ticket_id) if job.kind == "update" else None,
             attempts=job.attempts, failures=job.failures, claimed_at=now,
             first_try_age=(now - (job.first_attempt_at or now)).total_seconds(),
-            problem=problem, priority=data.get("priority"))
+            problem=problem,
+            priority=payload.get("priority") if payload and job.event == "priority" else None)
 
     def _renew(self, item: Work) -> str:
         """Hold the job for its push ("held"), unless another sender has taken it since
