@@ -13,8 +13,8 @@ import os
 import tomllib
 from functools import cached_property
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import phonenumbers
 from pydantic import (
