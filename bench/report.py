@@ -41,7 +41,8 @@ def tables(result: dict) -> str:
         f"replayed against the bare endpoint"
         + (f", in {s['rounds']} alternating rounds" if s.get("rounds") else "")
         + f"), {s['paced_calls']} calls at a caller's pace "
-        f"({s['think']:g} s before every answer; "
+        + (f"in {s['paced_rounds']} alternating rounds " if s.get("paced_rounds") else "")
+        + f"({s['think']:g} s before every answer; "
         + (f"the first calls arriving spread over {s['think']:g} s"
            if s.get("arrivals", "together") == "spread" else "all calls starting at once")
         + ") against each.",
@@ -83,6 +84,12 @@ def tables(result: dict) -> str:
                       "webhook (ratio) in each round, the two servers taking turns: "
                       + "; ".join(f"{r['service_ms']} / {r['bare_ms']} ({r['ratio']})"
                                   for r in rounds) + "."]
+        paced_rounds = run["service"]["paced"].get("rounds")
+        if paced_rounds:
+            lines += ["", f"At a caller's pace in rounds, {run['backend']}: p99 service / bare "
+                      "(ms) in each round, the same callers on both: "
+                      + "; ".join(f"{r['service_p99']} / {r['bare_p99']} ({r['times']}×)"
+                                  for r in paced_rounds) + "."]
     for run in result["runs"]:
         service, bare_run = run["service"]["paced"], run["bare"]["paced"]
         sv, bare = service["latency_ms"], bare_run["latency_ms"]

@@ -245,6 +245,37 @@ def _round_figures(service: Sample, bare: Sample, database: Postgres | None) -> 
             "ratio": round(yard / mine, 3) if mine and yard else None}
 
 
+def _paced_round_figures(service: Sample, bare: Sample) -> dict:
+    """One paced round's p99 on each side, and how many times the bare endpoint's the
+    service's is."""
+    mine = by_step(service.drive.timings())["all"].get("p99")
+    yard = by_step(bare.drive.timings())["all"].get("p99")
+    return {"service_p99": mine, "bare_p99": yard,
+            "times": round(mine / yard, 2) if mine and yard else None}
+
+
+def take_turns(service: Gunicorn, bare: Gunicorn, database: Postgres | None, calls: int,
+               rounds: int, serve, replay, quiet=settle) -> tuple[list[Sample], list[Sample]]:
+    """``calls`` whole calls in ``rounds`` turns, each server's turn starting on a quiet
+    machine (``measure.settle``): a round's calls against the service (``serve(number,
+    calls, done)``, ``done`` the calls of the rounds before), then the same calls replayed
+    against the bare endpoint (``replay(drive)``). The samples of each side, by round."""
+    served, replayed = [], []
+    per_round = -(-calls // rounds)
+    done = 0
+    for number in range(rounds):
+        count = min(per_round, calls - done)
+        if count <= 0:
+            break
+        quiet()
+        ran = sample(service, database, lambda: serve(number, count, done))
+        quiet()
+        served.append(ran)
+        replayed.append(sample(bare, None, lambda: replay(ran.drive)))
+        done += count
+    return served, replayed
+
+
 def rss_by_worker(server: Gunicorn) -> dict[str, float]:
     _, workers = server.pids()
     return {str(pid): round(process_rss(pid) / MB, 1) for pid in workers
@@ -337,40 +368,42 @@ def run_backend(name: str, database_url: str, database: Postgres | None, args,
         # Saturation in rounds that alternate between the two servers: each round's calls
         # against the service, then the first of them replayed against the bare endpoint.
         # The machine's speed drifts (bench/README.md), and both sides then meet it alike.
-        service_samples, bare_samples, rounds = [], [], []
-        per_round = -(-args.calls // args.rounds)
         bare_per_round = -(-args.bare_calls // args.rounds)
-        done = 0
-        for number in range(args.rounds):
-            calls = min(per_round, args.calls - done)
-            if calls <= 0:
-                break
-            settle()  # each turn on a quiet machine (measure.settle)
-            ran = sample(service, database, lambda calls=calls, number=number, done=done:
-                         drive_calls(service.url, TOKEN, calls, args.concurrency,
-                                     seed=7 + number, first=args.warmup + done))
-            replayed = ran.drive.recorded[:bare_per_round]
-            settle()
-            base = sample(bare, None, lambda replayed=replayed: replay_calls(
-                bare.url, TOKEN, replayed, args.concurrency, paced=False))
-            service_samples.append(ran)
-            bare_samples.append(base)
-            done += calls
-            rounds.append(_round_figures(ran, base, database))
+        service_samples, bare_samples = take_turns(
+            service, bare, database, args.calls, args.rounds,
+            lambda number, calls, done: drive_calls(
+                service.url, TOKEN, calls, args.concurrency, seed=7 + number,
+                first=args.warmup + done),
+            lambda drive: replay_calls(bare.url, TOKEN, drive.recorded[:bare_per_round],
+                                       args.concurrency, paced=False))
+        rounds = [_round_figures(ran, base, database)
+                  for ran, base in zip(service_samples, bare_samples)]
         saturated, service_saturated = figures_of(service_samples, database)
         rss_after = rss_by_worker(service)
         show(name, "service saturated", service_saturated)
         print(f"[{name}] ratio by round: "
               + ", ".join(str(r["ratio"]) for r in rounds), flush=True)
-        paced, service_paced = measured(service, database, lambda: drive_calls(
-            service.url, TOKEN, args.paced_calls, args.concurrency, seed=8, think=args.think,
-            first=args.warmup + args.calls, spread=spread))
-        show(name, "service paced", service_paced)
         _, bare_saturated = figures_of(bare_samples, None)
         show(name, "bare saturated", bare_saturated)
-        _, bare_paced = measured(bare, None, lambda: replay_calls(
-            bare.url, TOKEN, paced.recorded, args.concurrency, paced=True, spread=spread))
+        # At a caller's pace the servers take turns too, with the same callers: a p99 is
+        # read from the slowest hundredth of the requests, and on this host the slowest
+        # stretches come and go within seconds (bench/README.md).
+        paced_samples, bare_paced_samples = take_turns(
+            service, bare, database, args.paced_calls, args.paced_rounds,
+            lambda number, calls, done: drive_calls(
+                service.url, TOKEN, calls, args.concurrency, seed=100 + number,
+                think=args.think, first=args.warmup + args.calls + done, spread=spread),
+            lambda drive: replay_calls(bare.url, TOKEN, drive.recorded, args.concurrency,
+                                       paced=True, spread=spread))
+        paced_rounds = [_paced_round_figures(ran, base)
+                        for ran, base in zip(paced_samples, bare_paced_samples)]
+        _, service_paced = figures_of(paced_samples, database)
+        show(name, "service paced", service_paced)
+        _, bare_paced = figures_of(bare_paced_samples, None)
         show(name, "bare paced", bare_paced)
+        print(f"[{name}] paced p99 by round, service / bare: "
+              + ", ".join(f"{r['service_p99']} / {r['bare_p99']} ({r['times']}×)"
+                          for r in paced_rounds), flush=True)
     finally:
         log = service.stop()
         if bare is not None:
@@ -380,6 +413,7 @@ def run_backend(name: str, database_url: str, database: Postgres | None, args,
     for figures in (bare_saturated, bare_paced):
         add_worker_stats(figures, bare.records)
     service_saturated["rounds"] = rounds
+    service_paced["rounds"] = paced_rounds
 
     ratio = bare_saturated["server_cpu_ms_per_request"] / service_saturated[
         "server_cpu_ms_per_request"]
@@ -454,8 +488,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="the saturating calls alternate between the service and the "
                              "bare endpoint in this many rounds, so a drift in the "
                              "machine's speed meets both alike (default 5)")
-    parser.add_argument("--paced-calls", type=int, default=320,
-                        help="whole calls at a caller's pace, on each server (default 320)")
+    parser.add_argument("--paced-calls", type=int, default=480,
+                        help="whole calls at a caller's pace, on each server (default 480)")
+    parser.add_argument("--paced-rounds", type=int, default=4,
+                        help="the paced calls alternate between the two servers in this "
+                             "many rounds, the same callers on both (default 4)")
     parser.add_argument("--think", type=float, default=1.0,
                         help="seconds a paced caller listens before every answer (default 1)")
     parser.add_argument("--arrivals", choices=("spread", "together"), default="spread",
@@ -469,8 +506,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label", default="", help="a word for the README table, e.g. before")
     parser.add_argument("--note", default="", help="a sentence kept with the figures")
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+    if args.rounds < 1 or args.paced_rounds < 1:
+        parser.error("--rounds and --paced-rounds must be at least 1")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     # A terminated run still stops its servers and drops its database (the finally blocks).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -217,3 +217,53 @@ def test_settle_gives_up_on_a_machine_that_stays_busy():
     machine = FakeMachine([])
     waited = settle(machine.busy, machine.clock, machine.sleep)
     assert QUIET_LIMIT <= waited < QUIET_LIMIT + 1
+
+
+def test_the_two_servers_take_turns_on_a_quiet_machine_with_the_same_calls():
+    from bench.client import Drive
+    from bench.run import take_turns
+
+    class Server:  # this process stands in for a server's master; no workers
+        def pids(self):
+            return os.getpid(), []
+
+    order = []
+
+    def serve(number, calls, done):
+        order.append(("service", number, calls, done))
+        return Drive(calls=calls, concurrency=4, seconds=0.01,
+                     recorded=[[f"call {done + n}"] for n in range(calls)])
+
+    def replay(drive):
+        order.append(("bare", [c[0] for c in drive.recorded]))
+        return Drive(calls=drive.calls, concurrency=4, seconds=0.01)
+
+    served, replayed = take_turns(Server(), Server(), None, 10, 3, serve, replay,
+                                  quiet=lambda: order.append("quiet"))
+    assert order == [
+        "quiet", ("service", 0, 4, 0), "quiet", ("bare", [f"call {n}" for n in range(4)]),
+        "quiet", ("service", 1, 4, 4), "quiet", ("bare", [f"call {n}" for n in range(4, 8)]),
+        "quiet", ("service", 2, 2, 8), "quiet", ("bare", ["call 8", "call 9"]),
+    ]
+    assert [s.drive.calls for s in served] == [4, 4, 2]
+    assert [s.drive.calls for s in replayed] == [4, 4, 2]
+    # more rounds than calls: no empty round
+    order.clear()
+    served, _ = take_turns(Server(), Server(), None, 2, 5, serve, replay, quiet=lambda: None)
+    assert [s.drive.calls for s in served] == [1, 1]
+
+
+def test_a_paced_round_compares_the_p99_of_each_side():
+    from bench.client import Drive
+    from bench.run import Sample, _paced_round_figures
+
+    def stretch(milliseconds: list[float]) -> Sample:
+        exchanges = [Exchange("/voice/menu", {}, 1.0, ms / 1000, 200) for ms in milliseconds]
+        none = {"seconds": 0.0, "processes": 0, "appeared": [], "vanished": []}
+        return Sample(Drive(calls=1, concurrency=1, seconds=1.0, exchanges=exchanges),
+                      [0.0, 1.0], none, none, 0.0, 0.0)
+
+    service = stretch([2.0] * 98 + [9.0, 30.0])  # nearest rank: the 99th of 100 is 9 ms
+    bare = stretch([1.0] * 99 + [20.0])
+    assert _paced_round_figures(service, bare) == {"service_p99": 9.0, "bare_p99": 1.0,
+                                                   "times": 9.0}
