@@ -120,7 +120,7 @@ class Floor:
 
     def waiting(self) -> list[tuple[Ticket, Call, Waiting, str | None]]:
         """Callers in the queues now, most urgent first, with who has claimed each."""
-        with self.storage.unit_of_work() as uow:
+        with self.storage.unit_of_work(readonly=True) as uow:
             session = uow.session
             rows = FloorRepository(self.storage, session).waiting()
             return [(t, c, waiting_of(self.config, t, c),
