@@ -25,6 +25,7 @@ from ..storage import Storage
 from ..storage.engineers import EngineerRepository, FloorRepository, engineer_info
 from ..storage.models import Call
 from ..voice.twiml import CALLBACK_ENGINEER_PATH, CALLBACK_STATUS_PATH, url
+from .engineers import NAME
 from .service import BadRequest, Conflict, NotFound, target_at
 
 log = logging.getLogger("ivr.callbacks")
@@ -70,6 +71,8 @@ class Callbacks:
         if missing:
             raise BadRequest(f"callbacks need {', '.join(missing)} (Twilio must reach this "
                              "service's webhooks)")
+        if not NAME.fullmatch(engineer_name):  # no engineer has such a name (NUL and all)
+            raise NotFound(f"no engineer named {engineer_name[:40]!r}")
         now = self.clock()
         with self.storage.unit_of_work() as uow:
             session = uow.session

@@ -252,6 +252,7 @@ def test_a_personal_token_places_the_callback_for_its_owner_only(app, twilio, iv
 
 @pytest.mark.parametrize("body, status", [
     ({}, 400), ({"engineer": "nobody"}, 404), ({"engineer": 7}, 400),
+    ({"engineer": "ai\x00ko"}, 404), ({"engineer": "x" * 5000}, 404),
     ({"engineer": "aiko", "extra": 1}, 400),
 ])
 def test_a_bad_callback_request_gets_a_clear_error_and_places_nothing(
