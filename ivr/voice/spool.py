@@ -29,6 +29,17 @@ class ReplayResult:
     busy: bool = False
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written: it may write fewer than asked (a disk
+    filling up) and says so only by what it returns."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(28, "no byte written to the spool")  # ENOSPC
+        view = view[written:]
+
+
 class Spool:
     def __init__(self, folder: Path):
         self.folder = folder
@@ -54,10 +65,23 @@ class Spool:
         line = (json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock("spool.lock"):
             created = not self.path.exists()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, line)
-                os.fsync(fd)
+                size = os.fstat(fd).st_size
+                # A record cut short by a crash mid-write has no newline: start on a line of
+                # our own, or this record would be glued to it and both be unreadable.
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line
+                try:
+                    _write_all(fd, line)
+                    os.fsync(fd)
+                except OSError:
+                    # Half a record is no record: leave the file as it was, and let the
+                    # caller's request fail (Twilio's fallback) rather than tell them a
+                    # ticket number that was never kept.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, size)
+                    raise
             finally:
                 os.close(fd)
             if created:

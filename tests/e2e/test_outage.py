@@ -157,3 +157,46 @@ def test_a_replay_while_the_database_is_still_away_keeps_every_record(ivr, twili
         dead_service.spool.replay(dead_service.replay, transient=DATABASE_DOWN)
     assert ivr.service.spool.depth() == 1
     assert ivr.service.spool.replay(ivr.service.replay).applied == 1
+
+
+def test_a_record_cut_short_by_a_crash_does_not_take_the_next_one_with_it(ivr, twilio, dead):
+    spool = ivr.service.spool
+    spool.folder.mkdir(parents=True, exist_ok=True)
+    with open(spool.path, "a") as handle:  # a worker killed half-way through its write
+        handle.write('{"kind": "ticket", "call_sid": "CA')
+    sid = new_call_sid()
+    root = twiml(dead.post(verified(twilio, sid), **twilio.call_params(sid), Digits="1"))
+    assert root.find("Enqueue") is not None
+    result = spool.replay(ivr.service.replay)
+    assert (result.applied, result.unreadable) == (1, 1)
+    with ivr.storage.transaction() as session:
+        assert session.scalars(select(Ticket).where(Ticket.call_sid == sid)).one()
+
+
+def test_a_write_that_falls_short_is_finished_or_undone_never_half_kept(ivr, twilio, dead,
+                                                                       monkeypatch):
+    from ivr.voice import spool as spool_module
+
+    write = spool_module.os.write
+    sid = new_call_sid()
+    action = verified(twilio, sid)
+    # A disk filling up: each write takes half of what it is given.
+    monkeypatch.setattr(spool_module.os, "write", lambda fd, data: write(fd, data[:len(data) // 2 or 1]))
+    root = twiml(dead.post(action, **twilio.call_params(sid), Digits="1"))
+    heard = root.find(".//say-as").text
+    assert ivr.service.spool.replay(ivr.service.replay).applied == 1
+    with ivr.storage.transaction() as session:
+        assert session.scalars(select(Ticket).where(Ticket.call_sid == sid)).one().number == heard
+
+    # A full disk: nothing is written, the file is left whole, the caller is not told a number.
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool_module.os, "write", full)
+    other = new_call_sid()
+    action = verified(twilio, other)
+    before = ivr.service.spool.path.read_bytes() if ivr.service.spool.path.exists() else b""
+    root = twiml(dead.post(action, **twilio.call_params(other), Digits="1"))
+    assert root.find(".//say-as") is None  # the fallback's answer, with no ticket number
+    after = ivr.service.spool.path.read_bytes() if ivr.service.spool.path.exists() else b""
+    assert after == before
