@@ -223,6 +223,12 @@ class Outage:
             restored = uow.tickets.restore(record, account, record.created_at)
             if restored is not None and service.config.helpdesk:  # help desk push (issue 9)
                 helpdesk_jobs.queue_create(uow.session, restored.id, service.clock())
+            if restored is not None:
+                call = uow.calls.load(record.call_sid)
+                if call is not None and call.queue_result:
+                    # The caller's wait ended, and was stored live, before this replay: the
+                    # ticket goes where that end sends it, not stay as spooled.
+                    service.ticket_after_queue(uow, call, call.queue_result, service.clock())
             renumbered = restored is not None and restored.number != record.number
             if renumbered:
                 log.warning("ticket %s, spoken during the outage, is stored as %s: another "

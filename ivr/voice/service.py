@@ -210,16 +210,22 @@ class CallService:
         if record is None:
             return None
         uow.calls.record_queue_result(call_sid, result, queue_time, now)
-        ticket = record.ticket
-        if ticket is not None:
-            number = callable_number(record.caller_number)
-            target = after_queue(result, can_call_back=number is not None)
-            number = number if target is TicketStatus.CALLBACK_REQUESTED else None
-            record.ticket, moved = uow.tickets.advance(ticket, target, now,
-                                                       callback_number=number)
-            if self.config.helpdesk and moved:
-                helpdesk_jobs.queue_status(uow.connection, record.ticket, now, number)  # issue 9
+        self.ticket_after_queue(uow, record, result, now)
         return record
+
+    def ticket_after_queue(self, uow: UnitOfWork, record: CallRecord, result: str,
+                           now: dt.datetime) -> None:
+        """Move the call's ticket where the end of its wait sends it (``record.ticket`` is
+        then the ticket as it now stands)."""
+        ticket = record.ticket
+        if ticket is None:
+            return
+        number = callable_number(record.caller_number)
+        target = after_queue(result, can_call_back=number is not None)
+        number = number if target is TicketStatus.CALLBACK_REQUESTED else None
+        record.ticket, moved = uow.tickets.advance(ticket, target, now, callback_number=number)
+        if self.config.helpdesk and moved:
+            helpdesk_jobs.queue_status(uow.connection, record.ticket, now, number)  # issue 9
 
     def wait(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
         """The waitUrl: position, expected wait and the callback offer, then hold audio."""

@@ -200,3 +200,22 @@ def test_a_write_that_falls_short_is_finished_or_undone_never_half_kept(ivr, twi
     assert root.find(".//say-as") is None  # the fallback's answer, with no ticket number
     after = ivr.service.spool.path.read_bytes() if ivr.service.spool.path.exists() else b""
     assert after == before
+
+
+@pytest.mark.parametrize("result, status", [("hangup", "open"), ("queue-full", "callback_requested"),
+                                            ("bridged", "connected")])
+def test_a_wait_that_ended_before_the_replay_moves_the_replayed_ticket(ivr, twilio, dead,
+                                                                      result, status):
+    """The database is back before the spool is replayed (or the spool is on another
+    host): the end of the caller's wait is stored live on a call with no ticket yet. The
+    replayed ticket then goes where that end sends it, not stay in the queue for good."""
+    sid = new_call_sid()
+    root = twiml(dead.post(verified(twilio, sid), **twilio.call_params(sid), Digits="1"))
+    number = root.find(".//say-as").text
+    twilio.post(f"/voice/queue-result?ticket={number}&priority=1", **twilio.call_params(sid),
+                QueueResult=result, QueueTime="40")
+    assert ivr.service.spool.replay(ivr.service.replay).applied == 1
+    with ivr.storage.transaction() as session:
+        ticket = session.scalars(select(Ticket).where(Ticket.call_sid == sid)).one()
+        assert (ticket.number, ticket.status) == (number, status)
+        assert session.get(Call, sid).queue_result == result
