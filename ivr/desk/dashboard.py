@@ -85,13 +85,22 @@ def identity_for_token(token: str) -> str | None:
     return ENGINEER + engineer.name if engineer is not None else None
 
 
-def credential_mark(identity: str) -> str | None:
+def credential_mark(identity: str, token: str | None = None) -> str | None:
     """A keyed hash of the credential an identity signs in with now; a session opened
-    with another (e.g. before IVR_ADMIN_TOKEN changed) is no longer valid."""
-    if identity == "admin" and ivr().settings.admin_token:
-        return operator_mark(ivr().settings.admin_token)
+    with another is no longer valid. Every mark depends on IVR_ADMIN_TOKEN, so changing
+    it signs everyone out, engineers too. ``token``: at sign-in, the token presented (an
+    engineer's mark is then taken from it, not read again from a row that a rotation may
+    have changed since the token was checked)."""
+    admin_token = ivr().settings.admin_token
+    admin = operator_mark(admin_token or "")
+    if identity == "admin":
+        return admin if admin_token else None
     if identity.startswith(ENGINEER):  # changes when the token is rotated, gone when removed
-        return Engineers.of(ivr()).session_mark(identity.removeprefix(ENGINEER))
+        engineers = Engineers.of(ivr())
+        own = engineers.token_mark(token) if token is not None \
+            else engineers.session_mark(identity.removeprefix(ENGINEER))
+        return None if own is None else \
+            hmac.new(admin.encode(), own.encode(), hashlib.sha256).hexdigest()
     return None
 
 
@@ -178,7 +187,8 @@ def desk_error(exc: DeskError):
 def login():  # rate-limited per client address (ivr/web.py)
     if request.method == "GET":
         return render_template("admin/login.html")
-    identity = identity_for_token(request.form.get("token", "").strip())
+    token = request.form.get("token", "").strip()
+    identity = identity_for_token(token)
     if identity is None:
         log.warning("dashboard sign-in refused: wrong token")
         return render_template("admin/login.html",
@@ -188,7 +198,7 @@ def login():  # rate-limited per client address (ivr/web.py)
     with ivr().storage.transaction() as db_session:
         sessions = _sessions(db_session)
         sessions.purge(now)
-        session_id = sessions.start(identity, credential_mark(identity), now, lifetime)
+        session_id = sessions.start(identity, credential_mark(identity, token), now, lifetime)
     session.clear()
     session.permanent = True
     session["sid"] = session_id

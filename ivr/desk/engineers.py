@@ -157,5 +157,13 @@ class Engineers:
             engineer = EngineerRepository(self.storage, session).named(name)
             if engineer is None:
                 return None
-            key = self.hasher.derive("engineer-dashboard-session")
-            return hmac.new(key, engineer.token_hash.encode(), hashlib.sha256).hexdigest()
+            return self._mark(engineer.token_hash)
+
+    def token_mark(self, token: str) -> str:
+        """``session_mark`` of the engineer whose token this is, from the token itself: at
+        sign-in, so that a rotation committed meanwhile is not taken for the token shown."""
+        return self._mark(token_digest(self.hasher, token))
+
+    def _mark(self, token_hash: str) -> str:
+        key = self.hasher.derive("engineer-dashboard-session")
+        return hmac.new(key, token_hash.encode(), hashlib.sha256).hexdigest()

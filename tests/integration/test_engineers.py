@@ -142,6 +142,41 @@ def test_an_engineer_signs_in_to_the_dashboard_and_their_actions_carry_their_nam
     assert browser.get("/admin/").status_code == 302
 
 
+def signed_in_with(app, token):
+    browser = app.test_client()
+    login = parse_html(browser.get("/admin/login").get_data(as_text=True)).find("login")
+    response = browser.post("/admin/login", data={"csrf_token": login.field("csrf_token"),
+                                                  "token": token})
+    assert response.status_code == 302
+    return browser
+
+
+def test_changing_the_admin_token_signs_engineers_out_as_well(app, ivr):
+    engineer = signed_in_with(app, add(app))
+    operator = signed_in_with(app, ADMIN_TOKEN)
+    assert engineer.get("/admin/").status_code == operator.get("/admin/").status_code == 200
+    ivr.settings = ivr.settings.model_copy(update={"admin_token": "another-admin-" + "7" * 24})
+    assert operator.get("/admin/").status_code == 302
+    assert engineer.get("/admin/").status_code == 302
+
+
+def test_a_sign_in_that_a_rotation_overtakes_opens_no_session_the_new_token_keeps(
+        app, ivr, monkeypatch):
+    old = add(app)
+    checked = Engineers.by_token
+
+    def checked_then_rotated(self, token):  # another request rotates right after the check
+        found = checked(self, token)
+        monkeypatch.setattr(Engineers, "by_token", checked)
+        Engineers.of(ivr).rotate_token(found.name)
+        return found
+
+    monkeypatch.setattr(Engineers, "by_token", checked_then_rotated)
+    browser = signed_in_with(app, old)
+    assert Engineers.by_token is checked  # the rotation happened
+    assert browser.get("/admin/").status_code == 302
+
+
 def test_tickets_show_lists_who_did_what(app, ivr):
     token = add(app)
     ticket = add_ticket(ivr, created=at("2026-11-25 11:00"))
