@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 from pathlib import Path
 
 import click
@@ -17,11 +18,23 @@ from .extension import ivr
 from .storage.desk_sessions import DeskSessionRepository
 from .storage.retention import RetentionRepository
 
+# Line breaks and other control characters (C0, DEL, C1, the Unicode line and paragraph
+# separators), shown escaped.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 class RedactingFormatter(logging.Formatter):
     """The log's formatter. The service's own messages show numbers through ``mask``; an
     error's text is not the service's: a database quotes the row it refused ("Failing row
     contains (..., +14155550123, ..., 912345678, ...)"), so the traceback keeps only the last
     four digits of every long number in it."""
+
+    def formatMessage(self, record) -> str:
+        # One entry, one line: a value taken from a request (a path holding %0A, a name)
+        # would otherwise start a line of its own that reads like one of the service's.
+        if not record.message.isprintable():
+            record.message = _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], record.message)
+        return super().formatMessage(record)
 
     def formatException(self, ei) -> str:
         return redact_numbers(super().formatException(ei))

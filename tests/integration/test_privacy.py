@@ -145,3 +145,22 @@ def test_a_failing_webhook_logs_its_error_without_the_numbers_the_database_quote
     assert "webhook /voice/menu failed" in logged and "Failing row contains" in logged
     assert "4155550123" not in logged and "912345678" not in logged
     assert "…0123" in logged and "…5678" in logged
+
+
+def test_a_line_break_from_a_request_cannot_forge_a_line_of_the_log(desk_app, monkeypatch):
+    """A refused API request logs its path; a %0A in it must not start a new entry that
+    reads like the service's own."""
+    import io
+    import logging
+
+    handler = logging.getLogger("ivr").handlers[0]
+    stream = io.StringIO()
+    monkeypatch.setattr(handler, "stream", stream)
+    forged = "2026-11-25 12:00:00,000 INFO ivr.dashboard: dashboard sign-in (admin)"
+    response = desk_app.test_client().get("/api/tickets/1%0A" + forged.replace(" ", "%20"),
+                                     headers={"Authorization": "Bearer wrong"})
+    assert response.status_code == 401
+    logged = stream.getvalue()
+    assert "dashboard sign-in" in logged  # the path is logged...
+    assert not any(line.startswith(forged) for line in logged.splitlines())  # ...on its own line
+    assert "\\n2026-11-25" in logged
