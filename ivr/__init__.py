@@ -93,6 +93,16 @@ def _check_catalogues(settings: Settings, config: IvrConfig, catalogues: dict) -
                 f"{settings.config_path.parent / 'prompts' / (voice.catalogue_name + '.toml')} "
                 f"for language {voice.catalogue_name}"
             )
+    notice = config.notice
+    if notice is not None:  # spoken to every caller while it runs: a typo would fail them all
+        for name in sorted({voice.catalogue_name for voice in voices}):
+            template = catalogues[name].messages.get(notice.message)
+            if template is None or "{" in template.replace("{{", "").replace("}}", ""):
+                raise ConfigError(
+                    f"{settings.config_path}: [notice] message = {notice.message[:60]!r}: "
+                    f"{'no such message' if template is None else 'a message with placeholders'}"
+                    f" in the prompt catalogue {name}.toml (give the key of a message "
+                    "without placeholders, present in every line's catalogue)")
 
 
 def _configure_logging() -> None:

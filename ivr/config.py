@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import tomllib
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from .domain.engineers import QUEUE_GROUP_LIMIT, QUEUE_NAME_LIMIT
 from .domain.priority import HIGHEST, LEVELS, LOWEST
 
 PLANS = ("free", "pro", "business", "education", "enterprise", "api")
@@ -83,9 +85,33 @@ class Voice(_Model):
         return self.catalogue or self.language
 
 
+# A Host header's name: a DNS name (a leading dot: its subdomains too) or an IP address,
+# with a port or not.
+_HOST = re.compile(r"(\.?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*"
+                   r"|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
+
+
 class EnqueueRoute(_Model):
     kind: Literal["enqueue"] = "enqueue"
-    queue: str = Field(min_length=1, max_length=64)
+    queue: str = Field(min_length=1, max_length=QUEUE_NAME_LIMIT)
+
+    @field_validator("queue")
+    @classmethod
+    def _fits_every_priority(cls, value: str) -> str:
+        """Found out here, not when the first caller of some priority is routed."""
+        for priority in LEVELS:
+            try:
+                name = value.format(priority=priority)
+            except (KeyError, IndexError, ValueError):
+                raise ValueError(f"{value[:80]!r}: the one placeholder a queue name may hold "
+                                 "is {priority} (braces otherwise doubled: {{ }})") from None
+            if not name.strip() or len(name) > QUEUE_GROUP_LIMIT:
+                raise ValueError(
+                    f"{name[:80]!r}: a queue group's name needs 1 to {QUEUE_GROUP_LIMIT} "
+                    f"characters (each caller waits in a queue of their own, the group's "
+                    f"name and '.' and the ticket's eight digits, and Twilio's queue names "
+                    f"stop at {QUEUE_NAME_LIMIT})")
+        return value
 
     def group(self, priority: int) -> str:
         """The queue group a caller of this priority waits in (``queue`` may name the
@@ -290,7 +316,8 @@ class Service(_Model):
     default_language: str = "en-US"
     default_voice: str = "Polly.Joanna-Neural"
     default_route: Route = EnqueueRoute(queue="support")
-    fallback_queue: str = "support"
+    fallback_queue: str = Field(default="support", min_length=1, max_length=QUEUE_NAME_LIMIT,
+                                pattern=r"\S")
 
     @model_validator(mode="after")
     def _voice_fits_language(self) -> "Service":
@@ -493,7 +520,14 @@ class Settings(BaseModel):
     @classmethod
     def _host_list(cls, value):
         if isinstance(value, str):
-            return [host.strip().lower() for host in value.split(",") if host.strip()]
+            value = [host.strip().lower() for host in value.split(",") if host.strip()]
+        for host in value if isinstance(value, list) else ():
+            # Compared with each request's Host: a URL or a path here would match no request
+            # and every webhook, the fallback's included, would get 400.
+            if not isinstance(host, str) or not _HOST.fullmatch(host):
+                raise ValueError(f"{str(host)[:80]!r}: give host names only, comma-separated "
+                                 "(ivr.example.com, or .example.com for its subdomains; "
+                                 "a port may follow), not URLs")
         return value
 
     def rest_client(self, http_client=None):

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Iterable
 
 QUEUE_NAME_LIMIT = 64  # Twilio's limit on a queue's name
+# A configured queue group's longest name: a caller's own queue adds ".<ticket>" (eight
+# digits) to it, and the whole must fit Twilio's limit.
+QUEUE_GROUP_LIMIT = QUEUE_NAME_LIMIT - len(".12345678")
 
 
 def queue_name(group: str, ticket_number: str) -> str:

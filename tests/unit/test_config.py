@@ -188,3 +188,53 @@ def test_a_public_url_with_a_path_or_without_a_scheme_is_refused(url):
     assert Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false",
                               "IVR_PUBLIC_URL": "HTTPS://ivr.example.com"}
                              ).public_url == "https://ivr.example.com"  # HSTS, Secure cookie
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('queue = "support-us"', 'queue = "support-{region}"',
+     r"lines\[0\]\.route\.enqueue\.queue: 'support-\{region\}': the one placeholder"),
+    ('queue = "support-us"', 'queue = "support-{"', r"lines\[0\]\.route\.enqueue\.queue: .*placeholder"),
+    ('queue = "support-us"', 'queue = "' + "q" * 56 + '"', r"1 to 55 characters"),
+    ('fallback_queue = "support"', 'fallback_queue = ""', r"service\.fallback_queue"),
+    ('fallback_queue = "support"', 'fallback_queue = "  "', r"service\.fallback_queue"),
+    ('fallback_queue = "support"', 'fallback_queue = "' + "q" * 65 + '"',
+     r"service\.fallback_queue"),
+])
+def test_a_queue_name_twilio_could_not_use_is_refused_at_start(tmp_path, old, new, message):
+    """Found out at start, not when the first caller of that priority, or the first caller
+    of an outage, is routed to it."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(broken(tmp_path, old, new))
+
+
+def test_a_queue_name_may_name_the_priority(tmp_path):
+    config = load_config(broken(tmp_path, 'queue = "support-us"', 'queue = "us-p{priority}"'))
+    assert config.lines[0].route.group(2) == "us-p2"
+
+
+def test_a_notice_naming_no_message_or_one_with_placeholders_stops_the_app(tmp_path):
+    """Spoken to every caller while it runs: a typo would send every call to the fallback."""
+    import shutil
+
+    from ivr import create_app
+
+    shutil.copytree(CONFIG.parent / "prompts", tmp_path / "prompts")
+    for key, problem in (("notice_high_demnd", "no such message"),
+                         ("sms_self_service", "a message with placeholders")):
+        path = broken(tmp_path, 'message = "notice_high_demand"', f'message = "{key}"')
+        settings = Settings(config_path=path, twilio_auth_token="x", database_url="sqlite://",
+                            instance_path=tmp_path)
+        with pytest.raises(SystemExit, match=rf"\[notice\] message = '{key}': {problem}"):
+            create_app(settings)
+
+
+@pytest.mark.parametrize("hosts", ["https://ivr.example.com", "ivr.example.com/voice",
+                                   "ivr.example.com,user@ivr.example.com", "ivr example.com"])
+def test_allowed_hosts_that_are_not_host_names_are_refused(hosts):
+    with pytest.raises(ConfigError, match="IVR_ALLOWED_HOSTS: .*host names only"):
+        Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false", "IVR_ALLOWED_HOSTS": hosts})
+    assert Settings.from_env({
+        "IVR_VALIDATE_SIGNATURES": "false",
+        "IVR_ALLOWED_HOSTS": "IVR.example.com, .example.org,127.0.0.1:5000,[::1]:8000,localhost"
+    }).allowed_hosts == ["ivr.example.com", ".example.org", "127.0.0.1:5000", "[::1]:8000",
+                         "localhost"]
