@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import logging
 import sys
+from urllib.parse import urlsplit
 
 import click
 from flask import current_app
@@ -17,6 +18,7 @@ from .desk.commands import tickets_cli
 from .desk.service import ticket_dict
 from .domain.phones import lockout_keys, mask
 from .extension import ivr
+from .privacy import MAX_DAYS
 from .sim.simulator import HttpTransport, Simulator, UnknownTwiML, WsgiTransport, transcript
 from .sim.surge import run_surge
 from .storage import DATABASE_DOWN
@@ -79,7 +81,8 @@ def accounts_locks():
 
 
 @accounts_cli.command("purge-failures")
-@click.option("--older-than", "days", type=click.IntRange(1), default=30, show_default=True,
+@click.option("--older-than", "days", type=click.IntRange(1, MAX_DAYS), default=30,
+              show_default=True,
               help="Days since the last failure.")
 def accounts_purge_failures(days):
     """Forget old failure counts (of PMIs and callers) that hold no lock now."""
@@ -92,7 +95,8 @@ def accounts_purge_failures(days):
 
 @tickets_cli.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-@click.option("--limit", type=int, default=None, help="At most this many, newest first.")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=None,
+              help="At most this many, newest first.")
 def tickets_list(as_json, limit):
     """Tickets, newest first."""
     with ivr().storage.unit_of_work(readonly=True) as uow:
@@ -137,7 +141,13 @@ spool_cli = AppGroup("spool", help="Tickets and statuses kept on disk while the 
 @spool_cli.command("replay")
 def spool_replay():
     """Write spooled records to the database (each once; safe to run again)."""
-    result = ivr().service.spool.replay(ivr().service.replay, transient=DATABASE_DOWN)
+    try:
+        result = ivr().service.spool.replay(ivr().service.replay, transient=DATABASE_DOWN)
+    except DATABASE_DOWN as exc:
+        cause = type(getattr(exc, "orig", None) or exc).__name__
+        raise click.ClickException(f"the database is unreachable ({cause}); every record not "
+                                   "yet written stays in the spool: run this again once it "
+                                   "answers") from None
     if result.busy:
         raise click.ClickException("another replay is running")
     click.echo(f"Replayed {result.read} records: {result.applied} written, "
@@ -179,6 +189,11 @@ def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think, 
     app = current_app._get_current_object()
     token = settings.twilio_auth_token or ""
     signing_base = settings.public_url if not url else None
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise click.BadParameter(f"{url[:80]!r}: give the server's address, e.g. "
+                                     "http://127.0.0.1:5000", param_hint="--url")
 
     def transport():
         return HttpTransport(url) if url else WsgiTransport(app)
@@ -209,6 +224,9 @@ def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think, 
     except UnknownTwiML as exc:
         raise click.ClickException(f"the service answered with TwiML the simulator cannot "
                                    f"play: {exc}") from None
+    except OSError as exc:  # requests' errors are OSErrors: refused, timed out, no such host
+        raise click.ClickException(f"could not reach {url}: {type(exc).__name__}: "
+                                   f"{str(exc)[:200]}") from None
     click.echo(result.to_json() if as_json else transcript(result))
     if result.outcome == "error":
         raise SystemExit(1)

@@ -18,6 +18,10 @@ from .extension import ivr
 from .storage.desk_sessions import DeskSessionRepository
 from .storage.retention import RetentionRepository
 
+# The longest period a command takes in days: a century. Far longer ones overflow the
+# date arithmetic (datetime stops at the year 9999) before they mean anything.
+MAX_DAYS = 36_500
+
 # Line breaks and other control characters (C0, DEL, C1, the Unicode line and paragraph
 # separators), shown escaped.
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -81,7 +85,7 @@ retention_cli = AppGroup("retention", help="Keep personal data only as long as c
 
 
 @retention_cli.command("apply")
-@click.option("--days", type=click.IntRange(1), default=None,
+@click.option("--days", type=click.IntRange(1, MAX_DAYS), default=None,
               help="Override [retention] days of config/ivr.toml.")
 @click.option("--dry-run", is_flag=True, help="Count what would change; change nothing.")
 def retention_apply(days, dry_run):

@@ -156,6 +156,11 @@ def test_a_replay_while_the_database_is_still_away_keeps_every_record(ivr, twili
     with pytest.raises(DATABASE_DOWN):
         dead_service.spool.replay(dead_service.replay, transient=DATABASE_DOWN)
     assert ivr.service.spool.depth() == 1
+    # The operator's command says so in a line, without a traceback.
+    result = dead.client.application.test_cli_runner().invoke(args=["spool", "replay"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "the database is unreachable" in result.output and "stays in the spool" in result.output
+    assert ivr.service.spool.depth() == 1
     assert ivr.service.spool.replay(ivr.service.replay).applied == 1
 
 

@@ -551,3 +551,30 @@ def test_the_app_keeps_which_functions_are_plain_and_still_runs_coroutines():
     assert app.ensure_sync(plain) is plain
     wrapped = app.ensure_sync(coroutine)  # run through asgiref, the same wrapper each time
     assert wrapped is not coroutine and app.ensure_sync(coroutine) is wrapped
+
+
+@pytest.mark.parametrize("args", [
+    ["retention", "apply", "--days", "1000000000"],
+    ["retention", "apply", "--days", "800000", "--dry-run"],
+    ["accounts", "purge-failures", "--older-than", "800000"],
+    ["tickets", "list", "--limit", "99999999999999999999"],
+    ["tickets", "list", "--limit", "-1"],
+    ["tickets", "list", "--limit", "0"],
+    ["simulate", "--to", "+18887999666", "--digits", "2", "--url", "notaurl"],
+])
+def test_an_operator_command_given_a_value_out_of_range_says_so_without_a_traceback(app, args):
+    result = app.test_cli_runner().invoke(args=args)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "Invalid value" in result.output
+
+
+def test_simulate_against_a_server_it_cannot_reach_says_so_in_a_line(app):
+    import socket
+
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    result = app.test_cli_runner().invoke(args=[
+        "simulate", "--to", "+18887999666", "--digits", "2", "--url", f"http://127.0.0.1:{port}"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"could not reach http://127.0.0.1:{port}: ConnectionError" in result.output
