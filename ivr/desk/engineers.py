@@ -21,7 +21,7 @@ from ..domain.engineers import EngineerInfo, parse_list, primary_language
 from ..domain.phones import callable_number
 from ..security import HostKeyHasher
 from ..storage import Storage
-from ..storage.engineers import EngineerRepository, engineer_info
+from ..storage.engineers import Engineer, EngineerRepository, engineer_info
 from .service import BadRequest, Conflict, NotFound
 
 TOKEN_PREFIX = "eng_"
@@ -80,6 +80,13 @@ class Engineers:
         wrong = [q for q in groups if not QUEUE.fullmatch(q)]
         if wrong:
             raise BadRequest(f"queues: {wrong[0][:40]!r} is not a queue name")
+        kept = {"languages": ",".join(primary_language(lang) for lang in langs),
+                "queues": ",".join(groups)}
+        for field, value in kept.items():  # PostgreSQL refuses what its column cannot hold
+            limit = Engineer.__table__.c[field].type.length
+            if len(value) > limit:
+                raise BadRequest(f"{field}: {len(value)} characters in all, more than the "
+                                 f"{limit} kept; list fewer")
         token = new_token()
         try:
             with self.storage.unit_of_work() as uow:
@@ -89,8 +96,7 @@ class Engineers:
                 if clash:
                     raise Conflict(clash)
                 engineer = repo.add(name=name, phone=number, client_identity=client,
-                                    languages=",".join(primary_language(lang) for lang in langs),
-                                    queues=",".join(groups),
+                                    languages=kept["languages"], queues=kept["queues"],
                                     token_hash=token_digest(self.hasher, token), now=self.clock())
                 return engineer_info(engineer), token
         except IntegrityError:

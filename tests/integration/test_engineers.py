@@ -61,6 +61,10 @@ def test_an_engineer_is_added_listed_and_their_token_is_stored_only_as_a_keyed_h
     (["admin", "--client", "x"], "must be 1 to 63 letters"),
     (["Zendesk", "--client", "x"], "not 'admin' or 'zendesk'"),  # the help desk's changes
     (["bob", "--client", "x", "--languages", "japanese"], "is not a language code"),
+    (["bob", "--client", "x", "--queues", ",".join(f"support-{n:02}-" + "q" * 50 for n in range(5))],
+     "queues: 309 characters in all, more than the 255 kept"),
+    (["bob", "--client", "x", "--languages", ",".join(a + b for a in "abcdefg" for b in "abcdefg")],
+     "languages: 146 characters in all, more than the 128 kept"),
 ])
 def test_a_bad_engineer_is_refused_with_the_reason(app, args, message):
     result = cli(app, "engineers", "add", *args)
