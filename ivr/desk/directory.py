@@ -146,6 +146,15 @@ def import_rows(rows: list[Row], storage: Storage, hasher: HostKeyHasher,
             ]
             if problems:
                 raise ImportFailed(source, problems)
+            # PMIs handed on between users of the file (one moves, another takes it over,
+            # or two swap): each PMI is unique at every statement, so the ones that change
+            # are first given a stand-in no PMI can be.
+            moving = [by_email[r.user_email] for r in rows
+                      if r.user_email in by_email and by_email[r.user_email].pmi != r.pmi]
+            if moving:
+                for account in moving:
+                    account.pmi = f"~{account.id}"
+                uow.session.flush()
             for row in rows:
                 account = by_email.get(row.user_email)
                 if account is None:

@@ -177,3 +177,23 @@ def test_the_surge_simulator_flags_unexpected_outcomes(app, ivr):
     out = app.test_cli_runner().invoke(args=["simulate", "--calls", "20", "--concurrency", "2"])
     assert out.exit_code == 1
     assert "unexpected outcomes: 0" not in out.output and "eligible call" in out.output
+
+
+def test_a_file_that_hands_pmis_on_between_its_users_imports(app, ivr, tmp_path):
+    """Two users swap PMIs, and a third takes over a PMI that a fourth gives up for a new
+    one: every PMI is unique in the file and in the directory afterwards."""
+    from ivr.storage.models import Account
+
+    with ivr.storage.transaction() as session:
+        before = dict(session.execute(select(Account.user_email, Account.pmi)).all())
+    a, b, c, d = "owner.business@example.com", "admin.business@example.com", \
+        "owner.free@example.com", "admin.free@example.com"
+    rows = [(a, before[b]), (b, before[a]), (c, before[d]), (d, "5559876543")]
+    path = tmp_path / "accounts.csv"
+    path.write_text("account_id,plan,user_email,role,pmi,host_key\n" + "".join(
+        f"x,business,{email},owner,{pmi},740193\n" for email, pmi in rows), encoding="utf-8")
+    result = app.test_cli_runner().invoke(args=["accounts", "import", str(path)])
+    assert result.exit_code == 0, result.output
+    with ivr.storage.transaction() as session:
+        after = dict(session.execute(select(Account.user_email, Account.pmi)).all())
+    assert [after[email] for email, _ in rows] == [pmi for _, pmi in rows]
