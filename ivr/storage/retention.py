@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from .helpdesk import HelpdeskJob
 from .models import Call, Lockout, OutboxMessage, Ticket
 
 ANONYMISED = ""  # what an anonymised caller number reads as (masked: "…")
@@ -20,6 +21,7 @@ class RetentionResult:
     tickets_anonymised: int = 0
     messages_deleted: int = 0
     failure_counts_deleted: int = 0
+    help_desk_pushes_cleared: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -46,6 +48,17 @@ class RetentionRepository:
         return and_(Lockout.updated_at < cutoff,
                     or_(Lockout.locked_until.is_(None), Lockout.locked_until <= now))
 
+    def _old_pushes(self, cutoff: dt.datetime):
+        # A push's change as queued and its request as built copy the callback number.
+        # Once sent, neither is needed again (the help desk's ticket id stays); a push that
+        # failed that long ago is dropped, and a later change of its ticket sends the
+        # ticket as it then stands.
+        return and_(HelpdeskJob.created_at < cutoff,
+                    or_(HelpdeskJob.status == "failed",
+                        and_(HelpdeskJob.status == "sent",
+                             or_(HelpdeskJob.data.is_not(None),
+                                 HelpdeskJob.payload.is_not(None)))))
+
     def count(self, cutoff: dt.datetime, now: dt.datetime) -> RetentionResult:
         def n(model, where):
             return self.session.scalar(select(func.count()).select_from(model).where(where)) or 0
@@ -53,7 +66,8 @@ class RetentionRepository:
         return RetentionResult(n(Call, self._old_calls(cutoff)),
                                n(Ticket, self._old_tickets(cutoff)),
                                n(OutboxMessage, self._old_messages(cutoff)),
-                               n(Lockout, self._old_failures(cutoff, now)))
+                               n(Lockout, self._old_failures(cutoff, now)),
+                               n(HelpdeskJob, self._old_pushes(cutoff)))
 
     def apply(self, cutoff: dt.datetime, now: dt.datetime) -> RetentionResult:
         """Anonymise calls started and tickets created before ``cutoff``; delete the text
@@ -72,4 +86,12 @@ class RetentionRepository:
         failures = self.session.execute(
             delete(Lockout).where(self._old_failures(cutoff, now))
             .execution_options(synchronize_session=False)).rowcount
-        return RetentionResult(calls or 0, tickets or 0, messages or 0, failures or 0)
+        old_pushes = self._old_pushes(cutoff)
+        pushes = self.session.execute(
+            delete(HelpdeskJob).where(old_pushes, HelpdeskJob.status == "failed")
+            .execution_options(synchronize_session=False)).rowcount or 0
+        pushes += self.session.execute(
+            update(HelpdeskJob).where(old_pushes, HelpdeskJob.status == "sent")
+            .values(data=None, payload=None)
+            .execution_options(synchronize_session=False)).rowcount or 0
+        return RetentionResult(calls or 0, tickets or 0, messages or 0, failures or 0, pushes)

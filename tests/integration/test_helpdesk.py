@@ -916,3 +916,33 @@ def test_two_copies_of_a_request_that_moves_the_ticket_push_one_update(ivr, app,
         two_copies_at_once(ivr, monkeypatch, "apply_queue_result",
                            lambda: ivr.service.queue_result(params, None))
         assert updates_pushed(ivr, sid) == (["connected"], "connected")
+
+
+def test_retention_clears_the_callback_numbers_that_pushes_copied(simulator, ivr, fake, clock,
+                                                                  cli):
+    """A callback request's push copies the number (its change and its request); once the
+    retention period has passed, sent pushes keep only what links the ticket, and a push
+    that failed that long ago is dropped."""
+    kept = call(simulator, JAPAN_LINE, JAPAN_CALLER, 1, "1")  # leaves the queue for a callback
+    assert sender(ivr, clock).drain()["sent"] == 2
+    fake.fail_next(1, 400)
+    call(simulator, US_LINE, CALLER, 2, "1")
+    sender(ivr, clock).drain()
+    assert [j.status for j in jobs(ivr)][2:] == ["failed", "pending"]
+    assert any(JAPAN_CALLER in (j.data or "") + (j.payload or "") for j in jobs(ivr))
+    clock.advance(days=91)
+    dry = cli("retention", "apply", "--dry-run")
+    assert "help desk pushes cleared: 3" in dry.output, dry.output
+    result = cli("retention", "apply")
+    assert result.exit_code == 0 and "help desk pushes cleared: 3" in result.output
+    left = jobs(ivr)
+    assert [(j.status, j.kind) for j in left] == [("sent", "create"), ("sent", "update"),
+                                                 ("pending", "update")]
+    # Sent: nothing but the link is left. Not sent yet: kept until it is.
+    assert [j.data or j.payload for j in left[:2]] == [None, None]
+    assert CALLER in left[2].data
+    create = left[0]
+    assert create.remote_id and ticket_row(ivr, kept).number == kept
+    # The other ticket's first change after that creates it at the help desk as it stands.
+    assert sender(ivr, clock).drain()["sent"] == 1
+    assert jobs(ivr)[-1].kind == "create"
