@@ -18,7 +18,12 @@ from .storage import DATABASE_DOWN, Storage, utcnow
 
 log = logging.getLogger("ivr.outbox")
 
-MAX_ATTEMPTS = 5
+# A failure that may pass (Twilio unreachable or answering 5xx or 429) is tried again
+# after 1, 2, 4 ... minutes: the eighth try comes about two hours after the first. A
+# message Twilio refuses (an invalid or unsubscribed number, a number that cannot take
+# texts: any other 4xx) is given up at once.
+MAX_ATTEMPTS = 8
+RETRY_AFTER = dt.timedelta(minutes=1)
 # A message's claim, renewed just before it is sent: one a sender died holding is sent again.
 STALE_CLAIM = dt.timedelta(minutes=10)
 QUEUE_PRUNE_SECONDS = 300  # how often the sender deletes empty per-ticket Twilio queues
@@ -67,12 +72,17 @@ def _send(client: Client | None, settings: Settings, missing: list[str], message
                             "reason": f"not configured: {', '.join(missing)}"}
     try:
         sent = client.messages.create(to=to_number, from_=settings.sms_from, body=body)
-    except (TwilioRestException, TwilioException, OSError) as exc:
-        log.warning("sms %s to %s failed (attempt %s)", message_id, mask(to_number), attempts)
+    except (TwilioRestException, TwilioException, OSError, ValueError) as exc:
+        # (ValueError: an answer that is not Twilio's JSON, e.g. a proxy's error page.)
         reason = f"{type(exc).__name__}: {str(exc)[:300]}"
-        if attempts >= MAX_ATTEMPTS:
+        status = getattr(exc, "status", None)
+        refused = isinstance(status, int) and 400 <= status < 500 and status != 429
+        log.warning("sms %s to %s failed (attempt %s%s)", message_id, mask(to_number), attempts,
+                    f", refused with HTTP {status}: given up" if refused else "")
+        if refused or attempts >= MAX_ATTEMPTS:
             return "failed", {"status": "failed", "reason": reason}
-        return "retry", {"status": "pending", "reason": reason}
+        return "retry", {"status": "pending", "reason": reason,
+                         "next_attempt_at": utcnow() + RETRY_AFTER * 2 ** (attempts - 1)}
     log.info("sms %s sent to %s", message_id, mask(to_number))
     return "sent", {"status": "sent", "twilio_sid": sent.sid, "sent_at": utcnow()}
 

@@ -145,6 +145,8 @@ class OutboxMessage(Base):
     # Set when a sender takes the message ("sending"); a stale claim is taken again.
     claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # After a failure that may pass (Twilio unreachable, 5xx, 429): not tried before then.
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class Lockout(Base):

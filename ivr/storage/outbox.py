@@ -29,7 +29,7 @@ RENEW = Sql("""
 """)
 RECORD = Sql("""
     UPDATE outbox SET status = :status, reason = :reason, twilio_sid = :twilio_sid,
-                      sent_at = :sent_at
+                      sent_at = :sent_at, next_attempt_at = :next_attempt_at
     WHERE id = :id AND status = 'sending' AND claimed_at = :claimed_at
 """)
 
@@ -50,9 +50,11 @@ class OutboxRepository:
                                         "now": self.uow.codec.time(now)})
 
     def claim(self, limit: int, now: dt.datetime, stale_after: dt.timedelta) -> list[OutboxMessage]:
-        """Take up to ``limit`` messages to send, marking them "sending"; messages a sender
-        claimed longer ago than ``stale_after`` (it died mid-send) are taken again."""
-        waiting = or_(OutboxMessage.status == "pending",
+        """Take up to ``limit`` messages to send, marking them "sending": pending ones that
+        are due (not waiting after a failure that may pass), and ones a sender claimed
+        longer ago than ``stale_after`` (it died mid-send)."""
+        due = or_(OutboxMessage.next_attempt_at.is_(None), OutboxMessage.next_attempt_at <= now)
+        waiting = or_((OutboxMessage.status == "pending") & due,
                       (OutboxMessage.status == "sending")
                       & (OutboxMessage.claimed_at < now - stale_after))
         query = select(OutboxMessage).where(waiting).order_by(OutboxMessage.id).limit(limit)
@@ -75,13 +77,15 @@ class OutboxRepository:
 
     def record(self, message_id: int, claimed_at: dt.datetime, *, status: str,
                reason: str | None = None, twilio_sid: str | None = None,
-               sent_at: dt.datetime | None = None) -> bool:
+               sent_at: dt.datetime | None = None,
+               next_attempt_at: dt.datetime | None = None) -> bool:
         """Store a result, unless another sender has claimed the message since (this
         sender's claim ran out): False then, and nothing is written."""
         codec = self.uow.codec
         return RECORD.run(self.uow.connection, {
             "id": message_id, "claimed_at": codec.time(claimed_at), "status": status,
             "reason": reason, "twilio_sid": twilio_sid, "sent_at": codec.time(sent_at),
+            "next_attempt_at": codec.time(next_attempt_at),
         }).rowcount == 1
 
     def for_call(self, call_sid: str) -> list[OutboxMessage]:

@@ -59,16 +59,59 @@ def test_with_credentials_the_sender_posts_to_twilio_messages(simulator, ivr):
     assert len(http.requests) == 1
 
 
-def test_a_rejected_message_is_retried_then_given_up(simulator, ivr):
+def test_a_message_twilio_refuses_is_given_up_at_once(simulator, ivr):
     queue_one(simulator)
     settings = with_twilio(ivr)
     error = (400, {"code": 21211, "message": "Invalid 'To' Phone Number", "status": 400})
-    http = RecordingHttpClient([error] * outbox.MAX_ATTEMPTS)
-    for _ in range(outbox.MAX_ATTEMPTS):
-        outbox.drain(ivr.storage, settings, http_client=http)
+    http = RecordingHttpClient([error])
+    assert outbox.drain(ivr.storage, settings, http_client=http)["failed"] == 1
     (message,) = messages(ivr)
-    assert message.status == "failed" and message.attempts == outbox.MAX_ATTEMPTS
+    assert message.status == "failed" and message.attempts == 1
     assert "21211" in message.reason or "Invalid" in message.reason
+    assert outbox.drain(ivr.storage, settings, http_client=http)["failed"] == 0
+    assert len(http.requests) == 1
+
+
+def test_a_failure_that_may_pass_is_tried_again_later_and_later_then_given_up(
+        simulator, ivr, monkeypatch):
+    """Ten seconds of Twilio trouble used to spend every try (one per round of the
+    sender, every 2 s). Each try now waits twice as long as the one before."""
+    import datetime as dt
+
+    queue_one(simulator)
+    now = sender_clock(monkeypatch)
+    settings = with_twilio(ivr)
+    down = (503, {"code": 20503, "message": "Service Unavailable", "status": 503})
+    http = RecordingHttpClient([down] * outbox.MAX_ATTEMPTS)
+    waits = []
+    for attempt in range(1, outbox.MAX_ATTEMPTS + 1):
+        assert outbox.drain(ivr.storage, settings, http_client=http)["retry" if attempt <
+                                                                      outbox.MAX_ATTEMPTS else "failed"] == 1
+        (message,) = messages(ivr)
+        if message.status == "failed":
+            break
+        wait = message.next_attempt_at - now[0]
+        waits.append(wait)
+        now[0] += wait - dt.timedelta(seconds=1)  # not yet due: nothing is sent
+        assert outbox.drain(ivr.storage, settings, http_client=http)["retry"] == 0
+        now[0] += dt.timedelta(seconds=1)
+    assert waits == [outbox.RETRY_AFTER * 2 ** n for n in range(outbox.MAX_ATTEMPTS - 1)]
+    assert message.status == "failed" and message.attempts == outbox.MAX_ATTEMPTS
+    assert len(http.requests) == outbox.MAX_ATTEMPTS
+    assert sum(waits, dt.timedelta()) > dt.timedelta(hours=2)
+
+
+def test_a_failure_then_a_success_sends_the_message(simulator, ivr, monkeypatch):
+    queue_one(simulator)
+    now = sender_clock(monkeypatch)
+    settings = with_twilio(ivr)
+    http = RecordingHttpClient([(500, {"message": "oops", "status": 500}),
+                                (201, {"sid": "SM" + "c" * 32, "status": "queued"})])
+    assert outbox.drain(ivr.storage, settings, http_client=http)["retry"] == 1
+    now[0] += outbox.RETRY_AFTER
+    assert outbox.drain(ivr.storage, settings, http_client=http)["sent"] == 1
+    (message,) = messages(ivr)
+    assert (message.status, message.attempts, message.next_attempt_at) == ("sent", 2, None)
 
 
 def test_a_slow_twilio_api_does_not_hold_the_database_while_sending(simulator, ivr):
