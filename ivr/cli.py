@@ -158,7 +158,11 @@ def spool_replay():
 @spool_cli.command("status")
 def spool_status():
     """How many records wait in the spool."""
-    click.echo(f"{ivr().service.spool.depth()} records waiting in {ivr().service.spool.folder}.")
+    spool = ivr().service.spool
+    click.echo(f"{spool.depth()} records waiting in {spool.folder}.")
+    if spool.set_aside():
+        click.echo(f"{spool.set_aside()} records set aside by a replay that could not apply "
+                   f"them, in {spool.failed}: read them, and mend or re-enter each by hand.")
 
 
 @click.command("simulate")

@@ -17,7 +17,8 @@ def prometheus_metrics():
     more = [metrics.HelpdeskCollector(lambda: helpdesk_counts(ivr().storage))] \
         if ivr().config.helpdesk else []
     body, content_type = metrics.exposition(
-        metrics.DepthCollector(service.outbox_depth, service.spool.depth), *more)
+        metrics.DepthCollector(service.outbox_depth, service.spool.depth,
+                               service.spool.set_aside), *more)
     return Response(body, content_type=content_type)
 
 
@@ -30,7 +31,8 @@ def healthz():
         database = f"unreachable: {type(exc).__name__}"
     status = 200 if database == "ok" else 503
     return jsonify(status="ok" if status == 200 else "degraded", database=database,
-                   spool_depth=ivr().service.spool.depth()), status
+                   spool_depth=ivr().service.spool.depth(),
+                   spool_set_aside=ivr().service.spool.set_aside()), status
 
 
 

@@ -36,9 +36,11 @@ REFUSED = Counter("ivr_webhook_refused_total",
 class DepthCollector:
     """Outbox and spool depth, read when scraped."""
 
-    def __init__(self, outbox_depth: Callable[[], int], spool_depth: Callable[[], int]):
+    def __init__(self, outbox_depth: Callable[[], int], spool_depth: Callable[[], int],
+                 spool_set_aside: Callable[[], int] = lambda: 0):
         self.outbox_depth = outbox_depth
         self.spool_depth = spool_depth
+        self.spool_set_aside = spool_set_aside
 
     def collect(self):
         try:
@@ -48,6 +50,9 @@ class DepthCollector:
         yield GaugeMetricFamily("ivr_outbox_depth", "Text messages waiting to be sent", value=outbox)
         yield GaugeMetricFamily("ivr_spool_depth", "Records waiting in the outage spool",
                                 value=float(self.spool_depth()))
+        yield GaugeMetricFamily("ivr_spool_set_aside", "Spool records a replay could not "
+                                "apply, waiting for an operator (spool.failed.jsonl)",
+                                value=float(self.spool_set_aside()))
 
 
 class HelpdeskCollector:

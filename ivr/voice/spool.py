@@ -95,6 +95,13 @@ class Spool:
                 total += sum(1 for line in handle if line.strip())
         return total
 
+    def set_aside(self) -> int:
+        """Records a replay could not apply, kept in spool.failed.jsonl for an operator:
+        each may be a ticket a caller was told, so they are counted wherever the depth is."""
+        with contextlib.suppress(FileNotFoundError), open(self.failed, "rb") as handle:
+            return sum(1 for line in handle if line.strip())
+        return 0
+
     def replay(self, apply: Callable[[dict], bool],
                transient: tuple[type[BaseException], ...] = ()) -> ReplayResult:
         """Apply every record; ``apply`` returns False for one already in the database.

@@ -111,7 +111,7 @@ def test_healthz_reports_the_spool_depth(app, ivr, twilio, dead):
     sid = new_call_sid()
     dead.post(verified(twilio, sid), **twilio.call_params(sid), Digits="3")
     body = app.test_client().get("/healthz").get_json()
-    assert body["spool_depth"] == 1
+    assert (body["spool_depth"], body["spool_set_aside"]) == (1, 0)
     unhealthy = dead.client.get("/healthz")
     assert unhealthy.status_code == 503 and unhealthy.get_json()["database"].startswith("unreachable")
 
@@ -145,6 +145,13 @@ def test_a_record_that_cannot_be_applied_is_set_aside_and_the_rest_replayed(app,
     assert (result.read, result.applied, result.unreadable) == (3, 1, 2)
     assert len(spool.failed.read_text().splitlines()) == 2 and spool.depth() == 0
     assert count(ivr, Ticket) == 1
+    # Set aside is not forgotten: the health check, the metrics and the command say so.
+    assert app.test_client().get("/healthz").get_json()["spool_set_aside"] == 2
+    scraped = app.test_client().get("/metrics").get_data(as_text=True)
+    assert "\nivr_spool_set_aside 2.0\n" in scraped and "\nivr_spool_depth 0.0\n" in scraped
+    status = app.test_cli_runner().invoke(args=["spool", "status"]).output
+    assert "0 records waiting" in status and "2 records set aside" in status
+    assert str(spool.failed) in status
 
 
 def test_a_replay_while_the_database_is_still_away_keeps_every_record(ivr, twilio, dead, app):
