@@ -77,19 +77,21 @@ def tables(result: dict) -> str:
             f"| {_cores(sv['saturated'])} | {_cores(bare['saturated'])} "
             f"| {v['paced_p99_ms']} / {v['bare_paced_p99_ms']} ({v['paced_p99_times_bare']}×) "
             f"| {rss} | {v['errors']} |")
+    # Each phase run in turns, its rounds: (phase, heading, one round's figures).
+    in_rounds = (
+        ("saturated", "Saturation in rounds, {}: service / bare ms per webhook (ratio) in each "
+         "round, the two servers taking turns: ",
+         lambda r: f"{r['service_ms']} / {r['bare_ms']} ({r['ratio']})"),
+        ("paced", "At a caller's pace in rounds, {}: p99 service / bare (ms) in each round, "
+         "the same callers on both: ",
+         lambda r: f"{r['service_p99']} / {r['bare_p99']} ({r['times']}×)"),
+    )
     for run in result["runs"]:
-        rounds = run["service"]["saturated"].get("rounds")
-        if rounds:
-            lines += ["", f"Saturation in rounds, {run['backend']}: service / bare ms per "
-                      "webhook (ratio) in each round, the two servers taking turns: "
-                      + "; ".join(f"{r['service_ms']} / {r['bare_ms']} ({r['ratio']})"
-                                  for r in rounds) + "."]
-        paced_rounds = run["service"]["paced"].get("rounds")
-        if paced_rounds:
-            lines += ["", f"At a caller's pace in rounds, {run['backend']}: p99 service / bare "
-                      "(ms) in each round, the same callers on both: "
-                      + "; ".join(f"{r['service_p99']} / {r['bare_p99']} ({r['times']}×)"
-                                  for r in paced_rounds) + "."]
+        for phase, heading, figures in in_rounds:
+            rounds = run["service"][phase].get("rounds")
+            if rounds:
+                lines += ["", heading.format(run["backend"])
+                          + "; ".join(figures(r) for r in rounds) + "."]
     for run in result["runs"]:
         service, bare_run = run["service"]["paced"], run["bare"]["paced"]
         sv, bare = service["latency_ms"], bare_run["latency_ms"]
