@@ -85,10 +85,10 @@ class Voice(_Model):
         return self.catalogue or self.language
 
 
-# A Host header's name: a DNS name (a leading dot: its subdomains too) or an IP address,
-# with a port or not.
-_HOST = re.compile(r"(\.?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*"
-                   r"|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
+# What cannot be in an allowed host: a URL's scheme, path, user, query or fragment, spaces,
+# or an IPv6 address (Werkzeug compares allowed hosts up to their first ":", so a
+# bracketed one would match no request).
+_NOT_A_HOST = re.compile(r"[/\\\s@?#\[\]]")
 
 
 class EnqueueRoute(_Model):
@@ -102,7 +102,7 @@ class EnqueueRoute(_Model):
         for priority in LEVELS:
             try:
                 name = value.format(priority=priority)
-            except (KeyError, IndexError, ValueError):
+            except (KeyError, IndexError, ValueError, TypeError, AttributeError):
                 raise ValueError(f"{value[:80]!r}: the one placeholder a queue name may hold "
                                  "is {priority} (braces otherwise doubled: {{ }})") from None
             if not name.strip() or len(name) > QUEUE_GROUP_LIMIT:
@@ -520,15 +520,24 @@ class Settings(BaseModel):
     @classmethod
     def _host_list(cls, value):
         if isinstance(value, str):
-            value = [host.strip().lower() for host in value.split(",") if host.strip()]
-        for host in value if isinstance(value, list) else ():
-            # Compared with each request's Host: a URL or a path here would match no request
-            # and every webhook, the fallback's included, would get 400.
-            if not isinstance(host, str) or not _HOST.fullmatch(host):
+            value = value.split(",")
+        if not isinstance(value, list):
+            return value
+        hosts = []
+        for host in value:
+            host = host.strip().lower() if isinstance(host, str) else host
+            if host == "":
+                continue
+            # Compared with each request's Host: a URL, a path or an IPv6 address here would
+            # match no request, and every webhook (the fallback's too) would get 400.
+            name, _, port = host.partition(":") if isinstance(host, str) else ("", "", "")
+            if not name or _NOT_A_HOST.search(host) or (port and not port.isdigit()):
                 raise ValueError(f"{str(host)[:80]!r}: give host names only, comma-separated "
                                  "(ivr.example.com, or .example.com for its subdomains; "
-                                 "a port may follow), not URLs")
-        return value
+                                 "a port may follow), not URLs or IPv6 addresses (for those, "
+                                 "set IVR_PUBLIC_URL)")
+            hosts.append(host)
+        return hosts
 
     def rest_client(self, http_client=None):
         """Twilio's REST client for this account, each request limited to REST_TIMEOUT

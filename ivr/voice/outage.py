@@ -23,6 +23,7 @@ from ..config import Line
 from ..domain.flow import Caller, CallState, Reply, Step, TicketInfo
 from ..domain.lifecycle import TicketStatus, routed_status
 from ..storage import helpdesk as helpdesk_jobs
+from ..storage.models import Call
 
 if TYPE_CHECKING:
     from ..storage import CallRecord, UnitOfWork
@@ -176,7 +177,6 @@ class Outage:
         if reply.route is None or ports.ticket is None:
             return service.renderer.reply(reply, line, dict(query))
         now = service.clock()
-        metrics.SPOOLED.labels("ticket").inc()
         dialled = service.config.route_for(line).kind == "dial"
         self._append(SpooledTicket(
             call_sid=request.call_sid, account_ref=account_ref, number=ports.ticket.number,
@@ -188,21 +188,22 @@ class Outage:
             language=service.renderer.voices(line)[1 if english else 0].language,
             created_at=now, acknowledged_at=now, sms=ports.sms,
             status=routed_status(dialled).value))
+        metrics.SPOOLED.labels("ticket").inc()  # once kept: an append can fail (a full disk)
         log.warning("database unreachable: call %s routed, its ticket spooled", request.call_sid)
         return service.renderer.reply(reply, line)
 
     def spool_status(self, request: "CallRequest", status: str, duration: int | None,
                      sequence: int | None) -> None:
-        metrics.SPOOLED.labels("status").inc()
         self._append(SpooledStatus(request.call_sid, status, duration, sequence,
                                    self.service.clock(), request.to, request.caller))
+        metrics.SPOOLED.labels("status").inc()
         log.warning("database unreachable: status of call %s spooled", request.call_sid)
 
     def spool_queue_result(self, request: "CallRequest", result: str,
                            queue_time: int | None) -> None:
-        metrics.SPOOLED.labels("queue_result").inc()
         self._append(SpooledQueueResult(request.call_sid, result, queue_time,
                                         self.service.clock()))
+        metrics.SPOOLED.labels("queue_result").inc()
         log.warning("database unreachable: queue result of call %s spooled", request.call_sid)
 
     def _append(self, record: Record) -> None:
@@ -227,8 +228,12 @@ class Outage:
                 call = uow.calls.load(record.call_sid)
                 if call is not None and call.queue_result:
                     # The caller's wait ended, and was stored live, before this replay: the
-                    # ticket goes where that end sends it, not stay as spooled.
-                    service.ticket_after_queue(uow, call, call.queue_result, service.clock())
+                    # ticket goes where that end sends it, not stay as spooled, and at the
+                    # time the wait ended (routed, plus the seconds the caller waited).
+                    waited = uow.session.get(Call, record.call_sid).queue_seconds or 0
+                    ended = min(record.created_at + dt.timedelta(seconds=max(waited, 0)),
+                                service.clock())
+                    service.ticket_after_queue(uow, call, call.queue_result, ended)
             renumbered = restored is not None and restored.number != record.number
             if renumbered:
                 log.warning("ticket %s, spoken during the outage, is stored as %s: another "

@@ -1,6 +1,7 @@
 """The database goes away mid-call: verified callers are still routed, their tickets are
 spooled to disk and replayed exactly once when the database is back."""
 
+import datetime as dt
 import time
 
 import pytest
@@ -217,7 +218,7 @@ def test_a_write_that_falls_short_is_finished_or_undone_never_half_kept(ivr, twi
 @pytest.mark.parametrize("result, status", [("hangup", "open"), ("queue-full", "callback_requested"),
                                             ("bridged", "connected")])
 def test_a_wait_that_ended_before_the_replay_moves_the_replayed_ticket(ivr, twilio, dead,
-                                                                      result, status):
+                                                                      clock, result, status):
     """The database is back before the spool is replayed (or the spool is on another
     host): the end of the caller's wait is stored live on a call with no ticket yet. The
     replayed ticket then goes where that end sends it, not stay in the queue for good."""
@@ -226,8 +227,11 @@ def test_a_wait_that_ended_before_the_replay_moves_the_replayed_ticket(ivr, twil
     number = root.find(".//say-as").text
     twilio.post(f"/voice/queue-result?ticket={number}&priority=1", **twilio.call_params(sid),
                 QueueResult=result, QueueTime="40")
+    clock.advance(hours=3)  # the replay comes hours later
     assert ivr.service.spool.replay(ivr.service.replay).applied == 1
     with ivr.storage.transaction() as session:
         ticket = session.scalars(select(Ticket).where(Ticket.call_sid == sid)).one()
         assert (ticket.number, ticket.status) == (number, status)
         assert session.get(Call, sid).queue_result == result
+        if status == "connected":  # when the wait ended, not when the replay ran
+            assert ticket.connected_at == ticket.created_at + dt.timedelta(seconds=40)

@@ -194,6 +194,8 @@ def test_a_public_url_with_a_path_or_without_a_scheme_is_refused(url):
     ('queue = "support-us"', 'queue = "support-{region}"',
      r"lines\[0\]\.route\.enqueue\.queue: 'support-\{region\}': the one placeholder"),
     ('queue = "support-us"', 'queue = "support-{"', r"lines\[0\]\.route\.enqueue\.queue: .*placeholder"),
+    ('queue = "support-us"', 'queue = "support-{priority[0]}"', r"route\.enqueue\.queue: .*placeholder"),
+    ('queue = "support-us"', 'queue = "support-{priority.x}"', r"route\.enqueue\.queue: .*placeholder"),
     ('queue = "support-us"', 'queue = "' + "q" * 56 + '"', r"1 to 55 characters"),
     ('fallback_queue = "support"', 'fallback_queue = ""', r"service\.fallback_queue"),
     ('fallback_queue = "support"', 'fallback_queue = "  "', r"service\.fallback_queue"),
@@ -229,12 +231,21 @@ def test_a_notice_naming_no_message_or_one_with_placeholders_stops_the_app(tmp_p
 
 
 @pytest.mark.parametrize("hosts", ["https://ivr.example.com", "ivr.example.com/voice",
-                                   "ivr.example.com,user@ivr.example.com", "ivr example.com"])
-def test_allowed_hosts_that_are_not_host_names_are_refused(hosts):
+                                   "ivr.example.com,user@ivr.example.com", "ivr example.com",
+                                   "[::1]:8000", "::1", "ivr.example.com:http"])
+def test_allowed_hosts_that_no_request_could_match_are_refused(hosts):
     with pytest.raises(ConfigError, match="IVR_ALLOWED_HOSTS: .*host names only"):
         Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false", "IVR_ALLOWED_HOSTS": hosts})
-    assert Settings.from_env({
-        "IVR_VALIDATE_SIGNATURES": "false",
-        "IVR_ALLOWED_HOSTS": "IVR.example.com, .example.org,127.0.0.1:5000,[::1]:8000,localhost"
-    }).allowed_hosts == ["ivr.example.com", ".example.org", "127.0.0.1:5000", "[::1]:8000",
-                         "localhost"]
+
+
+def test_every_allowed_host_werkzeug_can_match_is_kept_and_matches():
+    from werkzeug.sansio.utils import host_is_trusted
+
+    given = "IVR.example.com, .example.org,127.0.0.1:5000,localhost,ivr.example.net.,bücher.example"
+    hosts = Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false",
+                               "IVR_ALLOWED_HOSTS": given}).allowed_hosts
+    assert hosts == ["ivr.example.com", ".example.org", "127.0.0.1:5000", "localhost",
+                     "ivr.example.net.", "bücher.example"]
+    for request_host in ("ivr.example.com", "line.example.org", "127.0.0.1:5000", "localhost",
+                         "ivr.example.net.", "xn--bcher-kva.example"):
+        assert host_is_trusted(request_host, hosts), request_host
