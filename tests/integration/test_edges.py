@@ -560,6 +560,7 @@ def test_the_app_keeps_which_functions_are_plain_and_still_runs_coroutines():
     ["tickets", "list", "--limit", "99999999999999999999"],
     ["tickets", "list", "--limit", "-1"],
     ["tickets", "list", "--limit", "0"],
+    ["helpdesk", "retry", "99999999999999999999"],
     ["simulate", "--to", "+18887999666", "--digits", "2", "--url", "notaurl"],
 ])
 def test_an_operator_command_given_a_value_out_of_range_says_so_without_a_traceback(app, args):
