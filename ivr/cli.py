@@ -160,8 +160,9 @@ def spool_status():
     """How many records wait in the spool."""
     spool = ivr().service.spool
     click.echo(f"{spool.depth()} records waiting in {spool.folder}.")
-    if spool.set_aside():
-        click.echo(f"{spool.set_aside()} records set aside by a replay that could not apply "
+    set_aside = spool.set_aside()
+    if set_aside:
+        click.echo(f"{set_aside} records set aside by a replay that could not apply "
                    f"them, in {spool.failed}: read them, and mend or re-enter each by hand.")
 
 

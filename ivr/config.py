@@ -524,15 +524,15 @@ class Settings(BaseModel):
         if not isinstance(value, list):
             return value
         hosts = []
-        for host in value:
-            host = host.strip().lower() if isinstance(host, str) else host
+        for given in value:
+            host = str(given).strip().lower()
             if host == "":
                 continue
             # Compared with each request's Host: a URL, a path or an IPv6 address here would
             # match no request, and every webhook (the fallback's too) would get 400.
-            name, _, port = host.partition(":") if isinstance(host, str) else ("", "", "")
+            name, _, port = host.partition(":")
             if not name or _NOT_A_HOST.search(host) or (port and not port.isdigit()):
-                raise ValueError(f"{str(host)[:80]!r}: give host names only, comma-separated "
+                raise ValueError(f"{host[:80]!r}: give host names only, comma-separated "
                                  "(ivr.example.com, or .example.com for its subdomains; "
                                  "a port may follow), not URLs or IPv6 addresses (for those, "
                                  "set IVR_PUBLIC_URL)")

@@ -225,15 +225,7 @@ class Outage:
             if restored is not None and service.config.helpdesk:  # help desk push (issue 9)
                 helpdesk_jobs.queue_create(uow.session, restored.id, service.clock())
             if restored is not None:
-                call = uow.calls.load(record.call_sid)
-                if call is not None and call.queue_result:
-                    # The caller's wait ended, and was stored live, before this replay: the
-                    # ticket goes where that end sends it, not stay as spooled, and at the
-                    # time the wait ended (routed, plus the seconds the caller waited).
-                    waited = uow.session.get(Call, record.call_sid).queue_seconds or 0
-                    ended = min(record.created_at + dt.timedelta(seconds=max(waited, 0)),
-                                service.clock())
-                    service.ticket_after_queue(uow, call, call.queue_result, ended)
+                self._after_live_queue_result(uow, record)
             renumbered = restored is not None and restored.number != record.number
             if renumbered:
                 log.warning("ticket %s, spoken during the outage, is stored as %s: another "
@@ -246,6 +238,17 @@ class Outage:
                                  to_number=record.caller_number, body=body,
                                  now=service.clock())
             return restored is not None
+
+    def _after_live_queue_result(self, uow: "UnitOfWork", record: SpooledTicket) -> None:
+        """The caller's wait ended, and was stored live, before this replay: the ticket
+        goes where that end sends it, not stay as spooled, and at the time the wait ended
+        (routed, plus the seconds the caller waited)."""
+        call = uow.calls.load(record.call_sid)
+        if call is None or not call.queue_result:
+            return
+        waited = max(uow.session.get(Call, record.call_sid).queue_seconds or 0, 0)
+        ended = min(record.created_at + dt.timedelta(seconds=waited), self.service.clock())
+        self.service.ticket_after_queue(uow, call, call.queue_result, ended)
 
     def _replay_queue_result(self, uow: "UnitOfWork", record: SpooledQueueResult) -> bool:
         """Apply a spooled queue result; False if the call already had it."""

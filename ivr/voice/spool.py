@@ -40,6 +40,15 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def _records_in(*paths: Path) -> int:
+    """Records (non-blank lines) in these files; a missing file holds none."""
+    total = 0
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
+            total += sum(1 for line in handle if line.strip())
+    return total
+
+
 class Spool:
     def __init__(self, folder: Path):
         self.folder = folder
@@ -89,18 +98,12 @@ class Spool:
 
     def depth(self) -> int:
         """Records waiting to be replayed."""
-        total = 0
-        for path in (self.path, self.replaying):
-            with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
-                total += sum(1 for line in handle if line.strip())
-        return total
+        return _records_in(self.path, self.replaying)
 
     def set_aside(self) -> int:
         """Records a replay could not apply, kept in spool.failed.jsonl for an operator:
         each may be a ticket a caller was told, so they are counted wherever the depth is."""
-        with contextlib.suppress(FileNotFoundError), open(self.failed, "rb") as handle:
-            return sum(1 for line in handle if line.strip())
-        return 0
+        return _records_in(self.failed)
 
     def replay(self, apply: Callable[[dict], bool],
                transient: tuple[type[BaseException], ...] = ()) -> ReplayResult:
