@@ -381,12 +381,18 @@ class Floor:
         move_ticket(session, ticket.call_sid, "open", now)
         assignment.note = (f"{assignment.callback_failures} callback attempts did not reach "
                            f"the customer; back in the open pile")
+        # The round is over. Asked back for a callback later, the ticket starts a new
+        # round with every attempt to come; the note and the history keep this one.
+        assignment.callback_failures = 0
         floor.record(ticket.id, "system", "reopened", assignment.note, now)
         number = ticket.callback_number
         if number and can_receive_sms(number):
             catalogue = self.catalogues[self.caller_voice(call).catalogue_name]
+            # One text per round that failed: the outbox queues a call's message once per
+            # template, so the attempt that ended the round names it.
             uow.outbox.queue(
-                call_sid=call.call_sid, template="sms_callback_missed", to_number=number,
+                call_sid=call.call_sid, template=f"sms_callback_missed.{attempt.id}",
+                to_number=number,
                 body=catalogue.text("sms_callback_missed", {"brand": self.config.service.brand,
                                                             "ticket": ticket.number}),
                 now=now)

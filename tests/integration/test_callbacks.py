@@ -196,10 +196,55 @@ def test_failed_attempts_are_counted_and_the_last_one_reopens_the_ticket_with_a_
     assert ticket.status == "open"
     assert assignment.note.startswith(f"{tries} callback attempts did not reach the customer")
     with ivr.storage.transaction() as session:
-        texts = {m.template: m for m in session.scalars(select(OutboxMessage))}
-    assert texts["sms_callback_missed"].to_number == CALLER
-    assert "we tried to call you back about ticket" in texts["sms_callback_missed"].body
+        texts = [m for m in session.scalars(select(OutboxMessage))
+                 if m.template.startswith("sms_callback_missed")]
+    assert [m.to_number for m in texts] == [CALLER]
+    assert "we tried to call you back about ticket" in texts[0].body
+    assert assignment.callback_failures == 0  # the round is over; the note keeps its count
     assert place(app, waiting["ticket"], {"engineer": "aiko"}).status_code == 409
+
+
+def fail_callback(app, twilio, number, status):
+    """One callback attempt on ticket ``number`` that the customer's side ends with
+    ``status`` (busy, no-answer, failed)."""
+    attempt = place(app, number, {"engineer": "aiko"}).get_json()
+    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+    twilio.post(dial_root.find("Dial/Number").get("statusCallback"),
+                **{**leg(new_call_sid(), CALLER, US_LINE), "CallStatus": status})
+    twilio.post(dial_root.find("Dial").get("action"),
+                **leg(new_call_sid(), ENGINEER_PHONE, US_LINE), DialCallStatus=status)
+
+
+def test_a_ticket_asked_back_for_a_callback_gets_a_fresh_round_of_attempts_and_a_new_text(
+        app, twilio, ivr, http):
+    """The customer could not be reached, the ticket went back to the open pile and they
+    were told by text. An engineer then asks for a callback again (the customer wrote in,
+    say): that round has the full number of attempts, and if it fails too the customer
+    hears about it again, by a second text."""
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    tries = ivr.config.engineers.callback_attempts
+    for _ in range(tries):
+        fail_callback(app, twilio, waiting["ticket"], "no-answer")
+    ticket, assignment, _ = state(ivr, waiting["ticket"])
+    assert ticket.status == "open"
+    again = app.test_client().patch(f"/api/tickets/{waiting['ticket']}", headers=AUTH,
+                                    json={"status": "callback_requested"})
+    assert again.status_code == 200, again.get_json()
+
+    for n in range(1, tries + 1):
+        fail_callback(app, twilio, waiting["ticket"], "busy")
+        ticket, assignment, _ = state(ivr, waiting["ticket"])
+        if n < tries:
+            assert ticket.status == "callback_requested", n
+    assert ticket.status == "open"
+    assert assignment.note.startswith(f"{tries} callback attempts did not reach the customer")
+    assert assignment.callback_attempts == 2 * tries
+    with ivr.storage.transaction() as session:
+        texts = [m for m in session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))
+                 if m.template.startswith("sms_callback_missed")]
+    assert len(texts) == 2 and {m.to_number for m in texts} == {CALLER}
+    assert all("we tried to call you back about ticket" in m.body for m in texts)
 
 
 def test_an_engineer_who_does_not_answer_leaves_the_ticket_waiting_for_its_callback(
