@@ -84,7 +84,9 @@ def tables(result: dict) -> str:
          lambda r: f"{r['service_ms']} / {r['bare_ms']} ({r['ratio']})"),
         ("paced", "At a caller's pace in rounds, {}: p99 service / bare (ms) in each round, "
          "the same callers on both: ",
-         lambda r: f"{r['service_p99']} / {r['bare_p99']} ({r['times']}×)"),
+         lambda r: f"{r['service_p99']} / {r['bare_p99']} ({r['times']}×)"
+         + (f", bare with one transaction {r['floor_p99']} ({r['floor_times']}×)"
+            if "floor_p99" in r else "")),
     )
     for run in result["runs"]:
         for phase, heading, figures in in_rounds:
@@ -92,6 +94,18 @@ def tables(result: dict) -> str:
             if rounds:
                 lines += ["", heading.format(run["backend"])
                           + "; ".join(figures(r) for r in rounds) + "."]
+    for run in result["runs"]:
+        floor = run.get("bare_with_transaction", {}).get("paced")
+        if floor:
+            v, f = run["verdict"], floor["latency_ms"]["all"]
+            lines += ["", f"At a caller's pace, {run['backend']}: the bare endpoint running "
+                      "one webhook-shaped transaction per request (`bench/bare.py`: BEGIN, the "
+                      "call's row read with a lock, written, COMMIT) answered in p50 / p95 / p99 "
+                      f"{_ms(f, 'p50')} / {_ms(f, 'p95')} / {_ms(f, 'p99')} ms, "
+                      f"{v['floor_paced_p99_times_bare']}× the bare endpoint's p99 "
+                      f"(the service: {v['paced_p99_times_bare']}×), with "
+                      f"{floor['server_cpu_ms_per_request']} ms of server CPU per request "
+                      "(its PostgreSQL backends included)."]
     for run in result["runs"]:
         service, bare_run = run["service"]["paced"], run["bare"]["paced"]
         sv, bare = service["latency_ms"], bare_run["latency_ms"]

@@ -245,22 +245,32 @@ def _round_figures(service: Sample, bare: Sample, database: Postgres | None) -> 
             "ratio": round(yard / mine, 3) if mine and yard else None}
 
 
-def _paced_round_figures(service: Sample, bare: Sample) -> dict:
+def _paced_round_figures(service: Sample, bare: Sample, floor: Sample | None = None) -> dict:
     """One paced round's p99 on each side, and how many times the bare endpoint's the
-    service's is."""
+    service's is; with ``floor`` (the bare endpoint running one transaction per request),
+    its p99 and multiple too."""
     mine = by_step(service.drive.timings())["all"].get("p99")
     yard = by_step(bare.drive.timings())["all"].get("p99")
-    return {"service_p99": mine, "bare_p99": yard,
-            "times": round(mine / yard, 2) if mine and yard else None}
+    figures = {"service_p99": mine, "bare_p99": yard,
+               "times": round(mine / yard, 2) if mine and yard else None}
+    if floor is not None:
+        least = by_step(floor.drive.timings())["all"].get("p99")
+        figures.update(floor_p99=least,
+                       floor_times=round(least / yard, 2) if least and yard else None)
+    return figures
 
 
-def take_turns(service: Gunicorn, bare: Gunicorn, database: Postgres | None, calls: int,
-               rounds: int, serve, replay, quiet=settle) -> tuple[list[Sample], list[Sample]]:
+def take_turns(service: Gunicorn, database: Postgres | None, calls: int, rounds: int, serve,
+               yardsticks: list[tuple[Gunicorn, Postgres | None, object]], quiet=settle
+               ) -> tuple[list[Sample], list[list[Sample]]]:
     """``calls`` whole calls in ``rounds`` turns, each server's turn starting on a quiet
     machine (``measure.settle``): a round's calls against the service (``serve(number,
     calls, done)``, ``done`` the calls of the rounds before), then the same calls replayed
-    against the bare endpoint (``replay(drive)``). The samples of each side, by round."""
-    served, replayed = [], []
+    against each yardstick in turn (``(server, database, replay)``: ``replay(drive)``,
+    with the CPU of ``database``'s backends counted when it is not None). The samples of
+    the service, and of each yardstick, by round."""
+    served: list[Sample] = []
+    replayed: list[list[Sample]] = [[] for _ in yardsticks]
     per_round = -(-calls // rounds)
     done = 0
     for number in range(rounds):
@@ -269,11 +279,28 @@ def take_turns(service: Gunicorn, bare: Gunicorn, database: Postgres | None, cal
             break
         quiet()
         ran = sample(service, database, lambda: serve(number, count, done))
-        quiet()
         served.append(ran)
-        replayed.append(sample(bare, None, lambda: replay(ran.drive)))
+        for (server, its_database, replay), samples in zip(yardsticks, replayed):
+            quiet()
+            samples.append(sample(server, its_database, lambda: replay(ran.drive)))
         done += count
     return served, replayed
+
+
+def with_transaction(env: dict, workers: int, database: Postgres) -> Gunicorn:
+    """The bare endpoint with one webhook-shaped transaction per request on the bench's
+    database (bench/bare.py), its table made first."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from bare import TABLE_DDL
+
+    libpq = make_url(database.url).set(drivername="postgresql").render_as_string(
+        hide_password=False)
+    with psycopg.connect(libpq, autocommit=True) as connection:
+        connection.execute(TABLE_DDL)
+    return Gunicorn("bare:app", {**env, "BENCH_BARE_TRANSACTION_URL": libpq}, workers,
+                    ["--pythonpath", "bench"])
 
 
 def rss_by_worker(server: Gunicorn) -> dict[str, float]:
@@ -359,7 +386,7 @@ def run_backend(name: str, database_url: str, database: Postgres | None, args,
           f"caller's pace ({args.think:g} s), concurrency {args.concurrency}, "
           f"{args.workers} workers", flush=True)
     service = Gunicorn("app:app", env, args.workers)
-    bare = None
+    bare = floor = floor_paced = None
     try:
         warm = drive_calls(service.url, TOKEN, args.warmup, args.concurrency, seed=1)
         bare = Gunicorn("bare:app", env, args.workers, ["--pythonpath", "bench"])
@@ -369,13 +396,14 @@ def run_backend(name: str, database_url: str, database: Postgres | None, args,
         # against the service, then the first of them replayed against the bare endpoint.
         # The machine's speed drifts (bench/README.md), and both sides then meet it alike.
         bare_per_round = -(-args.bare_calls // args.rounds)
-        service_samples, bare_samples = take_turns(
-            service, bare, database, args.calls, args.rounds,
+        service_samples, (bare_samples,) = take_turns(
+            service, database, args.calls, args.rounds,
             lambda number, calls, done: drive_calls(
                 service.url, TOKEN, calls, args.concurrency, seed=7 + number,
                 first=args.warmup + done),
-            lambda drive: replay_calls(bare.url, TOKEN, drive.recorded[:bare_per_round],
-                                       args.concurrency, paced=False))
+            [(bare, None, lambda drive: replay_calls(
+                bare.url, TOKEN, drive.recorded[:bare_per_round], args.concurrency,
+                paced=False))])
         rounds = [_round_figures(ran, base, database)
                   for ran, base in zip(service_samples, bare_samples)]
         saturated, service_saturated = figures_of(service_samples, database)
@@ -388,39 +416,63 @@ def run_backend(name: str, database_url: str, database: Postgres | None, args,
         # At a caller's pace the servers take turns too, with the same callers: a p99 is
         # read from the slowest hundredth of the requests, and on this host the slowest
         # stretches come and go within seconds (bench/README.md).
-        paced_samples, bare_paced_samples = take_turns(
-            service, bare, database, args.paced_calls, args.paced_rounds,
+        # On PostgreSQL a third server joins the paced turns: the bare endpoint running one
+        # webhook-shaped transaction per request (bench/bare.py), the least a webhook that
+        # keeps its state there can cost a caller.
+        if database is not None:
+            floor = with_transaction(env, args.workers, database)
+            replay_calls(floor.url, TOKEN, warm.recorded, args.concurrency, paced=False)
+
+        def paced_replay(server):
+            return lambda drive: replay_calls(server.url, TOKEN, drive.recorded,
+                                              args.concurrency, paced=True, spread=spread)
+
+        yardsticks = [(bare, None, paced_replay(bare))]
+        if floor is not None:
+            yardsticks.append((floor, database, paced_replay(floor)))
+        paced_samples, (bare_paced_samples, *floor_samples) = take_turns(
+            service, database, args.paced_calls, args.paced_rounds,
             lambda number, calls, done: drive_calls(
                 service.url, TOKEN, calls, args.concurrency, seed=100 + number,
                 think=args.think, first=args.warmup + args.calls + done, spread=spread),
-            lambda drive: replay_calls(bare.url, TOKEN, drive.recorded, args.concurrency,
-                                       paced=True, spread=spread))
-        paced_rounds = [_paced_round_figures(ran, base)
-                        for ran, base in zip(paced_samples, bare_paced_samples)]
+            yardsticks)
+        floor_samples = floor_samples[0] if floor_samples else [None] * len(paced_samples)
+        paced_rounds = [_paced_round_figures(ran, base, least) for ran, base, least
+                        in zip(paced_samples, bare_paced_samples, floor_samples)]
         _, service_paced = figures_of(paced_samples, database)
         show(name, "service paced", service_paced)
         _, bare_paced = figures_of(bare_paced_samples, None)
         show(name, "bare paced", bare_paced)
-        print(f"[{name}] paced p99 by round, service / bare: "
-              + ", ".join(f"{r['service_p99']} / {r['bare_p99']} ({r['times']}×)"
-                          for r in paced_rounds), flush=True)
+        if floor is not None:
+            _, floor_paced = figures_of(floor_samples, database)
+            show(name, "bare with one transaction, paced", floor_paced)
+        print(f"[{name}] paced p99 by round, service / bare"
+              + (" / bare with one transaction" if floor is not None else "") + ": "
+              + ", ".join(f"{r['service_p99']} / {r['bare_p99']}"
+                          + (f" / {r['floor_p99']}" if "floor_p99" in r else "")
+                          + f" ({r['times']}×)" for r in paced_rounds), flush=True)
     finally:
         log = service.stop()
-        if bare is not None:
-            bare.stop()
+        for yardstick in (bare, floor):
+            if yardstick is not None:
+                yardstick.stop()
     for figures in (service_saturated, service_paced):
         add_worker_stats(figures, service.records)
     for figures in (bare_saturated, bare_paced):
         add_worker_stats(figures, bare.records)
+    if floor is not None:
+        add_worker_stats(floor_paced, floor.records)
     service_saturated["rounds"] = rounds
     service_paced["rounds"] = paced_rounds
 
     ratio = bare_saturated["server_cpu_ms_per_request"] / service_saturated[
         "server_cpu_ms_per_request"]
     p99, bare_p99 = service_paced["latency_ms"]["all"]["p99"], bare_paced["latency_ms"]["all"]["p99"]
+    floor_p99 = floor_paced["latency_ms"]["all"]["p99"] if floor_paced is not None else None
     minimum = TARGETS[f"cpu_ratio_min_{name}"]
     errors = sum(f["error_count"] + f["unexpected_count"] for f in
-                 (service_saturated, service_paced, bare_saturated, bare_paced))
+                 (service_saturated, service_paced, bare_saturated, bare_paced, floor_paced)
+                 if f is not None)
     verdict = {
         "cpu_ratio": round(ratio, 3),
         "cpu_ratio_meets_goal": ratio >= TARGETS["cpu_ratio_goal"],
@@ -431,6 +483,9 @@ def run_backend(name: str, database_url: str, database: Postgres | None, args,
         "paced_p99_times_bare": round(p99 / bare_p99, 2) if bare_p99 else None,
         "paced_p99_meets_target": p99 <= TARGETS["paced_p99_max_times_bare"] * bare_p99,
         "errors": errors,
+        **({"floor_paced_p99_ms": floor_p99,
+            "floor_paced_p99_times_bare": round(floor_p99 / bare_p99, 2) if bare_p99 else None}
+           if floor_paced is not None else {}),
         "log": {"database is locked": log.count("database is locked"),
                 "Traceback": log.count("Traceback"), "WORKER TIMEOUT": log.count("WORKER TIMEOUT")},
     }
@@ -445,6 +500,7 @@ def run_backend(name: str, database_url: str, database: Postgres | None, args,
                                      "calls_between": args.calls},
             "service": {"saturated": service_saturated, "paced": service_paced},
             "bare": {"saturated": bare_saturated, "paced": bare_paced},
+            **({"bare_with_transaction": {"paced": floor_paced}} if floor_paced else {}),
             "verdict": verdict}
 
 

@@ -238,18 +238,28 @@ def test_the_two_servers_take_turns_on_a_quiet_machine_with_the_same_calls():
         order.append(("bare", [c[0] for c in drive.recorded]))
         return Drive(calls=drive.calls, concurrency=4, seconds=0.01)
 
-    served, replayed = take_turns(Server(), Server(), None, 10, 3, serve, replay,
-                                  quiet=lambda: order.append("quiet"))
+    def other(drive):
+        order.append(("other", len(drive.recorded)))
+        return Drive(calls=drive.calls, concurrency=4, seconds=0.01)
+
+    served, (replayed, others) = take_turns(
+        Server(), None, 10, 3, serve, [(Server(), None, replay), (Server(), None, other)],
+        quiet=lambda: order.append("quiet"))
     assert order == [
         "quiet", ("service", 0, 4, 0), "quiet", ("bare", [f"call {n}" for n in range(4)]),
+        "quiet", ("other", 4),
         "quiet", ("service", 1, 4, 4), "quiet", ("bare", [f"call {n}" for n in range(4, 8)]),
+        "quiet", ("other", 4),
         "quiet", ("service", 2, 2, 8), "quiet", ("bare", ["call 8", "call 9"]),
+        "quiet", ("other", 2),
     ]
     assert [s.drive.calls for s in served] == [4, 4, 2]
     assert [s.drive.calls for s in replayed] == [4, 4, 2]
+    assert [s.drive.calls for s in others] == [4, 4, 2]
     # more rounds than calls: no empty round
     order.clear()
-    served, _ = take_turns(Server(), Server(), None, 2, 5, serve, replay, quiet=lambda: None)
+    served, _ = take_turns(Server(), None, 2, 5, serve, [(Server(), None, replay)],
+                           quiet=lambda: None)
     assert [s.drive.calls for s in served] == [1, 1]
 
 
@@ -267,3 +277,6 @@ def test_a_paced_round_compares_the_p99_of_each_side():
     bare = stretch([1.0] * 99 + [20.0])
     assert _paced_round_figures(service, bare) == {"service_p99": 9.0, "bare_p99": 1.0,
                                                    "times": 9.0}
+    floor = stretch([1.5] * 99 + [40.0])
+    assert _paced_round_figures(service, bare, floor) == {
+        "service_p99": 9.0, "bare_p99": 1.0, "times": 9.0, "floor_p99": 1.5, "floor_times": 1.5}
