@@ -16,8 +16,9 @@ def mask(number: str | None) -> str:
     return f"…{digits[-4:]}" if len(digits) >= 4 else "…"
 
 
-# A run of six or more digits standing on its own: a phone number, a PMI, a typed key.
-_LONG_NUMBER = re.compile(r"(?<![\w+])\+?\d{6,}(?!\w)")
+# A run of six or more digits standing on its own: a phone number, a PMI, a typed key;
+# also after a URL-encoded plus (%2B), as a number stands in a query or a form.
+_LONG_NUMBER = re.compile(r"(?:(?<![\w+])\+?|(?<=%2[Bb]))\d{6,}(?!\w)")
 
 
 def redact_numbers(text: str) -> str:

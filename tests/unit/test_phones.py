@@ -18,6 +18,17 @@ def test_long_numbers_in_error_text_keep_their_last_four_digits_only():
     assert mask("+14155550123") == "…0123"
 
 
+def test_numbers_written_into_a_url_or_a_form_are_cut_to_their_last_four_digits_too():
+    # A client library's error quotes the request it failed on, with its form or query.
+    text = ("400 Client Error for url: https://api.example.com/send?To=%2B14155550123"
+            "&From=%2b819012345678 body To=+14155550199&Body=ticket")
+    redacted = redact_numbers(text)
+    for number in ("14155550123", "819012345678", "14155550199"):
+        assert number not in redacted
+    assert "To=%2B…0123" in redacted and "From=%2b…5678" in redacted
+    assert "To=…0199" in redacted
+
+
 # (number, can receive an SMS, number to call back, lockout key), as phonenumbers judges
 # them: a Japanese mobile and a US number can be texted, a London or Tokyo landline cannot.
 NUMBERS = [
