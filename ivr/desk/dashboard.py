@@ -32,7 +32,7 @@ from ..domain.priority import RANGE_TEXT
 from ..extension import ivr
 from ..storage import HelpdeskJobRepository
 from ..storage.desk_sessions import DeskSessionRepository
-from ..storage.helpdesk import helpdesk_counts, job_dict
+from ..storage.helpdesk import helpdesk_counts, job_dict, job_id
 from .engineers import Engineers
 from .service import EXPORT_FORMATS, Desk, DeskError, Period, parse_moment
 
@@ -284,11 +284,11 @@ def helpdesk_retry():
     if ivr().config.helpdesk is None:
         return message(404, "No help desk is connected.")
     text = request.form.get("job", "").strip()
-    if text and not (text.isdigit() and len(text) <= 12):
+    job = job_id(text) if text else None
+    if text and job is None:
         return message(400, f"job: {text[:20]!r} is not a push id")
     with ivr().storage.transaction() as session:
-        count = HelpdeskJobRepository(session).retry(int(text) if text else None,
-                                                     ivr().service.clock())
+        count = HelpdeskJobRepository(session).retry(job, ivr().service.clock())
     flash(f"{count} failed push{'es' if count != 1 else ''} queued again.")
     return redirect(url_for("admin.helpdesk"))
 

@@ -223,8 +223,13 @@ class Sender:
                 log.warning("help desk: push of ticket %s failed (job %s) after %s tries: %s",
                             item.ticket, item.job_id, failures, result.message)
             else:
-                delay = result.retry_after if result.retry_after is not None \
-                    else self.backoff(failures)
+                # A rate limit's Retry-After is the wait; a failing server's is at least
+                # the back-off (Retry-After: 0 would send the push again in this drain,
+                # round after round, until it failed for good).
+                delay = self.backoff(failures)
+                if result.retry_after is not None:
+                    delay = result.retry_after if result.rate_limited \
+                        else max(result.retry_after, delay)
                 values = {"status": "pending", "failures": failures,
                           "last_error": result.message,
                           "next_attempt_at": now + dt.timedelta(seconds=delay)}

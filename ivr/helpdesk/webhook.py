@@ -158,16 +158,23 @@ def apply(number: str, remote_id: str | None, status: str | None, priority: int 
         found = ticket_by_number(session, number)
         if found is None:
             return answer(404, error=f"no phone ticket {number}")
-        known = HelpdeskJobRepository(session).remote_id(found.id)
-        current_status = found.status
+        jobs = HelpdeskJobRepository(session)
+        known = jobs.remote_id(found.id)
+        current_status, current_priority = found.status, found.priority
+        echo = priority is not None and priority != current_priority \
+            and jobs.echoes_own_push(found.id, current_priority, priority)
     if known is not None and remote_id is not None and known != remote_id:
         return answer(409, error=f"phone ticket {number} belongs to Zendesk ticket {known}, "
                                  f"not {remote_id}")
+    if echo:
+        # Applied, it would put the older priority back here and cancel the newer push.
+        log.info("Zendesk echoed ticket %s's pushed priority P%s; the desk's P%s is on its way",
+                 number, priority, current_priority)
+        priority = None
     closing = "closed" if status in CLOSING else None
-    if current_status == "closed":
-        return answer(200, result="unchanged", ticket=number, status="closed")
-    if closing is None and priority is None:
-        return answer(200, result="unchanged", ticket=number, status=current_status)
+    if current_status == "closed" or (closing is None and priority is None):
+        return answer(200, result="unchanged", ticket=number, status=current_status,
+                      priority=current_priority)
     try:
         now = ivr().service.clock()
         view, changed = Desk.of(ivr()).update(

@@ -83,6 +83,18 @@ class HelpdeskDelivery(Base):
 
 
 DELIVERY_MEMORY = dt.timedelta(minutes=15)  # three times the signature's five minutes
+# The largest push id: the column is a 32-bit integer on PostgreSQL, which refuses (with an
+# error, not an empty answer) a larger number compared with it.
+LARGEST_JOB_ID = 2**31 - 1
+
+
+def job_id(text: str) -> int | None:
+    """A push id as an operator types it ("42"), or None if it cannot be one."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 10):
+        return None
+    value = int(text)
+    return value if 1 <= value <= LARGEST_JOB_ID else None
 
 
 def first_delivery(db, key: str, now: dt.datetime) -> bool:
@@ -186,6 +198,30 @@ class HelpdeskJobRepository:
         return self.session.scalar(
             select(HelpdeskJob.remote_id).where(HelpdeskJob.ticket_id == ticket_id,
                                                 HelpdeskJob.dedupe == "create"))
+
+    def echoes_own_push(self, ticket_id: int, current: int, shown: int) -> bool:
+        """Whether a help desk showing priority ``shown`` is only echoing the phone line's
+        own last pushed priority, while a newer desk change, the ticket's ``current``
+        priority, still waits to be pushed. (Zendesk's trigger fires on the phone line's
+        own updates too, and its delivery can come after the desk has moved on.)"""
+        waiting = self._newest_priority_job(ticket_id, HelpdeskJob.status.in_(
+            ("pending", "sending")))
+        if waiting != current:
+            return False
+        return self._newest_priority_job(
+            ticket_id, HelpdeskJob.status == "sent", HelpdeskJob.last_error.is_(None)) == shown
+
+    def _newest_priority_job(self, ticket_id: int, *where) -> int | None:
+        """The level the newest priority change of this ticket matching ``where`` sets."""
+        data = self.session.scalar(
+            select(HelpdeskJob.data).where(HelpdeskJob.ticket_id == ticket_id,
+                                           HelpdeskJob.event == "priority", *where)
+            .order_by(HelpdeskJob.id.desc()).limit(1))
+        try:
+            level = json.loads(data).get("priority") if data else None
+        except (ValueError, AttributeError):
+            return None
+        return level if isinstance(level, int) else None
 
     def has_create(self, ticket_id: int) -> bool:
         return self.session.scalar(

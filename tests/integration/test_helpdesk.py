@@ -410,6 +410,19 @@ def test_a_retry_after_that_is_not_a_finite_number_is_ignored_not_a_crash(simula
         < clock.now + dt.timedelta(hours=1)
 
 
+@pytest.mark.parametrize("value", ["0", "Thu, 01 Jan 2026 00:00:00 GMT"])
+def test_a_server_error_asking_for_no_wait_is_still_backed_off(simulator, ivr, fake, clock,
+                                                              value):
+    """A 503 with "Retry-After: 0" (or a date already past) must not send the push again
+    at once, round after round of one drain, until it fails for good."""
+    call(simulator)
+    fake.fail_next(ivr.config.helpdesk.max_attempts, 503, {"Retry-After": value})
+    counts = sender(ivr, clock).drain()
+    (job,) = jobs(ivr)
+    assert counts["retry"] == 1 and len(fake.requests) == 1
+    assert job.status == "pending" and job.next_attempt_at > clock.now
+
+
 @pytest.mark.parametrize("status", [401, 403, 422])
 def test_refusals_are_permanent_with_zendesks_message_until_an_operator_retries(
         simulator, ivr, fake, clock, cli, status):
@@ -531,6 +544,36 @@ def test_a_priority_changed_in_zendesk_comes_back_with_its_target(app, simulator
     row = ticket_row(ivr, number)
     assert (row.priority, row.target_response_minutes) == (4, 1440)
     assert [j.kind for j in jobs(ivr)] == ["create"]
+
+
+def test_zendesks_echo_of_our_own_push_does_not_undo_a_newer_desk_change(
+        app, simulator, ivr, fake, clock):
+    """Zendesk's trigger fires on the phone line's own updates too. The echo of the push of
+    P3 arrives after an engineer has already moved the ticket on to P2: it must not put P3
+    back here, nor stop the P2 push going out."""
+    number = call(simulator, US_LINE, CALLER, 1)
+    sender(ivr, clock).drain()
+    (remote_id,) = fake.tickets
+    desk = Desk.of(ivr)
+    desk.set_priority(number, 3)
+    assert sender(ivr, clock).drain()["sent"] == 1
+    assert fake.tickets[remote_id]["priority"] == "normal"
+    clock.advance(seconds=5)
+    desk.set_priority(number, 2)
+    clock.advance(seconds=5)
+    echo = post_hook(app, trigger_body(remote_id, number, "Open", "Normal"), stamp(clock))
+    assert (echo.status_code, echo.json["result"], echo.json["priority"]) == \
+        (200, "unchanged", 2)
+    assert sender(ivr, clock).drain()["sent"] == 1
+    assert ticket_row(ivr, number).priority == 2
+    assert fake.tickets[remote_id]["priority"] == "high"
+    # A change an agent really makes in Zendesk meanwhile still wins over the desk's.
+    desk.set_priority(number, 4)
+    clock.advance(seconds=5)
+    made_there = post_hook(app, trigger_body(remote_id, number, "Open", "Urgent"), stamp(clock))
+    assert (made_there.json["result"], made_there.json["priority"]) == ("changed", 1)
+    assert sender(ivr, clock).drain()["superseded"] == 1
+    assert ticket_row(ivr, number).priority == 1
 
 
 def test_a_delivery_sent_again_does_not_undo_a_newer_one(app, simulator, ivr, fake, clock):
@@ -739,6 +782,21 @@ def test_operators_see_failed_pushes_on_the_dashboard_and_retry_them_there(
     assert sender(ivr, clock).drain()["sent"] == 1
     ticket_page = parse_html(client.get(f"/admin/tickets/{number}").get_data(as_text=True))
     assert "#9001" in ticket_page.find("helpdesk").text()
+
+
+@pytest.mark.parametrize("job", ["²", "999999999999", "0"])
+def test_an_odd_push_id_given_to_the_dashboards_retry_gets_a_clear_400(
+        app, simulator, ivr, fake, clock, job):
+    call(simulator)
+    fake.fail_next(1, 422)
+    sender(ivr, clock).drain()
+    client = signed_in(app)
+    page = parse_html(client.get("/admin/helpdesk").get_data(as_text=True))
+    response = client.post("/admin/helpdesk/retry", data={
+        "csrf_token": page.find("retry-all").field("csrf_token"), "job": job})
+    assert response.status_code == 400
+    assert "is not a push id" in response.get_data(as_text=True)
+    assert jobs(ivr)[0].status == "failed"
 
 
 def test_a_ticket_logged_before_the_help_desk_was_connected_is_created_by_its_next_change(
