@@ -13,7 +13,8 @@ from ivr.desk.directory import import_file
 from ivr.config import Settings, load_config
 from ivr.sim.simulator import Simulator, WsgiTransport, new_call_sid
 
-from .support import CONFIG, DEMO_ACCOUNTS, TOKEN, Clock, TwilioClient, postgres_schema
+from .support import (CONFIG, DEMO_ACCOUNTS, TOKEN, Clock, TwilioClient, postgres_schema,
+                      unreachable_database_url)
 
 
 @pytest.fixture
@@ -88,6 +89,14 @@ def twilio(app) -> TwilioClient:
 @pytest.fixture
 def simulator(app) -> Simulator:
     return Simulator(WsgiTransport(app), TOKEN)
+
+
+@pytest.fixture
+def dead(settings, clock, database_url, tmp_path) -> TwilioClient:
+    """Another worker of the same deployment whose database cannot be reached."""
+    url = unreachable_database_url(database_url, tmp_path)
+    return TwilioClient(create_app(settings.model_copy(update={"database_url": url}),
+                                   clock=clock))
 
 
 @pytest.fixture

@@ -64,6 +64,15 @@ class TwilioClient:
                 "CallStatus": "in-progress", "Direction": "inbound", "ApiVersion": "2010-04-01"}
 
 
+def unreachable_database_url(database_url: str, tmp_path: Path) -> str:
+    """A URL of the same kind of database as ``database_url`` that cannot be reached: a
+    closed port, or a directory where SQLite expects its file."""
+    if database_url.startswith("postgresql"):
+        return "postgresql+psycopg://postgres@127.0.0.1:1/test"
+    (tmp_path / "gone.db").mkdir()
+    return f"sqlite:///{tmp_path}/gone.db"
+
+
 @contextlib.contextmanager
 def postgres_admin(url):
     """A connection of its own to a PostgreSQL server, outside the app's pool, each

@@ -7,23 +7,10 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from ivr import create_app
 from ivr.storage.models import Call, OutboxMessage, Ticket
 from ivr.sim.simulator import new_call_sid
 
-from ..support import BUSINESS_OWNER, TwilioClient, twiml
-
-
-@pytest.fixture
-def dead(settings, clock, database_url, tmp_path):
-    """Another worker of the same deployment whose database cannot be reached."""
-    if database_url.startswith("postgresql"):
-        url = "postgresql+psycopg://postgres@127.0.0.1:1/test"
-    else:
-        (tmp_path / "gone.db").mkdir()  # SQLite cannot open a directory as its file
-        url = f"sqlite:///{tmp_path}/gone.db"
-    app = create_app(settings.model_copy(update={"database_url": url}), clock=clock)
-    return TwilioClient(app)
+from ..support import BUSINESS_OWNER, twiml
 
 
 def verified(twilio, sid):

@@ -817,15 +817,10 @@ def test_a_ticket_spooled_during_a_database_outage_is_pushed_when_replayed(
     from ivr import create_app
     from ivr.sim.simulator import new_call_sid
 
-    from ..support import TwilioClient, twiml
+    from ..support import TwilioClient, twiml, unreachable_database_url
 
-    if database_url.startswith("postgresql"):
-        url = "postgresql+psycopg://postgres@127.0.0.1:1/test"
-    else:
-        (tmp_path / "gone.db").mkdir()  # SQLite cannot open a directory as its file
-        url = f"sqlite:///{tmp_path}/gone.db"
-    dead = TwilioClient(create_app(ivr.settings.model_copy(update={"database_url": url}),
-                                   clock=clock))
+    dead = TwilioClient(create_app(ivr.settings.model_copy(update={
+        "database_url": unreachable_database_url(database_url, tmp_path)}), clock=clock))
     twilio, sid = TwilioClient(app), new_call_sid()
     params = twilio.call_params(sid)
     twilio.post("/voice", **params)
@@ -850,14 +845,12 @@ def test_a_ticket_spooled_during_a_database_outage_is_pushed_when_replayed(
 
 def test_a_webhook_while_the_database_is_away_answers_503_so_zendesk_delivers_again(
         settings, clock, fake, tmp_path, database_url):
-    if database_url.startswith("postgresql"):
-        url = "postgresql+psycopg://postgres@127.0.0.1:1/test"
-    else:
-        (tmp_path / "gone.db").mkdir()
-        url = f"sqlite:///{tmp_path}/gone.db"
     from ivr import create_app
 
     from ..helpdesk_support import helpdesk_config, zendesk_section
+    from ..support import unreachable_database_url
+
+    url = unreachable_database_url(database_url, tmp_path)
 
     path = helpdesk_config(tmp_path / "dead", zendesk_section(fake.url))
     app = create_app(settings.model_copy(update={
