@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from ..config import IvrConfig
-from ..domain.lifecycle import STATUSES, UNCLOSED, ForbiddenMove, move
+from ..domain.lifecycle import STATUSES, UNCLOSED, ForbiddenMove, TicketStatus, move
 from ..domain.priority import RANGE_TEXT, is_level
 from ..domain.phones import mask
 from ..storage import Storage
@@ -425,6 +425,8 @@ class Desk:
                     ticket.id, actor, "close" if status == "closed" else "status",
                     f"{ticket.status} -> {status}", now)
                 ticket.status = new.value
+                if new is TicketStatus.CALLBACK_REQUESTED:
+                    FloorRepository(self.storage, uow.session).new_callback_round(ticket.id, now)
                 if status == "connected":
                     ticket.connected_at = ticket.connected_at or now
                 if status == "closed":
@@ -441,7 +443,7 @@ class Desk:
 
     def _find(self, uow, ref, for_update: bool = False):
         ref = str(ref).strip()
-        found = uow.desk.ticket(ref, for_update=for_update) if ref.isascii() else None
+        found = uow.desk.ticket(ref, for_update=for_update)
         if found is None:
             raise NotFound(f"no ticket with id or number {str(ref)[:20]!r}")
         return found

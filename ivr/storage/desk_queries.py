@@ -26,7 +26,8 @@ class DeskRepository:
 
     def ticket(self, ref: str, *, for_update: bool = False) -> tuple[Ticket, str | None] | None:
         """A ticket by its 8-digit number, else by its id, with its caller's number."""
-        if not ref.isdigit() or len(ref) > 16:
+        # ASCII digits only: '²' passes isdigit() but not int(), and '١' would be ticket 1.
+        if not (ref.isascii() and ref.isdigit()) or len(ref) > 16:
             return None
         base = select(Ticket, Call.caller_number).join(Call, Call.call_sid == Ticket.call_sid)
         if for_update and self.uow.lock_rows:

@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
-from ..domain.engineers import EngineerInfo, parse_list
+from ..domain.engineers import ANSWERED, EngineerInfo, parse_list
 from ..domain.lifecycle import can_move
 from ..domain.phones import callable_number
 from .engine import Storage
@@ -190,6 +190,13 @@ class FloorRepository:
             query = query.with_for_update()
         return self.session.scalars(query).one()
 
+    def new_callback_round(self, ticket_id: int, now: dt.datetime) -> None:
+        """The ticket waits for a callback again: a new round, with every attempt."""
+        self.session.execute(
+            update(Assignment).where(Assignment.ticket_id == ticket_id,
+                                     Assignment.callback_failures != 0)
+            .values(callback_failures=0, updated_at=now))
+
     def find_assignment(self, ticket_id: int) -> Assignment | None:
         return self.session.get(Assignment, ticket_id)
 
@@ -255,11 +262,12 @@ class FloorRepository:
         return ahead, taken
 
     def connected_since(self, since: dt.datetime) -> list[tuple[Ticket, Call]]:
-        """Tickets an engineer line connected since a time, with their calls."""
+        """Tickets an engineer line connected since a time (taken from the queue, not
+        called back), with their calls."""
         rows = self.session.execute(
             select(Ticket, Call).join(Call, Call.call_sid == Ticket.call_sid)
             .join(Assignment, Assignment.ticket_id == Ticket.id)
-            .where(Assignment.connected_at >= since))
+            .where(Assignment.connected_at >= since, _taken_from_the_queue(Ticket)))
         return [(t, c) for t, c in rows]
 
     def stranded(self, ended_before: dt.datetime, limit: int = 500) -> list[Ticket]:
@@ -367,6 +375,13 @@ _NO_GROUP = ""  # None as SQL can compare it
 
 
 @functools.lru_cache(maxsize=8)
+def _taken_from_the_queue(ticket):
+    """A connected ticket an engineer took from the queue: not one connected by a callback
+    the customer answered (both set the assignment's connected_at)."""
+    return ~select(CallbackAttempt.id).where(CallbackAttempt.ticket_id == ticket.id,
+                                             CallbackAttempt.outcome == ANSWERED).exists()
+
+
 def _line_queries(groups: QueueGroups):
     """The two statements of ``place_in_line`` for one configuration, built once."""
     pairs, others = groups
@@ -406,5 +421,6 @@ def _line_queries(groups: QueueGroups):
                    .join(Call, Call.call_sid == Ticket.call_sid)
                    .join(Assignment, Assignment.ticket_id == Ticket.id)
                    .where(Assignment.connected_at >= bindparam("since", type_=UTCDateTime()),
-                          group_of(Ticket, Call) == bindparam("group")))
+                          group_of(Ticket, Call) == bindparam("group"),
+                          _taken_from_the_queue(Ticket)))
     return ahead_query, taken_query

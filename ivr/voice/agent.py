@@ -79,4 +79,11 @@ def agent_error(error):
     if isinstance(error, HTTPException):
         return error
     log.exception("webhook %s failed", request.path)
-    return twiml(floor().agent.goodbye(ivr().config.service.speech))
+    agent_renderer, speech = floor().agent, ivr().config.service.speech
+    # A caller being bridged to an engineer, or a customer answering a callback: Twilio
+    # puts them through whatever this says, so they are not told goodbye and hung up on.
+    if request.endpoint == "agent.joining":
+        return twiml(agent_renderer.joining(speech))
+    if request.endpoint == "agent.callback_customer":
+        return twiml(agent_renderer.empty())
+    return twiml(agent_renderer.goodbye(speech))

@@ -206,29 +206,44 @@ class Floor:
         """<Queue url>: played to the dequeued caller as the engineer is bridged in. The
         ticket records the engineer and the moment and moves to connected."""
         call_sid = _sid(params)
-        now = self.clock()
         call = None
-        if call_sid is not None:
-            with self.storage.unit_of_work() as uow:
-                session = uow.session
-                call = session.get(Call, call_sid)
-                # The ticket's row first, then its assignment: the order of every writer
-                # (the desk's callbacks too), so two of them never deadlock.
-                ticket = ticket_for_call(session, call_sid, for_update=True)
-                if ticket is not None:
-                    floor = FloorRepository(self.storage, session)
-                    assignment = floor.assignment(ticket.id, now, for_update=True)
-                    self._pushed(session, move_ticket(session, call_sid, "connected", now), now)
-                    if assignment.connected_at is None:
-                        assignment.connected_at = now
-                        assignment.updated_at = now
-                        dequeuer = _sid(params, "DequeingCallSid")
-                        if dequeuer and assignment.engineer_call_sid not in (None, dequeuer):
-                            log.warning("ticket id=%s bridged to a call that did not claim it",
-                                        ticket.id)
-                        floor.record(ticket.id, assignment.engineer or "unknown engineer",
-                                     "connected", "engineer line", now)
+        try:
+            if call_sid is not None:
+                call = self._record_joining(params, call_sid, self.clock())
+        except DATABASE_DOWN:
+            # Twilio bridges the two whatever this answers; the queue result records the
+            # connection once the database is back.
+            log.warning("engineer joining call %s not recorded: database unreachable",
+                        call_sid)
+            own, _ = self.renderer.voices(self.config.line_for(params.get("To")))
+            return self.agent.joining(own)
         return self.agent.joining(self.caller_voice(call))
+
+    def _record_joining(self, params: Mapping[str, str], call_sid: str,
+                        now: dt.datetime) -> Call | None:
+        """The ticket of the caller being bridged in moves to connected, with who and
+        when; the caller's call (for the voice they hear)."""
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            call = session.get(Call, call_sid)
+            # The ticket's row first, then its assignment: the order of every writer (the
+            # desk's callbacks too), so two of them never deadlock.
+            ticket = ticket_for_call(session, call_sid, for_update=True)
+            if ticket is None:
+                return call
+            floor = FloorRepository(self.storage, session)
+            assignment = floor.assignment(ticket.id, now, for_update=True)
+            self._pushed(session, move_ticket(session, call_sid, "connected", now), now)
+            if assignment.connected_at is None:
+                assignment.connected_at = now
+                assignment.updated_at = now
+                dequeuer = _sid(params, "DequeingCallSid")
+                if dequeuer and assignment.engineer_call_sid not in (None, dequeuer):
+                    log.warning("ticket id=%s bridged to a call that did not claim it",
+                                ticket.id)
+                floor.record(ticket.id, assignment.engineer or "unknown engineer",
+                             "connected", "engineer line", now)
+            return call
 
     def after(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
         """The engineer's <Dial> ended: after a conversation, offer the next caller; if the
@@ -306,14 +321,22 @@ class Floor:
 
     def callback_customer(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
         """<Number url>: the customer answered; they hear who is calling, then the engineer."""
-        with self.storage.unit_of_work() as uow:
-            session = uow.session
-            attempt, ticket, call, _ = self._attempt(session, query)
-            if attempt is None:
-                return self.agent.empty()
-            attempt.customer_call_sid = _sid(params) or attempt.customer_call_sid
-            self._finish(uow, attempt, ticket, call, ANSWERED)
-            return self.agent.callback_greeting(self.caller_voice(call), ticket.number)
+        try:
+            with self.storage.unit_of_work() as uow:
+                session = uow.session
+                attempt, ticket, call, _ = self._attempt(session, query)
+                if attempt is None:
+                    return self.agent.empty()
+                attempt.customer_call_sid = _sid(params) or attempt.customer_call_sid
+                self._finish(uow, attempt, ticket, call, ANSWERED)
+                return self.agent.callback_greeting(self.caller_voice(call), ticket.number)
+        except DATABASE_DOWN:
+            # The engineer is on the line already: put the customer through without the
+            # greeting rather than hang up on them. The leg's status callback records the
+            # answer once the database is back (or the attempt expires).
+            log.warning("callback attempt %s answered while the database is unreachable",
+                        (query.get("attempt") or "")[:12])
+            return self.agent.empty()
 
     def callback_dialled(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
         """The engineer leg's <Dial> ended: record a failure, tell the engineer."""
@@ -371,12 +394,11 @@ class Floor:
                 assignment.engineer, assignment.connected_at = attempt.engineer, now
                 assignment.updated_at = now
             return
-        if outcome not in CUSTOMER_FAILURES:
-            return
+        if outcome not in CUSTOMER_FAILURES or ticket.status != "callback_requested":
+            return  # a miss after the round was ended elsewhere (the desk) counts for none
         assignment.callback_failures += 1
         assignment.updated_at = now
-        limit = self.config.engineers.callback_attempts
-        if assignment.callback_failures < limit or ticket.status != "callback_requested":
+        if assignment.callback_failures < self.config.engineers.callback_attempts:
             return
         move_ticket(session, ticket.call_sid, "open", now)
         assignment.note = (f"{assignment.callback_failures} callback attempts did not reach "

@@ -247,6 +247,54 @@ def test_a_ticket_asked_back_for_a_callback_gets_a_fresh_round_of_attempts_and_a
     assert all("we tried to call you back about ticket" in m.body for m in texts)
 
 
+def test_a_round_the_desk_ended_early_does_not_carry_its_failures_into_the_next(
+        app, twilio, ivr, http):
+    """Two attempts of three fail; the desk then puts the ticket back in the open pile (the
+    customer wrote in) and later asks for a callback again. The new round has every
+    attempt: its first miss neither reopens the ticket nor texts the customer. A failure
+    reported once the ticket has left callback_requested does not count either."""
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    tries = ivr.config.engineers.callback_attempts
+    for _ in range(tries - 1):
+        fail_callback(app, twilio, waiting["ticket"], "no-answer")
+    client = app.test_client()
+    for status in ("open", "callback_requested"):
+        response = client.patch(f"/api/tickets/{waiting['ticket']}", headers=AUTH,
+                                json={"status": status})
+        assert response.status_code == 200, response.get_json()
+    fail_callback(app, twilio, waiting["ticket"], "busy")
+    ticket, assignment, _ = state(ivr, waiting["ticket"])
+    assert ticket.status == "callback_requested", assignment.note
+    assert assignment.callback_failures == 1
+    # An attempt still ringing when the desk closes the round: its miss is not counted.
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+    assert client.patch(f"/api/tickets/{waiting['ticket']}", headers=AUTH,
+                        json={"status": "open"}).status_code == 200
+    twilio.post(dial_root.find("Dial/Number").get("statusCallback"),
+                **{**leg(new_call_sid(), CALLER, US_LINE), "CallStatus": "no-answer"})
+    ticket, assignment, attempts = state(ivr, waiting["ticket"])
+    assert attempts[-1] == ("aiko", "no-answer") and assignment.callback_failures == 1
+    with ivr.storage.transaction() as session:
+        texts = [m for m in session.scalars(select(OutboxMessage))
+                 if m.template.startswith("sms_callback_missed")]
+    assert texts == []
+
+
+def test_a_customer_answering_a_callback_while_the_database_is_away_is_put_through(
+        app, twilio, ivr, http, dead):
+    """Not hung up on: the engineer is already on the line, so the customer is bridged
+    to them without the greeting the database would have given."""
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+    answered = twiml(dead.post(dial_root.find("Dial/Number").get("url"),
+                               **leg(new_call_sid(), CALLER, US_LINE)))
+    assert list(answered) == []  # an empty document: Twilio connects the two legs
+
+
 def test_an_engineer_who_does_not_answer_leaves_the_ticket_waiting_for_its_callback(
         app, twilio, ivr, http):
     add_engineer(ivr)
@@ -331,6 +379,38 @@ def test_callback_webhooks_refuse_unsigned_requests(app, twilio, ivr):
     for path in ("/voice/callback/engineer?attempt=1", "/voice/callback/status?attempt=1",
                  "/voice/callback/customer?attempt=1", "/voice/agent/joining?ticket=1"):
         assert twilio.post(path, signed=False, CallSid=new_call_sid()).status_code == 403
+
+
+@pytest.mark.parametrize("ref", ["\u00b2", "\u2460", "\u0661"])
+def test_a_callback_for_a_ticket_reference_in_other_digits_is_a_clean_404(
+        app, twilio, ivr, http, ref):
+    add_engineer(ivr)
+    waiting_for_callback(twilio)  # ticket id 1 exists, and '١' must not reach it
+    assert app.test_client().get(f"/api/tickets/{ref}", headers=AUTH).status_code == 404
+    response = place(app, ref, {"engineer": "aiko"})
+    assert response.status_code == 404, response.status_code
+    assert http.requests == []
+
+
+def test_answered_callbacks_are_not_pick_ups_from_the_queue_in_a_callers_expected_wait(
+        app, twilio, ivr, http, clock):
+    """The expected wait counts callers engineers took from the queue; three answered
+    callbacks and no pick-up leave nothing to estimate it from."""
+    add_engineer(ivr)
+    for _ in range(3):
+        wanted = waiting_for_callback(twilio, 1)
+        attempt = place(app, wanted["ticket"], {"engineer": "aiko"}).get_json()
+        _, dial = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+        twiml(twilio.post(dial.find("Dial/Number").get("url"),
+                          **leg(new_call_sid(), CALLER, US_LINE)))
+        assert state(ivr, wanted["ticket"])[0].status == "connected"
+        clock.advance(minutes=1)
+    waiting = queued(twilio, 2)
+    params = {**twilio.call_params(waiting["sid"]), "QueuePosition": "1", "AvgQueueTime": "0"}
+    said = spoken(twiml(twilio.post(f"/voice/wait?ticket={waiting['ticket']}&priority=2",
+                                    **params)))
+    assert said[0] == "You're number 1 in line."
+    assert not any("expected wait" in line for line in said), said
 
 
 def test_callbacks_due_are_listed_by_priority_then_time_left(app, twilio, ivr, clock):

@@ -69,6 +69,21 @@ def test_the_engineer_gets_the_newer_p1_before_the_older_p3_and_the_whisper_name
     assert again.find("Dial/Queue").text == older_p3["queue"]
 
 
+def test_a_caller_being_put_through_while_the_database_is_away_hears_the_engineer_is_joining(
+        twilio, ivr, dead):
+    """Twilio bridges the two whatever the <Queue url> answers: the caller hears the usual
+    words (a <Queue url> document may not hang up), and the queue result records the
+    connection later."""
+    add_engineer(ivr)
+    waiting = queued(twilio, 1)
+    agent_sid = new_call_sid()
+    root = twiml(twilio.post("/voice/agent", **engineer_params(agent_sid)))
+    joining = twiml(dead.post(root.find("Dial/Queue").get("url"),
+                              **twilio.call_params(waiting["sid"]), DequeingCallSid=agent_sid))
+    assert [e.tag for e in joining] == ["Say"]
+    assert spoken(joining) == ["An engineer is joining your call now."]
+
+
 def test_the_pick_up_is_recorded_with_who_and_when(twilio, ivr, clock):
     add_engineer(ivr)
     waiting = queued(twilio, 2)
