@@ -12,6 +12,7 @@ from flask import Blueprint, request
 from werkzeug.exceptions import HTTPException
 
 from ..extension import ivr
+from ..storage import DATABASE_DOWN
 from .webhooks import twilio_signed, twiml
 
 log = logging.getLogger("ivr.http")
@@ -78,7 +79,11 @@ def agent_error(error):
     politely (these calls have no queue to fall back to)."""
     if isinstance(error, HTTPException):
         return error
-    log.exception("webhook %s failed", request.path)
+    down = isinstance(error, DATABASE_DOWN)
+    if down:
+        log.warning("webhook %s: database unreachable", request.path)
+    else:
+        log.exception("webhook %s failed", request.path)
     agent_renderer, speech = floor().agent, ivr().config.service.speech
     # A caller being bridged to an engineer, or a customer answering a callback: Twilio
     # puts them through whatever this says, so they are not told goodbye and hung up on.
@@ -86,4 +91,10 @@ def agent_error(error):
         return twiml(agent_renderer.joining(speech))
     if request.endpoint == "agent.callback_customer":
         return twiml(agent_renderer.empty())
+    # An engineer the line already knows (holding for callers, or back from a call) holds
+    # and looks again: a database away for a moment must not take everyone off the line.
+    known = request.endpoint == "agent.after" or (
+        request.endpoint == "agent.engineer_line" and request.args.get("wait") == "1")
+    if down and known:
+        return twiml(agent_renderer.nobody(speech, announce=False))
     return twiml(agent_renderer.goodbye(speech))

@@ -84,6 +84,25 @@ def test_a_caller_being_put_through_while_the_database_is_away_hears_the_enginee
     assert spoken(joining) == ["An engineer is joining your call now."]
 
 
+def test_engineers_holding_for_callers_stay_on_the_line_through_a_database_blip(
+        twilio, ivr, dead):
+    """The line looks for callers every poll_seconds; one look, or the end of a call,
+    meeting an unreachable database holds the engineer and looks again instead of saying
+    goodbye and hanging up."""
+    add_engineer(ivr)
+    sid = new_call_sid()
+    first = twiml(twilio.post("/voice/agent", **engineer_params(sid)))
+    again = first.find("Redirect").text
+    for path in (again, "/voice/agent/after?ticket=12345678"):
+        held = twiml(dead.post(path, **engineer_params(sid)))
+        assert held.find("Hangup") is None, path
+        assert [e.tag for e in held] == ["Pause", "Redirect"], path
+        assert held.find("Redirect").text == again
+    caller = queued(twilio, 1)
+    found = twiml(twilio.post(again, **engineer_params(sid)))
+    assert found.find("Dial/Queue").text == caller["queue"]
+
+
 def test_the_pick_up_is_recorded_with_who_and_when(twilio, ivr, clock):
     add_engineer(ivr)
     waiting = queued(twilio, 2)
