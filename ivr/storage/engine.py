@@ -168,11 +168,16 @@ def _create_engine(url, echo: bool) -> Engine:
     if url.get_backend_name() != "sqlite":
         if url.get_driver_name() == "psycopg":
             url = url.set(drivername="postgresql+ivr_psycopg")
-        # A short connect timeout: a caller must hear something within Twilio's 15 seconds.
+        # A caller must hear something within Twilio's 15 seconds: a short connect
+        # timeout, and a lock not granted within LOCK_WAIT_SECONDS is an error (as SQLite's
+        # busy timeout makes it), which the service answers through its outage path
+        # instead of waiting on a stuck transaction for as long as it lasts.
+        options = " ".join(filter(None, (
+            url.query.get("options"), f"-c lock_timeout={int(LOCK_WAIT_SECONDS * 1000)}")))
         return create_engine(url, echo=echo, hide_parameters=True,
                              pool_pre_ping=url.get_driver_name() != "ivr_psycopg",
-                             pool_size=5, max_overflow=5,
-                             connect_args={"connect_timeout": 3})
+                             pool_size=5, max_overflow=5, pool_timeout=LOCK_WAIT_SECONDS,
+                             connect_args={"connect_timeout": 3, "options": options})
     database = _sqlite_file(url)
     if database is not None:
         Path(database).parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 spooled to disk and replayed exactly once when the database is back."""
 
 import datetime as dt
+import threading
 import time
 
 import pytest
@@ -222,3 +223,39 @@ def test_a_wait_that_ended_before_the_replay_moves_the_replayed_ticket(ivr, twil
         assert session.get(Call, sid).queue_result == result
         if status == "connected":  # when the wait ended, not when the replay ran
             assert ticket.connected_at == ticket.created_at + dt.timedelta(seconds=40)
+
+
+def test_a_call_row_locked_past_the_limit_routes_the_caller_through_the_spool(
+        app, ivr, twilio, database_url):
+    """A transaction stuck holding a call's row (a worker whose connection hung mid-
+    webhook) must not hold the caller past Twilio's 15 s: after the lock wait the
+    database counts as unreachable, as SQLite's busy timeout makes it, and the verified
+    caller is routed with the ticket spooled."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite's lock wait has a test of its own (test_sqlite_locks.py)")
+    sid = new_call_sid()
+    action = verified(twilio, sid)
+    holder = ivr.storage.engine.connect()
+    answers = []
+    webhook = threading.Thread(target=lambda: answers.append(
+        twilio.post(action, **twilio.call_params(sid), Digits="1")))
+    try:
+        holder.begin()
+        holder.exec_driver_sql("SELECT 1 FROM calls WHERE call_sid = %(sid)s FOR UPDATE",
+                               {"sid": sid})
+        webhook.start()
+        webhook.join(10)  # well inside Twilio's 15 s
+        answered_in_time = bool(answers)
+    finally:
+        holder.rollback()
+        holder.close()
+        webhook.join(30)
+    assert answered_in_time, "the webhook was still waiting for the row lock"
+    root = twiml(answers[0])
+    number = [e.text for e in root.iter("say-as")][0]
+    assert root.find("Enqueue").text == f"support-us.{number}"
+    assert ivr.service.spool.depth() == 1 and count(ivr, Ticket) == 0
+    result = app.test_cli_runner().invoke(args=["spool", "replay"])
+    assert "1 written" in result.output
+    with ivr.storage.transaction() as session:
+        assert [t.number for t in session.scalars(select(Ticket))] == [number]
