@@ -191,7 +191,12 @@ class CallService:
                                                  self.clock())
                 if record is not None:
                     english, line = record.english, self.config.line_for(record.dialed_number)
-                ticket_number = record.ticket.number if record and record.ticket else None
+                if record is not None and record.ticket is not None:
+                    ticket_number = record.ticket.number
+                elif ticket_number != self.outage.ticket_number(request.call_sid):
+                    # Only a ticket routed through the spool, not replayed yet, has no
+                    # row: its number, derived from the call, is the one the caller heard.
+                    ticket_number = None
         except DATABASE_DOWN:
             # The ticket number came back in the action URL; trust only its shape.
             ticket_number = ticket_number if (ticket_number or "").isdigit() else None

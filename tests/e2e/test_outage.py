@@ -259,3 +259,23 @@ def test_a_call_row_locked_past_the_limit_routes_the_caller_through_the_spool(
     assert "1 written" in result.output
     with ivr.storage.transaction() as session:
         assert [t.number for t in session.scalars(select(Ticket))] == [number]
+
+
+def test_a_full_queue_met_after_the_database_is_back_but_before_the_replay_keeps_the_ticket(
+        ivr, twilio, dead):
+    """Routed during the outage, the caller's ticket is still in the spool when the
+    database answers again and the queue turns out full: they are told their ticket is
+    kept, with the number they heard, as they would have been a moment earlier."""
+    sid = new_call_sid()
+    params = twilio.call_params(sid)
+    routed = twiml(dead.post(verified(twilio, sid), **params, Digits="1"))
+    number = [e.text for e in routed.iter("say-as")][0]
+    result = routed.find("Enqueue").get("action")
+    full = {**params, "QueueResult": "queue-full", "QueueTime": "3"}
+    during = twiml(dead.post(result, **full))
+    after = twiml(twilio.post(result, **full))
+    assert [e.text for e in after.iter("say-as")] == [e.text for e in during.iter("say-as")]
+    assert number in [e.text for e in after.iter("say-as")]
+    # A number the spool did not derive from this call is not read back.
+    other = twiml(twilio.post(result.replace(number, "12345678"), **full))
+    assert "12345678" not in [e.text for e in other.iter("say-as")]
