@@ -374,7 +374,6 @@ QueueGroups = tuple[tuple[tuple[tuple[str, int], str | None], ...],
 _NO_GROUP = ""  # None as SQL can compare it
 
 
-@functools.lru_cache(maxsize=8)
 def _taken_from_the_queue(ticket):
     """A connected ticket an engineer took from the queue: not one connected by a callback
     the customer answered (both set the assignment's connected_at)."""
@@ -382,6 +381,7 @@ def _taken_from_the_queue(ticket):
                                              CallbackAttempt.outcome == ANSWERED).exists()
 
 
+@functools.lru_cache(maxsize=8)
 def _line_queries(groups: QueueGroups):
     """The two statements of ``place_in_line`` for one configuration, built once."""
     pairs, others = groups
