@@ -34,6 +34,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, aliased, mapped_column
 
+from .engineers import DeskAction
 from .models import Base, Call, Ticket, UTCDateTime
 
 # Ticket statuses an update is pushed for (a move to in_queue or back to open is not).
@@ -199,29 +200,42 @@ class HelpdeskJobRepository:
             select(HelpdeskJob.remote_id).where(HelpdeskJob.ticket_id == ticket_id,
                                                 HelpdeskJob.dedupe == "create"))
 
-    def echoes_own_push(self, ticket_id: int, current: int, shown: int) -> bool:
+    def echoes_own_push(self, ticket_id: int, current: int, shown: int,
+                        their_name: str) -> bool:
         """Whether a help desk showing priority ``shown`` is only echoing the phone line's
         own last pushed priority, while a newer desk change, the ticket's ``current``
         priority, still waits to be pushed. (Zendesk's trigger fires on the phone line's
-        own updates too, and its delivery can come after the desk has moved on.)"""
-        waiting = self._newest_priority_job(ticket_id, HelpdeskJob.status.in_(
+        own updates too, and its delivery can come after the desk has moved on.) Not an
+        echo once the help desk itself (``their_name`` in the history) has changed the
+        priority since that push: its agent may have set the same level back."""
+        waiting, _ = self._newest_priority_job(ticket_id, HelpdeskJob.status.in_(
             ("pending", "sending")))
         if waiting != current:
             return False
-        return self._newest_priority_job(
-            ticket_id, HelpdeskJob.status == "sent", HelpdeskJob.last_error.is_(None)) == shown
+        pushed, sent_at = self._newest_priority_job(
+            ticket_id, HelpdeskJob.status == "sent", HelpdeskJob.last_error.is_(None))
+        if pushed != shown or sent_at is None:
+            return False
+        changed_there = self.session.scalar(
+            select(DeskAction.id).where(DeskAction.ticket_id == ticket_id,
+                                        DeskAction.actor == their_name,
+                                        DeskAction.action == "priority",
+                                        DeskAction.at >= sent_at).limit(1))
+        return changed_there is None
 
-    def _newest_priority_job(self, ticket_id: int, *where) -> int | None:
-        """The level the newest priority change of this ticket matching ``where`` sets."""
-        data = self.session.scalar(
-            select(HelpdeskJob.data).where(HelpdeskJob.ticket_id == ticket_id,
-                                           HelpdeskJob.event == "priority", *where)
-            .order_by(HelpdeskJob.id.desc()).limit(1))
+    def _newest_priority_job(self, ticket_id: int, *where) -> tuple[int | None,
+                                                                     dt.datetime | None]:
+        """The level the newest priority change of this ticket matching ``where`` sets,
+        and when it was sent."""
+        row = self.session.execute(
+            select(HelpdeskJob.data, HelpdeskJob.sent_at)
+            .where(HelpdeskJob.ticket_id == ticket_id, HelpdeskJob.event == "priority", *where)
+            .order_by(HelpdeskJob.id.desc()).limit(1)).first()
         try:
-            level = json.loads(data).get("priority") if data else None
+            level = json.loads(row.data).get("priority") if row and row.data else None
         except (ValueError, AttributeError):
-            return None
-        return level if isinstance(level, int) else None
+            level = None
+        return (level if isinstance(level, int) else None), (row.sent_at if row else None)
 
     def has_create(self, ticket_id: int) -> bool:
         return self.session.scalar(

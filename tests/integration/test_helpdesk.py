@@ -576,6 +576,29 @@ def test_zendesks_echo_of_our_own_push_does_not_undo_a_newer_desk_change(
     assert ticket_row(ivr, number).priority == 1
 
 
+def test_an_agent_setting_back_the_last_pushed_priority_is_not_taken_for_an_echo(
+        app, simulator, ivr, fake, clock):
+    """P3 pushed; an agent sets Urgent in Zendesk; an engineer sets P2 here; the agent
+    then sets Normal. That Normal shows the level last pushed, but Zendesk has changed
+    the priority since: it is the agent's, and wins over the desk's waiting P2."""
+    number = call(simulator, US_LINE, CALLER, 1)
+    sender(ivr, clock).drain()
+    (remote_id,) = fake.tickets
+    desk = Desk.of(ivr)
+    desk.set_priority(number, 3)
+    assert sender(ivr, clock).drain()["sent"] == 1
+    clock.advance(seconds=5)
+    assert post_hook(app, trigger_body(remote_id, number, "Open", "Urgent"),
+                     stamp(clock)).json["priority"] == 1
+    clock.advance(seconds=5)
+    desk.set_priority(number, 2)
+    clock.advance(seconds=5)
+    normal = post_hook(app, trigger_body(remote_id, number, "Open", "Normal"), stamp(clock))
+    assert (normal.json["result"], normal.json["priority"]) == ("changed", 3)
+    assert sender(ivr, clock).drain()["superseded"] == 1
+    assert ticket_row(ivr, number).priority == 3
+
+
 def test_a_delivery_sent_again_does_not_undo_a_newer_one(app, simulator, ivr, fake, clock):
     """Low, then Urgent, then the Low delivery again byte for byte (a replay inside the
     signature's five minutes): the ticket stays P1."""
