@@ -211,8 +211,9 @@ class Floor:
             if call_sid is not None:
                 call = self._record_joining(params, call_sid, self.clock())
         except DATABASE_DOWN:
-            # Twilio bridges the two whatever this answers; the queue result records the
-            # connection once the database is back.
+            # Twilio bridges the two whatever this answers. The ticket moves to connected
+            # with the queue result (spooled if need be); who picked up, and when, goes
+            # unrecorded.
             log.warning("engineer joining call %s not recorded: database unreachable",
                         call_sid)
             own, _ = self.renderer.voices(self.config.line_for(params.get("To")))

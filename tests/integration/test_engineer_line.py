@@ -103,6 +103,24 @@ def test_engineers_holding_for_callers_stay_on_the_line_through_a_database_blip(
     assert found.find("Dial/Queue").text == caller["queue"]
 
 
+def test_any_failure_while_a_caller_is_put_through_still_says_an_engineer_is_joining(
+        twilio, ivr, monkeypatch):
+    from ivr.voice.floor import Floor
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    add_engineer(ivr)
+    waiting = queued(twilio, 1)
+    agent_sid = new_call_sid()
+    root = twiml(twilio.post("/voice/agent", **engineer_params(agent_sid)))
+    monkeypatch.setattr(Floor, "_record_joining", broken)
+    joining = twiml(twilio.post(root.find("Dial/Queue").get("url"),
+                                **twilio.call_params(waiting["sid"]), DequeingCallSid=agent_sid))
+    assert [e.tag for e in joining] == ["Say"]
+    assert spoken(joining) == ["An engineer is joining your call now."]
+
+
 def test_the_pick_up_is_recorded_with_who_and_when(twilio, ivr, clock):
     add_engineer(ivr)
     waiting = queued(twilio, 2)
