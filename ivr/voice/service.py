@@ -176,15 +176,18 @@ class CallService:
                              language=voice.language, caller_number=caller,
                              can_text=can_receive_sms(caller))
 
-    def queue_result(self, params: Mapping[str, str], ticket_number: str | None) -> str:
+    def queue_result(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
         """Twilio's request after <Enqueue> or <Dial> ends: record how it ended and how long
-        the caller waited, move the ticket on, and tell the caller what happens next."""
+        the caller waited, move the ticket on, and tell the caller what happens next.
+        ``query`` is the action URL's (the ticket, and ``en`` for a caller who chose
+        English): what the caller hears when the database cannot say."""
         request = CallRequest.from_params(params)
         if request is None:
             return self.renderer.hangup()
         result = _printable(params.get("QueueResult") or params.get("DialCallStatus"), 32)
         queue_time = _int(params.get("QueueTime"))
-        line, english = self.config.line_for(request.to), False
+        ticket_number = query.get("ticket")
+        line, english = self.config.line_for(request.to), query.get("en") == "1"
         try:
             with self.storage.unit_of_work() as uow:
                 record = self.apply_queue_result(uow, request.call_sid, result, queue_time,
@@ -236,7 +239,7 @@ class CallService:
         """The waitUrl: position, expected wait and the callback offer, then hold audio."""
         request = CallRequest.from_params(params)
         line = self.config.line_for((request.to if request else None) or params.get("To"))
-        english, offer = False, False
+        english, offer = query.get("en") == "1", False
         if request is not None:
             try:
                 with self.storage.unit_of_work(readonly=True) as uow:
@@ -262,7 +265,7 @@ class CallService:
         if request is None or (params.get("Digits") or "") != self.config.queue.callback_key:
             query = query or {}
             return self.renderer.back_to_wait(
-                urlencode({k: query[k] for k in ("ticket", "priority") if k in query}))
+                urlencode({k: query[k] for k in ("ticket", "priority", "en") if k in query}))
         try:
             with self.storage.unit_of_work() as uow:
                 now = self.clock()

@@ -95,7 +95,7 @@ class Renderer:
             return str(response)
         self._speak(response, reply, line)
         if reply.route is not None:
-            self._route(response, reply.route, line)
+            self._route(response, reply.route, line, reply.english)
         elif reply.transfer_to is not None:
             dial = Dial(action=QUEUE_RESULT_PATH, method="POST")
             _dial_target(dial, reply.transfer_to)
@@ -104,10 +104,14 @@ class Renderer:
             response.hangup()
         return str(response)
 
-    def _route(self, response: VoiceResponse, ticket: TicketInfo, line: Line | None) -> None:
+    def _route(self, response: VoiceResponse, ticket: TicketInfo, line: Line | None,
+               english: bool) -> None:
         route = self.config.route_for(line)
         region = line.region if line is not None else "unknown"
-        query = urlencode({"ticket": ticket.number, "priority": ticket.priority})
+        # The caller's language choice rides along (signed with the URL), for the wait and
+        # its end to be spoken in it when the database cannot be read.
+        query = urlencode({"ticket": ticket.number, "priority": ticket.priority,
+                           **({"en": 1} if english else {})})
         action = f"{QUEUE_RESULT_PATH}?{query}"
         if isinstance(route, EnqueueRoute):
             # One queue per caller: the engineer line dials exactly the caller it chose.

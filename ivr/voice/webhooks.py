@@ -135,7 +135,7 @@ def status():
 @voice.post("/queue-result")
 @twilio_signed
 def queue_result():
-    return twiml(ivr().service.queue_result(request.form, request.args.get("ticket")))
+    return twiml(ivr().service.queue_result(request.form, request.args))
 
 
 @voice.post("/wait")

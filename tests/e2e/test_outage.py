@@ -279,3 +279,39 @@ def test_a_full_queue_met_after_the_database_is_back_but_before_the_replay_keeps
     # A number the spool did not derive from this call is not read back.
     other = twiml(twilio.post(result.replace(number, "12345678"), **full))
     assert "12345678" not in [e.text for e in other.iter("say-as")]
+
+
+JAPAN = "+81531320070"
+
+
+def english_caller_routed_on_the_japan_line(twilio, sid):
+    """A caller on the Japan line who chose English (key 9), routed; the routing reply."""
+    params = twilio.call_params(sid, to=JAPAN)
+    twilio.post("/voice", **params)
+    twilio.post("/voice/menu?p=0-0-0", **params, Digits="9")
+    for path, digits in (("/voice/menu", "2"), ("/voice/pmi", BUSINESS_OWNER[0])):
+        twilio.post(path, **params, Digits=digits)
+    root = twiml(twilio.post("/voice/host-key", **params, Digits=BUSINESS_OWNER[1]))
+    return params, twiml(twilio.post(root.find("Gather").get("action"), **params, Digits="1"))
+
+
+def languages(root):
+    return {e.get("language") for e in root.iter("Say")}
+
+
+def test_a_caller_who_chose_english_keeps_it_in_the_queue_while_the_database_is_away(
+        twilio, dead):
+    params, routed = english_caller_routed_on_the_japan_line(twilio, new_call_sid())
+    assert languages(routed) == {"en-US"}
+    enqueue = routed.find("Enqueue")
+    position = {**params, "QueuePosition": "1", "AvgQueueTime": "0"}
+    waiting = twiml(dead.post(enqueue.get("waitUrl"), **position))
+    assert languages(waiting) == {"en-US"}
+    number = waiting.find("Gather").get("action")
+    again = twiml(dead.post(number, **params, Digits="*"))  # the ticket number once more
+    assert languages(again) == {"en-US"}
+    other_key = twiml(dead.post(number, **params, Digits="5"))
+    assert languages(twiml(dead.post(other_key.find("Redirect").text, **position))) == {"en-US"}
+    full = twiml(dead.post(enqueue.get("action"), **params, QueueResult="queue-full",
+                           QueueTime="3"))
+    assert languages(full) == {"en-US"}

@@ -988,7 +988,7 @@ def test_two_copies_of_a_request_that_moves_the_ticket_push_one_update(ivr, app,
     else:
         params = {**twilio.call_params(sid), "QueueResult": "bridged", "QueueTime": "20"}
         two_copies_at_once(ivr, monkeypatch, "apply_queue_result",
-                           lambda: ivr.service.queue_result(params, None))
+                           lambda: ivr.service.queue_result(params, {}))
         assert updates_pushed(ivr, sid) == (["connected"], "connected")
 
 
