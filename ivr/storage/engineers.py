@@ -60,6 +60,9 @@ class Assignment(Base):
     connected_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     callback_attempts: Mapped[int] = mapped_column(Integer, default=0)
     callback_failures: Mapped[int] = mapped_column(Integer, default=0)
+    # When the desk last asked for a callback again: attempts placed before it belong to
+    # an earlier round, and their misses do not count in this one.
+    round_started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     note: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
@@ -191,11 +194,11 @@ class FloorRepository:
         return self.session.scalars(query).one()
 
     def new_callback_round(self, ticket_id: int, now: dt.datetime) -> None:
-        """The ticket waits for a callback again: a new round, with every attempt."""
+        """The ticket waits for a callback again: a new round, with every attempt (an
+        attempt of an earlier round still ringing does not count in it)."""
         self.session.execute(
-            update(Assignment).where(Assignment.ticket_id == ticket_id,
-                                     Assignment.callback_failures != 0)
-            .values(callback_failures=0, updated_at=now))
+            update(Assignment).where(Assignment.ticket_id == ticket_id)
+            .values(callback_failures=0, round_started_at=now, updated_at=now))
 
     def find_assignment(self, ticket_id: int) -> Assignment | None:
         return self.session.get(Assignment, ticket_id)

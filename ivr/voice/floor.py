@@ -395,8 +395,11 @@ class Floor:
                 assignment.engineer, assignment.connected_at = attempt.engineer, now
                 assignment.updated_at = now
             return
-        if outcome not in CUSTOMER_FAILURES or ticket.status != "callback_requested":
-            return  # a miss after the round was ended elsewhere (the desk) counts for none
+        earlier_round = assignment.round_started_at is not None \
+            and attempt.created_at < assignment.round_started_at
+        if outcome not in CUSTOMER_FAILURES or ticket.status != "callback_requested" \
+                or earlier_round:
+            return  # a miss of a round the desk ended counts in none
         assignment.callback_failures += 1
         assignment.updated_at = now
         if assignment.callback_failures < self.config.engineers.callback_attempts:

@@ -248,7 +248,7 @@ def test_a_ticket_asked_back_for_a_callback_gets_a_fresh_round_of_attempts_and_a
 
 
 def test_a_round_the_desk_ended_early_does_not_carry_its_failures_into_the_next(
-        app, twilio, ivr, http):
+        app, twilio, ivr, http, clock):
     """Two attempts of three fail; the desk then puts the ticket back in the open pile (the
     customer wrote in) and later asks for a callback again. The new round has every
     attempt: its first miss neither reopens the ticket nor texts the customer. A failure
@@ -276,6 +276,22 @@ def test_a_round_the_desk_ended_early_does_not_carry_its_failures_into_the_next(
                 **{**leg(new_call_sid(), CALLER, US_LINE), "CallStatus": "no-answer"})
     ticket, assignment, attempts = state(ivr, waiting["ticket"])
     assert attempts[-1] == ("aiko", "no-answer") and assignment.callback_failures == 1
+    # One ringing while the desk ends the round and asks for a callback again: its miss
+    # belongs to the round that ended, not to the new one.
+    assert client.patch(f"/api/tickets/{waiting['ticket']}", headers=AUTH,
+                        json={"status": "callback_requested"}).status_code == 200
+    clock.advance(minutes=5)
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+    for status in ("open", "callback_requested"):
+        clock.advance(seconds=1)
+        assert client.patch(f"/api/tickets/{waiting['ticket']}", headers=AUTH,
+                            json={"status": status}).status_code == 200
+    twilio.post(dial_root.find("Dial/Number").get("statusCallback"),
+                **{**leg(new_call_sid(), CALLER, US_LINE), "CallStatus": "busy"})
+    ticket, assignment, attempts = state(ivr, waiting["ticket"])
+    assert attempts[-1] == ("aiko", "busy") and assignment.callback_failures == 0
+    assert ticket.status == "callback_requested"
     with ivr.storage.transaction() as session:
         texts = [m for m in session.scalars(select(OutboxMessage))
                  if m.template.startswith("sms_callback_missed")]
