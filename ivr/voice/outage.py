@@ -171,7 +171,8 @@ class Outage:
         account_ref, can_text, english = verified
         line = service.config.line_for(request.to)
         state = CallState(request.call_sid, can_text=can_text, step=Step.PRIORITY,
-                          english=english, caller=Caller("", "", "", ""))
+                          english=english, caller=Caller("", "", "", ""),
+                          attempts=_tries_used(query.get("p")))
         ports = _SpoolPorts(service, request.call_sid, line, english)
         reply = service._flow(line).handle(state, Step.PRIORITY.value, digits, ports)
         if reply.route is None or ports.ticket is None:
@@ -268,6 +269,14 @@ class Outage:
                                                 record.duration, record.at, record.sequence,
                                                 record.to, record.caller)
         return applied
+
+
+def _tries_used(prompt: str | None) -> int:
+    """The tries already used at the prompt an action URL answers (``flow.prompt_of``:
+    tries, failed verifications, English): without the database, the URL is what counts
+    them, so that wrong keys or silence end the call after the configured tries."""
+    tries = (prompt or "").split("-", 1)[0]
+    return int(tries) if tries.isascii() and tries.isdigit() and len(tries) <= 2 else 0
 
 
 class _SpoolPorts:

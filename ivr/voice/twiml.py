@@ -78,7 +78,9 @@ class Renderer:
         response = VoiceResponse()
         if reply.ask is not None:
             ask = reply.ask
-            query = {"p": ask.prompt, **(query or {})} if ask.prompt else query
+            # The prompt asked now names the answer, not the one this request answered
+            # (a query passed on from it, as the outage path's pass is).
+            query = {**(query or {}), "p": ask.prompt} if ask.prompt else query
             action = STEP_PATHS[ask.step] + (f"?{urlencode(query)}" if query else "")
             gather = Gather(
                 input="dtmf",

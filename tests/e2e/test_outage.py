@@ -315,3 +315,20 @@ def test_a_caller_who_chose_english_keeps_it_in_the_queue_while_the_database_is_
     full = twiml(dead.post(enqueue.get("action"), **params, QueueResult="queue-full",
                            QueueTime="3"))
     assert languages(full) == {"en-US"}
+
+
+@pytest.mark.parametrize("digits", ["7", None], ids=["wrong key", "silence"])
+def test_wrong_keys_or_silence_at_the_priority_prompt_end_the_call_during_an_outage(
+        ivr, twilio, dead, digits):
+    """Without the database the action URL counts the tries: after the configured number
+    the call ends politely, as it does with the database, instead of asking for ever."""
+    sid = new_call_sid()
+    action = verified(twilio, sid)
+    tries = ivr.config.retries.prompt_attempts
+    for n in range(1, tries + 2):
+        extra = {"Digits": digits} if digits else {}
+        root = twiml(dead.post(action, **twilio.call_params(sid), **extra))
+        if root.find("Gather") is None:
+            break
+        action = root.find("Gather").get("action") if digits else root.find("Redirect").text
+    assert n == tries and root[-1].tag == "Hangup"
