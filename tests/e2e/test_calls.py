@@ -83,8 +83,17 @@ def test_three_wrong_host_keys_hang_up_with_failed_auth(simulator, ivr):
 def test_a_caller_who_presses_nothing_is_reprompted_then_let_go(simulator, ivr):
     result = simulator.call("+18887999666", CALLER, ["-", "-", "-"])
     assert [e.kind for e in result.events].count("timeout") == 3
-    assert result.said()[-1].startswith("We didn't receive a response")
+    assert result.said()[-1].startswith("We didn't get an answer we could use")
     assert rows(ivr, Call)[0].outcome == "no_input"
+
+
+def test_a_caller_who_presses_only_wrong_keys_is_not_told_nothing_was_heard(simulator, ivr):
+    """The goodbye after the last try holds for silence and wrong keys alike."""
+    result = simulator.call("+18887999666", CALLER, ["5", "5", "5"])
+    assert result.outcome == "hangup"
+    goodbye = result.said()[-1]
+    assert goodbye.startswith("We didn't get an answer we could use")
+    assert "receive a response" not in goodbye
 
 
 def test_a_caller_who_hangs_up_at_the_host_key_is_abandoned_there(simulator, ivr):
