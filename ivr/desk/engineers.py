@@ -17,7 +17,7 @@ from typing import Callable
 
 from sqlalchemy.exc import IntegrityError
 
-from ..domain.engineers import EngineerInfo, parse_list, primary_language
+from ..domain.engineers import RESERVED_NAMES, EngineerInfo, parse_list, primary_language
 from ..domain.phones import callable_number
 from ..security import HostKeyHasher
 from ..storage import Storage
@@ -28,9 +28,6 @@ TOKEN_PREFIX = "eng_"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._'-]{0,62}")
 IDENTITY = re.compile(r"[A-Za-z0-9_.@-]{1,120}")
 QUEUE = re.compile(r"[A-Za-z0-9_.{}-]{1,64}")
-ADMIN = "admin"  # the actor recorded for IVR_ADMIN_TOKEN
-HELPDESK_ACTOR = "zendesk"  # the actor recorded for changes made in the help desk
-RESERVED = (ADMIN, HELPDESK_ACTOR)  # no engineer takes these names: the history would lie
 
 
 def token_digest(hasher: HostKeyHasher, token: str) -> str:
@@ -59,9 +56,10 @@ class Engineers:
             languages: str = "", queues: str = "") -> tuple[EngineerInfo, str]:
         """Create an engineer; returns them and their token (shown this once)."""
         name = (name or "").strip()
-        if not NAME.fullmatch(name) or name.lower() in RESERVED:
+        if not NAME.fullmatch(name) or name.lower() in RESERVED_NAMES:
             raise BadRequest(f"name: {name[:40]!r} must be 1 to 63 letters, digits, spaces or "
-                             "._'- and not 'admin' or 'zendesk'")
+                             "._'- and not one of the names the history uses for others ("
+                             + ", ".join(RESERVED_NAMES) + ")")
         if bool(phone) == bool(client):
             raise BadRequest("give exactly one of --phone E164 or --client IDENTITY")
         number = None

@@ -24,7 +24,8 @@ from .api import api
 from .callbacks import Callbacks
 from .commands import tickets_cli
 from .dashboard import actor, admin
-from .engineers import ADMIN, Engineers
+from ..domain.engineers import ADMIN
+from .engineers import Engineers
 from .service import BadRequest, DeskError
 
 HTTP_CLIENT = "twilio_http_client"  # app.extensions key: tests put a recording client here

@@ -12,6 +12,14 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Iterable
 
+# Names a ticket's history records for what no engineer did: no engineer may take one, or
+# the history would lie.
+ADMIN = "admin"  # the holder of IVR_ADMIN_TOKEN
+HELPDESK_ACTOR = "zendesk"  # changes made in the help desk
+SYSTEM_ACTOR = "system"  # the service's own moves (the stranded sweep, a failed round)
+UNKNOWN_ENGINEER = "unknown engineer"  # a pick-up whose engineer is not on record
+RESERVED_NAMES = (ADMIN, HELPDESK_ACTOR, SYSTEM_ACTOR, UNKNOWN_ENGINEER)
+
 QUEUE_NAME_LIMIT = 64  # Twilio's limit on a queue's name
 # A configured queue group's longest name: a caller's own queue adds ".<ticket>" (eight
 # digits) to it, and the whole must fit Twilio's limit.

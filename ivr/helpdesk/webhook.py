@@ -20,8 +20,8 @@ import logging
 from flask import Blueprint, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ..desk.engineers import HELPDESK_ACTOR
 from ..desk.service import Desk, DeskError
+from ..domain.engineers import HELPDESK_ACTOR
 from ..extension import ivr
 from ..storage import DATABASE_DOWN, HelpdeskJobRepository, first_delivery
 from ..storage.tickets import ticket_by_number

@@ -19,6 +19,8 @@ from ..config import EnqueueRoute, IvrConfig, Voice
 from ..domain.engineers import (
     ANSWERED,
     CUSTOMER_FAILURES,
+    SYSTEM_ACTOR,
+    UNKNOWN_ENGINEER,
     EngineerInfo,
     Waiting,
     customer_outcome,
@@ -242,7 +244,7 @@ class Floor:
                 if dequeuer and assignment.engineer_call_sid not in (None, dequeuer):
                     log.warning("ticket id=%s bridged to a call that did not claim it",
                                 ticket.id)
-                floor.record(ticket.id, assignment.engineer or "unknown engineer",
+                floor.record(ticket.id, assignment.engineer or UNKNOWN_ENGINEER,
                              "connected", "engineer line", now)
             return call
 
@@ -410,7 +412,7 @@ class Floor:
         # The round is over. Asked back for a callback later, the ticket starts a new
         # round with every attempt to come; the note and the history keep this one.
         assignment.callback_failures = 0
-        floor.record(ticket.id, "system", "reopened", assignment.note, now)
+        floor.record(ticket.id, SYSTEM_ACTOR, "reopened", assignment.note, now)
         number = ticket.callback_number
         if number and can_receive_sms(number):
             catalogue = self.catalogues[self.caller_voice(call).catalogue_name]
@@ -442,7 +444,7 @@ class Floor:
             floor = FloorRepository(self.storage, session)
             for ticket in floor.stranded(now - grace):
                 if move_ticket(session, ticket.call_sid, "open", now) is not None:
-                    floor.record(ticket.id, "system", "reopened",
+                    floor.record(ticket.id, SYSTEM_ACTOR, "reopened",
                                  "the call ended while queued and Twilio sent no queue result",
                                  now)
                     moved += 1

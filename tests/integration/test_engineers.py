@@ -59,7 +59,9 @@ def test_an_engineer_is_added_listed_and_their_token_is_stored_only_as_a_keyed_h
     (["bob", "--phone", "12345"], "is not a valid phone number"),
     (["bob", "--client", "bad identity!"], "may hold letters, digits and _.@- only"),
     (["admin", "--client", "x"], "must be 1 to 63 letters"),
-    (["Zendesk", "--client", "x"], "not 'admin' or 'zendesk'"),  # the help desk's changes
+    (["Zendesk", "--client", "x"], "the names the history uses for others"),  # help desk
+    (["System", "--client", "x"], "admin, zendesk, system, unknown engineer"),  # the service
+    (["unknown engineer", "--client", "x"], "the names the history uses for others"),
     (["bob", "--client", "x", "--languages", "japanese"], "is not a language code"),
     (["bob", "--client", "x", "--queues", ",".join(f"support-{n:02}-" + "q" * 50 for n in range(5))],
      "queues: 309 characters in all, more than the 255 kept"),
