@@ -70,6 +70,13 @@ def header_problem(cells: list[str]) -> str:
     return said
 
 
+# What the directory's columns keep: a longer value is a bad row, named, not a database
+# error halfway through the import (PostgreSQL) or a value the schema says cannot be
+# there (SQLite).
+ACCOUNT_ID_LIMIT = Account.__table__.c.account_id.type.length
+EMAIL_LIMIT = Account.__table__.c.user_email.type.length
+
+
 def parse(text: str, lengths: Lengths, source: str = "accounts CSV") -> list[Row]:
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
@@ -90,12 +97,18 @@ def parse(text: str, lengths: Lengths, source: str = "accounts CSV") -> list[Row
         reasons = []
         if not account_id:
             reasons.append("account_id is empty")
+        elif len(account_id) > ACCOUNT_ID_LIMIT:
+            reasons.append(f"account_id is {len(account_id)} characters, more than the "
+                           f"{ACCOUNT_ID_LIMIT} kept")
         if plan not in PLANS:
             reasons.append(f"plan {plan!r} is not one of {', '.join(PLANS)}")
         if role not in ROLES:
             reasons.append(f"role {role!r} is not one of {', '.join(ROLES)}")
         if not EMAIL.match(email):
             reasons.append("user_email is not an email address")
+        elif len(email) > EMAIL_LIMIT:
+            reasons.append(f"user_email is {len(email)} characters, more than the "
+                           f"{EMAIL_LIMIT} kept")
         if not (pmi.isascii() and pmi.isdigit() and lengths.pmi_min <= len(pmi) <= lengths.pmi_max):
             reasons.append(f"pmi must be {lengths.pmi_min} to {lengths.pmi_max} digits")
         if not (host_key.isascii() and host_key.isdigit()

@@ -25,6 +25,10 @@ def test_a_good_file_parses_every_row():
     ("acct,pro,a@example.com,owner,1234567890,123456", "row 2: host_key is too easy to guess"),
     ("acct,pro,not-an-email,owner,1234567890,740193", "row 2: user_email is not an email"),
     ("acct,pro,a@example.com,owner", "row 2: expected 6 fields, got 4"),
+    ("a" * 65 + ",pro,a@example.com,owner,1234567890,740193",
+     "row 2: account_id is 65 characters, more than the 64 kept"),
+    ("acct,pro," + "a" * 243 + "@example.com,owner,1234567890,740193",
+     "row 2: user_email is 255 characters, more than the 254 kept"),
 ])
 def test_a_bad_row_is_reported_with_its_number_and_reason(row, reason):
     with pytest.raises(ImportFailed) as error:
