@@ -33,6 +33,7 @@ from ..storage import DATABASE_DOWN, Storage
 from ..storage import helpdesk as helpdesk_jobs
 from ..domain.priority import LEVELS
 from ..storage.engineers import (
+    Assignment,
     CallbackAttempt,
     QueueGroups,
     EngineerRepository,
@@ -81,6 +82,18 @@ def _sid(params: Mapping[str, str], name: str = "CallSid") -> str | None:
     return sid if CALL_SID.fullmatch(sid) else None
 
 
+def _taken_by(assignment: Assignment | None, stale: dt.datetime) -> str | None:
+    """Who has a waiting caller: the engineer connected to them, or one whose claim is
+    fresh (made since ``stale``). None: the engineer line hands the caller to anyone."""
+    if assignment is None:
+        return None
+    if assignment.connected_at is not None:
+        return assignment.engineer or UNKNOWN_ENGINEER
+    if assignment.claimed_at is not None and assignment.claimed_at >= stale:
+        return assignment.engineer or UNKNOWN_ENGINEER
+    return None
+
+
 def _minutes(seconds: float) -> int:
     return max(0, int(seconds // 60))
 
@@ -121,13 +134,17 @@ class Floor:
         return lines
 
     def waiting(self) -> list[tuple[Ticket, Call, Waiting, str | None]]:
-        """Callers in the queues now, most urgent first, with who has claimed each."""
+        """Callers in the queues now, most urgent first, with the engineer who has each
+        (None for a caller the engineer line would hand to anyone)."""
+        stale = self._stale_claims_before()
         with self.storage.unit_of_work(readonly=True) as uow:
             session = uow.session
             rows = FloorRepository(self.storage, session).waiting()
-            return [(t, c, waiting_of(self.config, t, c),
-                     a.engineer if a is not None and a.claimed_at is not None else None)
+            return [(t, c, waiting_of(self.config, t, c), _taken_by(a, stale))
                     for t, c, a in rows]
+
+    def _stale_claims_before(self) -> dt.datetime:
+        return self.clock() - dt.timedelta(seconds=self.config.engineers.claim_seconds)
 
     def position(self, call_sid: str) -> tuple[int, int | None] | None:
         """Where a waiting caller stands in their queue group, as engineers will take them,
@@ -181,14 +198,13 @@ class Floor:
         if digits and digits != "1":
             return self.agent.goodbye(voice)
         now = self.clock()
-        stale = now - dt.timedelta(seconds=self.config.engineers.claim_seconds)
+        stale = self._stale_claims_before()
         with self.storage.unit_of_work() as uow:
             session = uow.session
             floor = FloorRepository(self.storage, session)
             rows = {t.id: (t, c, a) for t, c, a in floor.waiting()}
             free = [waiting_of(self.config, t, c) for t, c, a in rows.values()
-                    if a is None or (a.connected_at is None
-                                     and (a.claimed_at is None or a.claimed_at < stale))]
+                    if _taken_by(a, stale) is None]
             for choice in ranked(engineer.serves, free):
                 if floor.claim(choice.ticket_id, engineer.name, call_sid, now, stale):
                     ticket, call, _ = rows[choice.ticket_id]

@@ -53,6 +53,25 @@ def test_waiting_now_lists_callers_most_urgent_first_with_waits_and_languages(
     assert doc.has("callbacks-empty")
 
 
+def test_a_caller_whose_claim_went_stale_is_not_shown_as_taken(browser, twilio, ivr, clock):
+    """An engineer chose the caller, then hung up during the whisper: once the claim is
+    stale the engineer line hands the caller to anyone, and the page says nobody has
+    them, where it said the first engineer did for the whole wait."""
+    from ivr.sim.simulator import new_call_sid
+
+    from ..floor_support import engineer_params
+
+    add_engineer(ivr)
+    waiting = queued(twilio, 1)
+    twilio.post("/voice/agent", **engineer_params(new_call_sid()))
+    rows = floor(browser).find("waiting").rows()
+    assert [cells[-1] for _, cells in rows] == ["aiko"]
+    clock.advance(seconds=ivr.config.engineers.claim_seconds + 1)
+    rows = floor(browser).find("waiting").rows()
+    assert [(attrs["data-ticket"], cells[-1]) for attrs, cells in rows] == \
+        [(waiting["ticket"], "–")]
+
+
 def test_a_callback_is_placed_from_the_button_with_the_csrf_token(browser, twilio, ivr, http):
     add_engineer(ivr)
     waiting = queued(twilio, 2)
