@@ -336,7 +336,10 @@ def render_export(rows: list[dict], fmt: str) -> str:
         return json.dumps(rows, ensure_ascii=False, indent=2) + "\n"
     if fmt != "csv":
         raise BadRequest(f"format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
-    out = io.StringIO()
+    # UTF-8 with a byte-order mark: without it a spreadsheet reads the file in the
+    # system's code page, and every masked number ('…0123') and accent comes out garbled.
+    out = io.StringIO("\ufeff")
+    out.seek(0, io.SEEK_END)
     writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in rows:

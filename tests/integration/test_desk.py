@@ -164,7 +164,8 @@ def test_tickets_export_writes_csv_since_a_date_oldest_first_with_callback_numbe
     second = add_ticket(ivr, created=at("2026-11-25 08:00"), priority=2, region="Japan")
     result = cli("tickets", "export", "--format", "csv", "--since", "2026-11-24")
     assert result.exit_code == 0, result.output
-    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert result.output.startswith("\ufeff")  # UTF-8 as a spreadsheet recognises it
+    rows = list(csv.DictReader(io.StringIO(result.output.removeprefix("\ufeff"))))
     assert [r["number"] for r in rows] == [first.number, second.number]
     assert rows[0]["callback_number"] == "…0123" and "+14155550123" not in result.output
     assert (rows[1]["priority"], rows[1]["region"], rows[1]["target_response_minutes"]) == (
@@ -174,7 +175,8 @@ def test_tickets_export_writes_csv_since_a_date_oldest_first_with_callback_numbe
 def test_tickets_export_as_json_matches_the_csv(ivr, cli):
     add_ticket(ivr, created=at("2026-11-24 08:00"))
     as_json = json.loads(cli("tickets", "export", "--format", "json").output)
-    as_csv = list(csv.DictReader(io.StringIO(cli("tickets", "export").output)))
+    as_csv = list(csv.DictReader(io.StringIO(
+        cli("tickets", "export").output.removeprefix("\ufeff"))))
     assert len(as_json) == 1 and as_json[0]["number"] == as_csv[0]["number"]
     assert set(as_json[0]) == set(as_csv[0])
 
@@ -377,6 +379,9 @@ def test_the_dashboard_export_is_the_same_file_as_the_command(signed_in, ivr, cl
         f'attachment; filename="tickets-since-2026-11-24.{fmt}"')
     command = cli("tickets", "export", "--format", fmt, "--since", "2026-11-24")
     assert response.get_data(as_text=True) == command.output
+    # A spreadsheet opens the CSV as UTF-8 (its byte-order mark) and shows '…0123'.
+    assert response.data.startswith(b"\xef\xbb\xbf") == (fmt == "csv")
+    assert "…0123".encode() in response.data
 
 
 @pytest.mark.parametrize("page", ["/admin/", "/admin/floor", "/admin/calls", "/admin/sla",
