@@ -546,11 +546,9 @@ def test_a_priority_changed_in_zendesk_comes_back_with_its_target(app, simulator
     assert [j.kind for j in jobs(ivr)] == ["create"]
 
 
-def test_zendesks_echo_of_our_own_push_does_not_undo_a_newer_desk_change(
-        app, simulator, ivr, fake, clock):
-    """Zendesk's trigger fires on the phone line's own updates too. The echo of the push of
-    P3 arrives after an engineer has already moved the ticket on to P2: it must not put P3
-    back here, nor stop the P2 push going out."""
+def p3_pushed(simulator, ivr, fake, clock):
+    """A P1 ticket logged, set to P3 on the desk and that change pushed, 5 s ago: its
+    number, its Zendesk id and the desk."""
     number = call(simulator, US_LINE, CALLER, 1)
     sender(ivr, clock).drain()
     (remote_id,) = fake.tickets
@@ -559,6 +557,25 @@ def test_zendesks_echo_of_our_own_push_does_not_undo_a_newer_desk_change(
     assert sender(ivr, clock).drain()["sent"] == 1
     assert fake.tickets[remote_id]["priority"] == "normal"
     clock.advance(seconds=5)
+    return number, remote_id, desk
+
+
+def zendesk_change_wins(app, ivr, clock, number, remote_id, name, level):
+    """A priority set in Zendesk while a desk change waits to be pushed: applied here,
+    and the desk's push closed unsent."""
+    clock.advance(seconds=5)
+    made_there = post_hook(app, trigger_body(remote_id, number, "Open", name), stamp(clock))
+    assert (made_there.json["result"], made_there.json["priority"]) == ("changed", level)
+    assert sender(ivr, clock).drain()["superseded"] == 1
+    assert ticket_row(ivr, number).priority == level
+
+
+def test_zendesks_echo_of_our_own_push_does_not_undo_a_newer_desk_change(
+        app, simulator, ivr, fake, clock):
+    """Zendesk's trigger fires on the phone line's own updates too. The echo of the push of
+    P3 arrives after an engineer has already moved the ticket on to P2: it must not put P3
+    back here, nor stop the P2 push going out."""
+    number, remote_id, desk = p3_pushed(simulator, ivr, fake, clock)
     desk.set_priority(number, 2)
     clock.advance(seconds=5)
     echo = post_hook(app, trigger_body(remote_id, number, "Open", "Normal"), stamp(clock))
@@ -569,11 +586,7 @@ def test_zendesks_echo_of_our_own_push_does_not_undo_a_newer_desk_change(
     assert fake.tickets[remote_id]["priority"] == "high"
     # A change an agent really makes in Zendesk meanwhile still wins over the desk's.
     desk.set_priority(number, 4)
-    clock.advance(seconds=5)
-    made_there = post_hook(app, trigger_body(remote_id, number, "Open", "Urgent"), stamp(clock))
-    assert (made_there.json["result"], made_there.json["priority"]) == ("changed", 1)
-    assert sender(ivr, clock).drain()["superseded"] == 1
-    assert ticket_row(ivr, number).priority == 1
+    zendesk_change_wins(app, ivr, clock, number, remote_id, "Urgent", 1)
 
 
 def test_an_agent_setting_back_the_last_pushed_priority_is_not_taken_for_an_echo(
@@ -581,22 +594,12 @@ def test_an_agent_setting_back_the_last_pushed_priority_is_not_taken_for_an_echo
     """P3 pushed; an agent sets Urgent in Zendesk; an engineer sets P2 here; the agent
     then sets Normal. That Normal shows the level last pushed, but Zendesk has changed
     the priority since: it is the agent's, and wins over the desk's waiting P2."""
-    number = call(simulator, US_LINE, CALLER, 1)
-    sender(ivr, clock).drain()
-    (remote_id,) = fake.tickets
-    desk = Desk.of(ivr)
-    desk.set_priority(number, 3)
-    assert sender(ivr, clock).drain()["sent"] == 1
-    clock.advance(seconds=5)
+    number, remote_id, desk = p3_pushed(simulator, ivr, fake, clock)
     assert post_hook(app, trigger_body(remote_id, number, "Open", "Urgent"),
                      stamp(clock)).json["priority"] == 1
     clock.advance(seconds=5)
     desk.set_priority(number, 2)
-    clock.advance(seconds=5)
-    normal = post_hook(app, trigger_body(remote_id, number, "Open", "Normal"), stamp(clock))
-    assert (normal.json["result"], normal.json["priority"]) == ("changed", 3)
-    assert sender(ivr, clock).drain()["superseded"] == 1
-    assert ticket_row(ivr, number).priority == 3
+    zendesk_change_wins(app, ivr, clock, number, remote_id, "Normal", 3)
 
 
 def test_a_delivery_sent_again_does_not_undo_a_newer_one(app, simulator, ivr, fake, clock):
