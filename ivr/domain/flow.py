@@ -108,6 +108,13 @@ def prompt_of(state: CallState) -> str:
     return f"{state.attempts}-{state.auth_failures}-{int(state.english)}"
 
 
+def tries_in(prompt: str | None) -> int:
+    """The tries a prompt's name (``prompt_of``) says were used at it; 0 for a name that
+    is missing or not one of ours. Without the database it is what counts the tries."""
+    tries = (prompt or "").split("-", 1)[0]
+    return int(tries) if tries.isascii() and tries.isdigit() and len(tries) <= 2 else 0
+
+
 @dataclass(frozen=True)
 class Reply:
     speech: tuple[Say, ...]

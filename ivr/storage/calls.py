@@ -80,7 +80,7 @@ _ALL_WRITERS = tuple((m.field, m.columns[0] if len(m.columns) == 1 else None, m.
 _WRITERS = tuple(w for w, m in zip(_ALL_WRITERS, STATE) if m.saved)
 # Columns the service reads besides the state's.
 RECORD = ("dialed_number", "region", "language", "caller_number", "abandoned_at_step",
-          "twilio_status", "queue_result")
+          "twilio_status", "queue_result", "queue_seconds")
 TICKET = ("id", "number", "priority", "target_response_minutes", "status")
 
 _STATE_COLUMNS = tuple(c for m in STATE for c in m.columns)
@@ -227,7 +227,7 @@ class CallRepository:
             "call_sid": call_sid, "account_sid": account_sid, "dialed_number": dialed_number,
             "region": region, "language": language, "caller_number": caller_number,
             "can_text": can_text, "abandoned_at_step": None, "twilio_status": None,
-            "queue_result": None,
+            "queue_result": None, "queue_seconds": None,
         }
         state = CallState(call_sid=call_sid, can_text=can_text)
         _put(_ALL_WRITERS, state, values)

@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .. import metrics
 from ..config import Line
-from ..domain.flow import Caller, CallState, Reply, Step, TicketInfo
+from ..domain.flow import Caller, CallState, Reply, Step, TicketInfo, tries_in
 from ..domain.lifecycle import TicketStatus, routed_status
 from ..storage import helpdesk as helpdesk_jobs
-from ..storage.models import Call
 
 if TYPE_CHECKING:
     from ..storage import CallRecord, UnitOfWork
@@ -172,7 +171,7 @@ class Outage:
         line = service.config.line_for(request.to)
         state = CallState(request.call_sid, can_text=can_text, step=Step.PRIORITY,
                           english=english, caller=Caller("", "", "", ""),
-                          attempts=_tries_used(query.get("p")))
+                          attempts=tries_in(query.get("p")))
         ports = _SpoolPorts(service, request.call_sid, line, english)
         reply = service._flow(line).handle(state, Step.PRIORITY.value, digits, ports)
         if reply.route is None or ports.ticket is None:
@@ -247,7 +246,7 @@ class Outage:
         call = uow.calls.load(record.call_sid)
         if call is None or not call.queue_result:
             return
-        waited = max(uow.session.get(Call, record.call_sid).queue_seconds or 0, 0)
+        waited = max(call.queue_seconds or 0, 0)
         ended = min(record.created_at + dt.timedelta(seconds=waited), self.service.clock())
         self.service.ticket_after_queue(uow, call, call.queue_result, ended)
 
@@ -269,14 +268,6 @@ class Outage:
                                                 record.duration, record.at, record.sequence,
                                                 record.to, record.caller)
         return applied
-
-
-def _tries_used(prompt: str | None) -> int:
-    """The tries already used at the prompt an action URL answers (``flow.prompt_of``:
-    tries, failed verifications, English): without the database, the URL is what counts
-    them, so that wrong keys or silence end the call after the configured tries."""
-    tries = (prompt or "").split("-", 1)[0]
-    return int(tries) if tries.isascii() and tries.isdigit() and len(tries) <= 2 else 0
 
 
 class _SpoolPorts:

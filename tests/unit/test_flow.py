@@ -5,7 +5,8 @@ import datetime as dt
 import pytest
 
 from ivr.domain.flow import (
-    CallFlow, Caller, CallState, Outcome, Step, TicketInfo, ticket_again, waiting,
+    CallFlow, Caller, CallState, Outcome, Step, TicketInfo, prompt_of, ticket_again, tries_in,
+    waiting,
 )
 
 TODAY = dt.date(2026, 11, 25)
@@ -260,3 +261,15 @@ def test_a_wait_that_ends_unserved_asks_for_a_callback_only_when_one_can_be_plac
     assert after_queue("leave", can_call_back=False) is TicketStatus.OPEN
     assert after_queue("bridged", can_call_back=False) is TicketStatus.CONNECTED
     assert after_queue("hangup") is TicketStatus.OPEN
+
+
+@pytest.mark.parametrize("prompt, tries", [
+    (None, 0), ("", 0), ("2-1-0", 2), ("1-0-1", 1), ("x-0-0", 0), ("123-0-0", 0), ("٢-0-0", 0),
+])
+def test_the_tries_a_prompt_name_carries_are_read_back_from_it(prompt, tries):
+    assert tries_in(prompt) == tries
+
+
+def test_a_prompt_name_gives_back_the_tries_it_was_made_with():
+    state = CallState("CA" + "0" * 32, attempts=2, auth_failures=1, english=True)
+    assert tries_in(prompt_of(state)) == 2
