@@ -85,10 +85,12 @@ def agent_error(error):
     else:
         log.exception("webhook %s failed", request.path)
     agent_renderer, speech = floor().agent, ivr().config.service.speech
-    # A caller being bridged to an engineer, or a customer answering a callback: Twilio
-    # puts them through whatever this says, so they are not told goodbye and hung up on.
+    # A caller being bridged to an engineer, or a customer answering a callback (the
+    # engineer is on the line already): Twilio puts them through whatever this says, so
+    # they are not told goodbye and hung up on. The customer's leg reports its answer
+    # later through its status callback.
     if request.endpoint == "agent.joining":
-        return twiml(agent_renderer.joining(speech))
+        return twiml(floor().joining_unrecorded(request.form))
     if request.endpoint == "agent.callback_customer":
         return twiml(agent_renderer.empty())
     # An engineer the line already knows (holding for callers, or back from a call) holds

@@ -85,13 +85,10 @@ def _sid(params: Mapping[str, str], name: str = "CallSid") -> str | None:
 def _taken_by(assignment: Assignment | None, stale: dt.datetime) -> str | None:
     """Who has a waiting caller: the engineer connected to them, or one whose claim is
     fresh (made since ``stale``). None: the engineer line hands the caller to anyone."""
-    if assignment is None:
+    if assignment is None or (assignment.connected_at is None and (
+            assignment.claimed_at is None or assignment.claimed_at < stale)):
         return None
-    if assignment.connected_at is not None:
-        return assignment.engineer or UNKNOWN_ENGINEER
-    if assignment.claimed_at is not None and assignment.claimed_at >= stale:
-        return assignment.engineer or UNKNOWN_ENGINEER
-    return None
+    return assignment.engineer or UNKNOWN_ENGINEER
 
 
 def _minutes(seconds: float) -> int:
@@ -224,19 +221,17 @@ class Floor:
         """<Queue url>: played to the dequeued caller as the engineer is bridged in. The
         ticket records the engineer and the moment and moves to connected."""
         call_sid = _sid(params)
-        call = None
-        try:
-            if call_sid is not None:
-                call = self._record_joining(params, call_sid, self.clock())
-        except DATABASE_DOWN:
-            # Twilio bridges the two whatever this answers. The ticket moves to connected
-            # with the queue result (spooled if need be); who picked up, and when, goes
-            # unrecorded.
-            log.warning("engineer joining call %s not recorded: database unreachable",
-                        call_sid)
-            own, _ = self.renderer.voices(self.config.line_for(params.get("To")))
-            return self.agent.joining(own)
+        call = self._record_joining(params, call_sid, self.clock()) if call_sid else None
         return self.agent.joining(self.caller_voice(call))
+
+    def joining_unrecorded(self, params: Mapping[str, str]) -> str:
+        """<Queue url> when the connection could not be recorded (the database away, a
+        failure): Twilio bridges the two whatever this answers, so the caller still hears
+        that an engineer is joining, in their line's language. The ticket moves to
+        connected with the queue result (spooled if need be); who picked up, and when,
+        goes unrecorded."""
+        own, _ = self.renderer.voices(self.config.line_for(params.get("To")))
+        return self.agent.joining(own)
 
     def _record_joining(self, params: Mapping[str, str], call_sid: str,
                         now: dt.datetime) -> Call | None:
@@ -340,22 +335,14 @@ class Floor:
 
     def callback_customer(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
         """<Number url>: the customer answered; they hear who is calling, then the engineer."""
-        try:
-            with self.storage.unit_of_work() as uow:
-                session = uow.session
-                attempt, ticket, call, _ = self._attempt(session, query)
-                if attempt is None:
-                    return self.agent.empty()
-                attempt.customer_call_sid = _sid(params) or attempt.customer_call_sid
-                self._finish(uow, attempt, ticket, call, ANSWERED)
-                return self.agent.callback_greeting(self.caller_voice(call), ticket.number)
-        except DATABASE_DOWN:
-            # The engineer is on the line already: put the customer through without the
-            # greeting rather than hang up on them. The leg's status callback records the
-            # answer once the database is back (or the attempt expires).
-            log.warning("callback attempt %s answered while the database is unreachable",
-                        (query.get("attempt") or "")[:12])
-            return self.agent.empty()
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            attempt, ticket, call, _ = self._attempt(session, query)
+            if attempt is None:
+                return self.agent.empty()
+            attempt.customer_call_sid = _sid(params) or attempt.customer_call_sid
+            self._finish(uow, attempt, ticket, call, ANSWERED)
+            return self.agent.callback_greeting(self.caller_voice(call), ticket.number)
 
     def callback_dialled(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
         """The engineer leg's <Dial> ended: record a failure, tell the engineer."""
