@@ -135,3 +135,18 @@ def parse_html(text: str) -> Element:
     Builder(convert_charrefs=True).feed(text)
     return root
 
+
+
+def sign_in(client, token: str = ADMIN_TOKEN):
+    """Posts the dashboard's sign-in form (with its CSRF token) and returns the response."""
+    form = parse_html(client.get("/admin/login").get_data(as_text=True)).find("login")
+    return client.post("/admin/login", data={"csrf_token": form.field("csrf_token"),
+                                             "token": token})
+
+
+def signed_in(app, token: str = ADMIN_TOKEN):
+    """A test client signed in to the dashboard with the token (the admin's by default)."""
+    client = app.test_client()
+    response = sign_in(client, token)
+    assert response.status_code == 302, response.get_data(as_text=True)[:500]
+    return client

@@ -8,7 +8,8 @@ import pytest
 
 from ivr.desk.service import BadRequest, Conflict, Desk, NotFound
 
-from ..desk_support import ADMIN_TOKEN, add_call, add_ticket, admin_app, at, parse_html
+from ..desk_support import (ADMIN_TOKEN, add_call, add_ticket, admin_app, at, parse_html,
+                            sign_in)
 from ..support import BUSINESS_OWNER, CALLER
 
 
@@ -205,12 +206,6 @@ def page(response, status=200):
     return parse_html(response.get_data(as_text=True))
 
 
-def sign_in(browser, token=ADMIN_TOKEN):
-    form = page(browser.get("/admin/login")).find("login")
-    return browser.post("/admin/login", data={"csrf_token": form.field("csrf_token"),
-                                              "token": token})
-
-
 @pytest.fixture
 def signed_in(browser):
     response = sign_in(browser)
@@ -256,10 +251,7 @@ def test_signing_in_sets_an_httponly_samesite_cookie_for_the_dashboard_only(brow
 ])
 def test_the_session_cookie_is_secure_whenever_tls_is_in_front(settings, clock, update, secure):
     app = admin_app(settings.model_copy(update=update), clock)
-    client = app.test_client()
-    form = page(client.get("/admin/login")).find("login")
-    response = client.post("/admin/login", data={"csrf_token": form.field("csrf_token"),
-                                                 "token": ADMIN_TOKEN})
+    response = sign_in(app.test_client())
     (cookie,) = response.headers.getlist("Set-Cookie")
     assert ("secure" in [p.strip().lower() for p in cookie.split(";")]) is secure
     app.extensions["ivr"].storage.dispose()

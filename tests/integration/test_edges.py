@@ -18,7 +18,7 @@ from ivr.sim.simulator import new_call_sid
 from ivr.storage.models import Call, Ticket
 from ivr.web import MAX_BODY_BYTES
 
-from ..desk_support import ADMIN_TOKEN, add_ticket, admin_app, at, parse_html
+from ..desk_support import ADMIN_TOKEN, add_ticket, admin_app, at, parse_html, signed_in
 from ..support import CALLER, TOKEN, US_LINE, TwilioClient, twiml
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -218,12 +218,7 @@ def test_forwarded_headers_are_ignored_unless_proxies_are_trusted(pinned_app, ca
 
 @pytest.fixture
 def desk_client(desk_app):
-    client = desk_app.test_client()
-    form = parse_html(client.get("/admin/login").get_data(as_text=True)).find("login")
-    response = client.post("/admin/login", data={"csrf_token": form.field("csrf_token"),
-                                                 "token": ADMIN_TOKEN})
-    assert response.status_code == 302
-    return client
+    return signed_in(desk_app)
 
 
 EDGE_DATES = [("until", "9999-12-31"), ("since", "0001-01-01T00:00:00+01:00"),

@@ -11,7 +11,7 @@ from sqlalchemy import select, text
 from ivr.desk.engineers import Engineers
 from ivr.storage.engineers import Engineer, EngineerRepository
 
-from ..desk_support import ADMIN_TOKEN, add_ticket, at, parse_html
+from ..desk_support import ADMIN_TOKEN, add_ticket, at, parse_html, sign_in, signed_in
 from ..support import Outcomes, until_waiting_for_a_lock
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -133,9 +133,7 @@ def test_an_engineer_signs_in_to_the_dashboard_and_their_actions_carry_their_nam
     token = add(app)
     ticket = add_ticket(ivr, created=at("2026-11-25 11:00"))
     browser = app.test_client()
-    login = parse_html(browser.get("/admin/login").get_data(as_text=True)).find("login")
-    response = browser.post("/admin/login", data={"csrf_token": login.field("csrf_token"),
-                                                  "token": token})
+    response = sign_in(browser, token)
     assert response.status_code == 302 and response.headers["Location"] == "/admin/"
     path = f"/admin/tickets/{ticket.number}"
     doc = parse_html(browser.get(path).get_data(as_text=True))
@@ -148,18 +146,9 @@ def test_an_engineer_signs_in_to_the_dashboard_and_their_actions_carry_their_nam
     assert browser.get("/admin/").status_code == 302
 
 
-def signed_in_with(app, token):
-    browser = app.test_client()
-    login = parse_html(browser.get("/admin/login").get_data(as_text=True)).find("login")
-    response = browser.post("/admin/login", data={"csrf_token": login.field("csrf_token"),
-                                                  "token": token})
-    assert response.status_code == 302
-    return browser
-
-
 def test_changing_the_admin_token_signs_engineers_out_as_well(app, ivr):
-    engineer = signed_in_with(app, add(app))
-    operator = signed_in_with(app, ADMIN_TOKEN)
+    engineer = signed_in(app, add(app))
+    operator = signed_in(app, ADMIN_TOKEN)
     assert engineer.get("/admin/").status_code == operator.get("/admin/").status_code == 200
     ivr.settings = ivr.settings.model_copy(update={"admin_token": "another-admin-" + "7" * 24})
     assert operator.get("/admin/").status_code == 302
@@ -178,7 +167,7 @@ def test_a_sign_in_that_a_rotation_overtakes_opens_no_session_the_new_token_keep
         return found
 
     monkeypatch.setattr(Engineers, "by_token", checked_then_rotated)
-    browser = signed_in_with(app, old)
+    browser = signed_in(app, old)
     assert Engineers.by_token is checked  # the rotation happened
     assert browser.get("/admin/").status_code == 302
 

@@ -3,7 +3,7 @@ a Call back button behind the CSRF token."""
 
 import pytest
 
-from ..desk_support import ADMIN_TOKEN, admin_app, parse_html
+from ..desk_support import admin_app, parse_html, signed_in
 from ..floor_support import add_engineer, queued
 from ..support import RecordingHttpClient, twiml
 
@@ -24,11 +24,7 @@ def app(settings, clock, http):
 
 @pytest.fixture
 def browser(app):
-    browser = app.test_client()
-    login = parse_html(browser.get("/admin/login").get_data(as_text=True)).find("login")
-    browser.post("/admin/login", data={"csrf_token": login.field("csrf_token"),
-                                       "token": ADMIN_TOKEN})
-    return browser
+    return signed_in(app)
 
 
 def floor(browser):

@@ -17,7 +17,7 @@ from ivr.storage import HelpdeskDelivery, HelpdeskJob, HelpdeskJobRepository
 from ivr.storage.engineers import DeskAction
 from ivr.storage.models import Ticket
 
-from ..desk_support import ADMIN_TOKEN, parse_html
+from ..desk_support import ADMIN_TOKEN, parse_html, signed_in
 from ..helpdesk_support import (
     JAPAN_CALLER,
     JAPAN_LINE,
@@ -73,15 +73,6 @@ def jobs(ivr) -> list[HelpdeskJob]:
 def ticket_row(ivr, number) -> Ticket:
     with ivr.storage.transaction() as session:
         return session.scalars(select(Ticket).where(Ticket.number == number)).one()
-
-
-def signed_in(app):
-    client = app.test_client()
-    form = parse_html(client.get("/admin/login").get_data(as_text=True)).find("login")
-    response = client.post("/admin/login", data={"csrf_token": form.field("csrf_token"),
-                                                 "token": ADMIN_TOKEN})
-    assert response.status_code == 302
-    return client
 
 
 def post_hook(app, body, timestamp, **kwargs):
