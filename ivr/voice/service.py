@@ -13,7 +13,6 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import Callable, Mapping
-from urllib.parse import urlencode
 
 from .. import metrics
 from ..config import IvrConfig, Line
@@ -26,7 +25,7 @@ from ..storage import helpdesk as helpdesk_jobs
 from .outage import Outage
 from .prompts import Catalogue
 from .spool import Spool
-from .twiml import Renderer
+from .twiml import Renderer, english_chosen, queue_query
 
 log = logging.getLogger("ivr.calls")
 
@@ -187,7 +186,7 @@ class CallService:
         result = _printable(params.get("QueueResult") or params.get("DialCallStatus"), 32)
         queue_time = _int(params.get("QueueTime"))
         ticket_number = query.get("ticket")
-        line, english = self.config.line_for(request.to), query.get("en") == "1"
+        line, english = self.config.line_for(request.to), english_chosen(query)
         try:
             with self.storage.unit_of_work() as uow:
                 record = self.apply_queue_result(uow, request.call_sid, result, queue_time,
@@ -239,7 +238,7 @@ class CallService:
         """The waitUrl: position, expected wait and the callback offer, then hold audio."""
         request = CallRequest.from_params(params)
         line = self.config.line_for((request.to if request else None) or params.get("To"))
-        english, offer = query.get("en") == "1", False
+        english, offer = english_chosen(query), False
         if request is not None:
             try:
                 with self.storage.unit_of_work(readonly=True) as uow:
@@ -255,8 +254,7 @@ class CallService:
         speech = waiting(_int(params.get("QueuePosition")), _int(params.get("AvgQueueTime")),
                          self.config.queue.callback_key if offer else None,
                          offer_ticket="ticket" in query)
-        ticket_query = urlencode({k: query[k] for k in ("ticket", "priority") if k in query})
-        return self.renderer.wait(speech, line, english, ticket_query, offer)
+        return self.renderer.wait(speech, line, english, queue_query(query, english), offer)
 
     def wait_choice(self, params: Mapping[str, str],
                     query: Mapping[str, str] | None = None) -> str:
@@ -264,8 +262,7 @@ class CallService:
         request = CallRequest.from_params(params)
         if request is None or (params.get("Digits") or "") != self.config.queue.callback_key:
             query = query or {}
-            return self.renderer.back_to_wait(
-                urlencode({k: query[k] for k in ("ticket", "priority", "en") if k in query}))
+            return self.renderer.back_to_wait(queue_query(query))
         try:
             with self.storage.unit_of_work() as uow:
                 now = self.clock()

@@ -30,6 +30,22 @@ WAIT_PATH = "/voice/wait"
 WAIT_CHOICE_PATH = "/voice/wait-choice"
 
 
+# The queue's URLs (the Enqueue action, the waitUrl and what follows from it) carry the
+# ticket, its priority and the caller's choice of English, signed with each request, so the
+# wait and its end are spoken right when the database cannot be read. Written and read here.
+def english_chosen(query: Mapping[str, str]) -> bool:
+    return query.get("en") == "1"
+
+
+def queue_query(query: Mapping[str, object], english: bool | None = None) -> str:
+    """The query string of a queue URL: the ticket and priority taken from `query`, and the
+    choice of English (`english`, or as `query` carries it when None)."""
+    if english is None:
+        english = english_chosen(query)
+    return urlencode({**{k: query[k] for k in ("ticket", "priority") if k in query},
+                      **({"en": 1} if english else {})})
+
+
 class Renderer:
     def __init__(self, config: IvrConfig, catalogues: dict[str, Catalogue]):
         self.config = config
@@ -110,10 +126,7 @@ class Renderer:
                english: bool) -> None:
         route = self.config.route_for(line)
         region = line.region if line is not None else "unknown"
-        # The caller's language choice rides along (signed with the URL), for the wait and
-        # its end to be spoken in it when the database cannot be read.
-        query = urlencode({"ticket": ticket.number, "priority": ticket.priority,
-                           **({"en": 1} if english else {})})
+        query = queue_query({"ticket": ticket.number, "priority": ticket.priority}, english)
         action = f"{QUEUE_RESULT_PATH}?{query}"
         if isinstance(route, EnqueueRoute):
             # One queue per caller: the engineer line dials exactly the caller it chose.
@@ -162,7 +175,7 @@ class Renderer:
         reply = Reply(speech, english=english)
         parent = response
         if offer_callback or "ticket=" in ticket_query:
-            parent = self._wait_gather(ticket_query, english)
+            parent = self._wait_gather(ticket_query)
             response.append(parent)
         self._speak(parent, reply, line)
         if queue.hold_audio_url:
@@ -171,10 +184,10 @@ class Renderer:
             parent.pause(length=queue.announce_every_seconds)
         return str(response)
 
-    def _wait_gather(self, ticket_query: str, english: bool) -> Gather:
-        query = ticket_query + ("&en=1" if english else "")
+    def _wait_gather(self, ticket_query: str) -> Gather:
+        action = f"{WAIT_CHOICE_PATH}?{ticket_query}" if ticket_query else WAIT_CHOICE_PATH
         return Gather(input="dtmf", num_digits=1, timeout=1, finish_on_key="",
-                      action=f"{WAIT_CHOICE_PATH}?{query}", method="POST")
+                      action=action, method="POST")
 
     def ticket_again(self, to: str | None, query: Mapping[str, str]) -> str:
         """The repeat key pressed in the queue: the ticket number once more, read from the
@@ -184,12 +197,13 @@ class Renderer:
         number = query.get("ticket") or ""
         if not (number.isascii() and number.isdigit() and len(number) <= 20):
             return self.empty()
-        line, english = self.config.line_for(to), query.get("en") == "1"
+        line, english = self.config.line_for(to), english_chosen(query)
         priority = query.get("priority") or ""
-        ticket_query = urlencode({"ticket": number, **({"priority": priority}
-                                                       if priority.isdigit() else {})})
+        ticket_query = queue_query({"ticket": number, **({"priority": priority}
+                                                         if priority.isdigit() else {})},
+                                   english)
         response = VoiceResponse()
-        gather = self._wait_gather(ticket_query, english)
+        gather = self._wait_gather(ticket_query)
         self._speak(gather, Reply(ticket_again_speech(number), english=english), line)
         response.append(gather)
         return str(response)
