@@ -92,9 +92,27 @@ class Storage:
         """Create or upgrade the schema to the newest migration (idempotent)."""
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as connection:
-            cfg.attributes["connection"] = connection
-            command.upgrade(cfg, "head")
+        sqlite = self.dialect == "sqlite"
+        with self.engine.connect() as connection:
+            # SQLite changes a column by copying the table and dropping the old one, which
+            # its foreign keys refuse while any row points at it. They are turned off for
+            # the upgrade (only possible outside a transaction), checked at its end, and
+            # turned on again before the connection goes back to the pool.
+            raw = connection.connection.dbapi_connection if sqlite else None
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with connection.begin():
+                    cfg.attributes["connection"] = connection
+                    command.upgrade(cfg, "head")
+                    if raw is not None:
+                        broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                        if broken:
+                            raise RuntimeError(f"the upgrade left rows whose foreign keys "
+                                               f"point nowhere: {broken[:5]}")
+            finally:
+                if raw is not None:
+                    raw.execute("PRAGMA foreign_keys=ON")
 
     def ping(self) -> None:
         """Raise if the database cannot be reached (a read: no write lock)."""
