@@ -80,11 +80,31 @@ QUEUE_RESULTS: dict[str, TicketStatus] = {
 }
 
 
-def after_queue(result: str, can_call_back: bool = True) -> TicketStatus:
-    """Where the ticket goes when its wait ends this way. A caller who cannot be called
-    back (a withheld number) goes to the open pile instead of waiting for a callback no
-    one could place."""
+def after_queue(result: str, can_call_back: bool = True,
+                current: TicketStatus | None = None) -> TicketStatus:
+    """Where the ticket goes when its wait ends this way, from ``current`` (where it stands,
+    when known). A caller who cannot be called back (a withheld number) goes to the open
+    pile instead of waiting for a callback no one could place. A callback already asked
+    for (the caller pressed the key and hung up before leaving the queue, or the desk set
+    it) is kept: only failed callback attempts send such a ticket back to the open pile."""
     target = QUEUE_RESULTS.get(result, TicketStatus.CALLBACK_REQUESTED)
     if target is TicketStatus.CALLBACK_REQUESTED and not can_call_back:
-        return TicketStatus.OPEN
+        target = TicketStatus.OPEN
+    if target is TicketStatus.OPEN and current is TicketStatus.CALLBACK_REQUESTED:
+        return TicketStatus.CALLBACK_REQUESTED
     return target
+
+
+def reopened_when_stranded(current: TicketStatus) -> bool:
+    """A ticket whose call ended in the queue with no word from Twilio goes back to the
+    open pile only if it is still in_queue (the desk may have moved it since)."""
+    return current is TicketStatus.IN_QUEUE
+
+
+def left_the_queue(queue_result: str | None, call_ended: bool) -> bool:
+    """Whether a caller is gone from the queue other than to an engineer: their wait ended
+    another way, or their call ended with no word on it. Someone "joining" them then has
+    no one to connect."""
+    if queue_result is not None:
+        return QUEUE_RESULTS.get(queue_result) is not TicketStatus.CONNECTED
+    return call_ended

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from typing import Callable
 
 from sqlalchemy import (
     ForeignKey,
@@ -23,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
 from ..domain.engineers import ANSWERED, EngineerInfo, parse_list
-from ..domain.lifecycle import can_move
+from ..domain.lifecycle import TicketStatus, can_move
 from ..domain.phones import callable_number
 from .engine import Storage
 from .models import Base, Call, Ticket, UTCDateTime
@@ -351,12 +352,15 @@ def ticket_for_call(session: Session, call_sid: str, *, for_update: bool = False
     return session.scalars(query).first()
 
 
-def move_ticket(session: Session, call_sid: str, status: str, now: dt.datetime) -> Ticket | None:
+def move_ticket(session: Session, call_sid: str, status: str, now: dt.datetime,
+               when: Callable[[TicketStatus], bool] | None = None) -> Ticket | None:
     """Move this call's ticket along the lifecycle (``domain.lifecycle``); None when it has
-    no ticket or the lifecycle does not allow the move from where it stands (a repeated
-    request then changes nothing)."""
+    no ticket, the lifecycle does not allow the move from where it stands (a repeated
+    request then changes nothing), or ``when`` says no about where it stands (read under
+    the row's lock)."""
     ticket = ticket_for_call(session, call_sid, for_update=True)
-    if ticket is None or not can_move(ticket.status, status):
+    if ticket is None or not can_move(ticket.status, status) \
+            or (when is not None and not when(TicketStatus(ticket.status))):
         return None
     ticket.status = status
     ticket.updated_at = now

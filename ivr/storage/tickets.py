@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy import select
 
@@ -65,19 +65,22 @@ class TicketRepository:
                 return TicketRow(tid, number_, level, minutes, TicketStatus(current))
         raise RuntimeError("could not allocate a unique ticket number")
 
-    def advance(self, ticket: TicketRow, new: TicketStatus, now: dt.datetime,
-                callback_number: str | None = None) -> tuple[TicketRow, bool]:
+    def advance(self, ticket: TicketRow,
+                new: TicketStatus | Callable[[TicketStatus], TicketStatus],
+                now: dt.datetime, callback_number: str | None = None) -> tuple[TicketRow, bool]:
         """Move the ticket on if the lifecycle allows it from where it stands; otherwise
-        leave it there (a replayed webhook, or the desk got there first). Returns the
+        leave it there (a replayed webhook, or the desk got there first). ``new`` is the
+        status, or the rule that gives it from where the ticket stands. Returns the
         ticket as it now stands, and whether this call moved it: not when the move was
         already made, by the desk or by another copy of the same request that ran while
         this one waited for the call's lock (its ``ticket`` was read before that)."""
         # The update applies only if the ticket is still where it was read (the desk may
         # have moved it meanwhile); if not, the move is judged again from where it is.
         for _ in range(3):
-            if not can_move(ticket.status, new):
+            target = new(ticket.status) if callable(new) else new
+            if not can_move(ticket.status, target):
                 return ticket, False
-            status = move(ticket.status, new)
+            status = move(ticket.status, target)
             moved = MOVE.run(self.uow.connection, {
                 "id": ticket.id, "status": status.value, "now": self.uow.codec.time(now),
                 "connected": int(status is TicketStatus.CONNECTED),

@@ -28,6 +28,7 @@ from ..domain.engineers import (
     queue_name,
     ranked,
 )
+from ..domain.lifecycle import left_the_queue, reopened_when_stranded
 from ..domain.phones import can_receive_sms, mask
 from ..storage import DATABASE_DOWN, Storage
 from ..storage import helpdesk as helpdesk_jobs
@@ -245,6 +246,10 @@ class Floor:
             ticket = ticket_for_call(session, call_sid, for_update=True)
             if ticket is None:
                 return call
+            if call is not None and left_the_queue(call.queue_result, call.ended_at is not None):
+                log.warning("ticket id=%s: its caller left the queue before the engineer "
+                            "joined; not connected", ticket.id)
+                return call
             floor = FloorRepository(self.storage, session)
             assignment = floor.assignment(ticket.id, now, for_update=True)
             self._pushed(session, move_ticket(session, call_sid, "connected", now), now)
@@ -446,7 +451,8 @@ class Floor:
             session = uow.session
             floor = FloorRepository(self.storage, session)
             for ticket in floor.stranded(now - grace):
-                if move_ticket(session, ticket.call_sid, "open", now) is not None:
+                if move_ticket(session, ticket.call_sid, "open", now,
+                               when=reopened_when_stranded) is not None:
                     floor.record(ticket.id, SYSTEM_ACTOR, "reopened",
                                  "the call ended while queued and Twilio sent no queue result",
                                  now)

@@ -228,9 +228,12 @@ class CallService:
         if ticket is None:
             return
         number = callable_number(record.caller_number)
-        target = after_queue(result, can_call_back=number is not None)
-        number = number if target is TicketStatus.CALLBACK_REQUESTED else None
-        record.ticket, moved = uow.tickets.advance(ticket, target, now, callback_number=number)
+        can_call_back = number is not None
+        if after_queue(result, can_call_back) is not TicketStatus.CALLBACK_REQUESTED:
+            number = None
+        record.ticket, moved = uow.tickets.advance(
+            ticket, lambda current: after_queue(result, can_call_back, current), now,
+            callback_number=number)
         if self.config.helpdesk and moved:
             helpdesk_jobs.queue_status(uow.connection, record.ticket, now, number)  # issue 9
 

@@ -384,3 +384,20 @@ def test_the_statements_that_place_a_caller_in_line_are_built_once_per_configura
         ivr.floor.position(waiting["sid"])
     after = _line_queries.cache_info()
     assert (after.hits - before.hits, after.misses - before.misses) == (3, 0)
+
+
+def test_a_caller_who_hung_up_before_the_engineer_joined_is_not_marked_connected(twilio, ivr):
+    """The hang-up's queue result and status arrived first; the late "engineer joining"
+    request must not connect a conversation that never happened."""
+    add_engineer(ivr)
+    waiting = queued(twilio, 1)
+    agent_sid = new_call_sid()
+    twiml(twilio.post("/voice/agent", **engineer_params(agent_sid)))
+    params = twilio.call_params(waiting["sid"])
+    twiml(twilio.post(f"/voice/queue-result?ticket={waiting['ticket']}&priority=1", **params,
+                      QueueResult="hangup", QueueTime="30"))
+    twilio.post("/voice/status", **{**params, "CallStatus": "completed", "CallDuration": "40"})
+    assert ticket(ivr, waiting["ticket"]).status == "open"
+    ivr.floor.joining({**params, "DequeingCallSid": agent_sid}, {})
+    assert ticket(ivr, waiting["ticket"]).status == "open"
+    assert assignment(ivr, waiting["ticket"]).connected_at is None

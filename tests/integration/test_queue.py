@@ -173,3 +173,22 @@ def test_the_ticket_number_again_needs_no_database(twilio, ivr, monkeypatch, que
     assert spoken(root) == heard
     if heard:
         assert root.find("Gather").get("action").startswith(f"/voice/wait-choice?{query[:15]}")
+
+
+def test_a_hang_up_reported_after_the_callback_key_keeps_the_callback(twilio, ivr):
+    """The caller pressed the callback key and hung up before the <Leave> played: Twilio's
+    Enqueue action then says hangup, and the callback promised stays promised."""
+    from ..floor_support import queued
+
+    waiting = queued(twilio, 2)
+    params = twilio.call_params(waiting["sid"])
+    number = waiting["ticket"]
+    root = twiml(twilio.post(f"/voice/wait-choice?ticket={number}&priority=2", **params,
+                             Digits="1"))
+    assert [e.tag for e in root] == ["Leave"]
+    twiml(twilio.post(f"/voice/queue-result?ticket={number}&priority=2", **params,
+                      QueueResult="hangup", QueueTime="30"))
+    with ivr.storage.transaction() as session:
+        ticket = session.scalars(select(Ticket).where(Ticket.number == number)).one()
+    assert (ticket.status, ticket.callback_number) == ("callback_requested",
+                                                       params["From"])

@@ -78,3 +78,31 @@ def test_a_close_the_desk_commits_while_the_sweep_waits_for_the_ticket_is_not_un
     while_the_desk_closes(ivr, lost["ticket"], sweep, "the sweep")
     assert status(ivr, lost["ticket"]) == "closed"
     assert swept == [0]
+
+
+def test_the_sweep_leaves_a_ticket_the_desk_set_to_callback_after_reading_it(
+        twilio, ivr, clock, monkeypatch):
+    """The sweep reads its candidates without a lock; a ticket the desk moves to
+    callback_requested in between keeps the callback (only a ticket still in_queue goes
+    back to open)."""
+    if ivr.storage.dialect != "postgresql":
+        pytest.skip("SQLite's write lock runs the desk's change and the sweep one after "
+                    "the other")
+    from ivr.desk.service import Desk
+    from ivr.storage.engineers import FloorRepository
+
+    from ..support import pause
+
+    lost = queued(twilio, 1)
+    hang_up(twilio, lost)
+    clock.advance(hours=1)
+    reached, release = pause(monkeypatch, FloorRepository, "stranded")
+    swept = []
+    sweep = threading.Thread(target=lambda: swept.append(ivr.floor.sweep_stranded()))
+    sweep.start()
+    assert reached.wait(10)
+    Desk.of(ivr).update(lost["ticket"], status="callback_requested")
+    release.set()
+    sweep.join(15)
+    assert status(ivr, lost["ticket"]) == "callback_requested"
+    assert swept == [0]

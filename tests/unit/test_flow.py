@@ -263,6 +263,21 @@ def test_a_wait_that_ends_unserved_asks_for_a_callback_only_when_one_can_be_plac
     assert after_queue("hangup") is TicketStatus.OPEN
 
 
+def test_a_callback_already_asked_for_outlives_the_end_of_the_wait():
+    from ivr.domain.lifecycle import (TicketStatus, after_queue, left_the_queue,
+                                      reopened_when_stranded)
+
+    requested = TicketStatus.CALLBACK_REQUESTED
+    assert after_queue("hangup", current=requested) is requested
+    assert after_queue("queue-full", can_call_back=False, current=requested) is requested
+    assert after_queue("hangup", current=TicketStatus.IN_QUEUE) is TicketStatus.OPEN
+    assert after_queue("bridged", current=requested) is TicketStatus.CONNECTED
+    assert [reopened_when_stranded(s) for s in TicketStatus] == [
+        s is TicketStatus.IN_QUEUE for s in TicketStatus]
+    assert left_the_queue("hangup", False) and left_the_queue(None, True)
+    assert not left_the_queue(None, False) and not left_the_queue("bridged", True)
+
+
 @pytest.mark.parametrize("prompt, tries", [
     (None, 0), ("", 0), ("2-1-0", 2), ("1-0-1", 1), ("x-0-0", 0), ("123-0-0", 0), ("٢-0-0", 0),
 ])
