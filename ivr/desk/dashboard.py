@@ -141,12 +141,15 @@ def message(status: int, text: str):
     return render_template("admin/message.html", message=text, status=status), status
 
 
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")  # what reads; everything else needs CSRF
+
+
 @admin.before_request
 def guard():
     token = ivr().settings.admin_token
     if not token:
         return message(404, DISABLED)
-    if request.method == "POST" and not _same(request.form.get("csrf_token", ""),
+    if request.method not in SAFE_METHODS and not _same(request.form.get("csrf_token", ""),
                                               session.get("csrf", "")):
         log.warning("dashboard POST %s refused: missing or wrong CSRF token", request.path)
         return message(400, EXPIRED)
@@ -185,7 +188,7 @@ def desk_error(exc: DeskError):
 
 @admin.route("/login", methods=["GET", "POST"])
 def login():  # rate-limited per client address (ivr/web.py)
-    if request.method == "GET":
+    if request.method != "POST":  # GET, or HEAD (its headers): only POST signs in
         return render_template("admin/login.html")
     token = request.form.get("token", "").strip()
     identity = identity_for_token(token)

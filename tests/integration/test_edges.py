@@ -574,3 +574,15 @@ def test_simulate_against_a_server_it_cannot_reach_says_so_in_a_line(app):
         "simulate", "--to", "+18887999666", "--digits", "2", "--url", f"http://127.0.0.1:{port}"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert f"could not reach http://127.0.0.1:{port}: ConnectionError" in result.output
+
+
+def test_a_head_request_to_the_sign_in_page_never_signs_anyone_in(desk_app):
+    """HEAD answers like GET (the form's headers), so it can neither try tokens past the
+    sign-in limit nor open a session without the form's CSRF token."""
+    client = desk_app.test_client()
+    for token in ("guess-" + "0" * 30, ADMIN_TOKEN):
+        response = client.open("/admin/login", method="HEAD", data={"token": token})
+        assert response.status_code == 200
+        assert "Set-Cookie" not in response.headers or \
+            client.get("/admin/").status_code == 302
+    assert client.get("/admin/").status_code == 302
