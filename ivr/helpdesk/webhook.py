@@ -172,14 +172,28 @@ def apply(number: str, remote_id: str | None, status: str | None, priority: int 
                  number, priority, current_priority)
         priority = None
     closing = "closed" if status in CLOSING else None
+    now = ivr().service.clock()
     if current_status == "closed" or (closing is None and priority is None):
+        # Remembered all the same: sent again after the desk's next change has been
+        # pushed, it would no longer read as an echo and would undo that change.
+        with storage.transaction() as session:
+            first_delivery(session, delivery, now)
         return answer(200, result="unchanged", ticket=number, status=current_status,
                       priority=current_priority)
+
+    def first_time(session) -> bool:
+        # Under the ticket's lock: a delivery the desk overtook since it was judged above
+        # (an echo taken for news, or news about an older state) changes nothing; the
+        # desk's own change goes to Zendesk and both sides agree again.
+        if not first_delivery(session, delivery, now):
+            return False
+        ticket = ticket_by_number(session, number)
+        return (ticket.status, ticket.priority) == (current_status, current_priority)
+
     try:
-        now = ivr().service.clock()
         view, changed = Desk.of(ivr()).update(
             number, status=closing, priority=priority, push=False, actor=HELPDESK_ACTOR,
-            first_time=lambda session: first_delivery(session, delivery, now))
+            first_time=first_time)
     except DeskError as exc:
         return answer(exc.status, error=str(exc))
     if changed:

@@ -1014,3 +1014,43 @@ def test_retention_clears_the_callback_numbers_that_pushes_copied(simulator, ivr
     # The other ticket's first change after that creates it at the help desk as it stands.
     assert sender(ivr, clock).drain()["sent"] == 1
     assert jobs(ivr)[-1].kind == "create"
+
+
+def test_a_replayed_echo_does_not_undo_the_desks_newer_change_once_it_is_pushed(
+        app, simulator, ivr, fake, clock):
+    number, remote_id, desk = p3_pushed(simulator, ivr, fake, clock)
+    desk.set_priority(number, 2)
+    clock.advance(seconds=5)
+    client = app.test_client()
+    raw, headers = signed(trigger_body(remote_id, number, "Open", "Normal"), stamp(clock))
+    first = client.post("/hooks/zendesk", data=raw, headers=headers)
+    assert (first.json["result"], first.json["priority"]) == ("unchanged", 2)
+    assert sender(ivr, clock).drain()["sent"] == 1
+    assert fake.tickets[remote_id]["priority"] == "high"
+    clock.advance(minutes=1)
+    again = client.post("/hooks/zendesk", data=raw, headers=headers)
+    assert (again.status_code, again.json["result"], again.json["priority"]) == \
+        (200, "unchanged", 2)
+    assert ticket_row(ivr, number).priority == 2
+
+
+def test_an_echo_the_desk_overtakes_while_it_is_applied_does_not_undo_the_desks_change(
+        app, simulator, ivr, fake, clock, monkeypatch):
+    import threading
+
+    from ..support import pause
+
+    number, remote_id, desk = p3_pushed(simulator, ivr, fake, clock)
+    reached, release = pause(monkeypatch, Desk, "update", before=True, thread="hook")
+    answers = []
+    hook = threading.Thread(name="hook", target=lambda: answers.append(post_hook(
+        app, trigger_body(remote_id, number, "Open", "Normal"), stamp(clock))))
+    hook.start()
+    assert reached.wait(10)
+    desk.set_priority(number, 2)
+    release.set()
+    hook.join(15)
+    assert answers[0].status_code == 200 and answers[0].json["result"] == "unchanged"
+    assert ticket_row(ivr, number).priority == 2
+    assert sender(ivr, clock).drain()["sent"] == 1
+    assert fake.tickets[remote_id]["priority"] == "high"
