@@ -162,21 +162,23 @@ class Floor:
 
     def with_position(self, params: Mapping[str, str]) -> Mapping[str, str]:
         """A waitUrl request with QueuePosition and AvgQueueTime replaced by the caller's
-        place in the engineer line's order and the service's estimate; unchanged if that
-        cannot be told (database down, or a caller not in the database)."""
+        place in the engineer line's order and the service's estimate; neither said with
+        the database down; unchanged for a caller not waiting with a ticket (a shared
+        queue, where Twilio's figures mean what they say)."""
         call_sid = _sid(params)
         if call_sid is None:
             return params
+        # Twilio's AvgQueueTime of a one-caller queue is this caller's own wait so far,
+        # not an expectation, and its QueuePosition always 1: replace them with the
+        # service's place and estimate, or say neither ("0") when the database is away.
+        values = params.to_dict() if hasattr(params, "to_dict") else dict(params)
         try:
             found = self.position(call_sid)
         except DATABASE_DOWN:
-            return params
+            return {**values, "QueuePosition": "0", "AvgQueueTime": "0"}
         if found is None:
             return params
         place, estimate = found
-        # Twilio's AvgQueueTime of a one-caller queue is this caller's own wait so far,
-        # not an expectation: replace it with the service's estimate, or none ("0").
-        values = params.to_dict() if hasattr(params, "to_dict") else dict(params)
         return {**values, "QueuePosition": str(place), "AvgQueueTime": str(estimate or 0)}
 
     # -- the engineer line -------------------------------------------------------------

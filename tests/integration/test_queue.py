@@ -192,3 +192,25 @@ def test_a_hang_up_reported_after_the_callback_key_keeps_the_callback(twilio, iv
         ticket = session.scalars(select(Ticket).where(Ticket.number == number)).one()
     assert (ticket.status, ticket.callback_number) == ("callback_requested",
                                                        params["From"])
+
+
+def test_with_the_database_down_a_waiting_caller_is_not_told_their_own_wait_as_the_expected_one(
+        twilio, dead):
+    """Each caller waits in a queue of their own, so Twilio's AvgQueueTime is the caller's
+    own wait so far and its QueuePosition always 1: neither is said when the service cannot
+    read the engineers' order."""
+    from ivr.sim.simulator import new_call_sid
+
+    call = twilio.call_params(new_call_sid())
+    twilio.post("/voice", **call)
+    twilio.post("/voice/menu", **call, Digits="2")
+    twilio.post("/voice/pmi", **call, Digits=BUSINESS_OWNER[0])
+    prompt = twiml(twilio.post("/voice/host-key", **call, Digits=BUSINESS_OWNER[1]))
+    routed = twiml(twilio.post(prompt.find("Gather").get("action"), **call, Digits="1"))
+    wait_url = routed.find("Enqueue").get("waitUrl")
+    params = {**call, "QueuePosition": "1", "AvgQueueTime": "600", "QueueTime": "600"}
+    live = spoken(twiml(twilio.post(wait_url, **params)))
+    assert not any("expected wait" in s for s in live), live
+    down = spoken(twiml(dead.post(wait_url, **params)))
+    assert not any("expected wait" in s or "in line" in s for s in down), down
+    assert any("ticket number" in s for s in down), down
