@@ -110,6 +110,13 @@ class EngineerRepository:
         self.storage = storage
         self.session = session
 
+    def hold(self, name: str) -> None:
+        """Lock the engineer's row for this transaction (PostgreSQL; SQLite's write
+        transactions already run one at a time), so their requests run in turn."""
+        if self.storage.dialect == "postgresql":
+            self.session.execute(select(Engineer.id).where(Engineer.name == name)
+                                 .with_for_update())
+
     def add(self, *, name: str, phone: str | None, client_identity: str | None,
             languages: str, queues: str, token_hash: str, now: dt.datetime) -> Engineer:
         engineer = Engineer(name=name, phone=phone, client_identity=client_identity,

@@ -202,17 +202,27 @@ class Floor:
         with self.storage.unit_of_work() as uow:
             session = uow.session
             floor = FloorRepository(self.storage, session)
+            # Copies of one request (Twilio's retries, or two at once) run one after the
+            # other, and a copy finds the caller its engineer call already claimed.
+            EngineerRepository(self.storage, session).hold(engineer.name)
             rows = {t.id: (t, c, a) for t, c, a in floor.waiting()}
+            again = [waiting_of(self.config, t, c) for t, c, a in rows.values()
+                     if a is not None and a.engineer_call_sid == call_sid
+                     and _taken_by(a, stale) is not None]
             free = [waiting_of(self.config, t, c) for t, c, a in rows.values()
                     if _taken_by(a, stale) is None]
-            for choice in ranked(engineer.serves, free):
-                if floor.claim(choice.ticket_id, engineer.name, call_sid, now, stale):
-                    ticket, call, _ = rows[choice.ticket_id]
-                    floor.record(ticket.id, engineer.name, "pick-up",
-                                 f"chosen on the engineer line (P{ticket.priority})", now)
-                    break
+            ticket = call = choice = None
+            if again:
+                choice = again[0]
+                ticket, call, _ = rows[choice.ticket_id]
             else:
-                ticket = call = choice = None
+                for option in ranked(engineer.serves, free):
+                    if floor.claim(option.ticket_id, engineer.name, call_sid, now, stale):
+                        choice = option
+                        ticket, call, _ = rows[choice.ticket_id]
+                        floor.record(ticket.id, engineer.name, "pick-up",
+                                     f"chosen on the engineer line (P{ticket.priority})", now)
+                        break
         if ticket is None:
             return self.agent.nobody(voice, announce=query.get("wait") != "1")
         log.info("engineer %s takes ticket id=%s (P%s)", engineer.name, ticket.id, ticket.priority)

@@ -401,3 +401,34 @@ def test_a_caller_who_hung_up_before_the_engineer_joined_is_not_marked_connected
     ivr.floor.joining({**params, "DequeingCallSid": agent_sid}, {})
     assert ticket(ivr, waiting["ticket"]).status == "open"
     assert assignment(ivr, waiting["ticket"]).connected_at is None
+
+
+def test_a_repeated_engineer_line_request_gets_the_same_caller_and_hides_no_other(
+        twilio, ivr, settings, clock):
+    """Twilio retries a request, or delivers it twice at once: each copy from the same
+    engineer call names the same caller, and the next caller stays free for the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ivr import create_app
+
+    from ..support import TwilioClient
+
+    add_engineer(ivr, "aiko")
+    add_engineer(ivr, "ben", phone="+14155550188")
+    first, second = queued(twilio, 1), queued(twilio, 2)
+    other = create_app(settings, clock=clock)
+    clients = [twilio, TwilioClient(other)]
+    aiko = engineer_params(new_call_sid())
+    barrier = threading.Barrier(2)
+
+    def copy(i):
+        barrier.wait()
+        return twiml(clients[i].post("/voice/agent", **aiko))
+
+    with ThreadPoolExecutor(2) as pool:
+        copies = list(pool.map(copy, range(2)))
+    retried = twiml(twilio.post("/voice/agent", **aiko))
+    assert [digits_spoken(root) for root in copies + [retried]] == [[first["ticket"]]] * 3
+    ben = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), "+14155550188")))
+    other.extensions["ivr"].storage.dispose()
+    assert digits_spoken(ben) == [second["ticket"]]
