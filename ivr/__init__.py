@@ -12,7 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import ConfigError, IvrConfig, Settings, check_helpdesk, load_config
 from .privacy import RedactingFormatter, protect_data_files
-from .security import HostKeyHasher, load_pepper
+from .security import HostKeyHasher, PepperError, load_pepper
 from .storage import Storage, utcnow
 from .voice.prompts import Catalogue, CatalogueError, load_catalogues
 from .voice.service import CallService
@@ -50,7 +50,10 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Ap
     _configure_logging()
     protect_data_files(settings.database_url, settings.instance_path)  # 0600 before SQLite opens it
     storage = Storage(settings.database_url)
-    hasher = HostKeyHasher(load_pepper(settings.host_key_pepper, settings.instance_path))
+    try:
+        hasher = HostKeyHasher(load_pepper(settings.host_key_pepper, settings.instance_path))
+    except PepperError as exc:
+        raise SystemExit(f"Configuration error: {exc}") from None
     renderer = Renderer(config, catalogues)
     spool = Spool(settings.instance_path / "spool")
     service = CallService(config, catalogues, storage, hasher, renderer, spool, clock=clock)

@@ -6,24 +6,45 @@ import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 PEPPER_FILE = "host_key_pepper"
 
 
+class PepperError(RuntimeError):
+    """The pepper file cannot be used; the message names it and says why."""
+
+
 def load_pepper(configured: str | None, instance_path: Path) -> bytes:
-    """The pepper from IVR_HOST_KEY_PEPPER, else from instance/, created on first use."""
+    """The pepper from IVR_HOST_KEY_PEPPER, else from instance/, created on first use.
+    The file appears whole or not at all (written aside, then linked into place), and one
+    that is empty or not the 64 hex digits written stops the app: hashes keyed with
+    anything else would match no host key imported before."""
     if configured:
         return configured.encode("utf-8")
     instance_path.mkdir(parents=True, exist_ok=True)
     path = instance_path / PEPPER_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return bytes.fromhex(path.read_text().strip())
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(32))
-    return bytes.fromhex(path.read_text().strip())
+    if not path.exists():
+        fd, aside = tempfile.mkstemp(dir=instance_path, prefix=".pepper-")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(aside, 0o600)
+            try:
+                os.link(aside, path)  # fails if another process created it first
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(aside)
+    text = path.read_text(encoding="ascii", errors="replace").strip()
+    if len(text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise PepperError(f"{path}: not a host-key pepper (expected 64 hex digits, found "
+                          f"{len(text)} characters); restore it from a backup, as host keys "
+                          "imported under another pepper no longer match")
+    return bytes.fromhex(text)
 
 
 class HostKeyHasher:

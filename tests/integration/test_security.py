@@ -266,6 +266,22 @@ def test_the_pepper_is_generated_once_into_the_instance_folder_readable_only_by_
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
     assert len(bytes.fromhex(path.read_text())) == 32
     assert create_app(unpeppered, clock=clock).extensions["ivr"].hasher.digest("1", "2") == first
+    assert sorted(p.name for p in instance.iterdir() if "pepper" in p.name) == ["host_key_pepper"]
+
+
+@pytest.mark.parametrize("content", ["", "\n", "not hex at all", "ab" * 31, "ab" * 33])
+def test_a_pepper_file_left_empty_or_damaged_stops_the_app_and_names_it(settings, clock,
+                                                                         tmp_path, content):
+    """An empty key would let anyone recompute every stored hash, and a different one
+    would match no host key imported before: neither is used."""
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    (instance / "host_key_pepper").write_text(content)
+    unpeppered = settings.model_copy(update={"host_key_pepper": None, "instance_path": instance})
+    with pytest.raises(SystemExit) as stopped:
+        create_app(unpeppered, clock=clock)
+    assert str(instance / "host_key_pepper") in str(stopped.value)
+    assert "expected 64 hex digits" in str(stopped.value)
 
 
 def test_a_hash_dump_alone_does_not_reveal_a_host_key(ivr):
