@@ -52,6 +52,13 @@ SUPPORTED_VOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Bounds the database or the calendar sets: a region is stored with every call and ticket
+# (64 characters), a PMI in the directory (16 digits), a dial target as a call's transfer
+# (128 characters); periods stay within a year, far from any date arithmetic's limits.
+REGION_MAX, PMI_MAX, DIAL_TARGET_MAX = 64, 16, 128
+A_WEEK_MINUTES, A_YEAR_MINUTES, A_YEAR_HOURS = 7 * 24 * 60, 366 * 24 * 60, 366 * 24
+
+
 class ConfigError(RuntimeError):
     """The configuration cannot be used; the message says where and why."""
 
@@ -121,7 +128,8 @@ class EnqueueRoute(_Model):
 
 class DialRoute(_Model):
     kind: Literal["dial"]
-    target: str = Field(min_length=1, description="E.164 number or sip: URI")
+    target: str = Field(min_length=1, max_length=DIAL_TARGET_MAX,
+                        description="E.164 number or sip: URI")
     timeout_seconds: int = Field(default=30, ge=5, le=600)
 
     @field_validator("target")
@@ -141,7 +149,7 @@ Route = Annotated[EnqueueRoute | DialRoute | TaskRouterRoute, Field(discriminato
 
 
 class Line(_Model):
-    region: str = Field(min_length=1)
+    region: str = Field(min_length=1, max_length=REGION_MAX)
     number: str
     language: str
     voice: str
@@ -166,7 +174,7 @@ class Line(_Model):
 
 class Extension(_Model):
     key: str = Field(pattern=r"^[0-8*]$")
-    dial: str
+    dial: str = Field(max_length=DIAL_TARGET_MAX)
     description: str = ""
 
     @field_validator("dial")
@@ -212,7 +220,7 @@ class Policy(_Model):
 class Priority(_Model):
     level: int = Field(ge=HIGHEST, le=LOWEST)
     name: str
-    target_response_minutes: int = Field(gt=0)
+    target_response_minutes: int = Field(gt=0, le=A_YEAR_MINUTES)
 
 
 class Retries(_Model):
@@ -227,7 +235,7 @@ class Timeouts(_Model):
 
 class Lengths(_Model):
     pmi_min: int = 9
-    pmi_max: int = 11
+    pmi_max: int = Field(default=11, le=PMI_MAX)
     host_key_min: int = 6
     host_key_max: int = 10
 
@@ -242,10 +250,10 @@ class Lockout(_Model):
     """Limits on guessing host keys, across calls (see SPEC section 4)."""
 
     pmi_failures: int = Field(default=5, ge=1, le=100)
-    lock_minutes: int = Field(default=15, ge=1)
-    max_lock_hours: int = Field(default=24, ge=1)
+    lock_minutes: int = Field(default=15, ge=1, le=A_WEEK_MINUTES)
+    max_lock_hours: int = Field(default=24, ge=1, le=A_YEAR_HOURS)
     caller_failures: int = Field(default=10, ge=1, le=1000)
-    caller_window_minutes: int = Field(default=60, ge=1)
+    caller_window_minutes: int = Field(default=60, ge=1, le=A_WEEK_MINUTES)
 
     def duration(self, earlier_locks: int) -> dt.timedelta:
         """The next lock: the base time, doubled for each earlier lock, up to the cap."""

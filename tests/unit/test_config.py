@@ -249,3 +249,21 @@ def test_every_allowed_host_werkzeug_can_match_is_kept_and_matches():
     for request_host in ("ivr.example.com", "line.example.org", "127.0.0.1:5000", "localhost",
                          "ivr.example.net.", "xn--bcher-kva.example"):
         assert host_is_trusted(request_host, hosts), request_host
+
+
+@pytest.mark.parametrize("old, new, where", [
+    ('region = "United States"', 'region = "' + "U" * 65 + '"', r"lines\[\d\]\.region"),
+    ("pmi_max = 11", "pmi_max = 17", r"lengths\.pmi_max"),
+    ("caller_window_minutes = 60", "caller_window_minutes = 2000000000",
+     r"lockout\.caller_window_minutes"),
+    ("lock_minutes = 15", "lock_minutes = 2000000000", r"lockout\.lock_minutes"),
+    ("max_lock_hours = 24", "max_lock_hours = 100000000", r"lockout\.max_lock_hours"),
+    ("target_response_minutes = 60", "target_response_minutes = 5000000000",
+     r"priorities\[0\]\.target_response_minutes"),
+])
+def test_values_the_database_or_the_clock_could_not_hold_are_refused_at_start(
+        tmp_path, old, new, where):
+    """A region longer than its column, a PMI longer than the directory holds, or a period
+    past any calendar would otherwise pass start-up and fail calls one by one."""
+    with pytest.raises(ConfigError, match=where):
+        load_config(broken(tmp_path, old, new))
