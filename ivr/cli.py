@@ -16,7 +16,7 @@ from . import outbox as sms_outbox
 from .desk import directory
 from .desk.commands import tickets_cli
 from .desk.service import ticket_dict
-from .domain.phones import lockout_keys, mask
+from .domain.phones import WITHHELD, lockout_keys, mask
 from .extension import ivr
 from .privacy import MAX_DAYS
 from .sim.simulator import HttpTransport, Simulator, UnknownTwiML, WsgiTransport, transcript
@@ -54,6 +54,10 @@ def accounts_unlock(pmi, caller):
     if bool(pmi) == bool(caller):
         raise click.UsageError("give a PMI or --caller NUMBER")
     key = lockout_keys(pmi, None)[0] if pmi else lockout_keys("", caller)[1]
+    if caller and key == f"caller:{WITHHELD}" and caller.strip().lower() != WITHHELD:
+        raise click.UsageError(
+            f"--caller {mask(caller)}: not a phone number in international form (+ and the "
+            f"country code); the lock shared by withheld callers is --caller {WITHHELD}")
     with ivr().storage.unit_of_work() as uow:
         cleared = uow.lockouts.clear(key)
     what = f"PMI {pmi}" if pmi else f"caller {mask(caller)}"

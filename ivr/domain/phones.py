@@ -55,14 +55,17 @@ def can_receive_sms(number: str | None) -> bool:
         and phonenumbers.number_type(parsed) in TEXTABLE
 
 
+WITHHELD = "withheld"
+
+
 def lockout_keys(pmi: str, caller_number: str | None) -> tuple[str, str]:
-    """The lockout keys of a PMI and of a caller (withheld numbers share one key)."""
+    """The lockout keys of a PMI and of a caller. Withheld numbers share one key: Twilio's
+    "anonymous" and its keypad spellings (+266696687 ANONYMOUS, +7378742833 RESTRICTED...),
+    and any other number that is not a valid one, so made-up caller IDs cannot each start
+    a fresh count."""
     return f"pmi:{pmi}", f"caller:{_caller_key(caller_number or '')}"
 
 
 @functools.lru_cache(maxsize=4096)
 def _caller_key(number: str) -> str:
-    parsed = _parsed(number)
-    if parsed is None:
-        return "withheld"
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return callable_number(number) or WITHHELD

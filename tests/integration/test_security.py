@@ -367,3 +367,20 @@ def test_old_failure_counts_are_purged_but_current_locks_are_kept(app, twilio, i
     assert result.exit_code == 0
     assert lock(ivr, f"pmi:{UNKNOWN_PMI}") is None
     assert lock(ivr, f"pmi:{BUSINESS_OWNER[0]}") is not None
+
+
+def test_unlocking_a_caller_typed_without_the_country_code_is_refused_not_the_withheld_lock(
+        app, twilio, ivr):
+    """'4155550100' is not a number in international form: taken as given it would be
+    the key all withheld callers share, and clearing it would leave the caller locked."""
+    withheld = Caller(twilio, "anonymous")
+    for n in range(10):
+        withheld.attempt(f"55597{n:05d}", WRONG)
+    runner = app.test_cli_runner()
+    before = runner.invoke(args=["accounts", "locks"]).output
+    refused = runner.invoke(args=["accounts", "unlock", "--caller", "4155550100"])
+    assert refused.exit_code == 2 and "--caller withheld" in refused.output
+    assert runner.invoke(args=["accounts", "locks"]).output == before
+    cleared = runner.invoke(args=["accounts", "unlock", "--caller", "withheld"])
+    assert cleared.exit_code == 0 and "Unlocked" in cleared.output
+    assert runner.invoke(args=["accounts", "locks"]).output.strip() == "No locks."

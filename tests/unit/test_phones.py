@@ -37,7 +37,13 @@ NUMBERS = [
     ("+1 (212) 555-0199", True, "+12125550199", "caller:+12125550199"),
     ("+442071838750", False, "+442071838750", "caller:+442071838750"),
     ("+81312345678", False, "+81312345678", "caller:+81312345678"),
-    ("+447700900123", False, None, "caller:+447700900123"),  # a drama number: not valid
+    ("+447700900123", False, None, "caller:withheld"),  # a drama number: not valid
+    # Twilio's keypad spellings of a withheld caller ID all share the withheld count.
+    ("+266696687", False, None, "caller:withheld"),    # ANONYMOUS
+    ("+7378742833", False, None, "caller:withheld"),   # RESTRICTED
+    ("+2562533", False, None, "caller:withheld"),      # BLOCKED
+    ("+8656696", False, None, "caller:withheld"),      # UNKNOWN
+    ("+86282452253", False, None, "caller:withheld"),  # UNAVAILABLE
     ("+999123", False, None, "caller:withheld"),  # no such country code
     ("anonymous", False, None, "caller:withheld"),
     ("266696687", False, None, "caller:withheld"),  # no country code at all
