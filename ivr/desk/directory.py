@@ -77,6 +77,15 @@ ACCOUNT_ID_LIMIT = Account.__table__.c.account_id.type.length
 EMAIL_LIMIT = Account.__table__.c.user_email.type.length
 
 
+def _rows(reader, source: str):
+    """The reader's rows; a file the csv module cannot read (a field over its limit, an
+    unreadable quote) stops the import with the line it reached."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise ImportFailed(source, [f"line {reader.line_num}: {exc}"]) from None
+
+
 def parse(text: str, lengths: Lengths, source: str = "accounts CSV") -> list[Row]:
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
@@ -86,7 +95,7 @@ def parse(text: str, lengths: Lengths, source: str = "accounts CSV") -> list[Row
     rows: list[Row] = []
     seen_pmi: dict[str, int] = {}
     seen_email: dict[str, int] = {}
-    for number, fields in enumerate(reader, start=2):
+    for number, fields in enumerate(_rows(reader, source), start=2):
         if not any(f.strip() for f in fields):
             continue
         if len(fields) != len(HEADER):

@@ -77,3 +77,10 @@ def test_a_header_in_another_order_is_named():
     assert error.value.problems == [
         "row 1: header must be account_id,plan,user_email,role,pmi,host_key; "
         "got plan,account_id,user_email,role,pmi,host_key"]
+
+
+def test_a_field_larger_than_the_csv_reader_takes_is_reported_not_a_crash():
+    text = f'{HEAD}\nacct,Business,a@example.com,owner,1234567890,740193\n' \
+           f'b,pro,x@example.com,owner,123456789,"{"9" * 200_000}"\n'
+    with pytest.raises(ImportFailed, match=r"line 3: field larger than field limit"):
+        parse(text, Lengths())

@@ -267,3 +267,12 @@ def test_values_the_database_or_the_clock_could_not_hold_are_refused_at_start(
     past any calendar would otherwise pass start-up and fail calls one by one."""
     with pytest.raises(ConfigError, match=where):
         load_config(broken(tmp_path, old, new))
+
+
+def test_a_configuration_that_is_not_utf8_or_not_a_file_is_named_not_a_traceback(tmp_path):
+    path = tmp_path / "ivr.toml"
+    path.write_bytes(b"[service]\nbrand = \"Caf\xe9\"\n")
+    with pytest.raises(ConfigError, match=r"ivr\.toml: not UTF-8 text"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r": cannot be read: Is a directory"):
+        load_config(tmp_path)
