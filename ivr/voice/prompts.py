@@ -40,6 +40,20 @@ def _placeholders(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
+def _template_problem(template: str) -> str | None:
+    """What keeps a message from being filled in (a lone brace, a placeholder that is
+    more than a plain name such as {brand}), or None."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"{exc} (write {{{{ or }}}} for a brace)"
+    for _, field, spec, conversion in parts:
+        if field is not None and (not field.isidentifier() or spec or conversion):
+            shown = field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            return f"placeholder {{{shown}}} must be a plain name such as {{brand}}"
+    return None
+
+
 class Catalogue:
     def __init__(self, name: str, messages: dict[str, str]):
         self.name = name
@@ -78,6 +92,9 @@ def load_catalogues(directory: str | Path) -> dict[str, Catalogue]:
             raw[path.stem] = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise CatalogueError(f"{path}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise CatalogueError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") \
+                from None
     if REFERENCE not in raw:
         raise CatalogueError(f"{directory}: the reference catalogue {REFERENCE}.toml is missing")
 
@@ -92,6 +109,9 @@ def load_catalogues(directory: str | Path) -> dict[str, Catalogue]:
             raise CatalogueError(f"{directory}/{chain[-1]}.toml: extends {name!r}, which does not exist")
         data = dict(raw[name])
         parent = data.pop("extends", None)
+        if parent is not None and not isinstance(parent, str):
+            raise CatalogueError(f"{directory}/{name}.toml: extends: expected the name of "
+                                 "another catalogue, such as \"en-US\"")
         for key, value in data.items():
             if not isinstance(value, str):
                 raise CatalogueError(f"{directory}/{name}.toml: {key}: expected a string")
@@ -111,6 +131,9 @@ def load_catalogues(directory: str | Path) -> dict[str, Catalogue]:
         if unknown:
             raise CatalogueError(f"{path}: unknown messages: {', '.join(unknown)}")
         for key, template in messages.items():
+            problem = _template_problem(template)
+            if problem:
+                raise CatalogueError(f"{path}: {key}: {problem}")
             if _placeholders(template) != _placeholders(reference[key]):
                 raise CatalogueError(
                     f"{path}: {key}: placeholders {sorted(_placeholders(template))} differ from "
