@@ -16,7 +16,7 @@ import functools
 import io
 from urllib.parse import parse_qsl
 
-from flask import Flask, Request, abort, request
+from flask import Flask, Request, Response, abort, request
 from flask.json.provider import DefaultJSONProvider
 from flask.sessions import SecureCookieSessionInterface
 from flask_limiter import Limiter
@@ -133,6 +133,31 @@ def accepted_hosts(settings) -> list[str] | None:
     return list(settings.allowed_hosts) or None
 
 
+def _port_check(allowed: list[str]):
+    """A before-request hook refusing a request whose port is not the one its host name
+    was allowed with (IVR_ALLOWED_HOSTS=ivr.example.com:8443): Flask's TRUSTED_HOSTS
+    compares names only, and a request another port was signed for must not pass. None
+    when no entry names a port."""
+    pinned = [(name, port) for name, _, port in (h.partition(":") for h in allowed)]
+    if not any(port for _, port in pinned):
+        return None
+
+    def matches(pattern: str, name: str) -> bool:
+        return name == pattern or (pattern.startswith(".") and (
+            name.endswith(pattern) or name == pattern[1:]))
+
+    def check():
+        name, _, port = request.host.lower().rpartition(":") if ":" in request.host \
+            else (request.host.lower(), "", "")
+        port = port or ("443" if request.scheme == "https" else "80")
+        if not any(matches(n, name) and (not p or p == port) for n, p in pinned):
+            return Response(f"Host {request.host[:80]!r} is not one this service answers "
+                            "(IVR_ALLOWED_HOSTS)\n", 400, mimetype="text/plain")
+        return None
+
+    return check
+
+
 def install(app: Flask) -> None:
     settings = app.extensions["ivr"].settings
     app.config.update(
@@ -145,6 +170,9 @@ def install(app: Flask) -> None:
     app.request_class = WebRequest
     app.session_interface = CookieSessions()
     app.before_request(_limit_body)
+    port_check = _port_check(list(settings.allowed_hosts))
+    if port_check is not None:
+        app.before_request(port_check)
     # Only the sign-in form is limited: the limiter's hooks (its per-request bookkeeping)
     # do not run for Twilio's webhooks, the health check or Zendesk's hook at all.
     with _hooks_skipped_for(app, UNLIMITED_BLUEPRINTS):

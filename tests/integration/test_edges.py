@@ -143,6 +143,26 @@ def pinned_app(settings, clock):
     app.extensions["ivr"].storage.dispose()
 
 
+@pytest.mark.parametrize("allowed", [["ivr.example.com:8443"], [".example.com:8443"]])
+def test_a_request_signed_for_another_port_of_a_pinned_host_is_refused(settings, clock, call_sid,
+                                                                       allowed):
+    """Flask's trusted hosts compare names only: the port given with a name is checked too,
+    so a webhook signed for another instance on the same name and another port is refused
+    before its signature could validate."""
+    app = create_app(settings.model_copy(update={"allowed_hosts": allowed}), clock=clock)
+    app.extensions["ivr"].storage.upgrade()
+    params = TwilioClient(app).call_params(call_sid)
+    for port, status in ((9443, 400), (8443, 200)):
+        url = f"http://ivr.example.com:{port}/voice"
+        response = app.test_client().post(
+            "/voice", base_url=f"http://ivr.example.com:{port}", data=params,
+            headers={"X-Twilio-Signature": signed_for(url, params)})
+        assert response.status_code == status, (port, response.get_data(as_text=True))
+    with app.extensions["ivr"].storage.transaction() as session:
+        assert session.get(Call, call_sid) is not None  # only the allowed port's request
+    app.extensions["ivr"].storage.dispose()
+
+
 def test_a_request_signed_for_another_app_of_the_account_is_refused(pinned_app, call_sid):
     client = TwilioClient(pinned_app)
     params = client.call_params(call_sid)
