@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Ap
     app.register_blueprint(helpdesk_webhook.hooks)
     cli.register(app)
     app.cli.add_command(floor_views.engineers_cli)
+    cli.explain_database_errors(app.cli)
     web.install(app)  # body limits, accepted hosts, desk headers (after the blueprints)
     return app
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import sys
@@ -10,13 +11,14 @@ from urllib.parse import urlsplit
 
 import click
 from flask import current_app
+from sqlalchemy.exc import ProgrammingError
 from flask.cli import AppGroup, with_appcontext
 
 from . import outbox as sms_outbox
 from .desk import directory
 from .desk.commands import tickets_cli
 from .desk.service import ticket_dict
-from .domain.phones import WITHHELD, lockout_keys, mask
+from .domain.phones import WITHHELD, lockout_keys, mask, redact_numbers
 from .extension import ivr
 from .privacy import MAX_DAYS
 from .sim.simulator import HttpTransport, Simulator, UnknownTwiML, WsgiTransport, transcript
@@ -239,6 +241,39 @@ def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think, 
     click.echo(result.to_json() if as_json else transcript(result))
     if result.outcome == "error":
         raise SystemExit(1)
+
+
+def explain_database_errors(group: click.Group) -> None:
+    """Every command under ``group`` ends in one clear line when the database cannot be
+    reached or has no schema yet, instead of a driver's traceback."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            explain_database_errors(command)
+        elif command.callback is not None and not hasattr(command.callback, "__explained__"):
+            command.callback = _explained(command.callback)
+
+
+def _explained(callback):
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except (*DATABASE_DOWN, ProgrammingError) as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            reason = redact_numbers(reason[0][:200]) if reason else ""
+            if "no such table" in reason or ("relation" in reason
+                                             and "does not exist" in reason):
+                raise click.ClickException(
+                    f"the database has no tables yet, or older ones ({reason}): run "
+                    "`flask --app app init-db` first") from None
+            if isinstance(exc, ProgrammingError):
+                raise
+            cause = type(getattr(exc, "orig", None) or exc).__name__
+            raise click.ClickException(
+                f"the database is unreachable ({cause}: {reason}); nothing was done") from None
+
+    run.__explained__ = True
+    return run
 
 
 def register(app) -> None:

@@ -384,3 +384,24 @@ def test_unlocking_a_caller_typed_without_the_country_code_is_refused_not_the_wi
     cleared = runner.invoke(args=["accounts", "unlock", "--caller", "withheld"])
     assert cleared.exit_code == 0 and "Unlocked" in cleared.output
     assert runner.invoke(args=["accounts", "locks"]).output.strip() == "No locks."
+
+
+def test_operator_commands_say_in_one_line_that_the_database_is_unreachable_or_empty(
+        settings, clock, database_url, tmp_path):
+    from ..support import unreachable_database_url
+
+    away = create_app(settings.model_copy(update={
+        "database_url": unreachable_database_url(database_url, tmp_path)}), clock=clock)
+    for args in (["init-db"], ["tickets", "list"], ["accounts", "locks"], ["engineers", "list"],
+                 ["outbox", "drain"]):
+        result = away.test_cli_runner().invoke(args=args)
+        assert result.exit_code == 1, (args, result.output)
+        assert isinstance(result.exception, SystemExit), (args, repr(result.exception))
+        assert "the database is unreachable" in result.output, (args, result.output)
+    if not database_url.startswith("sqlite"):
+        return
+    empty = create_app(settings.model_copy(update={
+        "database_url": f"sqlite:///{tmp_path}/empty.db"}), clock=clock)
+    result = empty.test_cli_runner().invoke(args=["tickets", "list"])
+    assert result.exit_code == 1 and "run `flask --app app init-db` first" in result.output
+    empty.extensions["ivr"].storage.dispose()
