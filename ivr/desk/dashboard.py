@@ -198,9 +198,13 @@ def login():  # rate-limited per client address (ivr/web.py)
                                error="That is not the admin token or a desk token."), 401
     now = ivr().service.clock()
     lifetime = current_app.permanent_session_lifetime
+    earlier = session.get("sid")
     with ivr().storage.transaction() as db_session:
         sessions = _sessions(db_session)
         sessions.purge(now)
+        if isinstance(earlier, str):
+            # Signing in over a session ends it: a copy of the old cookie opens nothing.
+            sessions.end(earlier)
         session_id = sessions.start(identity, credential_mark(identity, token), now, lifetime)
     session.clear()
     session.permanent = True

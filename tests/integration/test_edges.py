@@ -442,6 +442,20 @@ def test_a_copied_cookie_stops_working_once_its_owner_signs_out(desk_client, des
     assert thief.get("/admin/export?format=csv").status_code == 302
 
 
+def test_signing_in_again_over_a_session_ends_the_earlier_one(desk_client, desk_app):
+    """Someone else signs in on the same browser: a copy of the first person's cookie
+    opens nothing afterwards."""
+    from ..desk_support import sign_in
+
+    copy = desk_app.test_client()
+    copy_cookie(desk_client, copy)
+    assert copy.get("/admin/").status_code == 200
+    assert sign_in(desk_client).status_code == 302
+    assert desk_client.get("/admin/").status_code == 200
+    response = copy.get("/admin/")
+    assert (response.status_code, response.headers["Location"]) == (302, "/admin/login")
+
+
 def test_a_session_ends_12_hours_after_sign_in_however_often_it_is_used(desk_client, clock):
     for _ in range(11):
         clock.advance(hours=1)
