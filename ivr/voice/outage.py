@@ -149,9 +149,11 @@ class Outage:
 
     def check_pass(self, call_sid: str, query: Mapping[str, str]) -> tuple[int, bool, bool] | None:
         ref, flags, tag = query.get("a", ""), query.get("f", ""), query.get("t", "")
-        if not (ref.isdigit() and flags in ("00", "01", "10", "11")):
+        if not (ref.isascii() and ref.isdigit() and flags in ("00", "01", "10", "11")):
             return None
-        if not hmac.compare_digest(tag, self._tag(call_sid, ref, flags)):
+        # As bytes: compare_digest refuses a str with anything but ASCII in it.
+        if not hmac.compare_digest(tag.encode("utf-8"),
+                                   self._tag(call_sid, ref, flags).encode("utf-8")):
             return None
         return int(ref), flags[0] == "1", flags[1] == "1"
 

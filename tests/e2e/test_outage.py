@@ -332,3 +332,12 @@ def test_wrong_keys_or_silence_at_the_priority_prompt_end_the_call_during_an_out
             break
         action = root.find("Gather").get("action") if digits else root.find("Redirect").text
     assert n == tries and root[-1].tag == "Hangup"
+
+
+@pytest.mark.parametrize("query", [
+    {"a": "٢", "f": "10", "t": "x"},                  # a digit, but not an ASCII one
+    {"a": "2", "f": "10", "t": "é" * 16},             # a tag with non-ASCII characters
+    {"a": "2", "f": "10", "t": ""},
+])
+def test_a_signed_pass_with_characters_it_never_carries_is_no_pass_not_an_error(ivr, query):
+    assert ivr.service.outage.check_pass("CA" + "0" * 32, query) is None
