@@ -370,6 +370,24 @@ class Helpdesk(_Model):
                              "push ends before its claim runs out")
         return self
 
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        """A scheme, a host and perhaps a port (1 to 65535): no user, path or query, which
+        every push would otherwise carry or fail on, one retry after another."""
+        if value is None:
+            return value
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"{value[:80]!r}: {exc}") from None
+        if parts.username is not None or parts.password is not None or parts.query \
+                or parts.fragment or not parts.hostname or (port is not None and port == 0):
+            raise ValueError(f"{value[:80]!r}: give a scheme, a host and perhaps a port "
+                             "only (http://127.0.0.1:8080)")
+        return value
+
     @field_validator("custom_fields")
     @classmethod
     def _positive_ids(cls, value: dict[str, int]) -> dict[str, int]:

@@ -39,6 +39,11 @@ def test_a_subdomain_gives_the_zendesk_host_and_a_url_wins_when_set(tmp_path):
     ({"timeout_seconds": "20", "lease_seconds": "60"},
      "lease_seconds (60) must be at least four times timeout_seconds (20)"),
     ({"surprise": "1"}, "helpdesk.surprise: is not a known key"),
+    ({"url": '"http://127.0.0.1:99999"'}, "helpdesk.url"),
+    ({"url": '"http://127.0.0.1:abc"'}, "helpdesk.url"),
+    ({"url": '"http://user:pw@zendesk.example"'}, "helpdesk.url"),
+    ({"url": '"http://zendesk.example?x=1"'}, "helpdesk.url"),
+    ({"url": '"http://[::1"'}, "helpdesk.url"),
 ])
 def test_bad_help_desk_settings_stop_the_app_naming_the_key(tmp_path, keys, named):
     with pytest.raises(ConfigError) as error:
