@@ -131,8 +131,10 @@ class EngineerRepository:
 
     def clash(self, name: str, phone: str | None, client_identity: str | None) -> str | None:
         """Why a new engineer cannot be added, or None."""
-        if self.named(name) is not None:
-            return f"an engineer named {name!r} exists already"
+        same = self.session.scalars(select(Engineer.name).where(
+            func.lower(Engineer.name) == name.lower())).first()
+        if same is not None:  # names are told apart by people, who do not see case
+            return f"an engineer named {same!r} exists already"
         if phone and self.by_phone(phone) is not None:
             return "another engineer has this phone number"
         if client_identity and self.by_client(client_identity) is not None:

@@ -76,6 +76,9 @@ def test_a_bad_engineer_is_refused_with_the_reason(app, args, message):
 def test_names_phones_and_identities_are_unique(app):
     add(app)
     assert "exists already" in cli(app, "engineers", "add", "aiko", "--client", "z").output
+    # People read the names: 'Aiko' beside 'aiko' would be two engineers no one tells apart.
+    assert "named 'aiko' exists already" in cli(app, "engineers", "add", "Aiko", "--client",
+                                                "z").output
     assert "this phone number" in cli(app, "engineers", "add", "ben", "--phone",
                                       "+819012345678").output
 
