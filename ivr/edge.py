@@ -94,7 +94,8 @@ class BufferingFront:
         except TimeoutError:
             log.warning("%s %s: request body not complete after %.0f s; answered 408",
                         scope.get("method"), scope.get("path"), self.body_seconds)
-            await _answer(send, 408, "The request body did not arrive in time.")
+            await _answer(send, 408, "The request body did not arrive in time.",
+                          json_body=_answers_json(scope))
             return
         body = b"".join(chunks)
         delivered = False
@@ -128,7 +129,7 @@ class BufferingFront:
     async def _too_large(self, scope, send):
         if scope.get("path", "").startswith("/voice"):
             metrics.REFUSED.labels("too_large").inc()
-        await _answer(send, 413, TOO_LARGE, json_body=scope.get("path", "").startswith("/api"))
+        await _answer(send, 413, TOO_LARGE, json_body=_answers_json(scope))
 
     @staticmethod
     async def _lifespan(receive, send):
@@ -165,3 +166,8 @@ async def _answer(send, status: int, text: str, json_body: bool = False) -> None
                 "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close"), (b"x-content-type-options", b"nosniff")]})
     await send({"type": "http.response.body", "body": body})
+
+
+def _answers_json(scope) -> bool:
+    """The desk's API and the help desk's webhook answer in JSON, even from here."""
+    return scope.get("path", "").startswith(("/api/", "/hooks/"))

@@ -16,7 +16,7 @@ def wsgi_echo(seen):
     return app
 
 
-def run(front, headers, messages, delay=0.0):
+def run(front, headers, messages, delay=0.0, path="/voice"):
     """Drive one request through the front; messages arrive ``delay`` seconds apart."""
     sent = []
 
@@ -32,7 +32,7 @@ def run(front, headers, messages, delay=0.0):
         async def send(message):
             sent.append(message)
 
-        scope = {"type": "http", "http_version": "1.1", "method": "POST", "path": "/voice",
+        scope = {"type": "http", "http_version": "1.1", "method": "POST", "path": path,
                  "root_path": "", "query_string": b"", "headers": headers, "scheme": "http",
                  "server": ("127.0.0.1", 5000), "client": ("127.0.0.1", 40000)}
         await front(scope, receive, send)
@@ -67,6 +67,17 @@ def test_a_declared_length_over_the_cap_gets_413_without_receiving_anything():
     assert status == 413 and b"larger than this service accepts" in body and seen == []
     status, _ = run(front, [(b"content-length", b"ten")], [])
     assert status == 400 and seen == []
+
+
+def test_the_api_and_the_help_desk_hook_get_their_refusals_in_json_from_the_front_too():
+    import json
+
+    front = BufferingFront(wsgi_echo([]), max_body=100)
+    for path in ("/hooks/zendesk", "/api/tickets/1/callback"):
+        status, body = run(front, [(b"content-length", b"101")], [], path=path)
+        assert status == 413 and "larger than" in json.loads(body)["error"]
+    status, body = run(front, [(b"content-length", b"101")], [], path="/voice")
+    assert status == 413 and body.startswith(b"The request")
 
 
 def test_a_chunked_body_past_the_cap_gets_413_and_the_app_never_runs():
