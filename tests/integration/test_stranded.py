@@ -63,16 +63,23 @@ def test_the_drain_command_sweeps_stranded_tickets(app, twilio, ivr, clock):
     assert status(ivr, lost["ticket"]) == "open"
 
 
+def stranded_while_the_desk_acts(twilio, ivr, clock):
+    """A P1 caller whose call ended in the queue an hour ago with no queue result, for a
+    race between the sweep and the desk (PostgreSQL only: SQLite's write lock runs the
+    two one after the other)."""
+    if ivr.storage.dialect != "postgresql":
+        pytest.skip("SQLite's write lock runs the desk and the sweep one after the other")
+    lost = queued(twilio, 1)
+    hang_up(twilio, lost)
+    clock.advance(hours=1)
+    return lost
+
+
 def test_a_close_the_desk_commits_while_the_sweep_waits_for_the_ticket_is_not_undone(
         twilio, ivr, clock):
     """The sweep reads a stranded ticket, then waits for its row while the desk closes
     it: once the close commits the sweep sees the ticket closed and leaves it so."""
-    if ivr.storage.dialect != "postgresql":
-        pytest.skip("SQLite's write lock runs the desk's close and the sweep one after "
-                    "the other")
-    lost = queued(twilio, 1)
-    hang_up(twilio, lost)
-    clock.advance(hours=1)
+    lost = stranded_while_the_desk_acts(twilio, ivr, clock)
     swept = []
     sweep = threading.Thread(target=lambda: swept.append(ivr.floor.sweep_stranded()))
     while_the_desk_closes(ivr, lost["ticket"], sweep, "the sweep")
@@ -85,17 +92,12 @@ def test_the_sweep_leaves_a_ticket_the_desk_set_to_callback_after_reading_it(
     """The sweep reads its candidates without a lock; a ticket the desk moves to
     callback_requested in between keeps the callback (only a ticket still in_queue goes
     back to open)."""
-    if ivr.storage.dialect != "postgresql":
-        pytest.skip("SQLite's write lock runs the desk's change and the sweep one after "
-                    "the other")
     from ivr.desk.service import Desk
     from ivr.storage.engineers import FloorRepository
 
     from ..support import pause
 
-    lost = queued(twilio, 1)
-    hang_up(twilio, lost)
-    clock.advance(hours=1)
+    lost = stranded_while_the_desk_acts(twilio, ivr, clock)
     reached, release = pause(monkeypatch, FloorRepository, "stranded")
     swept = []
     sweep = threading.Thread(target=lambda: swept.append(ivr.floor.sweep_stranded()))
