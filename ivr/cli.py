@@ -270,7 +270,7 @@ def _explained(callback):
                 raise
             cause = type(getattr(exc, "orig", None) or exc).__name__
             raise click.ClickException(
-                f"the database is unreachable ({cause}: {reason}); nothing was done") from None
+                f"the database is unreachable ({cause}: {reason}); the command stopped there") from None
 
     run.__explained__ = True
     return run

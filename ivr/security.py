@@ -40,10 +40,11 @@ def load_pepper(configured: str | None, instance_path: Path) -> bytes:
         finally:
             os.unlink(aside)
     text = path.read_text(encoding="ascii", errors="replace").strip()
-    if len(text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in text):
-        raise PepperError(f"{path}: not a host-key pepper (expected 64 hex digits, found "
-                          f"{len(text)} characters); restore it from a backup, as host keys "
-                          "imported under another pepper no longer match")
+    if len(text) < 32 or len(text) % 2 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise PepperError(f"{path}: not a host-key pepper (expected 64 hex digits, or at "
+                          f"least 32, found {len(text)} characters); restore it from a "
+                          "backup, as host keys imported under another pepper no longer "
+                          "match")
     return bytes.fromhex(text)
 
 

@@ -147,10 +147,12 @@ def _port_check(allowed: list[str]):
             name.endswith(pattern) or name == pattern[1:]))
 
     def check():
-        name, _, port = request.host.lower().rpartition(":") if ":" in request.host \
-            else (request.host.lower(), "", "")
-        port = port or ("443" if request.scheme == "https" else "80")
-        if not any(matches(n, name) and (not p or p == port) for n, p in pinned):
+        # Only a port the Host header names is compared: proxies commonly pass the name
+        # alone, and the scheme seen behind one says nothing about the port Twilio used.
+        if ":" not in request.host:
+            return None
+        name, _, port = request.host.lower().rpartition(":")
+        if not any(matches(n, name) and (not p or int(p) == int(port or 0)) for n, p in pinned):
             return Response(f"Host {request.host[:80]!r} is not one this service answers "
                             "(IVR_ALLOWED_HOSTS)\n", 400, mimetype="text/plain")
         return None

@@ -88,14 +88,15 @@ def _rows(reader, source: str):
 
 def parse(text: str, lengths: Lengths, source: str = "accounts CSV") -> list[Row]:
     reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
+    lines = _rows(reader, source)
+    header = next(lines, None)
     if header is None or [h.strip() for h in header] != HEADER:
         raise ImportFailed(source, [header_problem(header or [])])
     problems: list[str] = []
     rows: list[Row] = []
     seen_pmi: dict[str, int] = {}
     seen_email: dict[str, int] = {}
-    for number, fields in enumerate(_rows(reader, source), start=2):
+    for number, fields in enumerate(lines, start=2):
         if not any(f.strip() for f in fields):
             continue
         if len(fields) != len(HEADER):

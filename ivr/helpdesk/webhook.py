@@ -182,13 +182,15 @@ def apply(number: str, remote_id: str | None, status: str | None, priority: int 
                       priority=current_priority)
 
     def first_time(session) -> bool:
-        # Under the ticket's lock: a delivery the desk overtook since it was judged above
-        # (an echo taken for news, or news about an older state) changes nothing; the
-        # desk's own change goes to Zendesk and both sides agree again.
+        # Under the ticket's lock: a delivery whose field (status or priority) the desk
+        # changed since it was judged above (an echo taken for news, or news about an
+        # older state) changes nothing; the desk's own change goes to Zendesk and both
+        # sides agree again. A change to the other field does not stop it.
         if not first_delivery(session, delivery, now):
             return False
         ticket = ticket_by_number(session, number)
-        return (ticket.status, ticket.priority) == (current_status, current_priority)
+        return (closing is None or ticket.status == current_status) \
+            and (priority is None or ticket.priority == current_priority)
 
     try:
         view, changed = Desk.of(ivr()).update(

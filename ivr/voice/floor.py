@@ -258,6 +258,9 @@ class Floor:
             ticket = ticket_for_call(session, call_sid, for_update=True)
             if ticket is None:
                 return call
+            if call is not None:
+                session.refresh(call)  # as it stands once the ticket is ours (a hang-up may
+                # have been written while this request waited for that lock)
             if call is not None and left_the_queue(call.queue_result, call.ended_at is not None):
                 log.warning("ticket id=%s: its caller left the queue before the engineer "
                             "joined; not connected", ticket.id)

@@ -160,6 +160,12 @@ def test_a_request_signed_for_another_port_of_a_pinned_host_is_refused(settings,
         assert response.status_code == status, (port, response.get_data(as_text=True))
     with app.extensions["ivr"].storage.transaction() as session:
         assert session.get(Call, call_sid) is not None  # only the allowed port's request
+    # A proxy that passes the name alone (Host without a port) is still answered.
+    params = TwilioClient(app).call_params(new_call_sid())
+    response = app.test_client().post(
+        "/voice", base_url="http://ivr.example.com", data=params,
+        headers={"X-Twilio-Signature": signed_for("http://ivr.example.com/voice", params)})
+    assert response.status_code == 200
     app.extensions["ivr"].storage.dispose()
 
 
