@@ -206,15 +206,15 @@ class Floor:
             # other, and a copy finds the caller its engineer call already claimed.
             EngineerRepository(self.storage, session).hold(engineer.name)
             rows = {t.id: (t, c, a) for t, c, a in floor.waiting()}
-            again = [waiting_of(self.config, t, c) for t, c, a in rows.values()
-                     if a is not None and a.engineer_call_sid == call_sid
-                     and _taken_by(a, stale) is not None]
+            mine = next((t.id for t, _, a in rows.values() if a is not None
+                         and a.engineer_call_sid == call_sid
+                         and _taken_by(a, stale) is not None), None)
             free = [waiting_of(self.config, t, c) for t, c, a in rows.values()
                     if _taken_by(a, stale) is None]
             ticket = call = choice = None
-            if again:
-                choice = again[0]
-                ticket, call, _ = rows[choice.ticket_id]
+            if mine is not None:
+                ticket, call, _ = rows[mine]
+                choice = waiting_of(self.config, ticket, call)
             else:
                 for option in ranked(engineer.serves, free):
                     if floor.claim(option.ticket_id, engineer.name, call_sid, now, stale):
@@ -259,12 +259,13 @@ class Floor:
             if ticket is None:
                 return call
             if call is not None:
-                session.refresh(call)  # as it stands once the ticket is ours (a hang-up may
-                # have been written while this request waited for that lock)
-            if call is not None and left_the_queue(call.queue_result, call.ended_at is not None):
-                log.warning("ticket id=%s: its caller left the queue before the engineer "
-                            "joined; not connected", ticket.id)
-                return call
+                # As it stands once the ticket is ours: a hang-up may have been written
+                # while this request waited for that lock.
+                session.refresh(call)
+                if left_the_queue(call.queue_result, call.ended_at is not None):
+                    log.warning("ticket id=%s: its caller left the queue before the engineer "
+                                "joined; not connected", ticket.id)
+                    return call
             floor = FloorRepository(self.storage, session)
             assignment = floor.assignment(ticket.id, now, for_update=True)
             self._pushed(session, move_ticket(session, call_sid, "connected", now), now)
