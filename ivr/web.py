@@ -17,6 +17,7 @@ import io
 from urllib.parse import parse_qsl
 
 from flask import Flask, Request, Response, abort, request
+from werkzeug.sansio.utils import host_is_trusted
 from flask.json.provider import DefaultJSONProvider
 from flask.sessions import SecureCookieSessionInterface
 from flask_limiter import Limiter
@@ -142,17 +143,15 @@ def _port_check(allowed: list[str]):
     if not any(port for _, port in pinned):
         return None
 
-    def matches(pattern: str, name: str) -> bool:
-        return name == pattern or (pattern.startswith(".") and (
-            name.endswith(pattern) or name == pattern[1:]))
-
     def check():
         # Only a port the Host header names is compared: proxies commonly pass the name
         # alone, and the scheme seen behind one says nothing about the port Twilio used.
+        # The names are matched by werkzeug's own rule (subdomains, IDNA), as Flask does.
         if ":" not in request.host:
             return None
-        name, _, port = request.host.lower().rpartition(":")
-        if not any(matches(n, name) and (not p or int(p) == int(port or 0)) for n, p in pinned):
+        port = request.host.rpartition(":")[2]
+        names = [n for n, p in pinned if not p or (port.isdigit() and int(p) == int(port))]
+        if not names or not host_is_trusted(request.host, names):  # empty: it trusts any
             return Response(f"Host {request.host[:80]!r} is not one this service answers "
                             "(IVR_ALLOWED_HOSTS)\n", 400, mimetype="text/plain")
         return None
