@@ -263,26 +263,27 @@ class CallService:
                     query: Mapping[str, str] | None = None) -> str:
         """A key pressed while waiting: the callback key leaves the queue for a callback."""
         request = CallRequest.from_params(params)
+        # Any key that does not leave for a callback goes back to the wait explicitly.
+        keep_waiting = self.renderer.back_to_wait(queue_query(query or {}))
         if request is None or (params.get("Digits") or "") != self.config.queue.callback_key:
-            query = query or {}
-            return self.renderer.back_to_wait(queue_query(query))
+            return keep_waiting
         try:
             with self.storage.unit_of_work() as uow:
                 now = self.clock()
                 record = uow.calls.load(request.call_sid)
                 ticket = record.ticket if record is not None else None
                 if ticket is None:
-                    return self.renderer.empty()
+                    return keep_waiting
                 number = callable_number(record.caller_number)
                 moved = False
-                if number is not None:
+                if number is not None:  # a withheld caller is not offered the key
                     ticket, moved = uow.tickets.advance(
                         ticket, TicketStatus.CALLBACK_REQUESTED, now, callback_number=number)
                 if not moved:
                     # A repeated press (the ticket already waits for its callback) leaves too.
                     if ticket.status is TicketStatus.CALLBACK_REQUESTED:
                         return self.renderer.leave()
-                    return self.renderer.empty()
+                    return keep_waiting
                 if self.config.helpdesk:  # help desk push (issue 9)
                     helpdesk_jobs.queue_status(uow.connection, ticket, now, number)
                 if record.can_text:
@@ -291,7 +292,7 @@ class CallService:
         except DATABASE_DOWN:
             log.warning("database unreachable: callback for call %s not recorded; "
                         "caller stays in the queue", request.call_sid)
-            return self.renderer.empty()
+            return keep_waiting
         log.info("call %s left the queue for a callback (ticket id=%s)", request.call_sid, ticket.id)
         return self.renderer.leave()
 

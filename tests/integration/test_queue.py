@@ -85,6 +85,28 @@ def test_another_key_while_waiting_keeps_the_caller_in_the_queue(simulator, twil
     assert ticket_of(ivr, result.call_sid).status == "in_queue"
 
 
+def test_a_withheld_caller_pressing_the_callback_key_keeps_waiting(simulator, twilio, ivr):
+    """The key is not offered to a caller without a number: pressing it anyway is any other
+    key, an explicit way back to the wait rather than a document with nothing in it."""
+    result = routed(simulator, caller="anonymous")
+    params = twilio.call_params(result.call_sid, caller="anonymous")
+    path = f"/voice/wait-choice?ticket={result.ticket}&priority=1"
+    root = twiml(twilio.post(path, **params, Digits="1"))
+    assert [(e.tag, e.text) for e in root] == [
+        ("Redirect", f"/voice/wait?ticket={result.ticket}&priority=1")]
+    assert ticket_of(ivr, result.call_sid).status == "in_queue"
+
+
+def test_with_the_database_down_the_callback_key_keeps_the_caller_waiting(twilio, dead):
+    """No callback can be recorded: the caller goes back to the wait (which needs no
+    database) and stays in the queue for an engineer."""
+    params = twilio.call_params("CA" + "5" * 32)
+    root = twiml(dead.post("/voice/wait-choice?ticket=48151623&priority=1", **params,
+                           Digits="1"))
+    assert [(e.tag, e.text) for e in root] == [
+        ("Redirect", "/voice/wait?ticket=48151623&priority=1")]
+
+
 def test_an_answered_caller_connects_the_ticket(simulator, ivr, clock):
     result = simulator.call("+18887999666", CALLER, OWNER + ["-"])
     assert result.outcome == "routed"
