@@ -23,14 +23,17 @@ from .extension import ivr
 from .privacy import MAX_DAYS
 from .sim.simulator import HttpTransport, Simulator, UnknownTwiML, WsgiTransport, transcript
 from .sim.surge import run_surge
-from .storage import DATABASE_DOWN
+from .storage import DATABASE_DOWN, UpgradeRefused
 
 
 @click.command("init-db")
 @with_appcontext
 def init_db():
     """Create or upgrade the database schema (safe to run again)."""
-    ivr().storage.upgrade()
+    try:
+        ivr().storage.upgrade()
+    except UpgradeRefused as exc:
+        raise click.ClickException(f"schema not upgraded: {exc}") from None
     click.echo(f"Database at {ivr().storage.url.render_as_string(hide_password=True)} is up to date.")
 
 

@@ -8,7 +8,7 @@ re-exported here.
 from .accounts import AccountRepository
 from .calls import FINAL_STATUSES, CallRecord, CallRepository, TicketRow
 from .desk_queries import DeskRepository
-from .engine import DATABASE_DOWN, Storage, utcnow
+from .engine import DATABASE_DOWN, Storage, UpgradeRefused, utcnow
 from .helpdesk import HelpdeskDelivery, HelpdeskJob, HelpdeskJobRepository, first_delivery
 from .lockouts import LockoutRepository
 from .outbox import OutboxRepository
@@ -19,5 +19,5 @@ __all__ = [
     "DATABASE_DOWN", "FINAL_STATUSES", "AccountRepository", "CallRecord", "CallRepository",
     "DeskRepository", "HelpdeskDelivery", "HelpdeskJob", "HelpdeskJobRepository",
     "LockoutRepository", "OutboxRepository", "Storage", "TicketRepository", "TicketRow",
-    "UnitOfWork", "first_delivery", "new_ticket_number", "utcnow",
+    "UnitOfWork", "UpgradeRefused", "first_delivery", "new_ticket_number", "utcnow",
 ]

@@ -48,6 +48,11 @@ WAL_LIMIT_PAGES = 10_000
 DATABASE_DOWN = (OperationalError, InterfaceError)
 
 
+class UpgradeRefused(RuntimeError):
+    """The schema upgrade stopped on data only the operator can set right; nothing was
+    changed, and the message says what to do."""
+
+
 class Storage:
     """One engine per process; sessions are short and each is one transaction."""
 
@@ -108,8 +113,8 @@ class Storage:
                     if raw is not None:
                         broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
                         if broken:
-                            raise RuntimeError(f"the upgrade left rows whose foreign keys "
-                                               f"point nowhere: {broken[:5]}")
+                            raise UpgradeRefused(f"the upgrade left rows whose foreign "
+                                                 f"keys point nowhere: {broken[:5]}")
             finally:
                 if raw is not None:
                     raw.execute("PRAGMA foreign_keys=ON")

@@ -8,6 +8,7 @@ from typing import Callable
 
 from sqlalchemy import (
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -45,6 +46,12 @@ class Engineer(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     token_rotated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+# People tell engineers apart by name and do not see case: 'Aiko' beside 'aiko' would be
+# two engineers no one can tell apart, so the database refuses the second even when two
+# adds check at the same moment (migration 0012).
+Index("uq_engineers_name_lower", func.lower(Engineer.name), unique=True)
 
 
 class Assignment(Base):

@@ -83,15 +83,18 @@ def test_names_phones_and_identities_are_unique(app):
                                       "+819012345678").output
 
 
-def test_the_same_engineer_added_twice_at_once_is_refused_as_a_duplicate(ivr, clock):
-    """A form sent twice: the second add checks before the first commits, then its INSERT
-    waits on the unique index; it is refused as a sequential duplicate is (409), not a
-    database error."""
+@pytest.mark.parametrize("second, phone", [("aiko", "+14155550199"),  # the same form twice
+                                           ("Aiko", "+14155550198")])  # only the name alike
+def test_the_same_engineer_added_twice_at_once_is_refused_as_a_duplicate(ivr, clock, second,
+                                                                          phone):
+    """A form sent twice, or the same person typed in another case: the second add checks
+    before the first commits, then its INSERT waits on the unique index; it is refused as a
+    sequential duplicate is (409), not a database error and not a second engineer."""
     if ivr.storage.dialect != "postgresql":
         pytest.skip("SQLite's write lock runs the two adds one after the other")
     outcomes = Outcomes()
     adding = outcomes.thread("second",
-                             lambda: Engineers.of(ivr).add("aiko", phone="+14155550199"))
+                             lambda: Engineers.of(ivr).add(second, phone=phone))
     with ivr.storage.unit_of_work() as uow:  # the first add, not committed yet
         EngineerRepository(ivr.storage, uow.session).add(
             name="aiko", phone="+14155550199", client_identity=None, languages="en",
@@ -100,6 +103,49 @@ def test_the_same_engineer_added_twice_at_once_is_refused_as_a_duplicate(ivr, cl
         until_waiting_for_a_lock(ivr, adding, "the second add")
     adding.join(10)
     assert outcomes.errors == {"second": "Conflict: an engineer named 'aiko' exists already"}
+    with ivr.storage.reading() as session:
+        assert session.scalars(select(Engineer.name)).all() == ["aiko"]
+
+
+def test_an_upgrade_stops_on_engineers_named_alike_and_says_which(app, ivr, clock):
+    """Before names were compared without case, 'Aiko' and 'aiko' could both be added.
+    Upgrading such a database stops, names them and leaves the schema as it was; once the
+    operator removes one, the upgrade goes through and the database itself refuses the
+    next look-alike."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy.exc import IntegrityError
+
+    from ivr.storage.engine import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with ivr.storage.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0011")
+    for name, number in (("aiko", "+14155550198"), ("Aiko", "+14155550199")):
+        with ivr.storage.unit_of_work() as uow:
+            EngineerRepository(ivr.storage, uow.session).add(
+                name=name, phone=number, client_identity=None, languages="",
+                queues="", token_hash=name.encode().hex().ljust(64, "0"), now=clock.now)
+
+    refused = cli(app, "init-db")
+    assert refused.exit_code == 1
+    assert refused.output.strip().splitlines() == [
+        "Error: schema not upgraded: engineers whose names differ only in case: 'Aiko', "
+        "'aiko'; remove or re-add all but one of each ('engineers remove NAME'), then run "
+        "init-db again"]
+    with ivr.storage.engine.connect() as connection:
+        assert connection.exec_driver_sql(
+            "SELECT version_num FROM alembic_version").scalar() == "0011"
+
+    assert cli(app, "engineers", "remove", "Aiko").exit_code == 0
+    assert cli(app, "init-db").exit_code == 0
+    with pytest.raises(IntegrityError):
+        with ivr.storage.unit_of_work() as uow:
+            EngineerRepository(ivr.storage, uow.session).add(
+                name="AIKO", phone=None, client_identity="aiko2", languages="",
+                queues="", token_hash="1" * 64, now=clock.now)
 
 
 def test_a_personal_token_opens_the_api_until_it_is_rotated_or_removed(app):
