@@ -160,11 +160,13 @@ class Floor:
             return place, None
         return place, int(place * ESTIMATE_WINDOW.total_seconds() / taken)
 
-    def with_position(self, params: Mapping[str, str]) -> Mapping[str, str]:
+    def with_position(self, params: Mapping[str, str],
+                      query: Mapping[str, str] | None = None) -> Mapping[str, str]:
         """A waitUrl request with QueuePosition and AvgQueueTime replaced by the caller's
         place in the engineer line's order and the service's estimate; neither said with
-        the database down; unchanged for a caller not waiting with a ticket (a shared
-        queue, where Twilio's figures mean what they say)."""
+        the database down, nor for a ticket the database does not hold yet (routed during
+        an outage, its spool not replayed); unchanged for a caller not waiting with a
+        ticket (a shared queue, where Twilio's figures mean what they say)."""
         call_sid = _sid(params)
         if call_sid is None:
             return params
@@ -172,12 +174,15 @@ class Floor:
         # not an expectation, and its QueuePosition always 1: replace them with the
         # service's place and estimate, or say neither ("0") when the database is away.
         values = params.to_dict() if hasattr(params, "to_dict") else dict(params)
+        unknown = {**values, "QueuePosition": "0", "AvgQueueTime": "0"}
         try:
             found = self.position(call_sid)
         except DATABASE_DOWN:
-            return {**values, "QueuePosition": "0", "AvgQueueTime": "0"}
+            return unknown
         if found is None:
-            return params
+            # A ticket in the waitUrl means a queue of the caller's own, whatever the
+            # database knows of it yet.
+            return unknown if (query or {}).get("ticket") else params
         place, estimate = found
         return {**values, "QueuePosition": str(place), "AvgQueueTime": str(estimate or 0)}
 

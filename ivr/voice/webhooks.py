@@ -143,7 +143,7 @@ def queue_result():
 def wait():
     # Callers wait in queues of their own: where they stand comes from the engineer
     # line's order (priority, then wait), not from Twilio's position in a one-caller queue.
-    params = ivr().floor.with_position(request.form)
+    params = ivr().floor.with_position(request.form, request.args)
     return twiml(ivr().service.wait(params, request.args))
 
 
