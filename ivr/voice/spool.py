@@ -119,7 +119,8 @@ class Spool:
                         return ReplayResult()
                     os.replace(self.path, self.replaying)
                     _fsync_dir(self.folder)
-            read = applied = present = unreadable = 0
+            read = applied = present = 0
+            set_aside: list[str] = []
             with open(self.replaying, encoding="utf-8", errors="replace") as handle:
                 for line in handle:
                     if not line.strip():
@@ -131,17 +132,34 @@ class Spool:
                         raise
                     except Exception:  # cut short by a crash mid-write, or not applicable
                         log.exception("spool record %s set aside in %s", read, self.failed.name)
-                        with open(self.failed, "a", encoding="utf-8") as failed:
-                            failed.write(line if line.endswith("\n") else line + "\n")
-                        unreadable += 1
+                        set_aside.append(line if line.endswith("\n") else line + "\n")
                         continue
                     if done:
                         applied += 1
                     else:
                         present += 1
+            self._set_aside(set_aside)
             os.unlink(self.replaying)
             _fsync_dir(self.folder)
-            return ReplayResult(read, applied, present, unreadable)
+            return ReplayResult(read, applied, present, len(set_aside))
+
+    def _set_aside(self, lines: list[str]) -> None:
+        """Keep records a replay could not apply in spool.failed.jsonl, each once: a pass
+        the database cut short reads the same records again, and so does one a crash
+        stopped after this and before the replaying file was removed."""
+        if not lines:
+            return
+        kept = set()
+        if self.failed.exists():
+            with open(self.failed, encoding="utf-8", errors="replace") as handle:
+                kept = set(handle)
+        with open(self.failed, "a", encoding="utf-8") as failed:
+            for line in lines:
+                if line not in kept:
+                    kept.add(line)
+                    failed.write(line)
+            failed.flush()
+            os.fsync(failed.fileno())
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -341,3 +341,27 @@ def test_wrong_keys_or_silence_at_the_priority_prompt_end_the_call_during_an_out
 ])
 def test_a_signed_pass_with_characters_it_never_carries_is_no_pass_not_an_error(ivr, query):
     assert ivr.service.outage.check_pass("CA" + "0" * 32, query) is None
+
+
+def test_a_replay_stopped_by_the_database_going_away_again_sets_no_record_aside_twice(
+        ivr, twilio, dead):
+    from sqlalchemy.exc import OperationalError
+
+    from ivr.storage import DATABASE_DOWN
+
+    spool = ivr.service.spool
+    spool.append({"kind": "ticket", "call_sid": "CA" + "e" * 32})  # fields missing
+    sid = new_call_sid()
+    dead.post(verified(twilio, sid), **twilio.call_params(sid), Digits="1")
+    flaps = []
+
+    def apply(record):  # the database drops once more while the good ticket is written
+        if record.get("call_sid") == sid and not flaps:
+            flaps.append(record)
+            raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+        return ivr.service.replay(record)
+
+    with pytest.raises(DATABASE_DOWN):
+        spool.replay(apply, transient=DATABASE_DOWN)
+    assert spool.replay(apply, transient=DATABASE_DOWN).applied == 1
+    assert spool.set_aside() == 1
