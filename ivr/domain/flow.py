@@ -108,6 +108,27 @@ def prompt_of(state: CallState) -> str:
     return f"{state.attempts}-{state.auth_failures}-{int(state.english)}"
 
 
+def answers(state: CallState, prompt: str | None) -> bool:
+    """Whether a request answers the prompt the call is at (``prompt_of``; None when the
+    request does not say). A prompt asked while the database was away names the same
+    failed verifications and language but more tries, counted only in its URL: it is
+    answered, and the call takes those tries as used. A name with fewer tries, or another
+    language or count of failures, is a stale or repeated request."""
+    if prompt is None or prompt == prompt_of(state):
+        return True
+    tries, _, rest = prompt.partition("-")
+    used = tries_in(prompt)
+    if rest != f"{state.auth_failures}-{int(state.english)}" or used <= state.attempts:
+        return False
+    state.attempts = used
+    return True
+
+
+def english_in(prompt: str | None) -> bool:
+    """Whether a prompt's name (``prompt_of``) says the caller chose English."""
+    return (prompt or "").endswith("-1")
+
+
 def tries_in(prompt: str | None) -> int:
     """The tries a prompt's name (``prompt_of``) says were used at it; 0 for a name that
     is missing or not one of ours. Without the database it is what counts the tries."""
@@ -162,7 +183,7 @@ class CallFlow:
         answer to ``prompt`` (``Ask.prompt``; None when the request does not say)."""
         if state.step is Step.DONE:
             return self._final(state)
-        if step != state.step.value or (prompt is not None and prompt != prompt_of(state)):
+        if step != state.step.value or not answers(state, prompt):
             # A stale, repeated or out-of-order request: ask again for what the call is
             # waiting for, without counting it as a try.
             return self._ask(state, [])

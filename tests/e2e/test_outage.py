@@ -343,6 +343,15 @@ def test_a_signed_pass_with_characters_it_never_carries_is_no_pass_not_an_error(
     assert ivr.service.outage.check_pass("CA" + "0" * 32, query) is None
 
 
+def test_a_priority_pressed_once_the_database_is_back_is_taken_after_a_wrong_key_during_the_outage(
+        ivr, twilio, dead):
+    sid = new_call_sid()
+    params = twilio.call_params(sid)
+    again = twiml(dead.post(verified(twilio, sid), **params, Digits="7"))  # asked again
+    root = twiml(twilio.post(again.find("Gather").get("action"), **params, Digits="1"))
+    assert root.find("Enqueue") is not None, [e.tag for e in root]
+
+
 def test_a_replay_stopped_by_the_database_going_away_again_sets_no_record_aside_twice(
         ivr, twilio, dead):
     from sqlalchemy.exc import OperationalError

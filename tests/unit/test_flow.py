@@ -5,8 +5,8 @@ import datetime as dt
 import pytest
 
 from ivr.domain.flow import (
-    CallFlow, Caller, CallState, Outcome, Step, TicketInfo, prompt_of, ticket_again, tries_in,
-    waiting,
+    CallFlow, Caller, CallState, Outcome, Step, TicketInfo, answers, prompt_of, ticket_again,
+    tries_in, waiting,
 )
 
 TODAY = dt.date(2026, 11, 25)
@@ -288,3 +288,19 @@ def test_the_tries_a_prompt_name_carries_are_read_back_from_it(prompt, tries):
 def test_a_prompt_name_gives_back_the_tries_it_was_made_with():
     state = CallState("CA" + "0" * 32, attempts=2, auth_failures=1, english=True)
     assert tries_in(prompt_of(state)) == 2
+
+
+@pytest.mark.parametrize("prompt, answered, tries_after", [
+    (None, True, 1),          # the request does not say which prompt
+    ("1-1-0", True, 1),       # the prompt the call is at
+    ("0-1-0", False, 1),      # an earlier prompt, repeated by Twilio
+    ("2-1-0", True, 2),       # asked again while the database was away: its try counts
+    ("2-0-0", False, 1),      # another count of failed verifications
+    ("2-1-1", False, 1),      # another language
+    ("x-1-0", False, 1),      # not one of ours
+])
+def test_a_prompt_is_answered_when_it_is_the_calls_or_one_asked_without_the_database(
+        prompt, answered, tries_after):
+    state = CallState("CA1", step=Step.PRIORITY, attempts=1, auth_failures=1)
+    assert answers(state, prompt) is answered
+    assert state.attempts == tries_after
