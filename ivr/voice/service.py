@@ -296,12 +296,13 @@ class CallService:
         log.info("call %s left the queue for a callback (ticket id=%s)", request.call_sid, ticket.id)
         return self.renderer.leave()
 
-    def fallback(self, params: Mapping[str, str]) -> str:
+    def fallback(self, params: Mapping[str, str],
+                 query: Mapping[str, str] | None = None) -> str:
         line = self.config.line_for(params.get("To"))
         request = CallRequest.from_params(params)  # only a well-formed SID reaches the log
         log.warning("fallback answered call %s to %s", request.call_sid if request else "?",
                     mask(params.get("To")))
-        return self.renderer.fallback(line)
+        return self.renderer.fallback(line, english_chosen(query or {}))
 
     def replay(self, record: dict) -> bool:
         """Apply one spooled record; False if the database already had it."""

@@ -13,7 +13,7 @@ from twilio.twiml.voice_response import Dial, Enqueue, Gather, VoiceResponse
 
 from ..config import DialRoute, EnqueueRoute, IvrConfig, Line, TaskRouterRoute, Voice
 from ..domain.engineers import primary_language, queue_name
-from ..domain.flow import Reply, Say, Step, TicketInfo, say
+from ..domain.flow import Reply, Say, Step, TicketInfo, english_in, say
 from ..domain.flow import ticket_again as ticket_again_speech
 from .prompts import Catalogue, Digits
 
@@ -34,7 +34,9 @@ WAIT_CHOICE_PATH = "/voice/wait-choice"
 # ticket, its priority and the caller's choice of English, signed with each request, so the
 # wait and its end are spoken right when the database cannot be read. Written and read here.
 def english_chosen(query: Mapping[str, str]) -> bool:
-    return query.get("en") == "1"
+    """Whether an action URL says the caller chose English: a queue URL's ``en=1``, or
+    the name of the prompt a Gather asked (``p``)."""
+    return query.get("en") == "1" or english_in(query.get("p"))
 
 
 def queue_query(query: Mapping[str, object], english: bool | None = None) -> str:
@@ -221,10 +223,11 @@ class Renderer:
         response.leave()
         return str(response)
 
-    def fallback(self, line: Line | None) -> str:
-        """Twilio's fallback: an apology and the default queue, without the database."""
+    def fallback(self, line: Line | None, english: bool = False) -> str:
+        """Twilio's fallback: an apology and the default queue, without the database; in
+        English for a caller whose action URL says they chose it."""
         response = VoiceResponse()
-        self._speak(response, Reply((Say("fallback"),)), line)
+        self._speak(response, Reply((Say("fallback"),), english=english), line)
         response.enqueue(self.config.service.fallback_queue)
         return str(response)
 

@@ -158,7 +158,7 @@ def wait_choice():
 @voice.post("/fallback")
 @twilio_signed
 def fallback():
-    return twiml(ivr().service.fallback(request.form))
+    return twiml(ivr().service.fallback(request.form, request.args))
 
 
 @voice.errorhandler(Exception)
@@ -167,4 +167,4 @@ def voice_error(error):
     if isinstance(error, HTTPException):
         return error
     log.exception("webhook %s failed; caller sent to the fallback queue", request.path)
-    return twiml(ivr().service.fallback(request.form))
+    return twiml(ivr().service.fallback(request.form, request.args))

@@ -374,3 +374,13 @@ def test_a_replay_stopped_by_the_database_going_away_again_sets_no_record_aside_
         spool.replay(apply, transient=DATABASE_DOWN)
     assert spool.replay(apply, transient=DATABASE_DOWN).applied == 1
     assert spool.set_aside() == 1
+
+
+def test_a_caller_who_chose_english_hears_the_outage_apology_in_english(twilio, dead):
+    params = twilio.call_params(new_call_sid(), to=JAPAN)
+    twiml(twilio.post("/voice", **params))
+    menu = twiml(twilio.post("/voice/menu?p=0-0-0", **params, Digits="9"))
+    assert languages(menu) == {"en-US"}
+    root = twiml(dead.post(menu.find("Gather").get("action"), **params, Digits="2"))
+    assert [e.tag for e in root] == ["Say", "Enqueue"]
+    assert languages(root) == {"en-US"}
