@@ -477,6 +477,12 @@ class IvrConfig(_Model):
             return line.route
         return self.service.default_route
 
+    def queue_group(self, line: Line | None, priority: int) -> str | None:
+        """The queue group a caller of this line and priority waits in; None for dial and
+        TaskRouter routes, which put no caller in a queue of ours."""
+        route = self.route_for(line)
+        return route.group(priority) if isinstance(route, EnqueueRoute) else None
+
 
 def normalise_number(value: str) -> str:
     """E.164 form of a number written in international notation (``+81.053.132.0070``)."""

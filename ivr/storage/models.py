@@ -124,6 +124,10 @@ class Ticket(Base):
     connected_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # The queue group the caller was put in when routed (migration 0013): the engineer
+    # line dials that queue whatever the priority has become. None for a dial or
+    # TaskRouter route, and for tickets from before the column.
+    queue_group: Mapped[str | None] = mapped_column(String(64))
 
 
 class OutboxMessage(Base):

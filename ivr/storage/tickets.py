@@ -20,9 +20,10 @@ if TYPE_CHECKING:
 
 OPEN = Sql("""
     INSERT INTO tickets (number, call_sid, account_id, user_email, priority,
-                         target_response_minutes, region, status, created_at, acknowledged_at)
+                         target_response_minutes, region, status, created_at, acknowledged_at,
+                         queue_group)
     VALUES (:number, :call_sid, :account_id, :user_email, :priority, :minutes, :region,
-            :status, :now, :acknowledged_at)
+            :status, :now, :acknowledged_at, :queue_group)
     ON CONFLICT DO NOTHING
     RETURNING id, number, priority, target_response_minutes, status
 """)
@@ -46,9 +47,11 @@ class TicketRepository:
 
     def open(self, *, call_sid: str, caller: Caller, priority: int, target_minutes: int,
              region: str, status: TicketStatus, now: dt.datetime,
-             acknowledged: bool, number: str | None = None) -> TicketRow:
+             acknowledged: bool, number: str | None = None,
+             queue_group: str | None = None) -> TicketRow:
         """This call's ticket: created once (one statement), returned as it is on every
-        later request. ``number`` is tried first; another is drawn only if it is taken."""
+        later request. ``number`` is tried first; another is drawn only if it is taken.
+        ``queue_group``: the queue group the caller is put in, if any."""
         codec = self.uow.codec
         for attempt in range(20):
             row = OPEN.run(self.uow.connection, {
@@ -57,6 +60,7 @@ class TicketRepository:
                 "user_email": caller.user_email, "priority": priority, "minutes": target_minutes,
                 "region": region, "status": status.value, "now": codec.time(now),
                 "acknowledged_at": codec.time(now) if acknowledged else None,
+                "queue_group": queue_group,
             }).first()
             if row is None:  # this call has one already, or the number was taken
                 row = FOR_CALL.run(self.uow.connection, {"call_sid": call_sid}).first()
@@ -95,9 +99,11 @@ class TicketRepository:
         row = BY_ID.run(self.uow.connection, {"id": ticket_id}).first()
         return TicketRow(row[0], row[1], row[2], row[3], TicketStatus(row[4]))
 
-    def restore(self, record, account, now: dt.datetime) -> Ticket | None:
+    def restore(self, record, account, now: dt.datetime,
+                queue_group: str | None = None) -> Ticket | None:
         """Write a ticket taken while the database was down; None if this call has one.
-        ``record`` is a spooled ticket (``voice.outage.SpooledTicket``)."""
+        ``record`` is a spooled ticket (``voice.outage.SpooledTicket``); ``queue_group``
+        the queue group its caller was put in, if any."""
         session = self.uow.session
         uow = self.uow
         calls = uow.calls
@@ -118,7 +124,7 @@ class TicketRepository:
                         priority=record.priority,
                         target_response_minutes=record.target_response_minutes,
                         region=record.region, status=record.status, created_at=now,
-                        acknowledged_at=record.acknowledged_at)
+                        acknowledged_at=record.acknowledged_at, queue_group=queue_group)
         session.add(ticket)
         # The call as the spool knows it: its row may have been stored from a callback
         # alone (a status or queue result that reached the database before this replay),

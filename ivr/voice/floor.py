@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 from typing import Callable, Mapping
 
-from ..config import EnqueueRoute, IvrConfig, Voice
+from ..config import IvrConfig, Voice
 from ..domain.engineers import (
     ANSWERED,
     CUSTOMER_FAILURES,
@@ -55,22 +55,19 @@ ESTIMATE_WINDOW = dt.timedelta(minutes=30)  # pick-ups counted for a waiting cal
 
 
 def group_for(config: IvrConfig, call: Call, priority: int) -> str | None:
-    """The configured queue (group) a ticket's caller waits in; None for dial and
-    TaskRouter routes, which engineers do not take from here."""
-    return _group(config.route_for(config.line_for(call.dialed_number)), priority)
+    """The configured queue (group) of a ticket's caller at a priority: the engineers who
+    serve it take the caller; None for dial and TaskRouter routes, which engineers do not
+    take from here."""
+    return config.queue_group(config.line_for(call.dialed_number), priority)
 
 
 def queue_groups(config: IvrConfig) -> QueueGroups:
     """``group_for`` as a table the database can use: the group of every configured line
     at every priority level, then of any other number by level."""
-    pairs = tuple(((line.number, level), _group(config.route_for(line), level))
+    pairs = tuple(((line.number, level), config.queue_group(line, level))
                   for line in config.lines for level in LEVELS)
-    others = tuple((level, _group(config.route_for(None), level)) for level in LEVELS)
+    others = tuple((level, config.queue_group(None, level)) for level in LEVELS)
     return pairs, others
-
-
-def _group(route, level: int) -> str | None:
-    return route.group(level) if isinstance(route, EnqueueRoute) else None
 
 
 def waiting_of(config: IvrConfig, ticket: Ticket, call: Call) -> Waiting:
@@ -232,7 +229,10 @@ class Floor:
             return self.agent.nobody(voice, announce=query.get("wait") != "1")
         log.info("engineer %s takes ticket id=%s (P%s)", engineer.name, ticket.id, ticket.priority)
         whisper = self.summary(voice, ticket, call, (now - choice.since).total_seconds())
-        return self.agent.connect(voice, whisper, queue_name(choice.group, ticket.number),
+        # The queue the caller was put in, named when they were routed: the desk may have
+        # changed the priority since, and with it the group (``support-p{priority}``).
+        return self.agent.connect(voice, whisper,
+                                  queue_name(ticket.queue_group or choice.group, ticket.number),
                                   ticket.number)
 
     def joining(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:

@@ -223,7 +223,10 @@ class Outage:
             if isinstance(record, SpooledQueueResult):
                 return self._replay_queue_result(uow, record)
             account = uow.accounts.by_id(record.account_ref)
-            restored = uow.tickets.restore(record, account, record.created_at)
+            config = service.config
+            restored = uow.tickets.restore(
+                record, account, record.created_at,
+                config.queue_group(config.line_for(record.dialed_number), record.priority))
             if restored is not None and service.config.helpdesk:  # help desk push (issue 9)
                 helpdesk_jobs.queue_create(uow.session, restored.id, service.clock())
             if restored is not None:

@@ -447,14 +447,15 @@ class _Ports:
         """The call's ticket, created as the caller is routed: acknowledged (the caller is
         about to hear its number) and already where a routed ticket starts."""
         service, record = self.service, self.record
-        dialled = service.config.route_for(service.config.line_for(record.dialed_number)).kind \
-            == "dial"
+        config = service.config
+        line = config.line_for(record.dialed_number)
         ticket = self.uow.tickets.open(
             call_sid=record.call_sid, caller=caller, priority=priority,
             target_minutes=target_minutes, region=record.region, now=service.clock(),
-            status=routed_status(dialled), acknowledged=True,
+            status=routed_status(config.route_for(line).kind == "dial"), acknowledged=True,
             # The number this call would get during an outage too, so both paths agree.
-            number=service.outage.ticket_number(record.call_sid))
+            number=service.outage.ticket_number(record.call_sid),
+            queue_group=config.queue_group(line, priority))
         record.ticket = ticket
         log.info("call %s ticket id=%s priority=%s", record.call_sid, ticket.id, ticket.priority)
         if service.config.helpdesk:  # help desk push, same transaction (issue 9)

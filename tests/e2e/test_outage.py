@@ -60,6 +60,8 @@ def test_verified_callers_are_routed_and_their_tickets_replayed_once(app, ivr, t
         assert (ticket.priority, ticket.target_response_minutes) == (1, 60)
         assert ticket.account_id == "demo-business" and ticket.acknowledged_at is not None
         assert ticket.status == "connected"  # in the queue, then answered, all while spooled
+        # The queue the caller was put in, kept for the engineer line to dial.
+        assert f"{ticket.queue_group}.{ticket.number}" == f"support-us.{spoken[sid]}"
         call = calls[sid]
         assert (call.outcome, call.twilio_status, call.duration_seconds) == ("routed", "completed", 95)
         assert (call.queue_result, call.queue_seconds) == ("bridged", 30)

@@ -432,3 +432,25 @@ def test_a_repeated_engineer_line_request_gets_the_same_caller_and_hides_no_othe
     ben = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), "+14155550188")))
     other.extensions["ivr"].storage.dispose()
     assert digits_spoken(ben) == [second["ticket"]]
+
+
+def test_a_priority_changed_on_the_desk_while_the_caller_waits_still_dials_the_callers_queue(
+        tmp_path, settings, clock):
+    """With `{priority}` in the queue name, the caller waits in the queue of the priority
+    they chose; the desk (or Zendesk) raising it must not send engineers to another."""
+    from ivr.desk.service import Desk
+
+    from ..support import TwilioClient
+    from .test_routes import app_with
+
+    app = app_with(tmp_path, settings, clock, 'queue = "support-us"',
+                   'queue = "support-us-p{priority}"')
+    ivr = app.extensions["ivr"]
+    twilio = TwilioClient(app)
+    add_engineer(ivr)
+    waiting = queued(twilio, 3)
+    assert waiting["queue"] == f"support-us-p3.{waiting['ticket']}"
+    with app.app_context():
+        Desk.of(ivr).set_priority(waiting["ticket"], 1)
+    root = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid())))
+    assert root.find("Dial/Queue").text == waiting["queue"]
