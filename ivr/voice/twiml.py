@@ -154,7 +154,8 @@ class Renderer:
         """What a caller hears when the queue ends: nothing after a conversation, the
         callback confirmation after leaving for one, and that the ticket is kept when
         the queue or desk could not take the call (followed up by email when the
-        caller's number cannot be called back)."""
+        caller's number cannot be called back). A caller put through to a menu extension
+        that was busy or did not answer has no ticket, and hears so before the end."""
         response = VoiceResponse()
         if ticket_number and result == "leave":
             self._speak(response, Reply((say("callback_confirmed", ticket=ticket_number),),
@@ -163,6 +164,8 @@ class Renderer:
             key = "queue_unavailable" if can_call_back else "queue_unavailable_no_callback"
             self._speak(response, Reply((say(key, ticket=ticket_number),), english=english),
                         line)
+        elif not ticket_number and result in UNANSWERED_DIAL:
+            self._speak(response, Reply((say("transfer_unavailable"),), english=english), line)
         response.hangup()
         return str(response)
 
@@ -247,6 +250,9 @@ del _hangup
 
 # Queue and dial results after which the caller needs to hear nothing more.
 SERVED = ("bridged", "hangup", "completed", "answered")
+# A <Dial>'s DialCallStatus when the other side never took the call ("canceled" is the
+# caller hanging up first: no one is left to hear anything).
+UNANSWERED_DIAL = ("busy", "no-answer", "failed")
 
 
 def _dial_target(dial: Dial, target: str) -> None:

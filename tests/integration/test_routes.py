@@ -79,3 +79,23 @@ def test_the_simulator_drives_a_running_server_over_http(app):
         server.shutdown()
     assert result.outcome == "routed" and result.ticket
     assert json.loads(result.to_json())["route"]["queue"] == f"support-apac.{result.ticket}"
+
+
+@pytest.mark.parametrize("status, told", [("busy", True), ("no-answer", True),
+                                           ("failed", True), ("completed", False)])
+def test_a_caller_whose_extension_does_not_answer_is_told_so_not_hung_up_on_in_silence(
+        tmp_path, settings, clock, status, told):
+    from ivr.sim.simulator import new_call_sid
+
+    from ..support import TwilioClient, spoken, twiml
+
+    app = app_with(tmp_path, settings, clock, 'repeat_key = "*"',
+                   'repeat_key = "*"\nextensions = [{ key = "1", dial = "+1.888.799.0125" }]')
+    twilio = TwilioClient(app)
+    params = twilio.call_params(new_call_sid())
+    twiml(twilio.post("/voice", **params))
+    dial = twiml(twilio.post("/voice/menu", **params, Digits="1")).find("Dial")
+    after = twiml(twilio.post(dial.get("action"), **params, DialCallStatus=status))
+    assert after[-1].tag == "Hangup"
+    words = app.extensions["ivr"].catalogues["en-US"].text("transfer_unavailable", {})
+    assert spoken(after) == ([words] if told else [])  # after a conversation, nothing
