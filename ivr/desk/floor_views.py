@@ -20,7 +20,7 @@ from flask import (
 from flask.cli import AppGroup
 
 from ..extension import ivr
-from .api import api
+from .api import api, json_object
 from .callbacks import Callbacks
 from .commands import tickets_cli
 from .dashboard import actor, admin
@@ -119,10 +119,8 @@ def tickets_callback(ref, engineer):
 def place_callback(ref: str):
     """Body {"engineer": "NAME"} with the admin token; a personal token places it for its
     owner (and may name only them)."""
-    body = request.get_json(silent=True)
-    if body is None:
-        body = {}
-    if not isinstance(body, dict) or set(body) - {"engineer"}:
+    body = json_object('{"engineer": "NAME"}', optional=True)
+    if set(body) - {"engineer"}:
         raise BadRequest('send a JSON object like {"engineer": "NAME"}')
     named = body.get("engineer")
     if named is not None and not isinstance(named, str):

@@ -455,3 +455,33 @@ def test_odd_requests_on_the_engineer_and_callback_paths_get_twiml_not_an_error(
     add_engineer(ivr)
     response = twilio.post(path, **params)
     assert response.status_code == 200 and response.mimetype == "text/xml"
+
+
+@pytest.mark.parametrize("data, content_type", [
+    ('{"engineer": "ben",}', "application/json"),   # trailing comma: not JSON
+    ('{"engineer": "ben"}', "text/plain"),           # JSON sent with the wrong type
+    ("engineer=ben", "application/x-www-form-urlencoded"),
+])
+def test_a_callback_request_whose_body_is_not_a_json_object_is_refused_and_rings_nobody(
+        app, twilio, ivr, http, data, content_type):
+    token = add_engineer(ivr)  # aiko
+    add_engineer(ivr, "ben", phone="+14155550188")
+    waiting = waiting_for_callback(twilio)
+    response = app.test_client().post(
+        f"/api/tickets/{waiting['ticket']}/callback", data=data, content_type=content_type,
+        headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 400 and response.get_json()["error"]
+    assert http.requests == []  # nobody's phone rang
+    assert state(ivr, waiting["ticket"])[2] == []  # no attempt recorded
+
+
+@pytest.mark.parametrize("data, content_type", [("", None), ("", "application/json")])
+def test_an_empty_callback_request_with_a_personal_token_still_places_it_for_its_owner(
+        app, twilio, ivr, http, data, content_type):
+    token = add_engineer(ivr)  # aiko
+    waiting = waiting_for_callback(twilio)
+    response = app.test_client().post(
+        f"/api/tickets/{waiting['ticket']}/callback", data=data, content_type=content_type,
+        headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 201 and response.get_json()["engineer"] == "aiko"
+    assert len(http.requests) == 1
