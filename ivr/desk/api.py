@@ -2,7 +2,8 @@
 
 Off (404 with the reason) while IVR_ADMIN_TOKEN is unset. Every answer is JSON, errors
 included: 400 bad filter or body, 401 missing or wrong token, 404 unknown ticket, 409 a
-move the ticket lifecycle does not allow.
+move the ticket lifecycle does not allow; placing a callback adds 403, 502 and 503 (this
+server lacks the Twilio settings callbacks need).
 """
 
 from __future__ import annotations

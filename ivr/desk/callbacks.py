@@ -26,7 +26,7 @@ from ..storage.engineers import EngineerRepository, FloorRepository, engineer_in
 from ..storage.models import Call
 from ..voice.twiml import CALLBACK_ENGINEER_PATH, CALLBACK_STATUS_PATH, url
 from .engineers import NAME
-from .service import BadRequest, Conflict, NotFound, target_at
+from .service import Conflict, DeskError, NotFound, target_at
 
 log = logging.getLogger("ivr.callbacks")
 
@@ -64,13 +64,6 @@ class Callbacks:
 
     def place(self, ref: str | int, engineer_name: str, actor: str) -> dict:
         """Ring the engineer's phone for this ticket's callback; returns the attempt."""
-        missing = [name for name, value in (
-            ("TWILIO_ACCOUNT_SID", self.settings.twilio_account_sid),
-            ("TWILIO_AUTH_TOKEN", self.settings.twilio_auth_token),
-            ("IVR_PUBLIC_URL", self.settings.public_url)) if not value]
-        if missing:
-            raise BadRequest(f"callbacks need {', '.join(missing)} (Twilio must reach this "
-                             "service's webhooks)")
         if not NAME.fullmatch(engineer_name):  # no engineer has such a name (NUL and all)
             raise NotFound(f"no engineer named {engineer_name[:40]!r}")
         now = self.clock()
@@ -99,6 +92,10 @@ class Callbacks:
             if busy is not None and now - busy.created_at < limit:
                 raise Conflict(f"a callback for ticket {ticket.number} is already being placed "
                                f"by {busy.engineer}")
+            # Checked once the request itself holds up, so an unknown ticket or engineer
+            # is still a 404 on a server not set up for callbacks, and before the attempt
+            # is written, so no attempt is counted against the ticket for it.
+            self._require_settings()
             attempt = floor.new_attempt(ticket.id, info.name, now)
             assignment = floor.assignment(ticket.id, now, for_update=True)
             assignment.callback_attempts += 1
@@ -136,12 +133,29 @@ class Callbacks:
                  mask(info.phone) if info.phone else "a Client app")
         return view
 
+    def _require_settings(self) -> None:
+        missing = [name for name, value in (
+            ("TWILIO_ACCOUNT_SID", self.settings.twilio_account_sid),
+            ("TWILIO_AUTH_TOKEN", self.settings.twilio_auth_token),
+            ("IVR_PUBLIC_URL", self.settings.public_url)) if not value]
+        if missing:
+            raise NotConfigured(f"callbacks are not set up on this server: it needs "
+                                f"{', '.join(missing)} (Twilio must reach this service's "
+                                "webhooks)")
+
     def _client(self) -> Client:
         return self.settings.rest_client(self.http_client)
 
 
 class CallbackFailed(Conflict):
     status = 502
+
+
+class NotConfigured(DeskError):
+    """The server lacks the settings callbacks need: its operator's to fix, not the
+    request's, so it is a 503 rather than a 400."""
+
+    status = 503
 
 
 def attempt_view(attempt) -> dict:

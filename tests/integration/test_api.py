@@ -238,3 +238,12 @@ def test_calls_are_filtered_and_paged_with_callers_masked(get, ivr):
 def test_a_bad_call_filter_gets_400(get, params, message):
     response = get("/api/calls", **params)
     assert response.status_code == 400 and message in response.get_json()["error"]
+
+
+def test_a_callback_for_an_unknown_ticket_is_404_even_while_twilio_is_not_configured(desk_app):
+    """The desk app here has no TWILIO_ACCOUNT_SID or IVR_PUBLIC_URL; the README promises
+    404 for an unknown ticket."""
+    client = desk_app.test_client()
+    unknown = client.post("/api/tickets/99999999/callback", json={"engineer": "aiko"},
+                          headers=AUTH)
+    assert unknown.status_code == 404, unknown.get_json()

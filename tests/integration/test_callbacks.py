@@ -485,3 +485,41 @@ def test_an_empty_callback_request_with_a_personal_token_still_places_it_for_its
         headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 201 and response.get_json()["engineer"] == "aiko"
     assert len(http.requests) == 1
+
+
+@pytest.fixture
+def unconfigured(settings, clock, http):
+    """Another worker on the same database with no TWILIO_ACCOUNT_SID or IVR_PUBLIC_URL."""
+    app = admin_app(settings, clock)
+    app.extensions["twilio_http_client"] = http
+    yield app
+    app.extensions["ivr"].storage.dispose()
+
+
+def test_without_the_twilio_settings_a_callback_is_503_naming_them_and_rings_nobody(
+        unconfigured, twilio, ivr, http):
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    response = place(unconfigured, waiting["ticket"], {"engineer": "aiko"})
+    assert response.status_code == 503, response.get_json()
+    error = response.get_json()["error"]
+    assert "TWILIO_ACCOUNT_SID" in error and "IVR_PUBLIC_URL" in error
+    assert "TWILIO_AUTH_TOKEN" not in error  # that one is set
+    assert http.requests == []
+    ticket, assignment, attempts = state(ivr, waiting["ticket"])
+    assert ticket.status == "callback_requested" and attempts == []
+    assert assignment is None or assignment.callback_attempts == 0
+
+
+@pytest.mark.parametrize("number, body, status", [
+    ("99999999", {"engineer": "aiko"}, 404),
+    (None, {"engineer": "nobody"}, 404),
+    (None, {"engineer": 7}, 400),
+])
+def test_without_the_twilio_settings_a_bad_callback_request_still_gets_its_own_error(
+        unconfigured, twilio, ivr, http, number, body, status):
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    response = place(unconfigured, number or waiting["ticket"], body)
+    assert response.status_code == status, response.get_json()
+    assert http.requests == []

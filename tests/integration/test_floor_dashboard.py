@@ -96,3 +96,28 @@ def test_the_ticket_page_offers_the_callback_and_shows_the_engineer(browser, twi
     doc = parse_html(browser.get(f"/admin/tickets/{waiting['ticket']}").get_data(as_text=True))
     assert doc.find("callback").field("engineer") == "aiko"
     assert doc.find("engineer").text() == "–"
+
+
+def test_without_the_twilio_settings_the_button_says_what_the_server_lacks(
+        settings, clock, twilio, ivr, http):
+    unconfigured = admin_app(settings, clock)  # same database, no Twilio account or URL
+    unconfigured.extensions["twilio_http_client"] = http
+    try:
+        add_engineer(ivr)
+        waiting = queued(twilio, 2)
+        twiml(twilio.post(f"/voice/wait-choice?ticket={waiting['ticket']}&priority=2",
+                          **twilio.call_params(waiting["sid"]), Digits="1"))
+        browser = signed_in(unconfigured)
+        doc = floor(browser)
+        form = next(f for f in doc.iter("form")
+                    if f.attrs.get("action", "").endswith("/callback"))
+        response = browser.post(form.attrs["action"], data={
+            "csrf_token": form.field("csrf_token"), "engineer": form.field("engineer")})
+        assert response.status_code == 302 and response.headers["Location"] == "/admin/floor"
+        page = floor(browser)
+        flashed = [p.text() for p in page.iter("p") if "Callback not placed" in p.text()]
+        assert len(flashed) == 1 and "TWILIO_ACCOUNT_SID" in flashed[0]
+        assert page.find("callbacks").rows()[0][1][4] == "0"  # no try counted
+        assert http.requests == []
+    finally:
+        unconfigured.extensions["ivr"].storage.dispose()
