@@ -299,8 +299,11 @@ class Floor:
             if ticket is not None and call_sid is not None:
                 floor = FloorRepository(self.storage, session)
                 assignment = floor.find_assignment(ticket.id)
-                talked = assignment is not None and assignment.connected_at is not None \
-                    and assignment.engineer_call_sid == call_sid
+                # Bridged: recorded as this call's, or said by Twilio (the <Queue url>
+                # request may have met the database away and gone unrecorded).
+                talked = (assignment is not None and assignment.connected_at is not None
+                          and assignment.engineer_call_sid == call_sid) \
+                    or params.get("DialCallStatus") in ("completed", "answered")
                 if not talked:
                     floor.release(ticket.id, call_sid, self.clock())
         voice = self.engineer_voice(engineer)

@@ -454,3 +454,22 @@ def test_a_priority_changed_on_the_desk_while_the_caller_waits_still_dials_the_c
         Desk.of(ivr).set_priority(waiting["ticket"], 1)
     root = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid())))
     assert root.find("Dial/Queue").text == waiting["queue"]
+
+
+def test_after_a_real_conversation_the_engineer_is_offered_the_next_caller_not_told_they_missed(
+        twilio, ivr, clock, dead):
+    """The <Queue url> request met a database blip (the caller still hears the engineer
+    joining and Twilio bridges them). Twilio's Dial action then says the call completed
+    after five minutes: the engineer talked, and must not hear that the caller "is no
+    longer waiting" and be sent straight on to another whisper."""
+    add_engineer(ivr)
+    first = queued(twilio, 1)
+    sid = new_call_sid()
+    root = twiml(twilio.post("/voice/agent", **engineer_params(sid)))
+    joining = twiml(dead.post(root.find("Dial/Queue").get("url"),
+                              **twilio.call_params(first["sid"]), DequeingCallSid=sid))
+    assert spoken(joining) == ["An engineer is joining your call now."]
+    clock.advance(minutes=5)
+    after = twiml(twilio.post(root.find("Dial").get("action"), **engineer_params(sid),
+                              DialCallStatus="completed", DialCallDuration="300"))
+    assert after.find("Gather") is not None, spoken(after)
