@@ -114,14 +114,23 @@ class Callbacks:
                 status_callback_method="POST", timeout=self.config.engineers.ring_seconds)
         except (TwilioRestException, TwilioException, OSError) as exc:
             reason = f"{type(exc).__name__}: {str(exc)[:200]}"
-            log.warning("callback attempt %s for ticket %s could not be placed: %s",
-                        attempt_id, number, type(exc).__name__)
             with self.storage.unit_of_work() as uow:
-                session = uow.session
-                attempt = FloorRepository(self.storage, session).attempt(attempt_id)
-                attempt.status, attempt.outcome = "done", "error"
-                attempt.detail, attempt.ended_at = reason, self.clock()
-            raise CallbackFailed(f"Twilio did not place the call: {reason}") from None
+                attempt = FloorRepository(self.storage, uow.session).attempt(
+                    attempt_id, for_update=True)
+                # A time-out can come after Twilio placed the call: if its legs have
+                # already reported, the attempt is under way and its outcome theirs.
+                placed = attempt.status != "placing" or attempt.outcome is not None
+                if not placed:
+                    attempt.status, attempt.outcome = "done", "error"
+                    attempt.detail, attempt.ended_at = reason, self.clock()
+                view = attempt_view(attempt)
+            if not placed:
+                log.warning("callback attempt %s for ticket %s could not be placed: %s",
+                            attempt_id, number, type(exc).__name__)
+                raise CallbackFailed(f"Twilio did not place the call: {reason}") from None
+            log.warning("callback attempt %s for ticket %s: Twilio answered %s, but the call "
+                        "is under way", attempt_id, number, type(exc).__name__)
+            return view
         with self.storage.unit_of_work() as uow:
             session = uow.session
             attempt = FloorRepository(self.storage, session).attempt(attempt_id)

@@ -457,6 +457,30 @@ def test_odd_requests_on_the_engineer_and_callback_paths_get_twiml_not_an_error(
     assert response.status_code == 200 and response.mimetype == "text/xml"
 
 
+def test_a_rest_time_out_after_twilio_placed_the_call_does_not_undo_the_answered_callback(
+        app, twilio, ivr, http):
+    """Twilio created the engineer's call but its answer to the REST request was lost (a
+    time-out): meanwhile aiko answered, pressed 1 and the customer picked up. The time-out
+    must not mark that attempt as an error over its answer."""
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    real_request = http.request
+
+    def slow_twilio(method, uri, **kwargs):
+        real_request(method, uri, **kwargs)
+        attempt_id = kwargs["data"]["Url"].rsplit("=", 1)[1]
+        _, dial = engineer_answers_and_presses_1(twilio, attempt_id, new_call_sid())
+        twiml(twilio.post(dial.find("Dial/Number").get("url"),
+                          **leg(new_call_sid(), CALLER, US_LINE)))
+        raise OSError("read timed out")
+
+    http.request = slow_twilio
+    place(app, waiting["ticket"], {"engineer": "aiko"})
+    ticket, assignment, attempts = state(ivr, waiting["ticket"])
+    assert ticket.status == "connected"
+    assert attempts == [("aiko", "answered")]
+
+
 @pytest.mark.parametrize("data, content_type", [
     ('{"engineer": "ben",}', "application/json"),   # trailing comma: not JSON
     ('{"engineer": "ben"}', "text/plain"),           # JSON sent with the wrong type
