@@ -477,6 +477,12 @@ class IvrConfig(_Model):
             return line.route
         return self.service.default_route
 
+    def ticket_groups(self) -> set[str]:
+        """The configured enqueue groups, with each priority filled in."""
+        routes = [self.service.default_route] + [line.route for line in self.lines]
+        return {route.group(level) for route in routes if isinstance(route, EnqueueRoute)
+                for level in LEVELS}
+
     def queue_group(self, line: Line | None, priority: int) -> str | None:
         """The queue group a caller of this line and priority waits in; None for dial and
         TaskRouter routes, which put no caller in a queue of ours."""

@@ -16,23 +16,13 @@ import re
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http import HttpClient
 
-from .config import EnqueueRoute, IvrConfig, Settings
+from .config import IvrConfig, Settings
 from .domain.clock import utcnow
-from .domain.priority import LEVELS
 
 log = logging.getLogger("ivr.queues")
 
 IDLE = dt.timedelta(minutes=10)
 TICKET_QUEUE = re.compile(r"(?P<group>.+)\.(?P<ticket>[1-9][0-9]{7})")
-
-
-def ticket_groups(config: IvrConfig) -> set[str]:
-    """The configured enqueue groups, with each priority filled in."""
-    groups = set()
-    for route in [config.service.default_route] + [line.route for line in config.lines]:
-        if isinstance(route, EnqueueRoute):
-            groups.update(route.group(level) for level in LEVELS)
-    return groups
 
 
 def prune(config: IvrConfig, settings: Settings, *, http_client: HttpClient | None = None,
@@ -43,7 +33,7 @@ def prune(config: IvrConfig, settings: Settings, *, http_client: HttpClient | No
     if client is None:
         return 0
     now = now or utcnow()
-    groups = ticket_groups(config)
+    groups = config.ticket_groups()
     deleted = 0
     try:
         queues = client.queues.list(limit=limit, page_size=min(limit, 1000))

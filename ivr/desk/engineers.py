@@ -17,7 +17,9 @@ from typing import Callable
 
 from sqlalchemy.exc import IntegrityError
 
+from ..config import IvrConfig
 from ..domain.engineers import RESERVED_NAMES, EngineerInfo, parse_list, primary_language
+from ..domain.priority import LEVELS
 from ..domain.phones import callable_number
 from ..security import HostKeyHasher
 from ..storage import Storage
@@ -43,14 +45,15 @@ class Engineers:
     """Adding, listing, removing engineers, their tokens, and who a token or call is."""
 
     def __init__(self, storage: Storage, hasher: HostKeyHasher,
-                 clock: Callable[[], dt.datetime]):
+                 clock: Callable[[], dt.datetime], config: IvrConfig):
         self.storage = storage
         self.hasher = hasher
         self.clock = clock
+        self.config = config
 
     @classmethod
     def of(cls, ivr) -> "Engineers":
-        return cls(ivr.storage, ivr.hasher, ivr.service.clock)
+        return cls(ivr.storage, ivr.hasher, ivr.service.clock, ivr.config)
 
     def add(self, name: str, *, phone: str | None = None, client: str | None = None,
             languages: str = "", queues: str = "") -> tuple[EngineerInfo, str]:
@@ -74,10 +77,7 @@ class Engineers:
         wrong = [lang for lang in langs if not re.fullmatch(r"[a-z]{2,3}", primary_language(lang))]
         if wrong:
             raise BadRequest(f"languages: {wrong[0][:20]!r} is not a language code like ja or en")
-        groups = parse_list(queues)
-        wrong = [q for q in groups if not QUEUE.fullmatch(q)]
-        if wrong:
-            raise BadRequest(f"queues: {wrong[0][:40]!r} is not a queue name")
+        groups = self._groups(parse_list(queues))
         kept = {"languages": ",".join(primary_language(lang) for lang in langs),
                 "queues": ",".join(groups)}
         for field, value in kept.items():  # PostgreSQL refuses what its column cannot hold
@@ -106,6 +106,24 @@ class Engineers:
             if not clash:
                 raise
             raise Conflict(clash) from None
+
+    def _groups(self, names: list[str]) -> list[str]:
+        """The queue groups an engineer is to serve, each one the configuration routes
+        callers to: a name that matches none would leave the engineer hearing that nobody
+        waits while callers do. A route's own name with ``{priority}`` stands for its group
+        at every level."""
+        known = self.config.ticket_groups()
+        groups: list[str] = []
+        for name in names:
+            expanded = [name.replace("{priority}", str(level)) for level in LEVELS] \
+                if "{priority}" in name else [name]
+            unknown = [group for group in expanded if group not in known]
+            if unknown or not QUEUE.fullmatch(name):
+                raise BadRequest(f"queues: {name[:40]!r} is not a queue group callers are "
+                                 f"routed to; the configured ones: "
+                                 + ", ".join(sorted(known)[:20]))
+            groups.extend(group for group in expanded if group not in groups)
+        return groups
 
     def list(self) -> list[EngineerInfo]:
         with self.storage.unit_of_work(readonly=True) as uow:

@@ -473,3 +473,27 @@ def test_after_a_real_conversation_the_engineer_is_offered_the_next_caller_not_t
     after = twiml(twilio.post(root.find("Dial").get("action"), **engineer_params(sid),
                               DialCallStatus="completed", DialCallDuration="300"))
     assert after.find("Gather") is not None, spoken(after)
+
+
+def test_an_engineer_whose_queues_match_no_configured_group_is_refused_or_served(
+        tmp_path, settings, clock):
+    """With `support-us-p{priority}` configured, `engineers add --queues
+    support-us-p{priority}` (braces are accepted by the name check) must either be refused
+    or take those callers; it must not leave the engineer hearing "nobody is waiting"
+    while a caller of that group waits."""
+    from ivr.desk.service import BadRequest
+
+    from ..support import TwilioClient
+    from .test_routes import app_with
+
+    app = app_with(tmp_path, settings, clock, 'queue = "support-us"',
+                   'queue = "support-us-p{priority}"')
+    ivr = app.extensions["ivr"]
+    twilio = TwilioClient(app)
+    try:
+        add_engineer(ivr, queues="support-us-p{priority}")
+    except BadRequest:
+        return  # refused with a reason: fine
+    waiting = queued(twilio, 2)
+    root = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid())))
+    assert digits_spoken(root) == [waiting["ticket"]], spoken(root)

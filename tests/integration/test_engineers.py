@@ -63,8 +63,9 @@ def test_an_engineer_is_added_listed_and_their_token_is_stored_only_as_a_keyed_h
     (["System", "--client", "x"], "admin, zendesk, system, unknown engineer"),  # the service
     (["unknown engineer", "--client", "x"], "the names the history uses for others"),
     (["bob", "--client", "x", "--languages", "japanese"], "is not a language code"),
-    (["bob", "--client", "x", "--queues", ",".join(f"support-{n:02}-" + "q" * 50 for n in range(5))],
-     "queues: 309 characters in all, more than the 255 kept"),
+    (["bob", "--client", "x", "--queues", "support-jp,support-xx"],
+     "queues: 'support-xx' is not a queue group callers are routed to; the configured ones: "
+     "support, support-apac, support-emea, support-jp, support-us"),
     (["bob", "--client", "x", "--languages", ",".join(a + b for a in "abcdefg" for b in "abcdefg")],
      "languages: 146 characters in all, more than the 128 kept"),
 ])
