@@ -162,7 +162,8 @@ def apply(number: str, remote_id: str | None, status: str | None, priority: int 
         known = jobs.remote_id(found.id)
         current_status, current_priority = found.status, found.priority
         echo = priority is not None and priority != current_priority \
-            and jobs.echoes_own_push(found.id, current_priority, priority, HELPDESK_ACTOR)
+            and jobs.echoes_own_push(found.id, current_priority, priority, HELPDESK_ACTOR,
+                                     closing=status in CLOSING)
     if known is not None and remote_id is not None and known != remote_id:
         return answer(409, error=f"phone ticket {number} belongs to Zendesk ticket {known}, "
                                  f"not {remote_id}")

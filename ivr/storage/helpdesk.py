@@ -200,42 +200,53 @@ class HelpdeskJobRepository:
             select(HelpdeskJob.remote_id).where(HelpdeskJob.ticket_id == ticket_id,
                                                 HelpdeskJob.dedupe == "create"))
 
-    def echoes_own_push(self, ticket_id: int, current: int, shown: int,
-                        their_name: str) -> bool:
-        """Whether a help desk showing priority ``shown`` is only echoing the phone line's
-        own last pushed priority, while a newer desk change, the ticket's ``current``
-        priority, still waits to be pushed. (Zendesk's trigger fires on the phone line's
-        own updates too, and its delivery can come after the desk has moved on.) Not an
-        echo once the help desk itself (``their_name`` in the history) has changed the
-        priority since that push: its agent may have set the same level back."""
-        waiting, _ = self._newest_priority_job(ticket_id, HelpdeskJob.status.in_(
+    def echoes_own_push(self, ticket_id: int, current: int, shown: int, their_name: str,
+                        closing: bool = False) -> bool:
+        """Whether a help desk showing priority ``shown`` is only echoing a priority the
+        phone line itself pushed, while a newer desk change, the ticket's ``current``
+        priority, still waits to be pushed.
+
+        Every priority change pushed counts: Zendesk's trigger fires on the phone line's
+        own updates too, and its delivery can come late, after later pushes. The create's
+        priority counts only in a delivery that solves or closes the ticket (``closing``;
+        the trigger may have fired for the status alone) and while the create is the
+        newest push sent: the priority the help desk still has until the waiting change
+        gets there. A create fires no "ticket updated" trigger, so otherwise its priority
+        shown again is an agent's choice. Only pushes sent since the help desk itself
+        (``their_name`` in the history) last changed the priority count: its agent may
+        have set one of those levels back."""
+        waiting = self._newest_priority_job(ticket_id, HelpdeskJob.status.in_(
             ("pending", "sending")))
         if waiting != current:
             return False
-        pushed, sent_at = self._newest_priority_job(
-            ticket_id, HelpdeskJob.status == "sent", HelpdeskJob.last_error.is_(None))
-        if pushed != shown or sent_at is None:
-            return False
         changed_there = self.session.scalar(
-            select(DeskAction.id).where(DeskAction.ticket_id == ticket_id,
-                                        DeskAction.actor == their_name,
-                                        DeskAction.action == "priority",
-                                        DeskAction.at >= sent_at).limit(1))
-        return changed_there is None
+            select(func.max(DeskAction.at)).where(DeskAction.ticket_id == ticket_id,
+                                                  DeskAction.actor == their_name,
+                                                  DeskAction.action == "priority"))
+        rows = self.session.execute(
+            select(HelpdeskJob.dedupe, HelpdeskJob.data, HelpdeskJob.payload,
+                   HelpdeskJob.sent_at)
+            .where(HelpdeskJob.ticket_id == ticket_id, HelpdeskJob.status == "sent",
+                   HelpdeskJob.last_error.is_(None),
+                   or_(HelpdeskJob.event == "priority", HelpdeskJob.dedupe == "create"))
+            .order_by(HelpdeskJob.id)).all()
+        pushed = set()
+        for row in rows:
+            if row.sent_at is None or (changed_there is not None
+                                       and row.sent_at <= changed_there):
+                continue
+            if row.dedupe != "create":
+                pushed.add(_level(row.data))
+            elif closing and row is rows[-1]:
+                pushed.add(_level(row.payload))
+        return shown in pushed
 
-    def _newest_priority_job(self, ticket_id: int, *where) -> tuple[int | None,
-                                                                     dt.datetime | None]:
-        """The level the newest priority change of this ticket matching ``where`` sets,
-        and when it was sent."""
-        row = self.session.execute(
-            select(HelpdeskJob.data, HelpdeskJob.sent_at)
+    def _newest_priority_job(self, ticket_id: int, *where) -> int | None:
+        """The level the newest priority change of this ticket matching ``where`` sets."""
+        return _level(self.session.scalar(
+            select(HelpdeskJob.data)
             .where(HelpdeskJob.ticket_id == ticket_id, HelpdeskJob.event == "priority", *where)
-            .order_by(HelpdeskJob.id.desc()).limit(1)).first()
-        try:
-            level = json.loads(row.data).get("priority") if row and row.data else None
-        except (ValueError, AttributeError):
-            level = None
-        return (level if isinstance(level, int) else None), (row.sent_at if row else None)
+            .order_by(HelpdeskJob.id.desc()).limit(1)))
 
     def has_create(self, ticket_id: int) -> bool:
         return self.session.scalar(
@@ -331,6 +342,15 @@ class HelpdeskJobRepository:
             "failed": len(failed),
             "error": failed[0].last_error if failed else None,
         }
+
+
+def _level(text: str | None) -> int | None:
+    """The priority a job's JSON (a change as queued, or a create's request) carries."""
+    try:
+        level = json.loads(text).get("priority") if text else None
+    except (ValueError, AttributeError):
+        level = None
+    return level if isinstance(level, int) and not isinstance(level, bool) else None
 
 
 def job_dict(job: HelpdeskJob, number: str) -> dict:

@@ -1054,3 +1054,41 @@ def test_an_echo_the_desk_overtakes_while_it_is_applied_does_not_undo_the_desks_
     assert ticket_row(ivr, number).priority == 2
     assert sender(ivr, clock).drain()["sent"] == 1
     assert fake.tickets[remote_id]["priority"] == "high"
+
+
+# -- echoes, slow answers, rate limits and retention, once more -------------------------
+
+
+def test_a_solved_delivery_does_not_put_back_the_priority_the_create_pushed_over_a_waiting_desk_change(
+        app, simulator, ivr, fake, clock):
+    """P1 created in Zendesk; the desk sets P3 (its push waits); an agent solves the ticket
+    in Zendesk. The delivery says "Solved, Urgent": Urgent is only the priority the create
+    pushed, nothing changed it in Zendesk. It must close the ticket, not undo the desk's P3."""
+    number = call(simulator, US_LINE, CALLER, 1)
+    sender(ivr, clock).drain()
+    (remote_id,) = fake.tickets
+    Desk.of(ivr).set_priority(number, 3)  # queued, not pushed yet
+    clock.advance(seconds=30)
+    solved = post_hook(app, trigger_body(remote_id, number, "Solved", "Urgent"), stamp(clock))
+    assert solved.status_code == 200
+    row = ticket_row(ivr, number)
+    assert row.status == "closed"
+    assert row.priority == 3, f"the desk's P3 was undone: P{row.priority}"
+
+
+def test_a_late_echo_of_an_older_push_does_not_undo_the_desks_newest_change(
+        app, simulator, ivr, fake, clock):
+    """The desk pushes P3, then P2; it then sets P4, not pushed yet. Zendesk's echo of the
+    P3 push (a trigger without the Current user condition) comes late, after the P2 push.
+    Nothing changed the priority in Zendesk: the desk's P4 must stand and go out."""
+    number, remote_id, desk = p3_pushed(simulator, ivr, fake, clock)
+    echo_of_p3 = signed(trigger_body(remote_id, number, "Open", "Normal"), stamp(clock))
+    desk.set_priority(number, 2)
+    assert sender(ivr, clock).drain()["sent"] == 1
+    desk.set_priority(number, 4)
+    clock.advance(seconds=5)
+    late = app.test_client().post("/hooks/zendesk", data=echo_of_p3[0], headers=echo_of_p3[1])
+    assert late.status_code == 200
+    sender(ivr, clock).drain()
+    assert (ticket_row(ivr, number).priority, fake.tickets[remote_id]["priority"]) == \
+        (4, "low"), late.json
