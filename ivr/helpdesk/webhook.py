@@ -172,6 +172,10 @@ def apply(number: str, remote_id: str | None, status: str | None, priority: int 
         log.info("Zendesk echoed ticket %s's pushed priority P%s; the desk's P%s is on its way",
                  number, priority, current_priority)
         priority = None
+    elif priority == current_priority:
+        # The level the ticket already has: no change asked. Kept, it would make a desk
+        # change to the priority made while this is applied stop the close below.
+        priority = None
     closing = "closed" if status in CLOSING else None
     now = ivr().service.clock()
     if current_status == "closed" or (closing is None and priority is None):
