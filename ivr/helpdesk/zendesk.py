@@ -1,20 +1,23 @@
 """Zendesk: the help desk behind the vendor's support site, through its Tickets API.
 
-Basic auth as ``{email}/token:{api_token}``; every request has a time-out. A create
-carries an ``Idempotency-Key`` derived from the ticket number, so a retried create returns
-the ticket the first one made. Zendesk keeps idempotency keys for a couple of hours, so a
-create retried later than that first looks the ticket up by ``external_id``. A retried
-update first checks whether its note is already on the ticket.
+Basic auth as ``{email}/token:{api_token}``; every request has a time-out, its answer's
+body included. A create carries an ``Idempotency-Key`` derived from the ticket number, so a
+retried create returns the ticket the first one made. Zendesk keeps idempotency keys for a
+couple of hours, so a create retried later than that first looks the ticket up by
+``external_id``. A retried update first checks whether its note is already on the ticket.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import json
 import logging
 import math
+import time
 
 import requests
+import urllib3
 
 from .base import HelpDesk, NewTicket, Result, TicketChange
 
@@ -28,6 +31,7 @@ IDEMPOTENCY_WINDOW = 3600.0
 PERMANENT = (400, 401, 403, 404, 410, 413, 422)
 MAX_RETRY_AFTER = 86400.0
 CLOSED_IN_ZENDESK = "closed prevents ticket update"
+READ_SIZE = 64 * 1024
 
 
 def idempotency_key(external_id: str) -> str:
@@ -142,33 +146,71 @@ class Zendesk(HelpDesk):
     def _request(self, method: str, path: str, body: dict | None = None, *,
                  params: dict | None = None,
                  headers: dict | None = None) -> tuple[Result, dict | None]:
-        """One request: its result, and the answer's JSON object when it succeeded."""
+        """One request: its result, and the answer's JSON object when it succeeded. Its
+        body must all be in by the time-out from the start: requests' read time-out is per
+        read, and an answer trickled a byte at a time would hold the sender past its lease.
+        (The headers are bounded by requests' time-outs alone.)"""
+        deadline = time.monotonic() + self.timeout[1]
         try:
             response = self.http.request(method, self.base_url + path, json=body, params=params,
                                          headers=headers, timeout=self.timeout,
-                                         allow_redirects=False)
+                                         allow_redirects=False, stream=True)
         except requests.Timeout:
-            return Result.retry(f"no answer within {self.timeout[1]:g} s"), None
+            return Result.retry(self._too_slow()), None
         except requests.RequestException as exc:
             return Result.retry(f"{type(exc).__name__}: could not reach {self.base_url}"), None
+        with response:
+            try:
+                content = read_within(response, deadline)
+            except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
+                return Result.retry(self._too_slow()), None
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                return Result.retry(f"{type(exc).__name__}: the answer from {self.base_url} "
+                                    "broke off"), None
+        if content is None:
+            return Result.retry(self._too_slow()), None
         status = response.status_code
         if 200 <= status < 300:
             try:
-                answer = response.json()
-            except ValueError:
+                answer = json.loads(content)
+            except (ValueError, RecursionError):  # the last: nested too deeply
                 return Result.retry(f"HTTP {status}: the answer was not JSON"), None
             if not isinstance(answer, dict):
                 return Result.retry(f"HTTP {status}: the answer was not a JSON object"), None
             ticket = answer.get("ticket")
             remote = str(ticket["id"]) if isinstance(ticket, dict) and "id" in ticket else None
             return Result.ok(remote), answer
-        message = error_message(response)
+        message = error_message(status, content)
         if status == 429:
             return Result.retry(message, retry_after(response), rate_limited=True), None
         if status in PERMANENT:
             return Result.failed(message), None
         # 409 (the ticket was being updated), 5xx: worth another try.
         return Result.retry(message, retry_after(response)), None
+
+    def _too_slow(self) -> str:
+        return f"no answer within {self.timeout[1]:g} s"
+
+
+def read_within(response: requests.Response, deadline: float) -> bytes | None:
+    """The body of a streamed answer, or None when it is not all there by ``deadline``
+    (a ``time.monotonic()`` reading). Each read waits at most the time left: the socket's
+    time-out is lowered to it before each one (urllib3 sets it again for the connection's
+    next request)."""
+    raw = response.raw
+    connection = getattr(raw, "connection", None)
+    chunks = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            sock.settimeout(left)
+        chunk = raw.read1(READ_SIZE, decode_content=True)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def retry_after(response: requests.Response) -> float | None:
@@ -191,13 +233,12 @@ def retry_after(response: requests.Response) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
-def error_message(response: requests.Response) -> str:
+def error_message(status: int, content: bytes) -> str:
     """Zendesk's explanation of a refusal: its error, description and field details."""
-    status = response.status_code
     try:
-        body = response.json()
-    except ValueError:
-        text = " ".join(response.text.split())[:200]
+        body = json.loads(content)
+    except (ValueError, RecursionError):
+        text = " ".join(content.decode("utf-8", "replace").split())[:200]
         return f"HTTP {status}" + (f": {text}" if text else "")
     parts: list[str] = []
     if isinstance(body, dict):

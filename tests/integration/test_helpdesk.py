@@ -1105,6 +1105,39 @@ def test_a_solved_delivery_still_closes_when_the_desk_changes_the_priority_meanw
     assert ticket_row(ivr, number).status == "closed", answers[0].json
 
 
+def test_a_zendesk_that_trickles_its_answer_is_given_up_after_the_time_out(
+        simulator, ivr, fake, clock):
+    """timeout_seconds (0.5 here) is "per request", and the lease is sized on it. A Zendesk
+    (or a proxy before it) that sends its answer a byte at a time, each byte inside the
+    time-out, must not hold the sender for longer than that: here it would take 4 s."""
+    import time
+
+    from werkzeug import Response
+
+    plain = fake.json
+
+    def trickled(body, status=200, headers=None):
+        if status != 201:
+            return plain(body, status, headers)
+        text = json.dumps(body).encode()
+
+        def drip():
+            for index in range(20):  # 20 x 0.2 s of padding, a byte at a time
+                time.sleep(0.2)
+                yield b" "
+            yield text
+
+        return Response(drip(), status=status, headers=headers or {},
+                        content_type="application/json")
+
+    fake.json = trickled
+    call(simulator)
+    started = time.monotonic()
+    sender(ivr, clock).drain()
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0, f"one push held the sender {elapsed:.1f} s with a 0.5 s time-out"
+
+
 def test_a_late_echo_of_an_older_push_does_not_undo_the_desks_newest_change(
         app, simulator, ivr, fake, clock):
     """The desk pushes P3, then P2; it then sets P4, not pushed yet. Zendesk's echo of the
