@@ -104,7 +104,7 @@ class Sender:
                     failing = failing + 1 if result.outcome == "retry" \
                         and not result.rate_limited else 0
                     if result.rate_limited:
-                        paused = self._pause(result)
+                        paused = self._pause(result, item)
                         result = replace(result, retry_after=paused.retry_after)
                 with self.storage.transaction() as session:
                     outcome = self._record(HelpdeskJobRepository(session), item, result)
@@ -114,11 +114,11 @@ class Sender:
                 break
         return counts
 
-    def _pause(self, limited: Result) -> Result:
+    def _pause(self, limited: Result, item: Work) -> Result:
         """The help desk said "too many requests": no request goes to it until it said to
         come back, from this sender or another. The rest of this round is put off with the
         same wait, and so is every other pending push."""
-        delay = limited.retry_after if limited.retry_after is not None else self.backoff(1)
+        delay = self.rate_limit_wait(limited.retry_after, item)
         until = self.clock() + dt.timedelta(seconds=delay)
         with self.storage.transaction() as session:
             held = HelpdeskJobRepository(session).defer_pending(until)
@@ -223,13 +223,15 @@ class Sender:
                 log.warning("help desk: push of ticket %s failed (job %s) after %s tries: %s",
                             item.ticket, item.job_id, failures, result.message)
             else:
-                # A rate limit's Retry-After is the wait; a failing server's is at least
-                # the back-off (Retry-After: 0 would send the push again in this drain,
-                # round after round, until it failed for good).
+                # A rate limit's wait was set when the round was paused; a failing server's
+                # Retry-After lengthens the back-off, never shortens it (Retry-After: 0
+                # would send the push again in this drain, round after round, until it
+                # failed for good), and never beyond max_backoff_seconds.
                 delay = self.backoff(failures)
                 if result.retry_after is not None:
                     delay = result.retry_after if result.rate_limited \
-                        else max(result.retry_after, delay)
+                        else min(max(result.retry_after, delay),
+                                 self.policy.max_backoff_seconds)
                 values = {"status": "pending", "failures": failures,
                           "last_error": result.message,
                           "next_attempt_at": now + dt.timedelta(seconds=delay)}
@@ -245,6 +247,22 @@ class Sender:
     def backoff(self, failures: int) -> float:
         """Exponential back-off with jitter: the base doubled per failure, capped, then
         a random share between a half and all of it, so retries of many jobs spread out."""
-        ceiling = min(self.policy.max_backoff_seconds,
-                      self.policy.backoff_seconds * 2 ** min(max(failures, 1) - 1, 30))
-        return ceiling * (0.5 + 0.5 * self.jitter())
+        return self._ceiling(failures) * (0.5 + 0.5 * self.jitter())
+
+    def _ceiling(self, failures: int) -> float:
+        return min(self.policy.max_backoff_seconds,
+                   self.policy.backoff_seconds * 2 ** min(max(failures, 1) - 1, 30))
+
+    def rate_limit_wait(self, asked: float | None, item: Work) -> float:
+        """How long a rate limit holds every push: the help desk's Retry-After, but at
+        least the back-off, and at most max_backoff_seconds.
+
+        A 429 does not count as a failure, so it is never given up on: "Retry-After: 0"
+        (or a date already past, the clocks apart) would send the push again every round
+        for ever. The least wait grows as the back-off does, with this push's tries that
+        did not count as failures (rate limits, and rounds put off), and has no jitter:
+        every push waits for the same moment anyway. A Retry-After far beyond any rate
+        limit window (a proxy's mistake) must not stop every push, P1s included, for
+        longer than any other retry waits."""
+        least = self._ceiling(item.attempts - item.failures)
+        return min(max(asked or 0.0, least), self.policy.max_backoff_seconds)

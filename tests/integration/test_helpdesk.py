@@ -1154,3 +1154,46 @@ def test_a_late_echo_of_an_older_push_does_not_undo_the_desks_newest_change(
     sender(ivr, clock).drain()
     assert (ticket_row(ivr, number).priority, fake.tickets[remote_id]["priority"]) == \
         (4, "low"), late.json
+
+
+@pytest.mark.parametrize("value", ["0", "-60", "Thu, 01 Jan 2026 00:00:00 GMT"])
+def test_a_rate_limit_asking_for_no_wait_is_not_hammered_every_round(simulator, ivr, fake,
+                                                                     clock, value):
+    """A 429 does not count as a failure, so it is never given up: with "Retry-After: 0"
+    (or negative, or a date already past, e.g. clocks apart) it must still wait some
+    back-off, not go out again on the next round of `outbox drain --watch` (2 s later),
+    for ever."""
+    call(simulator)
+    fake.fail_next(50, 429, {"Retry-After": value})
+    for _ in range(10):
+        sender(ivr, clock).drain()
+        clock.advance(seconds=2)  # the --watch loop's interval
+    sent = len(fake.requests)
+    assert sent <= 2, f"{sent} requests in 20 s, and the push is still {jobs(ivr)[0].status}"
+
+
+def test_a_rate_limit_asking_for_a_week_does_not_stop_every_push_for_a_day(simulator, ivr,
+                                                                            fake, clock):
+    """One 429 holds every pending push. A Retry-After far beyond any Zendesk rate-limit
+    window (a proxy's mistake) must not stop P1 pushes for longer than max_backoff_seconds."""
+    call(simulator)
+    fake.fail_next(1, 429, {"Retry-After": "604800"})
+    sender(ivr, clock).drain()
+    (job,) = jobs(ivr)
+    wait = (job.next_attempt_at - clock.now).total_seconds()
+    assert wait <= ivr.config.helpdesk.max_backoff_seconds, f"every push held {wait:.0f} s"
+
+
+def test_repeated_rate_limits_asking_for_no_wait_wait_longer_each_time(simulator, ivr, fake,
+                                                                       clock):
+    """The least wait after a 429 grows as the back-off does (backoff_seconds = 10 here)."""
+    call(simulator)
+    fake.fail_next(3, 429, {"Retry-After": "0"})
+    waits = []
+    for _ in range(3):
+        assert sender(ivr, clock).drain()["rate_limited"] == 1
+        (job,) = jobs(ivr)
+        waits.append((job.next_attempt_at - clock.now).total_seconds())
+        clock.now = job.next_attempt_at
+    assert waits == [10, 20, 40] and jobs(ivr)[0].failures == 0
+    assert sender(ivr, clock).drain()["sent"] == 1
