@@ -58,7 +58,8 @@ class TicketChange:
 class Result:
     """How one push went.
 
-    ``ok``: done (``remote_id`` the help desk's ticket id on a create);
+    ``ok``: done (``remote_id`` the help desk's ticket id on a create; ``found`` when a
+    create found the ticket already made and sent nothing);
     ``retry``: worth trying again later (time-out, 5xx, rate limit; ``retry_after`` in
     seconds when the help desk said how long to wait);
     ``failed``: the help desk refused it and will refuse it again (bad credentials, no
@@ -70,6 +71,7 @@ class Result:
     retry_after: float | None = None
     rate_limited: bool = False
     tried: bool = True  # False: put off without a request (does not count as a failure)
+    found: bool = False
 
     @classmethod
     def ok(cls, remote_id: str | None = None) -> "Result":

@@ -77,6 +77,17 @@ def new_ticket(ticket, call, config: IvrConfig) -> NewTicket:
     )
 
 
+def as_it_stands(ticket: NewTicket, job_id: int) -> TicketChange:
+    """The update that brings a ticket found already made in the help desk, by a create
+    the phone line never heard back from, to what a create now would make of it."""
+    marker = f"Ref: phone-change-{job_id}"
+    return TicketChange(marker=marker, note=f"{ticket.note}\n\n{marker}",
+                        priority=ticket.priority, status=ticket.status,
+                        add_tags=ticket.tags,
+                        remove_tags=tuple(t for t in PRIORITY_TAGS if t not in ticket.tags),
+                        fields=dict(ticket.fields))
+
+
 def change(job_id: int, event: str, data_json: str | None, at: dt.datetime,
            config: IvrConfig) -> TicketChange:
     """The update a queued change becomes."""

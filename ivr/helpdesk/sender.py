@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import random
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -51,6 +52,7 @@ class Work:
     first_try_age: float
     problem: str | None = None
     priority: int | None = None  # the level a priority change sets
+    converted: bool = False  # a create made of an update: no create of the ticket was left
 
 
 def _tally(counts: dict[str, int], outcome: str) -> None:
@@ -134,8 +136,8 @@ class Sender:
         so that every retry sends exactly the same."""
         ticket, call = jobs.context(job.ticket_id)
         if job.kind == "update" and not jobs.has_create(job.ticket_id):
-            # A ticket logged before the help desk was connected: its first change
-            # creates it there, as it stands now.
+            # A ticket logged before the help desk was connected, or whose failed create
+            # retention has dropped: its first change creates it there, as it stands now.
             job.kind, job.event, job.dedupe, job.payload = "create", "created", "create", None
         problem = None
         if job.payload is None:
@@ -156,7 +158,9 @@ class Sender:
             attempts=job.attempts, failures=job.failures, claimed_at=now,
             first_try_age=(now - (job.first_attempt_at or now)).total_seconds(),
             problem=problem,
-            priority=payload.get("priority") if payload and job.event == "priority" else None)
+            priority=payload.get("priority") if payload and job.event == "priority" else None,
+            # A create queued as such carries no change; one made of an update keeps it.
+            converted=job.kind == "create" and job.data is not None)
 
     def _renew(self, item: Work) -> str:
         """Hold the job for its push ("held"), unless another sender has taken it since
@@ -189,8 +193,24 @@ class Sender:
             return Result.failed(item.problem)
         retried = item.attempts > 1
         if item.kind == "create":
-            result = self.desk.create(NewTicket.from_dict(item.payload), retried=retried,
-                                      first_try_age=item.first_try_age)
+            ticket = NewTicket.from_dict(item.payload)
+            if not item.converted:
+                result = self.desk.create(ticket, retried=retried,
+                                          first_try_age=item.first_try_age)
+            else:
+                # A create given up on time-outs may have made the ticket all the same
+                # before retention dropped it, and the help desk has long forgotten its
+                # Idempotency-Key: asked as a create first tried long ago, it looks the
+                # ticket up before making one.
+                result = self.desk.create(ticket, retried=True, first_try_age=math.inf)
+                if result.outcome == "ok" and result.found:
+                    # Found, it still shows the state of that old create: bring it to
+                    # how the ticket stands now, the change that led here included.
+                    brought = self.desk.update(
+                        result.remote_id, pushes.as_it_stands(ticket, item.job_id),
+                        retried=retried)
+                    if brought.outcome != "ok":
+                        return brought
             if result.outcome == "ok" and not result.remote_id:
                 return Result.retry(f"{self.desk.name} answered without a ticket id")
             return result

@@ -133,7 +133,9 @@ class Zendesk(HelpDesk):
         if result.outcome != "ok":
             return result
         tickets = (body or {}).get("tickets") or []
-        return Result.ok(str(tickets[0]["id"]) if tickets else None)
+        if not tickets:
+            return Result.ok(None)
+        return Result("ok", remote_id=str(tickets[0]["id"]), found=True)
 
     def _has_note(self, remote_id: str, marker: str) -> tuple[Result, bool]:
         """Whether a comment of the ticket already carries the marker."""

@@ -1172,6 +1172,34 @@ def test_a_rate_limit_asking_for_no_wait_is_not_hammered_every_round(simulator, 
     assert sent <= 2, f"{sent} requests in 20 s, and the push is still {jobs(ivr)[0].status}"
 
 
+def test_a_create_given_up_on_time_outs_then_dropped_by_retention_does_not_make_a_second_ticket(
+        simulator, ivr, fake, clock, cli):
+    """Zendesk made the ticket but answered too late, every time: the create is given up.
+    The desk closes the ticket (its push waits behind the failed create). After the
+    retention period the failed create is dropped and the close "creates the ticket as it
+    then stands": Zendesk forgot the Idempotency-Key long ago, so it must look the ticket up
+    by external_id first, not POST a second ticket."""
+    import time
+
+    number = call(simulator)
+    fake.delay = 1.0  # each create lands in Zendesk; its answer comes after the 0.5 s time-out
+    for _ in range(ivr.config.helpdesk.max_attempts):
+        sender(ivr, clock).drain()
+        time.sleep(0.6)  # the fake finishes answering the request the sender gave up on
+        clock.advance(hours=1)
+    fake.delay = 0
+    assert jobs(ivr)[0].status == "failed" and len(fake.tickets) == 1
+    Desk.of(ivr).close(number)
+    clock.advance(days=91)
+    assert cli("retention", "apply").exit_code == 0
+    fake.keys.clear()  # Zendesk keeps idempotency keys for a couple of hours
+    sender(ivr, clock).drain()
+    assert [t["external_id"] for t in fake.tickets.values()] == [number]
+    # The ticket found there is brought to how it stands here: the close is not lost.
+    (ticket,) = fake.tickets.values()
+    assert ticket["status"] == "solved" and [j.status for j in jobs(ivr)] == ["sent"]
+
+
 def test_a_rate_limit_asking_for_a_week_does_not_stop_every_push_for_a_day(simulator, ivr,
                                                                             fake, clock):
     """One 429 holds every pending push. A Retry-After far beyond any Zendesk rate-limit
