@@ -238,7 +238,9 @@ class FloorRepository:
     def claim(self, ticket_id: int, engineer: str, engineer_call_sid: str | None,
               now: dt.datetime, stale_before: dt.datetime) -> bool:
         """Take a waiting caller for an engineer, unless another engineer holds a fresh
-        claim on them: a compare-and-set, so two engineers never get the same caller."""
+        claim on them: a compare-and-set, so two engineers never get the same caller. The
+        engineer's own fresh claim, from a call of theirs that dropped before the bridge,
+        passes to this call."""
         if self.storage.dialect == "postgresql":
             # The ticket's row before the assignment's, the order of every writer: the
             # KEY SHARE lock the pick-up's desk action takes anyway, taken first, so a
@@ -250,7 +252,8 @@ class FloorRepository:
         taken = self.session.execute(
             update(Assignment)
             .where(Assignment.ticket_id == ticket_id, Assignment.connected_at.is_(None),
-                   (Assignment.claimed_at.is_(None)) | (Assignment.claimed_at < stale_before))
+                   (Assignment.claimed_at.is_(None)) | (Assignment.claimed_at < stale_before)
+                   | (Assignment.engineer == engineer))
             .values(engineer=engineer, claimed_at=now, engineer_call_sid=engineer_call_sid,
                     updated_at=now)
             .execution_options(synchronize_session=False))

@@ -211,8 +211,10 @@ class Floor:
             mine = next((t.id for t, _, a in rows.values() if a is not None
                          and a.engineer_call_sid == call_sid
                          and _taken_by(a, stale) is not None), None)
+            # Callers nobody holds, and those this engineer's earlier call claimed: that
+            # call dropped before the bridge, or they would not be calling again.
             free = [waiting_of(self.config, t, c) for t, c, a in rows.values()
-                    if _taken_by(a, stale) is None]
+                    if _taken_by(a, stale) in (None, engineer.name)]
             ticket = call = choice = None
             if mine is not None:
                 ticket, call, _ = rows[mine]

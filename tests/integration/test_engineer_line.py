@@ -142,7 +142,9 @@ def test_two_engineers_never_get_the_same_caller(twilio, ivr):
     one = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid())))
     two = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), "+14155550188")))
     assert digits_spoken(one) == [first["ticket"]] and digits_spoken(two) == [second["ticket"]]
-    three = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid())))
+    # A third engineer finds nobody free: both callers are claimed.
+    add_engineer(ivr, "chen", phone="+14155550177")
+    three = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), "+14155550177")))
     assert three.find("Dial") is None and three.find("Redirect") is not None
 
 
@@ -454,6 +456,21 @@ def test_a_priority_changed_on_the_desk_while_the_caller_waits_still_dials_the_c
         Desk.of(ivr).set_priority(waiting["ticket"], 1)
     root = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid())))
     assert root.find("Dial/Queue").text == waiting["queue"]
+
+
+def test_an_engineer_calling_back_after_a_dropped_call_gets_the_caller_their_old_call_claimed(
+        twilio, ivr, clock):
+    """aiko's call drops during the whisper (no Dial action ever comes); she calls the
+    engineer line again at once. Her own dead call's claim must not hide the caller from
+    her: she is the one engineer, and the caller is waiting."""
+    add_engineer(ivr)
+    waiting = queued(twilio, 1)
+    first = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid())))
+    assert digits_spoken(first) == [waiting["ticket"]]
+    clock.advance(seconds=5)
+    again = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid())))
+    assert again.find("Dial/Queue") is not None, spoken(again)
+    assert again.find("Dial/Queue").text == waiting["queue"]
 
 
 def test_after_a_real_conversation_the_engineer_is_offered_the_next_caller_not_told_they_missed(
