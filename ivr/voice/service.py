@@ -17,7 +17,12 @@ from typing import Callable, Mapping
 from .. import metrics
 from ..config import IvrConfig, Line
 from ..domain.flow import Caller, CallFlow, CallState, Reply, Step, TicketInfo, waiting
-from ..domain.lifecycle import TicketStatus, after_queue, routed_status
+from ..domain.lifecycle import (
+    TicketStatus,
+    after_queue,
+    routed_status,
+    waiting_ended_by_the_desk,
+)
 from ..domain.phones import callable_number, can_receive_sms, lockout_keys, mask
 from ..security import HostKeyHasher
 from ..storage import DATABASE_DOWN, CallRecord, Storage, UnitOfWork, utcnow
@@ -187,6 +192,7 @@ class CallService:
         queue_time = _int(params.get("QueueTime"))
         ticket_number = query.get("ticket")
         line, english = self.config.line_for(request.to), english_chosen(query)
+        status = None
         try:
             with self.storage.unit_of_work() as uow:
                 record = self.apply_queue_result(uow, request.call_sid, result, queue_time,
@@ -194,7 +200,7 @@ class CallService:
                 if record is not None:
                     english, line = record.english, self.config.line_for(record.dialed_number)
                 if record is not None and record.ticket is not None:
-                    ticket_number = record.ticket.number
+                    ticket_number, status = record.ticket.number, record.ticket.status
                 elif ticket_number != self.outage.ticket_number(request.call_sid):
                     # Only a ticket routed through the spool, not replayed yet, has no
                     # row: its number, derived from the call, is the one the caller heard.
@@ -206,7 +212,7 @@ class CallService:
         log.info("call %s queue result=%s", request.call_sid, result)
         return self.renderer.after_queue(line, ticket_number, result, english,
                                          can_call_back=callable_number(request.caller)
-                                         is not None)
+                                         is not None, status=status)
 
     def apply_queue_result(self, uow: UnitOfWork, call_sid: str, result: str,
                            queue_time: int | None, now: dt.datetime) -> CallRecord | None:
@@ -246,6 +252,11 @@ class CallService:
             try:
                 with self.storage.unit_of_work(readonly=True) as uow:
                     record = uow.calls.load(request.call_sid, lock=False)
+                if record is not None and record.ticket is not None \
+                        and waiting_ended_by_the_desk(record.ticket.status):
+                    log.info("call %s taken out of the queue: its ticket is %s",
+                             request.call_sid, record.ticket.status)
+                    return self.renderer.leave()
                 if record is not None:
                     english, line = record.english, self.config.line_for(record.dialed_number)
                     offer = record.ticket is not None \

@@ -15,6 +15,7 @@ from ..config import DialRoute, EnqueueRoute, IvrConfig, Line, TaskRouterRoute, 
 from ..domain.engineers import primary_language, queue_name
 from ..domain.flow import Reply, Say, Step, TicketInfo, english_in, say
 from ..domain.flow import ticket_again as ticket_again_speech
+from ..domain.lifecycle import TicketStatus
 from .prompts import Catalogue, Digits
 
 # Paths of the flow's action URLs, by step. The views serve exactly these.
@@ -150,14 +151,24 @@ class Renderer:
             response.append(dial)
 
     def after_queue(self, line: Line | None, ticket_number: str | None, result: str,
-                    english: bool, can_call_back: bool = True) -> str:
+                    english: bool, can_call_back: bool = True,
+                    status: TicketStatus | None = None) -> str:
         """What a caller hears when the queue ends: nothing after a conversation, the
         callback confirmation after leaving for one, and that the ticket is kept when
         the queue or desk could not take the call (followed up by email when the
         caller's number cannot be called back). A caller put through to a menu extension
-        that was busy or did not answer has no ticket, and hears so before the end."""
+        that was busy or did not answer has no ticket, and hears so before the end. A
+        caller taken out of the queue because the desk moved their ticket (``status``, as
+        the ticket now stands) hears what that move means for them."""
         response = VoiceResponse()
-        if ticket_number and result == "leave":
+        if ticket_number and result == "leave" and status is TicketStatus.CLOSED:
+            self._speak(response, Reply((say("queue_ticket_closed", ticket=ticket_number),),
+                                        english=english), line)
+        elif ticket_number and result == "leave" and status is TicketStatus.OPEN:
+            key = "queue_unavailable" if can_call_back else "queue_unavailable_no_callback"
+            self._speak(response, Reply((say(key, ticket=ticket_number),), english=english),
+                        line)
+        elif ticket_number and result == "leave":
             self._speak(response, Reply((say("callback_confirmed", ticket=ticket_number),),
                                         english=english), line)
         elif ticket_number and result not in SERVED:

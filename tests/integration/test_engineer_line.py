@@ -514,3 +514,35 @@ def test_an_engineer_whose_queues_match_no_configured_group_is_refused_or_served
     waiting = queued(twilio, 2)
     root = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid())))
     assert digits_spoken(root) == [waiting["ticket"]], spoken(root)
+
+
+@pytest.mark.parametrize("status, words", [
+    ("callback_requested", "callback_confirmed"), ("closed", "queue_ticket_closed"),
+    ("open", "queue_unavailable")])
+def test_a_caller_still_on_hold_when_the_desk_moves_their_ticket_is_taken_out_and_told_why(
+        twilio, ivr, status, words):
+    """The desk moves a waiting caller's ticket (decides to call them back, closes a
+    duplicate, puts it back in the open pile) while they are still in their Twilio queue.
+    No engineer takes them from the queue now, so the next wait request takes them out,
+    and they hear what the move means; the ticket stays where the desk put it."""
+    from ivr.desk.service import Desk
+
+    add_engineer(ivr)
+    waiting = queued(twilio, 1)
+    Desk.of(ivr).update(waiting["ticket"], status=status)
+    engineer = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid())))
+    assert engineer.find("Dial") is None
+    params = twilio.call_params(waiting["sid"])
+    query = f"ticket={waiting['ticket']}&priority=1"
+    hold = twiml(twilio.post(f"/voice/wait?{query}", **params, QueuePosition="1",
+                             AvgQueueTime="0"))
+    assert [e.tag for e in hold] == ["Leave"]
+    after = twiml(twilio.post(f"/voice/queue-result?{query}", **params, QueueResult="leave",
+                              QueueTime="40"))
+    expected = ivr.catalogues["en-US"].text(words, {"ticket": waiting["ticket"]})
+    assert [s.replace(" ", "") for s in spoken(after)] == [expected.replace(" ", "")]
+    assert after[-1].tag == "Hangup"
+    with ivr.storage.reading() as session:
+        from ivr.storage.models import Ticket
+        ticket = session.scalars(select(Ticket).where(Ticket.number == waiting["ticket"])).one()
+    assert ticket.status == status
