@@ -23,7 +23,7 @@ from .extension import ivr
 from .privacy import MAX_DAYS
 from .sim.simulator import HttpTransport, Simulator, UnknownTwiML, WsgiTransport, transcript
 from .sim.surge import run_surge
-from .storage import DATABASE_DOWN, UpgradeRefused
+from .storage import DATABASE_DOWN, UpgradeRefused, database_unavailable, schema_missing
 
 
 @click.command("init-db")
@@ -151,8 +151,15 @@ spool_cli = AppGroup("spool", help="Tickets and statuses kept on disk while the 
 def spool_replay():
     """Write spooled records to the database (each once; safe to run again)."""
     try:
-        result = ivr().service.spool.replay(ivr().service.replay, transient=DATABASE_DOWN)
-    except DATABASE_DOWN as exc:
+        result = ivr().service.spool.replay(ivr().service.replay,
+                                            transient=database_unavailable)
+    except Exception as exc:
+        if not database_unavailable(exc):
+            raise
+        if schema_missing(exc):
+            raise click.ClickException("the database has no tables yet, or older ones: every "
+                                       "record stays in the spool; run `flask --app app "
+                                       "init-db` first, then this again") from None
         cause = type(getattr(exc, "orig", None) or exc).__name__
         raise click.ClickException(f"the database is unreachable ({cause}); every record not "
                                    "yet written stays in the spool: run this again once it "
@@ -264,8 +271,7 @@ def _explained(callback):
         except (*DATABASE_DOWN, ProgrammingError) as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
             reason = redact_numbers(reason[0][:200]) if reason else ""
-            if "no such table" in reason or ("relation" in reason
-                                             and "does not exist" in reason):
+            if schema_missing(exc):
                 raise click.ClickException(
                     f"the database has no tables yet, or older ones ({reason}): run "
                     "`flask --app app init-db` first") from None

@@ -14,7 +14,7 @@ from . import queues
 from .config import Settings
 from .domain.phones import mask
 from .helpdesk.sender import Sender
-from .storage import DATABASE_DOWN, Storage, utcnow
+from .storage import Storage, database_unavailable, utcnow
 
 log = logging.getLogger("ivr.outbox")
 
@@ -108,7 +108,7 @@ def watch(storage: Storage, settings: Settings, service, floor, interval: float 
     while True:
         try:
             if service.spool.depth():
-                result = service.spool.replay(service.replay, transient=DATABASE_DOWN)
+                result = service.spool.replay(service.replay, transient=database_unavailable)
                 if result.read:
                     log.info("spool replayed: %s written, %s already present", result.applied,
                              result.already_present)

@@ -8,7 +8,14 @@ re-exported here.
 from .accounts import AccountRepository
 from .calls import FINAL_STATUSES, CallRecord, CallRepository, TicketRow
 from .desk_queries import DeskRepository
-from .engine import DATABASE_DOWN, Storage, UpgradeRefused, utcnow
+from .engine import (
+    DATABASE_DOWN,
+    Storage,
+    UpgradeRefused,
+    database_unavailable,
+    schema_missing,
+    utcnow,
+)
 from .helpdesk import HelpdeskDelivery, HelpdeskJob, HelpdeskJobRepository, first_delivery
 from .lockouts import LockoutRepository
 from .outbox import OutboxRepository
@@ -19,5 +26,6 @@ __all__ = [
     "DATABASE_DOWN", "FINAL_STATUSES", "AccountRepository", "CallRecord", "CallRepository",
     "DeskRepository", "HelpdeskDelivery", "HelpdeskJob", "HelpdeskJobRepository",
     "LockoutRepository", "OutboxRepository", "Storage", "TicketRepository", "TicketRow",
-    "UnitOfWork", "UpgradeRefused", "first_delivery", "new_ticket_number", "utcnow",
+    "UnitOfWork", "UpgradeRefused", "database_unavailable", "first_delivery",
+    "new_ticket_number", "schema_missing", "utcnow",
 ]

@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from ..domain.clock import utcnow  # noqa: F401  re-exported for the storage layer
@@ -46,6 +46,23 @@ WAL_LIMIT_PAGES = 10_000
 
 # Errors that mean the database cannot be reached or written, not that a request was bad.
 DATABASE_DOWN = (OperationalError, InterfaceError)
+
+
+def schema_missing(exc: BaseException) -> bool:
+    """Whether an error says the database has no tables yet, or older ones (``init-db``
+    not run, a restore under way): SQLite's "no such table", PostgreSQL's "relation ...
+    does not exist" or a missing column."""
+    reason = str(getattr(exc, "orig", None) or exc)
+    return isinstance(exc, (OperationalError, ProgrammingError)) and (
+        "no such table" in reason or "no such column" in reason
+        or ("does not exist" in reason and ("relation" in reason or "column" in reason)))
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether an error is the database's state rather than the work asked of it: it
+    cannot be reached, or it has no schema yet. Work that meets it is to be done again
+    later, not given up."""
+    return isinstance(exc, DATABASE_DOWN) or schema_missing(exc)
 
 
 class UpgradeRefused(RuntimeError):

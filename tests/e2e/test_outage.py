@@ -386,3 +386,21 @@ def test_a_caller_who_chose_english_hears_the_outage_apology_in_english(twilio, 
     root = twiml(dead.post(menu.find("Gather").get("action"), **params, Digits="2"))
     assert [e.tag for e in root] == ["Say", "Enqueue"]
     assert languages(root) == {"en-US"}
+
+
+def test_a_replay_into_a_database_without_tables_keeps_the_spool(settings, clock):
+    """`spool replay` (or the sender) against a database with no schema yet (a restore
+    under way, init-db not run) stops and keeps every record, saying what to run; the
+    records are not set aside for the operator to enter again by hand."""
+    from ivr import create_app
+
+    app = create_app(settings, clock=clock)  # no upgrade: no tables
+    spool = app.extensions["ivr"].service.spool
+    spool.append({"v": 2, "kind": "status", "call_sid": "CA" + "0" * 32,
+                  "status": "completed", "duration": 30, "sequence": 3,
+                  "at": "2026-11-25T12:00:00+00:00", "to": "+18887999666",
+                  "caller": "+14155550100"})
+    result = app.test_cli_runner().invoke(args=["spool", "replay"])
+    assert result.exit_code == 1 and "run `flask --app app init-db` first" in result.output
+    assert (spool.set_aside(), spool.depth()) == (0, 1)
+    app.extensions["ivr"].storage.dispose()
