@@ -17,6 +17,9 @@ BY_PMI = Sql("SELECT id, account_id, user_email, plan, role, host_key_hash FROM 
              "WHERE pmi = :pmi")
 
 ID_BY_EMAIL = Sql("SELECT id FROM accounts WHERE user_email = :email")
+# Values per IN (...) list of a directory import, well inside every database's limit on
+# a statement's parameters.
+IN_CHUNK = 5000
 
 
 @dataclass(frozen=True)
@@ -54,12 +57,21 @@ class AccountRepository:
         return self.session.scalars(select(Account).where(Account.pmi == pmi)).first()
 
     def by_emails(self, emails: list[str]) -> dict[str, Account]:
-        found = self.session.scalars(select(Account).where(Account.user_email.in_(emails)))
-        return {account.user_email: account for account in found}
+        return {account.user_email: account
+                for account in self._where_in(Account.user_email, emails)}
 
     def by_pmis(self, pmis: list[str]) -> dict[str, Account]:
-        found = self.session.scalars(select(Account).where(Account.pmi.in_(pmis)))
-        return {account.pmi: account for account in found}
+        return {account.pmi: account for account in self._where_in(Account.pmi, pmis)}
+
+    def _where_in(self, column, values: list[str]) -> list[Account]:
+        """Accounts whose ``column`` is one of ``values``, asked IN_CHUNK at a time: a
+        directory can hold more users than one statement may carry parameters
+        (PostgreSQL's protocol stops at 65,535)."""
+        found: list[Account] = []
+        for start in range(0, len(values), IN_CHUNK):
+            found.extend(self.session.scalars(
+                select(Account).where(column.in_(values[start:start + IN_CHUNK]))))
+        return found
 
     def add(self, account: Account) -> None:
         self.session.add(account)

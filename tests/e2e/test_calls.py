@@ -188,10 +188,17 @@ def test_the_surge_simulator_flags_unexpected_outcomes(app, ivr):
     assert "unexpected outcomes: 0" not in out.output and "eligible call" in out.output
 
 
-def test_a_file_that_hands_pmis_on_between_its_users_imports(app, ivr, tmp_path):
+@pytest.mark.parametrize("chunk", [5000, 1])
+def test_a_file_that_hands_pmis_on_between_its_users_imports(app, ivr, tmp_path, monkeypatch,
+                                                             chunk):
     """Two users swap PMIs, and a third takes over a PMI that a fourth gives up for a new
-    one: every PMI is unique in the file and in the directory afterwards."""
+    one: every PMI is unique in the file and in the directory afterwards. A directory
+    larger than one statement's parameters is looked up in parts (``IN_CHUNK``; here also
+    one user at a time), and every part counts."""
+    from ivr.storage import accounts
     from ivr.storage.models import Account
+
+    monkeypatch.setattr(accounts, "IN_CHUNK", chunk)
 
     with ivr.storage.transaction() as session:
         before = dict(session.execute(select(Account.user_email, Account.pmi)).all())
