@@ -1,7 +1,8 @@
 """gunicorn settings for the support line (read automatically from this folder).
 
 Command-line flags (--bind, --workers) override these. Prometheus counters from every
-worker are kept in a folder of this master process, so /metrics adds them up."""
+worker are kept in one folder, so /metrics adds them up: PROMETHEUS_MULTIPROC_DIR when
+the operator sets it (shared with the sender), else a folder of this master process."""
 
 import os
 import shutil
@@ -25,16 +26,22 @@ graceful_timeout = 10
 accesslog = os.environ.get("IVR_ACCESS_LOG")  # e.g. "-"; request bodies are never logged
 
 _metrics_root = Path(os.environ.get("IVR_INSTANCE_PATH", "instance")) / "metrics"
-_metrics_dir = _metrics_root / str(os.getpid())
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_metrics_dir))
+# A PROMETHEUS_MULTIPROC_DIR the operator set may be shared with the sender, whose counts
+# (ivr_helpdesk_pushes_total) live there too: it is theirs, and never emptied here.
+# Without one, this master counts in a folder of its own, made for it alone.
+_own_metrics_dir = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _own_metrics_dir = _metrics_root / str(os.getpid())
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_own_metrics_dir)
 
 
 def on_starting(server):
     folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    shutil.rmtree(folder, ignore_errors=True)
+    if folder == _own_metrics_dir:  # a master before this one may have had the same pid
+        shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     # Folders of masters that are gone hold stale counts: remove them.
-    for other in _metrics_root.glob("*") if folder.parent == _metrics_root else []:
+    for other in _metrics_root.glob("*"):
         if other != folder and other.name.isdigit() and not _alive(int(other.name)):
             shutil.rmtree(other, ignore_errors=True)
 

@@ -1,11 +1,16 @@
-"""The TOML configuration and the prompt catalogues, validated at start."""
+"""The TOML configuration and the prompt catalogues, validated at start; what gunicorn's
+settings (gunicorn.conf.py) do to the metrics folder when it starts."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 
 from ivr.config import ConfigError, Settings, load_config
 from ivr.voice.prompts import CatalogueError, Digits, Text, load_catalogues
 
-from ..support import CONFIG
+from ..support import CONFIG, ROOT
 
 PUBLISHED = {
     "+1.888.799.9666": "+18887999666",
@@ -300,3 +305,42 @@ def test_a_configuration_that_is_not_utf8_or_not_a_file_is_named_not_a_traceback
         load_config(path)
     with pytest.raises(ConfigError, match=r": cannot be read: Is a directory"):
         load_config(tmp_path)
+
+
+# -- gunicorn.conf.py ----------------------------------------------------------------------
+
+
+def test_starting_gunicorn_keeps_the_senders_counts_in_a_metrics_folder_the_operator_set(
+        tmp_path):
+    """The README has the sender (which counts ivr_helpdesk_pushes_total) given the same
+    PROMETHEUS_MULTIPROC_DIR as the web workers: a restart of the web server must not
+    wipe the counts of a sender that keeps running."""
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared),
+           "IVR_INSTANCE_PATH": str(tmp_path / "instance")}
+    sender = subprocess.Popen(
+        [sys.executable, "-c",
+         "from ivr import metrics\n"
+         "metrics.HELPDESK_PUSHES.labels('failed').inc(); print('one', flush=True); input()\n"
+         "metrics.HELPDESK_PUSHES.labels('failed').inc(); print('two', flush=True); input()\n"],
+        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert sender.stdout.readline().strip() == "one"
+        subprocess.run([sys.executable, "-c",
+                        "import runpy; runpy.run_path('gunicorn.conf.py')['on_starting'](None)"],
+                       cwd=ROOT, env=env, check=True)
+        sender.stdin.write("\n")
+        sender.stdin.flush()
+        assert sender.stdout.readline().strip() == "two"
+        scrape = subprocess.run(
+            [sys.executable, "-c",
+             "from prometheus_client import CollectorRegistry, generate_latest, multiprocess\n"
+             "r = CollectorRegistry(); multiprocess.MultiProcessCollector(r)\n"
+             "print(generate_latest(r).decode())"],
+            cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+    finally:
+        sender.stdin.write("\n")
+        sender.stdin.flush()
+        sender.wait(10)
+    assert 'ivr_helpdesk_pushes_total{result="failed"} 2.0' in scrape
