@@ -8,6 +8,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import ConfigError, IvrConfig, Settings, check_helpdesk, load_config
@@ -48,11 +50,10 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Ap
         raise SystemExit(f"Configuration error: {exc}") from None
 
     _configure_logging()
-    protect_data_files(settings.database_url, settings.instance_path)  # 0600 before SQLite opens it
-    storage = Storage(settings.database_url)
     try:
+        storage = _open_storage(settings)
         hasher = HostKeyHasher(load_pepper(settings.host_key_pepper, settings.instance_path))
-    except PepperError as exc:
+    except (ConfigError, PepperError) as exc:
         raise SystemExit(f"Configuration error: {exc}") from None
     renderer = Renderer(config, catalogues)
     spool = Spool(settings.instance_path / "spool")
@@ -85,6 +86,38 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Ap
     cli.explain_database_errors(app.cli)
     web.install(app)  # body limits, accepted hosts, desk headers (after the blueprints)
     return app
+
+
+def _open_storage(settings: Settings) -> Storage:
+    """The database of IVR_DATABASE_URL, the instance folder made first (0600 files in a
+    0700 folder before SQLite opens them). A folder or URL that cannot be used is a
+    ConfigError naming its setting; the URL itself is never repeated, as it may hold a
+    password."""
+    try:
+        settings.instance_path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, no permission...
+        raise ConfigError(f"environment: IVR_INSTANCE_PATH: {settings.instance_path}: not a "
+                          f"folder that can be used ({exc.strerror or exc})") from None
+    try:
+        scheme = make_url(settings.database_url).drivername
+    except (ArgumentError, ValueError):  # no scheme at all, a port that is not a number...
+        raise ConfigError("environment: IVR_DATABASE_URL: not a database URL (for example "
+                          "sqlite:///instance/ivr.db, or postgresql+psycopg://user@host/db "
+                          "for PostgreSQL)") from None
+    try:
+        protect_data_files(settings.database_url, settings.instance_path)
+        return Storage(settings.database_url)
+    except NoSuchModuleError:  # postgres://, as some hosting providers hand it out
+        raise ConfigError(f"environment: IVR_DATABASE_URL: {scheme}:// is not a database "
+                          "SQLAlchemy knows (for PostgreSQL write "
+                          "postgresql+psycopg://user@host/db)") from None
+    except ImportError as exc:  # mysql://: a database whose driver this service does not ship
+        raise ConfigError(f"environment: IVR_DATABASE_URL: {scheme}://: its driver is not "
+                          f"installed ({exc}); this service runs on SQLite (sqlite:///...) "
+                          "and PostgreSQL (postgresql+psycopg://...)") from None
+    except OSError as exc:  # the SQLite file's folder cannot be made, or the file created
+        raise ConfigError(f"environment: IVR_DATABASE_URL: {exc.filename}: cannot be "
+                          f"created or opened ({exc.strerror or exc})") from None
 
 
 def _check_catalogues(settings: Settings, config: IvrConfig, catalogues: dict) -> None:

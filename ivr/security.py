@@ -23,29 +23,39 @@ def load_pepper(configured: str | None, instance_path: Path) -> bytes:
     anything else would match no host key imported before."""
     if configured:
         return configured.encode("utf-8")
-    instance_path.mkdir(parents=True, exist_ok=True)
     path = instance_path / PEPPER_FILE
-    if not path.exists():
-        fd, aside = tempfile.mkstemp(dir=instance_path, prefix=".pepper-")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_hex(32))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(aside, 0o600)
-            try:
-                os.link(aside, path)  # fails if another process created it first
-            except FileExistsError:
-                pass
-        finally:
-            os.unlink(aside)
-    text = path.read_text(encoding="ascii", errors="replace").strip()
+    try:
+        instance_path.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            _create_pepper(path)
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except OSError as exc:  # a folder of that name, no permission...
+        raise PepperError(f"{path}: cannot be read or created: {exc.strerror or exc}") \
+            from None
     if len(text) < 32 or len(text) % 2 or any(c not in "0123456789abcdefABCDEF" for c in text):
         raise PepperError(f"{path}: not a host-key pepper (expected 64 hex digits, or at "
                           f"least 32, found {len(text)} characters); restore it from a "
                           "backup, as host keys imported under another pepper no longer "
                           "match")
     return bytes.fromhex(text)
+
+
+def _create_pepper(path: Path) -> None:
+    """A new pepper written aside, then linked into place: of two processes starting at
+    once, the first to link wins and both read its pepper."""
+    fd, aside = tempfile.mkstemp(dir=path.parent, prefix=".pepper-")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(aside, 0o600)
+        try:
+            os.link(aside, path)  # fails if another process created it first
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(aside)
 
 
 class HostKeyHasher:

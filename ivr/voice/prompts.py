@@ -95,6 +95,8 @@ def load_catalogues(directory: str | Path) -> dict[str, Catalogue]:
         except UnicodeDecodeError as exc:
             raise CatalogueError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") \
                 from None
+        except OSError as exc:  # a link to nothing, a folder, no permission...
+            raise CatalogueError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     if REFERENCE not in raw:
         raise CatalogueError(f"{directory}: the reference catalogue {REFERENCE}.toml is missing")
 

@@ -284,6 +284,22 @@ def test_a_pepper_file_left_empty_or_damaged_stops_the_app_and_names_it(settings
     assert "expected 64 hex digits" in str(stopped.value)
 
 
+@pytest.mark.parametrize("make", [
+    lambda path, tmp_path: path.mkdir(),
+    lambda path, tmp_path: path.symlink_to(tmp_path / "gone"),
+], ids=["a folder", "a link to nothing"])
+def test_a_pepper_file_that_cannot_be_read_stops_the_app_with_one_line_naming_it(
+        settings, clock, tmp_path, make):
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    make(instance / "host_key_pepper", tmp_path)
+    unpeppered = settings.model_copy(update={"host_key_pepper": None, "instance_path": instance})
+    with pytest.raises(SystemExit) as stopped:
+        create_app(unpeppered, clock=clock)
+    assert str(stopped.value).startswith(f"Configuration error: {instance / 'host_key_pepper'}: "
+                                         "cannot be read")
+
+
 def test_a_hash_dump_alone_does_not_reveal_a_host_key(ivr):
     import hashlib
 

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from ivr import create_app
 from ivr.config import ConfigError, Settings, load_config
 from ivr.voice.prompts import CatalogueError, Digits, Text, load_catalogues
 
@@ -305,6 +306,54 @@ def test_a_configuration_that_is_not_utf8_or_not_a_file_is_named_not_a_traceback
         load_config(path)
     with pytest.raises(ConfigError, match=r": cannot be read: Is a directory"):
         load_config(tmp_path)
+
+
+def startup_settings(tmp_path, **changes) -> Settings:
+    values = dict(config_path=CONFIG, database_url=f"sqlite:///{tmp_path}/ivr.db",
+                  instance_path=tmp_path / "instance", twilio_auth_token="x",
+                  host_key_pepper="test-pepper")
+    return Settings(**{**values, **changes})
+
+
+@pytest.mark.parametrize("url", [
+    "postgres://ivr:s3cret@127.0.0.1:5432/ivr",  # the scheme some hosting providers hand out
+    "mysql://ivr:s3cret@127.0.0.1/ivr",          # a database whose driver is not installed
+    "postgresql+psycopg://ivr:s3cret@db:port/ivr",
+    "not a url",
+])
+def test_a_database_url_that_cannot_be_used_stops_the_app_with_one_line_naming_it(
+        tmp_path, url):
+    """Told as a configuration error naming IVR_DATABASE_URL, not as SQLAlchemy's
+    traceback; the URL is not repeated, as it may hold a password."""
+    with pytest.raises(SystemExit) as stopped:
+        create_app(startup_settings(tmp_path, database_url=url))
+    message = str(stopped.value)
+    assert message.startswith("Configuration error: environment: IVR_DATABASE_URL: ")
+    assert "\n" not in message and "s3cret" not in message
+
+
+def test_an_instance_path_that_is_a_file_stops_the_app_with_one_line_naming_it(tmp_path):
+    (tmp_path / "instance").write_text("not a folder")
+    with pytest.raises(SystemExit, match=r"^Configuration error: environment: "
+                                         r"IVR_INSTANCE_PATH: .*instance: not a folder"):
+        create_app(startup_settings(tmp_path))
+
+
+@pytest.mark.parametrize("make", [
+    lambda path, tmp_path: path.symlink_to(tmp_path / "gone" / path.name),
+    lambda path, tmp_path: path.mkdir(),
+], ids=["a link to nothing", "a folder"])
+def test_a_prompt_catalogue_that_cannot_be_read_stops_the_app_naming_it(tmp_path, make):
+    import shutil
+
+    shutil.copytree(CONFIG.parent, tmp_path / "config")
+    catalogue = tmp_path / "config" / "prompts" / "fr-FR.toml"
+    catalogue.unlink()
+    make(catalogue, tmp_path)
+    with pytest.raises(CatalogueError, match=r"fr-FR\.toml: cannot be read"):
+        load_catalogues(catalogue.parent)
+    with pytest.raises(SystemExit, match=r"^Configuration error: .*fr-FR\.toml: cannot be read"):
+        create_app(startup_settings(tmp_path, config_path=tmp_path / "config" / "ivr.toml"))
 
 
 # -- gunicorn.conf.py ----------------------------------------------------------------------
