@@ -98,6 +98,23 @@ class Voice(_Model):
 _NOT_A_HOST = re.compile(r"[/\\\s@?#\[\]]")
 
 
+def _check_base_url(value: str, example: str) -> None:
+    """The one rule for a base URL requests are sent to or signed for ([helpdesk] url,
+    IVR_PUBLIC_URL): a scheme, a host without spaces and perhaps a port (1 to 65535), no
+    user, query or fragment. No request could carry anything else, so every one would fail
+    on it, one after another: raise ValueError saying what to give, as ``example`` shows."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:  # a port out of range or not a number, a broken IPv6 address
+        raise ValueError(f"{value[:80]!r}: {exc}") from None
+    if parts.username is not None or parts.password is not None or parts.query \
+            or parts.fragment or not parts.hostname or re.search(r"\s", value) \
+            or (port is not None and port == 0):
+        raise ValueError(f"{value[:80]!r}: give a scheme, a host and perhaps a port "
+                         f"only ({example})")
+
+
 class EnqueueRoute(_Model):
     kind: Literal["enqueue"] = "enqueue"
     queue: str = Field(min_length=1, max_length=QUEUE_NAME_LIMIT)
@@ -375,17 +392,8 @@ class Helpdesk(_Model):
     def _base_url(cls, value: str | None) -> str | None:
         """A scheme, a host and perhaps a port (1 to 65535): no user, path or query, which
         every push would otherwise carry or fail on, one retry after another."""
-        if value is None:
-            return value
-        try:
-            parts = urlsplit(value)
-            port = parts.port
-        except ValueError as exc:
-            raise ValueError(f"{value[:80]!r}: {exc}") from None
-        if parts.username is not None or parts.password is not None or parts.query \
-                or parts.fragment or not parts.hostname or (port is not None and port == 0):
-            raise ValueError(f"{value[:80]!r}: give a scheme, a host and perhaps a port "
-                             "only (http://127.0.0.1:8080)")
+        if value is not None:
+            _check_base_url(value, "http://127.0.0.1:8080")
         return value
 
     @field_validator("custom_fields")
@@ -625,6 +633,9 @@ class Settings(BaseModel):
             raise ValueError(f"{value[:80]!r}: give the scheme and host only (for example "
                              "https://ivr.example.com); the service must be served at the "
                              "root of its host, not under a path")
+        # Twilio signs the URL it requested: a port no request could carry, or a host with
+        # a space in it, would fail every webhook's signature check with 403.
+        _check_base_url(value, "https://ivr.example.com")
         return base
 
     @classmethod

@@ -220,6 +220,20 @@ def test_a_public_url_with_a_path_or_without_a_scheme_is_refused(url):
                              ).public_url == "https://ivr.example.com"  # HSTS, Secure cookie
 
 
+@pytest.mark.parametrize("url", ["https://ivr.example.com:99999", "https://ivr.example.com:abc",
+                                 "https://ivr.example.com:0", "https://ivr example.com",
+                                 "https://user:secret@ivr.example.com"])
+def test_a_public_url_no_request_could_carry_is_refused_at_start(url):
+    """Signatures are checked against it: a port out of range or not a number, a host with
+    a space or a user in it would fail every webhook's signature check with 403. The rule is
+    the help desk's url's (tests/unit/test_helpdesk_config.py)."""
+    with pytest.raises(ConfigError, match=r"IVR_PUBLIC_URL: '.*': "):
+        Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false", "IVR_PUBLIC_URL": url})
+    assert Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false",
+                              "IVR_PUBLIC_URL": "https://[::1]:8443"}
+                             ).public_url == "https://[::1]:8443"
+
+
 @pytest.mark.parametrize("old, new, message", [
     ('queue = "support-us"', 'queue = "support-{region}"',
      r"lines\[0\]\.route\.enqueue\.queue: 'support-\{region\}': the one placeholder"),
