@@ -1034,26 +1034,35 @@ def test_a_replayed_echo_does_not_undo_the_desks_newer_change_once_it_is_pushed(
     assert ticket_row(ivr, number).priority == 2
 
 
-def test_an_echo_the_desk_overtakes_while_it_is_applied_does_not_undo_the_desks_change(
-        app, simulator, ivr, fake, clock, monkeypatch):
+def delivered_while(app, monkeypatch, body, when, meanwhile) -> list:
+    """Post a signed delivery from a thread of its own, run ``meanwhile`` while it waits to
+    enter ``Desk.update``, then let it go on; its answer, in a list."""
     import threading
 
     from ..support import pause
 
+    reached, release = pause(monkeypatch, Desk, "update", before=True, thread="hook")
+    answers = []
+    hook = threading.Thread(name="hook",
+                            target=lambda: answers.append(post_hook(app, body, when)))
+    hook.start()
+    assert reached.wait(10)
+    meanwhile()
+    release.set()
+    hook.join(15)
+    return answers
+
+
+def test_an_echo_the_desk_overtakes_while_it_is_applied_does_not_undo_the_desks_change(
+        app, simulator, ivr, fake, clock, monkeypatch):
     # The echo of the P3 push comes after the P2 push, with nothing waiting: judged as
     # news. (A delivery showing the priority the ticket has asks for no change at all.)
     number, remote_id, desk = p3_pushed(simulator, ivr, fake, clock)
     desk.set_priority(number, 2)
     assert sender(ivr, clock).drain()["sent"] == 1
-    reached, release = pause(monkeypatch, Desk, "update", before=True, thread="hook")
-    answers = []
-    hook = threading.Thread(name="hook", target=lambda: answers.append(post_hook(
-        app, trigger_body(remote_id, number, "Open", "Normal"), stamp(clock))))
-    hook.start()
-    assert reached.wait(10)
-    desk.set_priority(number, 4)
-    release.set()
-    hook.join(15)
+    answers = delivered_while(app, monkeypatch, trigger_body(remote_id, number, "Open",
+                                                              "Normal"), stamp(clock),
+                              lambda: desk.set_priority(number, 4))
     assert answers[0].status_code == 200 and answers[0].json["result"] == "unchanged"
     assert ticket_row(ivr, number).priority == 4
     assert sender(ivr, clock).drain()["sent"] == 1
@@ -1085,22 +1094,12 @@ def test_a_solved_delivery_still_closes_when_the_desk_changes_the_priority_meanw
     """The delivery's priority is the one the ticket already has (no change asked); an
     engineer changes the priority while the delivery is applied. The close must still
     land: the comment in apply says a change to the other field does not stop it."""
-    import threading
-
-    from ..support import pause
-
     number = call(simulator, US_LINE, CALLER, 1)
     sender(ivr, clock).drain()
     (remote_id,) = fake.tickets
-    reached, release = pause(monkeypatch, Desk, "update", before=True, thread="hook")
-    answers = []
-    hook = threading.Thread(name="hook", target=lambda: answers.append(post_hook(
-        app, trigger_body(remote_id, number, "Solved", "Urgent"), stamp(clock))))
-    hook.start()
-    assert reached.wait(10)
-    Desk.of(ivr).set_priority(number, 2)  # the desk, at the same moment
-    release.set()
-    hook.join(15)
+    answers = delivered_while(app, monkeypatch, trigger_body(remote_id, number, "Solved",
+                                                              "Urgent"), stamp(clock),
+                              lambda: Desk.of(ivr).set_priority(number, 2))  # at that moment
     assert answers[0].status_code == 200
     assert ticket_row(ivr, number).status == "closed", answers[0].json
 

@@ -16,6 +16,20 @@ def routed(simulator, to="+18887999666", caller=CALLER):
     return result
 
 
+def routed_by(twilio, router):
+    """A verified caller whose priority key ``router`` answers (``dead``: through the
+    spool); their call's parameters and the waitUrl."""
+    from ivr.sim.simulator import new_call_sid
+
+    call = twilio.call_params(new_call_sid())
+    twilio.post("/voice", **call)
+    twilio.post("/voice/menu", **call, Digits="2")
+    twilio.post("/voice/pmi", **call, Digits=BUSINESS_OWNER[0])
+    prompt = twiml(twilio.post("/voice/host-key", **call, Digits=BUSINESS_OWNER[1]))
+    routed = twiml(router.post(prompt.find("Gather").get("action"), **call, Digits="1"))
+    return call, routed.find("Enqueue").get("waitUrl")
+
+
 def ticket_of(ivr, call_sid):
     with ivr.storage.transaction() as session:
         return session.scalars(select(Ticket).where(Ticket.call_sid == call_sid)).one()
@@ -228,15 +242,7 @@ def test_with_the_database_down_a_waiting_caller_is_not_told_their_own_wait_as_t
     """Each caller waits in a queue of their own, so Twilio's AvgQueueTime is the caller's
     own wait so far and its QueuePosition always 1: neither is said when the service cannot
     read the engineers' order."""
-    from ivr.sim.simulator import new_call_sid
-
-    call = twilio.call_params(new_call_sid())
-    twilio.post("/voice", **call)
-    twilio.post("/voice/menu", **call, Digits="2")
-    twilio.post("/voice/pmi", **call, Digits=BUSINESS_OWNER[0])
-    prompt = twiml(twilio.post("/voice/host-key", **call, Digits=BUSINESS_OWNER[1]))
-    routed = twiml(twilio.post(prompt.find("Gather").get("action"), **call, Digits="1"))
-    wait_url = routed.find("Enqueue").get("waitUrl")
+    call, wait_url = routed_by(twilio, twilio)
     params = {**call, "QueuePosition": "1", "AvgQueueTime": "600", "QueueTime": "600"}
     live = spoken(twiml(twilio.post(wait_url, **params)))
     assert not any("expected wait" in s for s in live), live
@@ -250,15 +256,7 @@ def test_a_caller_routed_through_the_spool_is_not_told_their_own_wait_once_the_d
     """Routed during the outage; the database answers again before the spool is replayed.
     The caller still waits alone in their queue, so Twilio's AvgQueueTime is their own
     wait so far: it must not be announced as the expected wait."""
-    from ivr.sim.simulator import new_call_sid
-
-    call = twilio.call_params(new_call_sid())
-    twilio.post("/voice", **call)
-    twilio.post("/voice/menu", **call, Digits="2")
-    twilio.post("/voice/pmi", **call, Digits=BUSINESS_OWNER[0])
-    prompt = twiml(twilio.post("/voice/host-key", **call, Digits=BUSINESS_OWNER[1]))
-    routed = twiml(dead.post(prompt.find("Gather").get("action"), **call, Digits="1"))
-    wait_url = routed.find("Enqueue").get("waitUrl")
+    call, wait_url = routed_by(twilio, dead)
     params = {**call, "QueuePosition": "1", "AvgQueueTime": "600", "QueueTime": "600"}
     said = spoken(twiml(twilio.post(wait_url, **params)))  # the database is back
     assert not any("expected wait" in s for s in said), said
