@@ -260,7 +260,8 @@ class FloorRepository:
         return taken.rowcount == 1
 
     def release(self, ticket_id: int, engineer_call_sid: str, now: dt.datetime) -> bool:
-        """Give up a claim that never connected (the caller left meanwhile)."""
+        """Give up a claim that never connected (the caller left meanwhile). The call's
+        SID stays, so that call is not handed the same caller again (``voice.floor``)."""
         return self.session.execute(
             update(Assignment)
             .where(Assignment.ticket_id == ticket_id, Assignment.connected_at.is_(None),

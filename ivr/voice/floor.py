@@ -89,6 +89,14 @@ def _taken_by(assignment: Assignment | None, stale: dt.datetime) -> str | None:
     return assignment.engineer or UNKNOWN_ENGINEER
 
 
+def _missed_by(assignment: Assignment | None, engineer_call_sid: str) -> bool:
+    """Whether this engineer call dialled the caller and did not find them: its claim was
+    released (``FloorRepository.release``, the one way a claim is given up) and names it."""
+    return assignment is not None and assignment.claimed_at is None \
+        and assignment.connected_at is None \
+        and assignment.engineer_call_sid == engineer_call_sid
+
+
 def _minutes(seconds: float) -> int:
     return max(0, int(seconds // 60))
 
@@ -213,8 +221,11 @@ class Floor:
                          and _taken_by(a, stale) is not None), None)
             # Callers nobody holds, and those this engineer's earlier call claimed: that
             # call dropped before the bridge, or they would not be calling again.
+            # Not those this call already dialled and missed: they were not in their queue,
+            # and until Twilio says why, this engineer moves on to the next caller.
             free = [waiting_of(self.config, t, c) for t, c, a in rows.values()
-                    if _taken_by(a, stale) in (None, engineer.name)]
+                    if _taken_by(a, stale) in (None, engineer.name)
+                    and not _missed_by(a, call_sid)]
             ticket = call = choice = None
             if mine is not None:
                 ticket, call, _ = rows[mine]

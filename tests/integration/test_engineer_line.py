@@ -473,6 +473,31 @@ def test_an_engineer_calling_back_after_a_dropped_call_gets_the_caller_their_old
     assert again.find("Dial/Queue").text == waiting["queue"]
 
 
+@pytest.mark.parametrize("status", ["failed", "no-answer"])
+def test_a_missed_caller_is_not_handed_back_to_the_same_engineer_call_in_a_loop(
+        twilio, ivr, clock, status):
+    """The chosen caller is not in their queue (Twilio never reported their hang-up, or
+    the queue is gone): the Dial ends without a bridge and the engineer hears "no longer
+    waiting, looking for the next one". The next look reaches the next caller instead of
+    whispering the same missing one again, for ever; another engineer may still try them."""
+    add_engineer(ivr)
+    add_engineer(ivr, "ben", phone="+14155550188")
+    ghost = queued(twilio, 1)
+    clock.advance(minutes=1)
+    real = queued(twilio, 2)
+    sid = new_call_sid()
+    root = twiml(twilio.post("/voice/agent", **engineer_params(sid)))
+    assert digits_spoken(root) == [ghost["ticket"]]
+    missed = twiml(twilio.post(root.find("Dial").get("action"), **engineer_params(sid),
+                               DialCallStatus=status))
+    assert missed.find("Redirect").text == "/voice/agent"
+    again = twiml(twilio.post("/voice/agent", **engineer_params(sid)))
+    assert digits_spoken(again) == [real["ticket"]]
+    other = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(),
+                                                                "+14155550188")))
+    assert digits_spoken(other) == [ghost["ticket"]]
+
+
 def test_after_a_real_conversation_the_engineer_is_offered_the_next_caller_not_told_they_missed(
         twilio, ivr, clock, dead):
     """The <Queue url> request met a database blip (the caller still hears the engineer
