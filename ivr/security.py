@@ -76,6 +76,11 @@ class HostKeyHasher:
         same = hmac.compare_digest(candidate, expected)
         return same and stored is not None
 
+    def fingerprint(self) -> str:
+        """A value that tells peppers apart without revealing them: two hosts with the
+        same pepper give the same one."""
+        return self.derive("directory-pepper-fingerprint").hex()
+
     def derive(self, label: str) -> bytes:
         """A secret for another purpose (e.g. the session key), independent of host keys."""
         return hmac.new(self._pepper, f"derive:{label}".encode("utf-8"), hashlib.sha256).digest()

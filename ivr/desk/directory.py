@@ -192,6 +192,7 @@ def import_rows(rows: list[Row], storage: Storage, hasher: HostKeyHasher,
                 account.pmi = row.pmi
                 account.host_key_hash = hasher.digest(row.pmi, row.host_key)
                 account.updated_at = now
+            accounts.imported_with(hasher.fingerprint(), now)
     except IntegrityError:
         raise ImportFailed(source, ["the rows conflict with PMIs already in the directory"]) from None
     return ImportResult(created, updated)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from .models import Account
+from .models import Account, DirectoryPepper
 from .sql import Sql
 
 if TYPE_CHECKING:
@@ -41,6 +42,19 @@ class AccountRepository:
     @property
     def session(self):
         return self.uow.session
+
+    def pepper_fingerprint(self) -> str | None:
+        """The fingerprint of the pepper the directory was last imported with; None before
+        the first import."""
+        row = self.session.get(DirectoryPepper, 1)
+        return row.fingerprint if row is not None else None
+
+    def imported_with(self, fingerprint: str, now: dt.datetime) -> None:
+        row = self.session.get(DirectoryPepper, 1)
+        if row is None:
+            self.session.add(DirectoryPepper(id=1, fingerprint=fingerprint, imported_at=now))
+        else:
+            row.fingerprint, row.imported_at = fingerprint, now
 
     def entry_by_pmi(self, pmi: str) -> Entry | None:
         """The directory entry of a PMI, in one driver-level statement (webhook path)."""

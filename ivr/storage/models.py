@@ -66,6 +66,19 @@ class Account(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
+class DirectoryPepper(Base):
+    """Which pepper the directory's host-key hashes were made with, as a fingerprint
+    (``HostKeyHasher.fingerprint``: a one-way value, no use to anyone without the pepper).
+    One row, written by every import (migration 0014). A host whose own pepper gives
+    another fingerprint cannot verify any caller, and its health check says so."""
+
+    __tablename__ = "directory_pepper"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    imported_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
 class Call(Base):
     """Every call, from the first webhook to its final status."""
 

@@ -322,6 +322,41 @@ def test_healthz_reports_the_database(app):
     assert response.status_code == 200 and response.get_json()["database"] == "ok"
 
 
+def test_healthz_takes_a_host_whose_pepper_is_not_the_directorys_out_of_service(
+        app, settings, clock):
+    """Two hosts on one database, each with its own pepper (a file generated on each):
+    the one the directory was not imported on would reject every caller's host key, so
+    its health check fails and says why, until the peppers agree or it imports again."""
+    from ivr import create_app
+    from ivr.desk.directory import import_file
+
+    from ..support import DEMO_ACCOUNTS
+
+    other = create_app(settings.model_copy(update={"host_key_pepper": "another-pepper"}),
+                       clock=clock)
+    answer = other.test_client().get("/healthz")
+    assert answer.status_code == 503
+    assert answer.get_json()["pepper"].startswith("differs from the one the directory was "
+                                                  "imported with")
+    assert app.test_client().get("/healthz").status_code == 200
+
+    ivr = other.extensions["ivr"]
+    import_file(DEMO_ACCOUNTS, ivr.storage, ivr.hasher, ivr.config.lengths)
+    assert other.test_client().get("/healthz").status_code == 200
+    assert app.test_client().get("/healthz").status_code == 503
+    ivr.storage.dispose()
+
+
+def test_healthz_on_a_database_without_tables_says_to_run_init_db(settings, clock):
+    from ivr import create_app
+
+    bare = create_app(settings, clock=clock)  # no upgrade
+    answer = bare.test_client().get("/healthz")
+    assert (answer.status_code, answer.get_json()["database"]) == (
+        503, "no tables, or older ones: run init-db")
+    bare.extensions["ivr"].storage.dispose()
+
+
 def test_queue_full_tells_the_caller_the_ticket_is_kept(twilio, call_sid, ivr):
     to_priority(twilio, call_sid)
     twiml(press(twilio, call_sid, "/voice/priority", "1"))
