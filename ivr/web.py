@@ -80,12 +80,26 @@ class App(Flask):
             return super().ensure_sync(func)
 
 
+HOST_FREE_PATHS = frozenset({"/healthz", "/metrics"})
+
+
 class WebRequest(Request):
     """Flask's request, with a URL-encoded form (every Twilio webhook) parsed straight from
     the body ``_limit_body`` has already read, the way Werkzeug's form parser parses it:
     ``parse_qsl`` keeping blank values, a malformed escape kept as written, a body that is
     not UTF-8 an empty form. Werkzeug's way first builds a form parser and reads the content
     type's options again: 2 % of a webhook's instructions."""
+
+    # IVR_ALLOWED_HOSTS (Flask's TRUSTED_HOSTS) does not apply to the health check and the
+    # metrics: load balancers' probes and Prometheus name an instance by its address, and
+    # neither answer builds a URL from the Host header or changes anything.
+    @property
+    def trusted_hosts(self) -> list[str] | None:
+        return None if self.path in HOST_FREE_PATHS else self.__dict__.get("_trusted_hosts")
+
+    @trusted_hosts.setter
+    def trusted_hosts(self, value: list[str] | None) -> None:
+        self.__dict__["_trusted_hosts"] = value
 
     def _load_form_data(self) -> None:
         if "form" in self.__dict__ or self.mimetype != FORM:
@@ -144,6 +158,8 @@ def _port_check(allowed: list[str]):
         return None
 
     def check():
+        if request.path in HOST_FREE_PATHS:
+            return None
         # Only a port the Host header names is compared: proxies commonly pass the name
         # alone, and the scheme seen behind one says nothing about the port Twilio used.
         # The names are matched by werkzeug's own rule (subdomains, IDNA), as Flask does.

@@ -169,6 +169,22 @@ def test_a_request_signed_for_another_port_of_a_pinned_host_is_refused(settings,
     app.extensions["ivr"].storage.dispose()
 
 
+@pytest.mark.parametrize("allowed", [["ivr.example.com"], ["ivr.example.com:8443"]])
+def test_probes_naming_the_instance_by_address_reach_health_and_metrics_only(
+        settings, clock, allowed):
+    """Load balancers' health probes and Prometheus name an instance by its address: the
+    health check and the metrics answer them whatever the allowed hosts, while every
+    other page still refuses a host it does not serve."""
+    app = create_app(settings.model_copy(update={"allowed_hosts": allowed}), clock=clock)
+    app.extensions["ivr"].storage.upgrade()
+    client = app.test_client()
+    for path in ("/healthz", "/metrics"):
+        assert client.get(path, headers={"Host": "10.0.0.5:8000"}).status_code == 200, path
+    assert client.post("/voice", headers={"Host": "10.0.0.5:8000"}).status_code == 400
+    assert client.get("/admin/login", headers={"Host": "10.0.0.5:8000"}).status_code == 400
+    app.extensions["ivr"].storage.dispose()
+
+
 def test_a_request_signed_for_another_app_of_the_account_is_refused(pinned_app, call_sid):
     client = TwilioClient(pinned_app)
     params = client.call_params(call_sid)
