@@ -257,8 +257,11 @@ def error_message(status: int, content: bytes) -> str:
                 for item in items if isinstance(items, list) else [items]:
                     text = item.get("description") if isinstance(item, dict) else item
                     parts.append(f"{name}: {text}")
-        for item in body.get("errors") or []:
+        errors = body.get("errors")
+        for item in errors if isinstance(errors, list) else [errors] if errors else []:
             if isinstance(item, dict):
                 parts.append(str(item.get("detail") or item.get("title") or item))
+            else:
+                parts.append(str(item))
     text = "; ".join(p for p in parts if p and p != "None")
     return (f"HTTP {status}: {text}" if text else f"HTTP {status}")[:500]

@@ -42,6 +42,22 @@ def test_the_sqlite_file_and_its_wal_and_shm_are_created_readable_by_the_owner_o
         os.umask(old_umask)
 
 
+def test_the_spool_and_the_records_a_replay_sets_aside_are_readable_by_the_owner_only(
+        tmp_path):
+    """Both hold callers' numbers, the set-aside ones until an operator deals with them."""
+    from ivr.voice.spool import Spool
+
+    old_umask = os.umask(0o022)
+    try:
+        spool = Spool(tmp_path / "spool")
+        spool.append({"kind": "ticket", "caller_number": "+14155550100"})
+        spool.replay(lambda record: 1 / 0)  # not applicable: set aside
+        assert (mode(spool.path.parent / "spool.failed.jsonl"), spool.set_aside()) == \
+            (0o600, 1)
+    finally:
+        os.umask(old_umask)
+
+
 def test_an_existing_world_readable_database_is_tightened_at_start(tmp_path, settings, clock):
     database = tmp_path / "old.db"
     database.touch(mode=0o644)

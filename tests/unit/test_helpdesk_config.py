@@ -70,3 +70,18 @@ def test_the_secrets_come_from_the_environment():
     assert settings.zendesk_webhook_secret == "signing-secret"
     with pytest.raises(ConfigError, match="IVR_ZENDESK_WEBHOOK_SECRET"):
         Settings.from_env({"TWILIO_AUTH_TOKEN": TOKEN, "IVR_ZENDESK_WEBHOOK_SECRET": "short"})
+
+
+@pytest.mark.parametrize("body, said", [
+    (b'{"errors": 5}', "HTTP 422: 5"),
+    (b'{"errors": ["boom", {"title": "Bad"}]}', "HTTP 422: boom; Bad"),
+    (b'{"error": "RecordInvalid", "description": "Record validation errors"}',
+     "HTTP 422: RecordInvalid; Record validation errors"),
+    (b'[1, 2]', "HTTP 422"),
+])
+def test_any_error_body_zendesk_or_a_proxy_sends_is_told_not_raised(body, said):
+    """An error body of an unexpected shape must not stop the sender's round (the
+    stranded sweep runs in the same one)."""
+    from ivr.helpdesk.zendesk import error_message
+
+    assert error_message(422, body) == said
