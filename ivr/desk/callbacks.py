@@ -156,7 +156,10 @@ class Callbacks:
         return self.settings.rest_client(self.http_client)
 
 
-class CallbackFailed(Conflict):
+class CallbackFailed(DeskError):
+    """Twilio refused or did not answer the request to place the call: a failure of the
+    service the desk relies on, not a conflict with the ticket's state."""
+
     status = 502
 
 
