@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 from ..config import IvrConfig
 from ..domain.lifecycle import STATUSES, UNCLOSED, ForbiddenMove, TicketStatus, move
 from ..domain.priority import RANGE_TEXT, is_level
-from ..domain.phones import mask
+from ..domain.phones import callable_number, mask
 from ..storage import Storage
 from ..storage import helpdesk as helpdesk_jobs
 from ..storage.deadlines import DeadlineQueries
@@ -430,6 +430,9 @@ class Desk:
                 ticket.status = new.value
                 if new is TicketStatus.CALLBACK_REQUESTED:
                     FloorRepository(self.storage, uow.session).new_callback_round(ticket.id, now)
+                    # The number to call, as when the caller asks for it themselves (none
+                    # for a withheld number: an engineer replies by email).
+                    ticket.callback_number = ticket.callback_number or callable_number(caller)
                 if status == "connected":
                     ticket.connected_at = ticket.connected_at or now
                 if status == "closed":

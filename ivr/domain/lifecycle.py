@@ -86,12 +86,7 @@ def after_queue(result: str, can_call_back: bool = True,
     when known). A caller who cannot be called back (a withheld number) goes to the open
     pile instead of waiting for a callback no one could place. A callback already asked
     for (the caller pressed the key and hung up before leaving the queue, or the desk set
-    it) is kept: only failed callback attempts send such a ticket back to the open pile.
-    A caller leaves the queue (``leave``) only once their ticket has moved: the callback
-    key, or the desk moving a waiting caller's ticket (``waiting_ended_by_the_desk``); it
-    stays where that move put it."""
-    if result == "leave" and current is not None:
-        return current
+    it) is kept: only failed callback attempts send such a ticket back to the open pile."""
     target = QUEUE_RESULTS.get(result, TicketStatus.CALLBACK_REQUESTED)
     if target is TicketStatus.CALLBACK_REQUESTED and not can_call_back:
         target = TicketStatus.OPEN
@@ -101,9 +96,11 @@ def after_queue(result: str, can_call_back: bool = True,
 
 
 def waiting_ended_by_the_desk(current: TicketStatus) -> bool:
-    """Whether a caller still holding in the queue should be taken out of it: the desk has
-    moved their ticket on (closed it, set it to a callback, put it back in the open pile),
-    so no engineer will take them from the queue."""
+    """Whether a caller still holding in the queue should be let go: the desk has moved
+    their ticket on (closed it, set it to a callback, put it back in the open pile), so no
+    engineer will take them from the queue. They are told why and the call ends; the
+    hang-up that Twilio then reports leaves the ticket where the desk put it
+    (``after_queue``: a callback is kept, a closed ticket is final)."""
     return current in (TicketStatus.OPEN, TicketStatus.CALLBACK_REQUESTED,
                        TicketStatus.CLOSED)
 

@@ -192,7 +192,6 @@ class CallService:
         queue_time = _int(params.get("QueueTime"))
         ticket_number = query.get("ticket")
         line, english = self.config.line_for(request.to), english_chosen(query)
-        status = None
         try:
             with self.storage.unit_of_work() as uow:
                 record = self.apply_queue_result(uow, request.call_sid, result, queue_time,
@@ -200,7 +199,7 @@ class CallService:
                 if record is not None:
                     english, line = record.english, self.config.line_for(record.dialed_number)
                 if record is not None and record.ticket is not None:
-                    ticket_number, status = record.ticket.number, record.ticket.status
+                    ticket_number = record.ticket.number
                 elif ticket_number != self.outage.ticket_number(request.call_sid):
                     # Only a ticket routed through the spool, not replayed yet, has no
                     # row: its number, derived from the call, is the one the caller heard.
@@ -212,7 +211,7 @@ class CallService:
         log.info("call %s queue result=%s", request.call_sid, result)
         return self.renderer.after_queue(line, ticket_number, result, english,
                                          can_call_back=callable_number(request.caller)
-                                         is not None, status=status)
+                                         is not None)
 
     def apply_queue_result(self, uow: UnitOfWork, call_sid: str, result: str,
                            queue_time: int | None, now: dt.datetime) -> CallRecord | None:
@@ -254,9 +253,12 @@ class CallService:
                     record = uow.calls.load(request.call_sid, lock=False)
                 if record is not None and record.ticket is not None \
                         and waiting_ended_by_the_desk(record.ticket.status):
-                    log.info("call %s taken out of the queue: its ticket is %s",
+                    log.info("call %s let go from the queue: its ticket is %s",
                              request.call_sid, record.ticket.status)
-                    return self.renderer.leave()
+                    return self.renderer.let_go(
+                        self.config.line_for(record.dialed_number), record.english,
+                        record.ticket.number, record.ticket.status,
+                        can_call_back=callable_number(record.caller_number) is not None)
                 if record is not None:
                     english, line = record.english, self.config.line_for(record.dialed_number)
                     offer = record.ticket is not None \

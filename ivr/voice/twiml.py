@@ -151,24 +151,14 @@ class Renderer:
             response.append(dial)
 
     def after_queue(self, line: Line | None, ticket_number: str | None, result: str,
-                    english: bool, can_call_back: bool = True,
-                    status: TicketStatus | None = None) -> str:
+                    english: bool, can_call_back: bool = True) -> str:
         """What a caller hears when the queue ends: nothing after a conversation, the
         callback confirmation after leaving for one, and that the ticket is kept when
         the queue or desk could not take the call (followed up by email when the
         caller's number cannot be called back). A caller put through to a menu extension
-        that was busy or did not answer has no ticket, and hears so before the end. A
-        caller taken out of the queue because the desk moved their ticket (``status``, as
-        the ticket now stands) hears what that move means for them."""
+        that was busy or did not answer has no ticket, and hears so before the end."""
         response = VoiceResponse()
-        if ticket_number and result == "leave" and status is TicketStatus.CLOSED:
-            self._speak(response, Reply((say("queue_ticket_closed", ticket=ticket_number),),
-                                        english=english), line)
-        elif ticket_number and result == "leave" and status is TicketStatus.OPEN:
-            key = "queue_unavailable" if can_call_back else "queue_unavailable_no_callback"
-            self._speak(response, Reply((say(key, ticket=ticket_number),), english=english),
-                        line)
-        elif ticket_number and result == "leave":
+        if ticket_number and result == "leave":
             self._speak(response, Reply((say("callback_confirmed", ticket=ticket_number),),
                                         english=english), line)
         elif ticket_number and result not in SERVED:
@@ -230,6 +220,21 @@ class Renderer:
         response = VoiceResponse()
         response.redirect(f"{WAIT_PATH}?{ticket_query}" if ticket_query else WAIT_PATH,
                           method="POST")
+        return str(response)
+
+    def let_go(self, line: Line | None, english: bool, ticket_number: str,
+               status: TicketStatus, can_call_back: bool) -> str:
+        """The waitUrl for a caller whose ticket the desk moved on while they held: what
+        the move means for them, then the end of the call."""
+        if status is TicketStatus.CLOSED:
+            key = "queue_ticket_closed"
+        elif status is TicketStatus.CALLBACK_REQUESTED and can_call_back:
+            key = "callback_confirmed"
+        else:  # back in the open pile, or a callback to a withheld number: by email
+            key = "queue_unavailable" if can_call_back else "queue_unavailable_no_callback"
+        response = VoiceResponse()
+        self._speak(response, Reply((say(key, ticket=ticket_number),), english=english), line)
+        response.hangup()
         return str(response)
 
     def leave(self) -> str:

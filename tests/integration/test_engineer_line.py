@@ -12,7 +12,7 @@ from ivr.storage.models import Ticket
 
 from ..floor_support import (add_engineer, digits_spoken, engineer_params, queued,
                              while_the_desk_closes)
-from ..support import Outcomes, pause, second_waits_for_first, spoken, twiml
+from ..support import CALLER, Outcomes, pause, second_waits_for_first, spoken, twiml
 
 
 def ticket(ivr, number):
@@ -541,33 +541,39 @@ def test_an_engineer_whose_queues_match_no_configured_group_is_refused_or_served
     assert digits_spoken(root) == [waiting["ticket"]], spoken(root)
 
 
-@pytest.mark.parametrize("status, words", [
-    ("callback_requested", "callback_confirmed"), ("closed", "queue_ticket_closed"),
-    ("open", "queue_unavailable")])
-def test_a_caller_still_on_hold_when_the_desk_moves_their_ticket_is_taken_out_and_told_why(
-        twilio, ivr, status, words):
+@pytest.mark.parametrize("status, caller, words", [
+    ("callback_requested", CALLER, "callback_confirmed"),
+    ("callback_requested", "anonymous", "queue_unavailable_no_callback"),
+    ("closed", CALLER, "queue_ticket_closed"),
+    ("open", CALLER, "queue_unavailable")])
+def test_a_caller_still_on_hold_when_the_desk_moves_their_ticket_is_told_why_and_let_go(
+        twilio, ivr, dead, status, caller, words):
     """The desk moves a waiting caller's ticket (decides to call them back, closes a
     duplicate, puts it back in the open pile) while they are still in their Twilio queue.
-    No engineer takes them from the queue now, so the next wait request takes them out,
-    and they hear what the move means; the ticket stays where the desk put it."""
+    No engineer takes them from the queue now, so the next wait request tells them what
+    the move means and ends the call. The hang-up Twilio then reports, even to a worker
+    that cannot reach the database, says nothing more and leaves the ticket where the
+    desk put it, with the number to call back when there is one."""
     from ivr.desk.service import Desk
 
     add_engineer(ivr)
-    waiting = queued(twilio, 1)
+    waiting = queued(twilio, 1, caller=caller)
     Desk.of(ivr).update(waiting["ticket"], status=status)
     engineer = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid())))
     assert engineer.find("Dial") is None
-    params = twilio.call_params(waiting["sid"])
+    params = twilio.call_params(waiting["sid"], caller=caller)
     query = f"ticket={waiting['ticket']}&priority=1"
     hold = twiml(twilio.post(f"/voice/wait?{query}", **params, QueuePosition="1",
                              AvgQueueTime="0"))
-    assert [e.tag for e in hold] == ["Leave"]
-    after = twiml(twilio.post(f"/voice/queue-result?{query}", **params, QueueResult="leave",
-                              QueueTime="40"))
     expected = ivr.catalogues["en-US"].text(words, {"ticket": waiting["ticket"]})
-    assert [s.replace(" ", "") for s in spoken(after)] == [expected.replace(" ", "")]
-    assert after[-1].tag == "Hangup"
+    assert [e.tag for e in hold] == ["Say", "Hangup"]
+    assert [s.replace(" ", "") for s in spoken(hold)] == [expected.replace(" ", "")]
+    for worker in (dead, twilio):
+        after = twiml(worker.post(f"/voice/queue-result?{query}", **params,
+                                  QueueResult="hangup", QueueTime="40"))
+        assert [e.tag for e in after] == ["Hangup"]
     with ivr.storage.reading() as session:
-        from ivr.storage.models import Ticket
         ticket = session.scalars(select(Ticket).where(Ticket.number == waiting["ticket"])).one()
     assert ticket.status == status
+    callable_ = status == "callback_requested" and caller == CALLER
+    assert ticket.callback_number == (CALLER if callable_ else None)
