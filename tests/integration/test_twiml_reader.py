@@ -8,6 +8,7 @@ from twilio.twiml.voice_response import Dial, Gather, Say, VoiceResponse
 
 from ivr.config import DialRoute, TaskRouterRoute, load_config
 from ivr.domain.flow import Ask, Reply, Step, TicketInfo, say, waiting
+from ivr.domain.lifecycle import TicketStatus
 from ivr.sim.simulator import NOUNS, SSML, VERBS, UnknownTwiML, play, read
 from ivr.voice.prompts import load_catalogues
 from ivr.voice.twiml import Renderer
@@ -72,6 +73,10 @@ def documents(renderer, config):
         ("ticket_again", "malformed", renderer.ticket_again(US, {"ticket": "12ab"})),
         ("back_to_wait", "back to waiting", renderer.back_to_wait(QUERY)),
         ("leave", "leave", renderer.leave()),
+        ("let_go", "let go, closed",
+         renderer.let_go(line, False, TICKET.number, TicketStatus.CLOSED, True)),
+        ("let_go", "let go, no number to call back",
+         renderer.let_go(line, False, TICKET.number, TicketStatus.CALLBACK_REQUESTED, False)),
         ("fallback", "fallback", renderer.fallback(line)),
         ("hangup", "hangup", renderer.hangup()),
         ("empty", "empty", renderer.empty()),
@@ -179,6 +184,10 @@ def test_the_queue_documents_are_read_with_their_keys(renderer, config):
     assert list(read(cases["malformed"])) == []
     result, _, _ = play(cases["leave"], [], "/voice/wait-choice", waiting=True)
     assert result.events[-1].text == "left the queue"
+    for case in ("let go, closed", "let go, no number to call back"):
+        result, following, _ = play(cases[case], [], "/voice/wait", waiting=True)
+        assert following is None and result.events[-1].kind == "hangup", case
+        assert " ".join(TICKET.number) in result.said()[0], case
     result, following, _ = play(cases["empty"], [], "/voice/wait-choice", waiting=True)
     assert following is None and result.events == []  # back to the wait document
     result, _, _ = play(cases["empty"])
