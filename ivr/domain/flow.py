@@ -116,7 +116,7 @@ def answers(state: CallState, prompt: str | None) -> bool:
     language or count of failures, is a stale or repeated request."""
     if prompt is None or prompt == prompt_of(state):
         return True
-    tries, _, rest = prompt.partition("-")
+    rest = prompt.partition("-")[2]
     used = tries_in(prompt)
     if rest != f"{state.auth_failures}-{int(state.english)}" or used <= state.attempts:
         return False

@@ -136,12 +136,6 @@ class Storage:
                 if raw is not None:
                     raw.execute("PRAGMA foreign_keys=ON")
 
-    def ping(self) -> None:
-        """Raise if the database cannot be reached (a read: no write lock)."""
-        with self.engine.connect() as connection:
-            connection.execution_options(ivr_readonly=True)
-            connection.exec_driver_sql("SELECT 1").scalar()
-
     def insert(self, table):
         """An INSERT that can say ON CONFLICT DO NOTHING on this database."""
         return (pg_insert if self.dialect == "postgresql" else sqlite_insert)(table)

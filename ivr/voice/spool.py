@@ -106,14 +106,12 @@ class Spool:
         return _records_in(self.failed)
 
     def replay(self, apply: Callable[[dict], bool],
-               transient: tuple[type[BaseException], ...]
-               | Callable[[BaseException], bool] = ()) -> ReplayResult:
+               transient: Callable[[BaseException], bool] = lambda exc: False
+               ) -> ReplayResult:
         """Apply every record; ``apply`` returns False for one already in the database.
-        A ``transient`` error (exception types, or a test of the error: the database is
-        still away, or has no tables yet) stops the replay, to be run again; any other
-        error sets that record aside in spool.failed.jsonl."""
-        passing = transient if callable(transient) \
-            else (lambda exc: isinstance(exc, transient))
+        An error ``transient`` says is passing (the database is still away, or has no
+        tables yet: ``storage.database_unavailable``) stops the replay, to be run again;
+        any other error sets that record aside in spool.failed.jsonl."""
         with self._lock("replay.lock", blocking=False) as mine:
             if not mine:
                 return ReplayResult(busy=True)
@@ -133,7 +131,7 @@ class Spool:
                     try:
                         done = apply(json.loads(line))
                     except Exception as exc:  # cut short by a crash mid-write, or not applicable
-                        if passing(exc):
+                        if transient(exc):
                             raise
                         log.exception("spool record %s set aside in %s", read, self.failed.name)
                         set_aside.append(line if line.endswith("\n") else line + "\n")

@@ -146,13 +146,13 @@ def test_a_record_that_cannot_be_applied_is_set_aside_and_the_rest_replayed(app,
 
 
 def test_a_replay_while_the_database_is_still_away_keeps_every_record(ivr, twilio, dead, app):
-    from ivr.storage import DATABASE_DOWN
+    from ivr.storage import DATABASE_DOWN, database_unavailable
 
     sid = new_call_sid()
     dead.post(verified(twilio, sid), **twilio.call_params(sid), Digits="1")
     dead_service = dead.client.application.extensions["ivr"].service
     with pytest.raises(DATABASE_DOWN):
-        dead_service.spool.replay(dead_service.replay, transient=DATABASE_DOWN)
+        dead_service.spool.replay(dead_service.replay, transient=database_unavailable)
     assert ivr.service.spool.depth() == 1
     # The operator's command says so in a line, without a traceback.
     result = dead.client.application.test_cli_runner().invoke(args=["spool", "replay"])
@@ -358,7 +358,7 @@ def test_a_replay_stopped_by_the_database_going_away_again_sets_no_record_aside_
         ivr, twilio, dead):
     from sqlalchemy.exc import OperationalError
 
-    from ivr.storage import DATABASE_DOWN
+    from ivr.storage import DATABASE_DOWN, database_unavailable
 
     spool = ivr.service.spool
     spool.append({"kind": "ticket", "call_sid": "CA" + "e" * 32})  # fields missing
@@ -373,8 +373,8 @@ def test_a_replay_stopped_by_the_database_going_away_again_sets_no_record_aside_
         return ivr.service.replay(record)
 
     with pytest.raises(DATABASE_DOWN):
-        spool.replay(apply, transient=DATABASE_DOWN)
-    assert spool.replay(apply, transient=DATABASE_DOWN).applied == 1
+        spool.replay(apply, transient=database_unavailable)
+    assert spool.replay(apply, transient=database_unavailable).applied == 1
     assert spool.set_aside() == 1
 
 
