@@ -153,13 +153,9 @@ def spool_replay():
     try:
         result = ivr().service.spool.replay(ivr().service.replay,
                                             transient=database_unavailable)
-    except Exception as exc:
-        if not database_unavailable(exc):
+    except DATABASE_DOWN as exc:
+        if schema_missing(exc):  # said for every command by _explained
             raise
-        if schema_missing(exc):
-            raise click.ClickException("the database has no tables yet, or older ones: every "
-                                       "record stays in the spool; run `flask --app app "
-                                       "init-db` first, then this again") from None
         cause = type(getattr(exc, "orig", None) or exc).__name__
         raise click.ClickException(f"the database is unreachable ({cause}); every record not "
                                    "yet written stays in the spool: run this again once it "
