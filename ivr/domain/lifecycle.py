@@ -111,10 +111,15 @@ def reopened_when_stranded(current: TicketStatus) -> bool:
     return current is TicketStatus.IN_QUEUE
 
 
+def bridged(result: str | None) -> bool:
+    """Whether a queue or dial result says the caller and an engineer were connected."""
+    return QUEUE_RESULTS.get(result or "") is TicketStatus.CONNECTED
+
+
 def left_the_queue(queue_result: str | None, call_ended: bool) -> bool:
     """Whether a caller is gone from the queue other than to an engineer: their wait ended
     another way, or their call ended with no word on it. Someone "joining" them then has
     no one to connect."""
     if queue_result is not None:
-        return QUEUE_RESULTS.get(queue_result) is not TicketStatus.CONNECTED
+        return not bridged(queue_result)
     return call_ended

@@ -28,7 +28,7 @@ from ..domain.engineers import (
     queue_name,
     ranked,
 )
-from ..domain.lifecycle import left_the_queue, reopened_when_stranded
+from ..domain.lifecycle import bridged, left_the_queue, reopened_when_stranded
 from ..domain.phones import can_receive_sms, mask
 from ..storage import DATABASE_DOWN, Storage
 from ..storage import helpdesk as helpdesk_jobs
@@ -316,7 +316,7 @@ class Floor:
                 # request may have met the database away and gone unrecorded).
                 talked = (assignment is not None and assignment.connected_at is not None
                           and assignment.engineer_call_sid == call_sid) \
-                    or params.get("DialCallStatus") in ("completed", "answered")
+                    or bridged(params.get("DialCallStatus"))
                 if not talked:
                     floor.release(ticket.id, call_sid, self.clock())
         voice = self.engineer_voice(engineer)

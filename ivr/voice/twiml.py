@@ -162,9 +162,8 @@ class Renderer:
             self._speak(response, Reply((say("callback_confirmed", ticket=ticket_number),),
                                         english=english), line)
         elif ticket_number and result not in SERVED:
-            key = "queue_unavailable" if can_call_back else "queue_unavailable_no_callback"
-            self._speak(response, Reply((say(key, ticket=ticket_number),), english=english),
-                        line)
+            self._speak(response, Reply((say(_kept(can_call_back), ticket=ticket_number),),
+                                        english=english), line)
         elif not ticket_number and result in UNANSWERED_DIAL:
             self._speak(response, Reply((say("transfer_unavailable"),), english=english), line)
         response.hangup()
@@ -231,7 +230,7 @@ class Renderer:
         elif status is TicketStatus.CALLBACK_REQUESTED and can_call_back:
             key = "callback_confirmed"
         else:  # back in the open pile, or a callback to a withheld number: by email
-            key = "queue_unavailable" if can_call_back else "queue_unavailable_no_callback"
+            key = _kept(can_call_back)
         response = VoiceResponse()
         self._speak(response, Reply((say(key, ticket=ticket_number),), english=english), line)
         response.hangup()
@@ -269,6 +268,12 @@ SERVED = ("bridged", "hangup", "completed", "answered")
 # A <Dial>'s DialCallStatus when the other side never took the call ("canceled" is the
 # caller hanging up first: no one is left to hear anything).
 UNANSWERED_DIAL = ("busy", "no-answer", "failed")
+
+
+def _kept(can_call_back: bool) -> str:
+    """The words for a ticket kept for an engineer to answer: a callback, or an email for a
+    caller whose number was withheld."""
+    return "queue_unavailable" if can_call_back else "queue_unavailable_no_callback"
 
 
 def _dial_target(dial: Dial, target: str) -> None:
