@@ -66,8 +66,9 @@ def accounts_unlock(pmi, caller):
     with ivr().storage.unit_of_work() as uow:
         cleared = uow.lockouts.clear(key)
     what = f"PMI {pmi}" if pmi else f"caller {mask(caller)}"
-    logging.getLogger("ivr.accounts").info(
-        "operator cleared the lock of %s", "a PMI" if pmi else what)
+    if cleared:
+        logging.getLogger("ivr.accounts").info(
+            "operator cleared the lock of %s", "a PMI" if pmi else what)
     click.echo(f"Unlocked {what}." if cleared else f"{what} had no lock or failures.")
 
 

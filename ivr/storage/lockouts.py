@@ -114,7 +114,13 @@ class LockoutRepository:
     # -- operators ---------------------------------------------------------------------
 
     def clear(self, key: str) -> bool:
-        return self.uow.session.execute(delete(Lockout).where(Lockout.key == key)).rowcount > 0
+        """Forget the key's counter; whether it held a failure or a lock, now or before
+        (a verified caller leaves a counter with neither, which is no lock to clear)."""
+        removed = self.uow.session.execute(
+            delete(Lockout).where(Lockout.key == key).returning(
+                Lockout.failures, Lockout.lock_count, Lockout.locked_until,
+                Lockout.attempts_while_locked)).all()
+        return any(any(value for value in row) for row in removed)
 
     def purge(self, before: dt.datetime, now: dt.datetime) -> int:
         """Forget failure counts untouched since ``before`` that hold no lock now."""

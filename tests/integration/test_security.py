@@ -182,6 +182,22 @@ def test_operators_can_clear_a_throttled_caller(app, twilio, ivr):
     assert routed_to_priority(attacker.attempt(*BUSINESS_OWNER))
 
 
+def test_unlocking_a_pmi_that_only_ever_passed_says_there_was_nothing_to_clear(
+        app, twilio, ivr, caplog):
+    """A verified caller leaves a counter row with no failure and no lock: clearing it
+    is not an unlock, and neither the output nor the log may say one happened."""
+    assert routed_to_priority(Caller(twilio, caller(3)).attempt(*BUSINESS_OWNER))
+    assert lock(ivr, f"pmi:{BUSINESS_OWNER[0]}") is not None
+    caplog.set_level(logging.INFO, logger="ivr.accounts")
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["accounts", "unlock", BUSINESS_OWNER[0]])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"PMI {BUSINESS_OWNER[0]} had no lock or failures."
+    assert not [r for r in caplog.records if r.name == "ivr.accounts"]
+    result = runner.invoke(args=["accounts", "unlock", "--caller", caller(3)])
+    assert result.output.strip() == "caller …0003 had no lock or failures."
+
+
 # -- one answer for every failure ----------------------------------------------------------
 
 
