@@ -18,7 +18,7 @@ from . import outbox as sms_outbox
 from .desk import directory
 from .desk.commands import tickets_cli
 from .desk.service import ticket_dict
-from .domain.phones import WITHHELD, lockout_keys, mask, redact_numbers
+from .domain.phones import WITHHELD, lockout_keys, lockout_name, mask, redact_numbers
 from .extension import ivr
 from .privacy import MAX_DAYS
 from .sim.simulator import HttpTransport, Simulator, UnknownTwiML, WsgiTransport, transcript
@@ -65,7 +65,7 @@ def accounts_unlock(pmi, caller):
             f"country code); the lock shared by withheld callers is --caller {WITHHELD}")
     with ivr().storage.unit_of_work() as uow:
         cleared = uow.lockouts.clear(key)
-    what = f"PMI {pmi}" if pmi else f"caller {mask(caller)}"
+    what = lockout_name(key)
     if cleared:
         logging.getLogger("ivr.accounts").info(
             "operator cleared the lock of %s", "a PMI" if pmi else what)
@@ -84,8 +84,7 @@ def accounts_locks():
         return
     click.echo(f"{'locked':<22} {'until (UTC)':<20} {'left':>8} {'locks':>5} {'tries':>5}")
     for key, until, count, tries in locks:
-        kind, _, value = key.partition(":")
-        name = f"PMI {value}" if kind == "pmi" else f"caller {mask(value)}"
+        name = lockout_name(key)
         left = int((until - now).total_seconds() // 60)
         click.echo(f"{name:<22} {until:%Y-%m-%d %H:%M:%S} {left:>6} m {count:>5} {tries:>5}")
 

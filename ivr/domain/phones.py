@@ -66,6 +66,15 @@ def lockout_keys(pmi: str, caller_number: str | None) -> tuple[str, str]:
     return f"pmi:{pmi}", f"caller:{_caller_key(caller_number or '')}"
 
 
+def lockout_name(key: str) -> str:
+    """A lockout key as operators read it: the PMI, the caller's last four digits, or
+    "withheld callers" for the counter they share."""
+    kind, _, value = key.partition(":")
+    if kind == "pmi":
+        return f"PMI {value}"
+    return "withheld callers" if value == WITHHELD else f"caller {mask(value)}"
+
+
 @functools.lru_cache(maxsize=4096)
 def _caller_key(number: str) -> str:
     return callable_number(number) or WITHHELD

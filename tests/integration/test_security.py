@@ -198,6 +198,20 @@ def test_unlocking_a_pmi_that_only_ever_passed_says_there_was_nothing_to_clear(
     assert result.output.strip() == "caller …0003 had no lock or failures."
 
 
+def test_the_lock_withheld_callers_share_is_named_so_not_shown_as_an_empty_number(
+        app, twilio, ivr):
+    withheld = Caller(twilio, "anonymous")
+    for n in range(10):
+        withheld.attempt(f"55596{n:05d}", WRONG)
+    runner = app.test_cli_runner()
+    rows = runner.invoke(args=["accounts", "locks"]).output.splitlines()[1:]
+    assert [row.split("  ")[0] for row in rows if not row.startswith("PMI")] == ["withheld callers"]
+    cleared = runner.invoke(args=["accounts", "unlock", "--caller", "withheld"])
+    assert cleared.output.strip() == "Unlocked withheld callers."
+    again = runner.invoke(args=["accounts", "unlock", "--caller", "withheld"])
+    assert again.output.strip() == "withheld callers had no lock or failures."
+
+
 # -- one answer for every failure ----------------------------------------------------------
 
 
