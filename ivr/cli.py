@@ -18,6 +18,7 @@ from . import outbox as sms_outbox
 from .desk import directory
 from .desk.commands import tickets_cli
 from .desk.service import ticket_dict
+from .domain.lifecycle import TicketStatus
 from .domain.phones import WITHHELD, lockout_keys, lockout_name, mask, redact_numbers
 from .extension import ivr
 from .privacy import MAX_DAYS
@@ -116,10 +117,12 @@ def tickets_list(as_json, limit):
     if not rows:
         click.echo("No tickets.")
         return
-    click.echo(f"{'number':<10} {'P':<2} {'region':<16} {'status':<10} {'created (UTC)':<20} account")
+    width = max(len(status.value) for status in TicketStatus)  # callback_requested
+    click.echo(f"{'number':<10} {'P':<2} {'region':<16} {'status':<{width}} "
+               f"{'created (UTC)':<20} account")
     for row in rows:
         click.echo(f"{row['number']:<10} {row['priority']:<2} {row['region'][:16]:<16} "
-                   f"{row['status']:<10} {row['created_at'][:19]:<20} {row['account_id']}")
+                   f"{row['status']:<{width}} {row['created_at'][:19]:<20} {row['account_id']}")
 
 
 outbox_cli = AppGroup("outbox", help="Text messages waiting to be sent.")

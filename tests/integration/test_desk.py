@@ -140,6 +140,20 @@ def test_tickets_show_finds_a_ticket_by_number_or_id_and_masks_the_caller(ivr, c
     assert (as_json["number"], as_json["seconds_left"]) == (ticket.number, 1800)
 
 
+def test_tickets_list_keeps_its_columns_under_the_headings_for_every_status(ivr, cli):
+    from ivr.domain.lifecycle import TicketStatus
+
+    for n, status in enumerate(TicketStatus):
+        add_ticket(ivr, created=at(f"2026-11-25 11:{n:02d}"), status=status.value,
+                   callback_number=CALLER if status.value == "callback_requested" else None)
+    header, *rows = cli("tickets", "list").output.splitlines()
+    created, account = header.index("created (UTC)"), header.index("account")
+    assert len(rows) == len(TicketStatus)
+    for row in rows:
+        assert row[created:created + 10] == "2026-11-25", row
+        assert row[account:] == "demo-business", row
+
+
 def test_tickets_show_of_an_unknown_ticket_fails_with_a_message(cli):
     result = cli("tickets", "show", "12345678")
     assert result.exit_code == 1 and "no ticket with id or number '12345678'" in result.output
