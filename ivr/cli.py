@@ -222,8 +222,13 @@ def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think, 
         from .sim.engineers import ensure_engineers, run_floor
 
         ensure_engineers(engineers)
-        report = run_floor(transport(), token, calls, engineers, seed=seed,
-                           signing_base=signing_base)
+        try:
+            report = run_floor(transport(), token, calls, engineers, seed=seed,
+                               signing_base=signing_base)
+        except OSError as exc:
+            if url is None:
+                raise
+            raise _unreachable(url, exc) from None
         click.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.table())
         if report.errors:
             raise SystemExit(1)
@@ -244,12 +249,19 @@ def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think, 
     except UnknownTwiML as exc:
         raise click.ClickException(f"the service answered with TwiML the simulator cannot "
                                    f"play: {exc}") from None
-    except OSError as exc:  # requests' errors are OSErrors: refused, timed out, no such host
-        raise click.ClickException(f"could not reach {url}: {type(exc).__name__}: "
-                                   f"{str(exc)[:200]}") from None
+    except OSError as exc:
+        if url is None:
+            raise
+        raise _unreachable(url, exc) from None
     click.echo(result.to_json() if as_json else transcript(result))
     if result.outcome == "error":
         raise SystemExit(1)
+
+
+def _unreachable(url: str, exc: OSError) -> click.ClickException:
+    """requests' errors are OSErrors: refused, timed out, no such host."""
+    return click.ClickException(f"could not reach {url}: {type(exc).__name__}: "
+                                f"{str(exc)[:200]}")
 
 
 def explain_database_errors(group: click.Group) -> None:

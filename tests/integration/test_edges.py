@@ -620,14 +620,18 @@ def test_an_operator_command_given_a_value_out_of_range_says_so_without_a_traceb
     assert "Invalid value" in result.output
 
 
-def test_simulate_against_a_server_it_cannot_reach_says_so_in_a_line(app):
+@pytest.mark.parametrize("what", [
+    ["--to", "+18887999666", "--digits", "2"],  # one call
+    ["--calls", "2", "--engineers", "1"],  # callers and engineers
+])
+def test_simulate_against_a_server_it_cannot_reach_says_so_in_a_line(app, what):
     import socket
 
     with socket.socket() as closed:  # a port nobody listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     result = app.test_cli_runner().invoke(args=[
-        "simulate", "--to", "+18887999666", "--digits", "2", "--url", f"http://127.0.0.1:{port}"])
+        "simulate", *what, "--url", f"http://127.0.0.1:{port}"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert f"could not reach http://127.0.0.1:{port}: ConnectionError" in result.output
 
