@@ -258,10 +258,14 @@ def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think, 
         raise SystemExit(1)
 
 
-def _unreachable(url: str, exc: OSError) -> click.ClickException:
-    """requests' errors are OSErrors: refused, timed out, no such host."""
-    return click.ClickException(f"could not reach {url}: {type(exc).__name__}: "
-                                f"{str(exc)[:200]}")
+def _unreachable(url: str, exc: BaseException) -> click.ClickException:
+    """requests' errors are OSErrors: refused, timed out, no such host. Their own text is
+    urllib3's retry report, which buries the reason; the innermost cause is the reason."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    reason = getattr(exc, "strerror", None) or str(exc) or "no answer"
+    reason = reason[:1].lower() + reason[1:200]
+    return click.ClickException(f"could not reach {url}: {reason} ({type(exc).__name__})")
 
 
 def explain_database_errors(group: click.Group) -> None:
