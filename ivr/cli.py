@@ -133,6 +133,10 @@ outbox_cli = AppGroup("outbox", help="Text messages waiting to be sent.")
 def outbox_drain(watch):
     """Send pending text messages through Twilio (marks them not sent without credentials)
     and push tickets to the help desk when one is configured."""
+    missing = sms_outbox.sms_settings_missing(ivr().settings)
+    if missing:
+        click.echo(f"Text messages are not sent: {', '.join(missing)} not set "
+                   "(each is marked not_sent).")
     if watch:
         click.echo("Draining the SMS outbox every 2 seconds; Ctrl-C to stop.")
         sms_outbox.watch(ivr().storage, ivr().settings, ivr().service, ivr().floor)

@@ -38,9 +38,7 @@ def drain(storage: Storage, settings: Settings, *, http_client: HttpClient | Non
     it) and its result recorded just after, while the claim is still this sender's.
     Returns counts by the status each message ended in."""
     counts = {"sent": 0, "not_sent": 0, "failed": 0, "retry": 0}
-    missing = [name for name, value in (("TWILIO_ACCOUNT_SID", settings.twilio_account_sid),
-                                        ("TWILIO_AUTH_TOKEN", settings.twilio_auth_token),
-                                        ("IVR_SMS_FROM", settings.sms_from)) if not value]
+    missing = sms_settings_missing(settings)
     client = None if missing else settings.rest_client(http_client)
     while True:
         claimed_at = utcnow()
@@ -62,6 +60,14 @@ def drain(storage: Storage, settings: Settings, *, http_client: HttpClient | Non
             counts[outcome] += 1
         if len(claimed) < batch or counts["retry"]:
             return counts
+
+
+def sms_settings_missing(settings: Settings) -> list[str]:
+    """The variables text messages need that are not set: without them each message is
+    marked not_sent with their names."""
+    return [name for name, value in (("TWILIO_ACCOUNT_SID", settings.twilio_account_sid),
+                                     ("TWILIO_AUTH_TOKEN", settings.twilio_auth_token),
+                                     ("IVR_SMS_FROM", settings.sms_from)) if not value]
 
 
 def _send(client: Client | None, settings: Settings, missing: list[str], message_id: int,

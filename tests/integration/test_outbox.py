@@ -207,3 +207,24 @@ def test_a_result_is_not_recorded_over_a_sender_that_took_the_message_since(
     assert outbox.drain(ivr.storage, settings, http_client=Stuck())["sent"] == 1
     (message,) = messages(ivr)
     assert (message.status, message.twilio_sid, message.attempts) == ("sent", "SM" + "b" * 32, 2)
+
+
+def test_the_sender_says_when_it_starts_that_text_messages_are_not_sent_and_what_is_missing(
+        app, settings, clock, monkeypatch):
+    """Without the SMS settings every message is marked not_sent; the sender (make run's,
+    logging to a file) said nothing of it, so a missing setting went unseen."""
+    from ivr import create_app
+
+    monkeypatch.setattr(outbox, "watch", lambda *args, **kwargs: None)
+    warning = ("Text messages are not sent: TWILIO_ACCOUNT_SID, IVR_SMS_FROM not set "
+               "(each is marked not_sent).")
+    for args in (["outbox", "drain", "--watch"], ["outbox", "drain"]):
+        result = app.test_cli_runner().invoke(args=args)
+        assert result.exit_code == 0, result.output
+        assert warning in result.output.splitlines()
+    configured = create_app(with_twilio(app.extensions["ivr"]), clock=clock)
+    try:
+        result = configured.test_cli_runner().invoke(args=["outbox", "drain", "--watch"])
+        assert result.exit_code == 0 and "not sent" not in result.output
+    finally:
+        configured.extensions["ivr"].storage.dispose()
