@@ -169,9 +169,10 @@ def spool_replay():
                                    "answers") from None
     if result.busy:
         raise click.ClickException("another replay is running")
+    where = f" (see {ivr().service.spool.failed})" if result.unreadable else ""
     click.echo(f"Replayed {result.read} records: {result.applied} written, "
-               f"{result.already_present} already present, {result.unreadable} set aside "
-               f"(see {ivr().service.spool.failed}).")
+               f"{result.already_present} already present, {result.unreadable} set aside"
+               f"{where}.")
 
 
 @spool_cli.command("status")

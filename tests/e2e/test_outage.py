@@ -145,6 +145,20 @@ def test_a_record_that_cannot_be_applied_is_set_aside_and_the_rest_replayed(app,
     assert str(spool.failed) in status
 
 
+def test_the_replay_command_names_the_set_aside_file_only_when_it_set_something_aside(app, ivr):
+    spool = ivr.service.spool
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["spool", "replay"])
+    assert result.exit_code == 0
+    assert result.output.strip() == "Replayed 0 records: 0 written, 0 already present, 0 set aside."
+    assert not spool.failed.exists()
+    spool.append({"kind": "ticket", "call_sid": "CA" + "e" * 32})  # fields missing
+    result = runner.invoke(args=["spool", "replay"])
+    assert result.output.strip() == ("Replayed 1 records: 0 written, 0 already present, "
+                                     f"1 set aside (see {spool.failed}).")
+    assert len(spool.failed.read_text().splitlines()) == 1
+
+
 def test_a_replay_while_the_database_is_still_away_keeps_every_record(ivr, twilio, dead, app):
     from ivr.storage import DATABASE_DOWN, database_unavailable
 
