@@ -50,20 +50,21 @@ sender-background: $(STAMP)
 
 stop: stop-web stop-sender
 
-# Stop the process a pidfile names, if it is still the one we started.
+# Stop the process a pidfile names ($(1)), if it is still the one we started (its command
+# line holds $(2)); $(3) names it in what is printed.
 define stop_pidfile
 	@if [ -f $(1) ]; then pid=$$(cat $(1)); \
 	  if kill -0 $$pid 2>/dev/null && grep -q "$(2)" /proc/$$pid/cmdline 2>/dev/null; then \
-	    echo "stopping $(2) (pid $$pid)"; kill $$pid; \
+	    echo "stopping $(3) (pid $$pid)"; kill $$pid; \
 	    for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 $$pid 2>/dev/null || break; sleep 1; done; \
 	  fi; rm -f $(1); fi
 endef
 
 stop-web:
-	$(call stop_pidfile,instance/gunicorn.pid,gunicorn)
+	$(call stop_pidfile,instance/gunicorn.pid,gunicorn,the web server)
 
 stop-sender:
-	$(call stop_pidfile,instance/sender.pid,outbox)
+	$(call stop_pidfile,instance/sender.pid,outbox,the sender)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
