@@ -46,6 +46,7 @@ sender-background: $(STAMP)
 	@mkdir -p instance
 	@$(VALIDATE) setsid sh -c 'echo $$$$ > instance/sender.pid && exec $(FLASK) outbox drain --watch' \
 	  >> instance/sender.log 2>&1 < /dev/null &
+	@for i in $$(seq 50); do [ -s instance/sender.pid ] && break; sleep 0.1; done  # make stop finds it
 	@echo "sender started in the background (instance/sender.pid, log in instance/sender.log)"
 
 stop: stop-web stop-sender
