@@ -49,7 +49,8 @@ def accounts_import(path):
         result = directory.import_file(path, ivr().storage, ivr().hasher, ivr().config.lengths)
     except directory.ImportFailed as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"Imported {path}: {result.created} created, {result.updated} updated.")
+    click.echo(f"Imported {path}: {result.created} created, {result.updated} updated, "
+               f"{result.unchanged} unchanged.")
 
 
 @accounts_cli.command("unlock")

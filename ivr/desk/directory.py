@@ -42,6 +42,7 @@ class Row:
 class ImportResult:
     created: int
     updated: int
+    unchanged: int = 0  # rows the directory already held as the file has them
 
 
 def is_trivial(key: str) -> bool:
@@ -154,7 +155,7 @@ def import_file(path: str | Path, storage: Storage, hasher: HostKeyHasher,
 def import_rows(rows: list[Row], storage: Storage, hasher: HostKeyHasher,
                 source: str) -> ImportResult:
     """Upsert by user email in one transaction: all rows or none."""
-    created = updated = 0
+    created = updated = unchanged = 0
     now = utcnow()
     try:
         with storage.unit_of_work() as uow:
@@ -180,19 +181,21 @@ def import_rows(rows: list[Row], storage: Storage, hasher: HostKeyHasher,
                 uow.session.flush()
             for row in rows:
                 account = by_email.get(row.user_email)
+                fields = {"account_id": row.account_id, "plan": row.plan, "role": row.role,
+                          "pmi": row.pmi, "host_key_hash": hasher.digest(row.pmi, row.host_key)}
                 if account is None:
                     account = Account(user_email=row.user_email)
                     accounts.add(account)
                     created += 1
+                elif all(getattr(account, name) == value for name, value in fields.items()):
+                    unchanged += 1
+                    continue
                 else:
                     updated += 1
-                account.account_id = row.account_id
-                account.plan = row.plan
-                account.role = row.role
-                account.pmi = row.pmi
-                account.host_key_hash = hasher.digest(row.pmi, row.host_key)
+                for name, value in fields.items():
+                    setattr(account, name, value)
                 account.updated_at = now
             accounts.imported_with(hasher.fingerprint(), now)
     except IntegrityError:
         raise ImportFailed(source, ["the rows conflict with PMIs already in the directory"]) from None
-    return ImportResult(created, updated)
+    return ImportResult(created, updated, unchanged)

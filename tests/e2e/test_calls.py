@@ -7,7 +7,8 @@ from sqlalchemy import select
 
 from ivr.storage.models import Call, OutboxMessage, Ticket
 
-from ..support import BUSINESS_MEMBER, BUSINESS_OWNER, CALLER, FREE_OWNER, PRO_OWNER
+from ..support import (BUSINESS_MEMBER, BUSINESS_OWNER, CALLER, DEMO_ACCOUNTS, FREE_OWNER,
+                       PRO_OWNER)
 
 LINES = [
     ("+1.888.799.9666", "en-US", "support-us"),
@@ -158,6 +159,23 @@ def test_importing_again_updates_users_and_stores_only_keyed_hashes(app, ivr, tm
         account = session.scalars(select(Account).where(Account.pmi == BUSINESS_OWNER[0])).one()
     assert account.plan == "enterprise" and "5820461" not in account.host_key_hash
     assert len(account.host_key_hash) == 64
+
+
+def test_importing_the_same_directory_again_says_nothing_changed(app, ivr, tmp_path):
+    """make run imports the demo directory at every start: rows that are already there
+    as the file has them are unchanged, not updated."""
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["accounts", "import", str(DEMO_ACCOUNTS)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"Imported {DEMO_ACCOUNTS}: 0 created, 0 updated, 18 unchanged."
+    lines = DEMO_ACCOUNTS.read_text(encoding="utf-8-sig").splitlines()
+    first = lines[1].split(",")
+    first[1] = "enterprise"  # the plan
+    changed = [lines[0], ",".join(first), *lines[2:]]
+    path = tmp_path / "accounts.csv"
+    path.write_text("\n".join(changed) + "\n", encoding="utf-8")
+    result = runner.invoke(args=["accounts", "import", str(path)])
+    assert result.output.strip() == f"Imported {path}: 0 created, 1 updated, 17 unchanged."
 
 
 def test_the_surge_simulator_drives_a_mix_of_calls_and_reports_per_step_latency(app):
