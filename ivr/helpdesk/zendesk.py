@@ -1,10 +1,11 @@
 """Zendesk: the help desk behind the vendor's support site, through its Tickets API.
 
 Basic auth as ``{email}/token:{api_token}``; every request has a time-out, its answer's
-body included. A create carries an ``Idempotency-Key`` derived from the ticket number, so a
-retried create returns the ticket the first one made. Zendesk keeps idempotency keys for a
-couple of hours, so a create retried later than that first looks the ticket up by
-``external_id``. A retried update first checks whether its note is already on the ticket.
+body included, and no answer is read past MAX_ANSWER_BYTES. A create carries an
+``Idempotency-Key`` derived from the ticket number, so a retried create returns the ticket
+the first one made. Zendesk keeps idempotency keys for a couple of hours, so a create
+retried later than that first looks the ticket up by ``external_id``. A retried update
+first checks whether its note is already on the ticket.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ PERMANENT = (400, 401, 403, 404, 410, 413, 422)
 MAX_RETRY_AFTER = 86400.0
 CLOSED_IN_ZENDESK = "closed prevents ticket update"
 READ_SIZE = 64 * 1024
+# An answer about one ticket is a few kilobytes; the largest this client asks for, a page
+# of a ticket's comments (up to 100, each body in three forms), stays well under a
+# megabyte. Reading stops past this many bytes (once decoded), so a server that answers
+# without end, or a small gzip that inflates to gigabytes, cannot fill the sender's memory.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
 
 
 def idempotency_key(external_id: str) -> str:
@@ -151,7 +157,9 @@ class Zendesk(HelpDesk):
         """One request: its result, and the answer's JSON object when it succeeded. Its
         body must all be in by the time-out from the start: requests' read time-out is per
         read, and an answer trickled a byte at a time would hold the sender past its lease.
-        (The headers are bounded by requests' time-outs alone.)"""
+        The headers come before the body and are bounded by http.client (at most 100 lines
+        of 64 KiB each) and, in time, by requests' per-read time-out alone: no deadline
+        reaches inside requests before the answer is handed over."""
         deadline = time.monotonic() + self.timeout[1]
         try:
             response = self.http.request(method, self.base_url + path, json=body, params=params,
@@ -163,7 +171,7 @@ class Zendesk(HelpDesk):
             return Result.retry(f"{type(exc).__name__}: could not reach {self.base_url}"), None
         with response:
             try:
-                content = read_within(response, deadline)
+                content = read_within(response, deadline, MAX_ANSWER_BYTES + 1)
             except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
                 return Result.retry(self._too_slow()), None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -172,6 +180,11 @@ class Zendesk(HelpDesk):
         if content is None:
             return Result.retry(self._too_slow()), None
         status = response.status_code
+        if len(content) > MAX_ANSWER_BYTES:
+            if 200 <= status < 300:  # its ticket id cannot be trusted from half a body
+                return Result.retry(f"HTTP {status}: the answer was larger than "
+                                    f"{MAX_ANSWER_BYTES} bytes, more than any ticket's"), None
+            content = content[:MAX_ANSWER_BYTES]  # a refusal: its start says enough
         if 200 <= status < 300:
             try:
                 answer = json.loads(content)
@@ -194,25 +207,29 @@ class Zendesk(HelpDesk):
         return f"no answer within {self.timeout[1]:g} s"
 
 
-def read_within(response: requests.Response, deadline: float) -> bytes | None:
-    """The body of a streamed answer, or None when it is not all there by ``deadline``
-    (a ``time.monotonic()`` reading). Each read waits at most the time left: the socket's
+def read_within(response: requests.Response, deadline: float, limit: int) -> bytes | None:
+    """The body of a streamed answer, decoded, up to ``limit`` bytes (a longer one is cut
+    there, the rest never read), or None when it is not all there by ``deadline`` (a
+    ``time.monotonic()`` reading). Each read waits at most the time left: the socket's
     time-out is lowered to it before each one (urllib3 sets it again for the connection's
-    next request)."""
+    next request). The rest of a cut answer is never read: closing the response closes
+    its connection, and the next request opens another."""
     raw = response.raw
     connection = getattr(raw, "connection", None)
-    chunks = []
-    while True:
+    chunks, size = [], 0
+    while size < limit:
         left = deadline - time.monotonic()
         if left <= 0:
             return None
         sock = getattr(connection, "sock", None)
         if sock is not None:
             sock.settimeout(left)
-        chunk = raw.read1(READ_SIZE, decode_content=True)
+        chunk = raw.read1(min(READ_SIZE, limit - size), decode_content=True)
         if not chunk:
-            return b"".join(chunks)
+            break
         chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def retry_after(response: requests.Response) -> float | None:

@@ -1138,6 +1138,74 @@ def test_a_zendesk_that_trickles_its_answer_is_given_up_after_the_time_out(
     assert (job.status, job.last_error) == ("pending", "no answer within 0.5 s")
 
 
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+def test_a_zendesk_answer_larger_than_any_ticket_is_not_read_whole_and_is_tried_again(
+        simulator, ivr, fake, clock, encoding):
+    """A Zendesk (or whatever a mistaken URL reaches) answering a create with a body
+    larger than MAX_ANSWER_BYTES, sent at once and without a length, or as a few kilobytes
+    of gzip that decode to it: the sender stops reading at the cap, so its memory does
+    not grow with the answer, and the push is tried again later with the reason, as after
+    a time-out; the next, ordinary answer sends it."""
+    import gzip
+
+    from werkzeug import Response
+
+    from ivr.helpdesk.zendesk import MAX_ANSWER_BYTES
+
+    plain = fake.json
+
+    def huge(body, status=200, headers=None):
+        if status != 201:
+            return plain(body, status, headers)
+        text = b" " * (MAX_ANSWER_BYTES + 1) + json.dumps(body).encode()  # valid JSON
+        extra = {}
+        if encoding:
+            text, extra = gzip.compress(text), {"Content-Encoding": encoding}
+            assert len(text) < MAX_ANSWER_BYTES // 100
+        pieces = (text[i:i + 65536] for i in range(0, len(text), 65536))  # no length
+        return Response(pieces, status=status, headers={**(headers or {}), **extra},
+                        content_type="application/json")
+
+    fake.json = huge
+    number = call(simulator)
+    assert sender(ivr, clock).drain()["retry"] == 1
+    (job,) = jobs(ivr)
+    assert job.status == "pending" and job.remote_id is None
+    assert job.last_error == (f"HTTP 201: the answer was larger than {MAX_ANSWER_BYTES} "
+                              "bytes, more than any ticket's")
+    fake.json = plain
+    clock.advance(minutes=5)
+    assert sender(ivr, clock).drain()["sent"] == 1
+    assert len(fake.tickets) == 1  # the retried create found the ticket the first one made
+    assert jobs(ivr)[0].remote_id == str(next(iter(fake.tickets)))
+    assert ticket_row(ivr, number).number == number
+
+
+def test_a_refusal_with_a_huge_body_is_still_judged_by_its_status(simulator, ivr, fake,
+                                                                   clock):
+    """A 401 whose body runs past the cap (an HTML error page of a proxy) fails the push
+    at once, as any 401 does, with the start of that body as the reason."""
+    from werkzeug import Response
+
+    from ivr.helpdesk.zendesk import MAX_ANSWER_BYTES
+
+    plain = fake.json
+
+    def refused(body, status=200, headers=None):
+        if status != 201:
+            return plain(body, status, headers)
+        page = b"<html>Access denied " + b"x" * (2 * MAX_ANSWER_BYTES)
+        return Response((page[i:i + 65536] for i in range(0, len(page), 65536)), status=401,
+                        content_type="text/html")
+
+    fake.json = refused
+    call(simulator)
+    assert sender(ivr, clock).drain()["failed"] == 1
+    (job,) = jobs(ivr)
+    assert job.status == "failed"
+    assert job.last_error.startswith("HTTP 401: <html>Access denied xxx")
+
+
 def test_a_late_echo_of_an_older_push_does_not_undo_the_desks_newest_change(
         app, simulator, ivr, fake, clock):
     """The desk pushes P3, then P2; it then sets P4, not pushed yet. Zendesk's echo of the
