@@ -21,7 +21,7 @@ from .voice.service import CallService
 from .voice.spool import Spool
 from .voice.floor import Floor
 from .voice.twiml import Renderer
-from .web import App
+from .web import App, TokenRefusals
 
 
 @dataclass
@@ -36,6 +36,7 @@ class Ivr:
     renderer: Renderer
     service: CallService
     floor: Floor  # the engineer line and callbacks (ivr/voice/floor.py)
+    token_refusals: TokenRefusals | None = None  # wrong API tokens per address (web.install)
 
 
 def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> App:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import math
+import time
 from urllib.parse import parse_qsl
 
 from flask import Flask, Request, Response, abort, request
@@ -23,6 +25,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_talisman import Talisman
+from limits import parse_many
 from werkzeug.wsgi import get_content_length
 
 from . import metrics
@@ -49,6 +52,10 @@ CONTENT_SECURITY_POLICY = {
 # admin token has at least 32 characters); it keeps a script from flooding the log.
 SIGN_IN_LIMIT = "10 per minute; 50 per hour"
 RATE_LIMITED_ENDPOINTS = ("admin.login",)
+# Wrong or missing tokens on the desk's JSON API, counted the same way. Guessing a token
+# is hopeless anyway; the limit stops a flood of them from filling the log. Only refusals
+# count, and a right token is served whatever the count (TokenRefusals).
+WRONG_TOKEN_LIMIT = SIGN_IN_LIMIT
 UNLIMITED_BLUEPRINTS = ("voice", "agent", "health", "hooks")
 TWIML_BLUEPRINTS = ("voice", "agent")
 HSTS_MAX_AGE = 31556926  # a year, in seconds: Strict-Transport-Security on desk pages
@@ -198,6 +205,7 @@ def install(app: Flask) -> None:
     for endpoint in RATE_LIMITED_ENDPOINTS:
         app.view_functions[endpoint] = limiter.limit(SIGN_IN_LIMIT, methods=["POST"])(
             app.view_functions[endpoint])
+    app.extensions["ivr"].token_refusals = TokenRefusals(limiter, WRONG_TOKEN_LIMIT)
     app.after_request(_no_store)
     if (settings.public_url or "").startswith("https://"):
         # Talisman sends HSTS only for a request it sees as https; behind a TLS proxy that
@@ -217,6 +225,30 @@ def install(app: Flask) -> None:
             strict_transport_security=True,
             strict_transport_security_max_age=HSTS_MAX_AGE,
         )
+
+
+class TokenRefusals:
+    """Refused API tokens per client address, in the limiter's storage. The API asks
+    only once a token has been found wrong, so a right token from an address that has
+    run out (an engineer behind the same NAT as a script guessing) is never held back,
+    where the sign-in form, counting every attempt, holds back everyone at the address."""
+
+    SCOPE = "api-wrong-token"
+
+    def __init__(self, limiter: Limiter, limits: str):
+        self.limiter = limiter
+        self.items = parse_many(limits)
+
+    def count(self) -> int | None:
+        """Count one refusal for the request's address: None while within the limits,
+        else the whole seconds until one of those it is over lets another through."""
+        key, strategy = get_remote_address(), self.limiter.limiter
+        over = [item for item in self.items if not strategy.hit(item, self.SCOPE, key)]
+        if not over:
+            return None
+        reset = max(strategy.get_window_stats(item, self.SCOPE, key).reset_time
+                    for item in over)
+        return max(1, math.ceil(reset - time.time()))
 
 
 @contextlib.contextmanager

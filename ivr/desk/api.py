@@ -1,7 +1,8 @@
 """The support desk's JSON API, behind ``Authorization: Bearer $IVR_ADMIN_TOKEN``.
 
 Off (404 with the reason) while IVR_ADMIN_TOKEN is unset. Every answer is JSON, errors
-included: 400 bad filter or body, 401 missing or wrong token, 404 unknown ticket, 409 a
+included: 400 bad filter or body, 401 missing or wrong token (429 past ten a minute or
+fifty an hour from one address; a right token is always served), 404 unknown ticket, 409 a
 move the ticket lifecycle does not allow; placing a callback adds 403, 502 and 503 (this
 server lacks the Twilio settings callbacks need).
 """
@@ -70,6 +71,12 @@ def authorise():
             g.actor = g.engineer = engineer.name
             return None
     if scheme.lower() != "bearer" or not token_matches(given.strip(), expected):
+        wait = ivr().token_refusals.count()
+        if wait is not None:  # past the limit: answered, but no longer logged one by one
+            response, status = error(429, "too many wrong or missing tokens from this "
+                                          f"address; try again in {wait} s")
+            response.headers["Retry-After"] = str(wait)
+            return response, status
         log.warning("API request %s %s refused: missing or wrong bearer token", request.method,
                     request.path)
         response, status = error(401, "missing or wrong token: send the header "

@@ -60,6 +60,39 @@ def test_a_missing_or_wrong_token_gets_401_with_a_json_error(client, header):
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
+def test_wrong_tokens_from_one_address_are_limited_but_a_right_token_is_always_served(
+        app, client, caplog):
+    """Wrong or missing tokens count per client address, like sign-in attempts: past ten a
+    minute they get 429 with Retry-After and no longer write a log line each. A right
+    token from the same address (an engineer behind the same NAT as the script) is served
+    all the same, and another address is not held back."""
+    import logging
+
+    from ..floor_support import add_engineer
+
+    personal = add_engineer(app.extensions["ivr"])
+    wrong = {"Authorization": f"Bearer {ADMIN_TOKEN}x"}
+    caplog.set_level(logging.WARNING, logger="ivr.api")
+    statuses = [client.get("/api/tickets", headers=headers).status_code
+                for headers in [wrong] * 5 + [{}] * 5]
+    assert statuses == [401] * 10
+    for _ in range(20):
+        response = client.get("/api/tickets", headers=wrong)
+        assert response.status_code == 429
+        assert response.get_json()["error"].startswith("too many wrong or missing tokens")
+        assert 0 < int(response.headers["Retry-After"]) <= 60
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 10
+    assert client.get("/api/tickets", headers=AUTH).status_code == 200
+    assert client.get("/api/tickets",
+                      headers={"Authorization": f"Bearer {personal}"}).status_code == 200
+    assert client.patch("/api/tickets/1", json={"status": "closed"},
+                        headers=AUTH).status_code == 404  # served: no such ticket
+    other = client.get("/api/tickets", headers=wrong,
+                       environ_base={"REMOTE_ADDR": "10.0.0.9"})
+    assert other.status_code == 401
+
+
 def test_the_scheme_is_case_insensitive(client):
     response = client.get("/api/tickets", headers={"Authorization": f"bearer {ADMIN_TOKEN}"})
     assert response.status_code == 200
