@@ -328,7 +328,9 @@ class Floor:
 
     def _attempt(self, session, query: Mapping[str, str], *, for_update: bool = True):
         text = query.get("attempt") or ""
-        if not (text.isdigit() and len(text) < 10):
+        # ASCII digits only, as the URL was written: '\u00b2' passes isdigit() but not
+        # int(), and '\u0661' would be attempt 1.
+        if not (text.isascii() and text.isdigit() and len(text) < 10):
             return None, None, None, None
         floor = FloorRepository(self.storage, session)
         attempt = floor.attempt(int(text), for_update=for_update)

@@ -408,6 +408,35 @@ def test_a_callback_for_a_ticket_reference_in_other_digits_is_a_clean_404(
     assert http.requests == []
 
 
+@pytest.mark.parametrize("ref", ["\u0661", "\u00b2", "\uff11"])
+@pytest.mark.parametrize("path", ["/voice/callback/engineer", "/voice/callback/customer",
+                                  "/voice/callback/dialled"])
+def test_a_callback_attempt_named_in_other_digits_reaches_no_attempt(
+        app, twilio, ivr, http, caplog, path, ref):
+    """The attempt id comes back in the legs' URLs, which Twilio signs. Only the ASCII
+    digits this service wrote name an attempt: '\u0661' (Arabic-Indic one) or a full-width
+    one must not act on attempt 1, nor '\u00b2', which passes isdigit() but not int(), end
+    in an error. Each gets the polite end of an attempt it does not know."""
+    from urllib.parse import quote
+
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    assert attempt["id"] == 1
+    before = state(ivr, waiting["ticket"])
+    caplog.clear()
+    root = twiml(twilio.post(f"{path}?attempt={quote(ref)}&leg=customer",
+                             **leg(new_call_sid(), CALLER, US_LINE),
+                             DialCallStatus="busy"))
+    assert [child.tag for child in root] in ([], ["Hangup"])
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    after = state(ivr, waiting["ticket"])
+    assert (after[0].status, after[2]) == (before[0].status, before[2]) == (
+        "callback_requested", [("aiko", None)])
+    with ivr.storage.transaction() as session:
+        assert session.get(CallbackAttempt, 1).status == "calling_engineer"
+
+
 def test_answered_callbacks_are_not_pick_ups_from_the_queue_in_a_callers_expected_wait(
         app, twilio, ivr, http, clock):
     """The expected wait counts callers engineers took from the queue; three answered
