@@ -30,7 +30,7 @@ from ..storage import helpdesk as helpdesk_jobs
 from .outage import Outage
 from .prompts import Catalogue
 from .spool import Spool
-from .twiml import Renderer, english_chosen, queue_query
+from .twiml import Renderer, english_chosen, queue_query, ticket_in
 
 log = logging.getLogger("ivr.calls")
 
@@ -206,7 +206,7 @@ class CallService:
                     ticket_number = None
         except DATABASE_DOWN:
             # The ticket number came back in the action URL; trust only its shape.
-            ticket_number = ticket_number if (ticket_number or "").isdigit() else None
+            ticket_number = ticket_in(query)
             self.outage.spool_queue_result(request, result, queue_time)
         log.info("call %s queue result=%s", request.call_sid, result)
         return self.renderer.after_queue(line, ticket_number, result, english,

@@ -40,6 +40,13 @@ def english_chosen(query: Mapping[str, str]) -> bool:
     return query.get("en") == "1" or english_in(query.get("p"))
 
 
+def ticket_in(query: Mapping[str, str]) -> str | None:
+    """The ticket number a queue URL carries, when it has the shape of one this service
+    wrote there (ASCII digits: '\u0663' passes isdigit() too); None otherwise."""
+    number = query.get("ticket") or ""
+    return number if number.isascii() and number.isdigit() and len(number) <= 20 else None
+
+
 def queue_query(query: Mapping[str, object], english: bool | None = None) -> str:
     """The query string of a queue URL: the ticket and priority taken from `query`, and the
     choice of English (`english`, or as `query` carries it when None)."""
@@ -199,8 +206,8 @@ class Renderer:
         action URL the wait document gave Twilio (signed with the request), so no database
         is needed. The document ends and the caller keeps their place; a key pressed
         while it plays counts as in the wait document."""
-        number = query.get("ticket") or ""
-        if not (number.isascii() and number.isdigit() and len(number) <= 20):
+        number = ticket_in(query)
+        if number is None:
             return self.empty()
         line, english = self.config.line_for(to), english_chosen(query)
         priority = query.get("priority") or ""

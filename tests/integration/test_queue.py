@@ -128,6 +128,25 @@ def test_with_the_database_down_the_callback_key_keeps_the_caller_waiting(twilio
         ("Redirect", "/voice/wait?ticket=48151623&priority=1")]
 
 
+@pytest.mark.parametrize("ticket", ["\u0663" * 8, "\u00b2" * 8, "4" * 5000])
+def test_with_the_database_down_a_queue_result_reads_back_only_a_ticket_number_of_its_shape(
+        twilio, dead, ticket):
+    """Without the database the ticket number is read from the action URL, which the
+    service wrote: eight ASCII digits. Other digits ('\u0663', Arabic-Indic three, or
+    '\u00b2') or thousands of them are not a number it gave, and are not read out to the
+    caller, as the wait's repeat key already refuses them; the caller still hears the
+    call end, and the result is kept for the replay."""
+    from urllib.parse import quote
+
+    params = {**twilio.call_params("CA" + "6" * 32), "QueueResult": "queue-full"}
+    root = twiml(dead.post(f"/voice/queue-result?ticket={quote(ticket)}&priority=1",
+                           **params))
+    assert [e.text for e in root.iter("say-as")] == []
+    assert root[-1].tag == "Hangup"
+    written = twiml(dead.post("/voice/queue-result?ticket=48151623&priority=1", **params))
+    assert [e.text for e in written.iter("say-as")] == ["48151623"]
+
+
 def test_an_answered_caller_connects_the_ticket(simulator, ivr, clock):
     result = simulator.call("+18887999666", CALLER, OWNER + ["-"])
     assert result.outcome == "routed"
