@@ -276,7 +276,12 @@ def test_a_notice_naming_no_message_or_one_with_placeholders_stops_the_app(tmp_p
 
 @pytest.mark.parametrize("hosts", ["https://ivr.example.com", "ivr.example.com/voice",
                                    "ivr.example.com,user@ivr.example.com", "ivr example.com",
-                                   "[::1]:8000", "::1", "ivr.example.com:http"])
+                                   "[::1]:8000", "::1", "ivr.example.com:http",
+                                   # ports no request carries: other digits ('\u00b2' passes
+                                   # isdigit() but not int(), so every request naming a
+                                   # port failed), or out of range
+                                   "ivr.example.com:\u00b2", "ivr.example.com:\u0668\u0664",
+                                   "ivr.example.com:0", "ivr.example.com:65536"])
 def test_allowed_hosts_that_no_request_could_match_are_refused(hosts):
     with pytest.raises(ConfigError, match="IVR_ALLOWED_HOSTS: .*host names only"):
         Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false", "IVR_ALLOWED_HOSTS": hosts})
