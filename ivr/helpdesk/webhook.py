@@ -25,7 +25,7 @@ from ..domain.engineers import HELPDESK_ACTOR
 from ..extension import ivr
 from ..storage import DATABASE_DOWN, HelpdeskJobRepository, first_delivery
 from ..storage.tickets import ticket_by_number
-from .zendesk import LEVELS
+from .zendesk import LEVELS, ticket_id
 
 log = logging.getLogger("ivr.helpdesk")
 
@@ -128,8 +128,7 @@ def read_body(body: bytes) -> tuple[str | None, int | None, str, str | None]:
             raise ValueError(f"ticket.{name}: expected a string")
         values[name] = str(value).strip() if value is not None else ""
     remote_id = values["id"] or None
-    if remote_id is not None and not (remote_id.isascii() and remote_id.isdigit()
-                                      and len(remote_id) <= 20):
+    if remote_id is not None and ticket_id(remote_id) is None:
         raise ValueError(f"ticket.id: {remote_id[:30]!r} is not a Zendesk ticket id")
     external_id = values["external_id"]
     if external_id and not (external_id.isascii() and external_id.isdigit()

@@ -44,6 +44,15 @@ def idempotency_key(external_id: str) -> str:
     return f"phone-ticket-{external_id}"
 
 
+def ticket_id(value: object) -> str | None:
+    """A Zendesk ticket id as this service keeps it and puts it in request paths: a whole
+    number (JSON's, or written in ASCII digits), at most 20 digits; None for anything
+    else (null, true, '../9001', '\u0663'), which no Zendesk answer carries."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    return text if isinstance(text, str) and text.isascii() and text.isdigit() \
+        and len(text) <= 20 else None
+
+
 class Zendesk(HelpDesk):
     name = "Zendesk"
 
@@ -138,18 +147,29 @@ class Zendesk(HelpDesk):
                                      params={"external_id": external_id})
         if result.outcome != "ok":
             return result
-        tickets = (body or {}).get("tickets") or []
-        if not tickets:
+        tickets = body.get("tickets")
+        if tickets == []:
             return Result.ok(None)
-        return Result("ok", remote_id=str(tickets[0]["id"]), found=True)
+        first = tickets[0] if isinstance(tickets, list) else None
+        found = ticket_id(first.get("id")) if isinstance(first, dict) else None
+        if found is None:  # not Zendesk's answer: a second ticket must not follow from it
+            return Result.retry(f"the lookup's answer from {self.base_url} holds no "
+                                "Zendesk ticket with an id")
+        return Result("ok", remote_id=found, found=True)
 
     def _has_note(self, remote_id: str, marker: str) -> tuple[Result, bool]:
         """Whether a comment of the ticket already carries the marker."""
         result, body = self._request("GET", f"/api/v2/tickets/{remote_id}/comments.json",
                                      params={"sort_order": "desc"})
-        comments = (body or {}).get("comments") or []
-        return result, any(marker in (c.get("body") or c.get("plain_body") or "")
-                           for c in comments if isinstance(c, dict))
+        if result.outcome != "ok":
+            return result, False
+        comments = body.get("comments")
+        if not isinstance(comments, list):
+            return Result.retry(f"the comments' answer from {self.base_url} holds no list "
+                                "of comments"), False
+        return result, any(isinstance(text, str) and marker in text
+                           for c in comments if isinstance(c, dict)
+                           for text in (c.get("body"), c.get("plain_body")))
 
     def _request(self, method: str, path: str, body: dict | None = None, *,
                  params: dict | None = None,
@@ -193,8 +213,8 @@ class Zendesk(HelpDesk):
             if not isinstance(answer, dict):
                 return Result.retry(f"HTTP {status}: the answer was not a JSON object"), None
             ticket = answer.get("ticket")
-            remote = str(ticket["id"]) if isinstance(ticket, dict) and "id" in ticket else None
-            return Result.ok(remote), answer
+            return Result.ok(ticket_id(ticket.get("id")) if isinstance(ticket, dict)
+                             else None), answer
         message = error_message(status, content)
         if status == 429:
             return Result.retry(message, retry_after(response), rate_limited=True), None

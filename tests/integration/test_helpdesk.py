@@ -1293,3 +1293,82 @@ def test_repeated_rate_limits_asking_for_no_wait_wait_longer_each_time(simulator
         clock.now = job.next_attempt_at
     assert waits == [10, 20, 40] and jobs(ivr)[0].failures == 0
     assert sender(ivr, clock).drain()["sent"] == 1
+
+
+# -- answers not shaped like Zendesk's -----------------------------------------------------
+
+
+def zendesk_client(httpserver):
+    from ivr.helpdesk.zendesk import Zendesk
+
+    return Zendesk(httpserver.url_for("/").rstrip("/"), EMAIL, API_TOKEN, timeout=0.5)
+
+
+PHONE_TICKET = {"external_id": "48151623", "subject": "Phone ticket 48151623", "note": "n",
+                "priority": 2, "requester_email": None}
+
+
+@pytest.mark.parametrize("answer", [
+    {"tickets": ["x"]}, {"tickets": [{}]}, {"tickets": 5}, {"tickets": {"id": 1}},
+    {"tickets": [{"id": None}]}, {"tickets": [{"id": "../9001"}]}, {"tickets": [{"id": True}]},
+])
+def test_a_lookup_answered_in_a_shape_zendesk_never_gives_is_tried_again_not_an_exception(
+        httpserver, answer):
+    """A create retried after Zendesk forgot its key looks the ticket up first. An answer
+    whose first ticket is not an object with a numeric id (a proxy's page, another API
+    behind a mistaken URL) neither stops the sender's round with an exception nor makes
+    it create a second ticket: the push is tried again later, saying why."""
+    import math
+
+    from ivr.helpdesk.base import NewTicket
+
+    httpserver.expect_request("/api/v2/tickets.json", method="GET").respond_with_json(answer)
+    result = zendesk_client(httpserver).create(NewTicket(**PHONE_TICKET), retried=True,
+                                               first_try_age=math.inf)
+    assert (result.outcome, result.message) == (
+        "retry", f"the lookup's answer from {httpserver.url_for('/').rstrip('/')} holds no "
+                 "Zendesk ticket with an id")
+    assert [r.method for r, _ in httpserver.log] == ["GET"]  # no create sent
+
+
+@pytest.mark.parametrize("ticket_id", [None, True, "../9001", "9001 ", {"id": 1}, 1.5, -4, ""])
+def test_a_create_answered_with_an_id_zendesk_never_gives_keeps_no_remote_id(
+        httpserver, ticket_id):
+    """Zendesk's ticket ids are positive whole numbers; the id is kept and later put in
+    the path of every update. Anything else is an answer without an id (the sender tries
+    the create again; its Idempotency-Key makes that safe), never 'None' or a path."""
+    from ivr.helpdesk.base import NewTicket
+
+    httpserver.expect_request("/api/v2/tickets.json", method="POST").respond_with_json(
+        {"ticket": {"id": ticket_id}}, status=201)
+    result = zendesk_client(httpserver).create(NewTicket(**PHONE_TICKET), retried=False,
+                                               first_try_age=0.0)
+    assert (result.outcome, result.remote_id) == ("ok", None)
+
+
+@pytest.mark.parametrize("answer, seen", [
+    ({"comments": 5}, None), ({"comments": {"body": "x"}}, None),
+    ({"comments": [{"body": 5}, {"plain_body": ["x"]}, "x", None]}, False),
+    ({"comments": [{"body": None, "plain_body": "... [ivr:job-7] ..."}]}, True),
+])
+def test_a_note_lookup_answered_in_odd_shapes_is_never_an_exception(httpserver, answer, seen):
+    """A retried change first looks whether its note is on the ticket already. Comments
+    that are not a list are an answer not understood (tried again later); comments or
+    bodies of other types are passed over, not an exception that stops the sender."""
+    from ivr.helpdesk.base import TicketChange
+
+    httpserver.expect_request("/api/v2/tickets/9001/comments.json").respond_with_json(answer)
+    httpserver.expect_request("/api/v2/tickets/9001.json", method="PUT").respond_with_json(
+        {"ticket": {"id": 9001}})
+    result = zendesk_client(httpserver).update(
+        "9001", TicketChange(marker="[ivr:job-7]", note="Priority changed [ivr:job-7]",
+                             priority=2), retried=True)
+    if seen is None:
+        assert (result.outcome, result.message) == (
+            "retry", f"the comments' answer from {httpserver.url_for('/').rstrip('/')} holds "
+                     "no list of comments")
+        assert [r.method for r, _ in httpserver.log] == ["GET"]
+    else:
+        assert result.outcome == "ok"
+        (put,) = [r for r, _ in httpserver.log if r.method == "PUT"]
+        assert ("comment" in put.get_json()["ticket"]) is not seen
