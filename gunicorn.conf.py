@@ -24,6 +24,10 @@ pidfile = os.environ.get("IVR_PIDFILE")
 # Twilio waits 15 s for a webhook; a worker stuck longer than that is no use to a caller.
 graceful_timeout = 10
 accesslog = os.environ.get("IVR_ACCESS_LOG")  # e.g. "-"; request bodies are never logged
+# gunicorn's control socket sits at one path per user ($XDG_RUNTIME_DIR or ~/.gunicorn):
+# a second server on the host takes it over, and stopping either deletes it. The service
+# is run by its pid file and signals (Makefile), so none is opened.
+control_socket_disable = True
 
 _metrics_root = Path(os.environ.get("IVR_INSTANCE_PATH", "instance")) / "metrics"
 # A PROMETHEUS_MULTIPROC_DIR the operator set may be shared with the sender, whose counts

@@ -213,3 +213,22 @@ def test_with_one_trusted_proxy_the_forwarded_public_url_is_the_one_checked(tmp_
         assert response.status_code == 200
     finally:
         behind.stop()
+
+
+def test_servers_of_one_user_share_no_control_socket(tmp_path, database):
+    """gunicorn's control socket defaults to one path per user ($XDG_RUNTIME_DIR or
+    ~/.gunicorn): a second server on the host took it over, and stopping either one
+    deleted the socket the other was using. The service is run by its pid file and
+    signals (Makefile), so the project's settings open none."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home)}
+    first = Gunicorn(tmp_path, database, workers=1, name="first", **env)
+    second = Gunicorn(tmp_path, database, workers=1, name="second", **env)
+    try:
+        assert requests.get(first.url + "/healthz", timeout=5).status_code == 200
+        assert requests.get(second.url + "/healthz", timeout=5).status_code == 200
+        assert sorted(p.name for p in home.rglob("*.ctl")) == []
+    finally:
+        first.stop()
+        second.stop()
