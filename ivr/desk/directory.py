@@ -71,6 +71,15 @@ def header_problem(cells: list[str]) -> str:
     return said
 
 
+def _quoted(cell: str) -> str:
+    """A cell as a row's problem may quote it. A value with digits in it is not repeated:
+    a file whose columns are out of place under the right header has a PMI or a host key
+    there, and the message reaches logs (as ``header_problem`` says of the first row)."""
+    if any(ch.isdigit() for ch in cell):
+        return "(a value with digits, not shown)"
+    return repr(cell[:40])
+
+
 # What the directory's columns keep: a longer value is a bad row, named, not a database
 # error halfway through the import (PostgreSQL) or a value the schema says cannot be
 # there (SQLite).
@@ -112,9 +121,9 @@ def parse(text: str, lengths: Lengths, source: str = "accounts CSV") -> list[Row
             reasons.append(f"account_id is {len(account_id)} characters, more than the "
                            f"{ACCOUNT_ID_LIMIT} kept")
         if plan not in PLANS:
-            reasons.append(f"plan {plan!r} is not one of {', '.join(PLANS)}")
+            reasons.append(f"plan {_quoted(plan)} is not one of {', '.join(PLANS)}")
         if role not in ROLES:
-            reasons.append(f"role {role!r} is not one of {', '.join(ROLES)}")
+            reasons.append(f"role {_quoted(role)} is not one of {', '.join(ROLES)}")
         if not EMAIL.match(email):
             reasons.append("user_email is not an email address")
         elif len(email) > EMAIL_LIMIT:

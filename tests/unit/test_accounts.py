@@ -71,6 +71,22 @@ def test_a_file_without_its_header_is_refused_without_echoing_its_first_row():
     assert "6 other cells not shown" in problem
 
 
+def test_a_row_whose_columns_are_out_of_place_is_refused_without_echoing_its_pmi_or_host_key():
+    """An export in another column order under the right header puts a PMI where the plan
+    belongs and a host key where the role does: the message names those cells, and
+    quotes a plain word still, but never a value with digits in it (it reaches the
+    terminal and the logs of whatever ran the import)."""
+    text = (f"{HEAD}\nacme,5550177201,owner@acme.example,8172635,owner,business\n"
+            "beta,gold,b@example.com,owner,1234567890,740193\n")
+    with pytest.raises(ImportFailed) as error:
+        parse(text, Lengths())
+    first, second = error.value.problems
+    assert first.startswith("row 2: plan ") and "; role " in first
+    for secret in ("8172635", "5550177201", "2635", "7201"):
+        assert secret not in str(error.value)
+    assert second.startswith("row 3: plan 'gold' is not one of")
+
+
 def test_a_header_in_another_order_is_named():
     with pytest.raises(ImportFailed) as error:
         parse("plan,account_id,user_email,role,pmi,host_key\n", Lengths())
