@@ -361,8 +361,9 @@ def _target(minutes: int) -> Say:
 
 def waiting(position: int | None, average_wait_seconds: int | None,
             callback_key: str | None, offer_ticket: bool = False) -> tuple[Say, ...]:
-    """What a caller in the queue hears: where they stand, the expected wait when Twilio
-    knows it (rounded to minutes), that the repeat key (star) says their ticket number
+    """What a caller in the queue hears: where they stand, the expected wait when it is
+    known (rounded to minutes; the voice line gives the service's own estimate for a
+    caller in a queue of their own), that the repeat key (star) says their ticket number
     again, and how to ask for a callback instead."""
     speech: list[Say] = []
     if position is not None and position > 0:
