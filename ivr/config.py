@@ -1,7 +1,8 @@
 """Configuration: the TOML file of the support line and the process environment.
 
 The TOML file (``config/ivr.toml`` unless ``IVR_CONFIG`` says otherwise) describes the
-product: regional lines, menu, channel policy, priorities, retries, notice and links.
+product: regional lines, menu, channel policy, priorities, retries, time-outs, lengths,
+lockouts, the queue, the engineer line, notice, links, retention and the help desk.
 The environment carries deployment secrets and URLs. Both are validated when the app
 starts; a problem stops it with a message naming the file, the key and what was expected.
 """

@@ -1,4 +1,8 @@
-"""The SMS outbox sender: runs outside any webhook and drains queued messages."""
+"""The sender (``outbox drain [--watch]``): runs outside any webhook. Each round sends the
+queued text messages, pushes tickets to the help desk when one is configured, reopens
+tickets stranded in a queue after their calls ended and, now and then, deletes empty
+per-ticket Twilio queues; with ``--watch`` it also replays the outage spool once the
+database answers."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Data at rest: the SQLite file readable by its owner only, and the retention command
-that anonymises old call records (``flask --app app retention apply``)."""
+"""Personal data: the log's formatter (every long number in a traceback cut to its last
+four digits, control characters escaped), the SQLite file readable by its owner only, and
+the retention command that anonymises old call records (``flask --app app retention
+apply``)."""
 
 from __future__ import annotations
 

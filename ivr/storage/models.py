@@ -1,4 +1,5 @@
-"""Database tables (SQLAlchemy 2). Schema changes go through Alembic in ivr/migrations."""
+"""Database tables (SQLAlchemy 2). Schema changes go through Alembic in
+ivr/storage/migrations."""
 
 from __future__ import annotations
 
