@@ -1,1 +1,2 @@
-"""The voice line: Twilio webhooks, the call service, its outage path and TwiML."""
+"""The voice line: Twilio webhooks, the call service, its outage path and TwiML, and the
+engineer line with the callbacks' legs."""
