@@ -1,5 +1,7 @@
-"""The edges every HTTP request passes: body size limits, the accepted host names and the
-desk's security headers. ``install(app)`` wires them; ``create_app`` calls it once.
+"""The edges every HTTP request passes: body size limits, the accepted host names, the
+sign-in rate limit and the desk's security headers, with the app, request, JSON and
+session classes they work through. ``install(app)`` wires them; ``create_app`` calls it
+once.
 
 Twilio's webhooks are form posts of a few kilobytes (about 40 fields at most, none longer
 than a few hundred characters); the desk's forms and JSON bodies are smaller still. So
