@@ -53,7 +53,7 @@ def helpdesk_status(as_json):
 
 
 @helpdesk_cli.command("retry")
-@click.argument("job_id", metavar="ID", type=click.IntRange(1, LARGEST_JOB_ID), required=False)
+@click.argument("job_id", metavar="[ID]", type=click.IntRange(1, LARGEST_JOB_ID), required=False)
 @click.option("--all-failed", is_flag=True, help="Retry every failed push.")
 def helpdesk_retry(job_id, all_failed):
     """Send a failed push again (the next drain takes it), or every failed push."""

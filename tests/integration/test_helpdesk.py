@@ -923,6 +923,11 @@ def test_helpdesk_commands_list_pending_and_failed_pushes_and_retry_all_of_them(
     assert "Latest sent" in cli("helpdesk", "status").output
 
 
+def test_the_retry_commands_usage_shows_the_push_id_as_optional_beside_all_failed(cli):
+    usage = cli("helpdesk", "retry", "--help").output.splitlines()[0]
+    assert usage.endswith("helpdesk retry [OPTIONS] [ID]"), usage
+
+
 def test_an_engineer_picking_up_a_caller_queues_a_connected_update(app, ivr):
     from ..floor_support import add_engineer, engineer_params, queued
     from ..support import TwilioClient, twiml
