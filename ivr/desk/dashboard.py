@@ -255,7 +255,12 @@ def set_priority(ref: str):
     text = request.form.get("priority", "")
     if text not in PRIORITY_KEYS:
         return message(400, f"priority: {text[:20]!r} is not a priority {RANGE_TEXT}")
-    view, changed = desk().set_priority(ref, int(text), actor=actor())
+    # The priority the page showed: another agent's change since then is not overwritten.
+    shown = request.form.get("shown_priority")
+    if shown is not None and shown not in PRIORITY_KEYS:
+        return message(400, f"shown_priority: {shown[:20]!r} is not a priority {RANGE_TEXT}")
+    view, changed = desk().set_priority(ref, int(text), actor=actor(),
+                                        shown=int(shown) if shown is not None else None)
     flash(f"Ticket {view['number']} {'is now' if changed else 'was already'} "
           f"P{view['priority']} {view['priority_name']}.")
     return redirect(url_for("admin.ticket", ref=view["number"]))

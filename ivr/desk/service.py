@@ -384,13 +384,18 @@ class Desk:
     def close(self, ref: str | int, actor: str = "admin") -> tuple[dict, bool]:
         return self.update(ref, status="closed", actor=actor)
 
-    def set_priority(self, ref: str | int, level: int, actor: str = "admin") -> tuple[dict, bool]:
-        return self.update(ref, priority=level, actor=actor)
+    def set_priority(self, ref: str | int, level: int, actor: str = "admin",
+                     shown: int | None = None) -> tuple[dict, bool]:
+        """``shown``: the priority the agent saw when choosing (a dashboard page); a ticket
+        whose priority has changed since, to another than ``level``, is refused (409)
+        rather than overwritten with a choice made on what is no longer so."""
+        return self.update(ref, priority=level, actor=actor, priority_shown=shown)
 
     def update(self, ref: str | int, *, status: str | None = None,
                priority: int | None = None, push: bool = True,
                actor: str = "admin",
-               first_time: Callable[[Any], bool] | None = None) -> tuple[dict, bool]:
+               first_time: Callable[[Any], bool] | None = None,
+               priority_shown: int | None = None) -> tuple[dict, bool]:
         """Reclassify and/or move a ticket on; returns its view and whether it changed.
         Asking for the status or priority it already has changes nothing. ``push=False``
         for a change that came from the help desk (it is not pushed back there).
@@ -412,6 +417,12 @@ class Desk:
                 if ticket.status == "closed":
                     raise Conflict(f"ticket {ticket.number} is closed; its priority can no "
                                    "longer change")
+                if priority_shown is not None and priority_shown != ticket.priority:
+                    raise Conflict(
+                        f"ticket {ticket.number} was changed to P{ticket.priority} "
+                        f"{self.config.priority(ticket.priority).name} after this page showed "
+                        f"P{priority_shown}; nothing was changed. Reload the ticket and choose "
+                        "again.")
                 log.info("ticket id=%s priority %s -> %s", ticket.id, ticket.priority, priority)
                 FloorRepository(self.storage, uow.session).record(
                     ticket.id, actor, "priority", f"P{ticket.priority} -> P{priority}", now)

@@ -329,6 +329,38 @@ def test_a_form_post_without_the_sessions_csrf_token_changes_nothing(signed_in, 
     assert Desk.of(ivr).ticket(ticket.number)["status"] == "open"
 
 
+def test_a_priority_set_from_a_page_another_agent_has_overtaken_is_refused_not_overwritten(
+        dashboard, signed_in, ivr):
+    """Two agents open the same P3 ticket; the first sets P1. The second, still looking at
+    P3, chooses P2: that choice was made on what the page showed, so it is refused with a
+    409 saying what the ticket is now, and the first agent's P1 stays."""
+    ticket = add_ticket(ivr, created=at("2026-11-25 11:00"), priority=3)
+    path = f"/admin/tickets/{ticket.number}"
+    other = dashboard.test_client()
+    sign_in(other)
+    first, second = page(signed_in.get(path)), page(other.get(path))
+    for doc in (first, second):
+        assert doc.find("set-priority").field("shown_priority") == "3"
+
+    def choose(client, doc, level):
+        form = doc.find("set-priority")
+        return client.post(f"{path}/priority", data={
+            "csrf_token": form.field("csrf_token"), "shown_priority": form.field("shown_priority"),
+            "priority": level})
+
+    assert choose(signed_in, first, "1").status_code == 302
+    doc = page(choose(other, second, "2"), 409)
+    assert doc.find("message").text() == (
+        f"ticket {ticket.number} was changed to P1 urgent after this page showed P3; "
+        "nothing was changed. Reload the ticket and choose again.")
+    assert Desk.of(ivr).ticket(ticket.number)["priority"] == 1
+    # Choosing what the other agent already chose is no conflict; a fresh page may change it.
+    assert page(other.get(f"{path}")).find("set-priority").field("shown_priority") == "1"
+    assert choose(other, second, "1").status_code == 302
+    assert choose(other, page(other.get(path)), "2").status_code == 302
+    assert Desk.of(ivr).ticket(ticket.number)["priority"] == 2
+
+
 def test_forbidden_moves_and_bad_input_on_the_dashboard_answer_with_the_reason(signed_in, ivr):
     ticket = add_ticket(ivr, created=at("2026-11-25 11:00"), status="closed")
     token = csrf(signed_in)
