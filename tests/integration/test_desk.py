@@ -422,6 +422,59 @@ def test_the_dashboard_export_is_the_same_file_as_the_command(signed_in, ivr, cl
     assert "…0123".encode() in response.data
 
 
+HOSTILE = '"><script>alert(1)</script><img src=x onerror=alert(2)>'
+
+
+def test_values_from_outside_are_shown_as_text_never_as_markup(signed_in, ivr):
+    """The directory's account and e-mail, a region, an engineer's name and a filter typed
+    into the address bar reach the pages as text: no element, attribute or script of
+    theirs appears, and the words are there as written."""
+    from ivr.desk.engineers import Engineers
+    from ivr.storage.models import Ticket
+
+    Engineers.of(ivr).add("O'Neil", client="oneil")
+    ticket = add_ticket(ivr, created=at("2026-11-25 11:00"), region="Japan" + HOSTILE)
+    with ivr.storage.transaction() as session:
+        row = session.get(Ticket, ticket.id)
+        row.account_id, row.user_email = "acct" + HOSTILE, "x" + HOSTILE + "@example.com"
+    pages = [page(signed_in.get(path)) for path in (
+        "/admin/", f"/admin/tickets/{ticket.number}", "/admin/sla?since=2026-11-20",
+        "/admin/floor")]
+    pages.append(page(signed_in.get("/admin/calls?since=" + HOSTILE.replace("&", "%26")
+                                    .replace("#", "%23")), 400))
+    for doc in pages:
+        assert not list(doc.iter("script")) and not list(doc.iter("img"))
+        assert not [e for e in doc.iter() if any(a.startswith("on") for a in e.attrs)]
+    assert "acct" + HOSTILE in pages[0].find("tickets").text()
+    assert "x" + HOSTILE + "@example.com" in pages[1].find("ticket").text()
+    assert pages[2].find("by-region").rows()[0][0]["data-key"] == "Japan" + HOSTILE
+    assert pages[4].find("message").text().startswith(f"since: {HOSTILE[:40]!r}")
+
+
+def test_no_page_uses_what_its_content_security_policy_blocks(signed_in, ivr):
+    """The policy allows scripts, styles and images from this origin only, with nothing
+    inline: a page that used an inline script or style, or a resource from elsewhere,
+    would break in the browser though every test of its HTML passed."""
+    ticket = add_ticket(ivr, created=at("2026-11-25 11:00"), status="callback_requested",
+                        callback_number="+14155550123")
+    paths = ["/admin/", f"/admin/tickets/{ticket.number}", "/admin/floor", "/admin/calls",
+             "/admin/sla", "/admin/helpdesk", "/admin/tickets/87654321"]
+    responses = [signed_in.get(path) for path in paths]
+    responses.append(signed_in.application.test_client().get("/admin/login"))
+    for response in responses:
+        policy = dict(part.strip().split(" ", 1) for part in
+                      response.headers["Content-Security-Policy"].split(";"))
+        assert policy["default-src"] == "'self'" and "unsafe" not in str(policy)
+        doc = parse_html(response.get_data(as_text=True))
+        assert not list(doc.iter("script")) and not list(doc.iter("style"))
+        for element in doc.iter():
+            assert "style" not in element.attrs and not any(
+                name.startswith("on") for name in element.attrs), element.tag
+            for name in ("src", "action") + (("href",) if element.tag == "link" else ()):
+                if name in element.attrs:
+                    assert element.attrs[name].startswith("/"), element.attrs[name]
+
+
 @pytest.mark.parametrize("page", ["/admin/", "/admin/floor", "/admin/calls", "/admin/sla",
                                   "/admin/helpdesk", "/admin/export?format=csv"])
 def test_a_signed_in_desk_page_answers_while_a_call_holds_the_write_lock(desk_app, signed_in,

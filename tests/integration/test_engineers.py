@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select, text
 
 from ivr.desk.engineers import Engineers
+from ivr.desk.service import Desk
 from ivr.storage.engineers import Engineer, EngineerRepository
 
 from ..desk_support import ADMIN_TOKEN, add_ticket, at, parse_html, sign_in, signed_in
@@ -194,6 +195,23 @@ def test_an_engineer_signs_in_to_the_dashboard_and_their_actions_carry_their_nam
     # A rotated token signs the engineer out of the dashboard.
     cli(app, "engineers", "rotate-token", "aiko")
     assert browser.get("/admin/").status_code == 302
+
+
+def test_a_removed_engineers_dashboard_session_ends_at_once_and_no_namesake_inherits_it(
+        app, ivr):
+    """Removing an engineer signs them out everywhere: the browser they left signed in (or
+    a copy of its cookie) opens no page and changes nothing, and an engineer added again
+    under the same name starts with a token, and sessions, of their own."""
+    browser = signed_in(app, add(app))
+    ticket = add_ticket(ivr, created=at("2026-11-25 11:00"))
+    path = f"/admin/tickets/{ticket.number}"
+    token = parse_html(browser.get(path).get_data(as_text=True)).find("close").field("csrf_token")
+    assert cli(app, "engineers", "remove", "aiko").exit_code == 0
+    assert browser.get(path).headers["Location"] == "/admin/login"
+    assert browser.post(f"{path}/close", data={"csrf_token": token}).status_code == 302
+    add(app)
+    assert browser.get("/admin/").headers["Location"] == "/admin/login"
+    assert Desk.of(ivr).ticket(ticket.number)["status"] == "open"
 
 
 def test_changing_the_admin_token_signs_engineers_out_as_well(app, ivr):
