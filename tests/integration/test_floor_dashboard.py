@@ -88,6 +88,32 @@ def test_a_callback_is_placed_from_the_button_with_the_csrf_token(browser, twili
     assert page.find("callbacks").rows()[0][1][4] == "1"  # one try so far
 
 
+def test_with_several_engineers_the_choice_is_made_on_a_page_that_does_not_refresh(
+        browser, twilio, ivr, http):
+    """The floor reloads itself every few seconds, which put an engineer list back to its
+    first name: one chosen just before a reload and sent just after rang the wrong
+    engineer. With more than one engineer to choose from, the floor's Call back leads to
+    the ticket's own callback form, which stays as chosen."""
+    add_engineer(ivr)
+    add_engineer(ivr, "ben", phone="+14155550142")
+    waiting = queued(twilio, 2)
+    twiml(twilio.post(f"/voice/wait-choice?ticket={waiting['ticket']}&priority=2",
+                      **twilio.call_params(waiting["sid"]), Digits="1"))
+    doc = floor(browser)
+    assert not [e for e in doc.iter("select")]
+    assert not [f for f in doc.iter("form") if f.attrs.get("action", "").endswith("/callback")]
+    (link,) = [a for a in doc.iter("a") if a.text() == f"Call back ticket {waiting['ticket']}"]
+    page, _, anchor = link.attrs["href"].partition("#")
+    ticket = parse_html(browser.get(page).get_data(as_text=True))
+    assert not [m for m in ticket.iter("meta") if m.attrs.get("http-equiv") == "refresh"]
+    form = ticket.find(anchor)
+    assert [o.attrs["value"] for o in form.iter("option")] == ["aiko", "ben"]
+    response = browser.post(form.attrs["action"], data={
+        "csrf_token": form.field("csrf_token"), "engineer": "ben"})
+    assert response.status_code == 302
+    assert [r["data"]["To"] for r in http.requests] == ["+14155550142"]
+
+
 def test_the_ticket_page_offers_the_callback_and_shows_the_engineer(browser, twilio, ivr):
     add_engineer(ivr)
     waiting = queued(twilio, 1)
