@@ -567,6 +567,15 @@ class Settings(BaseModel):
     zendesk_api_token: str | None = None
     zendesk_webhook_secret: str | None = Field(default=None, min_length=8)
 
+    @field_validator("admin_token")
+    @classmethod
+    def _sendable(cls, value):
+        # The sign-in form and the API strip what they are sent, so such a token never matches.
+        if value is not None and value != value.strip():
+            raise ValueError("has white space at its start or end, which sign-in and the API "
+                             "strip from what is sent: remove it")
+        return value
+
     @field_validator("allowed_hosts", mode="before")
     @classmethod
     def _host_list(cls, value):

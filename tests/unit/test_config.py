@@ -204,6 +204,14 @@ def test_a_short_admin_token_is_refused():
                               "IVR_ADMIN_TOKEN": long_enough}).admin_token == long_enough
 
 
+@pytest.mark.parametrize("token", [" " + "x" * 32, "x" * 32 + "\n", "\t" + "x" * 32 + " "])
+def test_an_admin_token_nobody_could_send_is_refused(token):
+    """Sign-in and the API strip what they are sent: a token with white space at either
+    end would never match."""
+    with pytest.raises(ConfigError, match="IVR_ADMIN_TOKEN"):
+        Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false", "IVR_ADMIN_TOKEN": token})
+
+
 @pytest.mark.parametrize("url", ["https://ivr.example.com/line", "https://ivr.example.com?x=1",
                                  "https://ivr.example.com?", "https://ivr.example.com#",
                                  "ivr.example.com", "ftp://ivr.example.com"])
