@@ -41,6 +41,9 @@ TOO_LARGE = (f"The request body is larger than this service accepts ({MAX_BODY_B
 DESK_PREFIXES = ("/admin", "/api")
 CONTENT_SECURITY_POLICY = {
     "default-src": "'self'",
+    # No page runs a script, so none may: not even an answer of this origin (an export
+    # or an API reply holding callers' text) that injected markup might load as one.
+    "script-src": "'none'",
     "img-src": "'self' data:",
     "object-src": "'none'",
     "base-uri": "'none'",

@@ -465,6 +465,9 @@ def test_no_page_uses_what_its_content_security_policy_blocks(signed_in, ivr):
         policy = dict(part.strip().split(" ", 1) for part in
                       response.headers["Content-Security-Policy"].split(";"))
         assert policy["default-src"] == "'self'" and "unsafe" not in str(policy)
+        # No page runs a script: none may run, not even one of this origin's own answers
+        # (an export or an API reply holding text from callers) loaded by injected markup.
+        assert policy["script-src"] == "'none'"
         doc = parse_html(response.get_data(as_text=True))
         assert not list(doc.iter("script")) and not list(doc.iter("style"))
         for element in doc.iter():
