@@ -21,6 +21,7 @@ from ..desk_support import ADMIN_TOKEN, parse_html, signed_in
 from ..helpdesk_support import (
     JAPAN_CALLER,
     JAPAN_LINE,
+    TIMEOUT,
     helpdesk_app,
     sender,
     signed,
@@ -36,8 +37,19 @@ def fake(httpserver):
 
 
 @pytest.fixture
-def app(settings, clock, fake, tmp_path):
-    app = helpdesk_app(settings, clock, tmp_path / "config", fake.url)
+def zendesk_timeout():
+    """The sender's time-out per request (tests of the time-out itself set 0.5 s)."""
+    return TIMEOUT
+
+
+# Tests whose Zendesk answers late on purpose: a short time-out keeps them quick.
+short_time_out = pytest.mark.parametrize("zendesk_timeout", [0.5])
+
+
+@pytest.fixture
+def app(settings, clock, fake, tmp_path, zendesk_timeout):
+    app = helpdesk_app(settings, clock, tmp_path / "config", fake.url,
+                       timeout=zendesk_timeout)
     yield app
     app.extensions["ivr"].storage.dispose()
 
@@ -451,6 +463,7 @@ def test_refusals_are_permanent_with_zendesks_message_until_an_operator_retries(
     assert len(fake.tickets) == 1
 
 
+@short_time_out
 def test_an_answer_slower_than_the_time_out_is_retried_without_a_second_ticket(
         simulator, ivr, fake, clock):
     call(simulator)
@@ -1109,6 +1122,7 @@ def test_a_solved_delivery_still_closes_when_the_desk_changes_the_priority_meanw
     assert ticket_row(ivr, number).status == "closed", answers[0].json
 
 
+@short_time_out
 def test_a_zendesk_that_trickles_its_answer_is_given_up_after_the_time_out(
         simulator, ivr, fake, clock):
     """timeout_seconds (0.5 here) is "per request", and the lease is sized on it. A Zendesk
@@ -1245,6 +1259,7 @@ def test_a_rate_limit_asking_for_no_wait_is_not_hammered_every_round(simulator, 
     assert sent <= 2, f"{sent} requests in 20 s, and the push is still {jobs(ivr)[0].status}"
 
 
+@short_time_out
 def test_a_create_given_up_on_time_outs_then_dropped_by_retention_does_not_make_a_second_ticket(
         simulator, ivr, fake, clock, cli):
     """Zendesk made the ticket but answered too late, every time: the create is given up.
@@ -1306,7 +1321,7 @@ def test_repeated_rate_limits_asking_for_no_wait_wait_longer_each_time(simulator
 def zendesk_client(httpserver):
     from ivr.helpdesk.zendesk import Zendesk
 
-    return Zendesk(httpserver.url_for("/").rstrip("/"), EMAIL, API_TOKEN, timeout=0.5)
+    return Zendesk(httpserver.url_for("/").rstrip("/"), EMAIL, API_TOKEN, timeout=TIMEOUT)
 
 
 PHONE_TICKET = {"external_id": "48151623", "subject": "Phone ticket 48151623", "note": "n",
