@@ -546,6 +546,25 @@ def load_config(path: str | os.PathLike) -> IvrConfig:
 REST_TIMEOUT = 10.0  # seconds for one request to Twilio's REST API
 
 
+# Each setting's environment variable.
+ENVIRONMENT = {
+    "config_path": "IVR_CONFIG",
+    "database_url": "IVR_DATABASE_URL",
+    "instance_path": "IVR_INSTANCE_PATH",
+    "validate_signatures": "IVR_VALIDATE_SIGNATURES",
+    "twilio_auth_token": "TWILIO_AUTH_TOKEN",
+    "twilio_account_sid": "TWILIO_ACCOUNT_SID",
+    "sms_from": "IVR_SMS_FROM",
+    "public_url": "IVR_PUBLIC_URL",
+    "host_key_pepper": "IVR_HOST_KEY_PEPPER",
+    "trusted_proxies": "IVR_TRUSTED_PROXIES",
+    "allowed_hosts": "IVR_ALLOWED_HOSTS",
+    "admin_token": "IVR_ADMIN_TOKEN",
+    "zendesk_api_token": "IVR_ZENDESK_API_TOKEN",
+    "zendesk_webhook_secret": "IVR_ZENDESK_WEBHOOK_SECRET",
+}
+
+
 class Settings(BaseModel):
     """Deployment settings from the environment (see the README's configuration table)."""
 
@@ -652,33 +671,20 @@ class Settings(BaseModel):
         _check_base_url(value, "https://ivr.example.com")
         return base
 
+    def unset(self, *fields: str) -> list[str]:
+        """The environment variables of those settings that are not set, in that order."""
+        return [ENVIRONMENT[field] for field in fields if not getattr(self, field)]
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
         env = os.environ if environ is None else environ
-        names = {
-            "config_path": "IVR_CONFIG",
-            "database_url": "IVR_DATABASE_URL",
-            "instance_path": "IVR_INSTANCE_PATH",
-            "validate_signatures": "IVR_VALIDATE_SIGNATURES",
-            "twilio_auth_token": "TWILIO_AUTH_TOKEN",
-            "twilio_account_sid": "TWILIO_ACCOUNT_SID",
-            "sms_from": "IVR_SMS_FROM",
-            "public_url": "IVR_PUBLIC_URL",
-            "host_key_pepper": "IVR_HOST_KEY_PEPPER",
-            "trusted_proxies": "IVR_TRUSTED_PROXIES",
-            "allowed_hosts": "IVR_ALLOWED_HOSTS",
-            "admin_token": "IVR_ADMIN_TOKEN",
-            "zendesk_api_token": "IVR_ZENDESK_API_TOKEN",
-            "zendesk_webhook_secret": "IVR_ZENDESK_WEBHOOK_SECRET",
-        }
-        values = {field: env[var] for field, var in names.items() if env.get(var)}
+        values = {field: env[var] for field, var in ENVIRONMENT.items() if env.get(var)}
         values.update(overrides)
         try:
             settings = cls.model_validate(values)
         except ValidationError as exc:
-            reverse = {field: var for field, var in names.items()}
             problems = "; ".join(
-                (f"{reverse.get(str(e['loc'][0]), e['loc'][0])}: " if e["loc"] else "")
+                (f"{ENVIRONMENT.get(str(e['loc'][0]), e['loc'][0])}: " if e["loc"] else "")
                 + e["msg"].removeprefix("Value error, ")
                 for e in exc.errors()
             )

@@ -69,9 +69,7 @@ def drain(storage: Storage, settings: Settings, *, http_client: HttpClient | Non
 def sms_settings_missing(settings: Settings) -> list[str]:
     """The variables text messages need that are not set: without them each message is
     marked not_sent with their names."""
-    return [name for name, value in (("TWILIO_ACCOUNT_SID", settings.twilio_account_sid),
-                                     ("TWILIO_AUTH_TOKEN", settings.twilio_auth_token),
-                                     ("IVR_SMS_FROM", settings.sms_from)) if not value]
+    return settings.unset("twilio_account_sid", "twilio_auth_token", "sms_from")
 
 
 def _send(client: Client | None, settings: Settings, missing: list[str], message_id: int,

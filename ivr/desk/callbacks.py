@@ -143,10 +143,7 @@ class Callbacks:
         return view
 
     def _require_settings(self) -> None:
-        missing = [name for name, value in (
-            ("TWILIO_ACCOUNT_SID", self.settings.twilio_account_sid),
-            ("TWILIO_AUTH_TOKEN", self.settings.twilio_auth_token),
-            ("IVR_PUBLIC_URL", self.settings.public_url)) if not value]
+        missing = self.settings.unset("twilio_account_sid", "twilio_auth_token", "public_url")
         if missing:
             raise NotConfigured(f"callbacks are not set up on this server: it needs "
                                 f"{', '.join(missing)} (Twilio must reach this service's "
