@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from .domain.digits import ascii_number
 from .domain.engineers import QUEUE_GROUP_LIMIT, QUEUE_NAME_LIMIT
 from .domain.priority import HIGHEST, LEVELS, LOWEST
 
@@ -610,11 +611,10 @@ class Settings(BaseModel):
             # Compared with each request's Host: a URL, a path or an IPv6 address here would
             # match no request, and every webhook (the fallback's too) would get 400.
             name, _, port = host.partition(":")
-            # A port as requests carry it: ASCII digits ('\u00b2' passes isdigit() but not
-            # int()), 1 to 65535, as for IVR_PUBLIC_URL.
-            if not name or _NOT_A_HOST.search(host) or (port and not (
-                    port.isascii() and port.isdigit() and len(port) <= 5
-                    and 0 < int(port) < 65536)):
+            # A port as requests carry it: 1 to 65535 in ASCII digits, as for
+            # IVR_PUBLIC_URL.
+            if not name or _NOT_A_HOST.search(host) or (
+                    port and not 0 < (ascii_number(port, at_most=5) or 0) < 65536):
                 raise ValueError(f"{host[:80]!r}: give host names only, comma-separated "
                                  "(ivr.example.com, or .example.com for its subdomains; "
                                  "a port may follow), not URLs or IPv6 addresses (for those, "

@@ -15,6 +15,7 @@ import logging
 from flask import Blueprint, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from ..domain.digits import ascii_number
 from ..domain.flow import Outcome
 from ..domain.priority import HIGHEST, LOWEST
 from ..extension import ivr
@@ -113,10 +114,10 @@ def _integer(name: str, low: int, high: int | None, default: int | None) -> int 
     if text is None:
         return default
     bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
-    number = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None
-    if number is None or number < low or (high is not None and number > high):
+    value = ascii_number(text, at_most=9)
+    if value is None or value < low or (high is not None and value > high):
         raise BadRequest(f"{name}: {text[:20]!r} is not a whole number {bound}")
-    return number
+    return value
 
 
 def _filters(allowed: tuple[str, ...], statuses: tuple[str, ...]) -> dict:

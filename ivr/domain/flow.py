@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from ..config import IvrConfig, Line
+from .digits import ascii_digits, ascii_number
 from .priority import level_of_key
 
 
@@ -133,7 +134,7 @@ def tries_in(prompt: str | None) -> int:
     """The tries a prompt's name (``prompt_of``) says were used at it; 0 for a name that
     is missing or not one of ours. Without the database it is what counts the tries."""
     tries = (prompt or "").split("-", 1)[0]
-    return int(tries) if tries.isascii() and tries.isdigit() and len(tries) <= 2 else 0
+    return ascii_number(tries, at_most=2) or 0
 
 
 @dataclass(frozen=True)
@@ -346,7 +347,7 @@ class CallFlow:
 
 
 def _digits_between(digits: str, low: int, high: int) -> bool:
-    return digits.isascii() and digits.isdigit() and low <= len(digits) <= high
+    return ascii_digits(digits, at_least=low, at_most=high) is not None
 
 
 def _hours(minutes: int) -> str:

@@ -21,6 +21,7 @@ from flask import Blueprint, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..desk.service import Desk, DeskError
+from ..domain.digits import ascii_digits, ascii_number
 from ..domain.engineers import HELPDESK_ACTOR
 from ..extension import ivr
 from ..storage import DATABASE_DOWN, HelpdeskJobRepository, first_delivery
@@ -70,8 +71,9 @@ def parse_timestamp(text: str) -> dt.datetime | None:
     """Zendesk's signature timestamp: ISO 8601 (``2026-11-25T12:00:00Z``) or Unix seconds."""
     text = text.strip()
     try:
-        if text.isdigit():
-            return dt.datetime.fromtimestamp(int(text), dt.timezone.utc)
+        seconds = ascii_number(text, at_most=12)
+        if seconds is not None:
+            return dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
         moment = dt.datetime.fromisoformat(text)
     except (ValueError, OverflowError, OSError):
         return None
@@ -131,8 +133,7 @@ def read_body(body: bytes) -> tuple[str | None, int | None, str, str | None]:
     if remote_id is not None and ticket_id(remote_id) is None:
         raise ValueError(f"ticket.id: {remote_id[:30]!r} is not a Zendesk ticket id")
     external_id = values["external_id"]
-    if external_id and not (external_id.isascii() and external_id.isdigit()
-                            and len(external_id) <= 16):
+    if external_id and ascii_digits(external_id, at_most=16) is None:
         raise ValueError(f"ticket.external_id: {external_id[:30]!r} is not a phone ticket "
                          "number")
     # Zendesk fills placeholders with display names ("Solved", "Urgent").

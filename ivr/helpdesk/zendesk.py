@@ -20,6 +20,7 @@ import time
 import requests
 import urllib3
 
+from ..domain.digits import ascii_digits
 from .base import HelpDesk, NewTicket, Result, TicketChange
 
 log = logging.getLogger("ivr.helpdesk")
@@ -49,8 +50,7 @@ def ticket_id(value: object) -> str | None:
     number (JSON's, or written in ASCII digits), at most 20 digits; None for anything
     else (null, true, '../9001', '\u0663'), which no Zendesk answer carries."""
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-    return text if isinstance(text, str) and text.isascii() and text.isdigit() \
-        and len(text) <= 20 else None
+    return ascii_digits(text, at_most=20)
 
 
 class Zendesk(HelpDesk):

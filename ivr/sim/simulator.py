@@ -378,7 +378,8 @@ class Simulator:
         result.route = route
         result.ticket = (query.get("ticket") or [None])[0]
         priority = (query.get("priority") or [None])[0]
-        result.priority = int(priority) if priority and priority.isdigit() else None
+        result.priority = int(priority) if priority and priority.isascii() \
+            and priority.isdigit() else None
         result.outcome = "routed" if result.ticket else "transferred"
         result.events.append(Event("route", verb.tag, detail=dict(route, ticket=result.ticket)))
 
@@ -420,7 +421,7 @@ def _keys(token: str, gather: ET.Element) -> str:
     if finish and finish in keys:
         keys = keys.split(finish, 1)[0]
     count = gather.get("numDigits")
-    if count and count.isdigit():
+    if count and count.isascii() and count.isdigit():
         keys = keys[: int(count)]
     return keys
 

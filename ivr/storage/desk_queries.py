@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
+from ..domain.digits import ascii_digits
 from .models import Call, Ticket
 
 if TYPE_CHECKING:
@@ -26,8 +27,7 @@ class DeskRepository:
 
     def ticket(self, ref: str, *, for_update: bool = False) -> tuple[Ticket, str | None] | None:
         """A ticket by its 8-digit number, else by its id, with its caller's number."""
-        # ASCII digits only: '²' passes isdigit() but not int(), and '١' would be ticket 1.
-        if not (ref.isascii() and ref.isdigit()) or len(ref) > 16:
+        if ascii_digits(ref, at_most=16) is None:
             return None
         base = select(Ticket, Call.caller_number).join(Call, Call.call_sid == Ticket.call_sid)
         if for_update and self.uow.lock_rows:

@@ -34,6 +34,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, aliased, mapped_column
 
+from ..domain.digits import ascii_number
 from .engineers import DeskAction
 from .models import Base, Call, Ticket, UTCDateTime
 
@@ -92,9 +93,9 @@ LARGEST_JOB_ID = 2**31 - 1
 def job_id(text: str) -> int | None:
     """A push id as an operator types it ("42"), or None if it cannot be one."""
     text = text.strip()
-    if not (text.isascii() and text.isdigit() and len(text) <= 10):
+    value = ascii_number(text, at_most=10)
+    if value is None:
         return None
-    value = int(text)
     return value if 1 <= value <= LARGEST_JOB_ID else None
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy import select
 
+from ..domain.digits import ascii_digits
 from ..domain.flow import Caller, Outcome, Step
 from ..domain.lifecycle import TicketStatus, can_move, move
 from .calls import TicketRow
@@ -158,6 +159,6 @@ def new_ticket_number() -> str:
 
 def ticket_by_number(session, number: str) -> Ticket | None:
     """A ticket by the number the caller heard, through the ORM (desk-side code)."""
-    if not (number.isascii() and number.isdigit() and len(number) <= 16):
+    if ascii_digits(number, at_most=16) is None:
         return None
     return session.scalars(select(Ticket).where(Ticket.number == number)).first()

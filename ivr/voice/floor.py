@@ -16,6 +16,7 @@ import logging
 from typing import Callable, Mapping
 
 from ..config import IvrConfig, Voice
+from ..domain.digits import ascii_number
 from ..domain.engineers import (
     ANSWERED,
     CUSTOMER_FAILURES,
@@ -327,13 +328,11 @@ class Floor:
     # -- callbacks ---------------------------------------------------------------------
 
     def _attempt(self, session, query: Mapping[str, str], *, for_update: bool = True):
-        text = query.get("attempt") or ""
-        # ASCII digits only, as the URL was written: '\u00b2' passes isdigit() but not
-        # int(), and '\u0661' would be attempt 1.
-        if not (text.isascii() and text.isdigit() and len(text) < 10):
+        attempt_id = ascii_number(query.get("attempt"), at_most=9)  # as the URL was written
+        if attempt_id is None:
             return None, None, None, None
         floor = FloorRepository(self.storage, session)
-        attempt = floor.attempt(int(text), for_update=for_update)
+        attempt = floor.attempt(attempt_id, for_update=for_update)
         if attempt is None:
             return None, None, None, None
         # The ticket's row is locked before the assignment's (``_finish``), the order the

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .. import metrics
 from ..config import Line
+from ..domain.digits import ascii_digits
 from ..domain.flow import Caller, CallState, Reply, Step, TicketInfo, tries_in
 from ..domain.lifecycle import TicketStatus, routed_status
 from ..storage import helpdesk as helpdesk_jobs
@@ -149,7 +150,7 @@ class Outage:
 
     def check_pass(self, call_sid: str, query: Mapping[str, str]) -> tuple[int, bool, bool] | None:
         ref, flags, tag = query.get("a", ""), query.get("f", ""), query.get("t", "")
-        if not (ref.isascii() and ref.isdigit() and flags in ("00", "01", "10", "11")):
+        if ascii_digits(ref, at_most=20) is None or flags not in ("00", "01", "10", "11"):
             return None
         # As bytes: compare_digest refuses a str with anything but ASCII in it.
         if not hmac.compare_digest(tag.encode("utf-8"),

@@ -12,10 +12,12 @@ from urllib.parse import urlencode
 from twilio.twiml.voice_response import Dial, Enqueue, Gather, VoiceResponse
 
 from ..config import DialRoute, EnqueueRoute, IvrConfig, Line, TaskRouterRoute, Voice
+from ..domain.digits import ascii_digits
 from ..domain.engineers import primary_language, queue_name
 from ..domain.flow import Reply, Say, Step, TicketInfo, english_in, say
 from ..domain.flow import ticket_again as ticket_again_speech
 from ..domain.lifecycle import TicketStatus
+from ..domain.priority import KEYS
 from .prompts import Catalogue, Digits
 
 # Paths of the flow's action URLs, by step. The views serve exactly these.
@@ -42,9 +44,8 @@ def english_chosen(query: Mapping[str, str]) -> bool:
 
 def ticket_in(query: Mapping[str, str]) -> str | None:
     """The ticket number a queue URL carries, when it has the shape of one this service
-    wrote there (ASCII digits: '\u0663' passes isdigit() too); None otherwise."""
-    number = query.get("ticket") or ""
-    return number if number.isascii() and number.isdigit() and len(number) <= 20 else None
+    wrote there (ASCII digits, ``domain.digits``); None otherwise."""
+    return ascii_digits(query.get("ticket"), at_most=20)
 
 
 def queue_query(query: Mapping[str, object], english: bool | None = None) -> str:
@@ -212,7 +213,7 @@ class Renderer:
         line, english = self.config.line_for(to), english_chosen(query)
         priority = query.get("priority") or ""
         ticket_query = queue_query({"ticket": number, **({"priority": priority}
-                                                         if priority.isdigit() else {})},
+                                                         if priority in KEYS else {})},
                                    english)
         response = VoiceResponse()
         gather = self._wait_gather(ticket_query)

@@ -1,5 +1,7 @@
 """The caller waiting in the queue: announcements, hold audio, callbacks, queue results."""
 
+from urllib.parse import parse_qs, urlencode, urlsplit
+
 import pytest
 from sqlalchemy import select
 
@@ -235,6 +237,20 @@ def test_the_ticket_number_again_needs_no_database(twilio, ivr, monkeypatch, que
     assert spoken(root) == heard
     if heard:
         assert root.find("Gather").get("action").startswith(f"/voice/wait-choice?{query[:15]}")
+
+
+@pytest.mark.parametrize("priority", ["\u00b2", "\u0662", "7", "22"])
+def test_the_ticket_number_again_carries_on_only_a_priority_level(twilio, ivr, priority):
+    """The repeat key's next wait URL keeps the priority only when it is one of the levels
+    (ASCII '1' to '4'): '\u00b2' passes isdigit(), and the URL is read back by whoever
+    follows it."""
+    params = twilio.call_params("CA" + "7" * 32, to="+18887999666")
+    for level, kept in ((priority, False), ("2", True)):
+        query = urlencode({"ticket": "48151623", "priority": level})
+        root = twiml(twilio.post(f"/voice/wait-choice?{query}", **params, Digits="*"))
+        action = parse_qs(urlsplit(root.find("Gather").get("action")).query)
+        assert action["ticket"] == ["48151623"]
+        assert action.get("priority") == ([level] if kept else None), level
 
 
 def test_a_hang_up_reported_after_the_callback_key_keeps_the_callback(twilio, ivr):
