@@ -36,7 +36,7 @@ class Ivr:
     renderer: Renderer
     service: CallService
     floor: Floor  # the engineer line and callbacks (ivr/voice/floor.py)
-    token_refusals: TokenRefusals | None = None  # wrong API tokens per address (web.install)
+    token_refusals: TokenRefusals | None = None  # wrong API tokens per address (set up by web.install)
 
 
 def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> App:
@@ -85,7 +85,8 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Ap
     cli.register(app)
     app.cli.add_command(floor_views.engineers_cli)
     cli.explain_database_errors(app.cli)
-    web.install(app)  # body limits, accepted hosts, desk headers (after the blueprints)
+    # Body limits, accepted hosts, desk headers, the sign-in limiter (after the blueprints).
+    app.extensions["ivr"].token_refusals = web.install(app)
     return app
 
 

@@ -187,7 +187,9 @@ def _port_check(allowed: list[str]):
     return check
 
 
-def install(app: Flask) -> None:
+def install(app: Flask) -> "TokenRefusals":
+    """Wire the edges into ``app``; the counter of refused API tokens they set up is
+    returned for ``create_app`` to keep beside the app's other services."""
     settings = app.extensions["ivr"].settings
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
@@ -210,7 +212,6 @@ def install(app: Flask) -> None:
     for endpoint in RATE_LIMITED_ENDPOINTS:
         app.view_functions[endpoint] = limiter.limit(SIGN_IN_LIMIT, methods=["POST"])(
             app.view_functions[endpoint])
-    app.extensions["ivr"].token_refusals = TokenRefusals(limiter, WRONG_TOKEN_LIMIT)
     app.after_request(_no_store)
     if (settings.public_url or "").startswith("https://"):
         # Talisman sends HSTS only for a request it sees as https; behind a TLS proxy that
@@ -230,6 +231,7 @@ def install(app: Flask) -> None:
             strict_transport_security=True,
             strict_transport_security_max_age=HSTS_MAX_AGE,
         )
+    return TokenRefusals(limiter, WRONG_TOKEN_LIMIT)
 
 
 class TokenRefusals:
