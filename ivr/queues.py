@@ -22,36 +22,41 @@ from .domain.clock import utcnow
 log = logging.getLogger("ivr.queues")
 
 IDLE = dt.timedelta(minutes=10)
+# Twilio's largest page, and how many queues one round reads at most (twenty requests).
+PAGE_SIZE = 1000
+LIST_LIMIT = 20 * PAGE_SIZE
 TICKET_QUEUE = re.compile(r"(?P<group>.+)\.(?P<ticket>[1-9][0-9]{7})")
 
 
 def prune(config: IvrConfig, settings: Settings, *, http_client: HttpClient | None = None,
-          now: dt.datetime | None = None, limit: int = 1000) -> int:
+          now: dt.datetime | None = None, limit: int = LIST_LIMIT) -> int:
     """Delete empty, idle per-ticket queues; returns how many were deleted (0 without
-    Twilio credentials)."""
+    Twilio credentials). The list is read page by page, up to ``limit`` queues, so the
+    empty ones behind a first page of busy or foreign queues are found too."""
     client = settings.rest_client(http_client)
     if client is None:
         return 0
     now = now or utcnow()
     groups = config.ticket_groups()
-    deleted = 0
+    idle = []
     try:
-        queues = client.queues.list(limit=limit, page_size=min(limit, 1000))
+        for queue in client.queues.stream(limit=limit, page_size=min(limit, PAGE_SIZE)):
+            match = TICKET_QUEUE.fullmatch(queue.friendly_name or "")
+            if match is None or match["group"] not in groups or (queue.current_size or 0) > 0:
+                continue
+            updated = queue.date_updated
+            if updated is None or now - updated >= IDLE:
+                idle.append(queue.sid)
     except (TwilioRestException, TwilioException, OSError) as exc:
+        # Those found on the pages read so far still go; the rest wait for the next round.
         log.warning("could not list Twilio queues: %s", type(exc).__name__)
-        return 0
-    for queue in queues:
-        match = TICKET_QUEUE.fullmatch(queue.friendly_name or "")
-        if match is None or match["group"] not in groups or (queue.current_size or 0) > 0:
-            continue
-        updated = queue.date_updated
-        if updated is not None and now - updated < IDLE:
-            continue
+    deleted = 0
+    for sid in idle:
         try:
-            client.queues(queue.sid).delete()
+            client.queues(sid).delete()
             deleted += 1
         except (TwilioRestException, TwilioException, OSError) as exc:
-            log.warning("could not delete Twilio queue %s: %s", queue.sid, type(exc).__name__)
+            log.warning("could not delete Twilio queue %s: %s", sid, type(exc).__name__)
     if deleted:
         log.info("deleted %s empty per-ticket Twilio queues", deleted)
     return deleted

@@ -35,3 +35,31 @@ def test_without_credentials_nothing_is_asked(config, settings):
     http = RecordingHttpClient()
     assert queues.prune(config, settings, http_client=http, now=NOW) == 0
     assert http.requests == []
+
+
+def test_queues_past_the_first_page_are_pruned_too(config, settings):
+    """A surge leaves thousands of queues, and the list comes a page of 1,000 at a time:
+    when the first page holds none that can go (callers still waiting, other queues of
+    the account), the empty ones further on are still found and deleted."""
+    settings = settings.model_copy(update={"twilio_account_sid": ACCOUNT})
+    busy = [queue(f"QU{n:032d}", f"support-us.{20000000 + n}", 1, 30) for n in range(1000)]
+    first = {"queues": busy, "page": 0, "page_size": 1000, "uri": "/queues",
+             "next_page_uri": f"/2010-04-01/Accounts/{ACCOUNT}/Queues.json?PageSize=1000&Page=1"
+                              "&PageToken=PAQU1000"}
+    second = {"queues": [queue("QU" + "9" * 32, "support-jp.12345678", 0, 30)], "page": 1,
+              "page_size": 1000, "uri": "/queues", "next_page_uri": None}
+    http = RecordingHttpClient([(200, first), (200, second), (204, {})])
+    assert queues.prune(config, settings, http_client=http, now=NOW) == 1
+    assert [(r["method"], r["uri"].rsplit("/", 1)[-1]) for r in http.requests] == [
+        ("GET", "Queues.json"), ("GET", "Queues.json?PageSize=1000&Page=1&PageToken=PAQU1000"),
+        ("DELETE", f"QU{'9' * 32}.json")]
+
+
+def test_a_listing_that_fails_halfway_still_deletes_what_it_found(config, settings):
+    settings = settings.model_copy(update={"twilio_account_sid": ACCOUNT})
+    first = {"queues": [queue("QU" + "1" * 32, "support-jp.12345678", 0, 30)], "page": 0,
+             "page_size": 1000, "uri": "/queues",
+             "next_page_uri": f"/2010-04-01/Accounts/{ACCOUNT}/Queues.json?Page=1&PageToken=PA1"}
+    http = RecordingHttpClient([(200, first), (503, {"message": "unavailable"}), (204, {})])
+    assert queues.prune(config, settings, http_client=http, now=NOW) == 1
+    assert [r["method"] for r in http.requests] == ["GET", "GET", "DELETE"]
