@@ -19,6 +19,8 @@ from typing import Callable, Iterator
 
 log = logging.getLogger("ivr.spool")
 
+READ_SIZE = 1 << 20
+
 
 @dataclass(frozen=True)
 class ReplayResult:
@@ -40,13 +42,43 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _records_in(*paths: Path) -> int:
-    """Records (non-blank lines) in these files; a missing file holds none."""
-    total = 0
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
-            total += sum(1 for line in handle if line.strip())
-    return total
+class _LineCounter:
+    """Records (non-blank lines) in spool files, read incrementally: the files are only
+    ever appended to, moved aside whole or removed, so what was counted up to the last
+    complete line stays counted while the file is the same one (device and inode) and no
+    shorter. ``/healthz``, ``/metrics`` and the sender ask every few seconds, and during a
+    long outage the spool is exactly the file that grows: each asks for the new bytes
+    only, not the whole file again."""
+
+    def __init__(self):
+        self._seen: dict[Path, tuple[tuple[int, int], int, int]] = {}  # id, offset, lines
+
+    def __call__(self, *paths: Path) -> int:
+        return sum(self._count(path) for path in paths)
+
+    def _count(self, path: Path) -> int:
+        try:
+            handle = open(path, "rb")
+        except FileNotFoundError:
+            self._seen.pop(path, None)
+            return 0
+        with handle:
+            stat = os.fstat(handle.fileno())
+            identity = (stat.st_dev, stat.st_ino)
+            known, offset, lines = self._seen.get(path, (None, 0, 0))
+            if known != identity or offset > stat.st_size:
+                offset, lines = 0, 0
+            handle.seek(offset)
+            tail = b""
+            while chunk := handle.read(READ_SIZE):
+                data = tail + chunk
+                end = data.rfind(b"\n") + 1
+                lines += sum(1 for line in data[:end].split(b"\n") if line.strip())
+                offset += end
+                tail = data[end:]
+            self._seen[path] = (identity, offset, lines)
+            # A last line without its newline (a write cut short) is a record too.
+            return lines + (1 if tail.strip() else 0)
 
 
 class Spool:
@@ -55,6 +87,7 @@ class Spool:
         self.path = folder / "spool.jsonl"
         self.replaying = folder / "spool.replaying.jsonl"
         self.failed = folder / "spool.failed.jsonl"
+        self._records_in = _LineCounter()
 
     @contextlib.contextmanager
     def _lock(self, name: str, blocking: bool = True) -> Iterator[bool]:
@@ -98,12 +131,12 @@ class Spool:
 
     def depth(self) -> int:
         """Records waiting to be replayed."""
-        return _records_in(self.path, self.replaying)
+        return self._records_in(self.path, self.replaying)
 
     def set_aside(self) -> int:
         """Records a replay could not apply, kept in spool.failed.jsonl for an operator:
         each may be a ticket a caller was told, so they are counted wherever the depth is."""
-        return _records_in(self.failed)
+        return self._records_in(self.failed)
 
     def replay(self, apply: Callable[[dict], bool],
                transient: Callable[[BaseException], bool] = lambda exc: False

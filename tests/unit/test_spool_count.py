@@ -1,0 +1,67 @@
+"""The spool's record count, read incrementally (``Spool.depth`` and ``set_aside``)."""
+
+import builtins
+import json
+
+from ivr.voice import spool as spool_module
+from ivr.voice.spool import Spool
+
+
+def test_depth_counts_records_across_appends_a_cut_line_a_replay_and_set_asides(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    assert spool.depth() == 0 and spool.set_aside() == 0
+    for n in range(3):
+        spool.append({"n": n})
+    assert spool.depth() == 3
+    with open(spool.path, "ab") as handle:
+        handle.write(b'{"cut sho')  # a crash in the middle of a write
+    assert spool.depth() == 4  # a record cut short is still one waiting
+    spool.append({"n": 3})      # starts on a line of its own
+    assert spool.depth() == 5
+    with open(spool.path, "ab") as handle:
+        handle.write(b"\n\n")    # blank lines are no records
+    assert spool.depth() == 5
+    result = spool.replay(lambda record: "n" in record or (_ for _ in ()).throw(ValueError()))
+    assert (result.read, result.applied, result.unreadable) == (5, 4, 1)
+    assert spool.depth() == 0 and spool.set_aside() == 1
+    spool.append({"n": 4})      # a new spool file in the old one's place
+    spool.append({"n": 5})
+    assert spool.depth() == 2
+
+
+def test_asking_again_reads_only_what_was_appended_since(tmp_path, monkeypatch):
+    spool = Spool(tmp_path / "spool")
+    for n in range(2000):
+        spool.append({"n": n, "caller": "+15550100" + str(n % 10) * 3})
+    assert spool.depth() == 2000
+    read = []
+
+    class Recording:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def __iter__(self):
+            for line in self.handle:
+                read.append(len(line))
+                yield line
+
+        def read(self, size=-1):
+            data = self.handle.read(size)
+            read.append(len(data))
+            return data
+
+    monkeypatch.setattr(spool_module, "open", lambda *a, **k: Recording(builtins.open(*a, **k)),
+                        raising=False)
+    record = json.dumps({"n": 2000}).encode()
+    spool.append({"n": 2000})
+    assert spool.depth() == 2001
+    assert sum(read) <= len(record) + 2  # the new record, not the 2,000 before it
