@@ -19,7 +19,8 @@ from .desk import directory
 from .desk.commands import tickets_cli
 from .desk.service import ticket_dict
 from .domain.lifecycle import TicketStatus
-from .domain.phones import WITHHELD, lockout_keys, lockout_name, mask, redact_numbers
+from .domain.phones import (WITHHELD, caller_lockout_key, lockout_name, mask, pmi_digest_of,
+                            pmi_lockout_key, redact_numbers)
 from .extension import ivr
 from .privacy import MAX_DAYS
 from .sim.simulator import HttpTransport, Simulator, UnknownTwiML, WsgiTransport, transcript
@@ -32,7 +33,7 @@ from .storage import DATABASE_DOWN, UpgradeRefused, database_unavailable, schema
 def init_db():
     """Create or upgrade the database schema (safe to run again)."""
     try:
-        ivr().storage.upgrade()
+        ivr().storage.upgrade(ivr().hasher.pmi_lockout_digest)
     except UpgradeRefused as exc:
         raise click.ClickException(f"schema not upgraded: {exc}") from None
     click.echo(f"Database at {ivr().storage.url.render_as_string(hide_password=True)} is up to date.")
@@ -60,14 +61,16 @@ def accounts_unlock(pmi, caller):
     """Clear the verification lock (and failure count) of a PMI or a caller number."""
     if bool(pmi) == bool(caller):
         raise click.UsageError("give a PMI or --caller NUMBER")
-    key = lockout_keys(pmi, None)[0] if pmi else lockout_keys("", caller)[1]
-    if caller and key == f"caller:{WITHHELD}" and caller.strip().lower() != WITHHELD:
+    # A PMI's counter is kept under the keyed hash of its digits, never the digits.
+    key = pmi_lockout_key(ivr().hasher.pmi_lockout_digest(pmi)) if pmi \
+        else caller_lockout_key(caller)
+    if caller and key == caller_lockout_key(WITHHELD) and caller.strip().lower() != WITHHELD:
         raise click.UsageError(
             f"--caller {mask(caller)}: not a phone number in international form (+ and the "
             f"country code); the lock shared by withheld callers is --caller {WITHHELD}")
     with ivr().storage.unit_of_work() as uow:
         cleared = uow.lockouts.clear(key)
-    what = lockout_name(key)
+    what = lockout_name(key, pmi)
     if cleared:
         logging.getLogger("ivr.accounts").info(
             "operator cleared the lock of %s", "a PMI" if pmi else what)
@@ -76,19 +79,22 @@ def accounts_unlock(pmi, caller):
 
 @accounts_cli.command("locks")
 def accounts_locks():
-    """PMIs and caller numbers locked now, with their expiry."""
+    """PMIs and caller numbers locked now, with their expiry. A PMI is named when the
+    directory holds it; the digits of any other were never stored."""
     now = ivr().service.clock()
     with ivr().storage.unit_of_work(readonly=True) as uow:
         locks = [(lock.key, lock.locked_until, lock.lock_count, lock.attempts_while_locked)
                  for lock in uow.lockouts.current(now)]
+        digests = {pmi_digest_of(key) for key, *_ in locks} - {None}
+        pmis = uow.accounts.pmis_hashing_to(digests, ivr().hasher.pmi_lockout_digest)
     if not locks:
         click.echo("No locks.")
         return
-    click.echo(f"{'locked':<22} {'until (UTC)':<20} {'left':>8} {'locks':>5} {'tries':>5}")
+    click.echo(f"{'locked':<27} {'until (UTC)':<20} {'left':>8} {'locks':>5} {'tries':>5}")
     for key, until, count, tries in locks:
-        name = lockout_name(key)
+        name = lockout_name(key, pmis.get(pmi_digest_of(key)))
         left = int((until - now).total_seconds() // 60)
-        click.echo(f"{name:<22} {until:%Y-%m-%d %H:%M:%S} {left:>6} m {count:>5} {tries:>5}")
+        click.echo(f"{name:<27} {until:%Y-%m-%d %H:%M:%S} {left:>6} m {count:>5} {tries:>5}")
 
 
 @accounts_cli.command("purge-failures")

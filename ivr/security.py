@@ -1,4 +1,4 @@
-"""Secrets: the host-key pepper and keyed hashes of host keys."""
+"""Secrets: the host-key pepper and keyed hashes of host keys and of typed PMIs."""
 
 from __future__ import annotations
 
@@ -65,6 +65,7 @@ class HostKeyHasher:
         self._pepper = pepper
         # Compared against when the PMI is unknown, so both paths cost the same.
         self._decoy = self.digest("0", "0")
+        self._pmi_lockout_key = self.derive("pmi-lockout")
 
     def digest(self, pmi: str, host_key: str) -> str:
         message = f"{pmi}:{host_key}".encode("utf-8")
@@ -75,6 +76,13 @@ class HostKeyHasher:
         expected = stored if stored is not None else self._decoy
         same = hmac.compare_digest(candidate, expected)
         return same and stored is not None
+
+    def pmi_lockout_digest(self, pmi: str) -> str:
+        """The keyed hash a PMI's failure counter is kept under (``lockouts``), for any
+        digits typed at the PMI prompt: a wrong PMI is often a mistyped real one, so the
+        digits themselves are never stored. Another pepper gives other hashes, so the
+        counters kept under the old one are no longer found."""
+        return hmac.new(self._pmi_lockout_key, pmi.encode("utf-8"), hashlib.sha256).hexdigest()
 
     def fingerprint(self) -> str:
         """A value that tells peppers apart without revealing them: two hosts with the

@@ -58,20 +58,47 @@ def can_receive_sms(number: str | None) -> bool:
 WITHHELD = "withheld"
 
 
-def lockout_keys(pmi: str, caller_number: str | None) -> tuple[str, str]:
-    """The lockout keys of a PMI and of a caller. Withheld numbers share one key: Twilio's
-    "anonymous" and its keypad spellings (+266696687 ANONYMOUS, +7378742833 RESTRICTED...),
-    and any other number that is not a valid one, so made-up caller IDs cannot each start
-    a fresh count."""
-    return f"pmi:{pmi}", f"caller:{_caller_key(caller_number or '')}"
+# A PMI's counter is named by the keyed hash of the digits typed (security.py,
+# HostKeyHasher.pmi_lockout_digest), never by the digits: a wrong PMI is often a mistyped
+# real one, and the table (or a backup of it) would show which PMIs are being tried.
+PMI_KEY = "pmi-hash:"
+CALLER_KEY = "caller:"
+NOT_IN_DIRECTORY = "a PMI not in the directory"
 
 
-def lockout_name(key: str) -> str:
+def pmi_lockout_key(pmi_digest: str) -> str:
+    """The lockout key of a PMI, from its keyed hash (64 hex digits)."""
+    if len(pmi_digest) != 64:
+        raise ValueError("a PMI's lockout key is made from its keyed hash, not its digits")
+    return PMI_KEY + pmi_digest
+
+
+def caller_lockout_key(caller_number: str | None) -> str:
+    """The lockout key of a caller. Withheld numbers share one key: Twilio's "anonymous"
+    and its keypad spellings (+266696687 ANONYMOUS, +7378742833 RESTRICTED...), and any
+    other number that is not a valid one, so made-up caller IDs cannot each start a fresh
+    count."""
+    return CALLER_KEY + _caller_key(caller_number or "")
+
+
+def lockout_keys(pmi_digest: str, caller_number: str | None) -> tuple[str, str]:
+    """The lockout keys of a PMI (by its keyed hash) and of a caller."""
+    return pmi_lockout_key(pmi_digest), caller_lockout_key(caller_number)
+
+
+def pmi_digest_of(key: str) -> str | None:
+    """The keyed hash a PMI's lockout key holds; None for a caller's key."""
+    return key[len(PMI_KEY):] if key.startswith(PMI_KEY) else None
+
+
+def lockout_name(key: str, pmi: str | None = None) -> str:
     """A lockout key as operators read it: the PMI, the caller's last four digits, or
-    "withheld callers" for the counter they share."""
-    kind, _, value = key.partition(":")
-    if kind == "pmi":
-        return f"PMI {value}"
+    "withheld callers" for the counter they share. A PMI's key holds only its hash, so it
+    is named by ``pmi``, the directory PMI (or the one the operator typed) it was found
+    to match, and otherwise as a PMI not in the directory."""
+    if not key.startswith(CALLER_KEY):
+        return f"PMI {pmi}" if pmi else NOT_IN_DIRECTORY
+    value = key.removeprefix(CALLER_KEY)
     return "withheld callers" if value == WITHHELD else f"caller {mask(value)}"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy import select
 
@@ -60,6 +60,23 @@ class AccountRepository:
         """The directory entry of a PMI, in one driver-level statement (webhook path)."""
         row = BY_PMI.run(self.uow.connection, {"pmi": pmi}).first()
         return Entry(*row) if row is not None else None
+
+    def pmis_hashing_to(self, digests: set[str], digest: Callable[[str], str]) -> dict[str, str]:
+        """The directory PMIs whose ``digest`` is one of ``digests``, by digest. A keyed
+        hash cannot be turned back, so the directory is read in batches and each PMI
+        hashed until all are found: an operator's look-up, never on the webhook path."""
+        found: dict[str, str] = {}
+        if not digests:
+            return found
+        with self.session.scalars(select(Account.pmi).execution_options(yield_per=2000)) \
+                as pmis:
+            for pmi in pmis:
+                hashed = digest(pmi)
+                if hashed in digests:
+                    found[hashed] = pmi
+                    if len(found) == len(digests):
+                        break
+        return found
 
     def id_by_email(self, email: str) -> int | None:
         return ID_BY_EMAIL.run(self.uow.connection, {"email": email}).scalar()

@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import weakref
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -110,10 +110,15 @@ class Storage:
         with self.unit_of_work(readonly=True) as uow:
             yield uow.session
 
-    def upgrade(self) -> None:
-        """Create or upgrade the schema to the newest migration (idempotent)."""
+    def upgrade(self, pmi_lockout_digest: Callable[[str], str] | None = None) -> None:
+        """Create or upgrade the schema to the newest migration (idempotent).
+        ``pmi_lockout_digest`` is the pepper's keyed hash of a PMI
+        (``HostKeyHasher.pmi_lockout_digest``): migration 0015 needs it to rekey failure
+        counters kept under clear PMIs, and refuses to go on without it when there are
+        any."""
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["pmi_lockout_digest"] = pmi_lockout_digest
         sqlite = self.dialect == "sqlite"
         with self.engine.connect() as connection:
             # SQLite changes a column by copying the table and dropping the old one, which

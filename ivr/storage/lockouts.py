@@ -1,5 +1,8 @@
 """Failed verifications per PMI and per caller, and the locks they lead to.
 
+A PMI's counter is kept under the keyed hash of the digits typed, never the digits
+(``ivr.domain.phones.pmi_lockout_key``); a caller's under the number in E.164.
+
 A host key is judged only after the counters of its PMI and of its caller have been
 claimed: ``claim`` upserts both rows and returns them, and from that statement until the
 transaction ends no other request can read or change them (PostgreSQL locks the rows;
@@ -23,8 +26,8 @@ from .sql import Codec, Sql
 if TYPE_CHECKING:
     from .uow import UnitOfWork
 
-# Both keys in one statement, in a fixed order ("caller:" sorts before "pmi:") so two
-# requests never wait for each other's rows in opposite orders.
+# Both keys in one statement, in a fixed order ("caller:" sorts before "pmi-hash:") so
+# two requests never wait for each other's rows in opposite orders.
 CLAIM = Sql("""
     INSERT INTO lockouts (key, failures, window_started_at, lock_count, locked_until,
                           attempts_while_locked, updated_at)

@@ -172,7 +172,7 @@ class Lockout(Base):
 
     __tablename__ = "lockouts"
 
-    key: Mapped[str] = mapped_column(String(80), primary_key=True)  # "pmi:…" or "caller:…"
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)  # "pmi-hash:…" or "caller:…"
     failures: Mapped[int] = mapped_column(Integer, default=0)
     window_started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     lock_count: Mapped[int] = mapped_column(Integer, default=0)

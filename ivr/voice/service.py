@@ -417,12 +417,14 @@ class _Ports:
         parallel requests are judged one after another against exact counts. Every
         refusal looks the same to the caller and costs the same work: the keyed hash is
         computed even for an unknown PMI, and a locked PMI or caller is refused even with
-        the right key."""
+        the right key. The PMI's counter is found by the keyed hash of the digits typed,
+        which are never stored there."""
         service, sid, now = self.service, self.record.call_sid, self.service.clock()
         policy = service.config.lockout
         uow = self.uow
         account = uow.accounts.entry_by_pmi(pmi)
-        pmi_key, caller_key = lockout_keys(pmi, self.record.caller_number)
+        pmi_key, caller_key = lockout_keys(service.hasher.pmi_lockout_digest(pmi),
+                                           self.record.caller_number)
         counters = uow.lockouts.claim(pmi_key, caller_key, now)
         pmi_count, caller_count = counters[pmi_key], counters[caller_key]
         matches = service.hasher.matches(pmi, host_key,

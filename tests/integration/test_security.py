@@ -20,6 +20,7 @@ from ..support import BUSINESS_OWNER, US_LINE, TwilioClient, twiml
 
 WRONG = "7401935"
 UNKNOWN_PMI = "5559999999"
+MISTYPED_PMI = "5550100202"  # the business owner's PMI with its last digit mistyped
 
 
 CALL_NUMBERS = itertools.count(1)
@@ -66,6 +67,12 @@ def routed_to_priority(body: bytes) -> bool:
     return gather is not None and gather.get("action").split("?")[0] == "/voice/priority"
 
 
+def pmi_key(ivr, pmi):
+    from ivr.domain.phones import pmi_lockout_key
+
+    return pmi_lockout_key(ivr.hasher.pmi_lockout_digest(pmi))
+
+
 def lock(ivr, key):
     with ivr.storage.transaction() as session:
         return session.get(Lockout, key)
@@ -77,7 +84,7 @@ def test_five_failures_across_calls_and_callers_lock_the_pmi_even_for_the_right_
     refused = Caller(twilio, caller(50)).attempt(BUSINESS_OWNER[0], BUSINESS_OWNER[1])
     wrong = Caller(twilio, caller(51)).attempt(UNKNOWN_PMI, WRONG)
     assert refused == wrong
-    entry = lock(ivr, f"pmi:{BUSINESS_OWNER[0]}")
+    entry = lock(ivr, pmi_key(ivr, BUSINESS_OWNER[0]))
     assert entry.locked_until == clock.now + __import__("datetime").timedelta(minutes=15)
     clock.advance(minutes=15, seconds=1)
     assert routed_to_priority(Caller(twilio, caller(52)).attempt(*BUSINESS_OWNER))
@@ -90,7 +97,7 @@ def test_each_further_lock_doubles_up_to_the_cap(twilio, ivr, clock):
     for round_ in range(9):
         for n in range(5):
             Caller(twilio, caller(round_ * 5 + n)).attempt(BUSINESS_OWNER[0], WRONG)
-        entry = lock(ivr, f"pmi:{BUSINESS_OWNER[0]}")
+        entry = lock(ivr, pmi_key(ivr, BUSINESS_OWNER[0]))
         lengths.append(entry.locked_until - clock.now)
         clock.now = entry.locked_until + dt.timedelta(seconds=1)
     minutes = [int(d.total_seconds() // 60) for d in lengths]
@@ -126,10 +133,12 @@ def test_failures_spread_over_more_than_the_window_do_not_throttle_a_caller(twil
 
 
 def test_parallel_failures_are_all_counted(app, ivr, clock):
+    key = pmi_key(ivr, "5550000000")
+
     def fail():
         with ivr.storage.unit_of_work() as uow:
-            counters = uow.lockouts.claim("pmi:5550000000", "caller:withheld", clock())
-            counters["pmi:5550000000"].fail(clock(), threshold=1000, window=None,
+            counters = uow.lockouts.claim(key, "caller:withheld", clock())
+            counters[key].fail(clock(), threshold=1000, window=None,
                                             lock_for=ivr.config.lockout.duration)
             uow.lockouts.settle(counters, clock())
 
@@ -138,16 +147,17 @@ def test_parallel_failures_are_all_counted(app, ivr, clock):
         thread.start()
     for thread in threads:
         thread.join()
-    assert lock(ivr, "pmi:5550000000").failures == 24
+    assert lock(ivr, key).failures == 24
 
 
 def test_parallel_failures_past_the_threshold_lock_once(app, ivr, clock):
     results = []
+    key = pmi_key(ivr, "5550000001")
 
     def fail():
         with ivr.storage.unit_of_work() as uow:
-            counters = uow.lockouts.claim("pmi:5550000001", "caller:withheld", clock())
-            results.append(counters["pmi:5550000001"].fail(
+            counters = uow.lockouts.claim(key, "caller:withheld", clock())
+            results.append(counters[key].fail(
                 clock(), threshold=5, window=None, lock_for=ivr.config.lockout.duration))
             uow.lockouts.settle(counters, clock())
 
@@ -156,7 +166,7 @@ def test_parallel_failures_past_the_threshold_lock_once(app, ivr, clock):
         thread.start()
     for thread in threads:
         thread.join()
-    entry = lock(ivr, "pmi:5550000001")
+    entry = lock(ivr, key)
     assert results.count(True) == 2 and entry.lock_count == 2  # 12 failures: two locks of 5
 
 
@@ -170,6 +180,41 @@ def test_operators_list_and_clear_locks(app, twilio, ivr, clock):
     assert cleared.exit_code == 0 and "Unlocked" in cleared.output
     assert runner.invoke(args=["accounts", "locks"]).output.strip() == "No locks."
     assert routed_to_priority(Caller(twilio, caller(60)).attempt(*BUSINESS_OWNER))
+
+
+def test_the_lockouts_table_names_no_pmi_a_caller_typed(twilio, ivr):
+    """A wrong PMI is often a mistyped real one: anyone reading the table (or a backup)
+    would learn which PMIs are being tried. Counters are kept under a keyed hash."""
+    from ivr.security import HostKeyHasher
+
+    Caller(twilio, caller(1)).attempt(MISTYPED_PMI, WRONG)
+    Caller(twilio, caller(2)).attempt(BUSINESS_OWNER[0], WRONG)
+    with ivr.storage.reading() as session:
+        keys = set(session.scalars(select(Lockout.key)))
+    assert not [key for key in keys if MISTYPED_PMI in key or BUSINESS_OWNER[0] in key]
+    assert keys == {pmi_key(ivr, MISTYPED_PMI), pmi_key(ivr, BUSINESS_OWNER[0]),
+                    f"caller:{caller(1)}", f"caller:{caller(2)}"}
+    assert lock(ivr, pmi_key(ivr, MISTYPED_PMI)).failures == 1
+    other = HostKeyHasher(b"another pepper").pmi_lockout_digest(MISTYPED_PMI)
+    assert other != ivr.hasher.pmi_lockout_digest(MISTYPED_PMI)
+
+
+def test_a_lock_on_a_pmi_not_in_the_directory_is_listed_without_its_digits_and_can_be_cleared(
+        app, twilio, ivr):
+    for n in range(5):
+        Caller(twilio, caller(n)).attempt(MISTYPED_PMI, WRONG)
+        Caller(twilio, caller(10 + n)).attempt(BUSINESS_OWNER[0], WRONG)
+    runner = app.test_cli_runner()
+    listed = runner.invoke(args=["accounts", "locks"]).output
+    names = [row.split("  ")[0] for row in listed.splitlines()[1:]]
+    assert sorted(names) == ["PMI 5550100201", "a PMI not in the directory"], listed
+    assert MISTYPED_PMI not in listed
+    cleared = runner.invoke(args=["accounts", "unlock", MISTYPED_PMI])
+    assert cleared.exit_code == 0
+    assert cleared.output.strip() == f"Unlocked PMI {MISTYPED_PMI}."
+    rows = runner.invoke(args=["accounts", "locks"]).output.splitlines()[1:]
+    assert [row.split("  ")[0] for row in rows] == ["PMI 5550100201"]
+    assert not routed_to_priority(Caller(twilio, caller(30)).attempt(*BUSINESS_OWNER))
 
 
 def test_operators_can_clear_a_throttled_caller(app, twilio, ivr):
@@ -187,7 +232,7 @@ def test_unlocking_a_pmi_that_only_ever_passed_says_there_was_nothing_to_clear(
     """A verified caller leaves a counter row with no failure and no lock: clearing it
     is not an unlock, and neither the output nor the log may say one happened."""
     assert routed_to_priority(Caller(twilio, caller(3)).attempt(*BUSINESS_OWNER))
-    assert lock(ivr, f"pmi:{BUSINESS_OWNER[0]}") is not None
+    assert lock(ivr, pmi_key(ivr, BUSINESS_OWNER[0])) is not None
     caplog.set_level(logging.INFO, logger="ivr.accounts")
     runner = app.test_cli_runner()
     result = runner.invoke(args=["accounts", "unlock", BUSINESS_OWNER[0]])
@@ -232,7 +277,7 @@ def throttled(twilio, ivr):
     throttled = Caller(twilio, caller(9000))
     for n in range(10):
         throttled.attempt(f"55596{n:05d}", WRONG)
-    assert lock(ivr, f"pmi:{BUSINESS_OWNER[0]}").locked_until is not None
+    assert lock(ivr, pmi_key(ivr, BUSINESS_OWNER[0])).locked_until is not None
     assert lock(ivr, f"caller:{caller(9000)}").locked_until is not None
     return throttled
 
@@ -347,11 +392,11 @@ def test_no_log_record_or_table_holds_a_host_key_or_the_digits_typed_for_it(
     caplog.set_level(logging.DEBUG)
     typed_wrong = "8067243"
     simulator.call("+18887999666", "+14155550100",
-                   ["2", f"{BUSINESS_OWNER[0]}#", f"{typed_wrong}#", f"{BUSINESS_OWNER[0]}#",
+                   ["2", f"{MISTYPED_PMI}#", f"{typed_wrong}#", f"{BUSINESS_OWNER[0]}#",
                     f"{BUSINESS_OWNER[1]}#", "1"])
     simulator.call("+81531320070", "+819012345678",
                    ["2", f"{BUSINESS_OWNER[0]}#", f"{BUSINESS_OWNER[1]}#", "2"])
-    secrets = [BUSINESS_OWNER[1], typed_wrong]
+    secrets = [BUSINESS_OWNER[1], typed_wrong, MISTYPED_PMI]
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert logged and not any(secret in logged for secret in secrets)
     assert "9012345678" not in logged and "4155550100" not in logged
@@ -408,11 +453,11 @@ def test_old_failure_counts_are_purged_but_current_locks_are_kept(app, twilio, i
     assert "Forgot 0" in runner.invoke(args=["accounts", "purge-failures"]).output
     clock.advance(days=31)
     with ivr.storage.transaction() as session:  # a lock still running a month on
-        session.get(Lockout, f"pmi:{BUSINESS_OWNER[0]}").locked_until = clock.now + dt.timedelta(hours=1)
+        session.get(Lockout, pmi_key(ivr, BUSINESS_OWNER[0])).locked_until = clock.now + dt.timedelta(hours=1)
     result = runner.invoke(args=["accounts", "purge-failures", "--older-than", "30"])
     assert result.exit_code == 0
-    assert lock(ivr, f"pmi:{UNKNOWN_PMI}") is None
-    assert lock(ivr, f"pmi:{BUSINESS_OWNER[0]}") is not None
+    assert lock(ivr, pmi_key(ivr, UNKNOWN_PMI)) is None
+    assert lock(ivr, pmi_key(ivr, BUSINESS_OWNER[0])) is not None
 
 
 def test_unlocking_a_caller_typed_without_the_country_code_is_refused_not_the_withheld_lock(

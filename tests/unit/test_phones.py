@@ -3,7 +3,8 @@
 import pytest
 
 from ivr.domain import phones
-from ivr.domain.phones import callable_number, can_receive_sms, lockout_keys, mask, redact_numbers
+from ivr.domain.phones import (callable_number, can_receive_sms, caller_lockout_key, lockout_keys,
+                               lockout_name, mask, pmi_lockout_key, redact_numbers)
 
 
 def test_long_numbers_in_error_text_keep_their_last_four_digits_only():
@@ -66,4 +67,20 @@ def test_each_phone_rule_gives_its_answer_whichever_reads_a_number_first(order):
 
 
 def _lockout_key(number: str) -> str:
-    return lockout_keys("123456789", number)[1]
+    return caller_lockout_key(number)
+
+
+def test_a_pmi_lockout_key_is_made_from_a_keyed_hash_never_from_the_digits_typed():
+    digest = "ab" * 32
+    assert lockout_keys(digest, "+14155550100") == (f"pmi-hash:{digest}", "caller:+14155550100")
+    with pytest.raises(ValueError):
+        pmi_lockout_key("5550100201")
+
+
+def test_a_pmi_lock_is_named_by_the_pmi_it_was_matched_to_or_else_by_no_digits():
+    key = pmi_lockout_key("ab" * 32)
+    assert lockout_name(key, "5550100201") == "PMI 5550100201"
+    assert lockout_name(key) == "a PMI not in the directory"
+    assert lockout_name("pmi:5550100202") == "a PMI not in the directory"
+    assert lockout_name(caller_lockout_key("+14155550100")) == "caller …0100"
+    assert lockout_name(caller_lockout_key("anonymous")) == "withheld callers"
