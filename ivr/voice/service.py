@@ -217,10 +217,13 @@ class CallService:
                            queue_time: int | None, now: dt.datetime) -> CallRecord | None:
         """Record how the wait ended and move the ticket where that result sends it
         (``lifecycle.after_queue``); a ticket already past that point stays where it is.
-        Returns the call, its ticket as it now stands."""
+        Returns the call, its ticket as it now stands. Twilio reports the end of a wait
+        once: a copy of that report (a late retry, the signed request replayed, a spool
+        replayed twice) changes nothing, or it would move the ticket again from wherever
+        the desk has put it since."""
         record = uow.calls.load(call_sid)
-        if record is None:
-            return None
+        if record is None or record.queue_result:
+            return record
         uow.calls.record_queue_result(call_sid, result, queue_time, now)
         self.ticket_after_queue(uow, record, result, now)
         return record

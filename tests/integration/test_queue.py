@@ -295,3 +295,35 @@ def test_a_caller_routed_through_the_spool_is_not_told_their_own_wait_once_the_d
     params = {**call, "QueuePosition": "1", "AvgQueueTime": "600", "QueueTime": "600"}
     said = spoken(twiml(twilio.post(wait_url, **params)))  # the database is back
     assert not any("expected wait" in s for s in said), said
+
+
+def left_for_a_callback_then_reopened(twilio, ivr):
+    """A caller who left the queue for a callback and hung up; the desk then put the
+    ticket back in the open pile (an engineer answered by email). Their call's
+    parameters, and the wait-choice and queue-result paths Twilio was given."""
+    from ivr.desk.service import Desk
+
+    from ..floor_support import queued
+
+    waiting = queued(twilio, 2)
+    params = twilio.call_params(waiting["sid"])
+    query = f"ticket={waiting['ticket']}&priority=2"
+    choice, result = f"/voice/wait-choice?{query}", f"/voice/queue-result?{query}"
+    assert [e.tag for e in twiml(twilio.post(choice, **params, Digits="1"))] == ["Leave"]
+    twiml(twilio.post(result, **params, QueueResult="leave", QueueTime="40"))
+    twilio.post("/voice/status", **{**params, "CallStatus": "completed",
+                                    "CallDuration": "95", "SequenceNumber": "4"})
+    Desk.of(ivr).update(waiting["ticket"], status="open")
+    assert ticket_of(ivr, waiting["sid"]).status == "open"
+    return params, choice, result
+
+
+def test_a_replayed_queue_result_does_not_undo_what_the_desk_did_since(twilio, ivr):
+    """Twilio reports how a wait ended once: the same report again (a late retry, or the
+    signed request replayed) must not move the ticket a second time, here back to waiting
+    for a callback the desk has already dealt with."""
+    params, _, result = left_for_a_callback_then_reopened(twilio, ivr)
+    again = twiml(twilio.post(result, **params, QueueResult="leave", QueueTime="40"))
+    assert again[-1].tag == "Hangup" and again.find("Enqueue") is None
+    assert ticket_of(ivr, params["CallSid"]).status == "open"
+
