@@ -290,6 +290,10 @@ class CallService:
                 ticket = record.ticket if record is not None else None
                 if ticket is None:
                     return keep_waiting
+                if record.finished:
+                    # Twilio has said how the wait or the call ended: a late or replayed
+                    # press changes nothing (the desk may have moved the ticket since).
+                    return self.renderer.hangup()
                 number = callable_number(record.caller_number)
                 moved = False
                 if number is not None:  # a withheld caller is not offered the key

@@ -108,16 +108,18 @@ def test_another_key_while_waiting_keeps_the_caller_in_the_queue(simulator, twil
     assert ticket_of(ivr, result.call_sid).status == "in_queue"
 
 
-def test_a_withheld_caller_pressing_the_callback_key_keeps_waiting(simulator, twilio, ivr):
+def test_a_withheld_caller_pressing_the_callback_key_keeps_waiting(twilio, ivr):
     """The key is not offered to a caller without a number: pressing it anyway is any other
     key, an explicit way back to the wait rather than a document with nothing in it."""
-    result = routed(simulator, caller="anonymous")
-    params = twilio.call_params(result.call_sid, caller="anonymous")
-    path = f"/voice/wait-choice?ticket={result.ticket}&priority=1"
+    from ..floor_support import queued
+
+    waiting = queued(twilio, 1, caller="anonymous")
+    params = twilio.call_params(waiting["sid"], caller="anonymous")
+    path = f"/voice/wait-choice?ticket={waiting['ticket']}&priority=1"
     root = twiml(twilio.post(path, **params, Digits="1"))
     assert [(e.tag, e.text) for e in root] == [
-        ("Redirect", f"/voice/wait?ticket={result.ticket}&priority=1")]
-    assert ticket_of(ivr, result.call_sid).status == "in_queue"
+        ("Redirect", f"/voice/wait?ticket={waiting['ticket']}&priority=1")]
+    assert ticket_of(ivr, waiting["sid"]).status == "in_queue"
 
 
 def test_with_the_database_down_the_callback_key_keeps_the_caller_waiting(twilio, dead):
@@ -198,10 +200,12 @@ def test_a_full_queue_for_a_withheld_number_opens_the_ticket_and_promises_no_cal
     assert root[-1].tag == "Hangup"
 
 
-def test_a_repeated_callback_press_leaves_the_queue_again(simulator, twilio, ivr):
-    result = routed(simulator)
-    params = {**twilio.call_params(result.call_sid), "Digits": "1"}
-    path = f"/voice/wait-choice?ticket={result.ticket}&priority=1"
+def test_a_repeated_callback_press_leaves_the_queue_again(twilio, ivr):
+    from ..floor_support import queued
+
+    waiting = queued(twilio, 1)
+    params = {**twilio.call_params(waiting["sid"]), "Digits": "1"}
+    path = f"/voice/wait-choice?ticket={waiting['ticket']}&priority=1"
     first, again = twiml(twilio.post(path, **params)), twiml(twilio.post(path, **params))
     assert [e.tag for e in first] == [e.tag for e in again] == ["Leave"]
     with ivr.storage.transaction() as session:
@@ -327,3 +331,14 @@ def test_a_replayed_queue_result_does_not_undo_what_the_desk_did_since(twilio, i
     assert again[-1].tag == "Hangup" and again.find("Enqueue") is None
     assert ticket_of(ivr, params["CallSid"]).status == "open"
 
+
+def test_a_callback_key_replayed_after_the_wait_ended_changes_nothing(twilio, ivr):
+    """Once Twilio has said how the wait ended, a callback press sent again (a late retry,
+    or the signed request replayed) is answered with a hang-up and leaves the ticket
+    where the desk put it, with no second text."""
+    params, choice, _ = left_for_a_callback_then_reopened(twilio, ivr)
+    again = twiml(twilio.post(choice, **params, Digits="1"))
+    assert [e.tag for e in again] == ["Hangup"]
+    assert ticket_of(ivr, params["CallSid"]).status == "open"
+    with ivr.storage.transaction() as session:
+        assert len(session.scalars(select(OutboxMessage)).all()) == 2  # ticket + callback
