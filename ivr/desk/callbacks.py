@@ -133,7 +133,10 @@ class Callbacks:
             return view
         with self.storage.unit_of_work() as uow:
             session = uow.session
-            attempt = FloorRepository(self.storage, session).attempt(attempt_id)
+            # Locked: the engineer may be answering this very call, and the status that
+            # webhook writes must not be put back to "ringing" by this one.
+            attempt = FloorRepository(self.storage, session).attempt(attempt_id,
+                                                                     for_update=True)
             attempt.engineer_call_sid = call.sid
             if attempt.status == "placing":
                 attempt.status = "calling_engineer"

@@ -2,6 +2,8 @@
 (a recording HttpClient here), the summary and a key press, then the customer, with both
 legs reporting through signed status callbacks."""
 
+import xml.etree.ElementTree as ET
+
 import pytest
 from sqlalchemy import select
 
@@ -576,3 +578,54 @@ def test_without_the_twilio_settings_a_bad_callback_request_still_gets_its_own_e
     response = place(unconfigured, number or waiting["ticket"], body)
     assert response.status_code == status, response.get_json()
     assert http.requests == []
+
+
+def test_the_engineer_answering_while_the_desk_records_the_call_is_not_undone(
+        app, twilio, ivr, http, monkeypatch):
+    """Twilio's answer to the desk's request to ring the engineer is slow, and the engineer
+    picks up just as the desk writes down the call it placed (PostgreSQL, two transactions
+    at once): the attempt stays as the engineer's answer left it, not put back to ringing,
+    which would let the end of the engineer's leg end an attempt whose customer is being
+    dialled."""
+    if ivr.storage.dialect != "postgresql":
+        pytest.skip("SQLite's write lock runs the two one after the other")
+    import threading
+    import time
+
+    from ..support import postgres_admin
+
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    # The desk has placed the call and is about to record it.
+    recording, release = pause(monkeypatch, FloorRepository, "attempt", thread="desk")
+    outcomes = Outcomes()
+    desk = outcomes.thread("desk", Callbacks.of(ivr, http).place, waiting["ticket"], "aiko",
+                           "admin")
+    desk.start()
+    assert recording.wait(10)
+    with ivr.storage.transaction() as session:
+        (attempt_id,) = session.scalars(select(CallbackAttempt.id)).all()
+    answered = threading.Thread(target=lambda: outcomes.results.setdefault(
+        "engineer", ivr.floor.callback_engineer(leg(new_call_sid(), ENGINEER_PHONE, US_LINE),
+                                                {"attempt": str(attempt_id)})))
+    answered.start()
+    # Let the engineer's webhook run until it is done or waits for the desk's lock.
+    name = ivr.storage.engine.url.query["application_name"]
+    deadline = time.monotonic() + 10
+    with postgres_admin(ivr.storage.engine.url) as admin:
+        from sqlalchemy import text
+
+        while answered.is_alive() and time.monotonic() < deadline and not admin.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
+                "AND wait_event_type = 'Lock'"), {"name": name}).scalar():
+            time.sleep(0.02)
+    release.set()
+    desk.join(15)
+    answered.join(15)
+    assert not outcomes.errors, outcomes.errors
+    offer = ET.fromstring(outcomes.results["engineer"])
+    assert offer.find("Gather") is not None  # the summary, then "press 1"
+    with ivr.storage.transaction() as session:
+        attempt = session.get(CallbackAttempt, attempt_id)
+        assert (attempt.status, attempt.outcome) == ("engineer_answered", None)
+        assert attempt.engineer_call_sid is not None
