@@ -352,7 +352,10 @@ class Floor:
             attempt, ticket, call, engineer = self._attempt(session, query)
             if attempt is None or attempt.outcome is not None:
                 return self.agent.hangup()
-            attempt.status = "engineer_answered"
+            if attempt.status in ("placing", "calling_engineer"):
+                # Not once the engineer has pressed 1: a copy of this request (replayed)
+                # must not hand the attempt's end back to the engineer's leg.
+                attempt.status = "engineer_answered"
             voice = self.engineer_voice(engineer)
             summary = self.summary(voice, ticket, call, None)
             attempt_id = attempt.id

@@ -629,3 +629,27 @@ def test_the_engineer_answering_while_the_desk_records_the_call_is_not_undone(
         attempt = session.get(CallbackAttempt, attempt_id)
         assert (attempt.status, attempt.outcome) == ("engineer_answered", None)
         assert attempt.engineer_call_sid is not None
+
+
+def test_the_engineers_first_request_replayed_while_the_customer_rings_changes_nothing(
+        app, twilio, ivr, http):
+    """The engineer leg's first request sent again (the signed request replayed) once the
+    engineer has pressed 1 must not put the attempt back to "engineer answered": the end
+    of the engineer's leg would then end it as the engineer's doing, and the customer who
+    did not answer would not be counted as a missed callback."""
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    engineer_sid = new_call_sid()
+    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], engineer_sid)
+    number = dial_root.find("Dial/Number")
+    twilio.post(f"/voice/callback/engineer?attempt={attempt['id']}",
+                **leg(engineer_sid, ENGINEER_PHONE, US_LINE))  # the replay
+    # The engineer gives up while the customer's phone rings, and it rings out.
+    twilio.post(f"/voice/callback/status?attempt={attempt['id']}&leg=engineer",
+                **{**leg(engineer_sid, ENGINEER_PHONE, US_LINE), "CallStatus": "completed"})
+    twilio.post(number.get("statusCallback"), **{**leg(new_call_sid(), CALLER, US_LINE),
+                                                 "CallStatus": "no-answer"})
+    _, assignment, attempts = state(ivr, waiting["ticket"])
+    assert attempts == [("aiko", "no-answer")]
+    assert assignment.callback_failures == 1
