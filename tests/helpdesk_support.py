@@ -12,6 +12,7 @@ from pathlib import Path
 from ivr import create_app
 from ivr.desk.directory import import_file
 from ivr.helpdesk.sender import Sender
+from ivr.helpdesk.zendesk import Zendesk
 
 from .desk_support import ADMIN_TOKEN
 from .support import CONFIG, DEMO_ACCOUNTS
@@ -58,6 +59,15 @@ def helpdesk_app(settings, clock, folder: Path, url: str, extra: str = "",
 def sender(ivr, clock, **kwargs) -> Sender:
     return Sender(ivr.storage, ivr.config, ivr.settings, clock=clock, jitter=lambda: 1.0,
                   **kwargs)
+
+
+def patient_sender(ivr, clock) -> Sender:
+    """A sender that waits TIMEOUT for Zendesk's answers, for the part of a test with a
+    short time-out (0.5 s) where the fake answers at once again: a loaded machine may take
+    longer than 0.5 s to answer even then, which would time out a push the test expects
+    sent."""
+    patient = ivr.config.helpdesk.model_copy(update={"timeout_seconds": TIMEOUT})
+    return sender(ivr, clock, desk=Zendesk.from_config(patient, ivr.settings.zendesk_api_token))
 
 
 def signed(body: dict | bytes, timestamp: str, secret: str = WEBHOOK_SECRET) -> tuple[bytes, dict]:

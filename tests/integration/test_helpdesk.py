@@ -23,6 +23,7 @@ from ..helpdesk_support import (
     JAPAN_LINE,
     TIMEOUT,
     helpdesk_app,
+    patient_sender,
     sender,
     signed,
     trigger_body,
@@ -473,7 +474,7 @@ def test_an_answer_slower_than_the_time_out_is_retried_without_a_second_ticket(
     assert "no answer within 0.5 s" in jobs(ivr)[0].last_error
     fake.delay = 0
     clock.advance(minutes=5)
-    assert sender(ivr, clock).drain()["sent"] == 1
+    assert patient_sender(ivr, clock).drain()["sent"] == 1
     assert len(fake.tickets) == 1
 
 
@@ -1281,7 +1282,7 @@ def test_a_create_given_up_on_time_outs_then_dropped_by_retention_does_not_make_
     clock.advance(days=91)
     assert cli("retention", "apply").exit_code == 0
     fake.keys.clear()  # Zendesk keeps idempotency keys for a couple of hours
-    sender(ivr, clock).drain()
+    patient_sender(ivr, clock).drain()
     assert [t["external_id"] for t in fake.tickets.values()] == [number]
     # The ticket found there is brought to how it stands here: the close is not lost.
     (ticket,) = fake.tickets.values()
