@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
-from ..domain.engineers import ANSWERED, EngineerInfo, parse_list
+from ..domain.engineers import ANSWERED, EngineerInfo, Serves, parse_list, primary_language
 from ..domain.lifecycle import TicketStatus, can_move
 from ..domain.phones import callable_number
 from .engine import Storage
@@ -235,6 +235,36 @@ class FloorRepository:
             .limit(limit))
         return [(t, c, a) for t, c, a in rows]
 
+    def waiting_served(self, serves: Serves, groups: "QueueGroups",
+                       engineer_call_sid: str | None,
+                       limit: int = 2000) -> list[tuple[Ticket, Call, Assignment | None]]:
+        """``waiting``, narrowed by the database to the callers an engineer serves (their
+        queue groups and languages, as ``Serves.takes`` says), in the engineers' order,
+        and those this engineer call has claimed: in a surge the most urgent callers of
+        other groups do not fill the rows read and hide this engineer's own callers.
+        ``domain.engineers.ranked`` still chooses among them."""
+        group = _group_of(groups, Ticket, Call)
+        served = [group != _NO_GROUP]
+        if serves.queues:
+            served.append(group.in_(serves.queues))
+        languages = sorted({primary_language(lang) for lang in serves.languages} - {""})
+        if serves.languages:
+            spoken = func.lower(func.coalesce(Call.language, ""))
+            served.append(or_(literal(False), *[
+                or_(spoken == lang, func.substr(spoken, 1, len(lang) + 1) == lang + "-")
+                for lang in languages]))
+        mine = Assignment.engineer_call_sid == engineer_call_sid \
+            if engineer_call_sid is not None else literal(False)
+        rows = self.session.execute(
+            select(Ticket, Call, Assignment)
+            .join(Call, Call.call_sid == Ticket.call_sid)
+            .outerjoin(Assignment, Assignment.ticket_id == Ticket.id)
+            .where(Ticket.status == "in_queue", Call.ended_at.is_(None),
+                   Call.queue_result.is_(None), or_(and_(*served), mine))
+            .order_by(Ticket.priority, _since(Ticket), Ticket.id)
+            .limit(limit))
+        return [(t, c, a) for t, c, a in rows]
+
     def claim(self, ticket_id: int, engineer: str, engineer_call_sid: str | None,
               now: dt.datetime, stale_before: dt.datetime) -> bool:
         """Take a waiting caller for an engineer, unless another engineer holds a fresh
@@ -408,24 +438,34 @@ def _taken_from_the_queue(ticket):
                                              CallbackAttempt.outcome == ANSWERED).exists()
 
 
+def _group_of(groups: QueueGroups, ticket, call):
+    """The queue group of a ticket's caller at its priority, as SQL (``_NO_GROUP`` for
+    none)."""
+    pairs, others = groups
+    return case(*[((call.dialed_number == number) & (ticket.priority == level),
+                   literal(group or _NO_GROUP)) for (number, level), group in pairs],
+                *[(ticket.priority == level, literal(group or _NO_GROUP))
+                  for level, group in others],
+                else_=literal(_NO_GROUP))
+
+
+def _since(ticket):
+    """Since when a caller has waited, as ``voice.floor.waiting_of`` counts it."""
+    return func.coalesce(ticket.acknowledged_at, ticket.created_at)
+
+
 @functools.lru_cache(maxsize=8)
 def _line_queries(groups: QueueGroups):
     """The two statements of ``place_in_line`` for one configuration, built once."""
-    pairs, others = groups
 
     def group_of(ticket, call):
-        return case(*[((call.dialed_number == number) & (ticket.priority == level),
-                       literal(group or _NO_GROUP)) for (number, level), group in pairs],
-                    *[(ticket.priority == level, literal(group or _NO_GROUP))
-                      for level, group in others],
-                    else_=literal(_NO_GROUP))
+        return _group_of(groups, ticket, call)
 
     def waiting(ticket, call):
         return and_(ticket.status == "in_queue", call.ended_at.is_(None),
                     call.queue_result.is_(None))
 
-    def since(ticket):
-        return func.coalesce(ticket.acknowledged_at, ticket.created_at)
+    since = _since
 
     me_ticket, me_call = aliased(Ticket), aliased(Call)
     me = (select(me_ticket.id.label("id"), me_ticket.priority.label("priority"),

@@ -216,7 +216,8 @@ class Floor:
             # Copies of one request (Twilio's retries, or two at once) run one after the
             # other, and a copy finds the caller its engineer call already claimed.
             EngineerRepository(self.storage, session).hold(engineer.name)
-            rows = {t.id: (t, c, a) for t, c, a in floor.waiting()}
+            rows = {t.id: (t, c, a) for t, c, a in floor.waiting_served(
+                engineer.serves, self.groups, call_sid)}
             mine = next((t.id for t, _, a in rows.values() if a is not None
                          and a.engineer_call_sid == call_sid
                          and _taken_by(a, stale) is not None), None)

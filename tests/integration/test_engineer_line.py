@@ -577,3 +577,93 @@ def test_a_caller_still_on_hold_when_the_desk_moves_their_ticket_is_told_why_and
     assert ticket.status == status
     callable_ = status == "callback_requested" and caller == CALLER
     assert ticket.callback_number == (CALLER if callable_ else None)
+
+
+def test_in_a_surge_an_engineer_of_a_small_group_still_finds_the_callers_they_serve(
+        twilio, ivr, clock):
+    """More callers wait in the US queue, at P1, than the engineer line reads at a time.
+    hana takes only Japanese callers of support-jp: the P4 caller of that group waits
+    behind all of them in the overall order, yet is the first caller *hana* serves. She
+    must be whispered that caller, not told that nobody is waiting while the caller hears
+    "you're number 1 in line"."""
+    import datetime as dt
+
+    from ivr.storage.models import Call
+
+    add_engineer(ivr, "hana", phone="+81312345678", languages="ja", queues="support-jp")
+    crowd = FloorRepository.waiting.__defaults__[0] + 5  # more than one read takes
+    now = clock.now
+    calls, tickets = [], []
+    for n in range(crowd):
+        sid = new_call_sid()
+        calls.append(dict(
+            call_sid=sid, dialed_number="+18887999666", region="us", language="en-US",
+            caller_number="+14155550100", can_text=True, step="done", english=False,
+            attempts=0, auth_failures=0, steps_reached="", outcome="routed",
+            started_at=now, updated_at=now))
+        tickets.append(dict(
+            number=str(30_000_000 + n), call_sid=sid, account_id="a", user_email="e",
+            priority=1, target_response_minutes=60, region="us", status="in_queue",
+            created_at=now, acknowledged_at=now, queue_group="support-us"))
+    with ivr.storage.transaction() as session:
+        session.execute(Call.__table__.insert(), calls)
+        session.execute(Ticket.__table__.insert(), tickets)
+    clock.advance(minutes=1)
+    japanese = queued(twilio, 4, to="+81531320070", caller="+819012345678")
+    params = {**twilio.call_params(japanese["sid"], to="+81531320070",
+                                   caller="+819012345678"),
+              "QueuePosition": "1", "AvgQueueTime": "0"}
+    hold = twiml(twilio.post(f"/voice/wait?ticket={japanese['ticket']}&priority=4", **params))
+    # First in their group's line, as the engineers of that group will take them.
+    assert spoken(hold)[0] == ivr.catalogues["ja-JP"].text("queue_position", {"position": 1})
+
+    root = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), "+81312345678")))
+    assert root.find("Dial/Queue") is not None, spoken(root)
+    assert root.find("Dial/Queue").text == japanese["queue"]
+    assert digits_spoken(root) == [japanese["ticket"]]
+
+
+@pytest.mark.parametrize("queues, languages", [
+    ((), ()), (("support-jp",), ()), ((), ("ja",)), ((), ("en", "fr")),
+    (("support-apac", "support-emea"), ("en",)), (("support-us",), ("ja",))])
+def test_the_callers_the_database_reads_for_an_engineer_are_those_the_choice_rule_serves(
+        ivr, clock, queues, languages):
+    """The engineer line lets the database narrow the waiting callers to those an engineer
+    serves; over a crowd on every line, in every language and state, that narrowing keeps
+    exactly the callers, in the order, that ``domain.engineers.ranked`` would choose from."""
+    import datetime as dt
+    import random
+
+    from ivr.domain.engineers import Serves, ranked
+    from ivr.storage.models import Call
+    from ivr.voice.floor import waiting_of
+
+    rng = random.Random(len(queues) * 7 + len(languages))
+    now = clock.now
+    numbers = [line.number for line in ivr.config.lines] + ["+15005550006"]
+    with ivr.storage.transaction() as session:
+        for n in range(150):
+            sid = new_call_sid()
+            created = now - dt.timedelta(minutes=rng.choice([5, 10, 20]))
+            session.add(Call(
+                call_sid=sid, dialed_number=rng.choice(numbers), region="r",
+                language=rng.choice(["en-US", "en-GB", "ja-JP", "fr-FR", "EN-au", "ja", "eng"]),
+                caller_number="+14155550100", can_text=True, step="done", english=False,
+                attempts=0, auth_failures=0, steps_reached="", outcome="routed",
+                started_at=created, updated_at=created,
+                ended_at=now if rng.random() < 0.1 else None))
+            session.flush()
+            session.add(Ticket(
+                number=str(40_000_000 + n), call_sid=sid, account_id="a", user_email="e",
+                priority=rng.choice([1, 2, 3, 4]), target_response_minutes=60, region="r",
+                status=rng.choice(["in_queue"] * 5 + ["open"]), created_at=created,
+                acknowledged_at=created if rng.random() < 0.7 else None))
+    serves = Serves(queues, languages)
+    with ivr.storage.transaction() as session:
+        repository = FloorRepository(ivr.storage, session)
+        everyone = [waiting_of(ivr.config, t, c) for t, c, _ in repository.waiting()]
+        narrowed = [waiting_of(ivr.config, t, c) for t, c, _ in
+                    repository.waiting_served(serves, ivr.floor.groups, None)]
+    expected = [w.ticket_id for w in ranked(serves, everyone)]
+    assert [w.ticket_id for w in narrowed] == expected
+    assert expected or queues == ("support-us",)
