@@ -289,6 +289,22 @@ class FloorRepository:
             .execution_options(synchronize_session=False))
         return taken.rowcount == 1
 
+    def talking_elsewhere(self, engineer: str, engineer_call_sid: str,
+                          connected_since: dt.datetime) -> bool:
+        """Whether another call of this engineer's is in a conversation with a caller it
+        took from the queue: connected since a time, and the caller's wait has no result
+        yet (Twilio reports a bridged wait's result when the conversation ends) nor has
+        their call ended."""
+        return self.session.execute(
+            select(Assignment.ticket_id)
+            .join(Ticket, Ticket.id == Assignment.ticket_id)
+            .join(Call, Call.call_sid == Ticket.call_sid)
+            .where(Assignment.engineer == engineer, Assignment.connected_at >= connected_since,
+                   Assignment.engineer_call_sid.is_not(None),
+                   Assignment.engineer_call_sid != engineer_call_sid,
+                   Call.ended_at.is_(None), Call.queue_result.is_(None))
+            .limit(1)).first() is not None
+
     def release(self, ticket_id: int, engineer_call_sid: str, now: dt.datetime) -> bool:
         """Give up a claim that never connected (the caller left meanwhile). The call's
         SID stays, so that call is not handed the same caller again (``voice.floor``)."""

@@ -53,6 +53,9 @@ from .twiml import AgentRenderer, Renderer, SpokenLine
 log = logging.getLogger("ivr.floor")
 
 ESTIMATE_WINDOW = dt.timedelta(minutes=30)  # pick-ups counted for a waiting caller's estimate
+# The longest an engineer line's <Dial> can last: Twilio's timeLimit, four hours unless set
+# (the line sets none). A conversation connected longer ago has ended, whatever was lost.
+LONGEST_CONVERSATION = dt.timedelta(hours=4)
 
 
 def group_for(config: IvrConfig, call: Call, priority: int) -> str | None:
@@ -216,7 +219,10 @@ class Floor:
             # Copies of one request (Twilio's retries, or two at once) run one after the
             # other, and a copy finds the caller its engineer call already claimed.
             EngineerRepository(self.storage, session).hold(engineer.name)
-            rows = {t.id: (t, c, a) for t, c, a in floor.waiting_served(
+            # One engineer, one caller at a time: a second device of theirs (a Client
+            # identity signed in twice) is not bridged to a caller nobody listens to.
+            busy = floor.talking_elsewhere(engineer.name, call_sid, now - LONGEST_CONVERSATION)
+            rows = {} if busy else {t.id: (t, c, a) for t, c, a in floor.waiting_served(
                 engineer.serves, self.groups, call_sid)}
             mine = next((t.id for t, _, a in rows.values() if a is not None
                          and a.engineer_call_sid == call_sid
@@ -233,13 +239,23 @@ class Floor:
                 ticket, call, _ = rows[mine]
                 choice = waiting_of(self.config, ticket, call)
             else:
-                for option in ranked(engineer.serves, free):
+                # A caller another call of theirs claimed first (that call dropped during
+                # the whisper, or is another device of theirs): they were told about that
+                # caller, who would otherwise wait for the claim to go stale.
+                options = ranked(engineer.serves, free)
+                held = [o for o in options if _taken_by(rows[o.ticket_id][2], stale)
+                        == engineer.name]
+                for option in held + [o for o in options if o not in held]:
                     if floor.claim(option.ticket_id, engineer.name, call_sid, now, stale):
                         choice = option
                         ticket, call, _ = rows[choice.ticket_id]
                         floor.record(ticket.id, engineer.name, "pick-up",
                                      f"chosen on the engineer line (P{ticket.priority})", now)
                         break
+        if busy:
+            log.info("engineer %s called the engineer line while on a call with a caller",
+                     engineer.name)
+            return self.agent.on_another_call(voice)
         if ticket is None:
             return self.agent.nobody(voice, announce=query.get("wait") != "1")
         log.info("engineer %s takes ticket id=%s (P%s)", engineer.name, ticket.id, ticket.priority)

@@ -361,6 +361,9 @@ class AgentRenderer:
     def goodbye(self, voice: Voice) -> str:
         return self._say_then_hang_up(voice, "agent_goodbye")
 
+    def on_another_call(self, voice: Voice) -> str:
+        return self._say_then_hang_up(voice, "agent_on_another_call")
+
     def connect(self, voice: Voice, whisper: list[SpokenLine], queue: str, ticket: str) -> str:
         """The whisper, then the chosen caller's own queue: whoever dials it gets them."""
         response = VoiceResponse()

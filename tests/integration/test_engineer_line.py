@@ -304,6 +304,8 @@ def test_the_expected_wait_comes_from_recent_pick_ups_not_the_one_caller_queue(
         twilio.post(root.find("Dial/Queue").get("url"), **twilio.call_params(taken["sid"]),
                     DequeingCallSid=sid)
         clock.advance(minutes=1)
+        twilio.post(f"/voice/queue-result?ticket={taken['ticket']}&priority=1",
+                    **twilio.call_params(taken["sid"]), QueueResult="bridged", QueueTime="5")
     said = spoken(twiml(twilio.post(path, **params)))
     assert said[:2] == ["You're number 1 in line.", "The expected wait is about 10 minutes."]
 
@@ -667,3 +669,56 @@ def test_the_callers_the_database_reads_for_an_engineer_are_those_the_choice_rul
     expected = [w.ticket_id for w in ranked(serves, everyone)]
     assert [w.ticket_id for w in narrowed] == expected
     assert expected or queues == ("support-us",)
+
+
+def test_an_engineer_talking_to_a_caller_on_one_device_is_not_given_a_second_caller_on_another(
+        twilio, ivr, clock):
+    """aiko's Client identity is signed in on her laptop and her mobile. She is talking to
+    a caller on the laptop when the mobile calls the engineer line too: the next caller
+    must not be bridged to a phone she is not listening to, their ticket marked connected
+    and their place in line gone. She hears why and the mobile's call ends; once the
+    conversation has ended, the next call takes the next caller."""
+    add_engineer(ivr, phone=None, client="aiko")
+    aiko = "client:aiko"
+    first, second = queued(twilio, 1), queued(twilio, 2)
+    laptop = new_call_sid()
+    root = twiml(twilio.post("/voice/agent", **engineer_params(laptop, aiko)))
+    assert digits_spoken(root) == [first["ticket"]]
+    twiml(twilio.post(root.find("Dial/Queue").get("url"), **twilio.call_params(first["sid"]),
+                      DequeingCallSid=laptop))
+    assert ticket(ivr, first["ticket"]).status == "connected"
+
+    mobile = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), aiko)))
+    assert mobile.find("Dial") is None, spoken(mobile)
+    assert [e.tag for e in mobile] == ["Say", "Hangup"]
+    assert spoken(mobile) == [ivr.catalogues["en-US"].text("agent_on_another_call", {})]
+    assert ticket(ivr, second["ticket"]).status == "in_queue"
+    assert assignment(ivr, second["ticket"]) is None  # nobody claimed them
+
+    # The conversation ends: Twilio reports the bridged wait's result.
+    clock.advance(minutes=4)
+    twiml(twilio.post(f"/voice/queue-result?ticket={first['ticket']}&priority=1",
+                      **twilio.call_params(first["sid"]), QueueResult="bridged",
+                      QueueTime="30"))
+    again = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), aiko)))
+    assert digits_spoken(again) == [second["ticket"]]
+
+
+def test_an_engineer_calling_again_gets_back_the_caller_their_other_call_claimed_first(
+        twilio, ivr):
+    """aiko's laptop was whispered a P2 caller; a P1 caller arrives as her mobile (or a
+    new call after the laptop's dropped) reaches the engineer line. That call takes back
+    the caller she was told about rather than a second one, so she is never dialled to
+    two callers at once and the P2 caller does not wait for her claim to go stale; the P1
+    caller is free for ben."""
+    add_engineer(ivr, phone=None, client="aiko")
+    add_engineer(ivr, "ben", phone="+14155550188")
+    p2 = queued(twilio, 2)
+    laptop = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), "client:aiko")))
+    assert digits_spoken(laptop) == [p2["ticket"]]
+    p1 = queued(twilio, 1)
+    mobile = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), "client:aiko")))
+    assert digits_spoken(mobile) == [p2["ticket"]]
+    assert mobile.find("Dial/Queue").text == p2["queue"]
+    ben = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), "+14155550188")))
+    assert digits_spoken(ben) == [p1["ticket"]]
