@@ -152,15 +152,16 @@ def floor_helpers():
 def floor():
     """Waiting now and Callbacks due; the page reloads itself every few seconds."""
     now = ivr().service.clock()
+    rows, total = ivr().floor.waiting()
     waiting = [{
         "number": t.number, "priority": t.priority,
         "priority_name": ivr().config.priority(t.priority).name,
         "waited": int((now - w.since).total_seconds()), "language": c.language,
         "region": t.region, "group": w.group, "engineer": claimed,
-    } for t, c, w, claimed in ivr().floor.waiting()]
+    } for t, c, w, claimed in rows]
     engineers = [e.name for e in Engineers.of(ivr()).list()] if actor() == ADMIN else [actor()]
     return render_template("admin/floor.html", waiting=waiting, due=callbacks().due(),
-                           engineers=engineers, refresh=5)
+                           engineers=engineers, refresh=5, waiting_total=total)
 
 
 @admin.post("/tickets/<ref>/callback")

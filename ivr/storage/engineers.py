@@ -178,6 +178,11 @@ class EngineerRepository:
             .values(token_hash=digest, token_rotated_at=now)).rowcount > 0
 
 
+# The waiting callers read at a time, most urgent first: what the floor page lists, and
+# what the engineer line chooses from among those an engineer serves.
+WAITING_READ = 2000
+
+
 class FloorRepository:
     """The queues as engineers see them: waiting callers, pick-ups, actions, callbacks."""
 
@@ -222,7 +227,7 @@ class FloorRepository:
 
     # -- the queues --------------------------------------------------------------------
 
-    def waiting(self, limit: int = 2000) -> list[tuple[Ticket, Call, Assignment | None]]:
+    def waiting(self, limit: int = WAITING_READ) -> list[tuple[Ticket, Call, Assignment | None]]:
         """Tickets whose callers are in a queue now (not hung up, not left), most urgent
         first, with their calls and assignments."""
         rows = self.session.execute(
@@ -237,7 +242,7 @@ class FloorRepository:
 
     def waiting_served(self, serves: Serves, groups: "QueueGroups",
                        engineer_call_sid: str | None,
-                       limit: int = 2000) -> list[tuple[Ticket, Call, Assignment | None]]:
+                       limit: int = WAITING_READ) -> list[tuple[Ticket, Call, Assignment | None]]:
         """``waiting``, narrowed by the database to the callers an engineer serves (their
         queue groups and languages, as ``Serves.takes`` says), in the engineers' order,
         and those this engineer call has claimed: in a surge the most urgent callers of
@@ -264,6 +269,15 @@ class FloorRepository:
             .order_by(Ticket.priority, _since(Ticket), Ticket.id)
             .limit(limit))
         return [(t, c, a) for t, c, a in rows]
+
+    def waiting_count(self) -> int:
+        """How many callers are in a queue now: all of them, however many ``waiting``
+        lists."""
+        return self.session.execute(
+            select(func.count(Ticket.id))
+            .join(Call, Call.call_sid == Ticket.call_sid)
+            .where(Ticket.status == "in_queue", Call.ended_at.is_(None),
+                   Call.queue_result.is_(None))).scalar_one()
 
     def claim(self, ticket_id: int, engineer: str, engineer_call_sid: str | None,
               now: dt.datetime, stale_before: dt.datetime) -> bool:

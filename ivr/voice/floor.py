@@ -37,6 +37,7 @@ from ..domain.priority import LEVELS
 from ..storage.engineers import (
     Assignment,
     CallbackAttempt,
+    WAITING_READ,
     QueueGroups,
     EngineerRepository,
     FloorRepository,
@@ -140,15 +141,17 @@ class Floor:
                          else ("agent_waited_under_minute", {}))
         return lines
 
-    def waiting(self) -> list[tuple[Ticket, Call, Waiting, str | None]]:
-        """Callers in the queues now, most urgent first, with the engineer who has each
-        (None for a caller the engineer line would hand to anyone)."""
+    def waiting(self) -> tuple[list[tuple[Ticket, Call, Waiting, str | None]], int]:
+        """Callers in the queues now, the most urgent first (as many as the desk lists),
+        with the engineer who has each (None for a caller the engineer line would hand to
+        anyone); and how many wait in all."""
         stale = self._stale_claims_before()
         with self.storage.unit_of_work(readonly=True) as uow:
-            session = uow.session
-            rows = FloorRepository(self.storage, session).waiting()
+            floor = FloorRepository(self.storage, uow.session)
+            rows = floor.waiting()
+            total = floor.waiting_count() if len(rows) >= WAITING_READ else len(rows)
             return [(t, c, waiting_of(self.config, t, c), _taken_by(a, stale))
-                    for t, c, a in rows]
+                    for t, c, a in rows], total
 
     def _stale_claims_before(self) -> dt.datetime:
         return self.clock() - dt.timedelta(seconds=self.config.engineers.claim_seconds)

@@ -588,28 +588,13 @@ def test_in_a_surge_an_engineer_of_a_small_group_still_finds_the_callers_they_se
     behind all of them in the overall order, yet is the first caller *hana* serves. She
     must be whispered that caller, not told that nobody is waiting while the caller hears
     "you're number 1 in line"."""
-    import datetime as dt
-
-    from ivr.storage.models import Call
+    from ..floor_support import crowd_waiting
 
     add_engineer(ivr, "hana", phone="+81312345678", languages="ja", queues="support-jp")
-    crowd = FloorRepository.waiting.__defaults__[0] + 5  # more than one read takes
-    now = clock.now
-    calls, tickets = [], []
-    for n in range(crowd):
-        sid = new_call_sid()
-        calls.append(dict(
-            call_sid=sid, dialed_number="+18887999666", region="us", language="en-US",
-            caller_number="+14155550100", can_text=True, step="done", english=False,
-            attempts=0, auth_failures=0, steps_reached="", outcome="routed",
-            started_at=now, updated_at=now))
-        tickets.append(dict(
-            number=str(30_000_000 + n), call_sid=sid, account_id="a", user_email="e",
-            priority=1, target_response_minutes=60, region="us", status="in_queue",
-            created_at=now, acknowledged_at=now, queue_group="support-us"))
-    with ivr.storage.transaction() as session:
-        session.execute(Call.__table__.insert(), calls)
-        session.execute(Ticket.__table__.insert(), tickets)
+    # More than one read of the waiting callers takes.
+    from ivr.storage.engineers import WAITING_READ
+
+    crowd_waiting(ivr, WAITING_READ + 5, clock.now)
     clock.advance(minutes=1)
     japanese = queued(twilio, 4, to="+81531320070", caller="+819012345678")
     params = {**twilio.call_params(japanese["sid"], to="+81531320070",

@@ -147,3 +147,20 @@ def test_without_the_twilio_settings_the_button_says_what_the_server_lacks(
         assert http.requests == []
     finally:
         unconfigured.extensions["ivr"].storage.dispose()
+
+
+def test_in_a_surge_the_floor_counts_every_waiting_caller_not_only_those_it_lists(
+        browser, ivr, clock):
+    """More callers wait than the page lists: the count over the table is of everyone
+    waiting, and says that only the most urgent are shown, where it gave the number of
+    rows as the number in the queues."""
+    from ivr.storage.engineers import WAITING_READ
+
+    from ..floor_support import crowd_waiting
+
+    shown = WAITING_READ
+    crowd_waiting(ivr, shown + 7, clock.now)
+    doc = floor(browser)
+    assert len(doc.find("waiting").rows()) == shown
+    assert doc.find("waiting-title").text() == (
+        f"Waiting now {shown + 7} in the queues, the {shown} most urgent shown first")
