@@ -313,8 +313,13 @@ class Floor:
                 assignment.updated_at = now
                 dequeuer = _sid(params, "DequeingCallSid")
                 if dequeuer and assignment.engineer_call_sid not in (None, dequeuer):
+                    # A call whose claim another call took over (the same engineer on a
+                    # second device) reached the caller first: the call that talks is
+                    # the one on record, so its end offers the next caller and the other
+                    # call hears it missed them.
                     log.warning("ticket id=%s bridged to a call that did not claim it",
                                 ticket.id)
+                    assignment.engineer_call_sid = dequeuer
                 floor.record(ticket.id, assignment.engineer or UNKNOWN_ENGINEER,
                              "connected", "engineer line", now)
             return call

@@ -707,3 +707,31 @@ def test_an_engineer_calling_again_gets_back_the_caller_their_other_call_claimed
     assert mobile.find("Dial/Queue").text == p2["queue"]
     ben = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), "+14155550188")))
     assert digits_spoken(ben) == [p1["ticket"]]
+
+
+def test_when_the_other_device_dequeues_the_caller_it_is_the_one_recorded_as_talking(
+        twilio, ivr):
+    """aiko's laptop and mobile were both told about the same caller (the mobile took the
+    laptop's claim back). Twilio hands the caller to the laptop, whose Dial came first;
+    the mobile's Dial finds the queue empty. The mobile must hear that the caller is no
+    longer waiting, not be offered the next caller as if it had talked, and its next
+    look must not bridge a second caller while the laptop talks."""
+    add_engineer(ivr, phone=None, client="aiko")
+    first, second = queued(twilio, 1), queued(twilio, 2)
+    laptop, mobile = new_call_sid(), new_call_sid()
+    on_laptop = twiml(twilio.post("/voice/agent", **engineer_params(laptop, "client:aiko")))
+    on_mobile = twiml(twilio.post("/voice/agent", **engineer_params(mobile, "client:aiko")))
+    assert digits_spoken(on_laptop) == digits_spoken(on_mobile) == [first["ticket"]]
+    twiml(twilio.post(on_laptop.find("Dial/Queue").get("url"),
+                      **twilio.call_params(first["sid"]), DequeingCallSid=laptop))
+
+    missed = twiml(twilio.post(on_mobile.find("Dial").get("action"),
+                               **engineer_params(mobile, "client:aiko"),
+                               DialCallStatus="no-answer"))
+    assert missed.find("Gather") is None
+    assert spoken(missed) == ["That caller is no longer waiting. Looking for the next one."]
+    again = twiml(twilio.post(missed.find("Redirect").text,
+                              **engineer_params(mobile, "client:aiko")))
+    assert again.find("Dial") is None
+    assert spoken(again) == [ivr.catalogues["en-US"].text("agent_on_another_call", {})]
+    assert ticket(ivr, second["ticket"]).status == "in_queue"
