@@ -197,6 +197,13 @@ class FloorRepository:
         self.session.add(DeskAction(ticket_id=ticket_id, actor=actor[:64], action=action,
                                     detail=(detail or None) and detail[:255], at=now))
 
+    def picked_up_only_by(self, ticket_id: int, engineer: str | None) -> bool:
+        """Whether every pick-up of a ticket on the engineer line was this engineer's."""
+        actors = set(self.session.scalars(
+            select(DeskAction.actor).where(DeskAction.ticket_id == ticket_id,
+                                           DeskAction.action == "pick-up")))
+        return engineer is not None and actors == {engineer[:64]}
+
     def actions(self, ticket_id: int) -> list[DeskAction]:
         return list(self.session.scalars(
             select(DeskAction).where(DeskAction.ticket_id == ticket_id)

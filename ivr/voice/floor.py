@@ -313,13 +313,15 @@ class Floor:
                 assignment.updated_at = now
                 dequeuer = _sid(params, "DequeingCallSid")
                 if dequeuer and assignment.engineer_call_sid not in (None, dequeuer):
-                    # A call whose claim another call took over (the same engineer on a
-                    # second device) reached the caller first: the call that talks is
-                    # the one on record, so its end offers the next caller and the other
-                    # call hears it missed them.
                     log.warning("ticket id=%s bridged to a call that did not claim it",
                                 ticket.id)
-                    assignment.engineer_call_sid = dequeuer
+                    # A call whose claim another call took over reached the caller
+                    # first. If every claim was this engineer's (a second device of
+                    # theirs), that call is theirs and the one that talks: on record, its
+                    # end offers the next caller and the other call hears it missed them.
+                    # Otherwise nothing says whose it was, and the record stays.
+                    if floor.picked_up_only_by(ticket.id, assignment.engineer):
+                        assignment.engineer_call_sid = dequeuer
                 floor.record(ticket.id, assignment.engineer or UNKNOWN_ENGINEER,
                              "connected", "engineer line", now)
             return call

@@ -735,3 +735,28 @@ def test_when_the_other_device_dequeues_the_caller_it_is_the_one_recorded_as_tal
     assert again.find("Dial") is None
     assert spoken(again) == [ivr.catalogues["en-US"].text("agent_on_another_call", {})]
     assert ticket(ivr, second["ticket"]).status == "in_queue"
+
+
+def test_an_engineer_whose_stale_claim_another_call_fulfilled_is_not_kept_off_the_line(
+        twilio, ivr, clock):
+    """aiko's whisper outlasted her claim and ben took the caller over; aiko's Dial then
+    reached the caller first. Nothing says which engineer's call that was, so ben, whose
+    Dial found the queue empty, must not be told he is talking to a caller on another
+    phone: he takes the next caller."""
+    add_engineer(ivr, "aiko")
+    add_engineer(ivr, "ben", phone="+14155550188")
+    first, second = queued(twilio, 1), queued(twilio, 2)
+    aiko, ben = new_call_sid(), new_call_sid()
+    to_aiko = twiml(twilio.post("/voice/agent", **engineer_params(aiko)))
+    clock.advance(seconds=ivr.config.engineers.claim_seconds + 1)
+    to_ben = twiml(twilio.post("/voice/agent", **engineer_params(ben, "+14155550188")))
+    assert digits_spoken(to_aiko) == digits_spoken(to_ben) == [first["ticket"]]
+    twiml(twilio.post(to_aiko.find("Dial/Queue").get("url"),
+                      **twilio.call_params(first["sid"]), DequeingCallSid=aiko))
+    after = twiml(twilio.post(to_ben.find("Dial").get("action"),
+                              **engineer_params(ben, "+14155550188"),
+                              DialCallStatus="no-answer"))
+    look = after.find("Redirect").text if after.find("Redirect") is not None else "/voice/agent"
+    again = twiml(twilio.post(look, **engineer_params(ben, "+14155550188"),
+                              **({} if after.find("Redirect") is not None else {"Digits": "1"})))
+    assert digits_spoken(again) == [second["ticket"]], spoken(again)
