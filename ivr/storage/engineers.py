@@ -259,8 +259,8 @@ class FloorRepository:
         served = [group != _NO_GROUP]
         if serves.queues:
             served.append(group.in_(serves.queues))
-        languages = sorted({primary_language(lang) for lang in serves.languages} - {""})
         if serves.languages:
+            languages = sorted({primary_language(lang) for lang in serves.languages})
             spoken = func.lower(func.coalesce(Call.language, ""))
             served.append(or_(literal(False), *[
                 or_(spoken == lang, func.substr(spoken, 1, len(lang) + 1) == lang + "-")
