@@ -224,7 +224,10 @@ class Floor:
             EngineerRepository(self.storage, session).hold(engineer.name)
             # One engineer, one caller at a time: a second device of theirs (a Client
             # identity signed in twice) is not bridged to a caller nobody listens to.
-            busy = floor.talking_elsewhere(engineer.name, call_sid, now - LONGEST_CONVERSATION)
+            # The engineer may know better: Twilio's reports of that conversation's end
+            # can be lost, and "1" pressed at the refusal ("anyway") says it has ended.
+            busy = not (digits == "1" and query.get("anyway") == "1") and \
+                floor.talking_elsewhere(engineer.name, call_sid, now - LONGEST_CONVERSATION)
             rows = {} if busy else {t.id: (t, c, a) for t, c, a in floor.waiting_served(
                 engineer.serves, self.groups, call_sid)}
             mine = next((t.id for t, _, a in rows.values() if a is not None

@@ -362,7 +362,21 @@ class AgentRenderer:
         return self._say_then_hang_up(voice, "agent_goodbye")
 
     def on_another_call(self, voice: Voice) -> str:
-        return self._say_then_hang_up(voice, "agent_on_another_call")
+        """The engineer is talking to a caller on another call, as far as the service
+        knows; if that call has in fact ended (its reports were lost), a key says so and
+        takes the next caller."""
+        return self._offer(voice, "agent_on_another_call", url(AGENT_PATH, anyway="1"))
+
+    def _offer(self, voice: Voice, key: str, action: str) -> str:
+        """A prompt answered by pressing 1 (sent to ``action``); no key: goodbye."""
+        response = VoiceResponse()
+        gather = Gather(input="dtmf", num_digits=1, timeout=10, finish_on_key="",
+                        action=action, method="POST")
+        self.say(gather, voice, [(key, {})])
+        response.append(gather)
+        self.say(response, voice, [("agent_goodbye", {})])
+        response.hangup()
+        return str(response)
 
     def connect(self, voice: Voice, whisper: list[SpokenLine], queue: str, ticket: str) -> str:
         """The whisper, then the chosen caller's own queue: whoever dials it gets them."""
@@ -390,14 +404,7 @@ class AgentRenderer:
         return str(response)
 
     def next_caller(self, voice: Voice) -> str:
-        response = VoiceResponse()
-        gather = Gather(input="dtmf", num_digits=1, timeout=10, finish_on_key="",
-                        action=AGENT_PATH, method="POST")
-        self.say(gather, voice, [("agent_next", {})])
-        response.append(gather)
-        self.say(response, voice, [("agent_goodbye", {})])
-        response.hangup()
-        return str(response)
+        return self._offer(voice, "agent_next", AGENT_PATH)
 
     def joining(self, voice: Voice) -> str:
         """To the caller being dequeued, just before the engineer is bridged in."""

@@ -675,8 +675,9 @@ def test_an_engineer_talking_to_a_caller_on_one_device_is_not_given_a_second_cal
 
     mobile = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), aiko)))
     assert mobile.find("Dial") is None, spoken(mobile)
-    assert [e.tag for e in mobile] == ["Say", "Hangup"]
-    assert spoken(mobile) == [ivr.catalogues["en-US"].text("agent_on_another_call", {})]
+    assert [e.tag for e in mobile] == ["Gather", "Say", "Hangup"]  # no key: goodbye
+    assert spoken(mobile.find("Gather")) == [
+        ivr.catalogues["en-US"].text("agent_on_another_call", {})]
     assert ticket(ivr, second["ticket"]).status == "in_queue"
     assert assignment(ivr, second["ticket"]) is None  # nobody claimed them
 
@@ -687,6 +688,31 @@ def test_an_engineer_talking_to_a_caller_on_one_device_is_not_given_a_second_cal
                       QueueTime="30"))
     again = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(), aiko)))
     assert digits_spoken(again) == [second["ticket"]]
+
+
+def test_an_engineer_whose_finished_call_was_never_reported_can_say_so_and_take_the_next(
+        twilio, ivr):
+    """Twilio's reports of a conversation's end can be lost (the database was away when
+    they came): the service would then think aiko is still talking to her last caller,
+    for up to four hours. She knows better, and says so with a key: her call takes the
+    next caller."""
+    add_engineer(ivr, phone=None, client="aiko")
+    first, second = queued(twilio, 1), queued(twilio, 2)
+    laptop = new_call_sid()
+    root = twiml(twilio.post("/voice/agent", **engineer_params(laptop, "client:aiko")))
+    twiml(twilio.post(root.find("Dial/Queue").get("url"), **twilio.call_params(first["sid"]),
+                      DequeingCallSid=laptop))
+    # The conversation ended; neither its queue result nor the caller's status arrived.
+    again = new_call_sid()
+    refused = twiml(twilio.post("/voice/agent", **engineer_params(again, "client:aiko")))
+    gather = refused.find("Gather")
+    assert (gather.get("numDigits"), refused.find("Dial")) == ("1", None)
+    for key, heard in (("7", None), ("1", second["ticket"])):
+        answer = twiml(twilio.post(gather.get("action"), **engineer_params(again, "client:aiko"),
+                                   Digits=key))
+        assert digits_spoken(answer) == ([heard] if heard else []), key
+    assert answer.find("Dial/Queue").text == second["queue"]
+    assert assignment(ivr, second["ticket"]).engineer == "aiko"
 
 
 def test_an_engineer_calling_again_gets_back_the_caller_their_other_call_claimed_first(
@@ -733,7 +759,8 @@ def test_when_the_other_device_dequeues_the_caller_it_is_the_one_recorded_as_tal
     again = twiml(twilio.post(missed.find("Redirect").text,
                               **engineer_params(mobile, "client:aiko")))
     assert again.find("Dial") is None
-    assert spoken(again) == [ivr.catalogues["en-US"].text("agent_on_another_call", {})]
+    assert spoken(again.find("Gather")) == [
+        ivr.catalogues["en-US"].text("agent_on_another_call", {})]
     assert ticket(ivr, second["ticket"]).status == "in_queue"
 
 
