@@ -65,7 +65,10 @@ class Assignment(Base):
     # until the claim connects or grows stale.
     claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     engineer_call_sid: Mapped[str | None] = mapped_column(String(64))
-    connected_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # Indexed: a waiting caller's expected wait counts the pick-ups of the last half hour,
+    # and the engineer line looks for an engineer's conversation of the last four hours,
+    # each a few rows of a table that keeps every pick-up.
+    connected_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
     callback_attempts: Mapped[int] = mapped_column(Integer, default=0)
     callback_failures: Mapped[int] = mapped_column(Integer, default=0)
     # When the desk last asked for a callback again: attempts placed before it belong to
