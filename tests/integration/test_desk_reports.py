@@ -1,0 +1,324 @@
+"""The desk's reports over a varied dataset: the figures /admin/calls and /admin/sla show
+and the exports' files, against the same figures worked out here from every row."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import random
+from collections import Counter
+
+import pytest
+from sqlalchemy import select
+
+from ivr.desk import service
+from ivr.desk.dashboard import duration
+from ivr.desk.service import Desk, Period
+from ivr.domain.phones import mask
+from ivr.storage.models import Call, Ticket
+
+from ..desk_support import ADMIN_TOKEN, parse_html, signed_in
+from ..support import CALLER, US_LINE
+
+UTC = dt.timezone.utc
+NOW = dt.datetime(2026, 11, 25, 12, 0, 0, 654_321, tzinfo=UTC)
+REGIONS = ("United States", "Japan", "United Kingdom", "unknown")
+OUTCOMES = ("routed", "abandoned", "self_service", None)
+US = dt.timedelta(microseconds=1)
+
+
+def _call(sid: str, started: dt.datetime, region: str, outcome: str | None) -> Call:
+    return Call(call_sid=sid, dialed_number=US_LINE, region=region, language="en-US",
+                caller_number=CALLER, can_text=True, step="done", english=False, attempts=0,
+                auth_failures=0, steps_reached="menu", outcome=outcome, started_at=started,
+                updated_at=started)
+
+
+def seed(ivr) -> None:
+    """Calls and tickets around the default period and its edges: times to the microsecond,
+    acknowledgements exactly at the target and a microsecond past it, tickets created
+    after the clock's now, responses that tie to the second, accounts a spreadsheet would
+    read as formulas."""
+    rnd = random.Random(20261125)
+    start = dt.datetime(2026, 11, 16, tzinfo=UTC)
+    targets = {p: ivr.config.priority(p).target_response_minutes for p in (1, 2, 3, 4)}
+    calls, tickets, numbers = [], [], rnd.sample(range(10_000_000, 99_999_999), 400)
+
+    def ticket(sid, created, priority, region, acknowledged, account="demo-business"):
+        tickets.append(Ticket(
+            number=str(numbers.pop()), call_sid=sid, account_id=account,
+            user_email="owner.business@example.com", priority=priority,
+            target_response_minutes=targets[priority], region=region,
+            status=rnd.choice(("open", "in_queue", "closed", "callback_requested")),
+            created_at=created, acknowledged_at=acknowledged,
+            callback_number=rnd.choice((None, "+14155550123", "=1+2"))))
+
+    for i in range(300):
+        started = start + dt.timedelta(microseconds=rnd.randrange(11 * 86400 * 10**6))
+        region, outcome = rnd.choice(REGIONS), rnd.choice(OUTCOMES)
+        sid = f"CA{i:032x}"
+        calls.append(_call(sid, started, region, outcome))
+        if i % 3:
+            priority = rnd.randint(1, 4)
+            target = dt.timedelta(minutes=targets[priority])
+            acknowledged = rnd.choice((
+                None, None, started + target, started + target + US, started + target - US,
+                started + rnd.random() * 2 * target, started - dt.timedelta(seconds=90)))
+            ticket(sid, started, priority, region, acknowledged,
+                   account=rnd.choice(("demo-business", "=HYPERLINK(1)", "-3", "acme")))
+    # The edges: a period's first microsecond and the one after its last, the last
+    # microsecond of an hour, tickets waiting exactly their target (pending) and a
+    # microsecond more (missed), tickets with the same creation time.
+    edges = [dt.datetime(2026, 11, 19, tzinfo=UTC), dt.datetime(2026, 11, 26, tzinfo=UTC),
+             dt.datetime(2026, 11, 24, 23, 59, 59, 999_999, tzinfo=UTC),
+             dt.datetime(2026, 11, 20, 9, 0, 0, 999_999, tzinfo=UTC)]
+    for priority in (1, 2, 4):
+        target = dt.timedelta(minutes=targets[priority])
+        edges += [NOW - target, NOW - target - US]
+    same = dt.datetime(2026, 11, 22, 8, 30, 0, 500_000, tzinfo=UTC)
+    edges += [same] * 5
+    # Responses of one whole second apiece and a fraction more or less.
+    slow = dt.datetime(2026, 11, 19, 1, 0, tzinfo=UTC)
+    for i, moment in enumerate(edges):
+        sid = f"CE{i:032x}"
+        calls.append(_call(sid, moment, REGIONS[i % 4], OUTCOMES[i % 4]))
+        ticket(sid, moment, 1 + i % 4 if i % 4 != 2 else 2, REGIONS[i % 4], None)
+    for i in range(6):
+        sid = f"CS{i:032x}"
+        created = slow + dt.timedelta(microseconds=i * 100_000)
+        calls.append(_call(sid, created, "Japan", "routed"))
+        ticket(sid, created, 4, "Japan", created + dt.timedelta(days=30, microseconds=i * 7))
+    with ivr.storage.transaction() as session:
+        session.add_all(calls)
+        session.flush()
+        session.add_all(tickets)
+
+
+# -- the figures, worked out from every row ----------------------------------------------
+
+
+def every_row(ivr):
+    with ivr.storage.reading() as session:
+        calls = [(c.region, c.outcome, c.started_at) for c in session.scalars(select(Call))]
+        tickets = [dict(id=t.id, number=t.number, call_sid=t.call_sid,
+                        account_id=t.account_id, user_email=t.user_email,
+                        priority=t.priority, target=t.target_response_minutes,
+                        region=t.region, status=t.status, created=t.created_at,
+                        acknowledged=t.acknowledged_at, connected=t.connected_at,
+                        closed=t.closed_at, callback=t.callback_number)
+                   for t in session.scalars(select(Ticket))]
+    return calls, tickets
+
+
+def expected_traffic(calls, period):
+    inside = [c for c in calls if period.since <= c[2] < period.until]
+    counts = Counter((region, outcome or "in_progress") for region, outcome, _ in inside)
+    hours = Counter(started.hour for _, _, started in inside)
+    return dict(counts), [hours.get(h, 0) for h in range(24)]
+
+
+def verdict(t, now):
+    target = dt.timedelta(minutes=t["target"])
+    if t["acknowledged"] is not None:
+        return "met" if t["acknowledged"] - t["created"] <= target else "missed"
+    return "missed" if now - t["created"] > target else "pending"
+
+
+def expected_sla(tickets, period, now):
+    inside = [t for t in tickets if period.since <= t["created"] < period.until]
+    lines: dict[str, Counter] = {}
+    for t in inside:
+        for key in ("all", ("priority", t["priority"]), ("region", t["region"])):
+            lines.setdefault(key, Counter())[verdict(t, now)] += 1
+    slowest = sorted(
+        ({"number": t["number"], "priority": t["priority"], "region": t["region"],
+          "response_seconds": int(((t["acknowledged"] or now) - t["created"]).total_seconds()),
+          "acknowledged": t["acknowledged"] is not None, "verdict": verdict(t, now),
+          "target": t["target"]} for t in inside),
+        key=lambda r: (-r["response_seconds"], r["number"]))[:10]
+    return lines, slowest
+
+
+def share(counter) -> str:
+    decided = counter["met"] + counter["missed"]
+    return "–" if not decided else f"{100 * counter['met'] / decided:.1f} %"
+
+
+def expected_export(ivr, tickets, since, fmt):
+    def iso(moment):
+        return moment.isoformat() if moment is not None else None
+
+    chosen = sorted((t for t in tickets if since is None or t["created"] >= since),
+                    key=lambda t: (t["created"], t["id"]))
+    rows = [{
+        "id": t["id"], "number": t["number"], "call_sid": t["call_sid"],
+        "account_id": t["account_id"], "user_email": t["user_email"],
+        "priority": t["priority"], "priority_name": ivr.config.priority(t["priority"]).name,
+        "target_response_minutes": t["target"], "region": t["region"], "status": t["status"],
+        "created_at": t["created"].isoformat(), "acknowledged_at": iso(t["acknowledged"]),
+        "connected_at": iso(t["connected"]), "closed_at": iso(t["closed"]),
+        "target_at": (t["created"] + dt.timedelta(minutes=t["target"])).isoformat(),
+        "callback_number": mask(t["callback"]) if t["callback"] else t["callback"],
+    } for t in chosen]
+    if fmt == "json":
+        return json.dumps(rows, ensure_ascii=False, indent=2) + "\n"
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "'" + v if isinstance(v, str) and v[:1] in "=+-@\t\r" and v
+                         else v for k, v in row.items()})
+    return "\ufeff" + out.getvalue()
+
+
+# -- the pages ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dataset(desk_app, clock):
+    clock.now = NOW
+    ivr = desk_app.extensions["ivr"]
+    seed(ivr)
+    return ivr
+
+
+PERIODS = [
+    (None, None),  # the default: the last seven days, today included
+    ("2026-11-19", "2026-11-25"),
+    ("2026-11-20T09:00:00.999999", "2026-11-24"),
+    ("2026-11-22T10:30:00.500000+02:00", None),
+    ("2026-11-10", "2026-12-31"),
+    ("2026-12-01", "2026-12-02"),  # no calls at all
+]
+
+
+def query(since, until):
+    return "&".join(f"{name}={value.replace('+', '%2B')}"
+                    for name, value in (("since", since), ("until", until)) if value)
+
+
+@pytest.mark.parametrize("since, until", PERIODS)
+def test_the_calls_page_shows_the_figures_of_every_call_of_the_period(
+        desk_app, dataset, since, until):
+    period = Period.parse(since, until, NOW)
+    counts, hours = expected_traffic(every_row(dataset)[0], period)
+    response = signed_in(desk_app).get("/admin/calls?" + query(since, until))
+    assert response.status_code == 200
+    doc = parse_html(response.get_data(as_text=True))
+    bars = [int(g.attrs["data-calls"]) for g in doc.find("per-hour").iter("g")]
+    assert bars == hours
+    assert doc.find("per-hour").attrs["aria-label"].endswith(
+        f"the busiest hour has {max(hours)} calls")
+    caption = next(doc.iter("figcaption")).text()
+    assert caption.endswith(f"busiest hour: {max(hours)} calls.")
+    if not counts:
+        assert not doc.has("outcomes")
+        return
+    table = doc.find("outcomes")
+    outcomes = sorted({o for _, o in counts})
+    regions = sorted({r for r, _ in counts})
+    header = [th.text() for th in next(table.iter("thead")).iter("th")]
+    assert header == ["Region"] + [o.replace("_", " ") for o in outcomes] + ["total"]
+    assert [cells for _, cells in table.rows()] == [
+        [r] + [str(counts.get((r, o), 0)) for o in outcomes]
+        + [str(sum(n for (rr, _), n in counts.items() if rr == r))] for r in regions]
+    footer = [c.text() for c in next(table.iter("tfoot")).iter() if c.tag in ("th", "td")]
+    assert footer == ["all"] + [str(sum(n for (_, oo), n in counts.items() if oo == o))
+                                for o in outcomes] + [str(sum(counts.values()))]
+
+
+@pytest.mark.parametrize("since, until", PERIODS)
+def test_the_sla_page_shows_the_figures_of_every_ticket_of_the_period(
+        desk_app, dataset, since, until):
+    period = Period.parse(since, until, NOW)
+    lines, slowest = expected_sla(every_row(dataset)[1], period, NOW)
+    response = signed_in(desk_app).get("/admin/sla?" + query(since, until))
+    assert response.status_code == 200
+    doc = parse_html(response.get_data(as_text=True))
+    overall = lines.get("all", Counter())
+    assert doc.find("overall").text() == share(overall)
+    summary = [p.text() for p in doc.iter("p") if "Overall:" in p.text()]
+    assert summary == [f"Overall: {share(overall)} ({overall['met']} met, {overall['missed']} "
+                       f"missed, {overall['pending']} pending)"]
+    for table, kind, label in (("by-priority", "priority", "P{}"), ("by-region", "region", "{}")):
+        keys = sorted(key[1] for key in lines if key != "all" and key[0] == kind)
+        want = [[label.format(k), share(lines[(kind, k)]), str(lines[(kind, k)]["met"]),
+                 str(lines[(kind, k)]["missed"]), str(lines[(kind, k)]["pending"]),
+                 str(sum(lines[(kind, k)].values()))] for k in keys]
+        if want:
+            assert [cells for _, cells in doc.find(table).rows()] == want
+        else:
+            assert not doc.has(table)
+    if slowest:
+        assert [cells for _, cells in doc.find("slowest").rows()] == [
+            [r["number"], f"P{r['priority']}", r["region"],
+             duration(r["response_seconds"]) + ("" if r["acknowledged"] else " (waiting)"),
+             duration(r["target"] * 60), r["verdict"]] for r in slowest]
+    else:
+        assert not doc.has("slowest")
+
+
+@pytest.mark.parametrize("since, until", PERIODS)
+def test_the_desk_reports_hold_the_exact_figures_of_every_row(dataset, since, until):
+    """The figures behind the pages, to the second: what the rounding of a page hides."""
+    period = Period.parse(since, until, NOW)
+    calls, tickets = every_row(dataset)
+    desk = Desk.of(dataset)
+    traffic = desk.traffic(period)
+    counts, hours = expected_traffic(calls, period)
+    assert (traffic.counts, traffic.by_hour) == (counts, hours)
+    assert traffic.regions == sorted({r for r, _ in counts})
+    assert traffic.outcomes == sorted({o for _, o in counts})
+    lines, slowest = expected_sla(tickets, period, NOW)
+    report = desk.sla(period)
+
+    def figures(line):
+        return (line.met, line.missed, line.pending)
+
+    overall = lines.get("all", Counter())
+    assert figures(report.overall) == (overall["met"], overall["missed"], overall["pending"])
+    assert [(line.key, figures(line)) for line in report.by_priority] == [
+        (f"P{k}", (c["met"], c["missed"], c["pending"]))
+        for (kind, k), c in sorted((key, c) for key, c in lines.items()
+                                   if key != "all" and key[0] == "priority")]
+    assert [(line.key, figures(line)) for line in report.by_region] == [
+        (k, (c["met"], c["missed"], c["pending"]))
+        for (kind, k), c in sorted((key, c) for key, c in lines.items()
+                                   if key != "all" and key[0] == "region")]
+    assert [(r["number"], r["response_seconds"], r["verdict"]) for r in report.slowest] == [
+        (r["number"], r["response_seconds"], r["verdict"]) for r in slowest]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+@pytest.mark.parametrize("since", [None, "2026-11-22", "2026-11-22T08:30:00.5"])
+def test_the_export_holds_every_ticket_since_the_date_oldest_first(
+        desk_app, dataset, monkeypatch, fmt, since):
+    # Small batches, so the export crosses batch boundaries, some between equal times.
+    monkeypatch.setattr(service, "EXPORT_BATCH", 7, raising=False)
+    moment = service.parse_moment(since, "since") if since else None
+    want = expected_export(dataset, every_row(dataset)[1], moment, fmt)
+    response = signed_in(desk_app).get(f"/admin/export?format={fmt}"
+                                       + (f"&since={since}" if since else ""))
+    assert response.status_code == 200
+    assert response.get_data(as_text=True) == want
+    command = desk_app.test_cli_runner().invoke(
+        args=["tickets", "export", "--format", fmt] + (["--since", since] if since else []))
+    assert command.exit_code == 0 and command.output == want
+
+
+def test_the_api_lists_page_through_every_call_and_ticket_once(desk_app, dataset):
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    client = desk_app.test_client()
+    calls, tickets = every_row(dataset)
+    for name, rows in (("calls", calls), ("tickets", tickets)):
+        seen, page = [], 1
+        while True:
+            body = client.get(f"/api/{name}?per_page=37&page={page}", headers=headers).json
+            assert body["total"] == len(rows)
+            seen += [item.get("call_sid") for item in body[name]]
+            if page >= body["pages"]:
+                break
+            page += 1
+        assert len(seen) == len(rows) and len(set(seen)) == len(rows)
