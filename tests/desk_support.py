@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import secrets
 
@@ -150,3 +151,70 @@ def signed_in(app, token: str = ADMIN_TOKEN):
     response = sign_in(client, token)
     assert response.status_code == 302, response.get_data(as_text=True)[:500]
     return client
+
+
+class RowsRead:
+    """Rows the database handed to Python, per statement."""
+
+    def __init__(self):
+        self.per_statement: dict[int, int] = {}
+        self._cursors = []  # kept alive, so no two statements share an id
+
+    def count(self, cursor) -> None:
+        key = id(cursor)
+        if key not in self.per_statement:
+            self._cursors.append(cursor)
+            self.per_statement[key] = 0
+        self.per_statement[key] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_statement.values())
+
+    @property
+    def most(self) -> int:
+        return max(self.per_statement.values(), default=0)
+
+
+@contextlib.contextmanager
+def rows_read(storage):
+    """Counts every row fetched on the storage's connections while the block runs (the
+    driver's row factory sees each one), whatever layer asked for it."""
+    from sqlalchemy import event
+
+    seen = RowsRead()
+    if storage.dialect == "sqlite":
+        def factory(cursor, row):
+            seen.count(cursor)
+            return row
+
+        def plain():
+            return None
+    else:
+        from psycopg.rows import tuple_row
+
+        def factory(cursor):
+            make = tuple_row(cursor)
+
+            def row(values):
+                seen.count(cursor)
+                return make(values)
+            return row
+
+        def plain():
+            return tuple_row
+
+    def checkout(dbapi_connection, record, proxy):
+        dbapi_connection.row_factory = factory
+
+    def checkin(dbapi_connection, record):
+        if dbapi_connection is not None:
+            dbapi_connection.row_factory = plain()
+
+    event.listen(storage.engine, "checkout", checkout)
+    event.listen(storage.engine, "checkin", checkin)
+    try:
+        yield seen
+    finally:
+        event.remove(storage.engine, "checkout", checkout)
+        event.remove(storage.engine, "checkin", checkin)

@@ -307,12 +307,15 @@ class Traffic:
 
 
 def traffic(grouped: Iterable[tuple[str, str | None, int]],
-            started: Iterable[dt.datetime]) -> Traffic:
+            by_hour: Iterable[tuple[int, int]]) -> Traffic:
+    """From calls counted by (region, outcome) and by hour of day (UTC)."""
     counts: dict[tuple[str, str], int] = {}
     for region, outcome, count in grouped:
         key = (region, outcome or IN_PROGRESS)
         counts[key] = counts.get(key, 0) + count
-    hours = Counter(moment.astimezone(dt.timezone.utc).hour for moment in started)
+    hours = Counter()
+    for hour, count in by_hour:
+        hours[hour] += count
     return Traffic(sorted({o for _, o in counts}), sorted({r for r, _ in counts}), counts,
                    [hours.get(h, 0) for h in range(24)])
 
@@ -510,7 +513,7 @@ class Desk:
         with self.storage.unit_of_work(readonly=True) as uow:
             desk = uow.desk
             return traffic(desk.calls_by_region_and_outcome(period.since, period.until),
-                           desk.call_start_times(period.since, period.until))
+                           desk.calls_by_hour(period.since, period.until))
 
     def export(self, fmt: str, since: dt.datetime | None = None) -> str:
         """Tickets created since a time, oldest first, as CSV or JSON: the one export of

@@ -6,7 +6,7 @@ import datetime as dt
 
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import Integer, cast, func, select
 
 from ..domain.digits import ascii_digits
 from .models import Call, Ticket
@@ -103,9 +103,21 @@ class DeskRepository:
         )
         return [(region, outcome, count) for region, outcome, count in rows]
 
-    def call_start_times(self, since: dt.datetime, until: dt.datetime) -> list[dt.datetime]:
-        """When each call of [since, until) started (bucketed by the caller, so every
-        database reads hours in UTC alike)."""
-        return list(self.session.scalars(
-            select(Call.started_at).where(Call.started_at >= since, Call.started_at < until)
-        ))
+    def calls_by_hour(self, since: dt.datetime, until: dt.datetime) -> list[tuple[int, int]]:
+        """(hour of day in UTC, calls) for calls started in [since, until), counted by the
+        database: a year of calls is 24 rows, not a row per call."""
+        hour = hour_of_day(self.uow.dialect, Call.started_at)
+        rows = self.session.execute(
+            select(hour, func.count())
+            .where(Call.started_at >= since, Call.started_at < until)
+            .group_by(hour))
+        return [(int(h), count) for h, count in rows]
+
+
+def hour_of_day(dialect: str, column):
+    """A stored time's hour in UTC. SQLite keeps UTC text ("2026-11-25 09:05:00.000000"),
+    whose hour is read from the text itself: its date functions round to the millisecond,
+    which would put 09:59:59.9999 in hour 10."""
+    if dialect == "postgresql":
+        return cast(func.extract("hour", func.timezone("UTC", column)), Integer)
+    return cast(func.substr(column, 12, 2), Integer)
