@@ -6,10 +6,10 @@ import datetime as dt
 
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Integer, cast, func, select
+from sqlalchemy import BigInteger, Integer, and_, case, cast, func, literal, select
 
 from ..domain.digits import ascii_digits
-from .models import Call, Ticket
+from .models import Call, Ticket, UTCDateTime
 
 if TYPE_CHECKING:
     from .uow import UnitOfWork
@@ -112,6 +112,55 @@ class DeskRepository:
             .where(Call.started_at >= since, Call.started_at < until)
             .group_by(hour))
         return [(int(h), count) for h, count in rows]
+
+    def sla_counts(self, since: dt.datetime, until: dt.datetime, now: dt.datetime
+                   ) -> list[tuple[int, str, str, int]]:
+        """(priority, region, verdict, tickets) for tickets created in [since, until):
+        the verdict 'met' (acknowledged within target), 'missed' (acknowledged late, or
+        not acknowledged and past target) or 'pending', decided by the database."""
+        verdict = self._verdict(now)
+        rows = self.session.execute(
+            select(Ticket.priority, Ticket.region, verdict, func.count())
+            .where(Ticket.created_at >= since, Ticket.created_at < until)
+            .group_by(Ticket.priority, Ticket.region, verdict))
+        return [(priority, region, v, count) for priority, region, v, count in rows]
+
+    def slowest(self, since: dt.datetime, until: dt.datetime, now: dt.datetime,
+                limit: int) -> list[Ticket]:
+        """The ``limit`` tickets created in [since, until) with the longest response in
+        whole seconds (to acknowledgement, or waited until ``now``), then by number."""
+        # Whole seconds as int() counts them: integers divided in SQL (SQLAlchemy's //
+        # on integers), which both databases truncate towards zero.
+        seconds = self._elapsed(now) // 1_000_000
+        return list(self.session.scalars(
+            select(Ticket).where(Ticket.created_at >= since, Ticket.created_at < until)
+            .order_by(seconds.desc(), Ticket.number.asc()).limit(limit)))
+
+    def _elapsed(self, now: dt.datetime):
+        """Microseconds from creation to acknowledgement, or to ``now`` when there is none."""
+        dialect = self.uow.dialect
+        answered = func.coalesce(Ticket.acknowledged_at, literal(now, UTCDateTime()))
+        if dialect == "postgresql":
+            return cast(func.extract("epoch", answered - Ticket.created_at) * 1_000_000,
+                        BigInteger)
+        return microseconds(answered) - microseconds(Ticket.created_at)
+
+    def _verdict(self, now: dt.datetime):
+        target = cast(Ticket.target_response_minutes, BigInteger) * 60_000_000
+        elapsed = self._elapsed(now)
+        acknowledged = Ticket.acknowledged_at.is_not(None)
+        return case((and_(acknowledged, elapsed <= target), "met"),
+                    (acknowledged, "missed"),
+                    (elapsed > target, "missed"),
+                    else_="pending")
+
+
+def microseconds(column):
+    """SQLite: a stored UTC time ("2026-11-25 09:05:00.123456") as whole microseconds
+    since 1970, exactly: whole seconds from its first 19 characters, the microseconds from
+    its text (SQLite's date functions round fractions to the millisecond)."""
+    return (cast(func.strftime("%s", func.substr(column, 1, 19)), BigInteger) * 1_000_000
+            + cast(func.substr(column, 21, 6), BigInteger))
 
 
 def hour_of_day(dialect: str, column):

@@ -44,11 +44,12 @@ def seed(ivr) -> None:
     rnd = random.Random(20261125)
     start = dt.datetime(2026, 11, 16, tzinfo=UTC)
     targets = {p: ivr.config.priority(p).target_response_minutes for p in (1, 2, 3, 4)}
-    calls, tickets, numbers = [], [], rnd.sample(range(10_000_000, 99_999_999), 400)
+    calls, tickets, numbers = [], [], rnd.sample(range(10_001_000, 99_999_999), 400)
 
-    def ticket(sid, created, priority, region, acknowledged, account="demo-business"):
+    def ticket(sid, created, priority, region, acknowledged, account="demo-business",
+               number=None):
         tickets.append(Ticket(
-            number=str(numbers.pop()), call_sid=sid, account_id=account,
+            number=number or str(numbers.pop()), call_sid=sid, account_id=account,
             user_email="owner.business@example.com", priority=priority,
             target_response_minutes=targets[priority], region=region,
             status=rnd.choice(("open", "in_queue", "closed", "callback_requested")),
@@ -79,17 +80,20 @@ def seed(ivr) -> None:
         edges += [NOW - target, NOW - target - US]
     same = dt.datetime(2026, 11, 22, 8, 30, 0, 500_000, tzinfo=UTC)
     edges += [same] * 5
-    # Responses of one whole second apiece and a fraction more or less.
     slow = dt.datetime(2026, 11, 19, 1, 0, tzinfo=UTC)
     for i, moment in enumerate(edges):
         sid = f"CE{i:032x}"
         calls.append(_call(sid, moment, REGIONS[i % 4], OUTCOMES[i % 4]))
         ticket(sid, moment, 1 + i % 4 if i % 4 != 2 else 2, REGIONS[i % 4], None)
-    for i in range(6):
+    # The slowest responses: twelve of the same whole seconds, the longer to the
+    # microsecond the higher the number, so ten by seconds then number are not the ten
+    # longest.
+    for i in range(12):
         sid = f"CS{i:032x}"
         created = slow + dt.timedelta(microseconds=i * 100_000)
         calls.append(_call(sid, created, "Japan", "routed"))
-        ticket(sid, created, 4, "Japan", created + dt.timedelta(days=30, microseconds=i * 7))
+        ticket(sid, created, 4, "Japan", created + dt.timedelta(days=30, microseconds=i * 7),
+               number=f"{10_000_100 + i}")
     with ivr.storage.transaction() as session:
         session.add_all(calls)
         session.flush()
@@ -336,6 +340,26 @@ def add_calls(ivr, count: int, tag: str) -> None:
             for i, (r, o, h) in enumerate(combos[i % len(combos)] for i in range(count)))
 
 
+def add_tickets(ivr, count: int, tag: str) -> None:
+    """``count`` tickets of 2026-11-24 and 25 of two priorities and regions, met, missed
+    and pending."""
+    base = dt.datetime(2026, 11, 24, 1, 0, tzinfo=UTC)
+    with ivr.storage.transaction() as session:
+        for i in range(count):
+            priority, region = 1 + i % 2, REGIONS[(i // 2) % 2]
+            target = dt.timedelta(minutes=ivr.config.priority(priority).target_response_minutes)
+            created = NOW - dt.timedelta(minutes=5) if i % 3 == 2 else base + i * US
+            acknowledged = (created + target / 2, None, None)[i % 3]
+            sid = f"T{tag}{i:031x}"
+            session.add(_call(sid, created, region, "routed"))
+            session.flush()
+            session.add(Ticket(
+                number=f"{tag}{i:07d}"[-8:].replace("a", "1").replace("b", "2"), call_sid=sid,
+                account_id="acme", user_email="a@example.com", priority=priority,
+                target_response_minutes=target // dt.timedelta(minutes=1), region=region,
+                status="open", created_at=created, acknowledged_at=acknowledged))
+
+
 def test_the_calls_page_reads_no_more_rows_for_a_year_of_calls_than_for_a_day(
         desk_app, clock):
     from ..desk_support import rows_read
@@ -354,4 +378,25 @@ def test_the_calls_page_reads_no_more_rows_for_a_year_of_calls_than_for_a_day(
             for g in parse_html(then.get_data(as_text=True)).find("per-hour").iter("g")}
     assert {h: n for h, n in bars.items() if n} == {3: 40, 9: 40, 17: 40}
     # Counted by the database: the page reads its groups, not the calls.
+    assert many.total == few.total
+
+
+def test_the_sla_page_reads_no_more_rows_for_a_year_of_tickets_than_for_a_day(
+        desk_app, clock):
+    from ..desk_support import rows_read
+
+    clock.now = NOW
+    ivr = desk_app.extensions["ivr"]
+    client = signed_in(desk_app)
+    add_tickets(ivr, 24, "1")
+    with rows_read(ivr.storage) as few:
+        first = client.get("/admin/sla?since=2026-11-24")
+    add_tickets(ivr, 96, "2")
+    with rows_read(ivr.storage) as many:
+        then = client.get("/admin/sla?since=2026-11-24")
+    assert first.status_code == then.status_code == 200
+    doc = parse_html(then.get_data(as_text=True))
+    assert [cells for _, cells in doc.find("by-priority").rows()] == [
+        ["P1", "50.0 %", "20", "20", "20", "60"], ["P2", "50.0 %", "20", "20", "20", "60"]]
+    assert len(doc.find("slowest").rows()) == 10
     assert many.total == few.total
