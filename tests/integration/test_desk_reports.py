@@ -400,3 +400,17 @@ def test_the_sla_page_reads_no_more_rows_for_a_year_of_tickets_than_for_a_day(
         ["P1", "50.0 %", "20", "20", "20", "60"], ["P2", "50.0 %", "20", "20", "20", "60"]]
     assert len(doc.find("slowest").rows()) == 10
     assert many.total == few.total
+
+
+def test_the_slowest_responses_say_they_are_the_first_few_of_the_period_and_link_the_export(
+        desk_app, clock):
+    clock.now = NOW
+    ivr = desk_app.extensions["ivr"]
+    add_tickets(ivr, 24, "1")
+    doc = parse_html(signed_in(desk_app).get("/admin/sla?since=2026-11-24")
+                     .get_data(as_text=True))
+    note = doc.find("slowest-shown")
+    assert note.text() == ("The 10 slowest of 24 tickets in this period. The export has "
+                           "every ticket created since 2026-11-24.")
+    link = next(note.iter("a"))
+    assert link.attrs["href"] == "/admin/export?format=csv&since=2026-11-24"
