@@ -112,4 +112,5 @@ def tickets_set_priority(ref, priority):
 def tickets_export(fmt, since, output):
     """Tickets, oldest first, as CSV or JSON (callback numbers masked)."""
     moment = _run(parse_moment, since, "--since") if since else None
-    output.write(_run(desk().export, fmt, moment))
+    for piece in _run(desk().export, fmt, moment):
+        output.write(piece)

@@ -8,11 +8,12 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import itertools
 import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from ..config import IvrConfig
 from ..domain.lifecycle import STATUSES, UNCLOSED, ForbiddenMove, TicketStatus, move
@@ -330,26 +331,41 @@ EXPORT_FIELDS = ("id", "number", "call_sid", "account_id", "user_email", "priori
                  "acknowledged_at", "connected_at", "closed_at", "target_at", "callback_number")
 
 
-def export_rows(views: list[dict]) -> list[dict]:
+EXPORT_BATCH = 1000  # tickets an export reads per transaction
+
+
+def export_rows(views: Iterable[dict]) -> list[dict]:
     """Exported tickets: bulk files leave the desk, so the callback number goes masked."""
     return [{name: (mask(view[name]) if name == "callback_number" and view[name] else view[name])
              for name in EXPORT_FIELDS} for view in views]
 
 
-def render_export(rows: list[dict], fmt: str) -> str:
+def render_export(batches: Iterable[list[dict]], fmt: str) -> Iterator[str]:
+    """The export file, a piece per batch of rows: the same text as the whole list
+    rendered at once (``json.dumps(rows, indent=2)``, or the CSV)."""
     if fmt == "json":
-        return json.dumps(rows, ensure_ascii=False, indent=2) + "\n"
-    if fmt != "csv":
-        raise BadRequest(f"format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+        empty = True
+        for rows in batches:
+            if rows:  # "[\n  {...},\n  {...}\n]": the items, as the whole list has them
+                items = json.dumps(rows, ensure_ascii=False, indent=2)[2:-2]
+                yield ("[\n" if empty else ",\n") + items
+                empty = False
+        yield "[]\n" if empty else "\n]\n"
+        return
     # UTF-8 with a byte-order mark: without it a spreadsheet reads the file in the
     # system's code page, and every masked number ('…0123') and accent comes out garbled.
     out = io.StringIO("\ufeff")
     out.seek(0, io.SEEK_END)
     writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS, lineterminator="\n")
     writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _cell(v) for k, v in row.items()})
-    return out.getvalue()
+    for rows in batches:
+        for row in rows:
+            writer.writerow({k: _cell(v) for k, v in row.items()})
+        yield out.getvalue()
+        out.seek(0)
+        out.truncate()
+    if out.tell():
+        yield out.getvalue()
 
 
 def _cell(value):
@@ -519,14 +535,30 @@ class Desk:
             return traffic(desk.calls_by_region_and_outcome(period.since, period.until),
                            desk.calls_by_hour(period.since, period.until))
 
-    def export(self, fmt: str, since: dt.datetime | None = None) -> str:
+    def export(self, fmt: str, since: dt.datetime | None = None) -> Iterator[str]:
         """Tickets created since a time, oldest first, as CSV or JSON: the one export of
-        the operator command and the dashboard."""
+        the operator command and the dashboard. The file comes in pieces, read
+        ``EXPORT_BATCH`` tickets at a time, each batch in its own short read transaction:
+        a year of tickets is never held in memory whole, and a slow download holds no
+        transaction open. A format it does not know, or a database it cannot read, is an
+        error here, before any of the file is sent."""
         if fmt not in EXPORT_FORMATS:
             raise BadRequest(f"format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+        batches = self._export_batches(since)
+        first = next(batches)
+        return render_export(itertools.chain([first], batches), fmt)
+
+    def _export_batches(self, since: dt.datetime | None) -> Iterator[list[dict]]:
         now = self.clock()
-        with self.storage.unit_of_work(readonly=True) as uow:
-            rows, _ = uow.desk.tickets(since=since,
-                                                                    oldest_first=True)
-            views = [ticket_view(t, caller, self.config, now) for t, caller in rows]
-        return render_export(export_rows(views), fmt)
+        after = None
+        while True:
+            size = EXPORT_BATCH
+            with self.storage.unit_of_work(readonly=True) as uow:
+                rows = uow.desk.tickets_from(since, after, size)
+                views = export_rows(ticket_view(t, caller, self.config, now)
+                                    for t, caller in rows)
+                if rows:
+                    after = (rows[-1][0].created_at, rows[-1][0].id)
+            yield views
+            if len(rows) < size:
+                return

@@ -6,7 +6,7 @@ import datetime as dt
 
 from typing import TYPE_CHECKING
 
-from sqlalchemy import BigInteger, Integer, and_, case, cast, func, literal, select
+from sqlalchemy import BigInteger, Integer, and_, case, cast, func, literal, or_, select
 
 from ..domain.digits import ascii_digits
 from .models import Call, Ticket, UTCDateTime
@@ -62,6 +62,24 @@ class DeskRepository:
             query = query.limit(limit)
         total = self.session.scalar(select(func.count()).select_from(Ticket).where(*where)) or 0
         return [(ticket, caller) for ticket, caller in self.session.execute(query)], total
+
+    def tickets_from(self, since: dt.datetime | None, after: tuple[dt.datetime, int] | None,
+                     limit: int) -> list[tuple[Ticket, str | None]]:
+        """At most ``limit`` tickets created since ``since``, oldest first (then by id),
+        with their callers' numbers: those after the ticket ``after`` (its created_at and
+        id) in that order, so an export reads the next batch without an OFFSET."""
+        where = []
+        start = since
+        if after is not None:
+            created, ticket_id = after
+            start = created if since is None else max(since, created)
+            # Tickets of that same time come after it by id.
+            where.append(or_(Ticket.created_at > created, Ticket.id > ticket_id))
+        if start is not None:  # one lower bound, where the index range starts
+            where.append(Ticket.created_at >= start)
+        query = (select(Ticket, Call.caller_number).join(Call, Call.call_sid == Ticket.call_sid)
+                 .where(*where).order_by(Ticket.created_at.asc(), Ticket.id.asc()).limit(limit))
+        return [(ticket, caller) for ticket, caller in self.session.execute(query)]
 
     def calls(self, *, outcomes: tuple[str, ...] = (), statuses: tuple[str, ...] = (),
               priority: int | None = None, region: str | None = None,
