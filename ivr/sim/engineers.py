@@ -23,9 +23,14 @@ from .surge import ELIGIBLE, NUMBERS
 ENGINEER_LINE = "+15005550006"
 
 
+# Area codes no simulated caller uses (surge.AREAS, the floor's 202, the default 415).
+ENGINEER_AREAS = ("510", "408")
+
+
 def engineer_phone(n: int) -> str:
-    """The phone of simulated engineer n (fictional 555-02xx numbers)."""
-    return f"+1415555{200 + n:04d}"
+    """The phone of simulated engineer n: a fictional 555-01xx number (the only ones set
+    aside for fiction), a hundred per area code, none a simulated caller's."""
+    return f"+1{ENGINEER_AREAS[n // 100]}55501{n % 100:02d}"
 
 
 def engineer_name(n: int) -> str:

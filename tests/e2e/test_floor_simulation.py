@@ -2,9 +2,12 @@
 serves P1 callers before P4 callers."""
 
 import json
+import random
 
+from ivr.domain.phones import callable_number
 from ivr.sim.engineers import engineer_name, engineer_phone, run_floor
 from ivr.sim.simulator import WsgiTransport
+from ivr.sim.surge import plan_call
 
 from ..floor_support import add_engineer
 from ..support import TOKEN
@@ -31,3 +34,18 @@ def test_the_command_runs_callers_and_engineers_and_reports_waits_per_priority(a
     assert set(report["waits_seconds"]) == {"P1", "P2", "P3", "P4"}
     again = app.test_cli_runner().invoke(args=["simulate", "--calls", "4", "--engineers", "2"])
     assert again.exit_code == 0 and "mean wait" in again.output
+
+
+def test_simulated_engineers_phones_are_fictional_555_01xx_numbers_of_their_own():
+    """North American 555-0100 to 555-0199 are the numbers set aside for fiction: a
+    simulated engineer's phone outside them may be someone's real line (callbacks and the
+    engineer line dial and text what the directory holds)."""
+    phones = [engineer_phone(n) for n in range(200)]  # simulate --engineers allows 200
+    assert len(set(phones)) == 200
+    for phone in phones:
+        assert phone.startswith("+1") and len(phone) == 12, phone
+        assert phone[5:10] == "55501", phone
+        assert callable_number(phone) == phone
+    rng = random.Random(1)
+    callers = {plan_call(n, rng)[2] for n in range(2000)} | {"+14155550100"}
+    assert not callers & set(phones)
