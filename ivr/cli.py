@@ -230,6 +230,8 @@ def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think, 
     def transport():
         return HttpTransport(url) if url else WsgiTransport(app)
 
+    recorded = recorded_outcome(ivr().storage)
+
     if calls and engineers:
         from .sim.engineers import ensure_engineers, run_floor
 
@@ -248,14 +250,15 @@ def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think, 
     if calls:
         with click.progressbar(length=calls, label="calls", file=sys.stderr) as bar:
             report = run_surge(transport, token, calls, concurrency, signing_base=signing_base,
-                               seed=seed, think=think, progress=bar.update)
+                               seed=seed, think=think, progress=bar.update,
+                               recorded=recorded)
         click.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.table())
         if report.errors or report.unexpected:
             raise SystemExit(1)
         return
     if not to:
         raise click.UsageError("give --to NUMBER for one call, or --calls N for a surge")
-    simulator = Simulator(transport(), token, signing_base=signing_base)
+    simulator = Simulator(transport(), token, signing_base=signing_base, recorded=recorded)
     try:
         result = simulator.call(to, caller, digits.split())
     except UnknownTwiML as exc:
@@ -268,6 +271,21 @@ def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think, 
     click.echo(result.to_json() if as_json else transcript(result))
     if result.outcome == "error":
         raise SystemExit(1)
+
+
+def recorded_outcome(storage):
+    """What the simulator asks once a call has ended: the outcome the service recorded for
+    it, from this command's database; None when the call is not there (``--url`` names a
+    server on another database) or the database cannot be read."""
+    def outcome(call_sid: str) -> str | None:
+        try:
+            with storage.unit_of_work(readonly=True) as uow:
+                record = uow.calls.load(call_sid, lock=False)
+        except (*DATABASE_DOWN, ProgrammingError):
+            return None
+        return record.outcome if record is not None else None
+
+    return outcome
 
 
 def _unreachable(url: str, exc: BaseException) -> click.ClickException:

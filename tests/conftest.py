@@ -88,7 +88,11 @@ def twilio(app) -> TwilioClient:
 
 @pytest.fixture
 def simulator(app) -> Simulator:
-    return Simulator(WsgiTransport(app), TOKEN)
+    """The simulator as `simulate` runs it: its outcome is the service's record of the call."""
+    from ivr.cli import recorded_outcome
+
+    return Simulator(WsgiTransport(app), TOKEN,
+                     recorded=recorded_outcome(app.extensions["ivr"].storage))
 
 
 @pytest.fixture

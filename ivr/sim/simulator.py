@@ -12,7 +12,7 @@ import secrets
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 from twilio.request_validator import RequestValidator
@@ -127,12 +127,33 @@ class Prompt:
     in_queue: bool = False
 
 
+# What each outcome means, as the transcript says it.
+OUTCOMES = {
+    "routed": "put through to the engineers' queue with a ticket",
+    "callback": "left the queue for a callback; the ticket waits for it",
+    "rejected_web": "web ticket: told to submit one on the website",
+    "rejected_self_service": "online resources: told to use the help centre",
+    "failed_auth": "failed verification: unknown PMI, wrong host key or a lock",
+    "no_input": "no usable answer at a prompt after every try",
+    "transferred": "transferred to another extension",
+    "abandoned": "the caller hung up before the service decided",
+    "hangup": "the service ended the call",
+    "error": "the service answered with an error",
+}
+
+
 @dataclass
 class CallResult:
     call_sid: str
     to: str
     caller: str
-    outcome: str = "hangup"  # routed, callback, transferred, hangup, abandoned, error
+    # What the service decided, as it recorded the call (``recorded``): routed,
+    # rejected_web, rejected_self_service, failed_auth, no_input, transferred or
+    # abandoned; callback for a routed caller who left the queue for one. Without the
+    # service's record, what the caller heard: routed, callback, transferred, hangup or
+    # abandoned. error when a request failed.
+    outcome: str = "hangup"
+    recorded: bool = False  # the outcome is the service's record of the call
     ticket: str | None = None
     priority: int | None = None
     route: dict = field(default_factory=dict)
@@ -183,8 +204,13 @@ def new_call_sid() -> str:
 
 class Simulator:
     def __init__(self, transport: Transport, auth_token: str, signing_base: str | None = None,
-                 account_sid: str = "AC" + "0" * 32, think: float = 0.0):
+                 account_sid: str = "AC" + "0" * 32, think: float = 0.0,
+                 recorded: Callable[[str], str | None] | None = None):
         self.think = think  # seconds a caller spends listening before each answer
+        # The outcome the service recorded for a call SID (None when it cannot be read):
+        # a Pro owner and a Free user both hear words and a hang-up, and only the
+        # service's record tells the web ticket from the help centre.
+        self.recorded = recorded
         self.transport = transport
         self.validator = RequestValidator(auth_token or "unused")
         self.signing_base = (signing_base or getattr(transport, "base_url", "")).rstrip("/")
@@ -222,7 +248,19 @@ class Simulator:
             if path is None and result.outcome == "routed" and result.wait_url and tokens:
                 self._wait_in_queue(tokens, result)
         self._status_callback(result)
+        self._decision(result)
         return result
+
+    def _decision(self, result: CallResult) -> None:
+        """The call's outcome as the service recorded it, once the call has ended."""
+        if self.recorded is None or result.outcome == "error":
+            return
+        outcome = self.recorded(result.call_sid)
+        if outcome is None:
+            return
+        result.recorded = True
+        if not (outcome == "routed" and result.outcome == "callback"):
+            result.outcome = outcome
 
     def _request(self, result: CallResult, path: str, extra: dict[str, str]) -> ET.Element | None:
         """One webhook of this call; its TwiML read, or None (recorded) on an HTTP failure.
@@ -446,7 +484,11 @@ def transcript(result: CallResult) -> str:
     summary = f"Outcome: {result.outcome}"
     if result.ticket:
         summary += f"; ticket {result.ticket}, priority {result.priority}"
+    summary += f" ({OUTCOMES.get(result.outcome, 'unknown')})"
     lines.append(summary)
+    if not result.recorded and result.outcome != "error":
+        lines.append("  (as the caller heard it: the service's record of this call could not "
+                     "be read from this command's database, IVR_DATABASE_URL)")
     lines.extend(listening_lines(result))
     return "\n".join(lines)
 

@@ -66,7 +66,7 @@ def test_the_japan_line_switches_to_english_on_9(simulator, ivr):
 def test_each_rejected_tier_hears_its_guidance_and_gets_its_sms_but_no_ticket(
         simulator, ivr, who, outcome, template, link):
     result = simulator.call("+18887999666", CALLER, owner_digits(1, who)[:3])
-    assert result.outcome == "hangup" and result.ticket is None
+    assert result.outcome == outcome and result.ticket is None
     (call,) = rows(ivr, Call)
     assert call.outcome == outcome
     (sms,) = rows(ivr, OutboxMessage)
@@ -77,7 +77,7 @@ def test_each_rejected_tier_hears_its_guidance_and_gets_its_sms_but_no_ticket(
 def test_three_wrong_host_keys_hang_up_with_failed_auth(simulator, ivr):
     digits = ["2"] + [f"{BUSINESS_OWNER[0]}#", "7401935#"] * 3
     result = simulator.call("+18887999666", CALLER, digits)
-    assert result.outcome == "hangup"
+    assert result.outcome == "failed_auth"
     assert rows(ivr, Call)[0].outcome == "failed_auth"
 
 
@@ -91,7 +91,7 @@ def test_a_caller_who_presses_nothing_is_reprompted_then_let_go(simulator, ivr):
 def test_a_caller_who_presses_only_wrong_keys_is_not_told_nothing_was_heard(simulator, ivr):
     """The goodbye after the last try holds for silence and wrong keys alike."""
     result = simulator.call("+18887999666", CALLER, ["5", "5", "5"])
-    assert result.outcome == "hangup"
+    assert result.outcome == "no_input"
     goodbye = result.said()[-1]
     assert goodbye.startswith("We didn't get an answer we could use")
     assert "receive a response" not in goodbye
