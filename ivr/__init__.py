@@ -4,6 +4,7 @@ are wired together."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -13,7 +14,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import ConfigError, IvrConfig, Settings, check_helpdesk, load_config
-from .privacy import RedactingFormatter, protect_data_files
+from .privacy import RedactingFormatter, protect_database_file, protect_instance_folder
 from .security import HostKeyHasher, PepperError, load_pepper
 from .storage import Storage, utcnow
 from .voice.prompts import Catalogue, CatalogueError, load_catalogues
@@ -95,11 +96,16 @@ def _open_storage(settings: Settings) -> Storage:
     0700 folder before SQLite opens them). A folder or URL that cannot be used is a
     ConfigError naming its setting; the URL itself is never repeated, as it may hold a
     password."""
+    folder = settings.instance_path
     try:
-        settings.instance_path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file of that name, no permission...
-        raise ConfigError(f"environment: IVR_INSTANCE_PATH: {settings.instance_path}: not a "
-                          f"folder that can be used ({exc.strerror or exc})") from None
+        protect_instance_folder(folder)
+    except OSError as exc:  # a file of that name, no permission, a read-only file system
+        raise ConfigError(f"environment: IVR_INSTANCE_PATH: {folder}: not a folder that "
+                          f"can be used ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):  # its pepper, outage spool and metrics
+        raise ConfigError(f"environment: IVR_INSTANCE_PATH: {folder}: the service cannot "
+                          "write to this folder (it keeps the generated pepper, the outage "
+                          "spool and the metrics there)")
     try:
         scheme = make_url(settings.database_url).drivername
     except (ArgumentError, ValueError):  # no scheme at all, a port that is not a number...
@@ -107,7 +113,7 @@ def _open_storage(settings: Settings) -> Storage:
                           "sqlite:///instance/ivr.db, or postgresql+psycopg://user@host/db "
                           "for PostgreSQL)") from None
     try:
-        protect_data_files(settings.database_url, settings.instance_path)
+        protect_database_file(settings.database_url)
         return Storage(settings.database_url)
     except NoSuchModuleError:  # postgres://, as some hosting providers hand it out
         raise ConfigError(f"environment: IVR_DATABASE_URL: {scheme}:// is not a database "

@@ -58,8 +58,18 @@ def protect_data_files(database_url: str, instance_path: Path) -> None:
     """Create the instance folder 0700 and the SQLite file 0600 before SQLite opens it
     (SQLite gives its -wal, -shm and -journal files the database file's mode); tighten
     files an earlier version created more open. Caller numbers and PMIs live there."""
+    protect_instance_folder(instance_path)
+    protect_database_file(database_url)
+
+
+def protect_instance_folder(instance_path: Path) -> None:
+    """The instance folder, made 0700 (tightened if an earlier version left it open)."""
     instance_path.mkdir(parents=True, exist_ok=True)
     _tighten(instance_path, PRIVATE_FOLDER)
+
+
+def protect_database_file(database_url: str) -> None:
+    """A SQLite database's file made 0600 before SQLite opens it, and its companions."""
     url = make_url(database_url)
     database = url.database
     if url.get_backend_name() != "sqlite" or not database or database == ":memory:" \

@@ -366,6 +366,43 @@ def test_an_instance_path_that_is_a_file_stops_the_app_with_one_line_naming_it(t
         create_app(startup_settings(tmp_path))
 
 
+def test_a_read_only_instance_folder_stops_the_app_naming_ivr_instance_path(
+        tmp_path, monkeypatch):
+    """The folder exists but nothing can be written there (a read-only mount): the pepper,
+    the outage spool and the metrics could not be kept. It was reported as a fault of
+    IVR_DATABASE_URL, which the operator had not set."""
+    import errno
+    import pathlib
+
+    instance = tmp_path / "instance"
+    instance.mkdir(mode=0o755)
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(pathlib.Path, "chmod", read_only)
+    with pytest.raises(SystemExit) as stopped:
+        create_app(startup_settings(tmp_path))
+    message = str(stopped.value)
+    assert message.startswith(f"Configuration error: environment: IVR_INSTANCE_PATH: "
+                              f"{instance}: ")
+    assert message.endswith("not a folder that can be used (Read-only file system)")
+    assert "\n" not in message
+    assert "IVR_DATABASE_URL" not in message
+
+
+def test_an_instance_folder_the_service_cannot_write_to_stops_the_app(tmp_path, monkeypatch):
+    instance = tmp_path / "instance"
+    instance.mkdir(mode=0o700)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False
+                        if str(path) == str(instance) and mode & os.W_OK
+                        else real_access(path, mode, **kw))
+    with pytest.raises(SystemExit, match=r"^Configuration error: environment: "
+                                         r"IVR_INSTANCE_PATH: .*instance: .*cannot write"):
+        create_app(startup_settings(tmp_path))
+
+
 @pytest.mark.parametrize("make", [
     lambda path, tmp_path: path.symlink_to(tmp_path / "gone" / path.name),
     lambda path, tmp_path: path.mkdir(),
