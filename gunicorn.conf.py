@@ -8,12 +8,41 @@ import os
 import shutil
 from pathlib import Path
 
+
+
+def _refuse(name: str, problem: str) -> None:
+    """Stop gunicorn with one line naming the setting (not a traceback of this file)."""
+    raise SystemExit(f"Configuration error: environment: {name}: {problem}")
+
+
+def _workers() -> int:
+    text = os.environ.get("IVR_WORKERS")
+    if text is None:
+        return os.cpu_count() or 2
+    # Zero or fewer would start a master that listens and never answers.
+    if not text.strip().isdigit() or int(text) < 1:
+        _refuse("IVR_WORKERS", f"{text[:20]!r} is not a whole number of workers, 1 or more")
+    return int(text)
+
+
+def _worker_class() -> str:
+    name = os.environ.get("IVR_WORKER_CLASS", "asgi")
+    from gunicorn.util import load_class
+
+    try:
+        load_class(name, default="asgi", section="gunicorn.workers")
+    except Exception:  # gunicorn's own error is a traceback in brackets
+        _refuse("IVR_WORKER_CLASS", f"{name[:40]!r} is not a gunicorn worker class "
+                "(asgi, the default, or sync behind a proxy that buffers request bodies)")
+    return name
+
+
 bind = os.environ.get("IVR_BIND", "127.0.0.1:5000")
-workers = int(os.environ.get("IVR_WORKERS", os.cpu_count() or 2))
+workers = _workers()
 # The asyncio worker reads each request whole before the app runs (ivr/edge.py), so slow
 # clients hold a coroutine, not a worker. IVR_WORKER_CLASS=sync restores plain workers
 # (only behind a proxy that buffers request bodies, such as nginx).
-worker_class = os.environ.get("IVR_WORKER_CLASS", "asgi")
+worker_class = _worker_class()
 worker_connections = 1000
 timeout = 30
 # X-Forwarded-* is trusted only by the app, only with IVR_TRUSTED_PROXIES (ProxyFix):

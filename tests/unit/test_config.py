@@ -423,6 +423,34 @@ def test_a_prompt_catalogue_that_cannot_be_read_stops_the_app_naming_it(tmp_path
 # -- gunicorn.conf.py ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("name, value", [
+    ("IVR_WORKERS", "abc"), ("IVR_WORKERS", "0"), ("IVR_WORKERS", "-2"), ("IVR_WORKERS", " "),
+    ("IVR_WORKER_CLASS", "bogus"), ("IVR_WORKER_CLASS", ""),
+])
+def test_gunicorn_refuses_a_worker_setting_it_cannot_use_in_one_line_naming_it(
+        tmp_path, name, value):
+    """IVR_WORKERS=abc stopped gunicorn with a traceback of its configuration file, and
+    IVR_WORKERS=0 started a master with no worker: it listened and answered nobody."""
+    env = {**os.environ, "IVR_INSTANCE_PATH": str(tmp_path / "instance"), name: value}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    run = subprocess.run([sys.executable, "-c", "import runpy; runpy.run_path('gunicorn.conf.py')"],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith(f"Configuration error: environment: {name}: ")
+
+
+def test_gunicorn_takes_the_worker_settings_the_readme_names(tmp_path):
+    env = {**os.environ, "IVR_INSTANCE_PATH": str(tmp_path / "instance"), "IVR_WORKERS": "3",
+           "IVR_WORKER_CLASS": "sync"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    run = subprocess.run([sys.executable, "-c", "import runpy; c = runpy.run_path("
+                          "'gunicorn.conf.py'); print(c['workers'], c['worker_class'])"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["3", "sync"]
+
+
 def test_starting_gunicorn_keeps_the_senders_counts_in_a_metrics_folder_the_operator_set(
         tmp_path):
     """The README has the sender (which counts ivr_helpdesk_pushes_total) given the same
