@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import click
 from flask import current_app
 from sqlalchemy.exc import ProgrammingError
-from flask.cli import AppGroup, with_appcontext
+from flask.cli import AppGroup, ScriptInfo, with_appcontext
 
 from . import outbox as sms_outbox
 from .desk import directory
@@ -21,15 +21,34 @@ from .desk.service import ticket_dict
 from .domain.lifecycle import TicketStatus
 from .domain.phones import (WITHHELD, caller_lockout_key, lockout_name, mask, pmi_digest_of,
                             pmi_lockout_key, redact_numbers)
-from .extension import ivr
+from .extension import ivr, schema_free
 from .privacy import MAX_DAYS
 from .sim.simulator import HttpTransport, Simulator, UnknownTwiML, WsgiTransport, transcript
 from .sim.surge import run_surge
 from .storage import DATABASE_DOWN, UpgradeRefused, database_unavailable, schema_missing
 
 
+def check_schema(storage) -> None:
+    """Stop a command before it reads or writes a database whose schema is not this
+    version's: none yet, or an older one (the upgrade not run: a command would stop
+    half-way on a missing column, or write what the upgrade then refuses). A database
+    that does not answer is left to the command, which says so in its own terms."""
+    try:
+        current, head, known = storage.schema_revisions()
+    except DATABASE_DOWN:
+        return
+    if current is None:
+        raise click.ClickException("the database has no tables yet: run "
+                                   "`flask --app app init-db` first")
+    if current != head and known:
+        raise click.ClickException(
+            f"the database's schema is at revision {current}, older than this version's "
+            f"{head}: run `flask --app app init-db` first")
+
+
 @click.command("init-db")
 @with_appcontext
+@schema_free()
 def init_db():
     """Create or upgrade the database schema (safe to run again)."""
     try:
@@ -137,6 +156,7 @@ outbox_cli = AppGroup("outbox", help="Text messages waiting to be sent.")
 
 @outbox_cli.command("drain")
 @click.option("--watch", is_flag=True, help="Keep draining every few seconds until stopped.")
+@schema_free(lambda params: params.get("watch"))  # the sender waits for the schema, as for the database
 def outbox_drain(watch):
     """Send pending text messages through Twilio (marks them not sent without credentials)
     and push tickets to the help desk when one is configured."""
@@ -183,6 +203,7 @@ def spool_replay():
 
 
 @spool_cli.command("status")
+@schema_free()
 def spool_status():
     """How many records wait in the spool."""
     spool = ivr().service.spool
@@ -212,6 +233,7 @@ def spool_status():
               help="With --calls: engineers answer through /voice/agent in simulated time; "
                    "reports the waits per priority.")
 @with_appcontext
+@schema_free(lambda params: params.get("url") is not None)  # the server's database, not ours
 def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think, engineers):
     """Drive one whole call as Twilio would and print what the caller hears, with the
     estimated seconds of speech per prompt and before the queue; with --calls, drive a
@@ -300,7 +322,8 @@ def _unreachable(url: str, exc: BaseException) -> click.ClickException:
 
 def explain_database_errors(group: click.Group) -> None:
     """Every command under ``group`` ends in one clear line when the database cannot be
-    reached or has no schema yet, instead of a driver's traceback."""
+    reached or has no schema yet, instead of a driver's traceback; and checks first that
+    the schema is this version's (``check_schema``), unless marked ``schema_free``."""
     for command in group.commands.values():
         if isinstance(command, click.Group):
             explain_database_errors(command)
@@ -309,9 +332,17 @@ def explain_database_errors(group: click.Group) -> None:
 
 
 def _explained(callback):
+    free = getattr(callback, "__schema_free__", lambda params: False)
+
     @functools.wraps(callback)
     def run(*args, **kwargs):
         try:
+            if not free(kwargs):
+                if not current_app:  # as with_appcontext, which runs inside this
+                    context = click.get_current_context()
+                    context.with_resource(context.ensure_object(ScriptInfo).load_app()
+                                          .app_context())
+                check_schema(ivr().storage)
             return callback(*args, **kwargs)
         except (*DATABASE_DOWN, ProgrammingError) as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()

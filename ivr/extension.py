@@ -1,5 +1,6 @@
 """The app's services as the views and commands reach them: ``ivr()`` inside a request or
-a command returns what ``create_app`` wired together."""
+a command returns what ``create_app`` wired together; ``schema_free`` marks a command
+that runs on a database of any schema (``cli.explain_database_errors``)."""
 
 from __future__ import annotations
 
@@ -13,3 +14,12 @@ if TYPE_CHECKING:  # the wiring imports every layer; this module must not
 
 def ivr() -> "Ivr":
     return current_app.extensions["ivr"]
+
+
+def schema_free(when=lambda params: True):
+    """Marks a command that may run on a database of any schema, or none (``when`` its
+    parameters say so): ``explain_database_errors`` leaves its schema unchecked."""
+    def mark(callback):
+        callback.__schema_free__ = when
+        return callback
+    return mark

@@ -19,7 +19,7 @@ from flask import (
 )
 from flask.cli import AppGroup
 
-from ..extension import ivr
+from ..extension import ivr, schema_free
 from .api import api, json_object
 from .callbacks import Callbacks
 from .commands import tickets_cli
@@ -63,8 +63,11 @@ def engineers_add(name, phone, client, languages, queues):
     click.echo(token)
 
 
+# An upgrade refused on engineers named alike (0012) asks for `engineers remove`: it and
+# `engineers list` run on the schema before it.
 @engineers_cli.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@schema_free()
 def engineers_list(as_json):
     """Engineers, by name."""
     rows = [e.as_dict() for e in Engineers.of(ivr()).list()]
@@ -83,6 +86,7 @@ def engineers_list(as_json):
 
 @engineers_cli.command("remove")
 @click.argument("name")
+@schema_free()
 def engineers_remove(name):
     """Remove an engineer; their token stops working. What they did stays on the tickets."""
     _run(Engineers.of(ivr()).remove, name)

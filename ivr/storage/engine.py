@@ -141,6 +141,21 @@ class Storage:
                 if raw is not None:
                     raw.execute("PRAGMA foreign_keys=ON")
 
+    def schema_revisions(self) -> tuple[str | None, str, bool]:
+        """The database's schema revision (None: no schema yet), the newest migration's,
+        and whether the database's is one of this version's migrations (False: a newer
+        version has upgraded it)."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        scripts = ScriptDirectory.from_config(cfg)
+        with self.engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+        known = current is None or any(s.revision == current for s in scripts.walk_revisions())
+        return current, scripts.get_current_head(), known
+
     def insert(self, table):
         """An INSERT that can say ON CONFLICT DO NOTHING on this database."""
         return (pg_insert if self.dialect == "postgresql" else sqlite_insert)(table)
