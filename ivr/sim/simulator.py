@@ -136,6 +136,8 @@ OUTCOMES = {
     "failed_auth": "failed verification: unknown PMI, wrong host key or a lock",
     "no_input": "no usable answer at a prompt after every try",
     "transferred": "transferred to another extension",
+    "fallback": "sent to the fallback queue without a ticket: the service could not take "
+                "the call (its database unreachable)",
     "abandoned": "the caller hung up before the service decided",
     "hangup": "the service ended the call",
     "error": "the service answered with an error",
@@ -150,8 +152,8 @@ class CallResult:
     # What the service decided, as it recorded the call (``recorded``): routed,
     # rejected_web, rejected_self_service, failed_auth, no_input, transferred or
     # abandoned; callback for a routed caller who left the queue for one. Without the
-    # service's record, what the caller heard: routed, callback, transferred, hangup or
-    # abandoned. error when a request failed.
+    # service's record, what the caller heard: routed, callback, transferred, fallback
+    # (the fallback queue, no ticket), hangup or abandoned. error when a request failed.
     outcome: str = "hangup"
     recorded: bool = False  # the outcome is the service's record of the call
     ticket: str | None = None
@@ -418,7 +420,10 @@ class Simulator:
         priority = (query.get("priority") or [None])[0]
         result.priority = int(priority) if priority and priority.isascii() \
             and priority.isdigit() else None
-        result.outcome = "routed" if result.ticket else "transferred"
+        # No ticket: an extension's <Dial>, or the fallback's <Enqueue> (the service could
+        # not read or store the call, and sends its caller to the fallback queue).
+        result.outcome = "routed" if result.ticket else (
+            "fallback" if verb.tag == "Enqueue" else "transferred")
         result.events.append(Event("route", verb.tag, detail=dict(route, ticket=result.ticket)))
 
     def _status_callback(self, result: CallResult) -> None:

@@ -182,3 +182,22 @@ def test_the_surge_checks_each_kind_of_call_against_the_services_record(
     assert report["by_kind"]["rejected_web"] and report["unexpected"]
     assert all(u.startswith("rejected_web call") and u.endswith(": rejected_self_service")
                for u in report["unexpected"])
+
+
+def test_a_call_the_database_could_not_take_is_sent_to_the_fallback_queue_not_transferred(
+        settings, clock, database_url, tmp_path):
+    """With the database unreachable, /voice answers with the fallback: the caller goes to
+    the fallback queue without a ticket. That is no transfer to another extension."""
+    from ..support import unreachable_database_url
+
+    dead = create_app(settings.model_copy(update={
+        "database_url": unreachable_database_url(database_url, tmp_path)}), clock=clock)
+    runner = dead.test_cli_runner()
+    text = runner.invoke(args=["simulate", "--to", US_LINE, "--digits", "2"])
+    as_json = runner.invoke(args=["simulate", "--to", US_LINE, "--digits", "2", "--json"])
+    dead.extensions["ivr"].storage.dispose()
+    assert text.exit_code == 0, text.output
+    (printed,) = re.findall(r"^Outcome: ([a-z_]+)", text.output, re.M)
+    result = json.loads(as_json.output[as_json.output.index("{"):])
+    assert printed == result["outcome"] == "fallback"
+    assert result["recorded"] is False and result["ticket"] is None
