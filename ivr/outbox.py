@@ -18,7 +18,7 @@ from . import queues
 from .config import Settings
 from .domain.phones import mask
 from .helpdesk.sender import Sender
-from .storage import Storage, database_unavailable, utcnow
+from .storage import Storage, database_unavailable, schema_missing, utcnow
 
 log = logging.getLogger("ivr.outbox")
 
@@ -113,6 +113,7 @@ def watch(storage: Storage, settings: Settings, service, floor, interval: float 
     database is back (its SMS join the outbox), then ``drain_all``, forever; empty
     per-ticket Twilio queues are looked for every few minutes, not every round."""
     pruned_at = 0.0
+    waiting = False  # for the database: said once, not with a traceback every round
     while True:
         try:
             if service.spool.depth():
@@ -124,6 +125,22 @@ def watch(storage: Storage, settings: Settings, service, floor, interval: float 
             if prune:
                 pruned_at = time.monotonic()
             drain_all(storage, settings, service, floor, prune_queues=prune)
-        except Exception:  # keep the sender alive through a database outage
-            log.exception("outbox or spool replay failed; retrying")
+            if waiting:
+                waiting = False
+                log.info("the database is back; sending again")
+        except Exception as exc:  # keep the sender alive through a database outage
+            if not database_unavailable(exc):
+                log.exception("outbox or spool replay failed; retrying")
+            elif not waiting:
+                waiting = True
+                log.warning("waiting for the database: %s; retrying every %g s", _why(exc),
+                            interval)
         time.sleep(interval)
+
+
+def _why(exc: BaseException) -> str:
+    """A database's state in one line (the log's formatter cuts any number in it)."""
+    reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0][:200]
+    if schema_missing(exc):
+        return f"it has no tables yet, or older ones ({reason}): run init-db"
+    return f"it does not answer ({type(getattr(exc, 'orig', None) or exc).__name__}: {reason})"

@@ -137,3 +137,40 @@ def test_spool_status_reads_no_database_and_answers_on_any_schema(bare):
     for app in (bare(None), bare("0010")):
         result = app.test_cli_runner().invoke(args=["spool", "status"])
         assert result.exit_code == 0 and "0 records waiting" in result.output
+
+
+class Stop(Exception):
+    pass
+
+
+def test_the_sender_waits_for_the_schema_with_one_line_a_state_not_a_traceback_a_round(
+        bare, caplog, monkeypatch):
+    """`outbox drain --watch` on a database without its tables (a restore under way,
+    init-db not run) keeps waiting, as for a database that does not answer; it says so in
+    one line when it starts and once more when the database is back, not with a driver's
+    traceback every two seconds."""
+    import logging
+
+    from ivr import outbox
+
+    app = bare(None)
+    ivr = app.extensions["ivr"]
+    rounds = []
+
+    def sleep(seconds):
+        rounds.append(seconds)
+        if len(rounds) == 3:
+            ivr.storage.upgrade()  # init-db run meanwhile
+        if len(rounds) == 5:
+            raise Stop
+
+    monkeypatch.setattr(outbox.time, "sleep", sleep)
+    caplog.set_level(logging.INFO, logger="ivr.outbox")
+    with pytest.raises(Stop):
+        outbox.watch(ivr.storage, ivr.settings, ivr.service, ivr.floor)
+    records = [r for r in caplog.records if r.name == "ivr.outbox"]
+    assert not [r for r in records if r.exc_info], [r.getMessage() for r in records]
+    messages = [r.getMessage() for r in records]
+    assert len(messages) == 2, messages
+    assert "init-db" in messages[0] and "no tables" in messages[0]
+    assert "back" in messages[1]
