@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -290,7 +291,8 @@ def simulate(to, caller, digits, url, as_json, calls, concurrency, seed, think, 
         if url is None:
             raise
         raise _unreachable(url, exc) from None
-    click.echo(result.to_json() if as_json else transcript(result))
+    shown = dataclasses.replace(result, caller=mask(result.caller))  # as the desk shows callers
+    click.echo(shown.to_json() if as_json else transcript(shown))
     if result.outcome == "error":
         raise SystemExit(1)
 

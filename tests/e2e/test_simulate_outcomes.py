@@ -201,3 +201,14 @@ def test_a_call_the_database_could_not_take_is_sent_to_the_fallback_queue_not_tr
     result = json.loads(as_json.output[as_json.output.index("{"):])
     assert printed == result["outcome"] == "fallback"
     assert result["recorded"] is False and result["ticket"] is None
+
+
+def test_the_transcript_and_json_show_the_callers_number_only_by_its_last_four_digits(app):
+    """As the desk shows callers: the number given with --from may be a real phone (to get
+    the text messages), and a transcript is pasted into tickets and chats."""
+    runner = app.test_cli_runner()
+    for extra in ([], ["--json"]):
+        out = runner.invoke(args=["simulate", "--to", US_LINE, "--from", "+15105550177",
+                                  "--digits", "2 5550100201# 9164023# 1", *extra])
+        assert out.exit_code == 0, out.output
+        assert "5105550177" not in out.output and "…0177" in out.output
