@@ -26,7 +26,7 @@ from ..storage.engineers import EngineerRepository, FloorRepository, engineer_in
 from ..storage.models import Call
 from ..voice.twiml import CALLBACK_ENGINEER_PATH, CALLBACK_STATUS_PATH, url
 from .engineers import NAME
-from .service import Conflict, DeskError, NotFound, target_at
+from .service import Conflict, DeskError, NotFound, target_at, unknown_ticket
 
 log = logging.getLogger("ivr.callbacks")
 
@@ -71,7 +71,7 @@ class Callbacks:
             session = uow.session
             found = uow.desk.ticket(str(ref).strip(), for_update=True)
             if found is None:
-                raise NotFound(f"no ticket with id or number {str(ref)[:20]!r}")
+                raise unknown_ticket(ref)
             ticket, _ = found
             if ticket.status != "callback_requested":
                 raise Conflict(f"ticket {ticket.number} is {ticket.status}, not waiting for a "

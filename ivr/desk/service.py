@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ..config import IvrConfig
 from ..domain.lifecycle import STATUSES, UNCLOSED, ForbiddenMove, TicketStatus, move
 from ..domain.priority import RANGE_TEXT, is_level
-from ..domain.phones import callable_number, mask
+from ..domain.phones import callable_number, mask, redact_numbers
 from ..storage import Storage
 from ..storage import helpdesk as helpdesk_jobs
 from ..storage.deadlines import DeadlineQueries
@@ -43,6 +43,14 @@ class BadRequest(DeskError):
 
 class NotFound(DeskError):
     status = 404
+
+
+def unknown_ticket(ref: str) -> NotFound:
+    """No such ticket. A ticket number is 8 digits: anything longer typed for one may be a
+    caller's number or a PMI, and is shown by its last four digits."""
+    ref = str(ref).strip()
+    shown = ref[:20] if len(ref) <= 8 else redact_numbers(ref[:20])
+    return NotFound(f"no ticket with id or number {shown!r}")
 
 
 class Conflict(DeskError):
@@ -483,7 +491,7 @@ class Desk:
         ref = str(ref).strip()
         found = uow.desk.ticket(ref, for_update=for_update)
         if found is None:
-            raise NotFound(f"no ticket with id or number {str(ref)[:20]!r}")
+            raise unknown_ticket(ref)
         return found
 
     # -- lists -------------------------------------------------------------------------

@@ -159,6 +159,21 @@ def test_tickets_show_of_an_unknown_ticket_fails_with_a_message(cli):
     assert result.exit_code == 1 and "no ticket with id or number '12345678'" in result.output
 
 
+@pytest.mark.parametrize("ref, kept, shown", [
+    ("+14155550100", "4155550100", "…0100"),  # the caller's number, to find their ticket
+    ("5550100201", "5550100201", "…0201"),    # a PMI pasted in the wrong place
+])
+def test_an_unknown_ticket_named_by_a_phone_number_or_a_pmi_is_not_echoed_in_full(
+        cli, ref, kept, shown):
+    for command in (["tickets", "show", ref], ["tickets", "close", ref],
+                    ["tickets", "set-priority", ref, "2"],
+                    ["tickets", "callback", ref, "--engineer", "aiko"]):
+        result = cli(*command)
+        assert result.exit_code == 1
+        (line,) = result.output.strip().splitlines()
+        assert kept not in line and shown in line, line
+
+
 def test_tickets_close_and_set_priority_change_the_ticket(ivr, cli, desk):
     ticket = add_ticket(ivr, created=at("2026-11-25 11:30"), priority=3)
     result = cli("tickets", "set-priority", ticket.number, "2")
