@@ -9,7 +9,9 @@ clients at once; a body that is not complete within BODY_SECONDS gets 408, one l
 than ``web.MAX_BODY_BYTES`` gets 413 as soon as that is known (from Content-Length,
 before reading it, or once a chunked body passes the cap). Only complete requests reach
 the app, which runs on a thread of its own (asgiref's WsgiToAsgi), one request at a time
-per worker as before.
+per worker as before. The app's answer is kept whole, then sent from the event loop: a
+client that does not read it (its socket's buffers full) holds its connection for at most
+SEND_SECONDS, never the app's thread and so never the requests of other clients.
 
 ``gunicorn.conf.py`` selects the worker and wraps whatever WSGI app gunicorn loads
 (``app:app``) in ``BufferingFront``.
@@ -37,6 +39,9 @@ BODY_SECONDS = 10.0
 # A request the app has not answered by then is stuck; its worker is replaced (gunicorn's
 # own time-out, 30 s, no longer applies: the event loop keeps the worker's heartbeat).
 APP_SECONDS = 25.0
+# The answer is made whole before a byte of it is sent, then a client has this long to take
+# it: one that does not read holds its connection, never the app's thread.
+SEND_SECONDS = 10.0
 
 
 def _restart_worker() -> None:
@@ -55,12 +60,13 @@ class BufferingFront:
 
     def __init__(self, wsgi_app, max_body: int = MAX_BODY_BYTES,
                  body_seconds: float = BODY_SECONDS, app_seconds: float = APP_SECONDS,
-                 on_stuck=None):
+                 send_seconds: float = SEND_SECONDS, on_stuck=None):
         self.wsgi_app = wsgi_app
         self.inner = WsgiToAsgi(wsgi_app)
         self.max_body = max_body
         self.body_seconds = body_seconds
         self.app_seconds = app_seconds
+        self.send_seconds = send_seconds
         self.on_stuck = on_stuck or _restart_worker
 
     async def __call__(self, scope, receive, send):
@@ -107,24 +113,34 @@ class BufferingFront:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        started = False
+        answer = []
 
-        async def tracked_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def keep(message):
+            answer.append(message)
 
         try:
             async with asyncio.timeout(self.app_seconds):
-                await self.inner(_with_length(scope, len(body)), replay, tracked_send)
+                await self.inner(_with_length(scope, len(body)), replay, keep)
         except TimeoutError:
             # The app's thread is stuck (a database that never answers): as gunicorn's
             # time-out does for sync workers, this worker gives way to a fresh one.
             log.error("%s %s: no answer after %.0f s; restarting this worker",
                       scope.get("method"), scope.get("path"), self.app_seconds)
-            if not started:
-                await _answer(send, 503, "The service did not answer in time.")
+            answer = None
             self.on_stuck()
+        try:
+            async with asyncio.timeout(self.send_seconds):
+                if answer is None:
+                    await _answer(send, 503, "The service did not answer in time.")
+                for message in answer or ():
+                    await send(message)
+        except TimeoutError:
+            # Only this connection waits on a client that does not read its answer; the
+            # app's thread has long gone on to other requests. Left unfinished, the
+            # answer is not kept alive: gunicorn closes the connection.
+            log.warning("%s %s: the client did not take its answer in %g s; "
+                        "connection closed", scope.get("method"), scope.get("path"),
+                        self.send_seconds)
 
     async def _too_large(self, scope, send):
         if scope.get("path", "").startswith("/voice"):

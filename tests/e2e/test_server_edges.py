@@ -232,3 +232,33 @@ def test_servers_of_one_user_share_no_control_socket(tmp_path, database):
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_client_that_never_reads_its_answers_does_not_hold_up_the_webhooks(tmp_path, database):
+    """A client pipelining requests on one connection and reading none of the answers
+    once filled the socket's buffers (about 3 s here); the app's thread then waited to
+    hand over an answer, and every webhook of that worker waited behind it for 25 s, until
+    the worker was replaced."""
+    server = Gunicorn(tmp_path, database, workers=1)
+    hog = socket.socket()
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        hog.connect(("127.0.0.1", server.port))
+        hog.sendall(f"GET /nowhere HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode() * 20000)
+        simulator = Simulator(HttpTransport(server.url, timeout=2), TOKEN,
+                              signing_base=f"http://{HOST}")
+        simulator.transport.session.headers["Host"] = HOST
+        timings = []
+        until = time.monotonic() + 5
+        while time.monotonic() < until:
+            started = time.monotonic()
+            try:
+                simulator.call(US_LINE, CALLER, ["2"])
+            except requests.RequestException:
+                pass
+            timings.append(time.monotonic() - started)
+            time.sleep(0.2)
+        assert max(timings) < 1.0, timings
+    finally:
+        hog.close()
+        server.stop()

@@ -114,3 +114,38 @@ def test_an_app_stuck_past_its_time_gets_503_and_its_worker_is_replaced():
     finally:
         release.set()
     assert status == 503 and stuck == [True]
+
+
+def test_a_client_that_does_not_take_its_answer_holds_neither_the_app_nor_the_worker():
+    """The answer is sent once the app has made it whole: a client that never reads (its
+    send never completes) leaves the app's thread free for the next request, and is let
+    go after the send time-out without restarting the worker."""
+    stuck, served = [], []
+
+    async def main():
+        front = BufferingFront(wsgi_echo([]), app_seconds=2, send_seconds=0.3,
+                               on_stuck=lambda: stuck.append(True))
+        scope = {"type": "http", "http_version": "1.1", "method": "POST", "path": "/voice",
+                 "root_path": "", "query_string": b"", "headers": [(b"content-length", b"0")],
+                 "scheme": "http", "server": ("127.0.0.1", 5000),
+                 "client": ("127.0.0.1", 40000)}
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def never_taken(message):
+            if message["type"] == "http.response.body":
+                await asyncio.sleep(3600)  # the transport's buffer is full, for good
+
+        async def send(message):
+            served.append(message)
+
+        blocked = asyncio.create_task(front(scope, receive, never_taken))
+        await asyncio.sleep(0.1)
+        await asyncio.wait_for(front(scope, receive, send), 1.0)
+        await asyncio.wait_for(blocked, 1.0)  # given up after send_seconds
+
+    asyncio.run(main())
+    assert served[0]["type"] == "http.response.start" and served[0]["status"] == 200
+    assert b"".join(m.get("body", b"") for m in served[1:]) == b"got 0"
+    assert stuck == []
