@@ -45,6 +45,10 @@ workers = _workers()
 worker_class = _worker_class()
 worker_connections = 1000
 timeout = 30
+# A request's head must be whole this long after its connection opens or after the last
+# answer on it, else the connection is closed (ivr/edge.py HeadDeadline): idle and
+# byte-a-second connections do not pile up until the worker runs out of file descriptors.
+keepalive = 5
 # X-Forwarded-* is trusted only by the app, only with IVR_TRUSTED_PROXIES (ProxyFix):
 # gunicorn itself would trust X-Forwarded-Proto from 127.0.0.1 by default.
 forwarded_allow_ips = os.environ.get("IVR_FORWARDED_ALLOW_IPS", "")
@@ -106,10 +110,11 @@ def post_worker_init(worker):
     """Put the buffering front (ivr/edge.py) before a WSGI app under the asyncio worker,
     then keep what loading the app made out of the garbage collector's way."""
     if hasattr(worker, "asgi"):
-        from ivr.edge import BufferingFront, is_asgi
+        from ivr.edge import BufferingFront, install_head_deadline, is_asgi
 
         if not is_asgi(worker.asgi):
             worker.asgi = BufferingFront(worker.asgi)
+        install_head_deadline()
     _freeze_loaded_objects()
 
 

@@ -13,8 +13,9 @@ per worker as before. The app's answer is kept whole, then sent from the event l
 client that does not read it (its socket's buffers full) holds its connection for at most
 SEND_SECONDS, never the app's thread and so never the requests of other clients.
 
-``gunicorn.conf.py`` selects the worker and wraps whatever WSGI app gunicorn loads
-(``app:app``) in ``BufferingFront``.
+``gunicorn.conf.py`` selects the worker, wraps whatever WSGI app gunicorn loads
+(``app:app``) in ``BufferingFront`` and has the worker's connections keep a deadline on
+the first request's head (``HeadDeadline``) as gunicorn already does on later ones.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import signal
 
 from asgiref.wsgi import WsgiToAsgi
+from gunicorn.asgi.protocol import ASGIProtocol
 
 from . import metrics
 from .web import MAX_BODY_BYTES, TOO_LARGE
@@ -48,6 +50,59 @@ def _restart_worker() -> None:
     """Ask gunicorn to replace this worker: SIGTERM starts its graceful stop, and the
     master kills it after graceful_timeout if the stuck thread never returns."""
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+class HeadDeadline(ASGIProtocol):
+    """gunicorn's connection, with a deadline on the first request's head as well.
+
+    gunicorn closes a kept-alive connection whose next request head is not complete
+    ``keepalive`` seconds after the last answer, but waited for ever on a new connection's
+    first request: sockets opened and left silent, or fed a header byte at a time, were
+    held until the worker ran out of file descriptors, and then no webhook was accepted.
+    Now a connection that has not sent a whole request head within ``keepalive`` seconds
+    of opening is closed too (with 408 when part of a head arrived). Twilio sends a
+    webhook's head at once."""
+
+    def connection_made(self, transport):
+        self._head_timer = None
+        self._head_started = False
+        super().connection_made(transport)
+        if self._callback_parser is not None and self._keepalive > 0:  # HTTP/1 only
+            self._head_timer = self.worker.loop.call_later(self._keepalive, self._head_late)
+
+    def data_received(self, data):
+        self._head_started = True
+        super().data_received(data)
+
+    def _on_headers_complete(self):
+        self._stop_head_timer()
+        return super()._on_headers_complete()
+
+    def connection_lost(self, exc):
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _stop_head_timer(self):
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self):
+        self._head_timer = None
+        if self._closed or self._current_request is not None:
+            return
+        if self._head_started:
+            self._send_error_response(408, "The request head did not arrive in time.")
+        self._close_transport()
+        self._request_ready.set()  # the connection's task sees it closed and ends
+
+
+def install_head_deadline() -> None:
+    """Make gunicorn's asyncio worker of this process open its connections as HeadDeadline
+    (it names ASGIProtocol when it starts serving, after post_worker_init)."""
+    from gunicorn.workers import gasgi
+
+    gasgi.ASGIProtocol = HeadDeadline
 
 
 def is_asgi(app) -> bool:

@@ -262,3 +262,27 @@ def test_a_client_that_never_reads_its_answers_does_not_hold_up_the_webhooks(tmp
     finally:
         hog.close()
         server.stop()
+
+
+def test_a_connection_that_sends_no_whole_request_head_is_closed_after_the_keepalive(
+        tmp_path, database):
+    """gunicorn's asyncio worker closed an idle kept-alive connection after `keepalive`
+    seconds, but waited for ever on a new connection's first request: a thousand sockets
+    opened and left silent (or fed a header byte at a time) per worker used up its file
+    descriptors, and then no webhook was accepted at all. The first request's head now
+    has the same deadline as any later one's."""
+    server = Gunicorn(tmp_path, database, workers=1, GUNICORN_CMD_ARGS="--keep-alive 1")
+    try:
+        silent = socket.create_connection(("127.0.0.1", server.port), timeout=4)
+        trickling = socket.create_connection(("127.0.0.1", server.port), timeout=4)
+        trickling.sendall(f"POST /voice HTTP/1.1\r\nHost: {HOST}\r\nX-Twilio-Sig".encode())
+        started = time.monotonic()
+        assert silent.recv(100) == b""
+        answer = trickling.recv(100)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert time.monotonic() - started < 3
+        silent.close()
+        trickling.close()
+        assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+    finally:
+        server.stop()
