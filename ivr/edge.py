@@ -61,7 +61,14 @@ class HeadDeadline(ASGIProtocol):
     held until the worker ran out of file descriptors, and then no webhook was accepted.
     Now a connection that has not sent a whole request head within ``keepalive`` seconds
     of opening is closed too (with 408 when part of a head arrived). Twilio sends a
-    webhook's head at once."""
+    webhook's head at once.
+
+    gunicorn closes a connection gracefully, and asyncio then keeps the socket until the
+    client has taken every byte still buffered for it: a client that reads nothing (a
+    408, or an answer BufferingFront gave up sending) kept a file descriptor for good.
+    Such a connection is aborted ``linger_seconds`` after it was closed."""
+
+    linger_seconds = SEND_SECONDS
 
     def connection_made(self, transport):
         self._head_timer = None
@@ -86,6 +93,17 @@ class HeadDeadline(ASGIProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _close_transport(self):
+        transport = self.transport
+        lingering = transport is not None and not self._closed
+        super()._close_transport()
+        if lingering and transport.get_write_buffer_size():
+            self.worker.loop.call_later(self.linger_seconds, self._abort, transport)
+
+    def _abort(self, transport):
+        if not self._conn_lost_handled:  # the client has still not taken the rest
+            transport.abort()
 
     def _head_late(self):
         self._head_timer = None

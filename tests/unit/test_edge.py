@@ -149,3 +149,75 @@ def test_a_client_that_does_not_take_its_answer_holds_neither_the_app_nor_the_wo
     assert served[0]["type"] == "http.response.start" and served[0]["status"] == 200
     assert b"".join(m.get("body", b"") for m in served[1:]) == b"got 0"
     assert stuck == []
+
+
+class HeldTransport:
+    """A socket whose peer reads nothing: what is written stays in its buffer."""
+
+    def __init__(self):
+        self.written, self.closed, self.aborted = b"", False, False
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 5000)}.get(
+            name, default)
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        pass
+
+    def write(self, data):
+        self.written += data
+
+    def get_write_buffer_size(self):
+        return len(self.written)
+
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        pass
+
+    def close(self):
+        self.closed = True  # asyncio keeps the socket until the buffer is sent
+
+    def abort(self):
+        self.aborted = True
+
+    def is_closing(self):
+        return self.closed
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+def test_a_connection_closed_on_a_client_that_reads_nothing_does_not_keep_its_socket():
+    """gunicorn closes a connection gracefully: asyncio then keeps the socket until the
+    client has taken what is still buffered for it, so a client that never reads kept
+    the worker's file descriptor for good. It is aborted after linger_seconds."""
+    import logging
+    import types
+
+    from gunicorn.config import Config
+
+    from ivr.edge import HeadDeadline
+
+    async def main():
+        cfg = Config()
+        cfg.set("keepalive", 1)
+        worker = types.SimpleNamespace(cfg=cfg, log=logging.getLogger("test"), asgi=None,
+                                       loop=asyncio.get_running_loop(), nr_conns=0,
+                                       alive=True, nr=0, max_requests=1000)
+        connection = HeadDeadline(worker)
+        connection.linger_seconds = 0.2
+        transport = HeldTransport()
+        connection.connection_made(transport)
+        connection.data_received(b"POST /voice HTTP/1.1\r\nHost: ivr.exam")
+        await asyncio.sleep(1.1)
+        assert transport.written.startswith(b"HTTP/1.1 408") and transport.closed
+        assert not transport.aborted  # the client has a while to take the answer
+        await asyncio.sleep(0.3)
+        return transport
+
+    assert asyncio.run(main()).aborted
