@@ -107,8 +107,9 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """Put the buffering front (ivr/edge.py) before a WSGI app under the asyncio worker,
-    then keep what loading the app made out of the garbage collector's way."""
+    """Under the asyncio worker, put the buffering front (ivr/edge.py) before a WSGI app
+    and give every connection a deadline for its request heads (``HeadDeadline``); then
+    keep what loading the app made out of the garbage collector's way."""
     if hasattr(worker, "asgi"):
         from ivr.edge import BufferingFront, install_head_deadline, is_asgi
 
