@@ -326,7 +326,7 @@ def app_env(database_url: str, instance: Path) -> dict:
     loopback host pinned."""
     env = {**os.environ, "IVR_DATABASE_URL": database_url, "TWILIO_AUTH_TOKEN": TOKEN,
            "IVR_VALIDATE_SIGNATURES": "true", "IVR_INSTANCE_PATH": str(instance),
-           "IVR_HOST_KEY_PEPPER": "bench-pepper", "PYTHONWARNINGS": "ignore",
+           "IVR_HOST_KEY_PEPPER": "bench-pepper-of-thirty-two-chars", "PYTHONWARNINGS": "ignore",
            # Signatures are checked against the request's own URL: pin the host it uses.
            "IVR_ALLOWED_HOSTS": "127.0.0.1"}
     for variable in ("IVR_PUBLIC_URL", "IVR_ACCESS_LOG", "PROMETHEUS_MULTIPROC_DIR"):

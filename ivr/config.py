@@ -579,7 +579,9 @@ class Settings(BaseModel):
     twilio_account_sid: str | None = None
     sms_from: str | None = None
     public_url: str | None = None
-    host_key_pepper: str | None = None
+    # The key of every host-key hash, as text: as long as the 32 random bytes of the
+    # generated file, at least.
+    host_key_pepper: str | None = Field(default=None, min_length=32)
     trusted_proxies: int = Field(default=0, ge=0, le=10)
     # Host names Twilio may call (besides IVR_PUBLIC_URL's); any other Host gets 400.
     allowed_hosts: list[str] = []

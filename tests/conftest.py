@@ -47,7 +47,7 @@ def settings(tmp_path, database_url) -> Settings:
         database_url=database_url,
         instance_path=tmp_path / "instance",
         twilio_auth_token=TOKEN,
-        host_key_pepper="test-pepper",
+        host_key_pepper="test-pepper-of-thirty-two-chars!",
     )
 
 

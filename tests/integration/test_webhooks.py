@@ -332,7 +332,7 @@ def test_healthz_takes_a_host_whose_pepper_is_not_the_directorys_out_of_service(
 
     from ..support import DEMO_ACCOUNTS
 
-    other = create_app(settings.model_copy(update={"host_key_pepper": "another-pepper"}),
+    other = create_app(settings.model_copy(update={"host_key_pepper": "another-pepper-of-32-characters!"}),
                        clock=clock)
     answer = other.test_client().get("/healthz")
     assert answer.status_code == 503

@@ -204,6 +204,17 @@ def test_a_short_admin_token_is_refused():
                               "IVR_ADMIN_TOKEN": long_enough}).admin_token == long_enough
 
 
+def test_a_short_host_key_pepper_is_refused():
+    """The pepper keys every host-key hash: a short one (a word, a default left in a
+    template) makes a stolen directory's host keys a quick search again. The generated
+    file holds 32 random bytes; a pepper given as text needs at least 32 characters."""
+    with pytest.raises(ConfigError, match="IVR_HOST_KEY_PEPPER"):
+        Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false", "IVR_HOST_KEY_PEPPER": "pepper"})
+    long_enough = "p" * 32
+    assert Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false",
+                              "IVR_HOST_KEY_PEPPER": long_enough}).host_key_pepper == long_enough
+
+
 @pytest.mark.parametrize("token", [" " + "x" * 32, "x" * 32 + "\n", "\t" + "x" * 32 + " "])
 def test_an_admin_token_nobody_could_send_is_refused(token):
     """Sign-in and the API strip what they are sent: a token with white space at either
@@ -338,7 +349,7 @@ def test_a_configuration_that_is_not_utf8_or_not_a_file_is_named_not_a_traceback
 def startup_settings(tmp_path, **changes) -> Settings:
     values = dict(config_path=CONFIG, database_url=f"sqlite:///{tmp_path}/ivr.db",
                   instance_path=tmp_path / "instance", twilio_auth_token="x",
-                  host_key_pepper="test-pepper")
+                  host_key_pepper="test-pepper-of-thirty-two-chars!")
     return Settings(**{**values, **changes})
 
 

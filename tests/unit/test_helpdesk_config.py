@@ -55,7 +55,7 @@ def test_a_configured_help_desk_without_its_api_token_stops_the_app(tmp_path):
     path = helpdesk_config(tmp_path / "config", section())
     settings = Settings(config_path=path, database_url=f"sqlite:///{tmp_path}/ivr.db",
                         instance_path=tmp_path / "instance", twilio_auth_token=TOKEN,
-                        host_key_pepper="pepper")
+                        host_key_pepper="test-pepper-of-thirty-two-chars!")
     with pytest.raises(SystemExit) as stopped:
         create_app(settings)
     assert "IVR_ZENDESK_API_TOKEN" in str(stopped.value)
