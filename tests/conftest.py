@@ -13,7 +13,7 @@ from ivr.desk.directory import import_file
 from ivr.config import Settings, load_config
 from ivr.sim.simulator import Simulator, WsgiTransport, new_call_sid
 
-from .support import (CONFIG, DEMO_ACCOUNTS, TOKEN, Clock, TwilioClient, postgres_schema,
+from .support import (CONFIG, DEMO_ACCOUNTS, PEPPER, TOKEN, Clock, TwilioClient, postgres_schema,
                       unreachable_database_url)
 
 
@@ -47,7 +47,7 @@ def settings(tmp_path, database_url) -> Settings:
         database_url=database_url,
         instance_path=tmp_path / "instance",
         twilio_auth_token=TOKEN,
-        host_key_pepper="test-pepper-of-thirty-two-chars!",
+        host_key_pepper=PEPPER,
     )
 
 

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config" / "ivr.toml"
 DEMO_ACCOUNTS = ROOT / "config" / "demo-accounts.csv"
 TOKEN = "test-auth-token-0123456789abcdef"
+PEPPER = "test-pepper-of-thirty-two-chars!"  # IVR_HOST_KEY_PEPPER: 32 characters at least
 CALLER = "+14155550100"  # a US number that can receive text messages
 US_LINE = "+18887999666"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from ..support import CONFIG, DEMO_ACCOUNTS, ROOT, TOKEN
+from ..support import CONFIG, DEMO_ACCOUNTS, PEPPER, ROOT, TOKEN
 
 
 def free_port() -> int:
@@ -32,7 +32,7 @@ class Gunicorn:
         self.pidfile = tmp_path / f"{name}-{self.port}.pid"
         self.log = open(tmp_path / f"{name}-{self.port}.log", "a+")
         environment = {**os.environ, "IVR_DATABASE_URL": database_url, "TWILIO_AUTH_TOKEN": TOKEN,
-                       "IVR_HOST_KEY_PEPPER": "test-pepper-of-thirty-two-chars!", "IVR_CONFIG": str(CONFIG),
+                       "IVR_HOST_KEY_PEPPER": PEPPER, "IVR_CONFIG": str(CONFIG),
                        "IVR_INSTANCE_PATH": str(tmp_path / "instance"),
                        "IVR_PIDFILE": str(self.pidfile)}
         environment.pop("IVR_PUBLIC_URL", None)
@@ -95,5 +95,6 @@ def prepare_database(database_url: str):
 
     storage = Storage(database_url)
     storage.upgrade()
-    import_file(DEMO_ACCOUNTS, storage, HostKeyHasher(b"test-pepper-of-thirty-two-chars!"), load_config(CONFIG).lengths)
+    import_file(DEMO_ACCOUNTS, storage, HostKeyHasher(PEPPER.encode()),
+                load_config(CONFIG).lengths)
     return storage

@@ -12,7 +12,7 @@ from ivr import create_app
 from ivr.storage.models import Call, OutboxMessage, Ticket
 from ivr.sim.simulator import HttpTransport, Simulator, new_call_sid
 
-from ..support import BUSINESS_OWNER, CALLER, CONFIG, TOKEN, US_LINE, TwilioClient
+from ..support import BUSINESS_OWNER, CALLER, CONFIG, PEPPER, TOKEN, US_LINE, TwilioClient
 from .servers import Gunicorn, prepare_database
 
 PUBLIC = "https://ivr.example.com"
@@ -182,7 +182,7 @@ def test_a_burst_of_simultaneous_host_keys_over_four_workers_has_exactly_the_lim
         if limit == "pmi":
             calls = [_at_the_host_key_prompt(server.url, f"+1202555{n:04d}", BUSINESS_OWNER[0])
                      for n in range(40)]
-            digest = HostKeyHasher(b"test-pepper").pmi_lockout_digest(BUSINESS_OWNER[0])
+            digest = HostKeyHasher(PEPPER.encode()).pmi_lockout_digest(BUSINESS_OWNER[0])
             key, threshold = pmi_lockout_key(digest), policy.pmi_failures
         else:
             calls = [_at_the_host_key_prompt(server.url, "+12025550777", f"55590{n:05d}")
