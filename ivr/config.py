@@ -293,11 +293,19 @@ class Queue(_Model):
         return max(1, round(self.announce_every_seconds / self.hold_audio_seconds))
 
 
+# The longest the engineer line's whisper can take, said slowly in any catalogue: the ticket
+# number digit by digit, priority, plan, account, region, the caller's language, the wait
+# and "connecting you now" (about 15 s in English, longer in Japanese).
+WHISPER_SECONDS = 30
+
+
 class Engineers(_Model):
     """The engineer line, callbacks and the sweep of stranded tickets."""
 
     # An engineer's line holds the caller it chose this long before another engineer may
-    # take them (the whisper plays in between).
+    # take them (the whisper plays in between, then the <Dial> of the caller's queue): at
+    # least WHISPER_SECONDS + dial_timeout_seconds, or the claim goes stale before its
+    # own Dial and a second engineer is whispered the same caller.
     claim_seconds: int = Field(default=60, ge=10, le=600)
     # How long the engineer line waits for the chosen caller's queue (a caller who just
     # hung up leaves it empty), and how often it looks again when nobody is waiting.
@@ -310,6 +318,17 @@ class Engineers(_Model):
     # A ticket still in a queue this long after its call ended, with no queue result from
     # Twilio, goes back to the open pile.
     stranded_after_seconds: int = Field(default=120, ge=10, le=86400)
+
+    @model_validator(mode="after")
+    def _claim_outlives_the_whisper_and_the_dial(self) -> "Engineers":
+        least = WHISPER_SECONDS + self.dial_timeout_seconds
+        if self.claim_seconds < least:
+            raise ValueError(
+                f"claim_seconds ({self.claim_seconds}) is shorter than the whisper (up to "
+                f"{WHISPER_SECONDS} s) and dial_timeout_seconds ({self.dial_timeout_seconds}) "
+                f"together: another engineer would be given the same caller; make it at "
+                f"least {least}")
+        return self
 
 
 class Notice(_Model):

@@ -496,3 +496,23 @@ def test_starting_gunicorn_keeps_the_senders_counts_in_a_metrics_folder_the_oper
         sender.stdin.flush()
         sender.wait(10)
     assert 'ivr_helpdesk_pushes_total{result="failed"} 2.0' in scrape
+
+
+@pytest.mark.parametrize("claim, dial", [(10, 10), (39, 10), (60, 31)])
+def test_a_claim_that_could_go_stale_before_its_own_dial_is_refused_at_start(
+        tmp_path, claim, dial):
+    """The engineer line claims a caller, whispers their summary, then dials their queue
+    for up to dial_timeout_seconds. A claim shorter than that goes stale on the way, and a
+    second engineer is whispered the same caller."""
+    source = CONFIG.read_text(encoding="utf-8")
+    source = source.replace("claim_seconds = 60", f"claim_seconds = {claim}", 1)
+    source = source.replace("dial_timeout_seconds = 10", f"dial_timeout_seconds = {dial}", 1)
+    with pytest.raises(ConfigError, match=rf"engineers: claim_seconds \({claim}\) .*"
+                                          rf"at least {30 + dial}"):
+        load_config(write(tmp_path, source))
+
+
+def test_a_claim_that_outlives_the_whisper_and_the_dial_is_accepted(tmp_path):
+    source = CONFIG.read_text(encoding="utf-8").replace("claim_seconds = 60",
+                                                        "claim_seconds = 40", 1)
+    assert load_config(write(tmp_path, source)).engineers.claim_seconds == 40
