@@ -80,3 +80,14 @@ def while_the_desk_closes(ivr, number: str, thread, what: str) -> None:
         thread.start()
         until_waiting_for_a_lock(ivr, thread, what)
     thread.join(10)
+
+
+def talking_on_the_line(twilio, engineer_sid: str, caller: dict) -> None:
+    """The engineer's call to the engineer line takes ``caller`` (queued) and Twilio
+    bridges the two: they are talking."""
+    root = twiml(twilio.post("/voice/agent", **engineer_params(engineer_sid)))
+    queue = root.find("Dial/Queue")
+    assert queue is not None and queue.text == caller["queue"]
+    twiml(twilio.post(queue.get("url"), **twilio.call_params(caller["sid"]),
+                      QueueSid="QU" + "1" * 32, QueueTime="30",
+                      DequeingCallSid=engineer_sid))

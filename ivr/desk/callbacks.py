@@ -19,7 +19,7 @@ from twilio.http import HttpClient
 from twilio.rest import Client
 
 from ..config import IvrConfig, Settings
-from ..domain.engineers import customer_outcome
+from ..domain.engineers import LONGEST_CONVERSATION, customer_outcome
 from ..domain.phones import mask
 from ..storage import Storage
 from ..storage.engineers import EngineerRepository, FloorRepository, engineer_info
@@ -92,6 +92,12 @@ class Callbacks:
             if busy is not None and now - busy.created_at < limit:
                 raise Conflict(f"a callback for ticket {ticket.number} is already being placed "
                                f"by {busy.engineer}")
+            # Ringing an engineer in a conversation on the engineer line would interrupt
+            # it (or reach their voicemail) and count an attempt against this ticket.
+            talking = floor.talking_with(info.name, now - LONGEST_CONVERSATION)
+            if talking is not None:
+                raise Conflict(f"{info.name} is talking to a caller on the engineer line "
+                               f"(ticket {talking})")
             # Checked once the request itself holds up, so an unknown ticket or engineer
             # is still a 404 on a server not set up for callbacks, and before the attempt
             # is written, so no attempt is counted against the ticket for it.

@@ -20,6 +20,10 @@ SYSTEM_ACTOR = "system"  # the service's own moves (the stranded sweep, a failed
 UNKNOWN_ENGINEER = "unknown engineer"  # a pick-up whose engineer is not on record
 RESERVED_NAMES = (ADMIN, HELPDESK_ACTOR, SYSTEM_ACTOR, UNKNOWN_ENGINEER)
 
+# The longest an engineer line's <Dial> can last: Twilio's timeLimit, four hours unless set
+# (the line sets none). A conversation connected longer ago has ended, whatever was lost.
+LONGEST_CONVERSATION = dt.timedelta(hours=4)
+
 QUEUE_NAME_LIMIT = 64  # Twilio's limit on a queue's name
 # A configured queue group's longest name: a caller's own queue adds ".<ticket>" (eight
 # digits) to it, and the whole must fit Twilio's limit.

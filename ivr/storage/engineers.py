@@ -316,18 +316,26 @@ class FloorRepository:
     def talking_elsewhere(self, engineer: str, engineer_call_sid: str,
                           connected_since: dt.datetime) -> bool:
         """Whether another call of this engineer's is in a conversation with a caller it
-        took from the queue: connected since a time, and the caller's wait has no result
-        yet (Twilio reports a bridged wait's result when the conversation ends) nor has
-        their call ended."""
-        return self.session.execute(
-            select(Assignment.ticket_id)
-            .join(Ticket, Ticket.id == Assignment.ticket_id)
-            .join(Call, Call.call_sid == Ticket.call_sid)
-            .where(Assignment.engineer == engineer, Assignment.connected_at >= connected_since,
-                   Assignment.engineer_call_sid.is_not(None),
-                   Assignment.engineer_call_sid != engineer_call_sid,
-                   Call.ended_at.is_(None), Call.queue_result.is_(None))
-            .limit(1)).first() is not None
+        took from the queue (``talking_with``)."""
+        return self.talking_with(engineer, connected_since,
+                                 other_than=engineer_call_sid) is not None
+
+    def talking_with(self, engineer: str, connected_since: dt.datetime,
+                     other_than: str | None = None) -> str | None:
+        """The ticket number of the caller this engineer is talking to on the engineer
+        line (a call of theirs other than ``other_than``), if any: connected since a time,
+        and the caller's wait has no result yet (Twilio reports a bridged wait's result
+        when the conversation ends) nor has their call ended."""
+        query = (select(Ticket.number)
+                 .join(Assignment, Ticket.id == Assignment.ticket_id)
+                 .join(Call, Call.call_sid == Ticket.call_sid)
+                 .where(Assignment.engineer == engineer,
+                        Assignment.connected_at >= connected_since,
+                        Assignment.engineer_call_sid.is_not(None),
+                        Call.ended_at.is_(None), Call.queue_result.is_(None)))
+        if other_than is not None:
+            query = query.where(Assignment.engineer_call_sid != other_than)
+        return self.session.execute(query.limit(1)).scalar()
 
     def release(self, ticket_id: int, engineer_call_sid: str, now: dt.datetime) -> bool:
         """Give up a claim that never connected (the caller left meanwhile). The call's

@@ -20,6 +20,7 @@ from ..domain.digits import ascii_number
 from ..domain.engineers import (
     ANSWERED,
     CUSTOMER_FAILURES,
+    LONGEST_CONVERSATION,
     SYSTEM_ACTOR,
     UNKNOWN_ENGINEER,
     EngineerInfo,
@@ -54,9 +55,6 @@ from .twiml import AgentRenderer, Renderer, SpokenLine
 log = logging.getLogger("ivr.floor")
 
 ESTIMATE_WINDOW = dt.timedelta(minutes=30)  # pick-ups counted for a waiting caller's estimate
-# The longest an engineer line's <Dial> can last: Twilio's timeLimit, four hours unless set
-# (the line sets none). A conversation connected longer ago has ended, whatever was lost.
-LONGEST_CONVERSATION = dt.timedelta(hours=4)
 
 
 def group_for(config: IvrConfig, call: Call, priority: int) -> str | None:

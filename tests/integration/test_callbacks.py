@@ -13,7 +13,8 @@ from ivr.storage.engineers import Assignment, CallbackAttempt, FloorRepository
 from ivr.storage.models import OutboxMessage, Ticket
 
 from ..desk_support import ADMIN_TOKEN, admin_app
-from ..floor_support import ENGINEER_PHONE, add_engineer, digits_spoken, queued
+from ..floor_support import (ENGINEER_PHONE, add_engineer, digits_spoken, queued,
+                             talking_on_the_line)
 from ..support import (CALLER, US_LINE, Outcomes, RecordingHttpClient, pause,
                        second_waits_for_first, spoken, twiml)
 
@@ -143,6 +144,31 @@ def test_a_second_callback_is_refused_while_the_customer_rings_for_the_first(
     twilio.post(dial.find("Dial/Number").get("statusCallback"),
                 **{**leg(new_call_sid(), CALLER, US_LINE), "CallStatus": "no-answer"})
     assert place(app, waiting["ticket"], {"engineer": "ben"}).status_code == 201
+
+
+def test_a_callback_is_refused_while_its_engineer_talks_to_a_caller_on_the_engineer_line(
+        app, twilio, ivr, http, clock):
+    """Ringing an engineer in a conversation would interrupt it or go to their voicemail,
+    and count an attempt against the ticket: the desk is told why, and nothing rings."""
+    add_engineer(ivr)
+    in_queue = queued(twilio, 2, caller="+14155550111")
+    waiting = waiting_for_callback(twilio)
+    talking_on_the_line(twilio, new_call_sid(), in_queue)
+
+    refused = place(app, waiting["ticket"], {"engineer": "aiko"})
+    assert refused.status_code == 409
+    assert refused.get_json()["error"] == ("aiko is talking to a caller on the engineer line "
+                                           "(ticket " + in_queue["ticket"] + ")")
+    assert http.requests == []
+    ticket, assignment, attempts = state(ivr, waiting["ticket"])
+    assert ticket.status == "callback_requested" and attempts == []
+    assert assignment is None or assignment.callback_attempts == 0
+
+    # The conversation ends (Twilio reports the bridged wait's result): the callback goes.
+    twilio.post(f"/voice/queue-result?ticket={in_queue['ticket']}",
+                **twilio.call_params(in_queue["sid"], caller=in_queue["caller"]),
+                QueueResult="bridged", QueueTime="30")
+    assert place(app, waiting["ticket"], {"engineer": "aiko"}).status_code == 201
 
 
 def test_a_callback_placed_while_the_customer_answers_the_last_one_waits_not_deadlocks(

@@ -4,7 +4,7 @@ a Call back button behind the CSRF token."""
 import pytest
 
 from ..desk_support import admin_app, parse_html, signed_in
-from ..floor_support import add_engineer, queued
+from ..floor_support import add_engineer, queued, talking_on_the_line
 from ..support import RecordingHttpClient, twiml
 
 
@@ -86,6 +86,29 @@ def test_a_callback_is_placed_from_the_button_with_the_csrf_token(browser, twili
     page = floor(browser)
     assert any("Calling aiko now for ticket" in p.text() for p in page.iter("p"))
     assert page.find("callbacks").rows()[0][1][4] == "1"  # one try so far
+
+
+def test_the_button_says_why_no_callback_rings_an_engineer_talking_on_the_line(
+        browser, twilio, ivr, http):
+    from ivr.sim.simulator import new_call_sid
+
+    add_engineer(ivr)
+    in_queue = queued(twilio, 1, caller="+14155550111")
+    waiting = queued(twilio, 2)
+    twiml(twilio.post(f"/voice/wait-choice?ticket={waiting['ticket']}&priority=2",
+                      **twilio.call_params(waiting["sid"]), Digits="1"))
+    talking_on_the_line(twilio, new_call_sid(), in_queue)
+    doc = floor(browser)
+    form = next(f for f in doc.iter("form") if f.attrs.get("action", "").endswith("/callback"))
+    response = browser.post(form.attrs["action"], data={
+        "csrf_token": form.field("csrf_token"), "engineer": form.field("engineer")})
+    assert response.status_code == 302 and response.headers["Location"] == "/admin/floor"
+    assert http.requests == []
+    page = floor(browser)
+    assert any(p.text() == ("Callback not placed: aiko is talking to a caller on the "
+                            f"engineer line (ticket {in_queue['ticket']})")
+               for p in page.iter("p"))
+    assert page.find("callbacks").rows()[0][1][4] == "0"  # no try counted
 
 
 def test_with_several_engineers_the_choice_is_made_on_a_page_that_does_not_refresh(
