@@ -5,7 +5,8 @@ webhook. The attempt is written in one short transaction, the REST request runs 
 transaction open and with a time-out, and its result is written in another. What happens
 next arrives through the signed webhooks of ivr/voice/floor.py: the engineer hears the
 summary and presses 1, the customer is dialled with the regional number they called as
-caller ID, and both legs report their status.
+caller ID and put through once whoever answers presses a key (a voicemail presses none),
+and both legs report their status.
 """
 
 from __future__ import annotations

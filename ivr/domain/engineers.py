@@ -128,8 +128,13 @@ class EngineerInfo:
 # -- callbacks --------------------------------------------------------------------------
 
 # Outcomes of a callback attempt. Only those on the customer's side count towards giving
-# up: the text that says "we tried to call you" must be true.
-CUSTOMER_FAILURES = ("busy", "no-answer", "failed", "canceled")
+# up: the text that says "we tried to call you" must be true. A customer's phone answered
+# is not a customer reached: a voicemail answers too. Whoever answers is asked to press a
+# key to be put through; the call answered and ended with none pressed (a machine, or a
+# customer who hung up during the greeting) is "unconfirmed", a miss like no answer.
+UNCONFIRMED = "unconfirmed"
+NOT_ANSWERED = ("busy", "no-answer", "failed", "canceled")  # as Twilio reports them
+CUSTOMER_FAILURES = NOT_ANSWERED + (UNCONFIRMED,)
 ANSWERED = "answered"
 
 
@@ -146,6 +151,18 @@ def customer_outcome(status: str) -> str | None:
     None while it is not final."""
     if status in ("in-progress", "answered", "completed"):
         return ANSWERED
-    if status in CUSTOMER_FAILURES:
+    if status in NOT_ANSWERED:
         return status
     return None
+
+
+def customer_leg_ended(status: str, asked_for_a_key: bool) -> str | None:
+    """The outcome of an attempt whose customer leg ended (``status``: its final
+    CallStatus or the Dial's DialCallStatus) before any key was pressed. Answered after
+    the greeting asked for a key: nobody pressed one, so nobody was reached. Answered
+    without that question (the greeting's request met the database away and the
+    customer was put straight through): as Twilio says."""
+    outcome = customer_outcome(status)
+    if outcome == ANSWERED and asked_for_a_key:
+        return UNCONFIRMED
+    return outcome

@@ -101,7 +101,7 @@ class CallbackAttempt(Base):
     engineer: Mapped[str] = mapped_column(String(64))
     engineer_call_sid: Mapped[str | None] = mapped_column(String(64), index=True)
     customer_call_sid: Mapped[str | None] = mapped_column(String(64))
-    # placing, calling_engineer, calling_customer, done
+    # placing, calling_engineer, engineer_answered, calling_customer, customer_answered, done
     status: Mapped[str] = mapped_column(String(32))
     outcome: Mapped[str | None] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(String(255))

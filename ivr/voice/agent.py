@@ -60,6 +60,12 @@ def callback_customer():
     return twiml(floor().callback_customer(request.form, request.args))
 
 
+@agent.post("/voice/callback/customer-key")
+@twilio_signed
+def callback_customer_key():
+    return twiml(floor().callback_customer_key(request.form, request.args))
+
+
 @agent.post("/voice/callback/dialled")
 @twilio_signed
 def callback_dialled():
@@ -93,6 +99,11 @@ def agent_error(error):
         return twiml(floor().joining_unrecorded(request.form))
     if request.endpoint == "agent.callback_customer":
         return twiml(agent_renderer.empty())
+    # A key pressed after the greeting: someone is there, and is put through (the
+    # attempt's outcome goes unrecorded). No key (a voicemail): the leg ends.
+    if request.endpoint == "agent.callback_customer_key":
+        return twiml(agent_renderer.empty() if request.form.get("Digits")
+                     else agent_renderer.hangup())
     # An engineer the line already knows (holding for callers, or back from a call) holds
     # and looks again: a database away for a moment must not take everyone off the line.
     known = request.endpoint == "agent.after" or (

@@ -22,10 +22,11 @@ from ..domain.engineers import (
     CUSTOMER_FAILURES,
     LONGEST_CONVERSATION,
     SYSTEM_ACTOR,
+    UNCONFIRMED,
     UNKNOWN_ENGINEER,
     EngineerInfo,
     Waiting,
-    customer_outcome,
+    customer_leg_ended,
     engineer_outcome,
     queue_name,
     ranked,
@@ -98,6 +99,10 @@ def _missed_by(assignment: Assignment | None, engineer_call_sid: str) -> bool:
     return assignment is not None and assignment.claimed_at is None \
         and assignment.connected_at is None \
         and assignment.engineer_call_sid == engineer_call_sid
+
+
+# A callback attempt whose customer leg was answered and asked for a key (the greeting).
+ASKED_FOR_A_KEY = "customer_answered"
 
 
 def _minutes(seconds: float) -> int:
@@ -408,15 +413,36 @@ class Floor:
                                             call.dialed_number)
 
     def callback_customer(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
-        """<Number url>: the customer answered; they hear who is calling, then the engineer."""
+        """<Number url>: the customer's phone was answered, by them or by a voicemail.
+        Whoever answered hears who is calling and is asked to press a key to be put
+        through; only that key says the customer was reached (``callback_customer_key``)."""
         with self.storage.unit_of_work() as uow:
             session = uow.session
             attempt, ticket, call, _ = self._attempt(session, query)
             if attempt is None:
                 return self.agent.empty()
             attempt.customer_call_sid = _sid(params) or attempt.customer_call_sid
-            self._finish(uow, attempt, ticket, call, ANSWERED)
-            return self.agent.callback_greeting(self.caller_voice(call), ticket.number)
+            if attempt.outcome is None:
+                attempt.status = ASKED_FOR_A_KEY
+            return self.agent.callback_greeting(self.caller_voice(call), ticket.number,
+                                                attempt.id)
+
+    def callback_customer_key(self, params: Mapping[str, str],
+                              query: Mapping[str, str]) -> str:
+        """After the greeting: a key pressed puts the customer through to the engineer
+        and the ticket is connected; none (the Gather ended, a voicemail listening) is a
+        missed callback, counted like no answer."""
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            attempt, ticket, call, _ = self._attempt(session, query)
+            if attempt is None:
+                return self.agent.hangup()
+            if (params.get("Digits") or "").strip():
+                self._finish(uow, attempt, ticket, call, ANSWERED)
+                return self.agent.empty()  # the <Number url> ends: Twilio bridges the two
+            self._finish(uow, attempt, ticket, call, UNCONFIRMED,
+                         "answered, but no key was pressed after the greeting")
+            return self.agent.callback_customer_missed(self.caller_voice(call), ticket.number)
 
     def callback_dialled(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
         """The engineer leg's <Dial> ended: record a failure, tell the engineer."""
@@ -426,7 +452,7 @@ class Floor:
             attempt, ticket, call, engineer = self._attempt(session, query)
             if attempt is None:
                 return self.agent.hangup()
-            outcome = customer_outcome(status) or "failed"
+            outcome = customer_leg_ended(status, attempt.status == ASKED_FOR_A_KEY) or "failed"
             self._finish(uow, attempt, ticket, call, outcome)
             if attempt.outcome == ANSWERED:
                 return self.agent.hangup()
@@ -444,10 +470,12 @@ class Floor:
                 return
             if leg == "customer":
                 attempt.customer_call_sid = _sid(params) or attempt.customer_call_sid
-                if status in ("answered", "in-progress"):
-                    self._finish(uow, attempt, ticket, call, ANSWERED)
-                elif status in CUSTOMER_FAILURES or status == "completed":
-                    self._finish(uow, attempt, ticket, call, customer_outcome(status))
+                # "answered" alone is not the customer: a voicemail answers too. The key
+                # after the greeting says who it was; the leg's end, with none pressed,
+                # that nobody was reached.
+                outcome = customer_leg_ended(status, attempt.status == ASKED_FOR_A_KEY)
+                if status not in ("answered", "in-progress") and outcome is not None:
+                    self._finish(uow, attempt, ticket, call, outcome)
             elif leg == "engineer" and status in ("completed", "busy", "no-answer", "failed",
                                                     "canceled"):
                 if attempt.status in ("placing", "calling_engineer", "engineer_answered"):

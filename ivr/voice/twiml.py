@@ -300,6 +300,7 @@ AGENT_AFTER_PATH = "/voice/agent/after"
 CALLBACK_ENGINEER_PATH = "/voice/callback/engineer"
 CALLBACK_KEY_PATH = "/voice/callback/engineer-key"
 CALLBACK_CUSTOMER_PATH = "/voice/callback/customer"
+CALLBACK_CUSTOMER_KEY_PATH = "/voice/callback/customer-key"
 CALLBACK_DIALLED_PATH = "/voice/callback/dialled"
 CALLBACK_STATUS_PATH = "/voice/callback/status"
 
@@ -437,10 +438,27 @@ class AgentRenderer:
         response.append(dial)
         return str(response)
 
-    def callback_greeting(self, voice: Voice, ticket: str) -> str:
+    def callback_greeting(self, voice: Voice, ticket: str, attempt: int) -> str:
+        """<Number url>, to whoever answered the customer's phone: who is calling, then a
+        key to be put through to the engineer. A voicemail presses none: the Gather ends
+        and the Redirect asks the service, without Digits, to record a miss."""
         response = VoiceResponse()
-        self.say(response, voice, [("callback_greeting",
-                                    {"brand": self.config.service.brand, "ticket": ticket})])
+        key = url(CALLBACK_CUSTOMER_KEY_PATH, attempt=attempt)
+        gather = Gather(input="dtmf", num_digits=1, timeout=8, finish_on_key="",
+                        action=key, method="POST")
+        self.say(gather, voice, [
+            ("callback_greeting", {"brand": self.config.service.brand, "ticket": ticket}),
+            ("callback_customer_press", {})])
+        response.append(gather)
+        response.redirect(key, method="POST")
+        return str(response)
+
+    def callback_customer_missed(self, voice: Voice, ticket: str) -> str:
+        """No key after the greeting: a message a voicemail keeps, and the customer's leg
+        ends (the engineer's Dial then hears it was not reached)."""
+        response = VoiceResponse()
+        self.say(response, voice, [("callback_customer_missed", {"ticket": ticket})])
+        response.hangup()
         return str(response)
 
     def callback_not_reached(self, voice: Voice) -> str:

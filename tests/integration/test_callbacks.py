@@ -109,6 +109,9 @@ def test_a_callback_rings_the_engineer_then_dials_the_customer_who_answers(
     assert spoken(greeting)[0].startswith("Hello, this is Zoom technical support calling you "
                                           "back about ticket")
     assert digits_spoken(greeting) == [waiting["ticket"]]
+    assert state(ivr, waiting["ticket"])[2] == [("aiko", None)]  # answered, by whom?
+    # A key: a person. The <Number url>'s TwiML ends and Twilio puts them through.
+    assert list(customer_presses_a_key(twilio, greeting, customer_sid)) == []
     ticket, assignment, attempts = state(ivr, waiting["ticket"])
     assert ticket.status == "connected" and ticket.connected_at == clock.now
     assert assignment.engineer == "aiko" and assignment.callback_attempts == 1
@@ -124,6 +127,116 @@ def test_a_callback_rings_the_engineer_then_dials_the_customer_who_answers(
     assert view["engineer"] == "aiko" and view["callback_attempts"] == 1
     assert [(a["actor"], a["action"]) for a in view["actions"]] == [
         ("admin", "callback"), ("aiko", "callback-result")]
+
+
+def customer_answers(twilio, dial_root, customer_sid):
+    """The customer's phone is answered: what the leg's <Number url> plays to whoever
+    answered, before they are put through to the engineer."""
+    return twiml(twilio.post(dial_root.find("Dial/Number").get("url"),
+                             **leg(customer_sid, CALLER, US_LINE)))
+
+
+def customer_presses_a_key(twilio, greeting, customer_sid):
+    """The customer, having heard the greeting, presses a key to be put through."""
+    return twiml(twilio.post(greeting.find("Gather").get("action"),
+                             **leg(customer_sid, CALLER, US_LINE), Digits="5"))
+
+
+def test_a_callback_answered_by_voicemail_is_a_missed_callback_not_a_connection(
+        app, twilio, ivr, http):
+    """A voicemail (or an answering machine) answers the customer's phone: it hears the
+    greeting and presses no key. The ticket is not connected: the attempt is a miss that
+    counts like no answer, the engineer is told the customer was not reached, and the
+    machine keeps a message saying how to reach us."""
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+    customer_sid = new_call_sid()
+    twilio.post(dial_root.find("Dial/Number").get("statusCallback"),
+                **{**leg(customer_sid, CALLER, US_LINE), "CallStatus": "answered"})
+    greeting = customer_answers(twilio, dial_root, customer_sid)
+    assert state(ivr, waiting["ticket"])[0].status == "callback_requested"
+    gather = greeting.find("Gather")
+    assert gather is not None and gather.get("numDigits") == "1"
+    assert gather.get("action") == f"/voice/callback/customer-key?attempt={attempt['id']}"
+    assert spoken(gather) == [
+        f"Hello, this is Zoom technical support calling you back about ticket "
+        f"{waiting['ticket']}. An engineer is on the line.",
+        "To speak to the engineer now, press any key."]
+    assert [e.tag for e in greeting] == ["Gather", "Redirect"]
+
+    # Nobody presses a key: the Gather times out and Twilio follows the Redirect.
+    missed = twiml(twilio.post(greeting.find("Redirect").text,
+                               **leg(customer_sid, CALLER, US_LINE)))
+    assert [e.tag for e in missed] == ["Say", "Hangup"]
+    assert spoken(missed) == [f"Sorry we missed you. You can call us back about ticket "
+                              f"{waiting['ticket']} whenever suits you. Goodbye."]
+    ticket, assignment, attempts = state(ivr, waiting["ticket"])
+    assert ticket.status == "callback_requested" and ticket.connected_at is None
+    assert attempts == [("aiko", "unconfirmed")] and assignment.callback_failures == 1
+
+    twilio.post(dial_root.find("Dial/Number").get("statusCallback"),
+                **{**leg(customer_sid, CALLER, US_LINE), "CallStatus": "completed"})
+    told = twiml(twilio.post(dial_root.find("Dial").get("action"),
+                             **leg(new_call_sid(), ENGINEER_PHONE, US_LINE),
+                             DialCallStatus="completed"))
+    assert spoken(told) == ["The customer couldn't be reached. The attempt has been "
+                            "recorded. Goodbye."]
+    assert state(ivr, waiting["ticket"])[2] == [("aiko", "unconfirmed")]
+    view = app.test_client().get(f"/api/tickets/{waiting['ticket']}", headers=AUTH).get_json()
+    assert view["engineer"] is None and view["callback_failures"] == 1
+
+
+@pytest.mark.parametrize("report_first", ["status", "dial"])
+def test_a_customer_who_hangs_up_during_the_greeting_is_not_recorded_as_reached(
+        app, twilio, ivr, http, report_first):
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+    customer_sid = new_call_sid()
+    customer_answers(twilio, dial_root, customer_sid)
+
+    def status():
+        twilio.post(dial_root.find("Dial/Number").get("statusCallback"),
+                    **{**leg(customer_sid, CALLER, US_LINE), "CallStatus": "completed"})
+
+    def dial():
+        return twiml(twilio.post(dial_root.find("Dial").get("action"),
+                                 **leg(new_call_sid(), ENGINEER_PHONE, US_LINE),
+                                 DialCallStatus="completed"))
+
+    if report_first == "status":
+        status()
+        told = dial()
+    else:
+        told = dial()
+        status()
+    assert spoken(told) == ["The customer couldn't be reached. The attempt has been "
+                            "recorded. Goodbye."]
+    ticket, assignment, attempts = state(ivr, waiting["ticket"])
+    assert ticket.status == "callback_requested"
+    assert attempts == [("aiko", "unconfirmed")] and assignment.callback_failures == 1
+
+
+def test_missed_callbacks_unconfirmed_by_a_key_reopen_the_ticket_with_the_text(
+        app, twilio, ivr, http):
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    for _ in range(ivr.config.engineers.callback_attempts):
+        attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+        _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+        customer_sid = new_call_sid()
+        greeting = customer_answers(twilio, dial_root, customer_sid)
+        twilio.post(greeting.find("Redirect").text, **leg(customer_sid, CALLER, US_LINE))
+    ticket, assignment, _ = state(ivr, waiting["ticket"])
+    assert ticket.status == "open"
+    assert assignment.note.startswith("3 callback attempts did not reach the customer")
+    with ivr.storage.transaction() as session:
+        texts = [m for m in session.scalars(select(OutboxMessage))
+                 if m.template.startswith("sms_callback_missed")]
+    assert [m.to_number for m in texts] == [CALLER]
 
 
 def test_a_second_callback_is_refused_while_the_customer_rings_for_the_first(
@@ -174,7 +287,7 @@ def test_a_callback_is_refused_while_its_engineer_talks_to_a_caller_on_the_engin
 def test_a_callback_placed_while_the_customer_answers_the_last_one_waits_not_deadlocks(
         app, twilio, ivr, http, monkeypatch, clock):
     """The desk places a new callback just as the customer answers a previous attempt's
-    call whose status reports were lost (so it no longer holds new attempts back). Both
+    call (presses the key after its greeting) whose status reports were lost (so it no longer holds new attempts back). Both
     take the ticket's row before its assignment's, so one waits for the other rather than
     deadlocking (PostgreSQL would abort the customer's webhook: goodbye, and the answered
     callback never recorded)."""
@@ -191,8 +304,9 @@ def test_a_callback_placed_while_the_customer_answers_the_last_one_waits_not_dea
     outcomes = Outcomes()
     second = outcomes.thread("place", Callbacks.of(ivr, http).place, waiting["ticket"], "aiko",
                              "admin")
-    answered = outcomes.thread("customer", ivr.floor.callback_customer,
-                               leg(new_call_sid(), CALLER, US_LINE), {"attempt": str(first["id"])})
+    answered = outcomes.thread("customer", ivr.floor.callback_customer_key,
+                               {**leg(new_call_sid(), CALLER, US_LINE), "Digits": "1"},
+                               {"attempt": str(first["id"])})
     second_waits_for_first(ivr, second, placing, release, answered, "the customer's webhook")
     assert not outcomes.errors, outcomes.errors
     ticket, assignment, attempts = state(ivr, waiting["ticket"])
@@ -334,9 +448,34 @@ def test_a_customer_answering_a_callback_while_the_database_is_away_is_put_throu
     waiting = waiting_for_callback(twilio)
     attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
     _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+    customer_sid = new_call_sid()
     answered = twiml(dead.post(dial_root.find("Dial/Number").get("url"),
-                               **leg(new_call_sid(), CALLER, US_LINE)))
+                               **leg(customer_sid, CALLER, US_LINE)))
     assert list(answered) == []  # an empty document: Twilio connects the two legs
+    # Nobody was asked for a key, so the leg's end, reported once the database is back,
+    # is Twilio's word: answered.
+    twilio.post(dial_root.find("Dial/Number").get("statusCallback"),
+                **{**leg(customer_sid, CALLER, US_LINE), "CallStatus": "completed"})
+    ticket, _, attempts = state(ivr, waiting["ticket"])
+    assert ticket.status == "connected" and attempts == [("aiko", "answered")]
+
+
+def test_a_key_after_the_greeting_while_the_database_is_away_still_puts_the_customer_through(
+        app, twilio, ivr, http, dead):
+    """The customer pressed a key: they are there, and the engineer is on the line. No
+    key (a voicemail) ends the customer's leg, as it would with the database up."""
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+    customer_sid = new_call_sid()
+    greeting = customer_answers(twilio, dial_root, customer_sid)
+    pressed = twiml(dead.post(greeting.find("Gather").get("action"),
+                              **leg(customer_sid, CALLER, US_LINE), Digits="1"))
+    assert list(pressed) == []
+    silent = twiml(dead.post(greeting.find("Redirect").text,
+                             **leg(customer_sid, CALLER, US_LINE)))
+    assert [e.tag for e in silent] == ["Hangup"]
 
 
 def test_an_engineer_who_does_not_answer_leaves_the_ticket_waiting_for_its_callback(
@@ -421,7 +560,8 @@ def test_the_command_places_a_callback(app, twilio, ivr, http):
 
 def test_callback_webhooks_refuse_unsigned_requests(app, twilio, ivr):
     for path in ("/voice/callback/engineer?attempt=1", "/voice/callback/status?attempt=1",
-                 "/voice/callback/customer?attempt=1", "/voice/agent/joining?ticket=1"):
+                 "/voice/callback/customer?attempt=1", "/voice/callback/customer-key?attempt=1",
+                 "/voice/agent/joining?ticket=1"):
         assert twilio.post(path, signed=False, CallSid=new_call_sid()).status_code == 403
 
 
@@ -438,6 +578,7 @@ def test_a_callback_for_a_ticket_reference_in_other_digits_is_a_clean_404(
 
 @pytest.mark.parametrize("ref", ["\u0661", "\u00b2", "\uff11"])
 @pytest.mark.parametrize("path", ["/voice/callback/engineer", "/voice/callback/customer",
+                                  "/voice/callback/customer-key",
                                   "/voice/callback/dialled"])
 def test_a_callback_attempt_named_in_other_digits_reaches_no_attempt(
         app, twilio, ivr, http, caplog, path, ref):
@@ -474,8 +615,9 @@ def test_answered_callbacks_are_not_pick_ups_from_the_queue_in_a_callers_expecte
         wanted = waiting_for_callback(twilio, 1)
         attempt = place(app, wanted["ticket"], {"engineer": "aiko"}).get_json()
         _, dial = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
-        twiml(twilio.post(dial.find("Dial/Number").get("url"),
-                          **leg(new_call_sid(), CALLER, US_LINE)))
+        customer_sid = new_call_sid()
+        customer_presses_a_key(twilio, customer_answers(twilio, dial, customer_sid),
+                               customer_sid)
         assert state(ivr, wanted["ticket"])[0].status == "connected"
         clock.advance(minutes=1)
     waiting = queued(twilio, 2)
@@ -501,6 +643,7 @@ def test_callbacks_due_are_listed_by_priority_then_time_left(app, twilio, ivr, c
     "/voice/agent", "/voice/agent?wait=x", "/voice/agent/joining", "/voice/agent/joining?ticket=x",
     "/voice/agent/after?ticket=99999999999999999999", "/voice/callback/engineer?attempt=abc",
     "/voice/callback/engineer-key?attempt=99999999999", "/voice/callback/customer?attempt=-1",
+    "/voice/callback/customer-key?attempt=", "/voice/callback/customer-key?attempt=1",
     "/voice/callback/dialled", "/voice/callback/status?attempt=1&leg=sideways",
 ])
 @pytest.mark.parametrize("params", [
@@ -527,8 +670,9 @@ def test_a_rest_time_out_after_twilio_placed_the_call_does_not_undo_the_answered
         real_request(method, uri, **kwargs)
         attempt_id = kwargs["data"]["Url"].rsplit("=", 1)[1]
         _, dial = engineer_answers_and_presses_1(twilio, attempt_id, new_call_sid())
-        twiml(twilio.post(dial.find("Dial/Number").get("url"),
-                          **leg(new_call_sid(), CALLER, US_LINE)))
+        customer_sid = new_call_sid()
+        customer_presses_a_key(twilio, customer_answers(twilio, dial, customer_sid),
+                               customer_sid)
         raise OSError("read timed out")
 
     http.request = slow_twilio
