@@ -11,7 +11,8 @@ before reading it, or once a chunked body passes the cap). Only complete request
 the app, which runs on a thread of its own (asgiref's WsgiToAsgi), one request at a time
 per worker as before. The app's answer is kept whole, then sent from the event loop: a
 client that does not read it (its socket's buffers full) holds its connection for at most
-SEND_SECONDS, never the app's thread and so never the requests of other clients.
+SEND_SECONDS per piece of the answer, never the app's thread and so never the requests of
+other clients.
 
 ``gunicorn.conf.py`` selects the worker, wraps whatever WSGI app gunicorn loads
 (``app:app``) in ``BufferingFront`` and has the worker's connections keep a deadline on
@@ -42,7 +43,7 @@ BODY_SECONDS = 10.0
 # own time-out, 30 s, no longer applies: the event loop keeps the worker's heartbeat).
 APP_SECONDS = 25.0
 # The answer is made whole before a byte of it is sent, then a client has this long to take
-# it: one that does not read holds its connection, never the app's thread.
+# each piece of it: one that does not read holds its connection, never the app's thread.
 SEND_SECONDS = 10.0
 
 
@@ -202,16 +203,20 @@ class BufferingFront:
             answer = None
             self.on_stuck()
         try:
-            async with asyncio.timeout(self.send_seconds):
-                if answer is None:
+            if answer is None:
+                answer = []
+                async with asyncio.timeout(self.send_seconds):
                     await _answer(send, 503, "The service did not answer in time.")
-                for message in answer or ():
+            # The deadline is on each piece: a long answer (the ticket export) that a
+            # client takes steadily is not cut off because its whole takes longer.
+            for message in answer:
+                async with asyncio.timeout(self.send_seconds):
                     await send(message)
         except TimeoutError:
             # Only this connection waits on a client that does not read its answer; the
             # app's thread has long gone on to other requests. Left unfinished, the
             # answer is not kept alive: gunicorn closes the connection.
-            log.warning("%s %s: the client did not take its answer in %g s; "
+            log.warning("%s %s: the client took no piece of its answer in %g s; "
                         "connection closed", scope.get("method"), scope.get("path"),
                         self.send_seconds)
 

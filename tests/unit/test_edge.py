@@ -221,3 +221,36 @@ def test_a_connection_closed_on_a_client_that_reads_nothing_does_not_keep_its_so
         return transport
 
     assert asyncio.run(main()).aborted
+
+
+def test_a_long_answer_taken_piece_by_piece_is_sent_whole():
+    """The send deadline is on each piece of the answer, not on the whole of it: a
+    download of many pieces (the ticket export) that a client takes steadily, one piece
+    at a time, is not cut off once its whole takes longer than send_seconds."""
+    pieces = [b"x" * 100] * 6
+
+    def export(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/csv")])
+        return iter(pieces)
+
+    sent = []
+
+    async def main():
+        front = BufferingFront(export, send_seconds=0.3)
+        scope = {"type": "http", "http_version": "1.1", "method": "GET", "path": "/admin/export",
+                 "root_path": "", "query_string": b"", "headers": [], "scheme": "http",
+                 "server": ("127.0.0.1", 5000), "client": ("127.0.0.1", 40000)}
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def taken_steadily(message):
+            if message.get("body"):
+                await asyncio.sleep(0.1)  # the client reads a piece in a tenth of a second
+            sent.append(message)
+
+        await front(scope, receive, taken_steadily)
+
+    asyncio.run(main())
+    assert b"".join(m.get("body", b"") for m in sent) == b"".join(pieces)
+    assert sent[-1]["type"] == "http.response.body" and not sent[-1].get("more_body")
