@@ -19,8 +19,10 @@ def _workers() -> int:
     text = os.environ.get("IVR_WORKERS")
     if text is None:
         return os.cpu_count() or 2
-    # Zero or fewer would start a master that listens and never answers.
-    if not text.strip().isdigit() or int(text) < 1:
+    # Zero or fewer would start a master that listens and never answers. ASCII digits
+    # only, as ivr/domain/digits.py has it: '\u00b2' passes isdigit() but int() refuses it
+    # (this file imports nothing of the project's when gunicorn reads it).
+    if not (text.strip().isascii() and text.strip().isdigit()) or int(text) < 1:
         _refuse("IVR_WORKERS", f"{text[:20]!r} is not a whole number of workers, 1 or more")
     return int(text)
 

@@ -436,6 +436,7 @@ def test_a_prompt_catalogue_that_cannot_be_read_stops_the_app_naming_it(tmp_path
 
 @pytest.mark.parametrize("name, value", [
     ("IVR_WORKERS", "abc"), ("IVR_WORKERS", "0"), ("IVR_WORKERS", "-2"), ("IVR_WORKERS", " "),
+    ("IVR_WORKERS", "\u00b2"),
     ("IVR_WORKER_CLASS", "bogus"), ("IVR_WORKER_CLASS", ""),
 ])
 def test_gunicorn_refuses_a_worker_setting_it_cannot_use_in_one_line_naming_it(
