@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ..config import IvrConfig
 from ..domain.lifecycle import STATUSES, UNCLOSED, ForbiddenMove, TicketStatus, move
 from ..domain.priority import RANGE_TEXT, is_level
-from ..domain.phones import callable_number, mask, redact_numbers
+from ..domain.phones import callable_number, mask
 from ..storage import Storage
 from ..storage import helpdesk as helpdesk_jobs
 from ..storage.deadlines import DeadlineQueries
@@ -47,9 +47,12 @@ class NotFound(DeskError):
 
 def unknown_ticket(ref: str) -> NotFound:
     """No such ticket. A ticket number is 8 digits: anything longer typed for one may be a
-    caller's number or a PMI, and is shown by its last four digits."""
+    caller's number or a PMI, written whole or as a phone writes it (+1 415 555 0100), and
+    is shown by its last four digits; a longer text with fewer than six digits (the
+    shortest number ``redact_numbers`` hides) is shown as typed."""
     ref = str(ref).strip()
-    shown = ref[:20] if len(ref) <= 8 else redact_numbers(ref[:20])
+    digits = sum(ch.isdigit() for ch in ref)
+    shown = ref[:20] if len(ref) <= 8 or digits < 6 else mask(ref)
     return NotFound(f"no ticket with id or number {shown!r}")
 
 

@@ -162,6 +162,9 @@ def test_tickets_show_of_an_unknown_ticket_fails_with_a_message(cli):
 @pytest.mark.parametrize("ref, kept, shown", [
     ("+14155550100", "4155550100", "…0100"),  # the caller's number, to find their ticket
     ("5550100201", "5550100201", "…0201"),    # a PMI pasted in the wrong place
+    ("+1 415 555 0100", "415 555", "…0100"),  # the number as a phone or a page writes it
+    ("(415) 555-0100", "555-", "…0100"),
+    ("555 010 0201", "555 010", "…0201"),
 ])
 def test_an_unknown_ticket_named_by_a_phone_number_or_a_pmi_is_not_echoed_in_full(
         cli, ref, kept, shown):
