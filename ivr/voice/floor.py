@@ -228,8 +228,10 @@ class Floor:
             # One engineer, one caller at a time: a second device of theirs (a Client
             # identity signed in twice) is not bridged to a caller nobody listens to.
             # The engineer may know better: Twilio's reports of that conversation's end
-            # can be lost, and "1" pressed at the refusal ("anyway") says it has ended.
-            busy = not (digits == "1" and query.get("anyway") == "1") and \
+            # can be lost, and "1" pressed at the refusal ("anyway") says it has ended;
+            # so it stays said while this call holds for the next caller.
+            anyway = query.get("anyway") == "1" and (digits == "1" or query.get("wait") == "1")
+            busy = not anyway and \
                 floor.talking_elsewhere(engineer.name, call_sid, now - LONGEST_CONVERSATION)
             rows = {} if busy else {t.id: (t, c, a) for t, c, a in floor.waiting_served(
                 engineer.serves, self.groups, call_sid)}
@@ -266,7 +268,7 @@ class Floor:
                      engineer.name)
             return self.agent.on_another_call(voice)
         if ticket is None:
-            return self.agent.nobody(voice, announce=query.get("wait") != "1")
+            return self.agent.nobody(voice, announce=query.get("wait") != "1", anyway=anyway)
         log.info("engineer %s takes ticket id=%s (P%s)", engineer.name, ticket.id, ticket.priority)
         whisper = self.summary(voice, ticket, call, (now - choice.since).total_seconds())
         # The queue the caller was put in, named when they were routed: the desk may have

@@ -715,6 +715,34 @@ def test_an_engineer_whose_finished_call_was_never_reported_can_say_so_and_take_
     assert assignment(ivr, second["ticket"]).engineer == "aiko"
 
 
+def test_an_engineer_who_said_her_last_call_ended_holds_for_the_next_caller_undisturbed(
+        twilio, ivr):
+    """aiko's last conversation was never reported ended, and nobody else waits when she
+    presses 1 to say it has: she hears that nobody is waiting and holds. The line's next
+    look must not ask her again (a prompt she does not expect while holding, that hangs up
+    on her without a key): it keeps her holding, and gives her the next caller who comes."""
+    add_engineer(ivr, phone=None, client="aiko")
+    first = queued(twilio, 1)
+    laptop = new_call_sid()
+    root = twiml(twilio.post("/voice/agent", **engineer_params(laptop, "client:aiko")))
+    twiml(twilio.post(root.find("Dial/Queue").get("url"), **twilio.call_params(first["sid"]),
+                      DequeingCallSid=laptop))
+    again = new_call_sid()
+    refused = twiml(twilio.post("/voice/agent", **engineer_params(again, "client:aiko")))
+    holding = twiml(twilio.post(refused.find("Gather").get("action"),
+                                **engineer_params(again, "client:aiko"), Digits="1"))
+    for _ in range(2):
+        assert [e.tag for e in holding][-2:] == ["Pause", "Redirect"], spoken(holding)
+        holding = twiml(twilio.post(holding.find("Redirect").text,
+                                    **engineer_params(again, "client:aiko")))
+        assert holding.find("Gather") is None, spoken(holding)
+    second = queued(twilio, 2)
+    taken = twiml(twilio.post(holding.find("Redirect").text,
+                              **engineer_params(again, "client:aiko")))
+    assert digits_spoken(taken) == [second["ticket"]]
+    assert taken.find("Dial/Queue").text == second["queue"]
+
+
 def test_an_engineer_calling_again_gets_back_the_caller_their_other_call_claimed_first(
         twilio, ivr):
     """aiko's laptop was whispered a P2 caller; a P1 caller arrives as her mobile (or a
