@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 log = logging.getLogger("ivr.spool")
 
 READ_SIZE = 1 << 20
+HEAD_SIZE = 256  # the first bytes a counted spool file is told apart by
 
 
 @dataclass(frozen=True)
@@ -45,13 +46,15 @@ def _write_all(fd: int, data: bytes) -> None:
 class _LineCounter:
     """Records (non-blank lines) in spool files, read incrementally: the files are only
     ever appended to, moved aside whole or removed, so what was counted up to the last
-    complete line stays counted while the file is the same one (device and inode) and no
-    shorter. ``/healthz``, ``/metrics`` and the sender ask every few seconds, and during a
-    long outage the spool is exactly the file that grows: each asks for the new bytes
-    only, not the whole file again."""
+    complete line stays counted while the file is the same one (device and inode, and the
+    same first bytes: a file created after a replay removed the last may be given its
+    inode number) and no shorter. ``/healthz``, ``/metrics`` and the sender ask every few
+    seconds, and during a long outage the spool is exactly the file that grows: each asks
+    for the new bytes only, not the whole file again."""
 
     def __init__(self):
-        self._seen: dict[Path, tuple[tuple[int, int], int, int]] = {}  # id, offset, lines
+        # id, first bytes, offset, lines
+        self._seen: dict[Path, tuple[tuple[int, int], bytes, int, int]] = {}
 
     def __call__(self, *paths: Path) -> int:
         return sum(self._count(path) for path in paths)
@@ -65,9 +68,12 @@ class _LineCounter:
         with handle:
             stat = os.fstat(handle.fileno())
             identity = (stat.st_dev, stat.st_ino)
-            known, offset, lines = self._seen.get(path, (None, 0, 0))
-            if known != identity or offset > stat.st_size:
+            known, head, offset, lines = self._seen.get(path, (None, b"", 0, 0))
+            if known != identity or offset > stat.st_size or handle.read(len(head)) != head:
                 offset, lines = 0, 0
+            if not offset:
+                handle.seek(0)
+                head = handle.read(HEAD_SIZE)
             handle.seek(offset)
             tail = b""
             while chunk := handle.read(READ_SIZE):
@@ -76,7 +82,7 @@ class _LineCounter:
                 lines += sum(1 for line in data[:end].split(b"\n") if line.strip())
                 offset += end
                 tail = data[end:]
-            self._seen[path] = (identity, offset, lines)
+            self._seen[path] = (identity, head, offset, lines)
             # A last line without its newline (a write cut short) is a record too.
             return lines + (1 if tail.strip() else 0)
 

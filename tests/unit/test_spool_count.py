@@ -64,4 +64,27 @@ def test_asking_again_reads_only_what_was_appended_since(tmp_path, monkeypatch):
     record = json.dumps({"n": 2000}).encode()
     spool.append({"n": 2000})
     assert spool.depth() == 2001
-    assert sum(read) <= len(record) + 2  # the new record, not the 2,000 before it
+    # The new record, and the first bytes that tell the file is still the one counted:
+    # not the 2,000 records before it.
+    assert sum(read) <= spool_module.HEAD_SIZE + len(record) + 2
+
+
+def test_a_new_spool_file_that_reuses_the_old_ones_inode_is_counted_afresh(tmp_path, monkeypatch):
+    """A replay removes the spool file and the next record creates a new one, which the
+    file system may give the removed file's inode number: the count must not carry on
+    from where the old file's ended, as if the new file were the old one grown."""
+    import os
+    import types
+
+    real_fstat = os.fstat
+    # Every file the same device and inode, as a reused inode number looks.
+    monkeypatch.setattr(os, "fstat", lambda fd: types.SimpleNamespace(
+        st_dev=1, st_ino=1, st_size=real_fstat(fd).st_size))
+    spool = Spool(tmp_path / "spool")
+    for n in range(3):
+        spool.append({"n": n, "pad": "x" * 50})
+    assert spool.depth() == 3
+    spool.replay(lambda record: True)
+    for n in range(10):
+        spool.append({"n": n, "pad": "y" * 10})
+    assert spool.depth() == 10
