@@ -25,6 +25,9 @@ IDLE = dt.timedelta(minutes=10)
 # Twilio's largest page, and how many queues one round reads at most (twenty requests).
 PAGE_SIZE = 1000
 LIST_LIMIT = 20 * PAGE_SIZE
+# How many one round deletes at most, a REST request each: the sender sends no text
+# message while it deletes, so the rest wait for the next rounds.
+DELETE_LIMIT = PAGE_SIZE
 TICKET_QUEUE = re.compile(r"(?P<group>.+)\.(?P<ticket>[1-9][0-9]{7})")
 
 
@@ -32,7 +35,8 @@ def prune(config: IvrConfig, settings: Settings, *, http_client: HttpClient | No
           now: dt.datetime | None = None, limit: int = LIST_LIMIT) -> int:
     """Delete empty, idle per-ticket queues; returns how many were deleted (0 without
     Twilio credentials). The list is read page by page, up to ``limit`` queues, so the
-    empty ones behind a first page of busy or foreign queues are found too."""
+    empty ones behind a first page of busy or foreign queues are found too; a round
+    deletes at most ``DELETE_LIMIT`` of them."""
     client = settings.rest_client(http_client)
     if client is None:
         return 0
@@ -47,6 +51,8 @@ def prune(config: IvrConfig, settings: Settings, *, http_client: HttpClient | No
             updated = queue.date_updated
             if updated is None or now - updated >= IDLE:
                 idle.append(queue.sid)
+                if len(idle) >= DELETE_LIMIT:
+                    break
     except (TwilioRestException, TwilioException, OSError) as exc:
         # Those found on the pages read so far still go; the rest wait for the next round.
         log.warning("could not list Twilio queues: %s", type(exc).__name__)

@@ -63,3 +63,22 @@ def test_a_listing_that_fails_halfway_still_deletes_what_it_found(config, settin
     http = RecordingHttpClient([(200, first), (503, {"message": "unavailable"}), (204, {})])
     assert queues.prune(config, settings, http_client=http, now=NOW) == 1
     assert [r["method"] for r in http.requests] == ["GET", "GET", "DELETE"]
+
+
+def test_a_round_deletes_at_most_a_page_of_queues_so_the_sender_goes_back_to_its_messages(
+        config, settings):
+    """The sender deletes queues between its text messages and help-desk pushes, one REST
+    request each: after a surge of thousands of callers, deleting every empty queue of
+    the 20,000 listed in one round would hold up the callers' texts for many minutes.
+    A round deletes up to a page's worth; the rest go in the next rounds."""
+    settings = settings.model_copy(update={"twilio_account_sid": ACCOUNT})
+    empty = [queue(f"QU{n:032d}", f"support-us.{20000000 + n}", 0, 30) for n in range(1500)]
+    first = {"queues": empty[:1000], "page": 0, "page_size": 1000, "uri": "/queues",
+             "next_page_uri": f"/2010-04-01/Accounts/{ACCOUNT}/Queues.json?PageSize=1000&Page=1"
+                              "&PageToken=PAQU1000"}
+    second = {"queues": empty[1000:], "page": 1, "page_size": 1000, "uri": "/queues",
+              "next_page_uri": None}
+    http = RecordingHttpClient([(200, first), (200, second)])  # then 201 to each delete
+    assert queues.prune(config, settings, http_client=http, now=NOW) == queues.PAGE_SIZE
+    deleted = [r["uri"].rsplit("/", 1)[-1] for r in http.requests if r["method"] == "DELETE"]
+    assert deleted == [f"QU{n:032d}.json" for n in range(queues.PAGE_SIZE)]
