@@ -67,11 +67,22 @@ class HeadDeadline(ASGIProtocol):
     gunicorn closes a connection gracefully, and asyncio then keeps the socket until the
     client has taken every byte still buffered for it: a client that reads nothing (a
     408, or an answer BufferingFront gave up sending) kept a file descriptor for good.
-    Such a connection is aborted ``linger_seconds`` after it was closed."""
+    Such a connection is aborted ``linger_seconds`` after it was closed.
+
+    gunicorn's parser copies what a client has sent ahead of the request being served
+    (up to 256 KB) once more for every request it serves: a client pipelining at full
+    speed cost the worker CPU and memory in proportion to how far ahead it ran, and the
+    webhooks of every other caller waited. Reading from a connection now pauses once it
+    holds more than ``pipelined_limit`` bytes the app has not taken (gunicorn's limit was
+    256 KB), and one holding that much beyond its current request is answered with
+    ``Connection: close``: the rest is never parsed. Twilio sends one request
+    at a time; clients that send a few requests ahead keep their connection."""
 
     linger_seconds = SEND_SECONDS
+    pipelined_limit = 32 * 1024
 
     def connection_made(self, transport):
+        self._max_buffer_size = self.pipelined_limit  # gunicorn stops reading past it
         self._head_timer = None
         self._head_started = False
         super().connection_made(transport)
@@ -85,6 +96,11 @@ class HeadDeadline(ASGIProtocol):
     def _on_headers_complete(self):
         self._stop_head_timer()
         return super()._on_headers_complete()
+
+    def _will_close(self, request, response_requires_close):
+        return (super()._will_close(request, response_requires_close)
+                or (self._callback_parser is not None
+                    and self._http1_buffered() > self.pipelined_limit))
 
     def connection_lost(self, exc):
         self._stop_head_timer()
