@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 from .simulator import Simulator, Transport, new_call_sid
-from .surge import ELIGIBLE, NUMBERS
+from .surge import ELIGIBLE, NUMBERS, caller_phone
 
 ENGINEER_LINE = "+15005550006"
 
 
-# Area codes no simulated caller uses (surge.AREAS, the floor's 202, the default 415).
+# Area codes no simulated caller uses (surge.CALLER_AREAS, simulate's default 415).
 ENGINEER_AREAS = ("510", "408")
 
 
@@ -216,7 +216,7 @@ class FloorSimulation:
         clock = 0.0
         for i in range(self.calls):
             clock += self.rng.expovariate(1 / self.arrival_gap)
-            caller = Caller(new_call_sid(), NUMBERS[0], f"+1202555{i % 10_000:04d}",
+            caller = Caller(new_call_sid(), NUMBERS[0], caller_phone(i),
                             self.rng.randint(1, 4), clock)
             callers.append(caller)
             self.at(clock, "arrive", caller)

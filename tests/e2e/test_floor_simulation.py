@@ -49,3 +49,45 @@ def test_simulated_engineers_phones_are_fictional_555_01xx_numbers_of_their_own(
     rng = random.Random(1)
     callers = {plan_call(n, rng)[2] for n in range(2000)} | {"+14155550100"}
     assert not callers & set(phones)
+
+
+# The benchmark's default run: 100 warm-up calls, 10,000 saturating and 480 paced ones,
+# numbered one after another so that every call has a caller of its own.
+BENCH_CALLS = 100 + 10_000 + 480
+
+
+def _fictional(number: str) -> bool:
+    return number.startswith("+1") and len(number) == 12 and number[5:10] == "55501"
+
+
+def test_surge_callers_are_fictional_555_01xx_numbers_each_its_own_for_a_whole_bench_run():
+    """A simulated call is stored in the database it runs against: its caller's number
+    must be one set aside for fiction. Each caller must be distinct and a valid number
+    (an invalid one counts under the withheld callers' shared lockout key): a failed_auth
+    caller met again would soon be locked, and an eligible call of theirs fail."""
+    rng = random.Random(1)
+    callers = [plan_call(n, rng)[2] for n in range(BENCH_CALLS)]
+    assert [c for c in callers if not _fictional(c)] == []
+    assert len(set(callers)) == len(callers)
+    assert all(callable_number(c) == c for c in callers)
+    engineers = {engineer_phone(n) for n in range(200)}
+    assert not (set(callers) | {"+14155550100"}) & engineers
+    assert "+14155550100" not in callers  # simulate's default --from
+
+
+def test_floor_callers_are_fictional_555_01xx_numbers_each_its_own(app, ivr):
+    for n in range(2):
+        add_engineer(ivr, engineer_name(n), phone=engineer_phone(n), languages="")
+    callers = []
+
+    class Recording(WsgiTransport):
+        def post(self, path, params, headers):
+            if path == "/voice":
+                callers.append(params["From"])
+            return super().post(path, params, headers)
+
+    report = run_floor(Recording(app), TOKEN, calls=12, engineers=2, seed=3)
+    assert report.served == 12 and len(callers) == 12
+    assert [c for c in callers if not _fictional(c)] == []
+    assert len(set(callers)) == 12 and all(callable_number(c) == c for c in callers)
+    assert not set(callers) & {engineer_phone(n) for n in range(200)}
