@@ -28,8 +28,9 @@ from pydantic import (
     model_validator,
 )
 
-from .domain.digits import ascii_number
+from .domain.digits import ascii_digits, ascii_number
 from .domain.engineers import QUEUE_GROUP_LIMIT, QUEUE_NAME_LIMIT
+from .domain.phones import redact_numbers
 from .domain.priority import HIGHEST, LEVELS, LOWEST
 
 PLANS = ("free", "pro", "business", "education", "enterprise", "api")
@@ -585,6 +586,34 @@ ENVIRONMENT = {
 }
 
 
+# What Twilio can text a caller's phone from (IVR_SMS_FROM): a number of the account in
+# E.164, a short code (generally 5 or 6 digits; 3 to 8 are taken, so that no country's is
+# refused, while a number written without its + still is), an alphanumeric sender ID (at
+# most 11 of these characters, not digits only) or a Messaging Service, by its SID (sent
+# as MessagingServiceSid). Channel addresses (whatsapp:...) cannot text a phone.
+_WRITTEN_NUMBER = re.compile(r"\+[0-9 ().-]+")
+_SENDER_ID = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 +&_-]{1,11}")
+_MESSAGING_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
+
+
+def sms_sender(value: str) -> str:
+    """IVR_SMS_FROM as Twilio takes it (a number in E.164), or ValueError saying what
+    to give."""
+    value = value.strip()
+    if _WRITTEN_NUMBER.fullmatch(value):
+        try:
+            return normalise_number(value)
+        except ValueError:
+            pass
+    elif ascii_digits(value, at_least=3, at_most=8) or _SENDER_ID.fullmatch(value) \
+            or _MESSAGING_SERVICE_SID.fullmatch(value):
+        return value
+    raise ValueError(f"{redact_numbers(value[:40])!r}: give a number of the Twilio account in "
+                     "international form (+1 415 555 0100), a short code, an alphanumeric "
+                     "sender ID (at most 11 letters, digits, spaces and - + _ &) or a "
+                     "Messaging Service SID (MG and 32 hex digits)")
+
+
 class Settings(BaseModel):
     """Deployment settings from the environment (see the README's configuration table)."""
 
@@ -616,6 +645,18 @@ class Settings(BaseModel):
             raise ValueError("has white space at its start or end, which sign-in and the API "
                              "strip from what is sent: remove it")
         return value
+
+    @field_validator("sms_from")
+    @classmethod
+    def _textable_from(cls, value):
+        # A typo here would otherwise be found only when every text message had failed.
+        return None if value is None else sms_sender(value)
+
+    def sms_sender_params(self) -> dict[str, str]:
+        """The sender of a text message, as Twilio's messages.create takes it."""
+        if _MESSAGING_SERVICE_SID.fullmatch(self.sms_from or ""):
+            return {"messaging_service_sid": self.sms_from}
+        return {"from_": self.sms_from}
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod

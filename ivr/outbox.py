@@ -79,7 +79,8 @@ def _send(client: Client | None, settings: Settings, missing: list[str], message
         return "not_sent", {"status": "not_sent",
                             "reason": f"not configured: {', '.join(missing)}"}
     try:
-        sent = client.messages.create(to=to_number, from_=settings.sms_from, body=body)
+        sent = client.messages.create(to=to_number, body=body,
+                                      **settings.sms_sender_params())
     except (TwilioRestException, TwilioException, OSError, ValueError) as exc:
         # (ValueError: an answer that is not Twilio's JSON, e.g. a proxy's error page.)
         reason = f"{type(exc).__name__}: {str(exc)[:300]}"

@@ -59,6 +59,20 @@ def test_with_credentials_the_sender_posts_to_twilio_messages(simulator, ivr):
     assert len(http.requests) == 1
 
 
+def test_a_messaging_service_sid_is_sent_as_the_messaging_service_not_as_the_sender(
+        simulator, ivr):
+    """A Messaging Service picks the sender from its pool: its SID goes in
+    MessagingServiceSid, and no From is sent."""
+    queue_one(simulator)
+    service = "MG" + "0123456789abcdef" * 2
+    settings = with_twilio(ivr).model_copy(update={"sms_from": service})
+    http = RecordingHttpClient()
+    assert outbox.drain(ivr.storage, settings, http_client=http)["sent"] == 1
+    (request,) = http.requests
+    assert request["data"]["MessagingServiceSid"] == service
+    assert "From" not in request["data"] and request["data"]["To"] == CALLER
+
+
 def test_a_message_twilio_refuses_is_given_up_at_once(simulator, ivr):
     queue_one(simulator)
     settings = with_twilio(ivr)

@@ -517,3 +517,37 @@ def test_a_claim_that_outlives_the_whisper_and_the_dial_is_accepted(tmp_path):
     source = CONFIG.read_text(encoding="utf-8").replace("claim_seconds = 60",
                                                         "claim_seconds = 40", 1)
     assert load_config(write(tmp_path, source)).engineers.claim_seconds == 40
+
+
+MESSAGING_SERVICE = "MG" + "0123456789abcdef" * 2
+
+
+@pytest.mark.parametrize("given, kept", [
+    ("+15005550006", "+15005550006"),
+    ("+1 (415) 555-0100", "+14155550100"),  # an E.164 number, however it is written
+    ("894546", "894546"), ("72345", "72345"),  # short codes
+    ("Acme IT", "Acme IT"), ("Acme_Help-2", "Acme_Help-2"),  # alphanumeric sender IDs
+    ("Acme&Co+", "Acme&Co+"),
+    (MESSAGING_SERVICE, MESSAGING_SERVICE),
+])
+def test_every_sender_twilio_can_text_from_is_accepted(given, kept):
+    settings = Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false", "IVR_SMS_FROM": given})
+    assert settings.sms_from == kept
+
+
+@pytest.mark.parametrize("given", [
+    "14155550100",  # a number without its +
+    "+1415555",  # too short to be a number
+    "+1 415 555 01OO",  # letters O for zeros
+    "whatsapp:+14155550100",  # a channel address: callers are texted on their phones
+    "MG0123456789abcdef",  # a Messaging Service SID cut short
+    "AC" + "0123456789abcdef" * 2,  # the account SID, not a sender
+    "Acme Support",  # twelve characters
+    "Acme!", "12", "  ",
+])
+def test_a_sender_twilio_could_not_text_from_is_refused_at_start(given):
+    """A typo in IVR_SMS_FROM was found only when every text message had failed."""
+    with pytest.raises(ConfigError, match="IVR_SMS_FROM: ") as error:
+        Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false", "IVR_SMS_FROM": given})
+    assert "14155550100" not in str(error.value)  # a number is shown by its last four digits
+    assert len(str(error.value).splitlines()) == 1
