@@ -460,6 +460,27 @@ def test_old_failure_counts_are_purged_but_current_locks_are_kept(app, twilio, i
     assert lock(ivr, pmi_key(ivr, BUSINESS_OWNER[0])) is not None
 
 
+@pytest.mark.parametrize("given, shown", [
+    ("12", "'12'"), ("abc", "'abc'"), ("555010020", None),  # 9 digits: a PMI, and valid
+    ("555 010 0201", "…0201"), ("+14155550100", "…0100"), ("555010020123", "…0123"),
+    ("５５５０１００２０１", "…０２０１"),  # full-width digits: not what a keypad sends
+])
+def test_unlocking_a_value_that_cannot_be_a_pmi_is_refused_in_one_line(app, given, shown):
+    """It was taken as a PMI and echoed back whole ("PMI +14155550100 had no lock or
+    failures."), as if there were such a PMI to look for. The IVR counts failures only for
+    a PMI of the configured lengths, in ASCII digits: anything else is refused, shown by
+    its last four digits when it holds a number."""
+    result = app.test_cli_runner().invoke(args=["accounts", "unlock", given])
+    if shown is None:
+        assert result.exit_code == 0 and result.output.strip() == \
+            f"PMI {given} had no lock or failures."
+        return
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines() == [
+        f"Error: {shown} is not a PMI: a PMI is 9 to 11 digits (0-9)."]
+    assert len(given) < 6 or given not in result.output
+
+
 def test_unlocking_a_caller_typed_without_the_country_code_is_refused_not_the_withheld_lock(
         app, twilio, ivr):
     """'4155550100' is not a number in international form: taken as given it would be
