@@ -26,7 +26,22 @@ from urllib.parse import urlencode, urlsplit
 from twilio.request_validator import RequestValidator
 
 from ivr.sim.simulator import Simulator
-from ivr.sim.surge import EXPECTED, plan_call
+from ivr.sim.surge import EXPECTED, HEARD, plan_call
+
+
+def problem_of(kind: str, result) -> str | None:
+    """"error" for an HTTP error or a reply the simulator refused, "unexpected" for a call
+    whose outcome is not the one planned, else None. The load generator has no access to
+    the service's database, so a call's outcome is what its caller heard (``HEARD``:
+    "hangup" for the calls the service ends with words), unless the simulator could read
+    the recorded one (``EXPECTED``), as the surge driver does in-process."""
+    if result.outcome == "error":
+        return "error"
+    planned = (EXPECTED if result.recorded else HEARD)[kind]
+    if result.outcome != planned or (kind == "eligible" and not result.ticket):
+        return "unexpected"
+    return None
+
 
 @dataclass
 class Exchange:
@@ -195,11 +210,7 @@ def drive_calls(base_url: str, auth_token: str, calls: int, concurrency: int, *,
         except Exception as exc:  # a refused connection or a timeout is a result here
             return kind, transport.exchanges[start:], f"{kind} call to {to}: " \
                 f"{type(exc).__name__}: {exc}", None
-        problem = None
-        if result.outcome == "error":  # an HTTP error or a reply the simulator refused
-            problem = "error"
-        elif result.outcome != EXPECTED[kind] or (kind == "eligible" and not result.ticket):
-            problem = "unexpected"
+        problem = problem_of(kind, result)
         message = None
         if problem:
             detail = "; ".join(e.text for e in result.events if e.kind == "http_error")

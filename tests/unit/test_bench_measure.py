@@ -14,7 +14,7 @@ from twilio.request_validator import RequestValidator
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from bench.client import Exchange, LightTransport, replay_calls
+from bench.client import Exchange, LightTransport, problem_of, replay_calls
 from bench.measure import (
     CpuSnapshot, by_step, cpu_delta, latency_summary, limited_by, percentile, proc_stat_cpu,
     process_cpu, worker_stats,
@@ -280,3 +280,22 @@ def test_a_paced_round_compares_the_p99_of_each_side():
     floor = stretch([1.5] * 99 + [40.0])
     assert _paced_round_figures(service, bare, floor) == {
         "service_p99": 9.0, "bare_p99": 1.0, "times": 9.0, "floor_p99": 1.5, "floor_times": 1.5}
+
+
+@pytest.mark.parametrize("kind, outcome, recorded, problem", [
+    ("rejected_web", "hangup", False, None),        # heard over HTTP: words, then a hang-up
+    ("rejected_web", "rejected_web", True, None),   # read from the service's record
+    ("rejected_web", "hangup", True, "unexpected"),
+    ("failed_auth", "routed", False, "unexpected"),
+    ("eligible", "error", False, "error"),
+])
+def test_the_load_generator_judges_a_call_by_what_it_could_know_of_its_outcome(
+        kind, outcome, recorded, problem):
+    """The load generator drives a server over HTTP without its database: a call the
+    service ends with words is judged by what the caller heard, not by a record it
+    cannot read (every web-ticket, help-centre and failed call was "unexpected")."""
+    from ivr.sim.simulator import CallResult
+
+    result = CallResult(call_sid="CA" + "1" * 32, to="+18887999666", caller="+12015550100",
+                        outcome=outcome, recorded=recorded)
+    assert problem_of(kind, result) == problem
