@@ -21,8 +21,8 @@ from .desk.commands import tickets_cli
 from .desk.service import ticket_dict
 from .domain.digits import ascii_digits
 from .domain.lifecycle import TicketStatus
-from .domain.phones import (WITHHELD, caller_lockout_key, lockout_name, mask, pmi_digest_of,
-                            pmi_lockout_key, redact_numbers)
+from .domain.phones import (WITHHELD, as_typed, caller_lockout_key, lockout_name, mask,
+                            pmi_digest_of, pmi_lockout_key, redact_numbers)
 from .extension import ivr, schema_free
 from .privacy import MAX_DAYS
 from .sim.simulator import HttpTransport, Simulator, UnknownTwiML, WsgiTransport, transcript
@@ -84,10 +84,8 @@ def accounts_unlock(pmi, caller):
         raise click.UsageError("give a PMI or --caller NUMBER")
     lengths = ivr().config.lengths
     if pmi and ascii_digits(pmi, at_least=lengths.pmi_min, at_most=lengths.pmi_max) is None:
-        # The IVR counts failures only for a PMI of these lengths: no other value has a
-        # lock. One that holds a number is shown by its last four digits, as a phone's is.
-        shown = mask(pmi) if sum(ch.isdigit() for ch in pmi) >= 6 else repr(pmi[:20])
-        raise click.ClickException(f"{shown} is not a PMI: a PMI is {lengths.pmi_min} to "
+        # The IVR counts failures only for a PMI of these lengths: no other value has a lock.
+        raise click.ClickException(f"{as_typed(pmi)} is not a PMI: a PMI is {lengths.pmi_min} to "
                                    f"{lengths.pmi_max} digits (0-9).")
     # A PMI's counter is kept under the keyed hash of its digits, never the digits.
     key = pmi_lockout_key(ivr().hasher.pmi_lockout_digest(pmi)) if pmi \

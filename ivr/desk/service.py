@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ..config import IvrConfig
 from ..domain.lifecycle import STATUSES, UNCLOSED, ForbiddenMove, TicketStatus, move
 from ..domain.priority import RANGE_TEXT, is_level
-from ..domain.phones import callable_number, mask
+from ..domain.phones import as_typed, callable_number, mask
 from ..storage import Storage
 from ..storage import helpdesk as helpdesk_jobs
 from ..storage.deadlines import DeadlineQueries
@@ -51,9 +51,8 @@ def unknown_ticket(ref: str) -> NotFound:
     is shown by its last four digits; a longer text with fewer than six digits (the
     shortest number ``redact_numbers`` hides) is shown as typed."""
     ref = str(ref).strip()
-    digits = sum(ch.isdigit() for ch in ref)
-    shown = ref[:20] if len(ref) <= 8 or digits < 6 else mask(ref)
-    return NotFound(f"no ticket with id or number {shown!r}")
+    shown = repr(ref) if len(ref) <= 8 else as_typed(ref)
+    return NotFound(f"no ticket with id or number {shown}")
 
 
 class Conflict(DeskError):

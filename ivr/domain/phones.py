@@ -16,6 +16,13 @@ def mask(number: str | None) -> str:
     return f"…{digits[-4:]}" if len(digits) >= 4 else "…"
 
 
+def as_typed(text: str) -> str:
+    """Something an operator typed (a PMI, a ticket reference), as a message may repeat
+    it: by its last four digits when it holds six or more (a phone number, a PMI, the
+    shortest number ``redact_numbers`` hides), else quoted, its first 20 characters."""
+    return mask(text) if sum(ch.isdigit() for ch in text) >= 6 else repr(text[:20])
+
+
 # A run of six or more digits standing on its own: a phone number, a PMI, a typed key;
 # also after a URL-encoded plus (%2B), as a number stands in a query or a form.
 _LONG_NUMBER = re.compile(r"(?:(?<![\w+])\+?|(?<=%2[Bb]))\d{6,}(?!\w)")
