@@ -690,21 +690,28 @@ def test_an_engineer_talking_to_a_caller_on_one_device_is_not_given_a_second_cal
     assert digits_spoken(again) == [second["ticket"]]
 
 
+def _refused_while_talking_on_her_laptop(twilio, ivr):
+    """aiko (a Client identity) takes a caller on her laptop; the conversation ends, but
+    neither its queue result nor the caller's status arrives. A new call of hers to the
+    engineer line: its SID and the refusal it hears."""
+    add_engineer(ivr, phone=None, client="aiko")
+    first = queued(twilio, 1)
+    laptop = new_call_sid()
+    root = twiml(twilio.post("/voice/agent", **engineer_params(laptop, "client:aiko")))
+    twiml(twilio.post(root.find("Dial/Queue").get("url"), **twilio.call_params(first["sid"]),
+                      DequeingCallSid=laptop))
+    again = new_call_sid()
+    return again, twiml(twilio.post("/voice/agent", **engineer_params(again, "client:aiko")))
+
+
 def test_an_engineer_whose_finished_call_was_never_reported_can_say_so_and_take_the_next(
         twilio, ivr):
     """Twilio's reports of a conversation's end can be lost (the database was away when
     they came): the service would then think aiko is still talking to her last caller,
     for up to four hours. She knows better, and says so with a key: her call takes the
     next caller."""
-    add_engineer(ivr, phone=None, client="aiko")
-    first, second = queued(twilio, 1), queued(twilio, 2)
-    laptop = new_call_sid()
-    root = twiml(twilio.post("/voice/agent", **engineer_params(laptop, "client:aiko")))
-    twiml(twilio.post(root.find("Dial/Queue").get("url"), **twilio.call_params(first["sid"]),
-                      DequeingCallSid=laptop))
-    # The conversation ended; neither its queue result nor the caller's status arrived.
-    again = new_call_sid()
-    refused = twiml(twilio.post("/voice/agent", **engineer_params(again, "client:aiko")))
+    second = queued(twilio, 2)
+    again, refused = _refused_while_talking_on_her_laptop(twilio, ivr)
     gather = refused.find("Gather")
     assert (gather.get("numDigits"), refused.find("Dial")) == ("1", None)
     for key, heard in (("7", None), ("1", second["ticket"])):
@@ -721,14 +728,7 @@ def test_an_engineer_who_said_her_last_call_ended_holds_for_the_next_caller_undi
     presses 1 to say it has: she hears that nobody is waiting and holds. The line's next
     look must not ask her again (a prompt she does not expect while holding, that hangs up
     on her without a key): it keeps her holding, and gives her the next caller who comes."""
-    add_engineer(ivr, phone=None, client="aiko")
-    first = queued(twilio, 1)
-    laptop = new_call_sid()
-    root = twiml(twilio.post("/voice/agent", **engineer_params(laptop, "client:aiko")))
-    twiml(twilio.post(root.find("Dial/Queue").get("url"), **twilio.call_params(first["sid"]),
-                      DequeingCallSid=laptop))
-    again = new_call_sid()
-    refused = twiml(twilio.post("/voice/agent", **engineer_params(again, "client:aiko")))
+    again, refused = _refused_while_talking_on_her_laptop(twilio, ivr)
     holding = twiml(twilio.post(refused.find("Gather").get("action"),
                                 **engineer_params(again, "client:aiko"), Digits="1"))
     for _ in range(2):
