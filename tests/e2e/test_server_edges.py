@@ -245,20 +245,22 @@ def test_a_client_that_never_reads_its_answers_does_not_hold_up_the_webhooks(tmp
     try:
         hog.connect(("127.0.0.1", server.port))
         hog.sendall(f"GET /nowhere HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode() * 20000)
-        simulator = Simulator(HttpTransport(server.url, timeout=2), TOKEN,
+        # Not a timing: every call must be answered at all, within a time-out of 10 s
+        # (the worker stalled for 25 s), however slow a loaded machine is.
+        simulator = Simulator(HttpTransport(server.url, timeout=10), TOKEN,
                               signing_base=f"http://{HOST}")
         simulator.transport.session.headers["Host"] = HOST
-        timings = []
+        failed, calls = [], 0
         until = time.monotonic() + 5
         while time.monotonic() < until:
-            started = time.monotonic()
+            calls += 1
             try:
-                simulator.call(US_LINE, CALLER, ["2"])
-            except requests.RequestException:
-                pass
-            timings.append(time.monotonic() - started)
+                if simulator.call(US_LINE, CALLER, ["2"]).outcome == "error":
+                    failed.append("error")
+            except requests.RequestException as exc:
+                failed.append(type(exc).__name__)
             time.sleep(0.2)
-        assert max(timings) < 1.0, timings
+        assert calls > 1 and not failed, failed
     finally:
         hog.close()
         server.stop()
