@@ -33,6 +33,12 @@ log = logging.getLogger("ivr.calls")
 
 FORMAT = 2  # the spool record format this release writes
 
+# How long a pass stays good after the prompt that carried it was asked: the prompt, its
+# time-out and a slow caller's key take a minute or two; the rest is room for clocks of
+# different hosts that disagree. A copy of the signed request sent later (a caller long
+# gone, the request replayed) gets the fallback like any caller not known to be verified.
+PASS_LIFETIME = dt.timedelta(minutes=15)
+
 
 @dataclass(frozen=True)
 class SpooledSms:
@@ -128,15 +134,21 @@ class Outage:
 
     # -- the signed pass -----------------------------------------------------------------
 
-    def _tag(self, call_sid: str, account_ref: str, flags: str) -> str:
+    def _tag(self, call_sid: str, account_ref: str, flags: str, expires: str) -> str:
         key = self.service.hasher.derive("verified-call")
-        return hmac.new(key, f"{call_sid}|{account_ref}|{flags}".encode(),
+        return hmac.new(key, f"{call_sid}|{account_ref}|{flags}|{expires}".encode(),
                         hashlib.sha256).hexdigest()[:32]
+
+    def _pass(self, call_sid: str, account_ref: str, flags: str) -> dict[str, str]:
+        expires = str(int((self.service.clock() + PASS_LIFETIME).timestamp()))
+        return {"a": account_ref, "f": flags, "e": expires,
+                "t": self._tag(call_sid, account_ref, flags, expires)}
 
     def verified_pass(self, uow: "UnitOfWork", record: "CallRecord",
                       reply: Reply) -> dict[str, str] | None:
         """Query parameters for the priority prompt of a verified caller: proof, signed by
-        the service, that lets the call be routed even if the database is gone by then."""
+        the service, that lets the call be routed even if the database is gone by then,
+        good for ``PASS_LIFETIME`` (``e``: when it ends, in seconds since the epoch)."""
         state = record.state
         if reply.ask is None or reply.ask.step is not Step.PRIORITY or state.caller is None:
             return None
@@ -145,16 +157,23 @@ class Outage:
             ref = uow.accounts.id_by_email(state.caller.user_email)
             if ref is None:
                 return None
-        ref, flags = str(ref), f"{int(record.can_text)}{int(state.english)}"
-        return {"a": ref, "f": flags, "t": self._tag(record.call_sid, ref, flags)}
+        return self._pass(record.call_sid, str(ref),
+                          f"{int(record.can_text)}{int(state.english)}")
 
     def check_pass(self, call_sid: str, query: Mapping[str, str]) -> tuple[int, bool, bool] | None:
+        """The account and flags a pass vouches for; None for a pass that is forged, of
+        another call, or past its time."""
         ref, flags, tag = query.get("a", ""), query.get("f", ""), query.get("t", "")
-        if ascii_digits(ref, at_most=20) is None or flags not in ("00", "01", "10", "11"):
+        expires = query.get("e", "")
+        if ascii_digits(ref, at_most=20) is None or flags not in ("00", "01", "10", "11") \
+                or ascii_digits(expires, at_most=12) is None:
             return None
         # As bytes: compare_digest refuses a str with anything but ASCII in it.
         if not hmac.compare_digest(tag.encode("utf-8"),
-                                   self._tag(call_sid, ref, flags).encode("utf-8")):
+                                   self._tag(call_sid, ref, flags, expires).encode("utf-8")):
+            return None
+        if int(expires) < self.service.clock().timestamp():
+            log.warning("call %s: a pass past its time is refused", call_sid)
             return None
         return int(ref), flags[0] == "1", flags[1] == "1"
 
@@ -178,7 +197,11 @@ class Outage:
         ports = _SpoolPorts(service, request.call_sid, line, english)
         reply = service._flow(line).handle(state, Step.PRIORITY.value, digits, ports)
         if reply.route is None or ports.ticket is None:
-            return service.renderer.reply(reply, line, dict(query))
+            # Asked again: the next prompt carries a pass of its own, as it would from the
+            # database path, so a slow caller's last key is not refused as too late.
+            renewed = self._pass(request.call_sid, str(account_ref),
+                                 f"{int(can_text)}{int(english)}")
+            return service.renderer.reply(reply, line, {**query, **renewed})
         now = service.clock()
         dialled = service.config.route_for(line).kind == "dial"
         self._append(SpooledTicket(

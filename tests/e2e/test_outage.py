@@ -418,3 +418,38 @@ def test_a_replay_into_a_database_without_tables_keeps_the_spool(settings, clock
     assert result.exit_code == 1 and "run `flask --app app init-db` first" in result.output
     assert (spool.set_aside(), spool.depth()) == (0, 1)
     app.extensions["ivr"].storage.dispose()
+
+
+def test_a_priority_request_replayed_long_after_its_call_ended_routes_nobody_during_an_outage(
+        ivr, twilio, dead, clock):
+    """The pass proves a verified caller is at the priority prompt now, not once: a copy of
+    that signed request sent an hour after the caller hung up, while the database is away,
+    gets the plain fallback. Routed, it would put a ticket for a call that ended without
+    one in the spool, and its replay would text the caller about it."""
+    sid = new_call_sid()
+    action = verified(twilio, sid)
+    twilio.post("/voice/status", **{**twilio.call_params(sid), "CallStatus": "completed",
+                                    "CallDuration": "40", "SequenceNumber": "3"})
+    clock.advance(hours=1)
+    root = twiml(dead.post(action, **twilio.call_params(sid), Digits="1"))
+    assert [e.tag for e in root] == ["Say", "Enqueue"]
+    assert root.find("Enqueue").text == ivr.config.service.fallback_queue
+    assert ivr.service.spool.depth() == 0
+    ivr.service.spool.replay(ivr.service.replay)
+    assert count(ivr, Ticket) == 0 and count(ivr, OutboxMessage) == 0
+
+
+def test_a_caller_asked_again_during_an_outage_gets_a_pass_of_its_own(ivr, twilio, dead, clock):
+    """Each prompt's pass is good from when that prompt was asked: a caller who presses a
+    wrong key now and then is still routed when the right one comes, however long ago the
+    database asked first."""
+    sid = new_call_sid()
+    action = verified(twilio, sid)
+    for _ in range(2):
+        clock.advance(minutes=10)
+        root = twiml(dead.post(action, **twilio.call_params(sid), Digits="7"))
+        action = root.find("Gather").get("action")
+    clock.advance(minutes=10)
+    root = twiml(dead.post(action, **twilio.call_params(sid), Digits="1"))
+    assert root.find("Enqueue").text.startswith("support-us.")
+    assert ivr.service.spool.depth() == 1
