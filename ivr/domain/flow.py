@@ -137,6 +137,14 @@ def tries_in(prompt: str | None) -> int:
     return ascii_number(tries, at_most=2) or 0
 
 
+def failures_in(prompt: str | None) -> int:
+    """The failed verifications a prompt's name (``prompt_of``) says the call had; 0 for
+    a name that is missing or not one of ours. A prompt asked without the database names
+    them as the database holds them, so its answer is taken once the database is back."""
+    parts = (prompt or "").split("-")
+    return (ascii_number(parts[1], at_most=2) or 0) if len(parts) == 3 else 0
+
+
 @dataclass(frozen=True)
 class Reply:
     speech: tuple[Say, ...]

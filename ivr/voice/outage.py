@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from .. import metrics
 from ..config import Line
 from ..domain.digits import ascii_digits
-from ..domain.flow import Caller, CallState, Reply, Step, TicketInfo, tries_in
+from ..domain.flow import Caller, CallState, Reply, Step, TicketInfo, failures_in, tries_in
 from ..domain.lifecycle import TicketStatus, routed_status
 from ..storage import helpdesk as helpdesk_jobs
 
@@ -193,7 +193,8 @@ class Outage:
         line = service.config.line_for(request.to)
         state = CallState(request.call_sid, can_text=can_text, step=Step.PRIORITY,
                           english=english, caller=Caller("", "", "", ""),
-                          attempts=tries_in(query.get("p")))
+                          attempts=tries_in(query.get("p")),
+                          auth_failures=failures_in(query.get("p")))
         ports = _SpoolPorts(service, request.call_sid, line, english)
         reply = service._flow(line).handle(state, Step.PRIORITY.value, digits, ports)
         if reply.route is None or ports.ticket is None:

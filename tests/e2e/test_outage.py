@@ -453,3 +453,21 @@ def test_a_caller_asked_again_during_an_outage_gets_a_pass_of_its_own(ivr, twili
     root = twiml(dead.post(action, **twilio.call_params(sid), Digits="1"))
     assert root.find("Enqueue").text.startswith("support-us.")
     assert ivr.service.spool.depth() == 1
+
+
+def test_a_caller_who_failed_verification_once_is_routed_by_a_key_pressed_after_the_outage(
+        ivr, twilio, dead):
+    """The prompt asked during the outage names the failed verifications the database
+    holds for the call, so the answer to it is taken when the database is back, not
+    dropped as a stale request and the priority menu played once more."""
+    sid = new_call_sid()
+    params = twilio.call_params(sid)
+    twilio.post("/voice", **params)
+    twilio.post("/voice/menu", **params, Digits="2")
+    twilio.post("/voice/pmi", **params, Digits=BUSINESS_OWNER[0])
+    twilio.post("/voice/host-key", **params, Digits="1111111")  # a wrong key first
+    twilio.post("/voice/pmi", **params, Digits=BUSINESS_OWNER[0])
+    root = twiml(twilio.post("/voice/host-key", **params, Digits=BUSINESS_OWNER[1]))
+    again = twiml(dead.post(root.find("Gather").get("action"), **params, Digits="7"))
+    root = twiml(twilio.post(again.find("Gather").get("action"), **params, Digits="1"))
+    assert root.find("Enqueue") is not None, [e.tag for e in root]
