@@ -354,6 +354,8 @@ def test_wrong_keys_or_silence_at_the_priority_prompt_end_the_call_during_an_out
     {"a": "٢", "f": "10", "t": "x"},                  # a digit, but not an ASCII one
     {"a": "2", "f": "10", "t": "é" * 16},             # a tag with non-ASCII characters
     {"a": "2", "f": "10", "t": ""},
+    {"a": "2", "f": "10", "e": "١٧٩٩٩٩٩٩٩٩", "t": "0" * 32},  # a time in other digits
+    {"a": "2", "f": "10", "e": "9" * 40, "t": "0" * 32},      # a time past any clock
 ])
 def test_a_signed_pass_with_characters_it_never_carries_is_no_pass_not_an_error(ivr, query):
     assert ivr.service.outage.check_pass("CA" + "0" * 32, query) is None
