@@ -31,7 +31,7 @@ from pydantic import (
 from .domain.digits import ascii_digits, ascii_number
 from .domain.engineers import QUEUE_GROUP_LIMIT, QUEUE_NAME_LIMIT
 from .domain.phones import redact_numbers
-from .domain.priority import HIGHEST, LEVELS, LOWEST
+from .domain.priority import HIGHEST, KEYS, LEVELS, LOWEST
 
 PLANS = ("free", "pro", "business", "education", "enterprise", "api")
 ROLES = ("owner", "admin", "member")
@@ -480,6 +480,12 @@ class IvrConfig(_Model):
 
     @model_validator(mode="after")
     def _queue_keys_distinct(self) -> "IvrConfig":
+        # At the priority prompt the repeat key plays the menu again: a priority's key
+        # taken by it could never be chosen.
+        if self.menu.repeat_key in KEYS:
+            raise ValueError(f"menu.repeat_key {self.menu.repeat_key!r} is also a key of the "
+                             f"priority menu ({KEYS[0]}-{KEYS[-1]}), which it would repeat "
+                             "instead of choosing that priority")
         # In the queue the repeat key says the ticket number again; the callback key leaves.
         if self.queue.callback_key == self.menu.repeat_key:
             raise ValueError(f"queue.callback_key {self.queue.callback_key!r} is also "

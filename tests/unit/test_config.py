@@ -110,6 +110,18 @@ def test_the_callback_key_cannot_be_the_key_that_repeats_the_ticket_number(tmp_p
         load_config(path)
 
 
+@pytest.mark.parametrize("key", ["1", "2", "3", "4"])
+def test_the_repeat_key_cannot_be_a_key_of_the_priority_menu(tmp_path, key):
+    """At the priority prompt the repeat key plays the menu again: a repeat key of 1 would
+    leave a caller no way to choose P1, however often they pressed it."""
+    support = "5" if key == "2" else "2"
+    path = broken(tmp_path, 'repeat_key = "*"', f'repeat_key = "{key}"')
+    path.write_text(path.read_text().replace('support_key = "2"', f'support_key = "{support}"'))
+    with pytest.raises(ConfigError, match=rf"menu.repeat_key '{key}' is also a key of the "
+                                          r"priority menu \(1-4\)"):
+        load_config(path)
+
+
 def test_a_file_that_is_not_toml_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"ivr.toml: not valid TOML"):
         load_config(write(tmp_path, "[service\n"))
