@@ -31,7 +31,7 @@ from pydantic import (
 from .domain.digits import ascii_digits, ascii_number
 from .domain.engineers import QUEUE_GROUP_LIMIT, QUEUE_NAME_LIMIT
 from .domain.phones import redact_numbers
-from .domain.priority import HIGHEST, KEYS, LEVELS, LOWEST
+from .domain.priority import HIGHEST, LEVELS, LOWEST
 
 PLANS = ("free", "pro", "business", "education", "enterprise", "api")
 ROLES = ("owner", "admin", "member")
@@ -208,8 +208,18 @@ class Extension(_Model):
 class Menu(_Model):
     support_key: str = Field(default="2", pattern=r"^[0-9]$")
     english_key: str = Field(default="9", pattern=r"^[0-9]$")
-    repeat_key: str = Field(default="*", pattern=r"^[*0-9]$")
+    repeat_key: str = "*"
     extensions: list[Extension] = []
+
+    @field_validator("repeat_key")
+    @classmethod
+    def _star(cls, value: str) -> str:
+        # Every catalogue's hints name the key (repeat_hint, queue_ticket_offer); another
+        # one would also take a priority's key (1-4) at the priority prompt.
+        if value != "*":
+            raise ValueError(f"{value!r} is not star: the prompts tell callers to press star "
+                             "to hear a prompt again, so that key is the repeat key")
+        return value
 
     @model_validator(mode="after")
     def _keys_distinct(self) -> "Menu":
@@ -480,12 +490,6 @@ class IvrConfig(_Model):
 
     @model_validator(mode="after")
     def _queue_keys_distinct(self) -> "IvrConfig":
-        # At the priority prompt the repeat key plays the menu again: a priority's key
-        # taken by it could never be chosen.
-        if self.menu.repeat_key in KEYS:
-            raise ValueError(f"menu.repeat_key {self.menu.repeat_key!r} is also a key of the "
-                             f"priority menu ({KEYS[0]}-{KEYS[-1]}), which it would repeat "
-                             "instead of choosing that priority")
         # In the queue the repeat key says the ticket number again; the callback key leaves.
         if self.queue.callback_key == self.menu.repeat_key:
             raise ValueError(f"queue.callback_key {self.queue.callback_key!r} is also "

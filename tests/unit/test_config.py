@@ -110,15 +110,15 @@ def test_the_callback_key_cannot_be_the_key_that_repeats_the_ticket_number(tmp_p
         load_config(path)
 
 
-@pytest.mark.parametrize("key", ["1", "2", "3", "4"])
-def test_the_repeat_key_cannot_be_a_key_of_the_priority_menu(tmp_path, key):
-    """At the priority prompt the repeat key plays the menu again: a repeat key of 1 would
-    leave a caller no way to choose P1, however often they pressed it."""
-    support = "5" if key == "2" else "2"
+@pytest.mark.parametrize("key", ["0", "1", "4", "5"])
+def test_a_repeat_key_other_than_star_is_refused_at_start(tmp_path, key):
+    """Every catalogue tells callers to press star to hear a prompt again (the hint after
+    the menu, the offer in the queue): another key would leave them pressing one that does
+    nothing but count as a wrong answer. And at the priority prompt a repeat key of 1 would
+    play the menu again instead of choosing P1, however often it was pressed."""
     path = broken(tmp_path, 'repeat_key = "*"', f'repeat_key = "{key}"')
-    path.write_text(path.read_text().replace('support_key = "2"', f'support_key = "{support}"'))
-    with pytest.raises(ConfigError, match=rf"menu.repeat_key '{key}' is also a key of the "
-                                          r"priority menu \(1-4\)"):
+    path.write_text(path.read_text().replace('callback_key = "1"', 'callback_key = "7"'))
+    with pytest.raises(ConfigError, match=rf"repeat_key: '{key}' is not star"):
         load_config(path)
 
 
