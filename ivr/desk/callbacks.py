@@ -20,7 +20,7 @@ from twilio.http import HttpClient
 from twilio.rest import Client
 
 from ..config import IvrConfig, Settings
-from ..domain.engineers import LONGEST_CONVERSATION, customer_outcome
+from ..domain.engineers import LONGEST_CONVERSATION, attempt_window, customer_outcome
 from ..domain.phones import mask
 from ..storage import Storage
 from ..storage.engineers import EngineerRepository, FloorRepository, engineer_info
@@ -79,7 +79,8 @@ class Callbacks:
                                "callback")
             if not ticket.callback_number:
                 raise Conflict(f"ticket {ticket.number} has no number to call back")
-            engineer = EngineerRepository(self.storage, session).named(engineer_name)
+            engineers = EngineerRepository(self.storage, session)
+            engineer = engineers.named(engineer_name)
             if engineer is None:
                 raise NotFound(f"no engineer named {engineer_name[:40]!r}")
             info = engineer_info(engineer)
@@ -89,7 +90,7 @@ class Callbacks:
             # reported (lost status callbacks) stops counting after every ring it could
             # have made.
             busy = floor.open_attempt(ticket.id)
-            limit = dt.timedelta(seconds=4 * self.config.engineers.ring_seconds + 60)
+            limit = attempt_window(self.config.engineers.ring_seconds)
             if busy is not None and now - busy.created_at < limit:
                 raise Conflict(f"a callback for ticket {ticket.number} is already being placed "
                                f"by {busy.engineer}")
@@ -99,6 +100,12 @@ class Callbacks:
             if talking is not None:
                 raise Conflict(f"{info.name} is talking to a caller on the engineer line "
                                f"(ticket {talking})")
+            # Nor one with an engineer rung for, or talking on, another ticket's callback:
+            # two placed for them at once run in turn, the second seeing the first.
+            engineers.hold(info.name)
+            other = floor.on_a_callback(info.name, now - limit, now - LONGEST_CONVERSATION)
+            if other is not None:
+                raise Conflict(f"{info.name} is on a callback for ticket {other}")
             # Checked once the request itself holds up, so an unknown ticket or engineer
             # is still a 404 on a server not set up for callbacks, and before the attempt
             # is written, so no attempt is counted against the ticket for it.

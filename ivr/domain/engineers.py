@@ -136,6 +136,15 @@ UNCONFIRMED = "unconfirmed"
 NOT_ANSWERED = ("busy", "no-answer", "failed", "canceled")  # as Twilio reports them
 CUSTOMER_FAILURES = NOT_ANSWERED + (UNCONFIRMED,)
 ANSWERED = "answered"
+# An attempt's statuses once the engineer has picked up its first leg and before it ends.
+ENGINEER_ON_THE_LEG = ("engineer_answered", "calling_customer", "customer_answered")
+
+
+def attempt_window(ring_seconds: int) -> dt.timedelta:
+    """How long an attempt that has not ended can still be under way: the engineer's ring,
+    the customer's, and time for the summary and the greeting. One whose legs never
+    reported stops counting after it."""
+    return dt.timedelta(seconds=4 * ring_seconds + 60)
 
 
 def engineer_outcome(call_status: str) -> str:

@@ -24,7 +24,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
-from ..domain.engineers import ANSWERED, EngineerInfo, Serves, parse_list, primary_language
+from ..domain.engineers import (
+    ANSWERED,
+    ENGINEER_ON_THE_LEG,
+    EngineerInfo,
+    Serves,
+    parse_list,
+    primary_language,
+)
 from ..domain.lifecycle import TicketStatus, can_move
 from ..domain.phones import callable_number
 from .engine import Storage
@@ -107,6 +114,12 @@ class CallbackAttempt(Base):
     detail: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+# The engineer line and the desk ask, on every engineer-line request, whether an engineer
+# is on a callback placed in the last hours (migration 0017).
+Index("ix_callback_attempts_engineer_created", CallbackAttempt.engineer,
+      CallbackAttempt.created_at)
 
 
 def engineer_info(engineer: Engineer) -> EngineerInfo:
@@ -406,6 +419,23 @@ class FloorRepository:
         return list(self.session.scalars(
             select(CallbackAttempt).where(CallbackAttempt.ticket_id == ticket_id)
             .order_by(CallbackAttempt.id)))
+
+    def on_a_callback(self, engineer: str, open_since: dt.datetime,
+                      talking_since: dt.datetime, *, picked_up: bool = False) -> str | None:
+        """The ticket number of a callback this engineer is on, if any: an attempt of
+        theirs under way (placed after ``open_since``; with ``picked_up``, only once they
+        answered its first leg), or one whose customer was put through to them since
+        ``talking_since`` and whose call has not ended (``ended_at``)."""
+        under_way = and_(CallbackAttempt.outcome.is_(None),
+                         CallbackAttempt.created_at > open_since)
+        if picked_up:
+            under_way = and_(under_way, CallbackAttempt.status.in_(ENGINEER_ON_THE_LEG))
+        talking = and_(CallbackAttempt.outcome == ANSWERED, CallbackAttempt.ended_at.is_(None),
+                       CallbackAttempt.created_at >= talking_since)
+        return self.session.execute(
+            select(Ticket.number).join(CallbackAttempt, CallbackAttempt.ticket_id == Ticket.id)
+            .where(CallbackAttempt.engineer == engineer, or_(under_way, talking))
+            .order_by(CallbackAttempt.id.desc()).limit(1)).scalar()
 
     def open_attempt(self, ticket_id: int) -> CallbackAttempt | None:
         return self.session.scalars(

@@ -25,6 +25,7 @@ from ..domain.engineers import (
     UNCONFIRMED,
     UNKNOWN_ENGINEER,
     EngineerInfo,
+    attempt_window,
     Waiting,
     customer_leg_ended,
     engineer_outcome,
@@ -231,8 +232,13 @@ class Floor:
             # can be lost, and "1" pressed at the refusal ("anyway") says it has ended;
             # so it stays said while this call holds for the next caller.
             anyway = query.get("anyway") == "1" and (digits == "1" or query.get("wait") == "1")
-            busy = not anyway and \
+            # A callback counts too: its call is another of theirs (an engineer may be rung
+            # on their laptop while their mobile holds here).
+            busy = not anyway and (
                 floor.talking_elsewhere(engineer.name, call_sid, now - LONGEST_CONVERSATION)
+                or floor.on_a_callback(
+                    engineer.name, now - attempt_window(self.config.engineers.ring_seconds),
+                    now - LONGEST_CONVERSATION, picked_up=True) is not None)
             rows = {} if busy else {t.id: (t, c, a) for t, c, a in floor.waiting_served(
                 engineer.serves, self.groups, call_sid)}
             mine = next((t.id for t, _, a in rows.values() if a is not None
@@ -457,6 +463,7 @@ class Floor:
             outcome = customer_leg_ended(status, attempt.status == ASKED_FOR_A_KEY) or "failed"
             self._finish(uow, attempt, ticket, call, outcome)
             if attempt.outcome == ANSWERED:
+                self._conversation_ended(attempt)
                 return self.agent.hangup()
             return self.agent.callback_not_reached(self.engineer_voice(engineer))
 
@@ -478,10 +485,18 @@ class Floor:
                 outcome = customer_leg_ended(status, attempt.status == ASKED_FOR_A_KEY)
                 if status not in ("answered", "in-progress") and outcome is not None:
                     self._finish(uow, attempt, ticket, call, outcome)
+                    self._conversation_ended(attempt)
             elif leg == "engineer" and status in ("completed", "busy", "no-answer", "failed",
                                                     "canceled"):
                 if attempt.status in ("placing", "calling_engineer", "engineer_answered"):
                     self._finish(uow, attempt, ticket, call, engineer_outcome(status))
+                self._conversation_ended(attempt)
+
+    def _conversation_ended(self, attempt: CallbackAttempt) -> None:
+        """Either leg of an answered callback has ended, and with it the conversation: the
+        engineer is free for the engineer line and the next callback."""
+        if attempt.outcome == ANSWERED and attempt.ended_at is None:
+            attempt.ended_at = self.clock()
 
     def _finish(self, uow, attempt: CallbackAttempt, ticket: Ticket, call: Call,
                 outcome: str, detail: str | None = None) -> None:
@@ -494,7 +509,10 @@ class Floor:
         session = uow.session
         floor = FloorRepository(self.storage, session)
         assignment = floor.assignment(ticket.id, now, for_update=True)
-        attempt.outcome, attempt.status, attempt.ended_at = outcome, "done", now
+        # An answered attempt ends with its call (``_conversation_ended``): until then its
+        # engineer is talking to the customer.
+        attempt.outcome, attempt.status = outcome, "done"
+        attempt.ended_at = None if outcome == ANSWERED else now
         attempt.detail = detail
         floor.record(ticket.id, attempt.engineer, "callback-result", outcome, now)
         log.info("callback attempt %s for ticket id=%s: %s", attempt.id, ticket.id, outcome)

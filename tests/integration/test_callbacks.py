@@ -13,7 +13,8 @@ from ivr.storage.engineers import Assignment, CallbackAttempt, FloorRepository
 from ivr.storage.models import OutboxMessage, Ticket
 
 from ..desk_support import ADMIN_TOKEN, admin_app
-from ..floor_support import (ENGINEER_PHONE, add_engineer, digits_spoken, queued,
+from ..floor_support import (ENGINEER_PHONE, add_engineer, digits_spoken, engineer_params,
+                             queued,
                              talking_on_the_line)
 from ..support import (CALLER, US_LINE, Outcomes, RecordingHttpClient, pause,
                        second_waits_for_first, spoken, twiml)
@@ -614,12 +615,14 @@ def test_answered_callbacks_are_not_pick_ups_from_the_queue_in_a_callers_expecte
     for _ in range(3):
         wanted = waiting_for_callback(twilio, 1)
         attempt = place(app, wanted["ticket"], {"engineer": "aiko"}).get_json()
-        _, dial = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+        engineer_sid = new_call_sid()
+        _, dial = engineer_answers_and_presses_1(twilio, attempt["id"], engineer_sid)
         customer_sid = new_call_sid()
         customer_presses_a_key(twilio, customer_answers(twilio, dial, customer_sid),
                                customer_sid)
         assert state(ivr, wanted["ticket"])[0].status == "connected"
         clock.advance(minutes=1)
+        engineer_leg_ends(twilio, attempt["id"], engineer_sid, "status")
     waiting = queued(twilio, 2)
     params = {**twilio.call_params(waiting["sid"]), "QueuePosition": "1", "AvgQueueTime": "0"}
     said = spoken(twiml(twilio.post(f"/voice/wait?ticket={waiting['ticket']}&priority=2",
@@ -823,3 +826,85 @@ def test_the_engineers_first_request_replayed_while_the_customer_rings_changes_n
     _, assignment, attempts = state(ivr, waiting["ticket"])
     assert attempts == [("aiko", "no-answer")]
     assert assignment.callback_failures == 1
+
+
+def engineer_leg_ends(twilio, attempt_id, engineer_sid, how):
+    """The engineer's leg of an answered callback ends: Twilio reports it through the
+    leg's status callback, or through the engineer's <Dial> action."""
+    if how == "status":
+        twilio.post(f"/voice/callback/status?attempt={attempt_id}&leg=engineer",
+                    **{**leg(engineer_sid, ENGINEER_PHONE, US_LINE), "CallStatus": "completed"})
+    else:
+        twiml(twilio.post(f"/voice/callback/dialled?attempt={attempt_id}",
+                          **leg(engineer_sid, ENGINEER_PHONE, US_LINE),
+                          DialCallStatus="completed"))
+
+
+@pytest.mark.parametrize("ended_by", ["status", "dial"])
+def test_an_engineer_on_a_callback_is_not_handed_a_waiting_caller_on_her_other_device(
+        app, twilio, ivr, http, ended_by):
+    """aiko's Client identity is signed in on her laptop and her mobile. She takes a
+    callback on the laptop; while she listens to its summary, while the customer's phone
+    rings and while she talks to the customer, the mobile calling the engineer line must
+    not be bridged to the caller waiting in the queue: she hears she is on another call.
+    Once the callback's call has ended, the next call takes that caller."""
+    add_engineer(ivr, phone=None, client="aiko")
+    waiting = waiting_for_callback(twilio)
+    in_queue = queued(twilio, 2, caller="+14155550111")
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    laptop = new_call_sid()
+
+    def mobile_calls_the_line():
+        return twiml(twilio.post("/voice/agent",
+                                 **engineer_params(new_call_sid(), "client:aiko")))
+
+    def refused(root):
+        assert root.find("Dial") is None, spoken(root)
+        assert spoken(root.find("Gather")) == [
+            ivr.catalogues["en-US"].text("agent_on_another_call", {})]
+
+    offer = twiml(twilio.post(f"/voice/callback/engineer?attempt={attempt['id']}",
+                              **leg(laptop, ENGINEER_PHONE, US_LINE)))
+    refused(mobile_calls_the_line())  # listening to the summary
+    dial_root = twiml(twilio.post(offer.find("Gather").get("action"),
+                                  **leg(laptop, ENGINEER_PHONE, US_LINE), Digits="1"))
+    refused(mobile_calls_the_line())  # the customer's phone rings
+    customer_sid = new_call_sid()
+    customer_presses_a_key(twilio, customer_answers(twilio, dial_root, customer_sid),
+                           customer_sid)
+    assert state(ivr, waiting["ticket"])[0].status == "connected"
+    refused(mobile_calls_the_line())  # talking to the customer
+    assert state(ivr, in_queue["ticket"])[0].status == "in_queue"
+
+    engineer_leg_ends(twilio, attempt["id"], laptop, ended_by)
+    assert digits_spoken(mobile_calls_the_line()) == [in_queue["ticket"]]
+
+
+def test_a_callback_is_not_placed_with_an_engineer_already_on_another_callback(
+        app, twilio, ivr, http):
+    """Two tickets wait for a callback. While aiko's phone rings for the first, and while
+    she talks to its customer, the second is refused with why (409): ringing her again
+    would interrupt her and count an attempt against the second ticket."""
+    add_engineer(ivr)
+    first = waiting_for_callback(twilio)
+    second = waiting_for_callback(twilio, caller="+14155550111")
+    attempt = place(app, first["ticket"], {"engineer": "aiko"}).get_json()
+
+    refused = place(app, second["ticket"], {"engineer": "aiko"})
+    assert refused.status_code == 409
+    assert refused.get_json()["error"] == (f"aiko is on a callback for ticket "
+                                           f"{first['ticket']}")
+    assert len(http.requests) == 1  # rung once, for the first ticket
+
+    engineer_sid = new_call_sid()
+    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], engineer_sid)
+    customer_sid = new_call_sid()
+    customer_presses_a_key(twilio, customer_answers(twilio, dial_root, customer_sid),
+                           customer_sid)
+    assert place(app, second["ticket"], {"engineer": "aiko"}).status_code == 409
+    ticket, assignment, attempts = state(ivr, second["ticket"])
+    assert attempts == [] and (assignment is None or assignment.callback_attempts == 0)
+
+    engineer_leg_ends(twilio, attempt["id"], engineer_sid, "status")
+    assert place(app, second["ticket"], {"engineer": "aiko"}).status_code == 201
+    assert len(http.requests) == 2
