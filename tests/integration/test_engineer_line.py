@@ -2,6 +2,7 @@
 connection to exactly that caller."""
 
 import threading
+import xml.etree.ElementTree as ET
 
 import pytest
 from sqlalchemy import select
@@ -815,3 +816,29 @@ def test_an_engineer_whose_stale_claim_another_call_fulfilled_is_not_kept_off_th
     again = twiml(twilio.post(look, **engineer_params(ben, "+14155550188"),
                               **({} if after.find("Redirect") is not None else {"Digits": "1"})))
     assert digits_spoken(again) == [second["ticket"]], spoken(again)
+
+
+def test_two_engineers_calling_at_the_same_instant_for_one_caller_never_both_get_them(
+        twilio, ivr, monkeypatch):
+    """One caller waits; aiko's and ben's calls reach the engineer line at the same
+    instant. aiko's claim is written and not yet committed when ben's looks: ben's waits
+    for it, then finds the caller taken and holds. One caller, one engineer, never two."""
+    if ivr.storage.dialect != "postgresql":
+        pytest.skip("SQLite's write lock runs the two one after the other")
+    add_engineer(ivr, "aiko")
+    add_engineer(ivr, "ben", phone="+14155550188")
+    waiting = queued(twilio, 1)
+    aiko_sid, ben_sid = new_call_sid(), new_call_sid()
+    claimed, release = pause(monkeypatch, FloorRepository, "claim", thread="aiko")
+    outcomes = Outcomes()
+    aiko = outcomes.thread("aiko", ivr.floor.agent_call, engineer_params(aiko_sid), {})
+    ben = outcomes.thread("ben", ivr.floor.agent_call,
+                          engineer_params(ben_sid, "+14155550188"), {})
+    second_waits_for_first(ivr, aiko, claimed, release, ben, "ben's pick-up")
+    assert not outcomes.errors, outcomes.errors
+    heard = {name: ET.fromstring(outcomes.results[name]) for name in ("aiko", "ben")}
+    assert digits_spoken(heard["aiko"]) == [waiting["ticket"]]
+    assert heard["aiko"].find("Dial/Queue").text == waiting["queue"]
+    assert heard["ben"].find("Dial") is None and heard["ben"].find("Redirect") is not None
+    taken = assignment(ivr, waiting["ticket"])
+    assert (taken.engineer, taken.engineer_call_sid) == ("aiko", aiko_sid)
