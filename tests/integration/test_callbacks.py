@@ -908,3 +908,27 @@ def test_a_callback_is_not_placed_with_an_engineer_already_on_another_callback(
     engineer_leg_ends(twilio, attempt["id"], engineer_sid, "status")
     assert place(app, second["ticket"], {"engineer": "aiko"}).status_code == 201
     assert len(http.requests) == 2
+
+
+def test_two_callbacks_placed_with_one_engineer_at_once_ring_her_once(
+        app, twilio, ivr, http, monkeypatch):
+    """The desk places callbacks for two tickets with aiko at the same moment (two
+    operators, or a double click on two rows): the second waits for the first's attempt to
+    be written, then is refused; her phone rings once."""
+    if ivr.storage.dialect != "postgresql":
+        pytest.skip("SQLite's write lock runs the two one after the other")
+    add_engineer(ivr)
+    first = waiting_for_callback(twilio)
+    second = waiting_for_callback(twilio, caller="+14155550111")
+    written, release = pause(monkeypatch, FloorRepository, "new_attempt", thread="first")
+    outcomes = Outcomes()
+    one = outcomes.thread("first", Callbacks.of(ivr, http).place, first["ticket"], "aiko",
+                          "admin")
+    two = outcomes.thread("second", Callbacks.of(ivr, http).place, second["ticket"], "aiko",
+                          "admin")
+    second_waits_for_first(ivr, one, written, release, two, "the second callback")
+    assert set(outcomes.results) == {"first"}
+    assert outcomes.errors == {"second": f"Conflict: aiko is on a callback for ticket "
+                                         f"{first['ticket']}"}
+    assert len(http.requests) == 1
+    assert state(ivr, second["ticket"])[2] == []
