@@ -70,6 +70,11 @@ class Callbacks:
         now = self.clock()
         with self.storage.unit_of_work() as uow:
             session = uow.session
+            engineers = EngineerRepository(self.storage, session)
+            # Two callbacks placed with one engineer at once run in turn, the second seeing
+            # the first (below). The engineer's row before the ticket's, the order the
+            # engineer line takes them in.
+            engineers.hold(engineer_name)
             found = uow.desk.ticket(str(ref).strip(), for_update=True)
             if found is None:
                 raise unknown_ticket(ref)
@@ -79,7 +84,6 @@ class Callbacks:
                                "callback")
             if not ticket.callback_number:
                 raise Conflict(f"ticket {ticket.number} has no number to call back")
-            engineers = EngineerRepository(self.storage, session)
             engineer = engineers.named(engineer_name)
             if engineer is None:
                 raise NotFound(f"no engineer named {engineer_name[:40]!r}")
@@ -100,9 +104,7 @@ class Callbacks:
             if talking is not None:
                 raise Conflict(f"{info.name} is talking to a caller on the engineer line "
                                f"(ticket {talking})")
-            # Nor one with an engineer rung for, or talking on, another ticket's callback:
-            # two placed for them at once run in turn, the second seeing the first.
-            engineers.hold(info.name)
+            # Nor one with an engineer rung for, or talking on, another ticket's callback.
             other = floor.on_a_callback(info.name, now - limit, now - LONGEST_CONVERSATION)
             if other is not None:
                 raise Conflict(f"{info.name} is on a callback for ticket {other}")
