@@ -437,6 +437,15 @@ class FloorRepository:
             .where(CallbackAttempt.engineer == engineer, or_(under_way, talking))
             .order_by(CallbackAttempt.id.desc()).limit(1)).scalar()
 
+    def callbacks_ended(self, engineer: str, now: dt.datetime) -> None:
+        """The engineer says the call of every callback of theirs put through has ended
+        (its legs' reports were lost): ``on_a_callback`` no longer counts them."""
+        self.session.execute(
+            update(CallbackAttempt)
+            .where(CallbackAttempt.engineer == engineer, CallbackAttempt.outcome == ANSWERED,
+                   CallbackAttempt.ended_at.is_(None))
+            .values(ended_at=now).execution_options(synchronize_session=False))
+
     def open_attempt(self, ticket_id: int) -> CallbackAttempt | None:
         return self.session.scalars(
             select(CallbackAttempt).where(CallbackAttempt.ticket_id == ticket_id,

@@ -234,6 +234,10 @@ class Floor:
             anyway = query.get("anyway") == "1" and (digits == "1" or query.get("wait") == "1")
             # A callback counts too: its call is another of theirs (an engineer may be rung
             # on their laptop while their mobile holds here).
+            if anyway and digits == "1":
+                # Said now, not carried on the hold's redirects: a callback she answers
+                # later is not ended by it.
+                floor.callbacks_ended(engineer.name, now)
             busy = not anyway and (
                 floor.talking_elsewhere(engineer.name, call_sid, now - LONGEST_CONVERSATION)
                 or floor.on_a_callback(

@@ -932,3 +932,28 @@ def test_two_callbacks_placed_with_one_engineer_at_once_ring_her_once(
                                          f"{first['ticket']}"}
     assert len(http.requests) == 1
     assert state(ivr, second["ticket"])[2] == []
+
+
+def test_an_engineer_whose_callbacks_end_was_never_reported_can_say_so_on_the_engineer_line(
+        app, twilio, ivr, http):
+    """The database was away when aiko's answered callback ended: none of its legs' reports
+    was kept, and the service would think her on that call for up to four hours, refusing
+    the desk's next callback with her. On the engineer line she hears she is on another
+    call and presses 1: that call has ended, and the desk's callback goes to her again."""
+    add_engineer(ivr)
+    first = waiting_for_callback(twilio)
+    second = waiting_for_callback(twilio, caller="+14155550111")
+    attempt = place(app, first["ticket"], {"engineer": "aiko"}).get_json()
+    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+    customer_sid = new_call_sid()
+    customer_presses_a_key(twilio, customer_answers(twilio, dial_root, customer_sid),
+                           customer_sid)
+    assert place(app, second["ticket"], {"engineer": "aiko"}).status_code == 409
+
+    line = new_call_sid()
+    refused = twiml(twilio.post("/voice/agent", **engineer_params(line)))
+    gather = refused.find("Gather")
+    assert spoken(gather) == [ivr.catalogues["en-US"].text("agent_on_another_call", {})]
+    held = twiml(twilio.post(gather.get("action"), **engineer_params(line), Digits="1"))
+    assert held.find("Dial") is None and held.find("Redirect") is not None  # nobody waits
+    assert place(app, second["ticket"], {"engineer": "aiko"}).status_code == 201
