@@ -397,11 +397,15 @@ class Floor:
             attempt, ticket, call, engineer = self._attempt(session, query)
             if attempt is None or attempt.outcome is not None:
                 return self.agent.hangup()
+            voice = self.engineer_voice(engineer)
+            # Not once the customer is being dialled (a copy of this request replayed).
+            dialling = attempt.status not in ("placing", "calling_engineer", "engineer_answered")
+            if not dialling and not self._still_wanted(uow, attempt, ticket, call):
+                return self.agent.callback_not_needed(voice)
             if attempt.status in ("placing", "calling_engineer"):
                 # Not once the engineer has pressed 1: a copy of this request (replayed)
                 # must not hand the attempt's end back to the engineer's leg.
                 attempt.status = "engineer_answered"
-            voice = self.engineer_voice(engineer)
             summary = self.summary(voice, ticket, call, None)
             attempt_id = attempt.id
         return self.agent.callback_offer(voice, summary, attempt_id)
@@ -416,13 +420,19 @@ class Floor:
             if (params.get("Digits") or "") != "1":
                 self._finish(uow, attempt, ticket, call, "engineer-declined")
                 return self.agent.goodbye(voice)
-            if ticket.status != "callback_requested" or not ticket.callback_number:
-                self._finish(uow, attempt, ticket, call, "error",
-                             f"ticket is {ticket.status} now")
-                return self.agent.goodbye(voice)
+            if not self._still_wanted(uow, attempt, ticket, call):
+                return self.agent.callback_not_needed(voice)
             attempt.status = "calling_customer"
             return self.agent.callback_dial(voice, attempt.id, ticket.callback_number,
                                             call.dialed_number)
+
+    def _still_wanted(self, uow, attempt: CallbackAttempt, ticket: Ticket, call: Call) -> bool:
+        """Whether the ticket still waits for this callback; if the desk moved it on while
+        the engineer's phone rang (closed, back to open), the attempt ends here."""
+        if ticket.status == "callback_requested" and ticket.callback_number:
+            return True
+        self._finish(uow, attempt, ticket, call, "error", f"ticket is {ticket.status} now")
+        return False
 
     def callback_customer(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
         """<Number url>: the customer's phone was answered, by them or by a voicemail.

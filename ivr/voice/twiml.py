@@ -467,6 +467,11 @@ class AgentRenderer:
     def callback_not_reached(self, voice: Voice) -> str:
         return self._say_then_hang_up(voice, "callback_not_reached")
 
+    def callback_not_needed(self, voice: Voice) -> str:
+        """The ticket moved on (closed, back in the open pile) while the engineer's phone
+        rang: nothing is dialled, and they hear why."""
+        return self._say_then_hang_up(voice, "callback_not_needed")
+
     @staticmethod
     def hangup() -> str:
         return HANGUP

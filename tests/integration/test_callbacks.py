@@ -957,3 +957,35 @@ def test_an_engineer_whose_callbacks_end_was_never_reported_can_say_so_on_the_en
     held = twiml(twilio.post(gather.get("action"), **engineer_params(line), Digits="1"))
     assert held.find("Dial") is None and held.find("Redirect") is not None  # nobody waits
     assert place(app, second["ticket"], {"engineer": "aiko"}).status_code == 201
+
+
+@pytest.mark.parametrize("when", ["before the summary", "before the key"])
+def test_an_engineer_whose_callback_the_desk_closed_meanwhile_hears_why_nothing_is_dialled(
+        app, twilio, ivr, http, when):
+    """The desk closes the ticket while aiko's phone rings for its callback, or while she
+    listens to the summary. Pressing 1 then dials nobody, and she hears why, not a bare
+    goodbye that leaves her thinking the customer is being called; the attempt records
+    it."""
+    add_engineer(ivr, languages="ja,en")
+    waiting = waiting_for_callback(twilio)
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    engineer_sid = new_call_sid()
+
+    def close():
+        assert app.test_client().patch(f"/api/tickets/{waiting['ticket']}", headers=AUTH,
+                                       json={"status": "closed"}).status_code == 200
+
+    if when == "before the summary":
+        close()
+    offer = twiml(twilio.post(f"/voice/callback/engineer?attempt={attempt['id']}",
+                              **leg(engineer_sid, ENGINEER_PHONE, US_LINE)))
+    if when == "before the key":
+        close()
+    gather = offer.find("Gather")
+    told = offer if gather is None else twiml(twilio.post(
+        gather.get("action"), **leg(engineer_sid, ENGINEER_PHONE, US_LINE), Digits="1"))
+    assert told.find("Dial") is None
+    assert [e.tag for e in told] == ["Say", "Hangup"]
+    assert {e.get("language") for e in told.iter("Say")} == {"ja-JP"}
+    assert spoken(told) == [ivr.catalogues["ja-JP"].text("callback_not_needed", {})]
+    assert state(ivr, waiting["ticket"])[2] == [("aiko", "error")]
