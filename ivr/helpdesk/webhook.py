@@ -24,7 +24,7 @@ from ..desk.service import Desk, DeskError
 from ..domain.digits import ascii_digits, ascii_number
 from ..domain.engineers import HELPDESK_ACTOR
 from ..extension import ivr
-from ..storage import DATABASE_DOWN, HelpdeskJobRepository, first_delivery
+from ..storage import DATABASE_DOWN, HelpdeskJobRepository, first_delivery, newest_delivery
 from ..storage.tickets import ticket_by_number
 from .zendesk import LEVELS, ticket_id
 
@@ -109,7 +109,8 @@ def zendesk():
     if not external_id:
         return answer(200, result="ignored", reason="not a phone ticket (no external_id)")
     return apply(external_id, remote_id, status, priority,
-                 delivery=hashlib.sha256(given.encode("utf-8", "replace")).hexdigest())
+                 delivery=hashlib.sha256(given.encode("utf-8", "replace")).hexdigest(),
+                 signed_at=moment)
 
 
 def read_body(body: bytes) -> tuple[str | None, int | None, str, str | None]:
@@ -149,10 +150,12 @@ def read_body(body: bytes) -> tuple[str | None, int | None, str, str | None]:
 
 
 def apply(number: str, remote_id: str | None, status: str | None, priority: int | None,
-          delivery: str):
+          delivery: str, signed_at: dt.datetime):
     """Close and/or reprioritise the ticket with this number, as the desk would.
     ``delivery`` names this delivery (a hash of its signature): one applied before, sent
-    again, changes nothing, so a replay cannot bring an older change back."""
+    again, changes nothing, so a replay cannot bring an older change back. Nor can a
+    delivery signed before one already seen for the ticket (``signed_at``): Zendesk does
+    not deliver in order, and its body shows the ticket as it was when it was signed."""
     storage = ivr().storage
     with storage.transaction() as session:
         found = ticket_by_number(session, number)
@@ -160,13 +163,22 @@ def apply(number: str, remote_id: str | None, status: str | None, priority: int 
             return answer(404, error=f"no phone ticket {number}")
         jobs = HelpdeskJobRepository(session)
         known = jobs.remote_id(found.id)
+        other = known is not None and remote_id is not None and known != remote_id
+        # Another Zendesk ticket's delivery says nothing of how this one stands there.
+        newest = other or newest_delivery(session, found.id, signed_at)
         current_status, current_priority = found.status, found.priority
         echo = priority is not None and priority != current_priority \
             and jobs.echoes_own_push(found.id, current_priority, priority, HELPDESK_ACTOR,
                                      closing=status in CLOSING)
-    if known is not None and remote_id is not None and known != remote_id:
+    if other:
         return answer(409, error=f"phone ticket {number} belongs to Zendesk ticket {known}, "
                                  f"not {remote_id}")
+    if not newest:
+        log.info("Zendesk delivery for ticket %s signed before one already seen; not applied",
+                 number)
+        return answer(200, result="unchanged", ticket=number, status=current_status,
+                      priority=current_priority,
+                      reason="signed before a delivery already received for this ticket")
     if echo:
         # Applied, it would put the older priority back here and cancel the newer push.
         log.info("Zendesk echoed ticket %s's pushed priority P%s; the desk's P%s is on its way",
@@ -194,6 +206,8 @@ def apply(number: str, remote_id: str | None, status: str | None, priority: int 
         if not first_delivery(session, delivery, now):
             return False
         ticket = ticket_by_number(session, number)
+        if not newest_delivery(session, ticket.id, signed_at):  # a newer one came meanwhile
+            return False
         return (closing is None or ticket.status == current_status) \
             and (priority is None or ticket.priority == current_priority)
 

@@ -16,7 +16,8 @@ from .engine import (
     schema_missing,
     utcnow,
 )
-from .helpdesk import HelpdeskDelivery, HelpdeskJob, HelpdeskJobRepository, first_delivery
+from .helpdesk import (HelpdeskDelivery, HelpdeskJob, HelpdeskJobRepository, first_delivery,
+                       newest_delivery)
 from .lockouts import LockoutRepository
 from .outbox import OutboxRepository
 from .tickets import TicketRepository, new_ticket_number
@@ -27,5 +28,5 @@ __all__ = [
     "DeskRepository", "HelpdeskDelivery", "HelpdeskJob", "HelpdeskJobRepository",
     "LockoutRepository", "OutboxRepository", "Storage", "TicketRepository", "TicketRow",
     "UnitOfWork", "UpgradeRefused", "database_unavailable", "first_delivery",
-    "new_ticket_number", "schema_missing", "utcnow",
+    "new_ticket_number", "newest_delivery", "schema_missing", "utcnow",
 ]

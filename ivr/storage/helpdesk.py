@@ -76,7 +76,13 @@ class HelpdeskDelivery(Base):
     """A webhook delivery from the help desk that changed a ticket, by a hash of its
     signature. The same bytes sent again while the signature is fresh (a replay) find it
     here and change nothing; an older change never comes back over a newer one that way.
-    Rows go after ``DELIVERY_MEMORY``, once the signature itself is refused as too old."""
+    Rows go after ``DELIVERY_MEMORY``, once the signature itself is refused as too old.
+
+    A row keyed ``signed:<ticket id>`` (``NEWEST``) holds instead, as its time, when the
+    newest delivery seen for that ticket was signed: the help desk does not deliver in
+    order, and one signed before it shows a state the ticket has left there. It goes
+    after the same ``DELIVERY_MEMORY``: a delivery signed before it and still fresh
+    arrives well inside that."""
 
     __tablename__ = "helpdesk_deliveries"
 
@@ -109,6 +115,27 @@ def first_delivery(db, key: str, now: dt.datetime) -> bool:
     inserted = db.execute(dialect_insert(table).values(key=key, received_at=now)
                           .on_conflict_do_nothing().returning(table.c.key))
     return inserted.first() is not None
+
+
+NEWEST = "signed:{}"
+
+
+def newest_delivery(db, ticket_id: int, signed_at: dt.datetime) -> bool:
+    """Record that a delivery about this ticket was signed at ``signed_at``: False when
+    one signed later was seen before it (this one shows an older state of the ticket
+    there), True otherwise, and the newest time is kept."""
+    table = HelpdeskDelivery.__table__
+    key = NEWEST.format(ticket_id)
+    signed_at = signed_at.astimezone(dt.timezone.utc)
+    seen = db.execute(select(table.c.received_at).where(table.c.key == key)).scalar()
+    if seen is not None and seen > signed_at:
+        return False
+    dialect_insert = pg_insert if _dialect(db) == "postgresql" else sqlite_insert
+    insert_row = dialect_insert(table).values(key=key, received_at=signed_at)
+    db.execute(insert_row.on_conflict_do_update(
+        index_elements=[table.c.key], set_={"received_at": insert_row.excluded.received_at},
+        where=table.c.received_at < insert_row.excluded.received_at))
+    return True
 
 
 # -- queueing (the webhook's and the desk's transaction) -----------------------------------

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from ivr.desk.service import Desk
 from ivr.sim.simulator import Simulator, WsgiTransport, new_call_sid
@@ -627,8 +627,52 @@ def test_a_delivery_sent_again_does_not_undo_a_newer_one(app, simulator, ivr, fa
     clock.advance(minutes=20)  # long after: refused as stale, and forgotten here
     assert client.post("/hooks/zendesk", data=low[0], headers=low[1]).status_code == 401
     post_hook(app, trigger_body(remote_id, number, "Open", "High"), stamp(clock))
-    with ivr.storage.transaction() as session:
-        assert session.scalar(select(func.count()).select_from(HelpdeskDelivery)) == 1
+    with ivr.storage.transaction() as session:  # this delivery, and when it was signed
+        kept = sorted(session.scalars(select(HelpdeskDelivery.key)), key=len)
+    assert len(kept) == 2 and kept[0] == f"signed:{ticket_row(ivr, number).id}"
+
+
+def at_time(clock, seconds_ago: float = 0) -> str:
+    return (clock.now - dt.timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_delivery_that_arrives_after_a_newer_one_does_not_undo_it(
+        app, simulator, ivr, fake, clock):
+    """An agent sets Low, then High a minute later; Zendesk delivers High first and Low
+    after it (its deliveries are not ordered). Each body shows the ticket as it was when
+    signed: the older one is the state Zendesk has left, so the ticket stays P2."""
+    number = call(simulator, US_LINE, CALLER, 1)
+    sender(ivr, clock).drain()
+    (remote_id,) = fake.tickets
+    clock.advance(minutes=2)
+    high = post_hook(app, trigger_body(remote_id, number, "Open", "High"), at_time(clock))
+    assert (high.json["result"], high.json["priority"]) == ("changed", 2)
+    clock.advance(seconds=10)
+    low = post_hook(app, trigger_body(remote_id, number, "Open", "Low"), at_time(clock, 70))
+    assert (low.status_code, low.json["result"], low.json["priority"]) == \
+        (200, "unchanged", 2)
+    assert ticket_row(ivr, number).priority == 2
+    # One signed in the same second as the newest is not older: it is applied.
+    same = post_hook(app, trigger_body(remote_id, number, "Open", "Normal"), at_time(clock, 10))
+    assert (same.json["result"], same.json["priority"]) == ("changed", 3)
+
+
+def test_an_older_solved_delivery_arriving_late_does_not_close_a_ticket_reopened_since(
+        app, simulator, ivr, fake, clock):
+    """Solved, then reopened with a new priority; the Solved delivery comes last. A closed
+    ticket here is final, so applied late it would end a ticket Zendesk has reopened. A
+    newer delivery that changed nothing counts as the newest too."""
+    number = call(simulator, US_LINE, CALLER, 1)
+    sender(ivr, clock).drain()
+    (remote_id,) = fake.tickets
+    clock.advance(minutes=2)
+    reopened = post_hook(app, trigger_body(remote_id, number, "Open", "Urgent"), at_time(clock))
+    assert reopened.json["result"] == "unchanged"
+    solved = post_hook(app, trigger_body(remote_id, number, "Solved", "Urgent"),
+                       at_time(clock, 30))
+    assert (solved.status_code, solved.json["result"], solved.json["status"]) == \
+        (200, "unchanged", "in_queue")
+    assert ticket_row(ivr, number).status == "in_queue"
 
 
 def test_changes_made_in_zendesk_are_recorded_as_zendesks_in_the_history(app, simulator, ivr,
@@ -1086,6 +1130,26 @@ def test_an_echo_the_desk_overtakes_while_it_is_applied_does_not_undo_the_desks_
     assert ticket_row(ivr, number).priority == 4
     assert sender(ivr, clock).drain()["sent"] == 1
     assert fake.tickets[remote_id]["priority"] == "low"
+
+
+def test_an_older_delivery_overtaken_while_it_is_applied_does_not_undo_the_newer_one(
+        app, simulator, ivr, fake, clock, monkeypatch):
+    """Two workers: Solved (signed first) waits to close the ticket while a reopening
+    delivery (signed after it, the priority unchanged, so nothing to apply) is received.
+    Solved then finds a newer delivery seen, and changes nothing."""
+    number = call(simulator, US_LINE, CALLER, 1)
+    sender(ivr, clock).drain()
+    (remote_id,) = fake.tickets
+    clock.advance(minutes=2)
+    newer = []
+    answers = delivered_while(
+        app, monkeypatch, trigger_body(remote_id, number, "Solved", "Urgent"),
+        at_time(clock, 30),
+        lambda: newer.append(post_hook(app, trigger_body(remote_id, number, "Open", "Urgent"),
+                                       at_time(clock))))
+    assert newer[0].json["result"] == "unchanged"
+    assert answers[0].status_code == 200 and answers[0].json["result"] == "unchanged"
+    assert ticket_row(ivr, number).status == "in_queue"
 
 
 # -- echoes, slow answers, rate limits and retention, once more -------------------------
