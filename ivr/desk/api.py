@@ -3,8 +3,9 @@
 Off (404 with the reason) while IVR_ADMIN_TOKEN is unset. Every answer is JSON, errors
 included: 400 bad filter or body, 401 missing or wrong token (429 past ten a minute or
 fifty an hour from one address; a right token is always served), 404 unknown ticket, 409 a
-move the ticket lifecycle does not allow; placing a callback adds 403, 502 and 503 (this
-server lacks the Twilio settings callbacks need).
+move the ticket lifecycle does not allow, 503 (with Retry-After) while the database cannot
+be reached or stays locked; placing a callback adds 403, 502 and 503 (this server lacks
+the Twilio settings callbacks need).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..domain.digits import ascii_number
 from ..domain.flow import Outcome
 from ..domain.priority import HIGHEST, LOWEST
 from ..extension import ivr
+from ..storage import database_unavailable
 from ..storage.helpdesk import status_report
 from .engineers import Engineers
 from .service import STATUSES, BadRequest, Desk, DeskError, parse_moment
@@ -28,6 +30,8 @@ log = logging.getLogger("ivr.api")
 api = Blueprint("api", __name__, url_prefix="/api")
 
 DISABLED = "the admin API is disabled: set IVR_ADMIN_TOKEN"
+DATABASE_AWAY = "the database is unreachable or busy; try again shortly"
+RETRY_AFTER = "5"  # seconds: a database restarting, or a write lock held past its wait
 PER_PAGE, MAX_PER_PAGE = 50, 200
 CALL_STATUSES = ("queued", "ringing", "in-progress", "completed", "busy", "failed", "no-answer",
                  "canceled")
@@ -206,6 +210,12 @@ def desk_error(exc: DeskError):
 def unexpected(exc: Exception):
     if isinstance(exc, HTTPException):
         return error(exc.code or 500, exc.description or exc.name)
+    if database_unavailable(exc):  # not a fault of the request or of the service
+        log.warning("API %s %s not served: database unreachable or busy", request.method,
+                    request.path)
+        response, status = error(503, DATABASE_AWAY)
+        response.headers["Retry-After"] = RETRY_AFTER
+        return response, status
     log.exception("API %s %s failed", request.method, request.path)
     return error(500, "internal error; the server log has the details")
 

@@ -30,9 +30,10 @@ from flask import (
 from ..domain.priority import KEYS as PRIORITY_KEYS
 from ..domain.priority import RANGE_TEXT
 from ..extension import ivr
-from ..storage import HelpdeskJobRepository
+from ..storage import DATABASE_DOWN, HelpdeskJobRepository
 from ..storage.desk_sessions import DeskSessionRepository
 from ..storage.helpdesk import helpdesk_counts, job_dict, job_id
+from .api import RETRY_AFTER
 from .engineers import Engineers
 from .service import EXPORT_FORMATS, Desk, DeskError, Period, parse_moment
 
@@ -181,6 +182,20 @@ def too_many(exc):
 @admin.errorhandler(DeskError)
 def desk_error(exc: DeskError):
     return message(exc.status, str(exc))
+
+
+def database_away(exc):
+    """A page the database could not serve (unreachable, or its write lock held past the
+    wait) is to be loaded again shortly: 503, not the 500 of a fault."""
+    log.warning("dashboard %s %s not served: database unreachable or busy", request.method,
+                request.path)
+    page, status = message(503, "The database cannot be reached just now. Try again in a "
+                                "few seconds.")
+    return page, status, {"Retry-After": RETRY_AFTER}
+
+
+for _error in DATABASE_DOWN:
+    admin.register_error_handler(_error, database_away)
 
 
 # -- signing in and out ------------------------------------------------------------------

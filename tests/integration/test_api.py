@@ -280,3 +280,34 @@ def test_a_callback_for_an_unknown_ticket_is_404_even_while_twilio_is_not_config
     unknown = client.post("/api/tickets/99999999/callback", json={"engineer": "aiko"},
                           headers=AUTH)
     assert unknown.status_code == 404, unknown.get_json()
+
+
+# -- the database away -------------------------------------------------------------------
+
+
+def test_the_api_and_dashboard_answer_503_not_500_while_the_database_is_unreachable(
+        settings, clock, database_url, tmp_path):
+    """A desk request that meets a database it cannot reach (or a SQLite write lock held
+    past the busy time-out) asks to be tried again: 503 with Retry-After, in JSON on the
+    API, never the 500 of a fault in the service."""
+    from ivr import create_app
+
+    from ..support import unreachable_database_url
+
+    url = unreachable_database_url(database_url, tmp_path)
+    app = create_app(settings.model_copy(update={"database_url": url,
+                                                 "admin_token": ADMIN_TOKEN}), clock=clock)
+    client = app.test_client()
+    for method, path, headers in [("get", "/api/tickets", AUTH), ("get", "/api/calls", AUTH),
+                                  ("patch", "/api/tickets/1", AUTH),
+                                  ("get", "/api/tickets", {"Authorization": "Bearer eng_x"})]:
+        response = getattr(client, method)(path, headers=headers, json={"status": "closed"})
+        assert response.status_code == 503 and response.is_json, (path, response.status_code)
+        assert "database" in response.get_json()["error"]
+        assert response.headers["Retry-After"]
+    with client.session_transaction() as session:
+        session["sid"] = "a-session-id"
+    page = client.get("/admin/")
+    assert page.status_code == 503 and "database" in page.get_data(as_text=True)
+    assert page.headers["Retry-After"]
+    app.extensions["ivr"].storage.dispose()
