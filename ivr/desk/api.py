@@ -23,7 +23,7 @@ from ..extension import ivr
 from ..storage import database_unavailable
 from ..storage.helpdesk import status_report
 from .engineers import Engineers
-from .service import STATUSES, BadRequest, Desk, DeskError, parse_moment
+from .service import STATUSES, BadRequest, Desk, DeskError, parse_call_cursor, parse_moment
 
 log = logging.getLogger("ivr.api")
 
@@ -37,7 +37,7 @@ CALL_STATUSES = ("queued", "ringing", "in-progress", "completed", "busy", "faile
                  "canceled")
 PAGING = ("page", "per_page")
 TICKET_FILTERS = ("status", "priority", "region", "since", "until") + PAGING
-CALL_FILTERS = ("outcome", "status", "priority", "region", "since", "until") + PAGING
+CALL_FILTERS = ("outcome", "status", "priority", "region", "since", "until", "after") + PAGING
 
 
 
@@ -148,9 +148,12 @@ def _filters(allowed: tuple[str, ...], statuses: tuple[str, ...]) -> dict:
     return filters
 
 
-def _page(name: str, page) -> dict:
-    return {name: page.items, "page": page.page, "per_page": page.per_page,
-            "total": page.total, "pages": page.pages}
+def _page(name: str, page, cursor: bool = False) -> dict:
+    answer = {name: page.items, "page": page.page, "per_page": page.per_page,
+              "total": page.total, "pages": page.pages}
+    if cursor:
+        answer["next"] = page.next
+    return answer
 
 
 # -- endpoints ---------------------------------------------------------------------------
@@ -167,10 +170,15 @@ def tickets():
 @api.get("/calls")
 def calls():
     """Calls, newest first: ?outcome=routed,abandoned&status=completed&priority=&region=
-    &since=&until=&page=&per_page=."""
+    &since=&until=&page=&per_page=, or &after= (a page's ``next``) instead of page."""
     filters = _filters(CALL_FILTERS, CALL_STATUSES)
     filters["outcomes"] = _choices("outcome", tuple(o.value for o in Outcome))
-    return jsonify(_page("calls", Desk.of(ivr()).calls(**filters)))
+    after = _one("after")
+    if after is not None:
+        if "page" in request.args:
+            raise BadRequest("after: give page or after, not both")
+        filters["after"] = parse_call_cursor(after)
+    return jsonify(_page("calls", Desk.of(ivr()).calls(**filters), cursor=True))
 
 
 @api.get("/tickets/<ref>")

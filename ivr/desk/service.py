@@ -5,6 +5,7 @@ commands, the JSON API and the dashboard all go through ``Desk``.
 
 from __future__ import annotations
 
+import base64
 import csv
 import datetime as dt
 import io
@@ -212,13 +213,40 @@ def call_view(call: Call, ticket: Ticket | None) -> dict:
 @dataclass
 class Page:
     items: list[dict]
-    page: int
+    page: int | None  # None for a page started after a cursor
     per_page: int
     total: int
+    next: str | None = None  # the cursor of the page after this one, if there is one
 
     @property
     def pages(self) -> int:
         return max(1, -(-self.total // self.per_page))
+
+
+def call_cursor(started_at: dt.datetime, call_sid: str) -> str:
+    """Where a page of calls ended, for ``after``: opaque to clients (URL-safe base64 of
+    the call's start and SID), so its form may change."""
+    text = f"{started_at.astimezone(dt.timezone.utc).isoformat()}|{call_sid}"
+    return base64.urlsafe_b64encode(text.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def parse_call_cursor(text: str) -> tuple[dt.datetime, str]:
+    """The call a cursor names (its start and SID), or BadRequest."""
+    wrong = BadRequest(f"after: {text[:40]!r} is not a cursor; give the 'next' of the "
+                       "page before")
+    if not 0 < len(text) <= 200:
+        raise wrong
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("utf-8")
+        moment, _, call_sid = raw.partition("|")
+        started = dt.datetime.fromisoformat(moment)
+        if not call_sid or started.tzinfo is None:
+            raise ValueError
+        # As stored, in UTC; a time whose UTC form leaves the calendar is OverflowError.
+        started = started.astimezone(dt.timezone.utc)
+    except (ValueError, OverflowError):  # binascii.Error, UnicodeDecodeError are ValueErrors
+        raise wrong from None
+    return started, call_sid
 
 
 # -- SLA ---------------------------------------------------------------------------------
@@ -506,12 +534,20 @@ class Desk:
             items = [ticket_view(t, caller, self.config, now) for t, caller in rows]
         return Page(items, page, per_page, total)
 
-    def calls(self, *, page: int = 1, per_page: int = 50, **filters) -> Page:
+    def calls(self, *, page: int = 1, per_page: int = 50,
+              after: tuple[dt.datetime, str] | None = None, **filters) -> Page:
+        """A page of calls by number (``page``), or the one after a cursor (``after``,
+        read from a page's ``next``): deep in a year of calls, a cursor reads only its
+        page, where an OFFSET reads every call before it."""
         with self.storage.unit_of_work(readonly=True) as uow:
             rows, total = uow.desk.calls(
-                offset=(page - 1) * per_page, limit=per_page, **filters)
+                offset=0 if after else (page - 1) * per_page, limit=per_page + 1,
+                after=after, **filters)
+            more, rows = len(rows) > per_page, rows[:per_page]
             items = [call_view(call, ticket) for call, ticket in rows]
-        return Page(items, page, per_page, total)
+        last = rows[-1][0] if more else None
+        return Page(items, None if after else page, per_page, total,
+                    next=call_cursor(last.started_at, last.call_sid) if last else None)
 
     def unclosed(self, limit: int = 500) -> list[dict]:
         """Tickets not closed yet, least time left to their target first: the first

@@ -84,10 +84,13 @@ class DeskRepository:
     def calls(self, *, outcomes: tuple[str, ...] = (), statuses: tuple[str, ...] = (),
               priority: int | None = None, region: str | None = None,
               since: dt.datetime | None = None, until: dt.datetime | None = None,
-              offset: int = 0, limit: int | None = None
+              offset: int = 0, limit: int | None = None,
+              after: tuple[dt.datetime, str] | None = None
               ) -> tuple[list[tuple[Call, Ticket | None]], int]:
         """Calls started in [since, until) matching the filters (outcome, Twilio status,
-        region, their ticket's priority), newest first, with their tickets; and the count."""
+        region, their ticket's priority), newest first (then by call SID), with their
+        tickets; and the count. ``after`` (a call's started_at and SID) starts the list
+        after that call in this order, where an index range starts, not an OFFSET."""
         where = []
         if outcomes:
             where.append(Call.outcome.in_(outcomes))
@@ -102,7 +105,12 @@ class DeskRepository:
         if until is not None:
             where.append(Call.started_at < until)
         joined = select(Call, Ticket).outerjoin(Ticket, Ticket.call_sid == Call.call_sid)
-        query = (joined.where(*where).order_by(Call.started_at.desc(), Call.call_sid)
+        page_where = list(where)
+        if after is not None:
+            started, call_sid = after
+            page_where += [Call.started_at <= started,  # one bound the index range ends at
+                           or_(Call.started_at < started, Call.call_sid > call_sid)]
+        query = (joined.where(*page_where).order_by(Call.started_at.desc(), Call.call_sid)
                  .offset(offset))
         if limit is not None:
             query = query.limit(limit)
