@@ -158,7 +158,10 @@ def apply(number: str, remote_id: str | None, status: str | None, priority: int 
     not deliver in order, and its body shows the ticket as it was when it was signed."""
     storage = ivr().storage
     with storage.transaction() as session:
-        found = ticket_by_number(session, number)
+        # Locked while it is judged and its signing time kept: an older delivery being
+        # applied meanwhile either lands before this one reads the ticket, or waits and
+        # then finds this one newer.
+        found = ticket_by_number(session, number, for_update=True)
         if found is None:
             return answer(404, error=f"no phone ticket {number}")
         jobs = HelpdeskJobRepository(session)

@@ -157,8 +157,13 @@ def new_ticket_number() -> str:
     return str(10_000_000 + secrets.randbelow(90_000_000))
 
 
-def ticket_by_number(session, number: str) -> Ticket | None:
-    """A ticket by the number the caller heard, through the ORM (desk-side code)."""
+def ticket_by_number(session, number: str, *, for_update: bool = False) -> Ticket | None:
+    """A ticket by the number the caller heard, through the ORM (desk-side code);
+    ``for_update`` locks its row (PostgreSQL; SQLite's write transaction holds the whole
+    database)."""
     if ascii_digits(number, at_most=16) is None:
         return None
-    return session.scalars(select(Ticket).where(Ticket.number == number)).first()
+    query = select(Ticket).where(Ticket.number == number)
+    if for_update and session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update().execution_options(populate_existing=True)
+    return session.scalars(query).first()

@@ -1152,6 +1152,40 @@ def test_an_older_delivery_overtaken_while_it_is_applied_does_not_undo_the_newer
     assert ticket_row(ivr, number).status == "in_queue"
 
 
+def test_a_newer_delivery_read_before_an_older_one_changes_the_ticket_still_wins(
+        app, simulator, ivr, fake, clock, monkeypatch):
+    """PostgreSQL: a newer delivery (Urgent, what the ticket is: no change) is judged
+    while an older one (Low) is applied on another worker. Judged before Low lands and
+    remembered after Low looked, it would leave the ticket P4 with Zendesk at Urgent. The
+    delivery is judged with the ticket's row locked, so Low waits and then sees it."""
+    if ivr.storage.dialect != "postgresql":
+        pytest.skip("SQLite's write lock runs the two one after the other")
+    import threading
+
+    from ivr.helpdesk import webhook
+
+    from ..support import pause, second_waits_for_first
+
+    number = call(simulator, US_LINE, CALLER, 1)
+    sender(ivr, clock).drain()
+    (remote_id,) = fake.tickets
+    clock.advance(minutes=2)
+    reached, release = pause(monkeypatch, webhook, "newest_delivery", before=True,
+                             thread="newer")
+    answers = {}
+
+    def deliver(name, priority, seconds_ago):
+        answers[name] = post_hook(app, trigger_body(remote_id, number, "Open", priority),
+                                  at_time(clock, seconds_ago))
+
+    newer = threading.Thread(name="newer", target=deliver, args=("newer", "Urgent", 0))
+    older = threading.Thread(name="older", target=deliver, args=("older", "Low", 30))
+    second_waits_for_first(ivr, newer, reached, release, older, "the older delivery")
+    assert answers["newer"].json["result"] == "unchanged"
+    assert answers["older"].json["result"] == "unchanged"
+    assert ticket_row(ivr, number).priority == 1
+
+
 # -- echoes, slow answers, rate limits and retention, once more -------------------------
 
 
