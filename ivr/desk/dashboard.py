@@ -26,11 +26,12 @@ from flask import (
     session,
     url_for,
 )
+from sqlalchemy.exc import ProgrammingError
 
 from ..domain.priority import KEYS as PRIORITY_KEYS
 from ..domain.priority import RANGE_TEXT
 from ..extension import ivr
-from ..storage import DATABASE_DOWN, HelpdeskJobRepository
+from ..storage import DATABASE_DOWN, HelpdeskJobRepository, database_unavailable
 from ..storage.desk_sessions import DeskSessionRepository
 from ..storage.helpdesk import helpdesk_counts, job_dict, job_id
 from .api import RETRY_AFTER
@@ -185,8 +186,10 @@ def desk_error(exc: DeskError):
 
 
 def database_away(exc):
-    """A page the database could not serve (unreachable, or its write lock held past the
-    wait) is to be loaded again shortly: 503, not the 500 of a fault."""
+    """A page the database could not serve (unreachable, its write lock held past the
+    wait, or no tables yet) is to be loaded again shortly: 503, not the 500 of a fault."""
+    if not database_unavailable(exc):  # a ProgrammingError of another kind: a fault
+        raise exc
     log.warning("dashboard %s %s not served: database unreachable or busy", request.method,
                 request.path)
     page, status = message(503, "The database cannot be reached just now. Try again in a "
@@ -194,7 +197,7 @@ def database_away(exc):
     return page, status, {"Retry-After": RETRY_AFTER}
 
 
-for _error in DATABASE_DOWN:
+for _error in (*DATABASE_DOWN, ProgrammingError):  # PostgreSQL's "relation does not exist"
     admin.register_error_handler(_error, database_away)
 
 

@@ -350,3 +350,17 @@ def test_the_api_and_dashboard_answer_503_not_500_while_the_database_is_unreacha
     assert page.status_code == 503 and "database" in page.get_data(as_text=True)
     assert page.headers["Retry-After"]
     app.extensions["ivr"].storage.dispose()
+
+
+def test_the_api_and_dashboard_answer_503_on_a_database_without_its_tables(settings, clock):
+    """A database restored or created without init-db: not a fault of the request."""
+    from ivr import create_app
+
+    app = create_app(settings.model_copy(update={"admin_token": ADMIN_TOKEN}), clock=clock)
+    client = app.test_client()
+    response = client.get("/api/tickets", headers=AUTH)
+    assert response.status_code == 503 and "database" in response.get_json()["error"]
+    with client.session_transaction() as session:
+        session["sid"] = "a-session-id"
+    assert client.get("/admin/").status_code == 503
+    app.extensions["ivr"].storage.dispose()
