@@ -39,7 +39,17 @@ def _worker_class() -> str:
     return name
 
 
-bind = os.environ.get("IVR_BIND", "127.0.0.1:5000")
+def _bind() -> str:
+    address = os.environ.get("IVR_BIND", "127.0.0.1:5000")
+    # Empty (a unit file's IVR_BIND=${BIND} with BIND unset), gunicorn binds nothing and
+    # boots worker after worker, each saying "No servers could be started".
+    if not address.strip():
+        _refuse("IVR_BIND", "empty; give the address to listen on (HOST:PORT, e.g. "
+                "0.0.0.0:8000), or leave it unset for 127.0.0.1:5000")
+    return address
+
+
+bind = _bind()
 workers = _workers()
 # The asyncio worker reads each request whole before the app runs (ivr/edge.py), so slow
 # clients hold a coroutine, not a worker. IVR_WORKER_CLASS=sync restores plain workers

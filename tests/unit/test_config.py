@@ -450,11 +450,14 @@ def test_a_prompt_catalogue_that_cannot_be_read_stops_the_app_naming_it(tmp_path
     ("IVR_WORKERS", "abc"), ("IVR_WORKERS", "0"), ("IVR_WORKERS", "-2"), ("IVR_WORKERS", " "),
     ("IVR_WORKERS", "\u00b2"),
     ("IVR_WORKER_CLASS", "bogus"), ("IVR_WORKER_CLASS", ""),
+    ("IVR_BIND", ""), ("IVR_BIND", " "),
 ])
-def test_gunicorn_refuses_a_worker_setting_it_cannot_use_in_one_line_naming_it(
+def test_gunicorn_refuses_a_server_setting_it_cannot_use_in_one_line_naming_it(
         tmp_path, name, value):
     """IVR_WORKERS=abc stopped gunicorn with a traceback of its configuration file, and
-    IVR_WORKERS=0 started a master with no worker: it listened and answered nobody."""
+    IVR_WORKERS=0 started a master with no worker: it listened and answered nobody. An
+    empty IVR_BIND (a unit file's `IVR_BIND=${BIND}` with BIND unset) bound nothing: each
+    worker said "No servers could be started" and was booted again, for ever."""
     env = {**os.environ, "IVR_INSTANCE_PATH": str(tmp_path / "instance"), name: value}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     run = subprocess.run([sys.executable, "-c", "import runpy; runpy.run_path('gunicorn.conf.py')"],
