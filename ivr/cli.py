@@ -22,12 +22,13 @@ from .desk.service import ticket_dict
 from .domain.digits import ascii_digits
 from .domain.lifecycle import TicketStatus
 from .domain.phones import (WITHHELD, as_typed, caller_lockout_key, lockout_name, mask,
-                            pmi_digest_of, pmi_lockout_key, redact_numbers)
+                            pmi_digest_of, pmi_lockout_key)
 from .extension import ivr, schema_free
 from .privacy import MAX_DAYS
 from .sim.simulator import HttpTransport, Simulator, UnknownTwiML, WsgiTransport, transcript
 from .sim.surge import run_surge
-from .storage import DATABASE_DOWN, UpgradeRefused, database_unavailable, schema_missing
+from .storage import (DATABASE_DOWN, UpgradeRefused, database_error, database_unavailable,
+                      schema_missing)
 
 
 def check_schema(storage) -> None:
@@ -197,7 +198,7 @@ def spool_replay():
     except DATABASE_DOWN as exc:
         if schema_missing(exc):  # said for every command by _explained
             raise
-        cause = type(getattr(exc, "orig", None) or exc).__name__
+        cause, _ = database_error(exc)
         raise click.ClickException(f"the database is unreachable ({cause}); every record not "
                                    "yet written stays in the spool: run this again once it "
                                    "answers") from None
@@ -353,15 +354,13 @@ def _explained(callback):
                 check_schema(ivr().storage)
             return callback(*args, **kwargs)
         except (*DATABASE_DOWN, ProgrammingError) as exc:
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            reason = redact_numbers(reason[0][:200]) if reason else ""
+            cause, reason = database_error(exc)
             if schema_missing(exc):
                 raise click.ClickException(
                     f"the database has no tables yet, or older ones ({reason}): run "
                     "`flask --app app init-db` first") from None
             if isinstance(exc, ProgrammingError):
                 raise
-            cause = type(getattr(exc, "orig", None) or exc).__name__
             raise click.ClickException(
                 f"the database is unreachable ({cause}: {reason}); the command stopped there") from None
 

@@ -18,7 +18,7 @@ from . import queues
 from .config import Settings
 from .domain.phones import mask
 from .helpdesk.sender import Sender
-from .storage import Storage, database_unavailable, schema_missing, utcnow
+from .storage import Storage, database_error, database_unavailable, schema_missing, utcnow
 
 log = logging.getLogger("ivr.outbox")
 
@@ -140,8 +140,8 @@ def watch(storage: Storage, settings: Settings, service, floor, interval: float 
 
 
 def _why(exc: BaseException) -> str:
-    """A database's state in one line (the log's formatter cuts any number in it)."""
-    reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0][:200]
+    """A database's state in one line, its error's long numbers cut (``database_error``)."""
+    cause, reason = database_error(exc)
     if schema_missing(exc):
         return f"it has no tables yet, or older ones ({reason}): run init-db"
-    return f"it does not answer ({type(getattr(exc, 'orig', None) or exc).__name__}: {reason})"
+    return f"it does not answer ({cause}: {reason})"

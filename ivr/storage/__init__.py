@@ -12,6 +12,7 @@ from .engine import (
     DATABASE_DOWN,
     Storage,
     UpgradeRefused,
+    database_error,
     database_unavailable,
     schema_missing,
     utcnow,
@@ -27,6 +28,6 @@ __all__ = [
     "DATABASE_DOWN", "FINAL_STATUSES", "AccountRepository", "CallRecord", "CallRepository",
     "DeskRepository", "HelpdeskDelivery", "HelpdeskJob", "HelpdeskJobRepository",
     "LockoutRepository", "OutboxRepository", "Storage", "TicketRepository", "TicketRow",
-    "UnitOfWork", "UpgradeRefused", "database_unavailable", "first_delivery",
-    "new_ticket_number", "newest_delivery", "schema_missing", "utcnow",
+    "UnitOfWork", "UpgradeRefused", "database_error", "database_unavailable",
+    "first_delivery", "new_ticket_number", "newest_delivery", "schema_missing", "utcnow",
 ]

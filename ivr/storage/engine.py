@@ -27,6 +27,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from ..domain.clock import utcnow  # noqa: F401  re-exported for the storage layer
+from ..domain.phones import redact_numbers
 from .sql import driver_error
 
 log = logging.getLogger("ivr.storage")
@@ -56,6 +57,17 @@ def schema_missing(exc: BaseException) -> bool:
     return isinstance(exc, (OperationalError, ProgrammingError)) and (
         "no such table" in reason or "no such column" in reason
         or ("does not exist" in reason and ("relation" in reason or "column" in reason)))
+
+
+def database_error(exc: BaseException) -> tuple[str, str]:
+    """An error of the database as an operator's line may quote it: the driver's error
+    class and the first line of its text, at most 200 characters, with every long number
+    cut to its last four digits (the text is the database's, not the service's own, and may
+    quote a row's caller number or PMI; the log's formatter cuts numbers only in
+    tracebacks)."""
+    error = getattr(exc, "orig", None) or exc
+    lines = str(error).strip().splitlines()
+    return type(error).__name__, redact_numbers(lines[0][:200]) if lines else ""
 
 
 def database_unavailable(exc: BaseException) -> bool:

@@ -180,3 +180,37 @@ def test_a_line_break_from_a_request_cannot_forge_a_line_of_the_log(desk_app, mo
     assert "dashboard sign-in" in logged  # the path is logged...
     assert not any(line.startswith(forged) for line in logged.splitlines())  # ...on its own line
     assert "\\n2026-11-25" in logged
+
+
+def test_the_senders_line_about_a_database_that_does_not_answer_cuts_the_numbers_in_its_text(
+        ivr, monkeypatch):
+    """`outbox drain --watch` says in one line, not a traceback, why the database does not
+    answer, and that line quotes the driver's error: the error's text is not the service's
+    own, so a long number in it is cut to its last four digits, as in a traceback."""
+    import io
+    import logging
+
+    from sqlalchemy.exc import OperationalError
+
+    from ivr import outbox
+
+    class Stop(Exception):
+        pass
+
+    def down(*_args, **_kwargs):
+        raise OperationalError("UPDATE outbox ...", {}, Exception(
+            "could not serialize access: row (7, +14155550123, 912345678) was changed"))
+
+    def sleep(_seconds):
+        raise Stop
+
+    handler = logging.getLogger("ivr").handlers[0]
+    stream = io.StringIO()
+    monkeypatch.setattr(handler, "stream", stream)
+    monkeypatch.setattr(outbox, "drain_all", down)
+    monkeypatch.setattr(outbox.time, "sleep", sleep)
+    with pytest.raises(Stop):
+        outbox.watch(ivr.storage, ivr.settings, ivr.service, ivr.floor)
+    logged = stream.getvalue()
+    assert "waiting for the database" in logged and "could not serialize" in logged
+    assert "4155550123" not in logged and "912345678" not in logged
