@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -70,25 +71,35 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _spoken_language(value: str) -> str:
+    """A language of SUPPORTED_VOICES, or ValueError saying which there are."""
+    if value not in SUPPORTED_VOICES:
+        raise ValueError(f"{value!r} is not a language this service speaks; expected one "
+                         f"of {', '.join(sorted(SUPPORTED_VOICES))}")
+    return value
+
+
+def _voice_of(language_key: str):
+    """A field validator: the voice is one of SUPPORTED_VOICES for the language the model
+    holds under ``language_key`` (a field before it). A language already refused is
+    reported on its own key, not again here."""
+    def check(value: str, info: ValidationInfo) -> str:
+        language = info.data.get(language_key)
+        if language is not None and value not in SUPPORTED_VOICES[language]:
+            raise ValueError(f"{value!r} is not a Twilio voice for {language}; expected one "
+                             f"of {', '.join(SUPPORTED_VOICES[language])}")
+        return value
+
+    return check
+
+
 class Voice(_Model):
     language: str
     voice: str
     catalogue: str | None = None
 
-    @model_validator(mode="after")
-    def _voice_fits_language(self) -> "Voice":
-        voices = SUPPORTED_VOICES.get(self.language)
-        if voices is None:
-            raise ValueError(
-                f"language {self.language!r} is not one this service speaks; "
-                f"expected one of {', '.join(sorted(SUPPORTED_VOICES))}"
-            )
-        if self.voice not in voices:
-            raise ValueError(
-                f"voice {self.voice!r} is not a Twilio voice for {self.language}; "
-                f"expected one of {', '.join(voices)}"
-            )
-        return self
+    _language = field_validator("language")(_spoken_language)
+    _voice = field_validator("voice")(_voice_of("language"))
 
     @property
     def catalogue_name(self) -> str:
@@ -146,18 +157,19 @@ class EnqueueRoute(_Model):
         return self.queue.format(priority=priority)
 
 
+def _dial_target(value: str) -> str:
+    """What a <Dial> may call (a route's target, a menu extension): a SIP URI as written,
+    or a phone number, in E.164."""
+    return value if value.startswith("sip:") else normalise_number(value)
+
+
 class DialRoute(_Model):
     kind: Literal["dial"]
     target: str = Field(min_length=1, max_length=DIAL_TARGET_MAX,
                         description="E.164 number or sip: URI")
     timeout_seconds: int = Field(default=30, ge=5, le=600)
 
-    @field_validator("target")
-    @classmethod
-    def _number_or_sip(cls, value: str) -> str:
-        if value.startswith("sip:"):
-            return value
-        return normalise_number(value)
+    _target = field_validator("target")(_dial_target)
 
 
 class TaskRouterRoute(_Model):
@@ -177,15 +189,13 @@ class Line(_Model):
     english: Voice | None = None
     route: Route | None = None
 
+    _language = field_validator("language")(_spoken_language)
+    _voice = field_validator("voice")(_voice_of("language"))
+
     @field_validator("number")
     @classmethod
     def _normalise(cls, value: str) -> str:
         return normalise_number(value)
-
-    @model_validator(mode="after")
-    def _voice_fits_language(self) -> "Line":
-        Voice(language=self.language, voice=self.voice, catalogue=self.catalogue)
-        return self
 
     @property
     def speech(self) -> Voice:
@@ -197,12 +207,7 @@ class Extension(_Model):
     dial: str = Field(max_length=DIAL_TARGET_MAX)
     description: str = ""
 
-    @field_validator("dial")
-    @classmethod
-    def _number_or_sip(cls, value: str) -> str:
-        if value.startswith("sip:"):
-            return value
-        return normalise_number(value)
+    _dial = field_validator("dial")(_dial_target)
 
 
 class Menu(_Model):
@@ -263,17 +268,26 @@ class Timeouts(_Model):
     digits_seconds: int = Field(default=8, ge=1, le=60)
 
 
+def _at_least(minimum_key: str):
+    """A field validator: a maximum is at least the minimum under ``minimum_key``."""
+    def check(value: int, info: ValidationInfo) -> int:
+        least = info.data.get(minimum_key)
+        if least is not None and value < least:
+            raise ValueError(f"{value} is less than {minimum_key} ({least}): a minimum "
+                             "length must be at most its maximum")
+        return value
+
+    return check
+
+
 class Lengths(_Model):
-    pmi_min: int = 9
+    pmi_min: int = Field(default=9, gt=0)
     pmi_max: int = Field(default=11, le=PMI_MAX)
-    host_key_min: int = 6
+    host_key_min: int = Field(default=6, gt=0)
     host_key_max: int = 10
 
-    @model_validator(mode="after")
-    def _ordered(self) -> "Lengths":
-        if not (0 < self.pmi_min <= self.pmi_max and 0 < self.host_key_min <= self.host_key_max):
-            raise ValueError("each minimum length must be positive and at most its maximum")
-        return self
+    _pmi_ordered = field_validator("pmi_max")(_at_least("pmi_min"))
+    _host_key_ordered = field_validator("host_key_max")(_at_least("host_key_min"))
 
 
 class Lockout(_Model):
@@ -376,10 +390,8 @@ class Service(_Model):
     fallback_queue: str = Field(default="support", min_length=1, max_length=QUEUE_NAME_LIMIT,
                                 pattern=r"\S")
 
-    @model_validator(mode="after")
-    def _voice_fits_language(self) -> "Service":
-        Voice(language=self.default_language, voice=self.default_voice)
-        return self
+    _language = field_validator("default_language")(_spoken_language)
+    _voice = field_validator("default_voice")(_voice_of("default_language"))
 
     @property
     def speech(self) -> Voice:
@@ -456,7 +468,7 @@ class IvrConfig(_Model):
     timeouts: Timeouts = Timeouts()
     lengths: Lengths = Lengths()
     lockout: Lockout = Lockout()
-    queue: Queue = Queue()
+    queue: Queue = Field(default=Queue(), validate_default=True)  # checked against menu
     engineers: Engineers = Engineers()
     notice: Notice | None = None
     links: Links
@@ -488,13 +500,15 @@ class IvrConfig(_Model):
             seen.add(line.number)
         return value
 
-    @model_validator(mode="after")
-    def _queue_keys_distinct(self) -> "IvrConfig":
+    @field_validator("queue")
+    @classmethod
+    def _queue_keys_distinct(cls, value: Queue, info: ValidationInfo) -> Queue:
         # In the queue the repeat key says the ticket number again; the callback key leaves.
-        if self.queue.callback_key == self.menu.repeat_key:
-            raise ValueError(f"queue.callback_key {self.queue.callback_key!r} is also "
-                             "menu.repeat_key (which repeats the ticket number in the queue)")
-        return self
+        menu = info.data.get("menu")
+        if menu is not None and value.callback_key == menu.repeat_key:
+            raise ValueError(f"callback_key {value.callback_key!r} is also menu.repeat_key "
+                             "(which repeats the ticket number in the queue)")
+        return value
 
     def line_for(self, number: str | None) -> Line | None:
         """The configured line for a dialled number in any common notation, or None."""

@@ -80,8 +80,27 @@ def test_an_invalid_number_stops_the_app_naming_the_number(tmp_path):
 
 def test_a_voice_that_does_not_speak_the_line_language_is_refused(tmp_path):
     path = broken(tmp_path, 'voice = "Polly.Mizuki"', 'voice = "Polly.Joanna"')
-    with pytest.raises(ConfigError, match=r"lines\[4\]: .*Polly.Joanna.* not a Twilio voice for ja-JP"):
+    with pytest.raises(ConfigError, match=r"lines\[4\]\.voice: .*Polly.Joanna.* not a Twilio voice for ja-JP"):
         load_config(path)
+
+
+@pytest.mark.parametrize("old, new, where", [
+    ('default_language = "en-US"', 'default_language = "en-ZA"', r"service\.default_language: 'en-ZA'"),
+    ('default_voice = "Polly.Joanna-Neural"', 'default_voice = "Polly.Mizuki"',
+     r"service\.default_voice: 'Polly.Mizuki' is not a Twilio voice for en-US"),
+    ('language = "en-AU"', 'language = "en-ZA"', r"lines\[1\]\.language: 'en-ZA'"),
+    ('english = { language = "en-GB", voice = "Polly.Amy-Neural" }',
+     'english = { language = "en-GB", voice = "Polly.Lea" }', r"lines\[2\]\.english\.voice: "),
+    ("pmi_min = 9", "pmi_min = 12", r"lengths\.pmi_max: 11 is less than pmi_min \(12\)"),
+    ("host_key_min = 6", "host_key_min = 0", r"lengths\.host_key_min: Input should be greater than 0"),
+])
+def test_a_language_voice_or_length_that_does_not_fit_is_refused_naming_its_key(
+        tmp_path, old, new, where):
+    """[service] default_language = "en-ZA" was refused as "service: language 'en-ZA'",
+    a key the section does not have, and pmi_min = 12 as "lengths: each minimum length
+    must be positive and at most its maximum", naming none of the four."""
+    with pytest.raises(ConfigError, match=where):
+        load_config(broken(tmp_path, old, new))
 
 
 def test_a_missing_key_and_an_unknown_key_are_named(tmp_path):
@@ -106,7 +125,7 @@ def test_priorities_must_be_one_to_four_once_each(tmp_path):
 
 def test_the_callback_key_cannot_be_the_key_that_repeats_the_ticket_number(tmp_path):
     path = broken(tmp_path, 'callback_key = "1"', 'callback_key = "*"')
-    with pytest.raises(ConfigError, match=r"callback_key '\*' is also menu.repeat_key"):
+    with pytest.raises(ConfigError, match=r"\n  queue: callback_key '\*' is also menu.repeat_key"):
         load_config(path)
 
 
