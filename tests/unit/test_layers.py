@@ -2,9 +2,11 @@
 
     domain  <-  storage  <-  voice  <-  desk  <-  helpdesk     sim drives the app from outside
 
-Top-level modules of ``ivr`` (configuration, security, metrics, the sender, command
-registration) are cross-cutting; the app factory in ``ivr/__init__.py`` is the one place
-that wires every layer together.
+Top-level modules of ``ivr`` are of two kinds. The cross-cutting ones (``CROSS_CUTTING``:
+configuration, security, metrics, the ``ivr()`` accessor) may be used by every layer and
+import no layer above the domain. The outer ones (the commands and their registration, the
+sender, health, the web front, privacy, queues) use the layers, and no layer imports them.
+The app factory in ``ivr/__init__.py`` is the one place that wires every layer together.
 """
 
 from __future__ import annotations
