@@ -360,12 +360,27 @@ def _explained(callback):
                     f"the database has no tables yet, or older ones ({reason}): run "
                     "`flask --app app init-db` first") from None
             if isinstance(exc, ProgrammingError):
-                raise
+                _failed(exc)
             raise click.ClickException(
                 f"the database is unreachable ({cause}: {reason}); the command stopped there") from None
+        except (click.ClickException, click.Abort, click.exceptions.Exit):
+            raise
+        except Exception as exc:
+            _failed(exc)
 
     run.__explained__ = True
     return run
+
+
+def _failed(exc: Exception) -> None:
+    """A command's unforeseen error: its traceback through the log's formatter (long
+    numbers cut, as a database quotes a refused row in full), not Python's own, which
+    would reach the terminal or cron's mail whole; then exit status 1."""
+    context = click.get_current_context(silent=True)
+    name = context.command_path.removeprefix(f"{context.find_root().info_name} ") \
+        if context is not None else "command"
+    logging.getLogger("ivr.cli").error("%s failed", name, exc_info=exc)
+    raise SystemExit(1) from None
 
 
 def register(app) -> None:

@@ -214,3 +214,33 @@ def test_the_senders_line_about_a_database_that_does_not_answer_cuts_the_numbers
     logged = stream.getvalue()
     assert "waiting for the database" in logged and "could not serialize" in logged
     assert "4155550123" not in logged and "912345678" not in logged
+
+
+def test_a_command_that_fails_unexpectedly_shows_its_traceback_without_the_numbers_quoted(
+        ivr, app, monkeypatch):
+    """`retention apply` runs daily from cron, whose mail carries what a command writes to
+    standard error. A command that failed on an error nobody foresaw printed Python's own
+    traceback, and with it the row PostgreSQL quoted in full; the traceback now goes
+    through the log's formatter, as a webhook's does, and the command exits with 1."""
+    import io
+    import logging
+
+    from sqlalchemy.exc import IntegrityError
+
+    from ivr.storage.retention import RetentionRepository
+
+    def failing(*_args, **_kwargs):
+        raise IntegrityError("UPDATE calls ...", {}, Exception(
+            "null value in column \"region\" violates not-null constraint\nDETAIL:  Failing "
+            "row contains (CA77, +14155550123, 912345678)."))
+
+    handler = logging.getLogger("ivr").handlers[0]
+    stream = io.StringIO()
+    monkeypatch.setattr(handler, "stream", stream)
+    monkeypatch.setattr(RetentionRepository, "apply", failing)
+    result = app.test_cli_runner().invoke(args=["retention", "apply"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result
+    logged = stream.getvalue()
+    assert "retention apply failed" in logged and "Failing row contains" in logged
+    assert "4155550123" not in logged + result.output and "912345678" not in logged
+    assert "…0123" in logged
