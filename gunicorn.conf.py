@@ -74,7 +74,8 @@ accesslog = os.environ.get("IVR_ACCESS_LOG")  # e.g. "-"; request bodies are nev
 # is run by its pid file and signals (Makefile), so none is opened.
 control_socket_disable = True
 
-_metrics_root = Path(os.environ.get("IVR_INSTANCE_PATH", "instance")) / "metrics"
+# Empty counts as unset, as the app reads it (ivr/config.py Settings.from_env).
+_metrics_root = Path(os.environ.get("IVR_INSTANCE_PATH") or "instance") / "metrics"
 # A PROMETHEUS_MULTIPROC_DIR the operator set may be shared with the sender, whose counts
 # (ivr_helpdesk_pushes_total) live there too: it is theirs, and never emptied here.
 # Without one, this master counts in a folder of its own, made for it alone.

@@ -497,6 +497,18 @@ def test_gunicorn_takes_the_worker_settings_the_readme_names(tmp_path):
     assert run.stdout.split() == ["3", "sync"]
 
 
+def test_gunicorn_counts_in_the_apps_instance_folder_when_ivr_instance_path_is_empty():
+    """The app takes an empty IVR_INSTANCE_PATH as unset (instance/); gunicorn made its
+    metrics folder in the working directory's metrics/ instead."""
+    env = {**os.environ, "IVR_INSTANCE_PATH": ""}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    run = subprocess.run([sys.executable, "-c", "import os, runpy; runpy.run_path("
+                          "'gunicorn.conf.py'); print(os.environ['PROMETHEUS_MULTIPROC_DIR'])"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    folder = run.stdout.strip()
+    assert os.path.dirname(folder) == os.path.join("instance", "metrics"), folder
+
+
 def test_starting_gunicorn_keeps_the_senders_counts_in_a_metrics_folder_the_operator_set(
         tmp_path):
     """The README has the sender (which counts ivr_helpdesk_pushes_total) given the same
