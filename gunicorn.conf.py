@@ -117,6 +117,31 @@ def post_fork(server, worker):
     serving (and holding the port), so a new server can bind at once. Linux tells the
     worker by signal; elsewhere the worker's own check of its parent does, within seconds."""
     _die_with_parent()
+    _halt_on_a_refused_configuration(worker)
+
+
+def _halt_on_a_refused_configuration(worker) -> None:
+    """The app refuses a configuration it cannot use (config/ivr.toml, the environment) by
+    exiting with its message (``ivr.create_app``). From a worker that was only a worker
+    exiting: the master booted another, for ever, with the port open and nobody answering.
+    Such an exit now says the message and leaves with gunicorn's "app failed to load"
+    status, on which the master stops."""
+    load = worker.load_wsgi
+
+    def load_wsgi():
+        try:
+            load()
+        except SystemExit as refused:
+            if not isinstance(refused.code, str):
+                raise
+            import sys
+
+            from gunicorn.arbiter import Arbiter
+
+            print(refused.code, file=sys.stderr, flush=True)
+            sys.exit(Arbiter.APP_LOAD_ERROR)
+
+    worker.load_wsgi = load_wsgi
 
 
 def post_worker_init(worker):

@@ -497,6 +497,28 @@ def test_gunicorn_takes_the_worker_settings_the_readme_names(tmp_path):
     assert run.stdout.split() == ["3", "sync"]
 
 
+def test_gunicorn_stops_at_start_on_a_configuration_the_app_refuses_saying_why(tmp_path):
+    """The app refuses a bad config/ivr.toml by exiting; under gunicorn that was a worker
+    exiting, and the master booted another, which exited too, for ever: the port stayed
+    open, answering nobody, and the log filled with the same message every second."""
+    bad = broken(tmp_path, "pmi_min = 9", "pmi_min = 99")
+    (tmp_path / "prompts").symlink_to(CONFIG.parent / "prompts")
+    env = {**os.environ, "IVR_CONFIG": str(bad), "IVR_INSTANCE_PATH": str(tmp_path / "inst"),
+           "IVR_DATABASE_URL": f"sqlite:///{tmp_path}/ivr.db", "IVR_VALIDATE_SIGNATURES": "false",
+           "IVR_BIND": "127.0.0.1:0", "IVR_WORKERS": "2", "IVR_PIDFILE": str(tmp_path / "pid")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    try:
+        run = subprocess.run([sys.executable, "-m", "gunicorn", "app:app"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired as still_running:
+        pytest.fail(f"gunicorn kept running: {still_running.stderr[-600:]!r}")
+    assert run.returncode != 0
+    # Said by each worker that started before the master stopped them, no more.
+    assert 1 <= run.stderr.count("lengths.pmi_max: 11 is less than pmi_min (99)") <= 2, run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "pid").exists()
+
+
 def test_gunicorn_counts_in_the_apps_instance_folder_when_ivr_instance_path_is_empty():
     """The app takes an empty IVR_INSTANCE_PATH as unset (instance/); gunicorn made its
     metrics folder in the working directory's metrics/ instead."""
