@@ -73,7 +73,9 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Ap
 
     from . import cli, health, web
     from .desk import api, commands, dashboard  # noqa: F401  commands: tickets show|close|...
-    from .desk import floor_views  # noqa: F401  engineers, callbacks: /admin/floor, commands
+    # Imported before the blueprints are registered: its routes (/admin/floor, callbacks)
+    # join the api and admin blueprints, and it holds the engineers commands.
+    from .desk import floor_views
     from .helpdesk import webhook as helpdesk_webhook
     from .voice import agent, webhooks
 
