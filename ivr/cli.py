@@ -19,7 +19,6 @@ from . import outbox as sms_outbox
 from .desk import directory
 from .desk.commands import tickets_cli
 from .desk.service import ticket_dict
-from .domain.digits import ascii_digits
 from .domain.lifecycle import TicketStatus
 from .domain.phones import (WITHHELD, as_typed, caller_lockout_key, lockout_name, mask,
                             pmi_digest_of, pmi_lockout_key)
@@ -84,7 +83,7 @@ def accounts_unlock(pmi, caller):
     if bool(pmi) == bool(caller):
         raise click.UsageError("give a PMI or --caller NUMBER")
     lengths = ivr().config.lengths
-    if pmi and ascii_digits(pmi, at_least=lengths.pmi_min, at_most=lengths.pmi_max) is None:
+    if pmi and not lengths.is_pmi(pmi):
         # The IVR counts failures only for a PMI of these lengths: no other value has a lock.
         raise click.ClickException(f"{as_typed(pmi)} is not a PMI: a PMI is {lengths.pmi_min} to "
                                    f"{lengths.pmi_max} digits (0-9).")

@@ -289,6 +289,15 @@ class Lengths(_Model):
     _pmi_ordered = field_validator("pmi_max")(_at_least("pmi_min"))
     _host_key_ordered = field_validator("host_key_max")(_at_least("host_key_min"))
 
+    # The one rule for what a PMI and a host key are (the call flow, the directory import,
+    # `accounts unlock`): so many ASCII digits, no other characters.
+    def is_pmi(self, text: object) -> bool:
+        return ascii_digits(text, at_least=self.pmi_min, at_most=self.pmi_max) is not None
+
+    def is_host_key(self, text: object) -> bool:
+        return ascii_digits(text, at_least=self.host_key_min,
+                            at_most=self.host_key_max) is not None
+
 
 class Lockout(_Model):
     """Limits on guessing host keys, across calls (see SPEC section 4)."""

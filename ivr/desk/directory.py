@@ -11,7 +11,6 @@ from pathlib import Path
 from sqlalchemy.exc import IntegrityError
 
 from ..config import PLANS, ROLES, Lengths
-from ..domain.digits import ascii_digits
 from ..security import HostKeyHasher
 from ..storage import Storage, utcnow
 from ..storage.models import Account
@@ -130,9 +129,9 @@ def parse(text: str, lengths: Lengths, source: str = "accounts CSV") -> list[Row
         elif len(email) > EMAIL_LIMIT:
             reasons.append(f"user_email is {len(email)} characters, more than the "
                            f"{EMAIL_LIMIT} kept")
-        if ascii_digits(pmi, at_least=lengths.pmi_min, at_most=lengths.pmi_max) is None:
+        if not lengths.is_pmi(pmi):
             reasons.append(f"pmi must be {lengths.pmi_min} to {lengths.pmi_max} digits")
-        if ascii_digits(host_key, at_least=lengths.host_key_min, at_most=lengths.host_key_max) is None:
+        if not lengths.is_host_key(host_key):
             reasons.append(f"host_key must be {lengths.host_key_min} to {lengths.host_key_max} digits")
         elif is_trivial(host_key):
             reasons.append("host_key is too easy to guess (one repeated digit or a straight run)")

@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from ..config import IvrConfig, Line
-from .digits import ascii_digits, ascii_number
+from .digits import ascii_number
 from .priority import level_of_key
 
 
@@ -229,14 +229,14 @@ class CallFlow:
 
     def _pmi(self, state: CallState, digits: str, ports: Ports) -> Reply:
         lengths = self.config.lengths
-        if not _digits_between(digits, lengths.pmi_min, lengths.pmi_max):
+        if not lengths.is_pmi(digits):
             return self._retry(state, [say("pmi_invalid", min=lengths.pmi_min, max=lengths.pmi_max)])
         state.pmi = digits
         return self._advance(state, Step.HOST_KEY, [])
 
     def _host_key(self, state: CallState, digits: str, ports: Ports) -> Reply:
         lengths = self.config.lengths
-        if not _digits_between(digits, lengths.host_key_min, lengths.host_key_max):
+        if not lengths.is_host_key(digits):
             return self._retry(
                 state, [say("host_key_invalid", min=lengths.host_key_min, max=lengths.host_key_max)]
             )
@@ -352,10 +352,6 @@ class CallFlow:
             return prompts
         return [say({Step.PMI: "pmi_prompt", Step.HOST_KEY: "host_key_prompt",
                      Step.PRIORITY: "priority_menu"}[state.step])]
-
-
-def _digits_between(digits: str, low: int, high: int) -> bool:
-    return ascii_digits(digits, at_least=low, at_most=high) is not None
 
 
 def _hours(minutes: int) -> str:
