@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from typing import Any, Callable
 
 from flask import Blueprint, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -23,7 +24,8 @@ from ..extension import ivr
 from ..storage import database_unavailable
 from ..storage.helpdesk import status_report
 from .engineers import Engineers
-from .service import STATUSES, BadRequest, Desk, DeskError, parse_call_cursor, parse_moment
+from .service import (STATUSES, BadRequest, Desk, DeskError, call_key, parse_moment,
+                      parse_page_cursor, ticket_key)
 
 log = logging.getLogger("ivr.api")
 
@@ -35,9 +37,9 @@ RETRY_AFTER = "5"  # seconds: a database restarting, or a write lock held past i
 PER_PAGE, MAX_PER_PAGE = 50, 200
 CALL_STATUSES = ("queued", "ringing", "in-progress", "completed", "busy", "failed", "no-answer",
                  "canceled")
-PAGING = ("page", "per_page")
+PAGING = ("page", "per_page", "after")
 TICKET_FILTERS = ("status", "priority", "region", "since", "until") + PAGING
-CALL_FILTERS = ("outcome", "status", "priority", "region", "since", "until", "after") + PAGING
+CALL_FILTERS = ("outcome", "status", "priority", "region", "since", "until") + PAGING
 
 
 
@@ -124,7 +126,10 @@ def _integer(name: str, low: int, high: int | None, default: int | None) -> int 
     return value
 
 
-def _filters(allowed: tuple[str, ...], statuses: tuple[str, ...]) -> dict:
+def _filters(allowed: tuple[str, ...], statuses: tuple[str, ...],
+             key: Callable[[str], Any]) -> dict:
+    """The list's filters and paging: ``page``, or ``after`` (a cursor whose tie-breaking
+    key ``key`` reads) instead of it, and ``per_page``."""
     unknown = sorted(set(request.args) - set(allowed))
     if unknown:
         raise BadRequest(f"{unknown[0][:40]!r} is not a filter here; expected some of "
@@ -145,15 +150,17 @@ def _filters(allowed: tuple[str, ...], statuses: tuple[str, ...]) -> dict:
         raise BadRequest("until: the end of the range must come after its start")
     filters["page"] = _integer("page", 1, None, 1)
     filters["per_page"] = _integer("per_page", 1, MAX_PER_PAGE, PER_PAGE)
+    after = _one("after")
+    if after is not None:
+        if "page" in request.args:
+            raise BadRequest("after: give page or after, not both")
+        filters["after"] = parse_page_cursor(after, key)
     return filters
 
 
-def _page(name: str, page, cursor: bool = False) -> dict:
-    answer = {name: page.items, "page": page.page, "per_page": page.per_page,
-              "total": page.total, "pages": page.pages}
-    if cursor:
-        answer["next"] = page.next
-    return answer
+def _page(name: str, page) -> dict:
+    return {name: page.items, "page": page.page, "per_page": page.per_page,
+            "total": page.total, "pages": page.pages, "next": page.next}
 
 
 # -- endpoints ---------------------------------------------------------------------------
@@ -162,8 +169,8 @@ def _page(name: str, page, cursor: bool = False) -> dict:
 @api.get("/tickets")
 def tickets():
     """Tickets, newest first: ?status=open,in_queue&priority=1&region=Japan&since=&until=
-    &page=&per_page= (at most 200)."""
-    filters = _filters(TICKET_FILTERS, STATUSES)
+    &page=&per_page= (at most 200), or &after= (a page's ``next``) instead of page."""
+    filters = _filters(TICKET_FILTERS, STATUSES, ticket_key)
     return jsonify(_page("tickets", Desk.of(ivr()).tickets(**filters)))
 
 
@@ -171,14 +178,9 @@ def tickets():
 def calls():
     """Calls, newest first: ?outcome=routed,abandoned&status=completed&priority=&region=
     &since=&until=&page=&per_page=, or &after= (a page's ``next``) instead of page."""
-    filters = _filters(CALL_FILTERS, CALL_STATUSES)
+    filters = _filters(CALL_FILTERS, CALL_STATUSES, call_key)
     filters["outcomes"] = _choices("outcome", tuple(o.value for o in Outcome))
-    after = _one("after")
-    if after is not None:
-        if "page" in request.args:
-            raise BadRequest("after: give page or after, not both")
-        filters["after"] = parse_call_cursor(after)
-    return jsonify(_page("calls", Desk.of(ivr()).calls(**filters), cursor=True))
+    return jsonify(_page("calls", Desk.of(ivr()).calls(**filters)))
 
 
 @api.get("/tickets/<ref>")

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..config import IvrConfig
 from ..domain.lifecycle import STATUSES, UNCLOSED, ForbiddenMove, TicketStatus, move
+from ..domain.digits import ascii_number
 from ..domain.priority import RANGE_TEXT, is_level
 from ..domain.phones import as_typed, callable_number, mask
 from ..storage import Storage
@@ -223,30 +224,44 @@ class Page:
         return max(1, -(-self.total // self.per_page))
 
 
-def call_cursor(started_at: dt.datetime, call_sid: str) -> str:
-    """Where a page of calls ended, for ``after``: opaque to clients (URL-safe base64 of
-    the call's start and SID), so its form may change."""
-    text = f"{started_at.astimezone(dt.timezone.utc).isoformat()}|{call_sid}"
+def page_cursor(moment: dt.datetime, key: object) -> str:
+    """Where a page ended, for ``after``: the time a list is sorted by and the key that
+    breaks its ties (a call's start and SID, a ticket's creation and id). Opaque to
+    clients (URL-safe base64), so its form may change; the one codec of every list."""
+    text = f"{moment.astimezone(dt.timezone.utc).isoformat()}|{key}"
     return base64.urlsafe_b64encode(text.encode("utf-8")).decode("ascii").rstrip("=")
 
 
-def parse_call_cursor(text: str) -> tuple[dt.datetime, str]:
-    """The call a cursor names (its start and SID), or BadRequest."""
+def parse_page_cursor(text: str, key: Callable[[str], Any]) -> tuple[dt.datetime, Any]:
+    """The time and key a cursor names, or BadRequest; ``key`` reads the key from its
+    text, None (or ValueError) when it is not one."""
     wrong = BadRequest(f"after: {text[:40]!r} is not a cursor; give the 'next' of the "
                        "page before")
     if not 0 < len(text) <= 200:
         raise wrong
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("utf-8")
-        moment, _, call_sid = raw.partition("|")
+        moment, _, key_text = raw.partition("|")
         started = dt.datetime.fromisoformat(moment)
-        if not call_sid or started.tzinfo is None:
+        value = key(key_text) if key_text else None
+        if value is None or started.tzinfo is None:
             raise ValueError
         # As stored, in UTC; a time whose UTC form leaves the calendar is OverflowError.
         started = started.astimezone(dt.timezone.utc)
     except (ValueError, OverflowError):  # binascii.Error, UnicodeDecodeError are ValueErrors
         raise wrong from None
-    return started, call_sid
+    return started, value
+
+
+def call_key(text: str) -> str:
+    """A call's key in a cursor: its SID."""
+    return text
+
+
+def ticket_key(text: str) -> int | None:
+    """A ticket's key in a cursor: its id, a whole number a database integer holds."""
+    value = ascii_number(text, at_most=10)
+    return value if value is not None and value < 2**31 else None
 
 
 # -- SLA ---------------------------------------------------------------------------------
@@ -526,13 +541,20 @@ class Desk:
 
     # -- lists -------------------------------------------------------------------------
 
-    def tickets(self, *, page: int = 1, per_page: int = 50, **filters) -> Page:
+    def tickets(self, *, page: int = 1, per_page: int = 50,
+                after: tuple[dt.datetime, int] | None = None, **filters) -> Page:
+        """A page of tickets by number (``page``), or the one after a cursor (``after``,
+        read from a page's ``next``), as ``calls`` pages."""
         now = self.clock()
         with self.storage.unit_of_work(readonly=True) as uow:
             rows, total = uow.desk.tickets(
-                offset=(page - 1) * per_page, limit=per_page, **filters)
+                offset=0 if after else (page - 1) * per_page, limit=per_page + 1,
+                after=after, **filters)
+            more, rows = len(rows) > per_page, rows[:per_page]
             items = [ticket_view(t, caller, self.config, now) for t, caller in rows]
-        return Page(items, page, per_page, total)
+        last = rows[-1][0] if more else None
+        return Page(items, None if after else page, per_page, total,
+                    next=page_cursor(last.created_at, last.id) if last else None)
 
     def calls(self, *, page: int = 1, per_page: int = 50,
               after: tuple[dt.datetime, str] | None = None, **filters) -> Page:
@@ -547,7 +569,7 @@ class Desk:
             items = [call_view(call, ticket) for call, ticket in rows]
         last = rows[-1][0] if more else None
         return Page(items, None if after else page, per_page, total,
-                    next=call_cursor(last.started_at, last.call_sid) if last else None)
+                    next=page_cursor(last.started_at, last.call_sid) if last else None)
 
     def unclosed(self, limit: int = 500) -> list[dict]:
         """Tickets not closed yet, least time left to their target first: the first

@@ -40,9 +40,12 @@ class DeskRepository:
     def tickets(self, *, statuses: tuple[str, ...] = (), priority: int | None = None,
                 region: str | None = None, since: dt.datetime | None = None,
                 until: dt.datetime | None = None, offset: int = 0, limit: int | None = None,
-                oldest_first: bool = False) -> tuple[list[tuple[Ticket, str | None]], int]:
-        """Tickets created in [since, until) matching the filters, newest first, with
-        their callers' numbers; and how many match in all."""
+                oldest_first: bool = False, after: tuple[dt.datetime, int] | None = None
+                ) -> tuple[list[tuple[Ticket, str | None]], int]:
+        """Tickets created in [since, until) matching the filters, newest first (then by
+        id), with their callers' numbers; and how many match in all. ``after`` (a
+        ticket's created_at and id) starts the list after that ticket, newest first, where
+        an index range starts, not an OFFSET."""
         where = []
         if statuses:
             where.append(Ticket.status.in_(statuses))
@@ -56,8 +59,15 @@ class DeskRepository:
             where.append(Ticket.created_at < until)
         order = ((Ticket.created_at.asc(), Ticket.id.asc()) if oldest_first
                  else (Ticket.created_at.desc(), Ticket.id.desc()))
+        page_where = list(where)
+        if after is not None:
+            if oldest_first:
+                raise ValueError("after pages tickets newest first only")
+            created, ticket_id = after
+            page_where += [Ticket.created_at <= created,  # one bound the index range ends at
+                           or_(Ticket.created_at < created, Ticket.id < ticket_id)]
         query = (select(Ticket, Call.caller_number).join(Call, Call.call_sid == Ticket.call_sid)
-                 .where(*where).order_by(*order).offset(offset))
+                 .where(*page_where).order_by(*order).offset(offset))
         if limit is not None:
             query = query.limit(limit)
         total = self.session.scalar(select(func.count()).select_from(Ticket).where(*where)) or 0

@@ -161,6 +161,30 @@ def test_tickets_come_in_pages_with_the_total(get, tickets):
     assert {t["number"] for t in first["tickets"] + second["tickets"]} == set(tickets)
 
 
+def test_tickets_are_walked_page_after_page_with_a_cursor_instead_of_an_offset(get, ivr):
+    """As calls are: every answer has ``next``, given back as ``after`` to start the next
+    page where the last one ended, through the index rather than an OFFSET. Tickets
+    logged at the same moment are neither lost nor listed twice."""
+    same = at("2026-11-24 08:00")
+    made = [add_ticket(ivr, created=same, priority=1) for _ in range(3)]
+    made += [add_ticket(ivr, created=at(f"2026-11-2{d} 10:00"), priority=4) for d in (1, 2, 5)]
+    first = get("/api/tickets", per_page=2).get_json()
+    assert first["page"] == 1 and first["total"] == 6 and first["next"]
+    seen, cursor = [t["number"] for t in first["tickets"]], first["next"]
+    while cursor:
+        body = get("/api/tickets", per_page=2, after=cursor).get_json()
+        assert body["page"] is None and body["total"] == 6 and len(body["tickets"]) <= 2
+        seen += [t["number"] for t in body["tickets"]]
+        cursor = body["next"]
+    by_page = [t["number"] for t in get("/api/tickets", per_page=200).get_json()["tickets"]]
+    assert seen == by_page and sorted(seen) == sorted(t.number for t in made)
+    # Filters hold on every page; the last page says there is no next.
+    urgent = get("/api/tickets", priority=1, per_page=2).get_json()
+    rest = get("/api/tickets", priority=1, per_page=2, after=urgent["next"]).get_json()
+    assert [t["priority"] for t in rest["tickets"]] == [1] and rest["next"] is None
+    assert get("/api/tickets", per_page=200).get_json()["next"] is None
+
+
 @pytest.mark.parametrize("params, message", [
     ({"status": "lost"}, "status: 'lost' is not one of open, in_queue"),
     ({"status": ""}, "status: '' is not one of"),
@@ -297,9 +321,20 @@ def test_calls_are_walked_page_after_page_with_a_cursor_instead_of_an_offset(get
     ({"after": "MjAyNi0xMS0yNFQwODowMDowMHxDQTE"}, "is not a cursor"),  # a time with no zone
     ({"after": "fDEyMw", "page": "2"}, "give page or after, not both"),
 ])
-def test_a_bad_cursor_gets_400(get, params, message):
-    response = get("/api/calls", **params)
+@pytest.mark.parametrize("path", ["/api/calls", "/api/tickets"])
+def test_a_bad_cursor_gets_400(get, path, params, message):
+    response = get(path, **params)
     assert response.status_code == 400 and message in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("after", [
+    "MjAyNi0xMS0yNFQwODowMDowMCswMDowMHxDQTE",  # a call's cursor: no ticket id in it
+    "MjAyNi0xMS0yNFQwODowMDowMCswMDowMHw5OTk5OTk5OTk5OTk5OTk5OTk5OTk5OTk5",  # id too long
+    "MjAyNi0xMS0yNFQwODowMDowMCswMDowMHzZoQ",  # a digit that is not ASCII
+])
+def test_a_cursor_that_names_no_ticket_gets_400(get, after):
+    response = get("/api/tickets", after=after)
+    assert response.status_code == 400 and "is not a cursor" in response.get_json()["error"]
 
 
 @pytest.mark.parametrize("params, message", [
