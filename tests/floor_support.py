@@ -26,7 +26,8 @@ def queued(twilio, priority: int, to: str = US_LINE, caller: str = CALLER,
         root = twiml(twilio.post(path, **params, Digits=digits))
     enqueue = root.find("Enqueue")
     number = [e.text for e in root.iter("say-as")][0]
-    return {"sid": sid, "ticket": number, "queue": enqueue.text, "to": to, "caller": caller}
+    return {"sid": sid, "ticket": number, "queue": enqueue.text, "to": to, "caller": caller,
+            "wait": enqueue.get("waitUrl")}
 
 
 def crowd_waiting(ivr, count: int, now, first_number: int = 30_000_000) -> None:

@@ -1,10 +1,14 @@
 """The ticket lifecycle, shared by the call flow and the support desk.
 
-open -> callback_requested | in_queue -> connected -> closed. A waiting caller may ask for
-a callback instead; a caller who hangs up while waiting puts the ticket back in the open
-pile; a dialled desk connects without a queue; any ticket may be closed; a closed ticket
-stays closed. ``move`` is the one rule for every change of status: it raises on a move
-the lifecycle does not allow, for the call service and the desk alike.
+in_queue | open -> callback_requested -> connected -> closed. A routed call's ticket starts
+in_queue (one routed to a dialled desk, open): only a call puts its caller in a queue, so
+no move leads there; a ticket moved out of it has had its caller go or be let go, and
+moved back it would stand among the waiting callers with no one there for an engineer to
+take. A waiting caller may ask for a callback instead; a caller who hangs up while waiting
+puts the ticket back in the open pile; a dialled desk connects without a queue; any ticket
+may be closed; a closed ticket stays closed. ``move`` is the one rule for every change of
+status: it raises on a move the lifecycle does not allow, for the call service and the
+desk alike.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ class TicketStatus(StrEnum):
 
 
 TRANSITIONS: dict[TicketStatus, tuple[TicketStatus, ...]] = {
-    TicketStatus.OPEN: (TicketStatus.IN_QUEUE, TicketStatus.CALLBACK_REQUESTED,
-                        TicketStatus.CONNECTED, TicketStatus.CLOSED),
+    # Not to in_queue: a ticket is created there, by the call that queues its caller.
+    TicketStatus.OPEN: (TicketStatus.CALLBACK_REQUESTED, TicketStatus.CONNECTED,
+                        TicketStatus.CLOSED),
     TicketStatus.IN_QUEUE: (TicketStatus.OPEN, TicketStatus.CALLBACK_REQUESTED,
                             TicketStatus.CONNECTED, TicketStatus.CLOSED),
     # Back to the open pile after the configured number of failed callback attempts.

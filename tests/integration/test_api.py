@@ -224,11 +224,12 @@ def test_an_unknown_ticket_gets_404(get, patch, ref):
 
 def test_patch_moves_a_ticket_on_and_reclassifies_it(patch, ivr, clock):
     ticket = add_ticket(ivr, created=at("2026-11-25 11:30"), priority=3)
-    response = patch(f"/api/tickets/{ticket.number}", {"status": "in_queue", "priority": 1})
+    response = patch(f"/api/tickets/{ticket.number}", {"status": "callback_requested",
+                                                       "priority": 1})
     assert response.status_code == 200
     body = response.get_json()
     assert (body["status"], body["priority"], body["target_response_minutes"]) == (
-        "in_queue", 1, 60)
+        "callback_requested", 1, 60)
     assert body["updated_at"] == clock.now.isoformat() and body["seconds_left"] == 1800
     body = patch(f"/api/tickets/{ticket.id}", {"status": "connected"}).get_json()
     assert body["connected_at"] == clock.now.isoformat()
@@ -240,6 +241,13 @@ def test_patch_refuses_a_move_the_lifecycle_forbids_with_409(patch, ivr):
     assert response.status_code == 409
     assert response.get_json() == {"error": f"ticket {ticket.number} cannot go from closed to "
                                              "open (allowed from closed: none: it is final)"}
+    # Only a call puts its caller in a queue: the desk cannot, whoever is on the line.
+    ticket = add_ticket(ivr, created=at("2026-11-25 11:30"))
+    response = patch(f"/api/tickets/{ticket.number}", {"status": "in_queue"})
+    assert response.status_code == 409
+    assert response.get_json() == {"error": f"ticket {ticket.number} cannot go from open to "
+                                             "in_queue (allowed from open: callback_requested, "
+                                             "connected, closed)"}
 
 
 @pytest.mark.parametrize("body, message", [

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from sqlalchemy import select
 
+from ivr.desk.service import Conflict, Desk
 from ivr.sim.simulator import new_call_sid
 from ivr.storage.engineers import Assignment, DeskAction, FloorRepository
 from ivr.storage.models import Ticket
@@ -68,6 +69,26 @@ def test_the_engineer_gets_the_newer_p1_before_the_older_p3_and_the_whisper_name
     again = twiml(twilio.post("/voice/agent", **engineer_params(agent_sid), Digits="1"))
     assert digits_spoken(again) == [older_p3["ticket"]]
     assert again.find("Dial/Queue").text == older_p3["queue"]
+
+
+def test_the_desk_cannot_put_a_ticket_back_in_the_queue_so_no_engineer_is_whispered_a_gone_caller(
+        twilio, ivr, app):
+    """Only a call puts its caller in a queue. A ticket the desk moved to the open pile
+    has had its caller let go (told why, then hung up): moved back to in_queue, it would
+    stand among the waiting callers until Twilio's report of the hang-up arrived (or, that
+    report lost, until the stranded sweep), and the engineer line would whisper it to an
+    engineer and dial a queue with no one in it."""
+    add_engineer(ivr)
+    waiting = queued(twilio, 1)
+    desk = Desk.of(ivr)
+    desk.update(waiting["ticket"], status="open", actor="aiko")
+    let_go = twiml(twilio.post(waiting["wait"], **twilio.call_params(waiting["sid"])))
+    assert [e.tag for e in let_go][-1] == "Hangup"
+    with pytest.raises(Conflict, match="cannot go from open to in_queue"):
+        desk.update(waiting["ticket"], status="in_queue", actor="aiko")
+    assert ticket(ivr, waiting["ticket"]).status == "open"
+    root = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid())))
+    assert digits_spoken(root) == [] and root.find("Dial/Queue") is None
 
 
 def test_a_caller_being_put_through_while_the_database_is_away_hears_the_engineer_is_joining(
