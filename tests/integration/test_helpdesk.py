@@ -12,6 +12,7 @@ import requests
 from sqlalchemy import select
 
 from ivr.desk.service import Desk
+from ivr.helpdesk.sender import Sender
 from ivr.sim.simulator import Simulator, WsgiTransport, new_call_sid
 from ivr.storage import HelpdeskDelivery, HelpdeskJob, HelpdeskJobRepository
 from ivr.storage.engineers import DeskAction
@@ -462,6 +463,34 @@ def test_refusals_are_permanent_with_zendesks_message_until_an_operator_retries(
     assert "1 failed push queued again" in cli("helpdesk", "retry", str(job.id)).output
     assert sender(ivr, clock).drain()["sent"] == 1
     assert len(fake.tickets) == 1
+
+
+def test_a_create_refused_for_the_configured_field_ids_is_retried_with_the_ids_fixed_since(
+        simulator, ivr, fake, clock, cli):
+    """The push keeps the fields by name; their Zendesk ids come from the configuration
+    the sender runs with. An operator who corrects ``custom_fields`` after a 422 and
+    retries sends the corrected ids, once: the refused create left no ticket and no
+    Idempotency-Key behind, so the same key makes the one ticket."""
+    number = call(simulator)
+    fake.fail_next(1, 422)  # e.g. "Custom fields: id is invalid" for ids of another account
+    assert sender(ivr, clock).drain()["failed"] == 1
+    refused = fake.writes()[-1]
+    assert {f["id"] for f in refused["json"]["ticket"]["custom_fields"]} == {360001, 360002}
+
+    fixed = ivr.config.helpdesk.model_copy(
+        update={"custom_fields": {"region": 370001, "plan": 370002}})
+    config = ivr.config.model_copy(update={"helpdesk": fixed})
+    (job,) = jobs(ivr)
+    assert "1 failed push queued again" in cli("helpdesk", "retry", str(job.id)).output
+    clock.advance(days=1)
+    restarted = Sender(ivr.storage, config, ivr.settings, clock=clock, jitter=lambda: 1.0)
+    assert restarted.drain()["sent"] == 1
+    retried = fake.writes()[-1]
+    assert retried["headers"]["Idempotency-Key"] == refused["headers"]["Idempotency-Key"]
+    (ticket,) = fake.tickets.values()
+    assert ticket["external_id"] == number
+    assert {"id": 370001, "value": "Japan"} in ticket["custom_fields"]
+    assert {f["id"] for f in ticket["custom_fields"]} == {370001, 370002}
 
 
 @short_time_out
