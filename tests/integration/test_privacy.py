@@ -133,27 +133,39 @@ def test_the_desk_shows_an_anonymised_caller_as_withheld(app, aged, clock):
     assert view["caller"] == "…" and view["callback_number"] is None
 
 
+def captured_log(monkeypatch):
+    """What the service's log handler writes, from here to the end of the test."""
+    import io
+    import logging
+
+    stream = io.StringIO()
+    monkeypatch.setattr(logging.getLogger("ivr").handlers[0], "stream", stream)
+    return stream
+
+
+def failing_on_a_row_quoting_numbers(statement: str, column: str, more: str = ""):
+    """A repository method failing as PostgreSQL fails on a NOT NULL column: its error
+    quotes the row, with a caller's number and a PMI in it."""
+    from sqlalchemy.exc import IntegrityError
+
+    def failing(*_args, **_kwargs):
+        raise IntegrityError(statement, {}, Exception(
+            f"null value in column \"{column}\" violates not-null constraint\nDETAIL:  "
+            f"Failing row contains (CA77, +14155550123, 912345678{more})."))
+
+    return failing
+
+
 def test_a_failing_webhook_logs_its_error_without_the_numbers_the_database_quoted(
         twilio, ivr, call_sid, monkeypatch):
     """PostgreSQL quotes a failing row in its error ("Failing row contains (...)"): the
     caller's number and a PMI would reach the log with the traceback. The log's formatter
     keeps the last four digits of every long number in an error's text."""
-    import io
-    import logging
-
-    from sqlalchemy.exc import IntegrityError
-
     from ivr.storage.calls import CallRepository
 
-    def failing(*_args, **_kwargs):
-        raise IntegrityError("INSERT INTO calls ...", {}, Exception(
-            "null value in column \"step\" violates not-null constraint\nDETAIL:  Failing "
-            "row contains (CA77, +14155550123, 912345678, 2026-11-25 12:00:00.123456)."))
-
-    handler = logging.getLogger("ivr").handlers[0]
-    stream = io.StringIO()
-    monkeypatch.setattr(handler, "stream", stream)
-    monkeypatch.setattr(CallRepository, "save", failing)
+    stream = captured_log(monkeypatch)
+    monkeypatch.setattr(CallRepository, "save", failing_on_a_row_quoting_numbers(
+        "INSERT INTO calls ...", "step", ", 2026-11-25 12:00:00.123456"))
     twilio.post("/voice", **twilio.call_params(call_sid))
     answer = twilio.post("/voice/menu", **{**twilio.call_params(call_sid), "Digits": "2"})
     assert answer.status_code == 200  # the caller still hears the fallback
@@ -166,12 +178,7 @@ def test_a_failing_webhook_logs_its_error_without_the_numbers_the_database_quote
 def test_a_line_break_from_a_request_cannot_forge_a_line_of_the_log(desk_app, monkeypatch):
     """A refused API request logs its path; a %0A in it must not start a new entry that
     reads like the service's own."""
-    import io
-    import logging
-
-    handler = logging.getLogger("ivr").handlers[0]
-    stream = io.StringIO()
-    monkeypatch.setattr(handler, "stream", stream)
+    stream = captured_log(monkeypatch)
     forged = "2026-11-25 12:00:00,000 INFO ivr.dashboard: dashboard sign-in (admin)"
     response = desk_app.test_client().get("/api/tickets/1%0A" + forged.replace(" ", "%20"),
                                      headers={"Authorization": "Bearer wrong"})
@@ -187,9 +194,6 @@ def test_the_senders_line_about_a_database_that_does_not_answer_cuts_the_numbers
     """`outbox drain --watch` says in one line, not a traceback, why the database does not
     answer, and that line quotes the driver's error: the error's text is not the service's
     own, so a long number in it is cut to its last four digits, as in a traceback."""
-    import io
-    import logging
-
     from sqlalchemy.exc import OperationalError
 
     from ivr import outbox
@@ -204,9 +208,7 @@ def test_the_senders_line_about_a_database_that_does_not_answer_cuts_the_numbers
     def sleep(_seconds):
         raise Stop
 
-    handler = logging.getLogger("ivr").handlers[0]
-    stream = io.StringIO()
-    monkeypatch.setattr(handler, "stream", stream)
+    stream = captured_log(monkeypatch)
     monkeypatch.setattr(outbox, "drain_all", down)
     monkeypatch.setattr(outbox.time, "sleep", sleep)
     with pytest.raises(Stop):
@@ -222,22 +224,11 @@ def test_a_command_that_fails_unexpectedly_shows_its_traceback_without_the_numbe
     standard error. A command that failed on an error nobody foresaw printed Python's own
     traceback, and with it the row PostgreSQL quoted in full; the traceback now goes
     through the log's formatter, as a webhook's does, and the command exits with 1."""
-    import io
-    import logging
-
-    from sqlalchemy.exc import IntegrityError
-
     from ivr.storage.retention import RetentionRepository
 
-    def failing(*_args, **_kwargs):
-        raise IntegrityError("UPDATE calls ...", {}, Exception(
-            "null value in column \"region\" violates not-null constraint\nDETAIL:  Failing "
-            "row contains (CA77, +14155550123, 912345678)."))
-
-    handler = logging.getLogger("ivr").handlers[0]
-    stream = io.StringIO()
-    monkeypatch.setattr(handler, "stream", stream)
-    monkeypatch.setattr(RetentionRepository, "apply", failing)
+    stream = captured_log(monkeypatch)
+    monkeypatch.setattr(RetentionRepository, "apply",
+                        failing_on_a_row_quoting_numbers("UPDATE calls ...", "region"))
     result = app.test_cli_runner().invoke(args=["retention", "apply"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result
     logged = stream.getvalue()
