@@ -253,8 +253,14 @@ def parse_page_cursor(text: str, key: Callable[[str], Any]) -> tuple[dt.datetime
     return started, value
 
 
-def call_key(text: str) -> str:
-    """A call's key in a cursor: its SID."""
+CALL_SID_LIMIT = 64  # characters, as calls.call_sid is kept
+
+
+def call_key(text: str) -> str | None:
+    """A call's key in a cursor: its SID, printable ASCII a call's SID column holds (not a
+    NUL, which PostgreSQL refuses in any text)."""
+    if len(text) > CALL_SID_LIMIT or not (text.isascii() and text.isprintable()):
+        return None
     return text
 
 

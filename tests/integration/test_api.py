@@ -1,5 +1,7 @@
 """The support desk's JSON API: bearer token, filters, paging, ticket changes, errors."""
 
+import base64
+
 import pytest
 
 from ..desk_support import ADMIN_TOKEN, add_call, add_ticket, admin_app, at
@@ -407,3 +409,15 @@ def test_the_api_and_dashboard_answer_503_on_a_database_without_its_tables(setti
         session["sid"] = "a-session-id"
     assert client.get("/admin/").status_code == 503
     app.extensions["ivr"].storage.dispose()
+
+
+@pytest.mark.parametrize("sid", ["CA\x00", "CA\x1b[2J", "CA\u00e9", "CA" + "1" * 63])
+def test_a_call_cursor_whose_sid_no_call_could_have_gets_400(get, sid):
+    """A cursor is the client's text: one naming a SID no call could have (a NUL, which
+    PostgreSQL refuses in any text and answered with a 500, a control character, a letter
+    that is not ASCII, more characters than a SID is kept with) is refused as a cursor, not
+    sent to the database."""
+    raw = f"2026-11-24T08:00:00+00:00|{sid}".encode("utf-8")
+    after = base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+    response = get("/api/calls", after=after)
+    assert response.status_code == 400 and "is not a cursor" in response.get_json()["error"]
