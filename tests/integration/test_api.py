@@ -1,6 +1,7 @@
 """The support desk's JSON API: bearer token, filters, paging, ticket changes, errors."""
 
 import base64
+import re
 
 import pytest
 
@@ -394,6 +395,8 @@ def test_the_api_and_dashboard_answer_503_not_500_while_the_database_is_unreacha
     page = client.get("/admin/")
     assert page.status_code == 503 and "database" in page.get_data(as_text=True)
     assert page.headers["Retry-After"]
+    # Headed as a pause, not as a refusal of what was asked.
+    assert re.search(r"<h1>\s*Not available just now\s*</h1>", page.get_data(as_text=True))
     app.extensions["ivr"].storage.dispose()
 
 
