@@ -76,10 +76,16 @@ def routed_status(dialled: bool) -> TicketStatus:
 
 # How a wait in the queue (or a dialled desk) ended -> where the ticket goes. Twilio's
 # QueueResult values, and DialCallStatus for a dialled desk. Any other result (the queue
-# was full, the desk did not answer, the caller left for a callback) asks for a callback.
+# was full or shut down, an error, the desk did not answer, the caller left for a
+# callback) asks for a callback.
 QUEUE_RESULTS: dict[str, TicketStatus] = {
     "hangup": TicketStatus.OPEN,            # gave up waiting: back to the open pile
     "bridged": TicketStatus.CONNECTED,      # an agent took the call
+    "bridging-in-process": TicketStatus.CONNECTED,  # an agent is taking it right now
+    "redirected-from-bridged": TicketStatus.CONNECTED,  # redirected after the conversation
+    # Redirected out of the queue to other instructions: no one took the ticket and no
+    # callback was asked for, so it goes back to the open pile (a callback asked for stays).
+    "redirected": TicketStatus.OPEN,
     "completed": TicketStatus.CONNECTED,    # a dialled desk answered
     "answered": TicketStatus.CONNECTED,
 }

@@ -160,11 +160,14 @@ class Renderer:
 
     def after_queue(self, line: Line | None, ticket_number: str | None, result: str,
                     english: bool, can_call_back: bool = True) -> str:
-        """What a caller hears when the queue ends: nothing after a conversation, the
+        """What a caller hears when the queue ends: nothing after a conversation (nor,
+        with no hang-up, when the call was handed over elsewhere: ``HANDED_OVER``), the
         callback confirmation after leaving for one, and that the ticket is kept when
         the queue or desk could not take the call (followed up by email when the
         caller's number cannot be called back). A caller put through to a menu extension
         that was busy or did not answer has no ticket, and hears so before the end."""
+        if result in HANDED_OVER:
+            return EMPTY
         response = VoiceResponse()
         if ticket_number and result == "leave":
             self._speak(response, Reply((say("callback_confirmed", ticket=ticket_number),),
@@ -273,6 +276,10 @@ del _hangup
 
 # Queue and dial results after which the caller needs to hear nothing more.
 SERVED = ("bridged", "hangup", "completed", "answered")
+# Queue results that hand the live call over elsewhere: to an engineer being bridged in
+# right now, or to other instructions it was redirected to (out of the queue, or out of
+# its conversation). Those run the call now: nothing is said and it is not hung up.
+HANDED_OVER = ("bridging-in-process", "redirected", "redirected-from-bridged")
 # A <Dial>'s DialCallStatus when the other side never took the call ("canceled" is the
 # caller hanging up first: no one is left to hear anything).
 UNANSWERED_DIAL = ("busy", "no-answer", "failed")

@@ -177,6 +177,29 @@ def test_queue_results_move_the_ticket_and_tell_the_caller_what_happens(
         assert session.get(Call, result.call_sid).queue_seconds == 42
 
 
+@pytest.mark.parametrize("queue_result, status", [
+    ("bridging-in-process", "connected"), ("redirected", "open"),
+    ("redirected-from-bridged", "connected"),
+])
+def test_a_wait_handed_over_elsewhere_neither_promises_a_callback_nor_ends_the_call(
+        simulator, twilio, ivr, queue_result, status):
+    """Twilio's other ways out of the queue: being bridged to an engineer right now, or
+    redirected out of the queue (or out of a conversation) to other instructions. The
+    caller is in other hands: they hear nothing from us, the call is not hung up under
+    them, and the ticket goes where that end sends it, never to the callback pile."""
+    result = routed(simulator)
+    params = {**twilio.call_params(result.call_sid), "QueueResult": queue_result,
+              "QueueTime": "42"}
+    root = twiml(twilio.post(f"/voice/queue-result?ticket={result.ticket}&priority=1",
+                             **params))
+    assert list(root) == []
+    ticket = ticket_of(ivr, result.call_sid)
+    assert (ticket.status, ticket.callback_number) == (status, None)
+    again = twiml(twilio.post(f"/voice/queue-result?ticket={result.ticket}&priority=1",
+                              **params))
+    assert list(again) == [] and ticket_of(ivr, result.call_sid).status == status
+
+
 @pytest.mark.parametrize("to, language", [("+18887999666", "en-US"),
                                           ("+81531320070", "ja-JP"),
                                           ("+33800946464", "fr-FR")])
