@@ -103,7 +103,7 @@ class Callbacks:
             talking = floor.talking_with(info.name, now - LONGEST_CONVERSATION)
             if talking is not None:
                 raise Conflict(f"{info.name} is talking to a caller on the engineer line "
-                               f"(ticket {talking})")
+                               f"(ticket {talking}){_if_ended(info.name)}")
             # Nor one with an engineer rung for, or talking on, another ticket's callback.
             other = floor.on_a_callback(info.name, now - limit, now - LONGEST_CONVERSATION)
             if other is not None:
@@ -192,3 +192,9 @@ def attempt_view(attempt) -> dict:
             "created_at": attempt.created_at.isoformat(),
             "ended_at": attempt.ended_at.isoformat() if attempt.ended_at else None,
             "answered": customer_outcome(attempt.outcome or "") == "answered"}
+
+
+def _if_ended(engineer: str) -> str:
+    """How the desk clears a conversation whose end Twilio's reports never brought (the
+    database was away as they came), which would otherwise hold for hours."""
+    return f"; if that call has ended, `engineers calls-ended {engineer}` says so"

@@ -18,12 +18,19 @@ from typing import Callable
 from sqlalchemy.exc import IntegrityError
 
 from ..config import IvrConfig
-from ..domain.engineers import RESERVED_NAMES, EngineerInfo, parse_list, primary_language
+from ..domain.engineers import (
+    CALL_ENDED,
+    LONGEST_CONVERSATION,
+    RESERVED_NAMES,
+    EngineerInfo,
+    parse_list,
+    primary_language,
+)
 from ..domain.priority import LEVELS
 from ..domain.phones import callable_number
 from ..security import HostKeyHasher
 from ..storage import Storage
-from ..storage.engineers import Engineer, EngineerRepository, engineer_info
+from ..storage.engineers import Engineer, EngineerRepository, FloorRepository, engineer_info
 from .service import BadRequest, Conflict, NotFound
 
 TOKEN_PREFIX = "eng_"
@@ -143,6 +150,29 @@ class Engineers:
             session = uow.session
             if not EngineerRepository(self.storage, session).remove(name):
                 raise NotFound(f"no engineer named {name[:40]!r}")
+
+    def calls_ended(self, name: str, actor: str) -> list[str]:
+        """The desk says every call of this engineer's has ended, when Twilio's reports
+        of their end were lost (the database was away as they came): her conversations
+        on the engineer line and her callbacks put through no longer count, so callbacks
+        may be placed with her again. What 1 at the engineer line's "if that call has
+        ended" prompt does, for an engineer who does not call it. Returns the tickets of
+        the engineer-line callers so released; each records who said so."""
+        now = self.clock()
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            engineers = EngineerRepository(self.storage, session)
+            engineer = engineers.named(name)
+            if engineer is None:
+                raise NotFound(f"no engineer named {name[:40]!r}")
+            engineers.hold(engineer.name)  # one at a time with her engineer-line requests
+            floor = FloorRepository(self.storage, session)
+            floor.callbacks_ended(engineer.name, now)
+            ended = floor.conversations_ended(engineer.name, now - LONGEST_CONVERSATION, now)
+            for ticket_id, _ in ended:
+                floor.record(ticket_id, actor, CALL_ENDED, f"{engineer.name}'s call, said by "
+                             "the desk", now)
+        return [number for _, number in ended]
 
     def rotate_token(self, name: str) -> str:
         """A new token for an engineer; the old one stops working at once."""

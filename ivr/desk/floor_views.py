@@ -102,6 +102,19 @@ def engineers_rotate_token(name):
     click.echo(token)
 
 
+@engineers_cli.command("calls-ended")
+@click.argument("name")
+def engineers_calls_ended(name):
+    """Say an engineer's calls have ended when Twilio's reports of their end were lost:
+    callbacks may then be placed with her again."""
+    numbers = _run(Engineers.of(ivr()).calls_ended, name, ADMIN)
+    if numbers:
+        click.echo(f"{name} is no longer counted as talking to the caller of ticket "
+                   + ", ".join(numbers) + ".")
+    else:
+        click.echo(f"{name} was not counted as talking to a caller on the engineer line.")
+
+
 @tickets_cli.command("callback")
 @click.argument("ref", metavar="ID")
 @click.option("--engineer", help="Who takes the call (default: the only engineer).")

@@ -23,6 +23,9 @@ RESERVED_NAMES = (ADMIN, HELPDESK_ACTOR, SYSTEM_ACTOR, UNKNOWN_ENGINEER)
 # The longest an engineer line's <Dial> can last: Twilio's timeLimit, four hours unless set
 # (the line sets none). A conversation connected longer ago has ended, whatever was lost.
 LONGEST_CONVERSATION = dt.timedelta(hours=4)
+# A ticket's history entry when the engineer or the desk says a conversation on the
+# engineer line has ended whose end Twilio's reports never brought.
+CALL_ENDED = "call ended"
 
 QUEUE_NAME_LIMIT = 64  # Twilio's limit on a queue's name
 # A configured queue group's longest name: a caller's own queue adds ".<ticket>" (eight

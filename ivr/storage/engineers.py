@@ -339,16 +339,25 @@ class FloorRepository:
         line (a call of theirs other than ``other_than``), if any: connected since a time,
         and the caller's wait has no result yet (Twilio reports a bridged wait's result
         when the conversation ends) nor has their call ended."""
-        query = (select(Ticket.number)
-                 .join(Assignment, Ticket.id == Assignment.ticket_id)
-                 .join(Call, Call.call_sid == Ticket.call_sid)
-                 .where(Assignment.engineer == engineer,
-                        Assignment.connected_at >= connected_since,
-                        Assignment.engineer_call_sid.is_not(None),
-                        Call.ended_at.is_(None), Call.queue_result.is_(None)))
-        if other_than is not None:
-            query = query.where(Assignment.engineer_call_sid != other_than)
+        query = _talking(select(Ticket.number), engineer, connected_since, other_than)
         return self.session.execute(query.limit(1)).scalar()
+
+    def conversations_ended(self, engineer: str, connected_since: dt.datetime,
+                            now: dt.datetime,
+                            other_than: str | None = None) -> list[tuple[int, str]]:
+        """The engineer (or the desk) says every conversation ``talking_with`` still
+        counts for her has ended: Twilio's reports of its end were lost. The caller's
+        call is marked ended now, as a final status would (one that comes late keeps
+        this time), so no longer counted. Returns those callers' tickets (id, number)."""
+        rows = self.session.execute(_talking(select(Ticket.id, Ticket.number, Ticket.call_sid),
+                                             engineer, connected_since, other_than)).all()
+        if rows:
+            self.session.execute(
+                update(Call).where(Call.call_sid.in_([sid for _, _, sid in rows]),
+                                   Call.ended_at.is_(None))
+                .values(ended_at=now, updated_at=now)
+                .execution_options(synchronize_session=False))
+        return [(ticket_id, number) for ticket_id, number, _ in rows]
 
     def release(self, ticket_id: int, engineer_call_sid: str, now: dt.datetime) -> bool:
         """Give up a claim that never connected (the caller left meanwhile). The call's
@@ -451,6 +460,20 @@ class FloorRepository:
             select(CallbackAttempt).where(CallbackAttempt.ticket_id == ticket_id,
                                           CallbackAttempt.outcome.is_(None))
             .order_by(CallbackAttempt.id.desc())).first()
+
+
+def _talking(query, engineer: str, connected_since: dt.datetime, other_than: str | None):
+    """``query`` narrowed to the tickets of callers this engineer is talking to on the
+    engineer line (``FloorRepository.talking_with``)."""
+    query = (query.join(Assignment, Ticket.id == Assignment.ticket_id)
+             .join(Call, Call.call_sid == Ticket.call_sid)
+             .where(Assignment.engineer == engineer,
+                    Assignment.connected_at >= connected_since,
+                    Assignment.engineer_call_sid.is_not(None),
+                    Call.ended_at.is_(None), Call.queue_result.is_(None)))
+    if other_than is not None:
+        query = query.where(Assignment.engineer_call_sid != other_than)
+    return query
 
 
 def _iso(moment: dt.datetime | None) -> str | None:

@@ -272,7 +272,8 @@ def test_a_callback_is_refused_while_its_engineer_talks_to_a_caller_on_the_engin
     refused = place(app, waiting["ticket"], {"engineer": "aiko"})
     assert refused.status_code == 409
     assert refused.get_json()["error"] == ("aiko is talking to a caller on the engineer line "
-                                           "(ticket " + in_queue["ticket"] + ")")
+                                           "(ticket " + in_queue["ticket"] + "); if that call "
+                                           "has ended, `engineers calls-ended aiko` says so")
     assert http.requests == []
     ticket, assignment, attempts = state(ivr, waiting["ticket"])
     assert ticket.status == "callback_requested" and attempts == []
@@ -283,6 +284,57 @@ def test_a_callback_is_refused_while_its_engineer_talks_to_a_caller_on_the_engin
                 **twilio.call_params(in_queue["sid"], caller=in_queue["caller"]),
                 QueueResult="bridged", QueueTime="30")
     assert place(app, waiting["ticket"], {"engineer": "aiko"}).status_code == 201
+
+
+def never_reported_ended(app, twilio, ivr):
+    """aiko takes a caller on the engineer line; the conversation ends, but neither its
+    queue result nor the caller's status ever arrives. A ticket waiting for a callback."""
+    add_engineer(ivr)
+    in_queue = queued(twilio, 2, caller="+14155550111")
+    waiting = waiting_for_callback(twilio)
+    talking_on_the_line(twilio, new_call_sid(), in_queue)
+    refused = place(app, waiting["ticket"], {"engineer": "aiko"})
+    assert refused.status_code == 409
+    return in_queue, waiting, refused.get_json()["error"]
+
+
+def test_an_engineer_who_says_her_unreported_conversation_ended_can_be_given_a_callback(
+        app, twilio, ivr, http):
+    """1 at the engineer line's "if that call has ended" prompt is the engineer's word
+    that her last conversation is over: the desk takes it too, rather than refusing
+    callbacks with her for hours."""
+    in_queue, waiting, _ = never_reported_ended(app, twilio, ivr)
+    again = new_call_sid()
+    prompt = twiml(twilio.post("/voice/agent", **engineer_params(again)))
+    twiml(twilio.post(prompt.find("Gather").get("action"), **engineer_params(again),
+                      Digits="1"))
+    assert place(app, waiting["ticket"], {"engineer": "aiko"}).status_code == 201
+
+
+def test_the_desk_can_say_an_engineers_unreported_conversation_has_ended(
+        app, twilio, ivr, http):
+    """Only the engineer could clear a conversation whose end was never reported, by
+    calling the engineer line again. The 409 says how the desk can, and
+    ``engineers calls-ended NAME`` does: the callback then goes, and the caller's
+    ticket keeps who said so."""
+    in_queue, waiting, error = never_reported_ended(app, twilio, ivr)
+    assert error == ("aiko is talking to a caller on the engineer line (ticket "
+                     + in_queue["ticket"] + "); if that call has ended, "
+                     "`engineers calls-ended aiko` says so")
+    ran = app.test_cli_runner().invoke(args=["engineers", "calls-ended", "aiko"])
+    assert ran.exit_code == 0, ran.output
+    assert in_queue["ticket"] in ran.output
+    assert place(app, waiting["ticket"], {"engineer": "aiko"}).status_code == 201
+    with ivr.storage.transaction() as session:
+        ticket = session.scalars(select(Ticket).where(
+            Ticket.number == in_queue["ticket"])).one()
+        history = FloorRepository(ivr.storage, session).actions(ticket.id)
+    assert [(a.actor, a.action) for a in history][-1] == ("admin", "call ended")
+
+
+def test_saying_calls_ended_for_an_unknown_engineer_is_refused(app):
+    ran = app.test_cli_runner().invoke(args=["engineers", "calls-ended", "nobody"])
+    assert ran.exit_code != 0 and "nobody" in ran.output
 
 
 def test_a_callback_placed_while_the_customer_answers_the_last_one_waits_not_deadlocks(

@@ -106,7 +106,8 @@ def test_the_button_says_why_no_callback_rings_an_engineer_talking_on_the_line(
     assert http.requests == []
     page = floor(browser)
     assert any(p.text() == ("Callback not placed: aiko is talking to a caller on the "
-                            f"engineer line (ticket {in_queue['ticket']})")
+                            f"engineer line (ticket {in_queue['ticket']}); if that call "
+                            "has ended, `engineers calls-ended aiko` says so")
                for p in page.iter("p"))
     assert page.find("callbacks").rows()[0][1][4] == "0"  # no try counted
 
