@@ -260,20 +260,30 @@ def test_a_second_callback_is_refused_while_the_customer_rings_for_the_first(
     assert place(app, waiting["ticket"], {"engineer": "ben"}).status_code == 201
 
 
-def test_a_callback_is_refused_while_its_engineer_talks_to_a_caller_on_the_engineer_line(
-        app, twilio, ivr, http, clock):
-    """Ringing an engineer in a conversation would interrupt it or go to their voicemail,
-    and count an attempt against the ticket: the desk is told why, and nothing rings."""
+def talking_on_the_engineer_line(app, twilio, ivr):
+    """aiko takes a caller on the engineer line while another ticket waits for a callback,
+    which the desk is refused: (the caller's queue entry, the waiting one, the refusal)."""
     add_engineer(ivr)
     in_queue = queued(twilio, 2, caller="+14155550111")
     waiting = waiting_for_callback(twilio)
     talking_on_the_line(twilio, new_call_sid(), in_queue)
-
     refused = place(app, waiting["ticket"], {"engineer": "aiko"})
     assert refused.status_code == 409
-    assert refused.get_json()["error"] == ("aiko is talking to a caller on the engineer line "
-                                           "(ticket " + in_queue["ticket"] + "); if that call "
-                                           "has ended, `engineers calls-ended aiko` says so")
+    return in_queue, waiting, refused.get_json()["error"]
+
+
+def on_the_line_refusal(ticket: str) -> str:
+    """What the desk is told when aiko is talking to the caller of ``ticket``."""
+    return (f"aiko is talking to a caller on the engineer line (ticket {ticket}); if that "
+            "call has ended, `engineers calls-ended aiko` says so")
+
+
+def test_a_callback_is_refused_while_its_engineer_talks_to_a_caller_on_the_engineer_line(
+        app, twilio, ivr, http, clock):
+    """Ringing an engineer in a conversation would interrupt it or go to their voicemail,
+    and count an attempt against the ticket: the desk is told why, and nothing rings."""
+    in_queue, waiting, error = talking_on_the_engineer_line(app, twilio, ivr)
+    assert error == on_the_line_refusal(in_queue["ticket"])
     assert http.requests == []
     ticket, assignment, attempts = state(ivr, waiting["ticket"])
     assert ticket.status == "callback_requested" and attempts == []
@@ -286,24 +296,12 @@ def test_a_callback_is_refused_while_its_engineer_talks_to_a_caller_on_the_engin
     assert place(app, waiting["ticket"], {"engineer": "aiko"}).status_code == 201
 
 
-def never_reported_ended(app, twilio, ivr):
-    """aiko takes a caller on the engineer line; the conversation ends, but neither its
-    queue result nor the caller's status ever arrives. A ticket waiting for a callback."""
-    add_engineer(ivr)
-    in_queue = queued(twilio, 2, caller="+14155550111")
-    waiting = waiting_for_callback(twilio)
-    talking_on_the_line(twilio, new_call_sid(), in_queue)
-    refused = place(app, waiting["ticket"], {"engineer": "aiko"})
-    assert refused.status_code == 409
-    return in_queue, waiting, refused.get_json()["error"]
-
-
 def test_an_engineer_who_says_her_unreported_conversation_ended_can_be_given_a_callback(
         app, twilio, ivr, http):
     """1 at the engineer line's "if that call has ended" prompt is the engineer's word
     that her last conversation is over: the desk takes it too, rather than refusing
     callbacks with her for hours."""
-    in_queue, waiting, _ = never_reported_ended(app, twilio, ivr)
+    in_queue, waiting, _ = talking_on_the_engineer_line(app, twilio, ivr)
     again = new_call_sid()
     prompt = twiml(twilio.post("/voice/agent", **engineer_params(again)))
     twiml(twilio.post(prompt.find("Gather").get("action"), **engineer_params(again),
@@ -317,10 +315,8 @@ def test_the_desk_can_say_an_engineers_unreported_conversation_has_ended(
     calling the engineer line again. The 409 says how the desk can, and
     ``engineers calls-ended NAME`` does: the callback then goes, and the caller's
     ticket keeps who said so."""
-    in_queue, waiting, error = never_reported_ended(app, twilio, ivr)
-    assert error == ("aiko is talking to a caller on the engineer line (ticket "
-                     + in_queue["ticket"] + "); if that call has ended, "
-                     "`engineers calls-ended aiko` says so")
+    in_queue, waiting, error = talking_on_the_engineer_line(app, twilio, ivr)
+    assert error == on_the_line_refusal(in_queue["ticket"])
     ran = app.test_cli_runner().invoke(args=["engineers", "calls-ended", "aiko"])
     assert ran.exit_code == 0, ran.output
     assert in_queue["ticket"] in ran.output
