@@ -96,6 +96,28 @@ def on_starting(server):
             shutil.rmtree(other, ignore_errors=True)
 
 
+def when_ready(server):
+    """The configuration is checked once here, in the master, before any worker boots: a
+    refusal is one message and gunicorn's "app failed to load" status. Left to the workers
+    alone (``_halt_on_a_refused_configuration``), two that refused at the same instant
+    made gunicorn raise again while it was stopping: a traceback and exit status 1."""
+    import sys
+
+    from gunicorn.arbiter import Arbiter
+
+    from ivr import load_configuration
+
+    try:
+        load_configuration()
+    except SystemExit as refused:
+        if not isinstance(refused.code, str):
+            raise
+        print(refused.code, file=sys.stderr, flush=True)
+        if server.pidfile is not None:
+            server.pidfile.unlink()
+        sys.exit(Arbiter.APP_LOAD_ERROR)
+
+
 def child_exit(server, worker):
     from prometheus_client import multiprocess
 
@@ -122,10 +144,11 @@ def post_fork(server, worker):
 
 def _halt_on_a_refused_configuration(worker) -> None:
     """The app refuses a configuration it cannot use (config/ivr.toml, the environment) by
-    exiting with its message (``ivr.create_app``). From a worker that was only a worker
-    exiting: the master booted another, for ever, with the port open and nobody answering.
-    Such an exit now says the message and leaves with gunicorn's "app failed to load"
-    status, on which the master stops."""
+    exiting with its message (``ivr.create_app``). The master checks it before any worker
+    boots (``when_ready``); one that changed since (a worker booted after a reload) is
+    refused here. From a worker that was only a worker exiting: the master booted another,
+    for ever, with the port open and nobody answering. Such an exit now says the message
+    and leaves with gunicorn's "app failed to load" status, on which the master stops."""
     load = worker.load_wsgi
 
     def load_wsgi():

@@ -40,8 +40,11 @@ class Ivr:
     token_refusals: TokenRefusals | None = None  # wrong API tokens per address (set up by web.install)
 
 
-def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> App:
-    """Build the app; a configuration problem stops it with a message saying what is wrong."""
+def load_configuration(settings: Settings | None = None
+                       ) -> tuple[Settings, IvrConfig, dict[str, Catalogue]]:
+    """The environment, config/ivr.toml and the prompt catalogues, checked together; a
+    problem stops the process with a message naming the file, the key and what was
+    expected. Reads files only: gunicorn's master runs it before any worker boots."""
     try:
         settings = settings or Settings.from_env()
         config = load_config(settings.config_path)
@@ -50,7 +53,12 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Ap
         check_helpdesk(settings, config)
     except (ConfigError, CatalogueError) as exc:
         raise SystemExit(f"Configuration error: {exc}") from None
+    return settings, config, catalogues
 
+
+def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> App:
+    """Build the app; a configuration problem stops it with a message saying what is wrong."""
+    settings, config, catalogues = load_configuration(settings)
     _configure_logging()
     try:
         storage = _open_storage(settings)
