@@ -101,20 +101,26 @@ def when_ready(server):
     refusal is one message and gunicorn's "app failed to load" status. Left to the workers
     alone (``_halt_on_a_refused_configuration``), two that refused at the same instant
     made gunicorn raise again while it was stopping: a traceback and exit status 1."""
+    from ivr import load_configuration
+
+    _stopping_on_a_refusal(load_configuration, server.pidfile)
+
+
+def _stopping_on_a_refusal(load, pidfile=None) -> None:
+    """Run ``load``; if the app refuses its configuration (SystemExit with a message),
+    say the message and exit with gunicorn's "app failed to load" status."""
     import sys
 
     from gunicorn.arbiter import Arbiter
 
-    from ivr import load_configuration
-
     try:
-        load_configuration()
+        load()
     except SystemExit as refused:
         if not isinstance(refused.code, str):
             raise
         print(refused.code, file=sys.stderr, flush=True)
-        if server.pidfile is not None:
-            server.pidfile.unlink()
+        if pidfile is not None:
+            pidfile.unlink()
         sys.exit(Arbiter.APP_LOAD_ERROR)
 
 
@@ -150,21 +156,7 @@ def _halt_on_a_refused_configuration(worker) -> None:
     for ever, with the port open and nobody answering. Such an exit now says the message
     and leaves with gunicorn's "app failed to load" status, on which the master stops."""
     load = worker.load_wsgi
-
-    def load_wsgi():
-        try:
-            load()
-        except SystemExit as refused:
-            if not isinstance(refused.code, str):
-                raise
-            import sys
-
-            from gunicorn.arbiter import Arbiter
-
-            print(refused.code, file=sys.stderr, flush=True)
-            sys.exit(Arbiter.APP_LOAD_ERROR)
-
-    worker.load_wsgi = load_wsgi
+    worker.load_wsgi = lambda: _stopping_on_a_refusal(load)
 
 
 def post_worker_init(worker):
