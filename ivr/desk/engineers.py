@@ -18,14 +18,7 @@ from typing import Callable
 from sqlalchemy.exc import IntegrityError
 
 from ..config import IvrConfig
-from ..domain.engineers import (
-    CALL_ENDED,
-    LONGEST_CONVERSATION,
-    RESERVED_NAMES,
-    EngineerInfo,
-    parse_list,
-    primary_language,
-)
+from ..domain.engineers import RESERVED_NAMES, EngineerInfo, parse_list, primary_language
 from ..domain.priority import LEVELS
 from ..domain.phones import callable_number
 from ..security import HostKeyHasher
@@ -166,13 +159,8 @@ class Engineers:
             if engineer is None:
                 raise NotFound(f"no engineer named {name[:40]!r}")
             engineers.hold(engineer.name)  # one at a time with her engineer-line requests
-            floor = FloorRepository(self.storage, session)
-            floor.callbacks_ended(engineer.name, now)
-            ended = floor.conversations_ended(engineer.name, now - LONGEST_CONVERSATION, now)
-            for ticket_id, _ in ended:
-                floor.record(ticket_id, actor, CALL_ENDED, f"{engineer.name}'s call, said by "
-                             "the desk", now)
-        return [number for _, number in ended]
+            return FloorRepository(self.storage, session).calls_ended(
+                engineer.name, actor, f"{engineer.name}'s call, said by the desk", now)
 
     def rotate_token(self, name: str) -> str:
         """A new token for an engineer; the old one stops working at once."""

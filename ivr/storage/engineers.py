@@ -26,7 +26,9 @@ from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
 from ..domain.engineers import (
     ANSWERED,
+    CALL_ENDED,
     ENGINEER_ON_THE_LEG,
+    LONGEST_CONVERSATION,
     EngineerInfo,
     Serves,
     parse_list,
@@ -341,6 +343,19 @@ class FloorRepository:
         when the conversation ends) nor has their call ended."""
         query = _talking(select(Ticket.number), engineer, connected_since, other_than)
         return self.session.execute(query.limit(1)).scalar()
+
+    def calls_ended(self, engineer: str, actor: str, detail: str, now: dt.datetime,
+                    other_than: str | None = None) -> list[str]:
+        """The engineer (or the desk, ``actor``) says every call of hers has ended, when
+        Twilio's reports of their end were lost: her callbacks put through
+        (``callbacks_ended``) and her conversations on the engineer line
+        (``conversations_ended``, each ticket's history saying who said so, ``detail``).
+        Returns the numbers of the tickets whose callers were so released."""
+        self.callbacks_ended(engineer, now)
+        ended = self.conversations_ended(engineer, now - LONGEST_CONVERSATION, now, other_than)
+        for ticket_id, _ in ended:
+            self.record(ticket_id, actor, CALL_ENDED, detail, now)
+        return [number for _, number in ended]
 
     def conversations_ended(self, engineer: str, connected_since: dt.datetime,
                             now: dt.datetime,

@@ -19,7 +19,6 @@ from ..config import IvrConfig, Voice
 from ..domain.digits import ascii_number
 from ..domain.engineers import (
     ANSWERED,
-    CALL_ENDED,
     CUSTOMER_FAILURES,
     LONGEST_CONVERSATION,
     SYSTEM_ACTOR,
@@ -238,11 +237,8 @@ class Floor:
             if anyway and digits == "1":
                 # Said now, not carried on the hold's redirects: a callback she answers
                 # later is not ended by it.
-                floor.callbacks_ended(engineer.name, now)
-                for ticket_id, _ in floor.conversations_ended(
-                        engineer.name, now - LONGEST_CONVERSATION, now, other_than=call_sid):
-                    floor.record(ticket_id, engineer.name, CALL_ENDED,
-                                 "said on the engineer line", now)
+                floor.calls_ended(engineer.name, engineer.name, "said on the engineer line",
+                                  now, other_than=call_sid)
             busy = not anyway and (
                 floor.talking_elsewhere(engineer.name, call_sid, now - LONGEST_CONVERSATION)
                 or floor.on_a_callback(
