@@ -244,6 +244,12 @@ class CallService:
             callback_number=number)
         if self.config.helpdesk and moved:
             helpdesk_jobs.queue_status(uow.connection, record.ticket, now, number)  # issue 9
+        if moved and result == "leave" and record.can_text \
+                and record.ticket.status is TicketStatus.CALLBACK_REQUESTED:
+            # The callback key pressed while the database was down (``wait_choice``): the
+            # end of the wait records the callback, with the text a live press sends.
+            self.queue_sms(uow, record, record.english, "sms_callback",
+                           {"brand": self.config.service.brand, "ticket": record.ticket.number})
 
     def wait(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
         """The waitUrl: position, expected wait and the callback offer, then hold audio."""
@@ -310,6 +316,15 @@ class CallService:
                     self.queue_sms(uow, record, record.english, "sms_callback",
                                    {"brand": self.config.service.brand, "ticket": ticket.number})
         except DATABASE_DOWN:
+            # The caller heard the offer before the database went away. They leave the
+            # queue; Twilio then reports the wait's end (``leave``) to queue_result, which
+            # records the callback, or spools it while the database is still away. Only
+            # a caller with a number to call, holding a ticket this service wrote.
+            if ticket_in(query or {}) is not None \
+                    and callable_number(request.caller) is not None:
+                log.warning("database unreachable: call %s leaves the queue for a callback, "
+                            "recorded with the end of its wait", request.call_sid)
+                return self.renderer.leave()
             log.warning("database unreachable: callback for call %s not recorded; "
                         "caller stays in the queue", request.call_sid)
             return keep_waiting

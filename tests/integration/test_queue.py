@@ -122,14 +122,66 @@ def test_a_withheld_caller_pressing_the_callback_key_keeps_waiting(twilio, ivr):
     assert ticket_of(ivr, waiting["sid"]).status == "in_queue"
 
 
-def test_with_the_database_down_the_callback_key_keeps_the_caller_waiting(twilio, dead):
-    """No callback can be recorded: the caller goes back to the wait (which needs no
-    database) and stays in the queue for an engineer."""
-    params = twilio.call_params("CA" + "5" * 32)
-    root = twiml(dead.post("/voice/wait-choice?ticket=48151623&priority=1", **params,
-                           Digits="1"))
-    assert [(e.tag, e.text) for e in root] == [
-        ("Redirect", "/voice/wait?ticket=48151623&priority=1")]
+def test_a_callback_asked_for_while_the_database_is_down_is_kept_for_the_replay(
+        twilio, dead, ivr):
+    """The caller heard the callback offer, then the database went away and they pressed
+    the key: they leave the queue and hear the confirmation, and the end of the wait
+    (``leave``) goes to the spool. The replay makes the ticket wait for its callback, on
+    the caller's number, with the text message a live press sends."""
+    from ..floor_support import queued
+
+    waiting = queued(twilio, 1)
+    params = twilio.call_params(waiting["sid"])
+    path = f"/voice/wait-choice?ticket={waiting['ticket']}&priority=1"
+    left = twiml(dead.post(path, **params, Digits="1"))
+    assert [e.tag for e in left] == ["Leave"]
+    result = f"/voice/queue-result?ticket={waiting['ticket']}&priority=1"
+    told = twiml(dead.post(result, **params, QueueResult="leave", QueueTime="75"))
+    assert spoken(told)[0].startswith("You're no longer on hold. An engineer will call you back")
+    assert [e.text for e in told.iter("say-as")] == [waiting["ticket"]]
+    assert ticket_of(ivr, waiting["sid"]).status == "in_queue"  # nothing written yet
+
+    assert ivr.service.spool.replay(ivr.service.replay).applied == 1
+    ticket = ticket_of(ivr, waiting["sid"])
+    assert (ticket.status, ticket.callback_number) == ("callback_requested", CALLER)
+    with ivr.storage.transaction() as session:
+        texts = [m.template for m in session.scalars(select(OutboxMessage))]
+    assert texts == ["sms_ticket_one_hour", "sms_callback"]
+
+
+def test_a_callback_asked_for_while_the_database_is_down_is_recorded_when_it_is_back(
+        twilio, dead, ivr):
+    """The database answers again by the time Twilio reports the end of the wait: the
+    callback is recorded live, with its text message."""
+    from ..floor_support import queued
+
+    waiting = queued(twilio, 2)
+    params = twilio.call_params(waiting["sid"])
+    dead.post(f"/voice/wait-choice?ticket={waiting['ticket']}&priority=2", **params, Digits="1")
+    told = twiml(twilio.post(f"/voice/queue-result?ticket={waiting['ticket']}&priority=2",
+                             **params, QueueResult="leave", QueueTime="75"))
+    assert [e.text for e in told.iter("say-as")] == [waiting["ticket"]]
+    ticket = ticket_of(ivr, waiting["sid"])
+    assert (ticket.status, ticket.callback_number) == ("callback_requested", CALLER)
+    with ivr.storage.transaction() as session:
+        texts = [m.template for m in session.scalars(select(OutboxMessage))]
+    assert texts == ["sms_ticket", "sms_callback"]
+
+
+@pytest.mark.parametrize("caller, query", [
+    ("anonymous", "ticket=48151623&priority=1"),  # no number to call back
+    (CALLER, "priority=1"),                        # no ticket to speak of
+    (CALLER, "ticket=4815%D9%A3&priority=1"),     # not a ticket number this service wrote
+])
+def test_with_the_database_down_the_callback_key_keeps_waiting_a_caller_who_cannot_have_one(
+        twilio, dead, caller, query):
+    """Without the database only the signed URL and the request tell: a caller with no
+    number to call, or a URL without a ticket of ours, goes back to the wait."""
+    params = twilio.call_params("CA" + "5" * 32, caller=caller)
+    root = twiml(dead.post(f"/voice/wait-choice?{query}", **params, Digits="1"))
+    assert [e.tag for e in root] == ["Redirect"]
+    assert root[0].text.startswith("/voice/wait")
+    assert dead.client.application.extensions["ivr"].service.spool.depth() == 0
 
 
 @pytest.mark.parametrize("ticket", ["\u0663" * 8, "\u00b2" * 8, "4" * 5000])
