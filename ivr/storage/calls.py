@@ -123,7 +123,7 @@ STATUS = Sql("UPDATE calls SET" + _STATUS_SET + _STATUS_WHERE
              + " AND (:final = 0 OR outcome IS NOT NULL) RETURNING region, outcome")
 ABANDON = Sql("UPDATE calls SET" + _STATUS_SET + ", outcome = 'abandoned', "
               "abandoned_at_step = step" + _STATUS_WHERE
-              + " AND outcome IS NULL RETURNING region, outcome")
+              + " AND outcome IS NULL RETURNING region, outcome, queue_result")
 QUEUE_RESULT = Sql("UPDATE calls SET queue_result = :result, queue_seconds = :seconds, "
                    "updated_at = :now WHERE call_sid = :call_sid")
 
@@ -268,8 +268,11 @@ class CallRepository:
                       ) -> tuple[bool, str | None, str | None, bool]:
         """Apply a status callback: one statement, two for the end of a call without an
         outcome, three on PostgreSQL for a final status that neither fits. Returns (applied,
-        region, outcome, whether this callback marked the call abandoned); applied is False
-        for an unknown call or an out-of-date callback."""
+        region, outcome, whether this callback marked the call abandoned by its caller);
+        applied is False for an unknown call or an out-of-date callback. A call without an
+        outcome that waited in a queue was routed through the outage spool (a call routed
+        live has its outcome): marked abandoned until the replay gives it its ticket, it
+        is not one its caller abandoned."""
         final = status in FINAL_STATUSES
         params = {
             "call_sid": call_sid, "status": status, "final": int(final),
@@ -283,7 +286,7 @@ class CallRepository:
         if row is None and final:
             row = ABANDON.run(connection, params).first()
             if row is not None:
-                return True, row[0], row[1], True
+                return True, row[0], row[1], row[2] is None
             if self.uow.lock_rows:
                 # On PostgreSQL, ABANDON may have waited for the row lock of a step that
                 # gave the call its outcome and committed, after STATUS had passed the row

@@ -267,7 +267,12 @@ class Outage:
                 uow.outbox.queue(call_sid=record.call_sid, template=record.sms.template,
                                  to_number=record.caller_number, body=body,
                                  now=service.clock())
-            return restored is not None
+        if restored is not None:
+            # The call's outcome is known now: counted once, as a routing stored live is
+            # (the outage path itself counts only ivr_spooled_total).
+            metrics.CALLS.labels(record.region, "routed").inc()
+            metrics.TICKETS.labels(str(record.priority)).inc()
+        return restored is not None
 
     def _after_live_queue_result(self, uow: "UnitOfWork", record: SpooledTicket) -> None:
         """The caller's wait ended, and was stored live, before this replay: the ticket

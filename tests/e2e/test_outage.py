@@ -473,3 +473,37 @@ def test_a_caller_who_failed_verification_once_is_routed_by_a_key_pressed_after_
     again = twiml(dead.post(root.find("Gather").get("action"), **params, Digits="7"))
     root = twiml(twilio.post(again.find("Gather").get("action"), **params, Digits="1"))
     assert root.find("Enqueue") is not None, [e.tag for e in root]
+
+
+def calls_counted(outcome):
+    from ivr import metrics
+
+    return metrics.CALLS.labels("United States", outcome)._value.get()
+
+
+@pytest.mark.parametrize("database_back", [True, False],
+                         ids=["the end reported live", "the end spooled too"])
+def test_a_call_routed_through_the_spool_is_counted_routed_not_abandoned(
+        ivr, twilio, dead, database_back):
+    """Routed during the outage, the caller waits, is answered and hangs up. With the
+    database back before the spool is replayed, the end of the call is stored live on a
+    call with no outcome yet: that caller did not abandon the call, and
+    ``ivr_calls_total`` must not tell an operator looking at the outage that they did.
+    The replay, which gives the call its outcome, counts it routed, once."""
+    sid = new_call_sid()
+    params = twilio.call_params(sid)
+    routed = twiml(dead.post(verified(twilio, sid), **params, Digits="1"))
+    abandoned, routed_before = calls_counted("abandoned"), calls_counted("routed")
+    after = twilio if database_back else dead
+    after.post(routed.find("Enqueue").get("action"), **params, QueueResult="bridged",
+               QueueTime="30")
+    after.post("/voice/status", **{**params, "CallStatus": "completed", "CallDuration": "95",
+                                   "SequenceNumber": "4"})
+    ivr.service.spool.replay(ivr.service.replay)
+    ivr.service.spool.replay(ivr.service.replay)  # nothing left: nothing counted again
+    with ivr.storage.transaction() as session:
+        call = session.get(Call, sid)
+        assert (call.outcome, call.twilio_status, call.queue_result) == \
+            ("routed", "completed", "bridged")
+    assert calls_counted("abandoned") == abandoned
+    assert calls_counted("routed") == routed_before + 1
