@@ -67,11 +67,13 @@ def create_app(settings: Settings | None = None, clock: Callable = utcnow) -> Ap
         raise SystemExit(f"Configuration error: {exc}") from None
     renderer = Renderer(config, catalogues)
     spool = Spool(settings.instance_path / "spool")
-    service = CallService(config, catalogues, storage, hasher, renderer, spool, clock=clock)
+    floor = Floor(config, catalogues, storage, renderer, spool, clock)
+    service = CallService(config, catalogues, storage, hasher, renderer, spool, floor,
+                          clock=clock)
 
     app = App(__name__, instance_path=str(settings.instance_path.resolve()))
     app.extensions["ivr"] = Ivr(settings, config, catalogues, storage, hasher, renderer, service,
-                                floor=Floor(config, catalogues, storage, renderer, clock))
+                                floor=floor)
     if settings.trusted_proxies:
         n = settings.trusted_proxies
         # No X-Forwarded-Prefix: the TwiML's next-step URLs are root paths, so an app

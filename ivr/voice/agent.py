@@ -99,9 +99,12 @@ def agent_error(error):
         return twiml(floor().joining_unrecorded(request.form))
     if request.endpoint == "agent.callback_customer":
         return twiml(agent_renderer.empty())
-    # A key pressed after the greeting: someone is there, and is put through (the
-    # attempt's outcome goes unrecorded). No key (a voicemail): the leg ends.
+    # A key pressed after the greeting: someone is there, and is put through (with the
+    # database away the answer is spooled; a failure leaves it unrecorded). No key (a
+    # voicemail): the leg ends.
     if request.endpoint == "agent.callback_customer_key":
+        if down:
+            floor().answered_unrecorded(request.form, request.args)
         return twiml(agent_renderer.empty() if request.form.get("Digits")
                      else agent_renderer.hangup())
     # An engineer the line already knows (holding for callers, or back from a call) holds

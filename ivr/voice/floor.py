@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 from typing import Callable, Mapping
 
+from .. import metrics
 from ..config import IvrConfig, Voice
 from ..domain.digits import ascii_number
 from ..domain.engineers import (
@@ -50,8 +51,10 @@ from ..storage.engineers import (
 )
 from ..storage.models import Call, Ticket
 from ..storage.tickets import ticket_by_number
+from .outage import SpooledCallbackAnswer, encode
 from .prompts import Catalogue
 from .service import CALL_SID
+from .spool import Spool
 from .twiml import AgentRenderer, Renderer, SpokenLine
 
 log = logging.getLogger("ivr.floor")
@@ -114,7 +117,8 @@ class Floor:
     """The engineer line and the callback legs, one transaction per webhook."""
 
     def __init__(self, config: IvrConfig, catalogues: dict[str, Catalogue], storage: Storage,
-                 renderer: Renderer, clock: Callable[[], dt.datetime]):
+                 renderer: Renderer, spool: Spool, clock: Callable[[], dt.datetime]):
+        self.spool = spool
         self.config = config
         self.catalogues = catalogues
         self.storage = storage
@@ -466,6 +470,52 @@ class Floor:
             self._finish(uow, attempt, ticket, call, UNCONFIRMED,
                          "answered, but no key was pressed after the greeting")
             return self.agent.callback_customer_missed(self.caller_voice(call), ticket.number)
+
+    def answered_unrecorded(self, params: Mapping[str, str], query: Mapping[str, str]) -> None:
+        """A key after the greeting whose request met the database away: the customer is
+        put through all the same (``agent_error``), and the answer goes to the spool, or
+        the legs' ends, heard with no key recorded, would make the callback "unconfirmed"
+        (a miss: the customer called again, and after the last attempt told by text that
+        they could not be reached)."""
+        attempt_id = ascii_number(query.get("attempt"), at_most=9)
+        if attempt_id is None or not (params.get("Digits") or "").strip():
+            return
+        try:
+            self.spool.append(encode(SpooledCallbackAnswer(attempt_id, self.clock())))
+        except OSError:  # a full disk: the customer is put through all the same
+            log.exception("callback attempt %s answered by the customer while the database "
+                          "was unreachable; the answer could not be spooled", attempt_id)
+            return
+        metrics.SPOOLED.labels("callback_answer").inc()
+        log.warning("database unreachable: callback attempt %s answered by the customer; "
+                    "the answer is spooled", attempt_id)
+
+    def replay_answer(self, attempt_id: int, at: dt.datetime) -> bool:
+        """Record a spooled answer (``answered_unrecorded``); False if the attempt already
+        had it, or ended otherwise. The legs' ends may have been heard before this replay,
+        with no key recorded: that "unconfirmed" is corrected, and its miss no longer
+        counts (the ticket still waiting for the callback, in the same round). The
+        conversation, if its end was heard, stays ended."""
+        with self.storage.unit_of_work() as uow:
+            session = uow.session
+            attempt, ticket, call, _ = self._attempt(session, {"attempt": str(attempt_id)})
+            if attempt is None or attempt.outcome not in (None, UNCONFIRMED):
+                return False
+            ended = attempt.ended_at
+            if attempt.outcome == UNCONFIRMED:
+                assignment = FloorRepository(self.storage, session).assignment(
+                    ticket.id, self.clock(), for_update=True)
+                earlier_round = assignment.round_started_at is not None \
+                    and attempt.created_at < assignment.round_started_at
+                if ticket.status == "callback_requested" and not earlier_round \
+                        and assignment.callback_failures:
+                    assignment.callback_failures -= 1
+                attempt.outcome = None
+            self._finish(uow, attempt, ticket, call, ANSWERED)
+            attempt.ended_at = ended
+            log.info("callback attempt %s: the customer's answer, pressed at %s while the "
+                     "database was away, is recorded", attempt_id, at.isoformat())
+            return True
 
     def callback_dialled(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:
         """The engineer leg's <Dial> ended: record a failure, tell the engineer."""

@@ -92,9 +92,19 @@ class SpooledQueueResult:
     kind = "queue_result"
 
 
-Record = SpooledTicket | SpooledStatus | SpooledQueueResult
+@dataclass(frozen=True)
+class SpooledCallbackAnswer:
+    """A customer's key after a callback's greeting, pressed while the database was away:
+    they were put through to the engineer (``Floor.answered_unrecorded``)."""
+
+    attempt: int
+    at: dt.datetime
+    kind = "callback_answer"
+
+
+Record = SpooledTicket | SpooledStatus | SpooledQueueResult | SpooledCallbackAnswer
 KINDS: dict[str, type] = {cls.kind: cls for cls in (SpooledTicket, SpooledStatus,
-                                                    SpooledQueueResult)}
+                                                    SpooledQueueResult, SpooledCallbackAnswer)}
 _TIMES = ("created_at", "acknowledged_at", "at")
 
 
@@ -125,6 +135,8 @@ def decode(data: Mapping[str, Any]) -> Record:
         sms = values.get("sms")
         values["sms"] = SpooledSms(sms["template"], sms["body"]) if sms else None
         values["account_ref"] = int(values["account_ref"])
+    if kind is SpooledCallbackAnswer:
+        values["attempt"] = int(values["attempt"])
     return kind(**values)
 
 
@@ -242,6 +254,8 @@ class Outage:
         """Write one spooled record; False if the database already had it."""
         record = decode(data)
         service = self.service
+        if isinstance(record, SpooledCallbackAnswer):
+            return service.floor.replay_answer(record.attempt, record.at)
         with service.storage.unit_of_work() as uow:
             if isinstance(record, SpooledStatus):
                 return self._replay_status(uow, record)

@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 import re
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from .. import metrics
 from ..config import IvrConfig, Line
@@ -31,6 +31,9 @@ from .outage import Outage
 from .prompts import Catalogue
 from .spool import Spool
 from .twiml import Renderer, english_chosen, queue_query, ticket_in
+
+if TYPE_CHECKING:
+    from .floor import Floor
 
 log = logging.getLogger("ivr.calls")
 
@@ -70,9 +73,10 @@ class _Raced(Exception):
 
 class CallService:
     def __init__(self, config: IvrConfig, catalogues: dict[str, Catalogue], storage: Storage,
-                 hasher: HostKeyHasher, renderer: Renderer, spool: Spool,
+                 hasher: HostKeyHasher, renderer: Renderer, spool: Spool, floor: "Floor",
                  clock: Callable[[], dt.datetime] = utcnow):
         self.spool = spool
+        self.floor = floor  # replays the callback answers it spooled
         self.config = config
         self.catalogues = catalogues
         self.storage = storage

@@ -527,6 +527,37 @@ def test_a_key_after_the_greeting_while_the_database_is_away_still_puts_the_cust
     assert [e.tag for e in silent] == ["Hangup"]
 
 
+@pytest.mark.parametrize("database_back", [True, False],
+                         ids=["the legs end live", "the legs end unheard"])
+def test_a_key_pressed_after_the_greeting_while_the_database_is_away_is_an_answered_callback(
+        app, twilio, ivr, http, dead, database_back):
+    """The customer pressed the key and talked to the engineer: the key's request met the
+    database away, so it goes to the spool. However the legs' ends are heard (once the
+    database is back, before the replay; or not at all), the replay records the callback
+    answered and the ticket connected: not "unconfirmed", a miss that would have the
+    customer called again, and after the last attempt told by text that they could not
+    be reached."""
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+    customer_sid = new_call_sid()
+    greeting = customer_answers(twilio, dial_root, customer_sid)
+    pressed = twiml(dead.post(greeting.find("Gather").get("action"),
+                              **leg(customer_sid, CALLER, US_LINE), Digits="1"))
+    assert list(pressed) == []  # put through to the engineer
+    assert ivr.service.spool.depth() == 1
+    ends = twilio if database_back else dead
+    ends.post(dial_root.find("Dial/Number").get("statusCallback"),
+              **{**leg(customer_sid, CALLER, US_LINE), "CallStatus": "completed"})
+    ends.post(dial_root.find("Dial").get("action"),
+              **leg(new_call_sid(), ENGINEER_PHONE, US_LINE), DialCallStatus="completed")
+    assert ivr.service.spool.replay(ivr.service.replay).applied == 1
+    ticket, assignment, attempts = state(ivr, waiting["ticket"])
+    assert ticket.status == "connected" and attempts == [("aiko", "answered")]
+    assert assignment.callback_failures == 0
+
+
 def test_an_engineer_who_does_not_answer_leaves_the_ticket_waiting_for_its_callback(
         app, twilio, ivr, http):
     add_engineer(ivr)

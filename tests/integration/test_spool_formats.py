@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from ivr.storage.models import Account, Call, OutboxMessage, Ticket
-from ivr.voice.outage import FORMAT, SpooledStatus, decode, encode
+from ivr.voice.outage import FORMAT, SpooledCallbackAnswer, SpooledStatus, decode, encode
 
 from ivr.sim.simulator import Simulator, WsgiTransport
 
@@ -92,3 +92,7 @@ def test_records_round_trip_and_a_newer_format_is_refused_not_misread():
     assert encode(record)["v"] == FORMAT
     with pytest.raises(ValueError):
         decode({**encode(record), "v": FORMAT + 1})
+    answer = decode({"kind": "callback_answer", "attempt": "7", "v": FORMAT,
+                     "at": "2026-11-25T10:00:00+00:00"})
+    assert isinstance(answer, SpooledCallbackAnswer) and answer.attempt == 7
+    assert decode(encode(answer)) == answer
