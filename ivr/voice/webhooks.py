@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from .. import metrics
 from ..extension import ivr
+from ..storage import DATABASE_DOWN, database_error
 from .twiml import STEP_PATHS
 
 log = logging.getLogger("ivr.http")
@@ -166,5 +167,11 @@ def voice_error(error):
     """An unexpected failure still answers the caller: an apology and the default queue."""
     if isinstance(error, HTTPException):
         return error
-    log.exception("webhook %s failed; caller sent to the fallback queue", request.path)
+    if isinstance(error, DATABASE_DOWN):
+        # Every caller's step meets it during an outage: one line each, not a traceback.
+        cause, reason = database_error(error)
+        log.warning("webhook %s: database unreachable (%s: %s); caller sent to the fallback "
+                    "queue", request.path, cause, reason)
+    else:
+        log.exception("webhook %s failed; caller sent to the fallback queue", request.path)
     return twiml(ivr().service.fallback(request.form, request.args))

@@ -2,6 +2,7 @@
 spooled to disk and replayed exactly once when the database is back."""
 
 import datetime as dt
+import logging
 import threading
 import time
 
@@ -86,6 +87,21 @@ def test_a_caller_not_yet_verified_gets_the_fallback_during_an_outage(ivr, twili
     root = twiml(dead.post("/voice", **twilio.call_params(new_call_sid())))
     assert [e.tag for e in root] == ["Say", "Enqueue"]
     assert ivr.service.spool.depth() == 0
+
+
+def test_each_webhook_met_by_an_outage_logs_one_line_not_a_traceback(twilio, dead, caplog):
+    """Every caller's step fails while the database is away: the operator reading the
+    log gets a line per webhook saying so and why, not a stack trace each, as the
+    engineer line and the sender already log it."""
+    caplog.set_level(logging.INFO, logger="ivr")
+    params = twilio.call_params(new_call_sid())
+    for path, digits in (("/voice", None), ("/voice/menu", "2"), ("/voice/pmi", "5550100201")):
+        root = twiml(dead.post(path, **params, **({"Digits": digits} if digits else {})))
+        assert [e.tag for e in root] == ["Say", "Enqueue"]
+    failed = [r for r in caplog.records if r.name == "ivr.http"]
+    assert len(failed) == 3 and not [r for r in failed if r.exc_info or r.levelno >= logging.ERROR]
+    assert all("database unreachable" in r.getMessage() for r in failed)
+    assert not any("5550100201" in r.getMessage() for r in caplog.records)
 
 
 def test_a_forged_pass_is_not_routed_through_the_spool(ivr, twilio, dead):
