@@ -268,8 +268,6 @@ class Outage:
                 config.queue_group(config.line_for(record.dialed_number), record.priority))
             if restored is not None and service.config.helpdesk:  # help desk push (issue 9)
                 helpdesk_jobs.queue_create(uow.session, restored.id, service.clock())
-            if restored is not None:
-                self._after_live_queue_result(uow, record)
             renumbered = restored is not None and restored.number != record.number
             if renumbered:
                 log.warning("ticket %s, spoken during the outage, is stored as %s: another "
@@ -281,6 +279,8 @@ class Outage:
                 uow.outbox.queue(call_sid=record.call_sid, template=record.sms.template,
                                  to_number=record.caller_number, body=body,
                                  now=service.clock())
+            if restored is not None:  # after the ticket's text: a callback's text follows it
+                self._after_live_queue_result(uow, record)
         if restored is not None:
             # The call's outcome is known now: counted once, as a routing stored live is
             # (the outage path itself counts only ivr_spooled_total).

@@ -274,12 +274,14 @@ class CallService:
                         can_call_back=callable_number(record.caller_number) is not None)
                 if record is not None:
                     english, line = record.english, self.config.line_for(record.dialed_number)
-                    offer = record.ticket is not None \
-                        and record.ticket.status in (TicketStatus.OPEN, TicketStatus.IN_QUEUE) \
-                        and callable_number(record.caller_number) is not None
-            except DATABASE_DOWN:  # keep the caller waiting; a callback cannot be recorded
-                log.warning("database unreachable: wait of call %s without callback offer",
-                            request.call_sid)
+                    waits = record.ticket.status in (TicketStatus.OPEN, TicketStatus.IN_QUEUE) \
+                        if record.ticket is not None else self._spooled_ticket(request, query)
+                    offer = waits and callable_number(record.caller_number) is not None
+            except DATABASE_DOWN:
+                # The callback key leaves all the same: the end of the wait records the
+                # callback, or is spooled (``wait_choice``).
+                offer = ticket_in(query) is not None \
+                    and callable_number(request.caller) is not None
         speech = waiting(_int(params.get("QueuePosition")), _int(params.get("AvgQueueTime")),
                          self.config.queue.callback_key if offer else None,
                          offer_ticket="ticket" in query)
@@ -299,6 +301,12 @@ class CallService:
                 record = uow.calls.load(request.call_sid)
                 ticket = record.ticket if record is not None else None
                 if ticket is None:
+                    # Routed through the spool, not replayed yet: the end of the wait,
+                    # stored on the call, sends the replayed ticket to its callback.
+                    if record is not None and not record.finished \
+                            and self._spooled_ticket(request, query or {}) \
+                            and callable_number(record.caller_number) is not None:
+                        return self.renderer.leave()
                     return keep_waiting
                 if record.finished:
                     # Twilio has said how the wait or the call ended: a late or replayed
@@ -334,6 +342,11 @@ class CallService:
             return keep_waiting
         log.info("call %s left the queue for a callback (ticket id=%s)", request.call_sid, ticket.id)
         return self.renderer.leave()
+
+    def _spooled_ticket(self, request: CallRequest, query: Mapping[str, str]) -> bool:
+        """Whether the queue URL names the ticket this call was given through the outage
+        spool (its number is derived from the call): one not in the database yet."""
+        return ticket_in(query) == self.outage.ticket_number(request.call_sid)
 
     def fallback(self, params: Mapping[str, str],
                  query: Mapping[str, str] | None = None) -> str:

@@ -168,6 +168,43 @@ def test_a_callback_asked_for_while_the_database_is_down_is_recorded_when_it_is_
     assert texts == ["sms_ticket", "sms_callback"]
 
 
+@pytest.mark.parametrize("caller, offered", [(CALLER, True), ("anonymous", False)])
+def test_with_the_database_down_the_wait_still_offers_a_callback_it_can_keep(
+        twilio, dead, caller, offered):
+    """No engineer can take a caller from the queue while the database is away, and the
+    callback key now leaves for a callback kept in the spool: the wait offers it, to a
+    caller with a number to call, as it does with the database."""
+    params = {**twilio.call_params("CA" + "5" * 32, caller=caller), "QueuePosition": "1"}
+    root = twiml(dead.post("/voice/wait?ticket=48151623&priority=1", **params))
+    said = spoken(root)
+    assert any("press 1" in s and "call you back" in s for s in said) is offered
+    assert said[0] == "To hear your ticket number, press star."  # no position, no wait
+
+
+def test_a_caller_routed_during_the_outage_can_leave_for_a_callback_before_the_replay(
+        twilio, dead, ivr, monkeypatch):
+    """Routed through the spool; the database is back but the ticket is not replayed yet.
+    The wait offers the callback and the key leaves the queue: the end of the wait is
+    stored on the call, and the replayed ticket waits for its callback, with the text."""
+    call, wait_url = routed_by(twilio, dead)
+    monkeypatch.setattr(ivr.floor, "position", lambda sid: None)
+    waiting = twiml(twilio.post(wait_url, **call, QueuePosition="1"))
+    assert any("call you back" in s for s in spoken(waiting))
+    choice = waiting.find("Gather").get("action")
+    assert [e.tag for e in twiml(twilio.post(choice, **call, Digits="1"))] == ["Leave"]
+    number = parse_qs(urlsplit(wait_url).query)["ticket"][0]
+    told = twiml(twilio.post(f"/voice/queue-result?ticket={number}&priority=1", **call,
+                             QueueResult="leave", QueueTime="40"))
+    assert [e.text for e in told.iter("say-as")] == [number]
+    assert ivr.service.spool.replay(ivr.service.replay).applied == 1
+    ticket = ticket_of(ivr, call["CallSid"])
+    assert (ticket.number, ticket.status, ticket.callback_number) == \
+        (number, "callback_requested", CALLER)
+    with ivr.storage.transaction() as session:
+        texts = [m.template for m in session.scalars(select(OutboxMessage))]
+    assert texts == ["sms_ticket_one_hour", "sms_callback"]
+
+
 @pytest.mark.parametrize("caller, query", [
     ("anonymous", "ticket=48151623&priority=1"),  # no number to call back
     (CALLER, "priority=1"),                        # no ticket to speak of
