@@ -6,7 +6,7 @@ import datetime as dt
 
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import delete, func, or_, select
 
 from .models import OutboxMessage
 from .sql import Sql
@@ -48,6 +48,16 @@ class OutboxRepository:
         QUEUE.run(self.uow.connection, {"call_sid": call_sid, "template": template,
                                         "to_number": to_number, "body": body,
                                         "now": self.uow.codec.time(now)})
+
+    def withdraw(self, call_sid: str, template: str) -> bool:
+        """Take back a message not sent yet (pending, not claimed by a sender); False if
+        there is none, or it is already being sent or sent."""
+        result = self.session.execute(
+            delete(OutboxMessage).where(OutboxMessage.call_sid == call_sid,
+                                        OutboxMessage.template == template,
+                                        OutboxMessage.status == "pending")
+            .execution_options(synchronize_session=False))
+        return bool(result.rowcount)
 
     def claim(self, limit: int, now: dt.datetime, stale_after: dt.timedelta) -> list[OutboxMessage]:
         """Take up to ``limit`` messages to send, marking them "sending": pending ones that

@@ -494,8 +494,9 @@ class Floor:
         """Record a spooled answer (``answered_unrecorded``); False if the attempt already
         had it, or ended otherwise. The legs' ends may have been heard before this replay,
         with no key recorded: that "unconfirmed" is corrected, and its miss no longer
-        counts (the ticket still waiting for the callback, in the same round). The
-        conversation, if its end was heard, stays ended."""
+        counts (the ticket still waiting for the callback, in the same round), or, if it
+        ended the round, its text not sent yet is withdrawn. The conversation, if its end
+        was heard, stays ended."""
         with self.storage.unit_of_work() as uow:
             session = uow.session
             attempt, ticket, call, _ = self._attempt(session, {"attempt": str(attempt_id)})
@@ -510,6 +511,11 @@ class Floor:
                 if ticket.status == "callback_requested" and not earlier_round \
                         and assignment.callback_failures:
                     assignment.callback_failures -= 1
+                # Its miss may have ended the round: the text saying we could not reach
+                # the customer is taken back if the sender has not sent it yet.
+                if uow.outbox.withdraw(call.call_sid, f"sms_callback_missed.{attempt.id}"):
+                    log.info("callback attempt %s: the text saying the customer could not "
+                             "be reached is withdrawn", attempt_id)
                 attempt.outcome = None
             self._finish(uow, attempt, ticket, call, ANSWERED)
             attempt.ended_at = ended

@@ -558,6 +558,39 @@ def test_a_key_pressed_after_the_greeting_while_the_database_is_away_is_an_answe
     assert assignment.callback_failures == 0
 
 
+def test_an_answer_replayed_after_its_miss_ended_the_round_withdraws_the_text_not_sent_yet(
+        app, twilio, ivr, http, dead):
+    """The round's last attempt: the legs' ends, heard before the replay with no key
+    recorded, ended the round (the ticket back in the open pile, a text saying we could
+    not reach the customer queued). The customer was in fact talking to the engineer: the
+    replay connects the ticket and withdraws that text, which the sender (replaying
+    before it sends) has not sent yet."""
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    for _ in range(ivr.config.engineers.callback_attempts - 1):
+        fail_callback(app, twilio, waiting["ticket"], "no-answer")
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+    customer_sid = new_call_sid()
+    greeting = customer_answers(twilio, dial_root, customer_sid)
+    dead.post(greeting.find("Gather").get("action"), **leg(customer_sid, CALLER, US_LINE),
+              Digits="1")
+    twilio.post(dial_root.find("Dial/Number").get("statusCallback"),
+                **{**leg(customer_sid, CALLER, US_LINE), "CallStatus": "completed"})
+    assert state(ivr, waiting["ticket"])[0].status == "open"  # the round ended, wrongly
+
+    def missed_texts():
+        with ivr.storage.transaction() as session:
+            return [m.template for m in session.scalars(select(OutboxMessage))
+                    if m.template.startswith("sms_callback_missed")]
+
+    assert missed_texts() == [f"sms_callback_missed.{attempt['id']}"]
+    assert ivr.service.spool.replay(ivr.service.replay).applied == 1
+    ticket, _, attempts = state(ivr, waiting["ticket"])
+    assert ticket.status == "connected" and attempts[-1] == ("aiko", "answered")
+    assert missed_texts() == []
+
+
 def test_an_engineer_who_does_not_answer_leaves_the_ticket_waiting_for_its_callback(
         app, twilio, ivr, http):
     add_engineer(ivr)
