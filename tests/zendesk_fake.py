@@ -179,3 +179,84 @@ class FakeZendesk:
     def writes(self) -> list[dict]:
         """The POSTs and PUTs that reached the API, in order."""
         return [r for r in self.requests if r["method"] in ("POST", "PUT")]
+
+
+class TricklingProxy:
+    """A proxy on loopback in front of the fake that passes each request on whole, then
+    sends the answer's head (status line and headers) back a byte at a time, ``pause``
+    seconds apart, while ``trickle`` is on: Zendesk or a proxy before it that keeps the
+    connection alive without ever getting to the body. It notes whether each head went
+    out whole or the client hung up first."""
+
+    def __init__(self, target: str, pause: float = 0.05):
+        import http.client
+        import socket
+        import urllib.parse
+
+        self.target = urllib.parse.urlsplit(target)
+        self.pause = pause
+        self.trickle = True
+        self.heads = {"whole": 0, "hung_up": 0}
+        self.handlers: list[threading.Thread] = []
+        self._http, self._socket = http.client, socket
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def wait(self, seconds: float = 60.0) -> None:
+        """Until every answer begun has gone out whole or been hung up on."""
+        for handler in list(self.handlers):
+            handler.join(seconds)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            handler = threading.Thread(target=self._serve, args=(client,), daemon=True)
+            self.handlers.append(handler)
+            handler.start()
+
+    def _serve(self, client) -> None:
+        with client:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                piece = client.recv(65536)
+                if not piece:
+                    return
+                data += piece
+            head, body = data.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            headers = dict(line.split(": ", 1) for line in lines[1:])
+            length = int(headers.get("Content-Length", 0))
+            while len(body) < length:
+                body += client.recv(65536)
+            upstream = self._http.HTTPConnection(self.target.hostname, self.target.port,
+                                                 timeout=30)
+            headers["Connection"] = "close"
+            upstream.request(method, path, body or None, headers)
+            answer = upstream.getresponse()
+            content = answer.read()
+            upstream.close()
+            kept = [(k, v) for k, v in answer.getheaders()
+                    if k.lower() not in ("connection", "content-length", "transfer-encoding")]
+            head = (f"HTTP/1.1 {answer.status} {answer.reason}\r\n"
+                    + "".join(f"{k}: {v}\r\n" for k, v in kept)
+                    + f"Content-Length: {len(content)}\r\nConnection: close\r\n\r\n").encode()
+            try:
+                if self.trickle:
+                    for index in range(len(head)):
+                        time.sleep(self.pause)
+                        client.sendall(head[index:index + 1])
+                else:
+                    client.sendall(head)
+                client.sendall(content)
+            except OSError:
+                self.heads["hung_up"] += 1
+                return
+            self.heads["whole"] += 1

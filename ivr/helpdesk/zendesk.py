@@ -1,7 +1,7 @@
 """Zendesk: the help desk behind the vendor's support site, through its Tickets API.
 
-Basic auth as ``{email}/token:{api_token}``; every request has a time-out, its answer's
-body included, and no answer is read past MAX_ANSWER_BYTES. A create carries an
+Basic auth as ``{email}/token:{api_token}``; every request has a time-out, from connecting
+to its answer's last byte, and no answer is read past MAX_ANSWER_BYTES. A create carries an
 ``Idempotency-Key`` derived from the ticket number, so a retried create returns the ticket
 the first one made. Zendesk keeps idempotency keys for a couple of hours, so a create
 retried later than that first looks the ticket up by ``external_id``. A retried update
@@ -15,10 +15,15 @@ import email.utils
 import json
 import logging
 import math
+import socket
+import threading
 import time
 
 import requests
 import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from ..domain.digits import ascii_digits
 from .base import HelpDesk, NewTicket, Result, TicketChange
@@ -63,6 +68,8 @@ class Zendesk(HelpDesk):
         self.timeout = (min(timeout, 5.0), timeout)  # connect, read
         self.custom_fields = dict(custom_fields or {})
         self.http = session or requests.Session()
+        self.http.mount("http://", DeadlineAdapter())
+        self.http.mount("https://", DeadlineAdapter())
         self.http.auth = (f"{email}/token", api_token)
         self.http.headers.update({"Accept": "application/json"})
 
@@ -174,31 +181,38 @@ class Zendesk(HelpDesk):
     def _request(self, method: str, path: str, body: dict | None = None, *,
                  params: dict | None = None,
                  headers: dict | None = None) -> tuple[Result, dict | None]:
-        """One request: its result, and the answer's JSON object when it succeeded. Its
-        body must all be in by the time-out from the start: requests' read time-out is per
-        read, and an answer trickled a byte at a time would hold the sender past its lease.
-        The headers come before the body and are bounded by http.client (at most 100 lines
-        of 64 KiB each) and, in time, by requests' per-read time-out alone: no deadline
-        reaches inside requests before the answer is handed over."""
+        """One request: its result, and the answer's JSON object when it succeeded. All of
+        it, from connecting to the answer's last byte, must be over by the time-out from
+        the start: requests' read time-out is per read, so an answer trickled a byte at a
+        time, its status line and headers as much as its body, would hold the sender past
+        its lease (for ever, from a server that never stops). The body is read against the
+        deadline here; until it is handed over, a Deadline hangs up the connection."""
         deadline = time.monotonic() + self.timeout[1]
-        try:
-            response = self.http.request(method, self.base_url + path, json=body, params=params,
-                                         headers=headers, timeout=self.timeout,
-                                         allow_redirects=False, stream=True)
-        except requests.Timeout:
-            return Result.retry(self._too_slow()), None
-        except requests.RequestException as exc:
-            return Result.retry(f"{type(exc).__name__}: could not reach {self.base_url}"), None
-        with response:
+        with Deadline(deadline) as watch:
             try:
-                content = read_within(response, deadline, MAX_ANSWER_BYTES + 1)
-            except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
+                response = self.http.request(method, self.base_url + path, json=body,
+                                             params=params, headers=headers,
+                                             timeout=self.timeout, allow_redirects=False,
+                                             stream=True)
+            except requests.Timeout:
                 return Result.retry(self._too_slow()), None
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                return Result.retry(f"{type(exc).__name__}: the answer from {self.base_url} "
-                                    "broke off"), None
-        if content is None:
-            return Result.retry(self._too_slow()), None
+            except requests.RequestException as exc:
+                if watch.passed:
+                    return Result.retry(self._too_slow()), None
+                return Result.retry(f"{type(exc).__name__}: could not reach "
+                                    f"{self.base_url}"), None
+            with response:
+                try:
+                    content = read_within(response, deadline, MAX_ANSWER_BYTES + 1)
+                except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
+                    return Result.retry(self._too_slow()), None
+                except (urllib3.exceptions.HTTPError, OSError) as exc:
+                    if watch.passed:
+                        return Result.retry(self._too_slow()), None
+                    return Result.retry(f"{type(exc).__name__}: the answer from "
+                                        f"{self.base_url} broke off"), None
+            if content is None or watch.passed:  # what was read may have been cut short
+                return Result.retry(self._too_slow()), None
         status = response.status_code
         if len(content) > MAX_ANSWER_BYTES:
             if 200 <= status < 300:  # its ticket id cannot be trusted from half a body
@@ -225,6 +239,114 @@ class Zendesk(HelpDesk):
 
     def _too_slow(self) -> str:
         return f"no answer within {self.timeout[1]:g} s"
+
+
+_watching = threading.local()
+
+
+class Deadline:
+    """Hangs up the connection of this thread's request at ``deadline`` (a
+    ``time.monotonic()`` reading), whatever it is doing: connecting, sending, or waiting
+    for a byte of the answer. A socket's time-out bounds each wait for the next byte, and
+    nothing inside requests bounds the whole; a timer thread shuts the socket down, which
+    ends any wait on it at once (the read then sees the connection closed, and ``passed``
+    says why). The connection is never used again: urllib3 drops a connection whose
+    request failed, and ``_request`` closes the response of one it gave up on."""
+
+    def __init__(self, deadline: float):
+        self.passed = False
+        self._connection = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(deadline - time.monotonic(), 0.0), self._hang_up)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "Deadline":
+        _watching.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        _watching.deadline = None
+        with self._lock:
+            self._connection = None  # a timer firing late touches nothing
+
+    def watch(self, connection) -> None:
+        """The connection this thread's request now uses; hung up at once if the deadline
+        passed before it had a socket (while connecting)."""
+        with self._lock:
+            self._connection = connection
+            if self.passed:
+                _shut(connection)
+
+    def _hang_up(self) -> None:
+        with self._lock:
+            self.passed = True
+            if self._connection is not None:
+                _shut(self._connection)
+
+
+def _shut(connection) -> None:
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        try:  # the plain socket's shutdown, under TLS too: no TLS goodbye to wait for
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _Watched:
+    """A urllib3 connection that tells this thread's Deadline which socket to hang up:
+    once connected (the TLS handshake included), and at each request (a connection
+    reused from the pool connects no more)."""
+
+    def connect(self) -> None:
+        deadline = getattr(_watching, "deadline", None)
+        if deadline is not None:
+            deadline.watch(self)  # hung up mid-handshake if need be: the socket is set first
+        super().connect()
+        if deadline is not None:
+            deadline.watch(self)
+
+    def request(self, *args, **kwargs):
+        deadline = getattr(_watching, "deadline", None)
+        if deadline is not None:
+            deadline.watch(self)
+        return super().request(*args, **kwargs)
+
+
+class _HTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class DeadlineAdapter(HTTPAdapter):
+    """requests' adapter whose connections a Deadline can hang up (through an HTTP
+    proxy too; a SOCKS proxy keeps its own connections, bounded per read only)."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **kwargs):
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if isinstance(manager, urllib3.ProxyManager):
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
 
 
 def read_within(response: requests.Response, deadline: float, limit: int) -> bytes | None:

@@ -30,7 +30,7 @@ from ..helpdesk_support import (
     trigger_body,
 )
 from ..support import BUSINESS_OWNER, CALLER, TOKEN, US_LINE
-from ..zendesk_fake import API_TOKEN, EMAIL, FakeZendesk
+from ..zendesk_fake import API_TOKEN, EMAIL, FakeZendesk, TricklingProxy
 
 
 @pytest.fixture
@@ -1283,6 +1283,40 @@ def test_a_zendesk_that_trickles_its_answer_is_given_up_after_the_time_out(
     sender(ivr, clock).drain()
     (job,) = jobs(ivr)
     assert (job.status, job.last_error) == ("pending", "no answer within 0.5 s")
+
+
+def test_a_zendesk_that_trickles_its_answers_head_is_hung_up_on_and_its_ticket_made_once(
+        settings, clock, fake, tmp_path):
+    """requests' time-out bounds each read from the socket, not the answer: a Zendesk, or
+    a proxy before it, that sends the status line and headers a byte at a time, each byte
+    well inside the time-out, held the sender until the last header came (for ever, with
+    one that never stops), and with it every SMS and push behind it. The sender hangs up
+    at timeout_seconds (0.5 here) whatever part of the answer is still coming; the ticket
+    Zendesk made meanwhile is the one the retried create gets back (Idempotency-Key), not
+    a second."""
+    proxy = TricklingProxy(fake.url)  # the head of each answer takes ~10 s
+    app = helpdesk_app(settings, clock, tmp_path / "config", proxy.url, timeout=0.5)
+    ivr = app.extensions["ivr"]
+    try:
+        number = call(Simulator(WsgiTransport(app), TOKEN))
+        counts = sender(ivr, clock).drain()
+        proxy.wait()
+        assert proxy.heads == {"whole": 0, "hung_up": 1}
+        assert counts["retry"] == 1
+        (job,) = jobs(ivr)
+        assert (job.status, job.last_error) == ("pending", "no answer within 0.5 s")
+        assert [t["external_id"] for t in fake.tickets.values()] == [number]  # it was made
+
+        proxy.trickle = False
+        clock.advance(minutes=5)
+        assert patient_sender(ivr, clock).drain()["sent"] == 1
+        assert len(fake.tickets) == 1
+        assert [p["headers"]["Idempotency-Key"] for p in fake.writes()] == \
+            [f"phone-ticket-{number}"] * 2
+        assert jobs(ivr)[0].remote_id == str(next(iter(fake.tickets)))
+    finally:
+        proxy.close()
+        ivr.storage.dispose()
 
 
 @pytest.mark.parametrize("encoding", [None, "gzip"])
