@@ -679,6 +679,16 @@ class Settings(BaseModel):
                              "strip from what is sent: remove it")
         return value
 
+    @field_validator("zendesk_api_token", "zendesk_webhook_secret", mode="before")
+    @classmethod
+    def _without_line_end(cls, value):
+        # Zendesk's tokens and signing secrets hold no white space; one read from a file
+        # often ends in a line end, which made every push 401 or every delivery unsigned.
+        if isinstance(value, str):
+            value = value.strip()
+            return value or None
+        return value
+
     @field_validator("sms_from")
     @classmethod
     def _textable_from(cls, value):

@@ -254,6 +254,21 @@ def test_an_admin_token_nobody_could_send_is_refused(token):
         Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false", "IVR_ADMIN_TOKEN": token})
 
 
+@pytest.mark.parametrize("name", ["IVR_ZENDESK_API_TOKEN", "IVR_ZENDESK_WEBHOOK_SECRET"])
+def test_zendesk_credentials_are_taken_without_the_line_end_a_secret_file_leaves(name):
+    """A token or signing secret read from a file (a container's secret, `echo` into an
+    environment file) often ends in a line end. Zendesk's never hold white space, and
+    kept with it every push was refused with 401 (the token) or every delivery from
+    Zendesk was refused as wrongly signed (the secret), long after the start said
+    nothing; one of white space only is not set."""
+    env = {"IVR_VALIDATE_SIGNATURES": "false"}
+    attribute = {"IVR_ZENDESK_API_TOKEN": "zendesk_api_token",
+                 "IVR_ZENDESK_WEBHOOK_SECRET": "zendesk_webhook_secret"}[name]
+    settings = Settings.from_env({**env, name: " zendesk-secret-123\n"})
+    assert getattr(settings, attribute) == "zendesk-secret-123"
+    assert getattr(Settings.from_env({**env, name: " \n"}), attribute) is None
+
+
 @pytest.mark.parametrize("url", ["https://ivr.example.com/line", "https://ivr.example.com?x=1",
                                  "https://ivr.example.com?", "https://ivr.example.com#",
                                  "ivr.example.com", "ftp://ivr.example.com"])
