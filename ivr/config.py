@@ -432,8 +432,8 @@ class Helpdesk(_Model):
     def _where(self) -> "Helpdesk":
         if not self.subdomain and not self.url:
             raise ValueError("give subdomain (https://SUBDOMAIN.zendesk.com) or url")
-        # A push is two requests at most (a look-up, then the write), each up to its
-        # connect and read time-outs: it must end well inside the claim the sender holds.
+        # A push is three requests at most (a look-up, a look for its note, then the
+        # write), each hung up at timeout_seconds: it must end inside the sender's claim.
         if self.lease_seconds < 4 * self.timeout_seconds:
             raise ValueError(f"lease_seconds ({self.lease_seconds}) must be at least four "
                              f"times timeout_seconds ({self.timeout_seconds:g}), so that a "
