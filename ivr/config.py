@@ -728,16 +728,18 @@ class Settings(BaseModel):
         return hosts
 
     def rest_client(self, http_client=None):
-        """Twilio's REST client for this account, each request limited to REST_TIMEOUT
-        seconds; None without credentials. ``http_client``: twilio's HttpClient interface
+        """Twilio's REST client for this account, each request ended REST_TIMEOUT seconds
+        after it began, however its answer trickles in (``deadline.py``); None without
+        credentials. ``http_client``: twilio's HttpClient interface
         (tests pass a recording one)."""
         if not (self.twilio_account_sid and self.twilio_auth_token):
             return None
-        from twilio.http.http_client import TwilioHttpClient
         from twilio.rest import Client
 
+        from .deadline import twilio_http_client
+
         return Client(self.twilio_account_sid, self.twilio_auth_token,
-                      http_client=http_client or TwilioHttpClient(timeout=REST_TIMEOUT))
+                      http_client=http_client or twilio_http_client(REST_TIMEOUT))
 
     @property
     def production(self) -> bool:

@@ -15,16 +15,12 @@ import email.utils
 import json
 import logging
 import math
-import socket
-import threading
 import time
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from ..deadline import Deadline, hang_up_at_deadlines
 from ..domain.digits import ascii_digits
 from .base import HelpDesk, NewTicket, Result, TicketChange
 
@@ -67,9 +63,7 @@ class Zendesk(HelpDesk):
         self.base_url = base_url.rstrip("/")
         self.timeout = (min(timeout, 5.0), timeout)  # connect, read
         self.custom_fields = dict(custom_fields or {})
-        self.http = session or requests.Session()
-        self.http.mount("http://", DeadlineAdapter())
-        self.http.mount("https://", DeadlineAdapter())
+        self.http = hang_up_at_deadlines(session or requests.Session())
         self.http.auth = (f"{email}/token", api_token)
         self.http.headers.update({"Accept": "application/json"})
 
@@ -239,114 +233,6 @@ class Zendesk(HelpDesk):
 
     def _too_slow(self) -> str:
         return f"no answer within {self.timeout[1]:g} s"
-
-
-_watching = threading.local()
-
-
-class Deadline:
-    """Hangs up the connection of this thread's request at ``deadline`` (a
-    ``time.monotonic()`` reading), whatever it is doing: connecting, sending, or waiting
-    for a byte of the answer. A socket's time-out bounds each wait for the next byte, and
-    nothing inside requests bounds the whole; a timer thread shuts the socket down, which
-    ends any wait on it at once (the read then sees the connection closed, and ``passed``
-    says why). The connection is never used again: urllib3 drops a connection whose
-    request failed, and ``_request`` closes the response of one it gave up on."""
-
-    def __init__(self, deadline: float):
-        self.passed = False
-        self._connection = None
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(max(deadline - time.monotonic(), 0.0), self._hang_up)
-        self._timer.daemon = True
-
-    def __enter__(self) -> "Deadline":
-        _watching.deadline = self
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._timer.cancel()
-        _watching.deadline = None
-        with self._lock:
-            self._connection = None  # a timer firing late touches nothing
-
-    def watch(self, connection) -> None:
-        """The connection this thread's request now uses; hung up at once if the deadline
-        passed before it had a socket (while connecting)."""
-        with self._lock:
-            self._connection = connection
-            if self.passed:
-                _shut(connection)
-
-    def _hang_up(self) -> None:
-        with self._lock:
-            self.passed = True
-            if self._connection is not None:
-                _shut(self._connection)
-
-
-def _shut(connection) -> None:
-    sock = getattr(connection, "sock", None)
-    if sock is not None:
-        try:  # the plain socket's shutdown, under TLS too: no TLS goodbye to wait for
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
-class _Watched:
-    """A urllib3 connection that tells this thread's Deadline which socket to hang up:
-    once connected (the TLS handshake included), and at each request (a connection
-    reused from the pool connects no more)."""
-
-    def connect(self) -> None:
-        deadline = getattr(_watching, "deadline", None)
-        if deadline is not None:
-            deadline.watch(self)  # hung up mid-handshake if need be: the socket is set first
-        super().connect()
-        if deadline is not None:
-            deadline.watch(self)
-
-    def request(self, *args, **kwargs):
-        deadline = getattr(_watching, "deadline", None)
-        if deadline is not None:
-            deadline.watch(self)
-        return super().request(*args, **kwargs)
-
-
-class _HTTPConnection(_Watched, HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_Watched, HTTPSConnection):
-    pass
-
-
-class _HTTPPool(HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
-
-
-class _HTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-
-
-_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
-
-
-class DeadlineAdapter(HTTPAdapter):
-    """requests' adapter whose connections a Deadline can hang up (through an HTTP
-    proxy too; a SOCKS proxy keeps its own connections, bounded per read only)."""
-
-    def init_poolmanager(self, *args, **kwargs) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _POOLS
-
-    def proxy_manager_for(self, proxy: str, **kwargs):
-        manager = super().proxy_manager_for(proxy, **kwargs)
-        if isinstance(manager, urllib3.ProxyManager):
-            manager.pool_classes_by_scheme = _POOLS
-        return manager
 
 
 def read_within(response: requests.Response, deadline: float, limit: int) -> bytes | None:

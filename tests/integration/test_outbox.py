@@ -1,5 +1,6 @@
 """The SMS outbox: queued by the webhooks, sent by the drain outside any request."""
 
+import pytest
 from sqlalchemy import select
 
 from ivr import outbox
@@ -242,3 +243,35 @@ def test_the_sender_says_when_it_starts_that_text_messages_are_not_sent_and_what
         assert result.exit_code == 0 and "not sent" not in result.output
     finally:
         configured.extensions["ivr"].storage.dispose()
+
+
+def test_a_twilio_api_that_trickles_its_answer_is_hung_up_on_at_the_time_out(httpserver,
+                                                                             monkeypatch):
+    """requests' time-out bounds each read, not the answer: a Twilio API (or a proxy
+    before it) sending its answer's head a byte at a time held the sender for as long as
+    it went on, every SMS and help-desk push behind it waiting, and past the message's
+    claim another sender would text the caller a second time. Each REST request is hung
+    up at its time-out (0.5 s here) and fails as a time-out, which the sender tries
+    again later."""
+    import requests
+
+    from ivr import config
+    from ivr.config import Settings
+
+    from ..zendesk_fake import TricklingProxy
+
+    path = f"/2010-04-01/Accounts/AC{'1' * 32}/Messages.json"
+    httpserver.expect_request(path, method="POST").respond_with_json({"sid": "SM" + "1" * 32},
+                                                                     status=201)
+    proxy = TricklingProxy(httpserver.url_for("/"))  # the head takes ~5 s
+    monkeypatch.setattr(config, "REST_TIMEOUT", 0.5)
+    client = Settings(validate_signatures=False, twilio_account_sid="AC" + "1" * 32,
+                      twilio_auth_token="t" * 32).rest_client()
+    try:
+        with pytest.raises(requests.Timeout):
+            client.http_client.request("POST", proxy.url + path,
+                                       data={"To": "+15005550006", "Body": "hi"})
+        proxy.wait()
+        assert proxy.heads == {"whole": 0, "hung_up": 1}
+    finally:
+        proxy.close()

@@ -3,8 +3,8 @@
     domain  <-  storage  <-  voice  <-  desk  <-  helpdesk     sim drives the app from outside
 
 Top-level modules of ``ivr`` are of two kinds. The cross-cutting ones (``CROSS_CUTTING``:
-configuration, security, metrics, the ``ivr()`` accessor) may be used by every layer and
-import no layer above the domain. The outer ones (the commands and their registration, the
+configuration, security, metrics, the ``ivr()`` accessor, HTTP deadlines) may be used by
+every layer and import no layer above the domain. The outer ones (the commands and their registration, the
 sender, health, the web front, privacy, queues) use the layers, and no layer imports them.
 The app factory in ``ivr/__init__.py`` is the one place that wires every layer together.
 """
@@ -33,7 +33,7 @@ ALLOWED = {
     "sim": {"desk"},
 }
 # Cross-cutting modules any layer may use; they import no layer above the domain.
-CROSS_CUTTING = {"config", "security", "metrics", "extension"}
+CROSS_CUTTING = {"config", "security", "metrics", "extension", "deadline"}
 FRAMEWORKS = ("flask", "twilio", "sqlalchemy", "alembic", "werkzeug", "jinja2")
 
 
