@@ -28,8 +28,9 @@ class Deadline:
     for a byte of the answer. A socket's time-out bounds each wait for the next byte, and
     nothing inside requests bounds the whole; a timer thread shuts the socket down, which
     ends any wait on it at once (the read then sees the connection closed, and ``passed``
-    says why). The connection is never used again: urllib3 drops a connection whose
-    request failed, and ``_request`` closes the response of one it gave up on."""
+    says why). The connection is not used again: urllib3 drops a connection whose request
+    failed, or finds it closed before reusing it, and a streamed answer given up on is
+    closed by its reader (``Zendesk._request``)."""
 
     def __init__(self, deadline: float):
         self.passed = False
