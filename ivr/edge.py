@@ -12,7 +12,9 @@ the app, which runs on a thread of its own (asgiref's WsgiToAsgi), one request a
 per worker as before. The app's answer is kept whole, then sent from the event loop: a
 client that does not read it (its socket's buffers full) holds its connection for at most
 SEND_SECONDS per piece of the answer, never the app's thread and so never the requests of
-other clients.
+other clients. The one exception is an answer its view marks as made while it is sent
+(``extension.STREAMED_BODY``, the ticket export): its pieces are made on a thread of the
+event loop's pool, each once the client has taken the one before.
 
 ``gunicorn.conf.py`` selects the worker, wraps whatever WSGI app gunicorn loads
 (``app:app``) in ``BufferingFront`` and has the worker's connections keep a deadline on
@@ -22,6 +24,7 @@ the first request's head (``HeadDeadline``) as gunicorn already does on later on
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
 import logging
@@ -32,6 +35,7 @@ from asgiref.wsgi import WsgiToAsgi
 from gunicorn.asgi.protocol import ASGIProtocol
 
 from . import metrics
+from .extension import STREAMED_BODY
 from .web import MAX_BODY_BYTES, TOO_LARGE
 
 log = logging.getLogger("ivr.edge")
@@ -145,14 +149,40 @@ def is_asgi(app) -> bool:
     return inspect.iscoroutinefunction(call)
 
 
+# The body of this request's answer when its view marked it as made while it is sent
+# (STREAMED_BODY): set by the front for each request, filled on the app's thread.
+_streamed: contextvars.ContextVar[list | None] = contextvars.ContextVar("ivr_streamed",
+                                                                         default=None)
+
+
+def _streams_handed_over(wsgi_app):
+    """The WSGI app, handing the body of an answer its view marked as streamed to the front
+    instead of to asgiref, which would make it whole on the app's thread."""
+    def app(environ, start_response):
+        body = wsgi_app(environ, start_response)
+        held = _streamed.get() if STREAMED_BODY in environ else None
+        if held is not None:
+            held.append(body)
+            return []
+        return body
+    return app
+
+
 class BufferingFront:
-    """An ASGI app that buffers a bounded request body, then runs the WSGI app on it."""
+    """An ASGI app that buffers a bounded request body, then runs the WSGI app on it.
+
+    An answer whose view marks it as made while it is sent (``STREAMED_BODY``: the ticket
+    export, a year of tickets read a batch at a time) is the exception to making the answer
+    whole on the app's thread: that thread would be held, and every webhook of the worker
+    with it, for as long as the whole file took to make (past APP_SECONDS, the worker was
+    replaced and the export never arrived), and the file kept whole in memory. Its pieces
+    are made on another thread, each when the client has taken the one before."""
 
     def __init__(self, wsgi_app, max_body: int = MAX_BODY_BYTES,
                  body_seconds: float = BODY_SECONDS, app_seconds: float = APP_SECONDS,
                  send_seconds: float = SEND_SECONDS, on_stuck=None):
         self.wsgi_app = wsgi_app
-        self.inner = WsgiToAsgi(wsgi_app)
+        self.inner = WsgiToAsgi(_streams_handed_over(wsgi_app))
         self.max_body = max_body
         self.body_seconds = body_seconds
         self.app_seconds = app_seconds
@@ -203,11 +233,12 @@ class BufferingFront:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        answer = []
+        answer, streamed = [], []
 
         async def keep(message):
             answer.append(message)
 
+        handed_over = _streamed.set(streamed)
         try:
             async with asyncio.timeout(self.app_seconds):
                 await self.inner(_with_length(scope, len(body)), replay, keep)
@@ -218,6 +249,8 @@ class BufferingFront:
                       scope.get("method"), scope.get("path"), self.app_seconds)
             answer = None
             self.on_stuck()
+        finally:
+            _streamed.reset(handed_over)
         try:
             if answer is None:
                 answer = []
@@ -226,6 +259,9 @@ class BufferingFront:
             # The deadline is on each piece: a long answer (the ticket export) that a
             # client takes steadily is not cut off because its whole takes longer.
             for message in answer:
+                if streamed and message["type"] == "http.response.body":
+                    await self._send_streamed(scope, streamed[0], send)
+                    return
                 async with asyncio.timeout(self.send_seconds):
                     await send(message)
         except TimeoutError:
@@ -235,6 +271,40 @@ class BufferingFront:
             log.warning("%s %s: the client took no piece of its answer in %g s; "
                         "connection closed", scope.get("method"), scope.get("path"),
                         self.send_seconds)
+
+    async def _send_streamed(self, scope, body, send) -> None:
+        """Send a streamed answer's body (its head is sent): each piece made on a thread
+        of the event loop's pool, not the app's, once the client has taken the last. A
+        piece not made within APP_SECONDS (a database that stopped answering), or one
+        whose making fails, ends the connection without the answer's end, so the client
+        sees the download broken rather than a file cut short."""
+        pieces = iter(body)
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.app_seconds):
+                        piece = await asyncio.to_thread(next, pieces, None)
+                except Exception as exc:  # the connection is what is left to end
+                    # A time-out says enough; anything else is logged with where it came from.
+                    log.error("%s %s: the answer's next piece could not be made (%s); "
+                              "connection closed", scope.get("method"), scope.get("path"),
+                              type(exc).__name__, exc_info=not isinstance(exc, TimeoutError))
+                    return
+                if piece is None:
+                    break
+                if piece:
+                    async with asyncio.timeout(self.send_seconds):
+                        await send({"type": "http.response.body", "body": piece,
+                                    "more_body": True})
+            async with asyncio.timeout(self.send_seconds):
+                await send({"type": "http.response.body"})
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                try:
+                    await asyncio.to_thread(close)
+                except ValueError:  # a piece still being made on its thread: it ends there
+                    pass
 
     async def _too_large(self, scope, send):
         if scope.get("path", "").startswith("/voice"):

@@ -23,3 +23,10 @@ def schema_free(when=lambda params: True):
         callback.__schema_free__ = when
         return callback
     return mark
+
+
+# Set in a request's WSGI environ by a view whose answer is made as it is sent, a piece
+# at a time (the ticket export): the server front (ivr/edge.py) then asks for each piece
+# off the app's thread as the client takes the one before, instead of having the app's
+# thread make the whole answer first.
+STREAMED_BODY = "ivr.streamed_body"

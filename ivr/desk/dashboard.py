@@ -30,7 +30,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from ..domain.priority import KEYS as PRIORITY_KEYS
 from ..domain.priority import RANGE_TEXT
-from ..extension import ivr
+from ..extension import STREAMED_BODY, ivr
 from ..storage import DATABASE_DOWN, HelpdeskJobRepository, database_unavailable
 from ..storage.desk_sessions import DeskSessionRepository
 from ..storage.helpdesk import helpdesk_counts, job_dict, job_id
@@ -331,6 +331,9 @@ def export():
     body = desk().export(fmt, since)
     name = f"tickets-since-{since:%Y-%m-%d}" if since else "tickets"
     mimetype = "text/csv" if fmt == "csv" else "application/json"
+    # Its first batch is read here, so a database away is a 503 page; the server front
+    # asks for the rest as the download goes, off the app's thread (ivr/edge.py).
+    request.environ[STREAMED_BODY] = True
     return Response(body, mimetype=mimetype,
                     headers={"Content-Disposition": f'attachment; filename="{name}.{fmt}"'})
 

@@ -437,3 +437,52 @@ def test_the_export_is_streamed_in_batches_not_built_whole(desk_app, clock, monk
     assert output.exit_code == 0 and output.output == body
     assert body.count("acme") == 30
     assert dashboard.most <= 7 and command.most <= 7
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_under_the_server_front_the_export_is_read_a_batch_at_a_time_as_it_is_sent(
+        desk_app, clock, monkeypatch, fmt):
+    """The asyncio front made every answer whole on the app's thread before sending it: a
+    year of tickets in one worker's memory, and that worker's webhooks waiting until the
+    last batch was read. The dashboard's export is read a batch at a time as the client
+    takes the file, and is the same file as the command's."""
+    import asyncio
+
+    from ivr.edge import BufferingFront
+    from ivr.storage.desk_queries import DeskRepository
+
+    monkeypatch.setattr(service, "EXPORT_BATCH", 7, raising=False)
+    clock.now = NOW
+    ivr = desk_app.extensions["ivr"]
+    add_tickets(ivr, 30, "1")
+    client = signed_in(desk_app)
+    cookie = client.get_cookie("ivr_admin", path="/admin")
+    batches, read_when_sent = [], []
+    tickets_from = DeskRepository.tickets_from
+
+    def counted(self, *args):
+        batches.append(True)
+        return tickets_from(self, *args)
+
+    monkeypatch.setattr(DeskRepository, "tickets_from", counted)
+    sent = []
+
+    async def taken(message):
+        sent.append(message)
+        if message.get("body"):
+            read_when_sent.append(len(batches))
+
+    async def request():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "http_version": "1.1", "method": "GET", "path": "/admin/export",
+             "root_path": "", "query_string": f"format={fmt}".encode(), "scheme": "http",
+             "headers": [(b"host", b"localhost"),
+                         (b"cookie", f"ivr_admin={cookie.value}".encode())],
+             "server": ("localhost", 80), "client": ("127.0.0.1", 40000)}
+    asyncio.run(BufferingFront(desk_app)(scope, request, taken))
+    assert sent[0]["status"] == 200
+    assert len(batches) == 5  # 30 tickets, 7 a batch
+    assert read_when_sent[0] == 1 and read_when_sent[-1] == 5
+    output = desk_app.test_cli_runner().invoke(args=["tickets", "export", "--format", fmt])
+    assert b"".join(m.get("body", b"") for m in sent).decode() == output.output

@@ -348,3 +348,113 @@ def test_requests_one_after_another_or_a_few_pipelined_keep_their_connection_ali
     assert len(sent) == 6 and not transport.closed_by_server
     assert all(answer.startswith(b"HTTP/1.1 200") and b"connection: close" not in answer.lower()
                for answer in sent)
+
+
+def export_scope(path: str = "/admin/export") -> dict:
+    return {"type": "http", "http_version": "1.1", "method": "GET", "path": path,
+            "root_path": "", "query_string": b"", "headers": [], "scheme": "http",
+            "server": ("127.0.0.1", 5000), "client": ("127.0.0.1", 40000)}
+
+
+async def nothing_more():
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def streaming_app(pieces, before_piece=lambda index: None):
+    """A WSGI app whose /admin/export answer is made piece by piece as the view marks it
+    (the ticket export); ``before_piece(i)`` runs as piece i is asked for. Any other path
+    answers at once."""
+    from ivr.extension import STREAMED_BODY
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] != "/admin/export":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"webhook answered"]
+        environ[STREAMED_BODY] = True
+        start_response("200 OK", [("Content-Type", "text/csv")])
+
+        def body():
+            for index, piece in enumerate(pieces):
+                before_piece(index)
+                yield piece
+        return body()
+    return app
+
+
+def test_an_export_is_made_while_it_is_sent_not_held_whole_in_the_workers_memory():
+    """A streamed answer (the ticket export) goes to the client a piece at a time as it
+    is made: the next piece is not asked for before the last one has been taken, so a
+    year of tickets is never kept whole in the worker's memory."""
+    pieces = [b"row %d\n" % i for i in range(5)]
+    taken, taken_when_asked = [], []
+    front = BufferingFront(streaming_app(pieces, lambda i: taken_when_asked.append(len(taken))))
+
+    sent = []
+
+    async def client(message):
+        sent.append(message)
+        if message.get("body"):
+            taken.append(message["body"])
+
+    asyncio.run(front(export_scope(), nothing_more, client))
+    assert b"".join(m.get("body", b"") for m in sent) == b"".join(pieces)
+    assert sent[0]["status"] == 200 and not sent[-1].get("more_body")
+    assert taken_when_asked == [0, 1, 2, 3, 4]
+
+
+def test_a_webhook_is_answered_while_an_export_on_the_same_worker_is_still_being_made():
+    """The app's thread serves one request at a time: an export made whole there before a
+    byte was sent held every webhook of that worker behind it (past Twilio's 15 s, and
+    past the front's own deadline, which restarted the worker). The export's pieces are
+    made off that thread, so a webhook arriving meanwhile is answered at once."""
+    import threading
+
+    more = threading.Event()
+
+    def wait_for_the_webhook(index):
+        if index == 1:
+            assert more.wait(10), "the webhook was not served while the export was made"
+
+    front = BufferingFront(streaming_app([b"first\n", b"second\n"], wait_for_the_webhook))
+    exported, answered = [], []
+
+    async def main():
+        async def to_exporter(message):
+            exported.append(message)
+
+        async def to_twilio(message):
+            answered.append(message)
+
+        export = asyncio.create_task(front(export_scope(), nothing_more, to_exporter))
+        for _ in range(500):  # the export's first piece is on its way
+            if any(m.get("body") for m in exported) or export.done():
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(front(export_scope("/voice"), nothing_more, to_twilio), 5)
+        more.set()
+        await asyncio.wait_for(export, 5)
+
+    try:
+        asyncio.run(main())
+    finally:
+        more.set()
+    assert b"".join(m.get("body", b"") for m in answered) == b"webhook answered"
+    assert b"".join(m.get("body", b"") for m in exported) == b"first\nsecond\n"
+
+
+def test_an_export_that_fails_half_way_ends_its_connection_without_the_end_of_the_file():
+    """A piece that cannot be made (the database went away between batches) leaves the
+    download visibly broken, not a file that looks whole with tickets missing."""
+    def away(index):
+        if index == 1:
+            raise OSError("database unreachable")
+
+    front = BufferingFront(streaming_app([b"first\n", b"second\n"], away))
+    sent = []
+
+    async def client(message):
+        sent.append(message)
+
+    asyncio.run(front(export_scope(), nothing_more, client))
+    assert sent[0]["status"] == 200
+    assert [m.get("body") for m in sent[1:]] == [b"first\n"] and sent[-1]["more_body"]
