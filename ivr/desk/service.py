@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from ..config import IvrConfig
-from ..domain.lifecycle import STATUSES, UNCLOSED, ForbiddenMove, TicketStatus, move
+from ..domain.lifecycle import (STATUSES, UNCLOSED, ForbiddenMove, TicketStatus, left_the_queue,
+                                move)
 from ..domain.digits import ascii_number
 from ..domain.priority import RANGE_TEXT, is_level
 from ..domain.phones import as_typed, callable_number, mask
@@ -514,6 +515,18 @@ class Desk:
                     new = move(ticket.status, status)
                 except ForbiddenMove as forbidden:
                     raise Conflict(f"ticket {ticket.number} {forbidden}") from None
+                if new is TicketStatus.CONNECTED and ticket.status == TicketStatus.IN_QUEUE:
+                    # Only the engineer line takes a caller from the queue: marked
+                    # connected, one still holding would be offered to no engineer and
+                    # never let go, and their hang-up would leave the ticket connected.
+                    call = uow.session.get(Call, ticket.call_sid)
+                    if call is not None and not left_the_queue(call.queue_result,
+                                                               call.ended_at is not None):
+                        raise Conflict(
+                            f"ticket {ticket.number}: its caller is still waiting in the "
+                            "queue, and only the engineer line connects them (an engineer "
+                            "calls it and is put through); to end their wait, set a "
+                            "callback or close the ticket")
                 log.info("ticket id=%s status %s -> %s", ticket.id, ticket.status, new)
                 FloorRepository(self.storage, uow.session).record(
                     ticket.id, actor, "close" if status == "closed" else "status",

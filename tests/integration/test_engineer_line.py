@@ -91,6 +91,30 @@ def test_the_desk_cannot_put_a_ticket_back_in_the_queue_so_no_engineer_is_whispe
     assert digits_spoken(root) == [] and root.find("Dial/Queue") is None
 
 
+def test_the_desk_cannot_mark_a_caller_still_holding_in_the_queue_connected(twilio, ivr, clock):
+    """Only the engineer line takes a caller from the queue. Marked connected by the desk
+    while they still held (an engineer's "I'm on it" before calling the line), the caller
+    was no longer offered to any engineer and no longer let go either: on hold until they
+    gave up, the ticket saying connected. The desk refuses, and the engineer line still
+    hands the caller to the next engineer; once the caller has hung up, the desk may."""
+    add_engineer(ivr)
+    waiting = queued(twilio, 1)
+    desk = Desk.of(ivr)
+    with pytest.raises(Conflict, match="still waiting in the queue"):
+        desk.update(waiting["ticket"], status="connected", actor="aiko")
+    assert ticket(ivr, waiting["ticket"]).status == "in_queue"
+    root = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid())))
+    assert digits_spoken(root) == [waiting["ticket"]]
+    assert root.find("Dial/Queue").text == waiting["queue"]
+
+    other = queued(twilio, 2)
+    # Its call ended with no word from the queue (the report lost): the desk may say so.
+    twiml(twilio.post("/voice/status", **{**twilio.call_params(other["sid"]),
+                                          "CallStatus": "completed", "CallDuration": "60"}))
+    view, changed = desk.update(other["ticket"], status="connected", actor="aiko")
+    assert changed and view["status"] == "connected"
+
+
 def test_a_caller_being_put_through_while_the_database_is_away_hears_the_engineer_is_joining(
         twilio, ivr, dead):
     """Twilio bridges the two whatever the <Queue url> answers: the caller hears the usual
