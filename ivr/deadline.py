@@ -67,6 +67,10 @@ class Deadline:
 
 def _shut(connection) -> None:
     sock = getattr(connection, "sock", None)
+    # TLS inside TLS (an https:// proxy): urllib3's SSLTransport wraps the socket that
+    # carries it, and is no socket itself.
+    while sock is not None and not isinstance(sock, socket.socket):
+        sock = getattr(sock, "socket", None)
     if sock is not None:
         try:  # the plain socket's shutdown, under TLS too: no TLS goodbye to wait for
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
@@ -115,7 +119,7 @@ _POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
 
 class DeadlineAdapter(HTTPAdapter):
     """requests' adapter whose connections a Deadline can hang up (through an HTTP
-    proxy too; a SOCKS proxy keeps its own connections, bounded per read only)."""
+    proxy too, spoken to over TLS or not; a SOCKS proxy keeps its own connections, bounded per read only)."""
 
     def init_poolmanager(self, *args, **kwargs) -> None:
         super().init_poolmanager(*args, **kwargs)

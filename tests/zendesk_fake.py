@@ -260,3 +260,116 @@ class TricklingProxy:
                 self.heads["hung_up"] += 1
                 return
             self.heads["whole"] += 1
+
+
+class TlsTunnel:
+    """An HTTPS origin that sends its answer's head a byte at a time, ``pause`` seconds
+    apart, behind a proxy that is itself spoken to over TLS (``HTTPS_PROXY=https://...``)
+    and tunnels to it with CONNECT: the client's connection is then TLS inside TLS. Both
+    use a certificate for 127.0.0.1 made with the ``openssl`` command (``cert``, to be
+    trusted through ``REQUESTS_CA_BUNDLE``). ``heads`` notes whether the answer's head
+    went out whole or the client hung up first."""
+
+    def __init__(self, folder, pause: float = 0.05):
+        import shutil
+        import socket
+        import ssl
+        import subprocess
+
+        if shutil.which("openssl") is None:
+            import pytest
+
+            pytest.skip("the openssl command is needed to make a test certificate")
+        self.cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                        key, "-out", self.cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"],
+                       check=True, capture_output=True)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(self.cert, key)
+        self.pause = pause
+        self.heads = {"whole": 0, "hung_up": 0}
+        self.handlers: list[threading.Thread] = []
+        self._socket = socket
+        self.listeners = []
+        self.origin_port = self._listen(self._origin)
+        self.proxy_url = f"https://127.0.0.1:{self._listen(self._proxy)}"
+        self.origin_url = f"https://127.0.0.1:{self.origin_port}"
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+
+    def wait(self, seconds: float = 60.0) -> None:
+        for handler in list(self.handlers):
+            handler.join(seconds)
+
+    def _listen(self, serve) -> int:
+        listener = self._socket.create_server(("127.0.0.1", 0))
+        self.listeners.append(listener)
+
+        def accept():
+            while True:
+                try:
+                    client, _ = listener.accept()
+                except OSError:
+                    return
+                handler = threading.Thread(target=serve, args=(client,), daemon=True)
+                self.handlers.append(handler)
+                handler.start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        return listener.getsockname()[1]
+
+    def _head_of_request(self, conn) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            piece = conn.recv(65536)
+            if not piece:
+                raise OSError("closed before the request's head")
+            data += piece
+        return data
+
+    def _origin(self, client) -> None:
+        try:
+            with self.context.wrap_socket(client, server_side=True) as conn:
+                self._head_of_request(conn)
+                head = (b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 2\r\n\r\n")
+                for index in range(len(head)):
+                    time.sleep(self.pause)
+                    conn.sendall(head[index:index + 1])
+                conn.sendall(b"{}")
+        except OSError:
+            self.heads["hung_up"] += 1
+            return
+        self.heads["whole"] += 1
+
+    def _proxy(self, client) -> None:
+        socket = self._socket
+        try:
+            conn = self.context.wrap_socket(client, server_side=True)
+            self._head_of_request(conn)
+            upstream = socket.create_connection(("127.0.0.1", self.origin_port))
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        except OSError:
+            return
+
+        def pipe(source, sink):
+            try:
+                while piece := source.recv(65536):
+                    sink.sendall(piece)
+            except OSError:
+                pass
+            for end in (source, sink):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        back = threading.Thread(target=pipe, args=(upstream, conn), daemon=True)
+        back.start()
+        pipe(conn, upstream)
+        back.join()
+        conn.close()
+        upstream.close()

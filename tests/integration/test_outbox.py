@@ -275,3 +275,34 @@ def test_a_twilio_api_that_trickles_its_answer_is_hung_up_on_at_the_time_out(htt
         assert proxy.heads == {"whole": 0, "hung_up": 1}
     finally:
         proxy.close()
+
+
+def test_a_twilio_api_trickling_through_a_tls_proxy_is_hung_up_on_at_the_time_out(
+        tmp_path, monkeypatch):
+    """Through a proxy spoken to over TLS (``HTTPS_PROXY=https://...``), the connection
+    to Twilio is TLS inside TLS, and its socket is not a socket but urllib3's wrapper of
+    one: the deadline must still hang it up, not fail in its timer and leave the sender
+    held until the answer's head has trickled in."""
+    import requests
+
+    from ivr import config
+    from ivr.config import Settings
+
+    from ..zendesk_fake import TlsTunnel
+
+    tunnel = TlsTunnel(tmp_path)  # the head takes ~4 s
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", tunnel.proxy_url)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", tunnel.cert)
+    monkeypatch.setattr(config, "REST_TIMEOUT", 0.5)
+    client = Settings(validate_signatures=False, twilio_account_sid="AC" + "1" * 32,
+                      twilio_auth_token="t" * 32).rest_client()
+    try:
+        with pytest.raises(requests.Timeout):
+            client.http_client.request("POST", tunnel.origin_url + "/Messages.json",
+                                       data={"To": "+15005550006", "Body": "hi"})
+        tunnel.wait()
+        assert tunnel.heads == {"whole": 0, "hung_up": 1}
+    finally:
+        tunnel.close()
