@@ -679,11 +679,13 @@ class Settings(BaseModel):
                              "strip from what is sent: remove it")
         return value
 
-    @field_validator("zendesk_api_token", "zendesk_webhook_secret", mode="before")
+    @field_validator("twilio_auth_token", "twilio_account_sid", "zendesk_api_token",
+                     "zendesk_webhook_secret", mode="before")
     @classmethod
     def _without_line_end(cls, value):
-        # Zendesk's tokens and signing secrets hold no white space; one read from a file
-        # often ends in a line end, which made every push 401 or every delivery unsigned.
+        # Twilio's and Zendesk's SIDs, tokens and signing secrets hold no white space; one
+        # read from a file often ends in a line end, which made every webhook's signature
+        # wrong (every call refused), every push or text 401, or every delivery unsigned.
         if isinstance(value, str):
             value = value.strip()
             return value or None

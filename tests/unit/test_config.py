@@ -269,6 +269,28 @@ def test_zendesk_credentials_are_taken_without_the_line_end_a_secret_file_leaves
     assert getattr(Settings.from_env({**env, name: " \n"}), attribute) is None
 
 
+def test_twilio_credentials_are_taken_without_the_line_end_a_secret_file_leaves():
+    """The auth token read from a file, with its line end, checked every webhook's
+    signature with a key Twilio never signed with: every call was refused (403, and the
+    caller heard Twilio's application error) and every text and callback refused with
+    401, while the start said nothing. Twilio's SIDs and tokens hold no white space."""
+    from twilio.request_validator import RequestValidator
+    from werkzeug.datastructures import MultiDict
+
+    from ivr.voice.webhooks import signature_matches
+
+    token, sid = "0123456789abcdef0123456789abcdef", "AC" + "1" * 32
+    settings = Settings.from_env({"TWILIO_AUTH_TOKEN": token + "\n",
+                                  "TWILIO_ACCOUNT_SID": f" {sid}\r\n",
+                                  "IVR_PUBLIC_URL": "https://ivr.example.com"})
+    assert (settings.twilio_auth_token, settings.twilio_account_sid) == (token, sid)
+    url, form = "https://ivr.example.com/voice", {"CallSid": "CA" + "2" * 32}
+    signed = RequestValidator(token).compute_signature(url, form)
+    assert signature_matches(settings.twilio_auth_token, url, MultiDict(form), signed)
+    blank = Settings.from_env({"IVR_VALIDATE_SIGNATURES": "false", "TWILIO_AUTH_TOKEN": " \n"})
+    assert blank.twilio_auth_token is None
+
+
 @pytest.mark.parametrize("url", ["https://ivr.example.com/line", "https://ivr.example.com?x=1",
                                  "https://ivr.example.com?", "https://ivr.example.com#",
                                  "ivr.example.com", "ftp://ivr.example.com"])
