@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from .domain.digits import ascii_digits, ascii_number
-from .domain.engineers import QUEUE_GROUP_LIMIT, QUEUE_NAME_LIMIT
+from .domain.engineers import QUEUE_GROUP_LIMIT, QUEUE_NAME_LIMIT, primary_language
 from .domain.phones import redact_numbers
 from .domain.priority import HIGHEST, LEVELS, LOWEST
 
@@ -545,6 +545,13 @@ class IvrConfig(_Model):
         routes = [self.service.default_route] + [line.route for line in self.lines]
         return {route.group(level) for route in routes if isinstance(route, EnqueueRoute)
                 for level in LEVELS}
+
+    def caller_languages(self) -> set[str]:
+        """The languages callers are spoken to in ('en', 'ja'): every line's, its English
+        voice's and the default for numbers not listed; what an engineer may take."""
+        voices = [self.service.speech] + [line.speech for line in self.lines] + [
+            line.english for line in self.lines if line.english is not None]
+        return {primary_language(voice.language) for voice in voices}
 
     def queue_group(self, line: Line | None, priority: int) -> str | None:
         """The queue group a caller of this line and priority waits in; None for dial and

@@ -73,12 +73,9 @@ class Engineers:
                                  "international form (+81...)")
         if client and not IDENTITY.fullmatch(client):
             raise BadRequest(f"client: {client[:40]!r} may hold letters, digits and _.@- only")
-        langs = parse_list(languages)
-        wrong = [lang for lang in langs if not re.fullmatch(r"[a-z]{2,3}", primary_language(lang))]
-        if wrong:
-            raise BadRequest(f"languages: {wrong[0][:20]!r} is not a language code like ja or en")
+        langs = self._languages(parse_list(languages))
         groups = self._groups(parse_list(queues))
-        kept = {"languages": ",".join(primary_language(lang) for lang in langs),
+        kept = {"languages": ",".join(langs),
                 "queues": ",".join(groups)}
         for field, value in kept.items():  # PostgreSQL refuses what its column cannot hold
             limit = Engineer.__table__.c[field].type.length
@@ -106,6 +103,23 @@ class Engineers:
             if not clash:
                 raise
             raise Conflict(clash) from None
+
+    def _languages(self, tags: list[str]) -> list[str]:
+        """The caller languages an engineer is to take ('ja' of 'ja-JP'), each one a line
+        speaks: another ('jp' for Japanese) would match no caller, and the engineer would
+        never be given one in the language meant, with nothing said."""
+        known = self.config.caller_languages()
+        languages: list[str] = []
+        for tag in tags:
+            language = primary_language(tag)
+            if not re.fullmatch(r"[a-z]{2,3}", language):
+                raise BadRequest(f"languages: {tag[:20]!r} is not a language code like ja or en")
+            if language not in known:
+                raise BadRequest(f"languages: {tag[:20]!r} is not a language callers speak on "
+                                 f"any line; the configured ones: " + ", ".join(sorted(known)))
+            if language not in languages:
+                languages.append(language)
+        return languages
 
     def _groups(self, names: list[str]) -> list[str]:
         """The queue groups an engineer is to serve, each one the configuration routes

@@ -68,11 +68,24 @@ def test_an_engineer_is_added_listed_and_their_token_is_stored_only_as_a_keyed_h
      "queues: 'support-xx' is not a queue group callers are routed to; the configured ones: "
      "support, support-apac, support-emea, support-jp, support-us"),
     (["bob", "--client", "x", "--languages", ",".join(a + b for a in "abcdefg" for b in "abcdefg")],
-     "languages: 146 characters in all, more than the 128 kept"),
+     "languages: 'aa' is not a language callers speak on any line"),
 ])
 def test_a_bad_engineer_is_refused_with_the_reason(app, args, message):
     result = cli(app, "engineers", "add", *args)
     assert result.exit_code != 0 and message in result.output
+
+
+def test_a_language_no_line_speaks_is_refused_naming_the_ones_callers_speak(app):
+    """`jp` for Japanese (the country, not the language) would leave the engineer taking
+    English callers only and never a Japanese one, with nothing said."""
+    result = cli(app, "engineers", "add", "bob", "--client", "x", "--languages", "jp,en")
+    assert result.exit_code != 0
+    assert "languages: 'jp' is not a language callers speak on any line; the configured " \
+           "ones: en, fr, ja" in result.output
+    assert json.loads(cli(app, "engineers", "list", "--json").output) == []
+    add(app, "aiko", "--client", "aiko-laptop", "--languages", "ja-JP,fr")
+    assert json.loads(cli(app, "engineers", "list", "--json").output)[0]["languages"] == \
+        ["ja", "fr"]
 
 
 def test_names_phones_and_identities_are_unique(app):
