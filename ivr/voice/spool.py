@@ -168,8 +168,19 @@ class Spool:
                         continue
                     read += 1
                     try:
-                        done = apply(json.loads(line))
-                    except Exception as exc:  # cut short by a crash mid-write, or not applicable
+                        record = json.loads(line)
+                    except ValueError:
+                        record = None
+                    if not isinstance(record, dict):
+                        # The expected case after a crash mid-write: no traceback to read.
+                        log.warning("spool record %s is not a whole record (a write cut "
+                                    "short by a crash): set aside in %s",
+                                    read, self.failed.name)
+                        set_aside.append(line if line.endswith("\n") else line + "\n")
+                        continue
+                    try:
+                        done = apply(record)
+                    except Exception as exc:  # a record this release cannot apply
                         if transient(exc):
                             raise
                         log.exception("spool record %s set aside in %s", read, self.failed.name)

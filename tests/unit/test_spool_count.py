@@ -88,3 +88,23 @@ def test_a_new_spool_file_that_reuses_the_old_ones_inode_is_counted_afresh(tmp_p
     for n in range(10):
         spool.append({"n": n, "pad": "y" * 10})
     assert spool.depth() == 10
+
+
+def test_a_record_cut_short_by_a_crash_is_set_aside_with_one_log_line_not_a_traceback(
+        tmp_path, caplog):
+    """The README's expected case after a crash mid-write: `spool replay` (and the sender)
+    say which record was set aside and why, in one line, not json's traceback, which read
+    as if the replay itself had failed."""
+    spool = Spool(tmp_path / "spool")
+    spool.append({"n": 0})
+    with open(spool.path, "ab") as handle:
+        handle.write(b'{"kind": "tick')  # a crash in the middle of a write
+    spool.append({"n": 1})
+    with caplog.at_level("INFO", logger="ivr.spool"):
+        result = spool.replay(lambda record: True)
+    assert (result.read, result.applied, result.unreadable) == (3, 2, 1)
+    assert spool.failed.read_text() == '{"kind": "tick\n'
+    [logged] = [r for r in caplog.records if r.name == "ivr.spool"]
+    assert logged.exc_info is None
+    assert logged.getMessage() == ("spool record 2 is not a whole record (a write cut short "
+                                   "by a crash): set aside in spool.failed.jsonl")
