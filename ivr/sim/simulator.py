@@ -106,7 +106,7 @@ class HttpTransport:
 
 @dataclass
 class Event:
-    kind: str  # say, press, timeout, pause, play, route, hangup, http_error
+    kind: str  # say, press, timeout, pause, play, route, answered, hangup, http_error
     text: str = ""
     language: str | None = None
     voice: str | None = None
@@ -309,6 +309,8 @@ class Simulator:
                 root, current = self._request(result, choice, extra), choice
             if root is None:
                 return
+        if queue_result == "bridged":
+            result.events.append(Event("answered", "an engineer answers"))
         after = self._request(result, result.queue_action, {
             "QueueResult": queue_result, "QueueTime": str(waited)})
         if after is not None:

@@ -111,6 +111,20 @@ def test_a_caller_who_asks_for_a_callback_is_told_apart_from_one_put_through(app
         assert stored(ivr, sid) == ("routed", "connected")
 
 
+def test_a_caller_whose_tokens_run_out_in_the_queue_is_shown_answered_by_an_engineer(app):
+    """As the README says: the transcript showed the caller's silence and then a hang-up,
+    as if the service had hung up on them, and never that an engineer answered."""
+    (_, _, text), (_, _, result) = simulate(app, "2 5550100201# 9164023# 1 -")
+    lines = [line.strip() for line in text.splitlines()]
+    waited = lines.index("caller presses nothing at wait-choice (prompt times out)")
+    assert lines[waited + 1:waited + 3] == [
+        "(an engineer answers)", "(hangup)"]
+    kinds = [event["kind"] for event in result["events"]]
+    assert kinds[-2:] == ["answered", "hangup"]
+    left, _ = simulate(app, "2 5550100201# 9164023# 1 - 1")
+    assert "engineer answers" not in left[2]
+
+
 def test_a_transfer_to_another_extension_is_transferred(tmp_path, settings, clock):
     app = app_with(tmp_path, settings, clock, 'repeat_key = "*"',
                    'repeat_key = "*"\nextensions = [{ key = "1", dial = "+1.888.799.0125" }]')
