@@ -427,7 +427,10 @@ class Floor:
                 return self.agent.goodbye(voice)
             if not self._still_wanted(uow, attempt, ticket, call):
                 return self.agent.callback_not_needed(voice)
-            attempt.status = "calling_customer"
+            if attempt.status in ("placing", "calling_engineer", "engineer_answered"):
+                # Not once the customer's phone was answered: a copy of this request
+                # (replayed) must not forget that the greeting asked them for a key.
+                attempt.status = "calling_customer"
             return self.agent.callback_dial(voice, attempt.id, ticket.callback_number,
                                             call.dialed_number)
 

@@ -1101,3 +1101,26 @@ def test_an_engineer_whose_callback_the_desk_closed_meanwhile_hears_why_nothing_
     assert {e.get("language") for e in told.iter("Say")} == {"ja-JP"}
     assert spoken(told) == [ivr.catalogues["ja-JP"].text("callback_not_needed", {})]
     assert state(ivr, waiting["ticket"])[2] == [("aiko", "error")]
+
+
+def test_the_engineers_key_replayed_after_the_customer_answered_still_asks_them_for_theirs(
+        app, twilio, ivr, http):
+    """The engineer's 1 sent again (the signed request replayed) once the customer's phone
+    has been answered and asked for a key must not put the attempt back to "calling the
+    customer": a customer who then hangs up during the greeting, having pressed nothing,
+    would be recorded as reached and the ticket connected, and nobody would call them
+    again."""
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    engineer_sid = new_call_sid()
+    offer, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], engineer_sid)
+    customer_sid = new_call_sid()
+    customer_answers(twilio, dial_root, customer_sid)
+    twiml(twilio.post(offer.find("Gather").get("action"),
+                      **leg(engineer_sid, ENGINEER_PHONE, US_LINE), Digits="1"))  # the replay
+    twilio.post(dial_root.find("Dial/Number").get("statusCallback"),
+                **{**leg(customer_sid, CALLER, US_LINE), "CallStatus": "completed"})
+    ticket, assignment, attempts = state(ivr, waiting["ticket"])
+    assert attempts == [("aiko", "unconfirmed")]
+    assert ticket.status == "callback_requested" and assignment.callback_failures == 1
