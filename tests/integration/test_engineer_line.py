@@ -887,3 +887,26 @@ def test_two_engineers_calling_at_the_same_instant_for_one_caller_never_both_get
     assert heard["ben"].find("Dial") is None and heard["ben"].find("Redirect") is not None
     taken = assignment(ivr, waiting["ticket"])
     assert (taken.engineer, taken.engineer_call_sid) == ("aiko", aiko_sid)
+
+
+def test_an_engineer_pressing_1_for_the_next_caller_during_a_database_blip_holds(
+        twilio, ivr, dead):
+    """After a conversation aiko presses 1 to take the next caller just as the database is
+    away for a moment: she is on the line and asking for work, so she holds and the line
+    looks again, as it does for an engineer holding or back from a call, instead of being
+    told goodbye and hung up on."""
+    add_engineer(ivr)
+    first = queued(twilio, 1)
+    sid = new_call_sid()
+    root = twiml(twilio.post("/voice/agent", **engineer_params(sid)))
+    twiml(twilio.post(root.find("Dial/Queue").get("url"), **twilio.call_params(first["sid"]),
+                      DequeingCallSid=sid))
+    after = twiml(twilio.post(root.find("Dial").get("action"), **engineer_params(sid),
+                              DialCallStatus="completed"))
+    gather = after.find("Gather")
+    held = twiml(dead.post(gather.get("action"), **engineer_params(sid), Digits="1"))
+    assert held.find("Hangup") is None, spoken(held)
+    assert [e.tag for e in held] == ["Pause", "Redirect"]
+    second = queued(twilio, 2)
+    found = twiml(twilio.post(held.find("Redirect").text, **engineer_params(sid)))
+    assert found.find("Dial/Queue").text == second["queue"]
