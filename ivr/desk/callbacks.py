@@ -107,7 +107,9 @@ class Callbacks:
             # Nor one with an engineer rung for, or talking on, another ticket's callback.
             other = floor.on_a_callback(info.name, now - limit, now - LONGEST_CONVERSATION)
             if other is not None:
-                raise Conflict(f"{info.name} is on a callback for ticket {other}")
+                number, put_through = other
+                raise Conflict(f"{info.name} is on a callback for ticket {number}"
+                               + (_if_ended(info.name) if put_through else ""))
             # Checked once the request itself holds up, so an unknown ticket or engineer
             # is still a 404 on a server not set up for callbacks, and before the attempt
             # is written, so no attempt is counted against the ticket for it.

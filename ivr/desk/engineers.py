@@ -158,13 +158,14 @@ class Engineers:
             if not EngineerRepository(self.storage, session).remove(name):
                 raise NotFound(f"no engineer named {name[:40]!r}")
 
-    def calls_ended(self, name: str, actor: str) -> list[str]:
+    def calls_ended(self, name: str, actor: str) -> tuple[list[str], list[str]]:
         """The desk says every call of this engineer's has ended, when Twilio's reports
         of their end were lost (the database was away as they came): her conversations
         on the engineer line and her callbacks put through no longer count, so callbacks
         may be placed with her again. What 1 at the engineer line's "if that call has
         ended" prompt does, for an engineer who does not call it. Returns the tickets of
-        the engineer-line callers so released; each records who said so."""
+        the engineer-line callers so released (each records who said so), and those of
+        the callbacks so ended."""
         now = self.clock()
         with self.storage.unit_of_work() as uow:
             session = uow.session

@@ -107,12 +107,16 @@ def engineers_rotate_token(name):
 def engineers_calls_ended(name):
     """Say an engineer's calls have ended when Twilio's reports of their end were lost:
     callbacks may then be placed with her again."""
-    numbers = _run(Engineers.of(ivr()).calls_ended, name, ADMIN)
+    numbers, callbacks = _run(Engineers.of(ivr()).calls_ended, name, ADMIN)
     if numbers:
         click.echo(f"{name} is no longer counted as talking to the caller of ticket "
                    + ", ".join(numbers) + ".")
-    else:
-        click.echo(f"{name} was not counted as talking to a caller on the engineer line.")
+    if callbacks:
+        click.echo(f"{name} is no longer counted as on the callback of ticket "
+                   + ", ".join(callbacks) + ".")
+    if not numbers and not callbacks:
+        click.echo(f"{name} was not counted as talking to a caller on the engineer line "
+                   "or on a callback.")
 
 
 @tickets_cli.command("callback")

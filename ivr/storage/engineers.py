@@ -345,17 +345,18 @@ class FloorRepository:
         return self.session.execute(query.limit(1)).scalar()
 
     def calls_ended(self, engineer: str, actor: str, detail: str, now: dt.datetime,
-                    other_than: str | None = None) -> list[str]:
+                    other_than: str | None = None) -> tuple[list[str], list[str]]:
         """The engineer (or the desk, ``actor``) says every call of hers has ended, when
         Twilio's reports of their end were lost: her callbacks put through
         (``callbacks_ended``) and her conversations on the engineer line
         (``conversations_ended``, each ticket's history saying who said so, ``detail``).
-        Returns the numbers of the tickets whose callers were so released."""
-        self.callbacks_ended(engineer, now)
+        Returns the numbers of the tickets whose callers were so released, and those of
+        the callbacks so ended."""
+        callbacks = self.callbacks_ended(engineer, now)
         ended = self.conversations_ended(engineer, now - LONGEST_CONVERSATION, now, other_than)
         for ticket_id, _ in ended:
             self.record(ticket_id, actor, CALL_ENDED, detail, now)
-        return [number for _, number in ended]
+        return [number for _, number in ended], callbacks
 
     def conversations_ended(self, engineer: str, connected_since: dt.datetime,
                             now: dt.datetime,
@@ -445,30 +446,44 @@ class FloorRepository:
             .order_by(CallbackAttempt.id)))
 
     def on_a_callback(self, engineer: str, open_since: dt.datetime,
-                      talking_since: dt.datetime, *, picked_up: bool = False) -> str | None:
-        """The ticket number of a callback this engineer is on, if any: an attempt of
-        theirs under way (placed after ``open_since``; with ``picked_up``, only once they
-        answered its first leg), or one whose customer was put through to them since
-        ``talking_since`` and whose call has not ended (``ended_at``)."""
+                      talking_since: dt.datetime, *,
+                      picked_up: bool = False) -> tuple[str, bool] | None:
+        """The ticket number of a callback this engineer is on, if any, and whether its
+        customer was put through (an end of it never reported is then one
+        ``callbacks_ended`` clears): an attempt of theirs under way (placed after
+        ``open_since``; with ``picked_up``, only once they answered its first leg), or one
+        whose customer was put through to them since ``talking_since`` and whose call has
+        not ended (``ended_at``)."""
         under_way = and_(CallbackAttempt.outcome.is_(None),
                          CallbackAttempt.created_at > open_since)
         if picked_up:
             under_way = and_(under_way, CallbackAttempt.status.in_(ENGINEER_ON_THE_LEG))
         talking = and_(CallbackAttempt.outcome == ANSWERED, CallbackAttempt.ended_at.is_(None),
                        CallbackAttempt.created_at >= talking_since)
-        return self.session.execute(
-            select(Ticket.number).join(CallbackAttempt, CallbackAttempt.ticket_id == Ticket.id)
+        row = self.session.execute(
+            select(Ticket.number, CallbackAttempt.outcome == ANSWERED)
+            .join(CallbackAttempt, CallbackAttempt.ticket_id == Ticket.id)
             .where(CallbackAttempt.engineer == engineer, or_(under_way, talking))
-            .order_by(CallbackAttempt.id.desc()).limit(1)).scalar()
+            .order_by(CallbackAttempt.id.desc()).limit(1)).first()
+        return (row[0], bool(row[1])) if row is not None else None
 
-    def callbacks_ended(self, engineer: str, now: dt.datetime) -> None:
+    def callbacks_ended(self, engineer: str, now: dt.datetime) -> list[str]:
         """The engineer says the call of every callback of theirs put through has ended
-        (its legs' reports were lost): ``on_a_callback`` no longer counts them."""
-        self.session.execute(
-            update(CallbackAttempt)
-            .where(CallbackAttempt.engineer == engineer, CallbackAttempt.outcome == ANSWERED,
-                   CallbackAttempt.ended_at.is_(None))
-            .values(ended_at=now).execution_options(synchronize_session=False))
+        (its legs' reports were lost): ``on_a_callback`` no longer counts them. Returns
+        those callbacks' ticket numbers."""
+        unended = and_(CallbackAttempt.engineer == engineer,
+                       CallbackAttempt.outcome == ANSWERED, CallbackAttempt.ended_at.is_(None),
+                       CallbackAttempt.created_at >= now - LONGEST_CONVERSATION)
+        rows = self.session.execute(
+            select(CallbackAttempt.id, Ticket.number)
+            .join(Ticket, Ticket.id == CallbackAttempt.ticket_id).where(unended)
+            .order_by(CallbackAttempt.id)).all()
+        if rows:
+            self.session.execute(
+                update(CallbackAttempt)
+                .where(CallbackAttempt.id.in_([attempt for attempt, _ in rows]), unended)
+                .values(ended_at=now).execution_options(synchronize_session=False))
+        return list(dict.fromkeys(number for _, number in rows))
 
     def open_attempt(self, ticket_id: int) -> CallbackAttempt | None:
         return self.session.scalars(

@@ -1124,3 +1124,42 @@ def test_the_engineers_key_replayed_after_the_customer_answered_still_asks_them_
     ticket, assignment, attempts = state(ivr, waiting["ticket"])
     assert attempts == [("aiko", "unconfirmed")]
     assert ticket.status == "callback_requested" and assignment.callback_failures == 1
+
+
+def test_the_desk_told_an_engineer_is_on_a_callback_put_through_learns_how_to_clear_it(
+        app, twilio, ivr, http):
+    """The database was away when aiko's answered callback ended, so its end was never
+    kept. The desk's next callback with her is refused naming that ticket and, as for a
+    conversation on the engineer line, how to say it has ended; the command says which
+    callback it ended, and the next callback goes."""
+    add_engineer(ivr)
+    first = waiting_for_callback(twilio)
+    second = waiting_for_callback(twilio, caller="+14155550111")
+    attempt = place(app, first["ticket"], {"engineer": "aiko"}).get_json()
+    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+    customer_sid = new_call_sid()
+    customer_presses_a_key(twilio, customer_answers(twilio, dial_root, customer_sid),
+                           customer_sid)
+    refused = place(app, second["ticket"], {"engineer": "aiko"})
+    assert refused.status_code == 409
+    assert refused.get_json()["error"] == (
+        f"aiko is on a callback for ticket {first['ticket']}; if that call has ended, "
+        "`engineers calls-ended aiko` says so")
+    ran = app.test_cli_runner().invoke(args=["engineers", "calls-ended", "aiko"])
+    assert ran.exit_code == 0, ran.output
+    assert ran.output.strip() == (f"aiko is no longer counted as on the callback of ticket "
+                                  f"{first['ticket']}.")
+    assert place(app, second["ticket"], {"engineer": "aiko"}).status_code == 201
+
+
+def test_a_callback_still_ringing_its_engineer_is_refused_without_a_way_round(
+        app, twilio, ivr, http):
+    """While aiko's phone rings for one callback, the desk's next with her is refused
+    naming that ticket; ``engineers calls-ended`` would not end a callback nobody has
+    answered, so the refusal does not send the desk there."""
+    add_engineer(ivr)
+    first = waiting_for_callback(twilio)
+    second = waiting_for_callback(twilio, caller="+14155550111")
+    place(app, first["ticket"], {"engineer": "aiko"})
+    refused = place(app, second["ticket"], {"engineer": "aiko"})
+    assert refused.get_json()["error"] == f"aiko is on a callback for ticket {first['ticket']}"
