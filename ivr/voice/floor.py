@@ -51,7 +51,7 @@ from ..storage.engineers import (
 )
 from ..storage.models import Call, Ticket
 from ..storage.tickets import ticket_by_number
-from .outage import SpooledCallbackAnswer, encode
+from .outage import SpooledCallbackAnswer, SpooledCallbackStatus, encode
 from .prompts import Catalogue
 from .service import CALL_SID
 from .spool import Spool
@@ -107,6 +107,8 @@ def _missed_by(assignment: Assignment | None, engineer_call_sid: str) -> bool:
 
 # A callback attempt whose customer leg was answered and asked for a key (the greeting).
 ASKED_FOR_A_KEY = "customer_answered"
+# A callback leg's final statuses, as its status callback reports them.
+LEG_ENDED = ("completed", "busy", "no-answer", "failed", "canceled")
 
 
 def _minutes(seconds: float) -> int:
@@ -545,41 +547,75 @@ class Floor:
         """Status callbacks of both legs (leg=engineer from the REST call, leg=customer
         from the <Number>)."""
         status = (params.get("CallStatus") or "")[:32]
-        leg = query.get("leg")
         with self.storage.unit_of_work() as uow:
-            session = uow.session
-            attempt, ticket, call, _ = self._attempt(session, query)
-            if attempt is None:
-                return
-            if leg == "customer":
-                attempt.customer_call_sid = _sid(params) or attempt.customer_call_sid
-                # "answered" alone is not the customer: a voicemail answers too. The key
-                # after the greeting says who it was; the leg's end, with none pressed,
-                # that nobody was reached.
-                outcome = customer_leg_ended(status, attempt.status == ASKED_FOR_A_KEY)
-                if status not in ("answered", "in-progress") and outcome is not None:
-                    self._finish(uow, attempt, ticket, call, outcome)
-                    self._conversation_ended(attempt)
-            elif leg == "engineer" and status in ("completed", "busy", "no-answer", "failed",
-                                                    "canceled"):
-                if attempt.status in ("placing", "calling_engineer", "engineer_answered"):
-                    self._finish(uow, attempt, ticket, call, engineer_outcome(status))
-                self._conversation_ended(attempt)
+            self._leg_status(uow, query, query.get("leg"), status, _sid(params), self.clock())
 
-    def _conversation_ended(self, attempt: CallbackAttempt) -> None:
+    def _leg_status(self, uow, query: Mapping[str, str], leg: str | None, status: str,
+                    call_sid: str | None, now: dt.datetime) -> bool:
+        """A leg's status, reported at ``now``; whether it changed the attempt."""
+        attempt, ticket, call, _ = self._attempt(uow.session, query)
+        if attempt is None:
+            return False
+        before = (attempt.outcome, attempt.ended_at)
+        if leg == "customer":
+            attempt.customer_call_sid = call_sid or attempt.customer_call_sid
+            # "answered" alone is not the customer: a voicemail answers too. The key
+            # after the greeting says who it was; the leg's end, with none pressed,
+            # that nobody was reached.
+            outcome = customer_leg_ended(status, attempt.status == ASKED_FOR_A_KEY)
+            if status not in ("answered", "in-progress") and outcome is not None:
+                self._finish(uow, attempt, ticket, call, outcome, now=now)
+                self._conversation_ended(attempt, now)
+        elif leg == "engineer" and status in LEG_ENDED:
+            if attempt.status in ("placing", "calling_engineer", "engineer_answered"):
+                self._finish(uow, attempt, ticket, call, engineer_outcome(status), now=now)
+            self._conversation_ended(attempt, now)
+        return (attempt.outcome, attempt.ended_at) != before
+
+    def status_unrecorded(self, params: Mapping[str, str], query: Mapping[str, str]) -> None:
+        """The end of a callback's leg reported while the database was away: to the spool,
+        or an answered callback whose call has ended would keep its engineer "on a
+        callback" for hours once its answer is replayed, and a leg that failed would
+        count as no attempt."""
+        attempt_id = ascii_number(query.get("attempt"), at_most=9)
+        leg, status = query.get("leg"), (params.get("CallStatus") or "")[:32]
+        if attempt_id is None or leg not in ("engineer", "customer") \
+                or status not in LEG_ENDED:
+            return
+        try:
+            self.spool.append(encode(SpooledCallbackStatus(attempt_id, leg, status,
+                                                           self.clock(), _sid(params))))
+        except OSError:  # a full disk: the desk or the engineer can say the call ended
+            log.exception("callback attempt %s: the end of its %s leg, reported while the "
+                          "database was unreachable, could not be spooled", attempt_id, leg)
+            return
+        metrics.SPOOLED.labels("callback_status").inc()
+        log.warning("database unreachable: the end of callback attempt %s's %s leg is "
+                    "spooled", attempt_id, leg)
+
+    def replay_leg_status(self, record: SpooledCallbackStatus) -> bool:
+        """Record a spooled leg's end (``status_unrecorded``) at the time it was reported;
+        False if it changes nothing (the attempt had its outcome and end already)."""
+        with self.storage.unit_of_work() as uow:
+            return self._leg_status(uow, {"attempt": str(record.attempt)}, record.leg,
+                                    record.status, record.call_sid, record.at)
+
+    def _conversation_ended(self, attempt: CallbackAttempt,
+                            now: dt.datetime | None = None) -> None:
         """Either leg of an answered callback has ended, and with it the conversation: the
         engineer is free for the engineer line and the next callback."""
         if attempt.outcome == ANSWERED and attempt.ended_at is None:
-            attempt.ended_at = self.clock()
+            attempt.ended_at = now or self.clock()
 
     def _finish(self, uow, attempt: CallbackAttempt, ticket: Ticket, call: Call,
-                outcome: str, detail: str | None = None) -> None:
-        """Record how an attempt ended (once). Answered: the ticket is connected. After
-        the configured number of failures on the customer's side the ticket goes back to
-        the open pile with a note, and the customer gets a text saying we tried."""
+                outcome: str, detail: str | None = None, now: dt.datetime | None = None) -> None:
+        """Record how an attempt ended (once), at ``now`` (when it was reported). Answered:
+        the ticket is connected. After the configured number of failures on the customer's
+        side the ticket goes back to the open pile with a note, and the customer gets a
+        text saying we tried."""
         if attempt.outcome is not None:
             return
-        now = self.clock()
+        now = now or self.clock()
         session = uow.session
         floor = FloorRepository(self.storage, session)
         assignment = floor.assignment(ticket.id, now, for_update=True)

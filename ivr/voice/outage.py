@@ -102,9 +102,24 @@ class SpooledCallbackAnswer:
     kind = "callback_answer"
 
 
-Record = SpooledTicket | SpooledStatus | SpooledQueueResult | SpooledCallbackAnswer
+@dataclass(frozen=True)
+class SpooledCallbackStatus:
+    """The end of a callback's leg (its status callback), reported while the database was
+    away (``Floor.status_unrecorded``): the conversation it ends, or how the leg failed."""
+
+    attempt: int
+    leg: str
+    status: str
+    at: dt.datetime
+    call_sid: str | None = None
+    kind = "callback_status"
+
+
+Record = SpooledTicket | SpooledStatus | SpooledQueueResult | SpooledCallbackAnswer \
+    | SpooledCallbackStatus
 KINDS: dict[str, type] = {cls.kind: cls for cls in (SpooledTicket, SpooledStatus,
-                                                    SpooledQueueResult, SpooledCallbackAnswer)}
+                                                    SpooledQueueResult, SpooledCallbackAnswer,
+                                                    SpooledCallbackStatus)}
 _TIMES = ("created_at", "acknowledged_at", "at")
 
 
@@ -135,7 +150,7 @@ def decode(data: Mapping[str, Any]) -> Record:
         sms = values.get("sms")
         values["sms"] = SpooledSms(sms["template"], sms["body"]) if sms else None
         values["account_ref"] = int(values["account_ref"])
-    if kind is SpooledCallbackAnswer:
+    if kind in (SpooledCallbackAnswer, SpooledCallbackStatus):
         values["attempt"] = int(values["attempt"])
     return kind(**values)
 
@@ -256,6 +271,8 @@ class Outage:
         service = self.service
         if isinstance(record, SpooledCallbackAnswer):
             return service.floor.replay_answer(record.attempt, record.at)
+        if isinstance(record, SpooledCallbackStatus):
+            return service.floor.replay_leg_status(record)
         with service.storage.unit_of_work() as uow:
             if isinstance(record, SpooledStatus):
                 return self._replay_status(uow, record)

@@ -552,7 +552,8 @@ def test_a_key_pressed_after_the_greeting_while_the_database_is_away_is_an_answe
               **{**leg(customer_sid, CALLER, US_LINE), "CallStatus": "completed"})
     ends.post(dial_root.find("Dial").get("action"),
               **leg(new_call_sid(), ENGINEER_PHONE, US_LINE), DialCallStatus="completed")
-    assert ivr.service.spool.replay(ivr.service.replay).applied == 1
+    # The key, and (unheard) the end of the customer's leg, spooled too.
+    assert ivr.service.spool.replay(ivr.service.replay).applied == (1 if database_back else 2)
     ticket, assignment, attempts = state(ivr, waiting["ticket"])
     assert ticket.status == "connected" and attempts == [("aiko", "answered")]
     assert assignment.callback_failures == 0
@@ -1163,3 +1164,55 @@ def test_a_callback_still_ringing_its_engineer_is_refused_without_a_way_round(
     place(app, first["ticket"], {"engineer": "aiko"})
     refused = place(app, second["ticket"], {"engineer": "aiko"})
     assert refused.get_json()["error"] == f"aiko is on a callback for ticket {first['ticket']}"
+
+
+def test_a_callback_that_ended_while_the_database_was_away_does_not_keep_its_engineer_busy(
+        app, twilio, ivr, http, dead, clock):
+    """The customer pressed the key and talked to aiko, and the call ended, all while the
+    database was away: the key and the legs' ends go to the spool. Once replayed, the
+    callback is answered and over, ended when its legs said: aiko is free for the desk's
+    next callback and the engineer line, not held "on a callback" for four hours."""
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    other = waiting_for_callback(twilio, caller="+14155550111")
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    engineer_sid = new_call_sid()
+    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], engineer_sid)
+    customer_sid = new_call_sid()
+    greeting = customer_answers(twilio, dial_root, customer_sid)
+    dead.post(greeting.find("Gather").get("action"), **leg(customer_sid, CALLER, US_LINE),
+              Digits="1")
+    clock.advance(minutes=6)
+    ended = clock.now
+    dead.post(dial_root.find("Dial/Number").get("statusCallback"),
+              **{**leg(customer_sid, CALLER, US_LINE), "CallStatus": "completed"})
+    dead.post(f"/voice/callback/status?attempt={attempt['id']}&leg=engineer",
+              **{**leg(engineer_sid, ENGINEER_PHONE, US_LINE), "CallStatus": "completed"})
+    clock.advance(minutes=10)
+    ivr.service.spool.replay(ivr.service.replay)
+    ticket, _, attempts = state(ivr, waiting["ticket"])
+    assert ticket.status == "connected" and attempts == [("aiko", "answered")]
+    with ivr.storage.transaction() as session:
+        assert session.get(CallbackAttempt, attempt["id"]).ended_at == ended
+    assert place(app, other["ticket"], {"engineer": "aiko"}).status_code == 201
+
+
+def test_a_customer_who_did_not_answer_while_the_database_was_away_counts_as_missed(
+        app, twilio, ivr, http, dead):
+    """The customer's phone rang out while the database was away: the end of the leg goes
+    to the spool, and once replayed the attempt is a miss like any other, counted towards
+    the round, and the desk may place the next one."""
+    add_engineer(ivr)
+    waiting = waiting_for_callback(twilio)
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+    dead.post(dial_root.find("Dial/Number").get("statusCallback"),
+              **{**leg(new_call_sid(), CALLER, US_LINE), "CallStatus": "no-answer"})
+    dead.post(dial_root.find("Dial/Number").get("statusCallback"),
+              **{**leg(new_call_sid(), CALLER, US_LINE), "CallStatus": "ringing"})
+    assert ivr.service.spool.depth() == 1  # only a leg's end is kept
+    assert ivr.service.spool.replay(ivr.service.replay).applied == 1
+    ticket, assignment, attempts = state(ivr, waiting["ticket"])
+    assert attempts == [("aiko", "no-answer")] and assignment.callback_failures == 1
+    assert ticket.status == "callback_requested"
+    assert place(app, waiting["ticket"], {"engineer": "aiko"}).status_code == 201

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import select
 
 from ivr.storage.models import Account, Call, OutboxMessage, Ticket
-from ivr.voice.outage import FORMAT, SpooledCallbackAnswer, SpooledStatus, decode, encode
+from ivr.voice.outage import (FORMAT, SpooledCallbackAnswer, SpooledCallbackStatus, SpooledStatus,
+                              decode, encode)
 
 from ivr.sim.simulator import Simulator, WsgiTransport
 
@@ -96,3 +97,7 @@ def test_records_round_trip_and_a_newer_format_is_refused_not_misread():
                      "at": "2026-11-25T10:00:00+00:00"})
     assert isinstance(answer, SpooledCallbackAnswer) and answer.attempt == 7
     assert decode(encode(answer)) == answer
+    leg_end = decode({"kind": "callback_status", "attempt": "7", "leg": "customer",
+                      "status": "completed", "v": FORMAT, "at": "2026-11-25T10:00:00+00:00"})
+    assert isinstance(leg_end, SpooledCallbackStatus) and leg_end.attempt == 7
+    assert leg_end.call_sid is None and decode(encode(leg_end)) == leg_end
