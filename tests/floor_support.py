@@ -83,10 +83,11 @@ def while_the_desk_closes(ivr, number: str, thread, what: str) -> None:
     thread.join(10)
 
 
-def talking_on_the_line(twilio, engineer_sid: str, caller: dict) -> None:
+def talking_on_the_line(twilio, engineer_sid: str, caller: dict,
+                        engineer: str = ENGINEER_PHONE) -> None:
     """The engineer's call to the engineer line takes ``caller`` (queued) and Twilio
     bridges the two: they are talking."""
-    root = twiml(twilio.post("/voice/agent", **engineer_params(engineer_sid)))
+    root = twiml(twilio.post("/voice/agent", **engineer_params(engineer_sid, engineer)))
     queue = root.find("Dial/Queue")
     assert queue is not None and queue.text == caller["queue"]
     twiml(twilio.post(queue.get("url"), **twilio.call_params(caller["sid"]),

@@ -454,7 +454,7 @@ class FloorRepository:
         ``open_since``; with ``picked_up``, only once they answered its first leg), or one
         whose customer was put through to them since ``talking_since`` and whose call has
         not ended (``ended_at``)."""
-        under_way = and_(CallbackAttempt.outcome.is_(None),
+        under_way = and_(CallbackAttempt.outcome.is_(None), CallbackAttempt.ended_at.is_(None),
                          CallbackAttempt.created_at > open_since)
         if picked_up:
             under_way = and_(under_way, CallbackAttempt.status.in_(ENGINEER_ON_THE_LEG))
@@ -468,12 +468,15 @@ class FloorRepository:
         return (row[0], bool(row[1])) if row is not None else None
 
     def callbacks_ended(self, engineer: str, now: dt.datetime) -> list[str]:
-        """The engineer says the call of every callback of theirs put through has ended
-        (its legs' reports were lost): ``on_a_callback`` no longer counts them. Returns
-        those callbacks' ticket numbers."""
-        unended = and_(CallbackAttempt.engineer == engineer,
-                       CallbackAttempt.outcome == ANSWERED, CallbackAttempt.ended_at.is_(None),
-                       CallbackAttempt.created_at >= now - LONGEST_CONVERSATION)
+        """The engineer says the call of every callback of theirs put through, or whose
+        first leg she answered, has ended (its legs' reports were lost): ``on_a_callback``
+        no longer counts them (an attempt under way keeps no outcome: its legs' reports,
+        if they come, give it one). Returns those callbacks' ticket numbers."""
+        unended = and_(CallbackAttempt.engineer == engineer, CallbackAttempt.ended_at.is_(None),
+                       CallbackAttempt.created_at >= now - LONGEST_CONVERSATION,
+                       or_(CallbackAttempt.outcome == ANSWERED,
+                           and_(CallbackAttempt.outcome.is_(None),
+                                CallbackAttempt.status.in_(ENGINEER_ON_THE_LEG))))
         rows = self.session.execute(
             select(CallbackAttempt.id, Ticket.number)
             .join(Ticket, Ticket.id == CallbackAttempt.ticket_id).where(unended)

@@ -235,14 +235,13 @@ class Floor:
             # One engineer, one caller at a time: a second device of theirs (a Client
             # identity signed in twice) is not bridged to a caller nobody listens to.
             # The engineer may know better: Twilio's reports of that conversation's end
-            # can be lost, and "1" pressed at the refusal ("anyway") says it has ended;
-            # so it stays said while this call holds for the next caller.
-            anyway = query.get("anyway") == "1" and (digits == "1" or query.get("wait") == "1")
+            # can be lost, and "1" pressed at the refusal ("anyway") says it has ended.
             # A callback counts too: its call is another of theirs (an engineer may be rung
             # on their laptop while their mobile holds here).
-            if anyway and digits == "1":
-                # Said now, not carried on the hold's redirects: a callback she answers
-                # later is not ended by it.
+            anyway = query.get("anyway") == "1" and digits == "1"
+            if anyway:
+                # Recorded now, so the hold's next looks find her free without being told
+                # again; a call she takes on another device later is looked for as ever.
                 floor.calls_ended(engineer.name, engineer.name, "said on the engineer line",
                                   now, other_than=call_sid)
             busy = not anyway and (
@@ -285,7 +284,7 @@ class Floor:
                      engineer.name)
             return self.agent.on_another_call(voice)
         if ticket is None:
-            return self.agent.nobody(voice, announce=query.get("wait") != "1", anyway=anyway)
+            return self.agent.nobody(voice, announce=query.get("wait") != "1")
         log.info("engineer %s takes ticket id=%s (P%s)", engineer.name, ticket.id, ticket.priority)
         whisper = self.summary(voice, ticket, call, (now - choice.since).total_seconds())
         # The queue the caller was put in, named when they were routed: the desk may have
@@ -622,7 +621,8 @@ class Floor:
         # An answered attempt ends with its call (``_conversation_ended``): until then its
         # engineer is talking to the customer.
         attempt.outcome, attempt.status = outcome, "done"
-        attempt.ended_at = None if outcome == ANSWERED else now
+        # (One the engineer said had ended, ``FloorRepository.callbacks_ended``, stays so.)
+        attempt.ended_at = attempt.ended_at if outcome == ANSWERED else now
         attempt.detail = detail
         floor.record(ticket.id, attempt.engineer, "callback-result", outcome, now)
         log.info("callback attempt %s for ticket id=%s: %s", attempt.id, ticket.id, outcome)

@@ -396,16 +396,13 @@ class AgentRenderer:
         response.append(dial)
         return str(response)
 
-    def nobody(self, voice: Voice, announce: bool, anyway: bool = False) -> str:
-        """Nobody waiting: hold, then look again; the engineer may hang up at any time.
-        ``anyway``: the engineer has said their other call ended (``on_another_call``),
-        and the line's next looks take that as said."""
+    def nobody(self, voice: Voice, announce: bool) -> str:
+        """Nobody waiting: hold, then look again; the engineer may hang up at any time."""
         response = VoiceResponse()
         if announce:
             self.say(response, voice, [("agent_nobody", {})])
         response.pause(length=self.config.engineers.poll_seconds)
-        response.redirect(url(AGENT_PATH, wait="1", **({"anyway": "1"} if anyway else {})),
-                          method="POST")
+        response.redirect(url(AGENT_PATH, wait="1"), method="POST")
         return str(response)
 
     def missed(self, voice: Voice) -> str:

@@ -1216,3 +1216,28 @@ def test_a_customer_who_did_not_answer_while_the_database_was_away_counts_as_mis
     assert attempts == [("aiko", "no-answer")] and assignment.callback_failures == 1
     assert ticket.status == "callback_requested"
     assert place(app, waiting["ticket"], {"engineer": "aiko"}).status_code == 201
+
+
+def test_an_engineer_who_says_her_unfinished_callback_ended_holds_without_being_asked_again(
+        app, twilio, ivr, http):
+    """aiko answered a callback's first leg on her laptop and the customer's phone was
+    being dialled when the legs' reports stopped coming. Her mobile calls the engineer
+    line, hears she is on another call and presses 1: nobody waits, so she holds, and
+    the line's next look does not ask her again (a prompt that hangs up on a holding
+    engineer who presses nothing); the next caller who comes is hers."""
+    add_engineer(ivr, phone=None, client="aiko")
+    waiting = waiting_for_callback(twilio)
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+    mobile = new_call_sid()
+    refused = twiml(twilio.post("/voice/agent", **engineer_params(mobile, "client:aiko")))
+    holding = twiml(twilio.post(refused.find("Gather").get("action"),
+                                **engineer_params(mobile, "client:aiko"), Digits="1"))
+    assert [e.tag for e in holding][-2:] == ["Pause", "Redirect"], spoken(holding)
+    look = twiml(twilio.post(holding.find("Redirect").text,
+                             **engineer_params(mobile, "client:aiko")))
+    assert look.find("Gather") is None, spoken(look)
+    caller = queued(twilio, 2, caller="+14155550111")
+    taken = twiml(twilio.post(look.find("Redirect").text,
+                              **engineer_params(mobile, "client:aiko")))
+    assert taken.find("Dial/Queue").text == caller["queue"]

@@ -13,7 +13,7 @@ from ivr.storage.engineers import Assignment, DeskAction, FloorRepository
 from ivr.storage.models import Ticket
 
 from ..floor_support import (add_engineer, digits_spoken, engineer_params, queued,
-                             while_the_desk_closes)
+                             talking_on_the_line, while_the_desk_closes)
 from ..support import CALLER, Outcomes, pause, second_waits_for_first, spoken, twiml
 
 
@@ -910,3 +910,25 @@ def test_an_engineer_pressing_1_for_the_next_caller_during_a_database_blip_holds
     second = queued(twilio, 2)
     found = twiml(twilio.post(held.find("Redirect").text, **engineer_params(sid)))
     assert found.find("Dial/Queue").text == second["queue"]
+
+
+def test_an_engineer_holding_after_saying_her_call_ended_is_not_bridged_while_talking_elsewhere(
+        twilio, ivr):
+    """aiko's mobile was told she was on another call, she pressed 1 (that call had ended,
+    unreported) and holds, nobody waiting. She then takes a caller on her laptop. What she
+    said at the press was about the call before: the mobile's next look must not bridge a
+    second caller to a phone she is not listening to."""
+    again, refused = _refused_while_talking_on_her_laptop(twilio, ivr)
+    holding = twiml(twilio.post(refused.find("Gather").get("action"),
+                                **engineer_params(again, "client:aiko"), Digits="1"))
+    assert holding.find("Dial") is None
+    on_laptop = queued(twilio, 1)
+    talking_on_the_line(twilio, new_call_sid(), on_laptop, "client:aiko")
+    waiting = queued(twilio, 2)
+    look = twiml(twilio.post(holding.find("Redirect").text,
+                             **engineer_params(again, "client:aiko")))
+    assert look.find("Dial") is None, digits_spoken(look)
+    assert spoken(look.find("Gather")) == [
+        ivr.catalogues["en-US"].text("agent_on_another_call", {})]
+    assert ticket(ivr, waiting["ticket"]).status == "in_queue"
+    assert assignment(ivr, waiting["ticket"]) is None
