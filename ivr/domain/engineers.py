@@ -26,6 +26,10 @@ LONGEST_CONVERSATION = dt.timedelta(hours=4)
 # A ticket's history entry when the engineer or the desk says a conversation on the
 # engineer line has ended whose end Twilio's reports never brought.
 CALL_ENDED = "call ended"
+# A ticket's history entry when the number its caller heard during a database outage was
+# taken by another ticket before the replay: the detail is the number heard, which the
+# caller's Twilio queue is named after (``queue_name``).
+HEARD_AS = "heard as"
 
 QUEUE_NAME_LIMIT = 64  # Twilio's limit on a queue's name
 # A configured queue group's longest name: a caller's own queue adds ".<ticket>" (eight

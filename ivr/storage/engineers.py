@@ -28,6 +28,7 @@ from ..domain.engineers import (
     ANSWERED,
     CALL_ENDED,
     ENGINEER_ON_THE_LEG,
+    HEARD_AS,
     LONGEST_CONVERSATION,
     EngineerInfo,
     Serves,
@@ -221,6 +222,14 @@ class FloorRepository:
             select(DeskAction.actor).where(DeskAction.ticket_id == ticket_id,
                                            DeskAction.action == "pick-up")))
         return engineer is not None and actors == {engineer[:64]}
+
+    def heard_as(self, ticket_id: int) -> str | None:
+        """The number a ticket's caller heard, if the ticket was stored under another
+        (``HEARD_AS``); None otherwise."""
+        return self.session.scalars(
+            select(DeskAction.detail).where(DeskAction.ticket_id == ticket_id,
+                                            DeskAction.action == HEARD_AS)
+            .order_by(DeskAction.id.desc()).limit(1)).first()
 
     def actions(self, ticket_id: int) -> list[DeskAction]:
         return list(self.session.scalars(

@@ -279,6 +279,10 @@ class Floor:
                         floor.record(ticket.id, engineer.name, "pick-up",
                                      f"chosen on the engineer line (P{ticket.priority})", now)
                         break
+            # The caller's queue is named after the number they heard: for one routed
+            # during an outage, perhaps not the one their ticket was stored under.
+            heard = (floor.heard_as(ticket.id) or ticket.number) if ticket is not None \
+                else None
         if busy:
             log.info("engineer %s called the engineer line while on a call with a caller",
                      engineer.name)
@@ -290,7 +294,7 @@ class Floor:
         # The queue the caller was put in, named when they were routed: the desk may have
         # changed the priority since, and with it the group (``support-p{priority}``).
         return self.agent.connect(voice, whisper,
-                                  queue_name(ticket.queue_group or choice.group, ticket.number),
+                                  queue_name(ticket.queue_group or choice.group, heard),
                                   ticket.number)
 
     def joining(self, params: Mapping[str, str], query: Mapping[str, str]) -> str:

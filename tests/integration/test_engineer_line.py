@@ -14,7 +14,8 @@ from ivr.storage.models import Ticket
 
 from ..floor_support import (add_engineer, digits_spoken, engineer_params, queued,
                              talking_on_the_line, while_the_desk_closes)
-from ..support import CALLER, Outcomes, pause, second_waits_for_first, spoken, twiml
+from ..support import (BUSINESS_OWNER, CALLER, Outcomes, pause, second_waits_for_first, spoken,
+                       twiml)
 
 
 def ticket(ivr, number):
@@ -932,3 +933,33 @@ def test_an_engineer_holding_after_saying_her_call_ended_is_not_bridged_while_ta
         ivr.catalogues["en-US"].text("agent_on_another_call", {})]
     assert ticket(ivr, waiting["ticket"]).status == "in_queue"
     assert assignment(ivr, waiting["ticket"]) is None
+
+
+def test_a_caller_routed_during_an_outage_whose_number_was_taken_meanwhile_can_be_reached(
+        twilio, ivr, dead):
+    """A caller routed while the database was away waits in the queue named after the
+    number they heard. Another ticket took that number before the replay, so theirs is
+    stored under a new one: the engineer line must still dial the queue they are in, not
+    one named after the new number, which holds nobody (every engineer would miss them,
+    and they would wait until they gave up)."""
+    add_engineer(ivr)
+    sid = new_call_sid()
+    call = twilio.call_params(sid)
+    twilio.post("/voice", **call)
+    twilio.post("/voice/menu", **call, Digits="2")
+    twilio.post("/voice/pmi", **call, Digits=BUSINESS_OWNER[0])
+    prompt = twiml(twilio.post("/voice/host-key", **call, Digits=BUSINESS_OWNER[1]))
+    routed = twiml(dead.post(prompt.find("Gather").get("action"), **call, Digits="1"))
+    their_queue = routed.find("Enqueue").text
+    heard = digits_spoken(routed)[0]
+    other = queued(twilio, 4, caller="+14155550111")
+    with ivr.storage.transaction() as session:
+        session.scalars(select(Ticket).where(Ticket.number == other["ticket"])).one() \
+            .number = heard  # the number the spooled caller heard, taken meanwhile
+    assert ivr.service.spool.replay(ivr.service.replay).applied == 1
+    with ivr.storage.transaction() as session:
+        stored = session.scalars(select(Ticket).where(Ticket.call_sid == sid)).one().number
+    assert stored != heard
+    root = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid())))
+    assert digits_spoken(root) == [stored]
+    assert root.find("Dial/Queue").text == their_queue
