@@ -99,13 +99,14 @@ def agent_error(error):
         return twiml(floor().joining_unrecorded(request.form))
     if request.endpoint == "agent.callback_customer":
         return twiml(agent_renderer.empty())
-    # A key pressed after the greeting: someone is there, and is put through (with the
-    # database away the answer is spooled; a failure leaves it unrecorded). No key (a
-    # voicemail): the leg ends.
+    # The end of a callback's leg: spooled while the database is away.
     if request.endpoint == "agent.callback_status":
         if down:
             floor().status_unrecorded(request.form, request.args)
         return twiml(agent_renderer.empty())
+    # A key pressed after the greeting: someone is there, and is put through (with the
+    # database away the answer is spooled; a failure leaves it unrecorded). No key (a
+    # voicemail): the leg ends.
     if request.endpoint == "agent.callback_customer_key":
         if down:
             floor().answered_unrecorded(request.form, request.args)
