@@ -460,9 +460,9 @@ class FloorRepository:
         """The ticket number of a callback this engineer is on, if any, and whether its
         customer was put through (an end of it never reported is then one
         ``callbacks_ended`` clears): an attempt of theirs under way (placed after
-        ``open_since``; with ``picked_up``, only once they answered its first leg), or one
-        whose customer was put through to them since ``talking_since`` and whose call has
-        not ended (``ended_at``)."""
+        ``open_since``, not said ended; with ``picked_up``, only once they answered its
+        first leg), or one whose customer was put through to them since ``talking_since``
+        and whose call has not ended (``ended_at``)."""
         under_way = and_(CallbackAttempt.outcome.is_(None), CallbackAttempt.ended_at.is_(None),
                          CallbackAttempt.created_at > open_since)
         if picked_up:
