@@ -625,8 +625,10 @@ class Floor:
         # An answered attempt ends with its call (``_conversation_ended``): until then its
         # engineer is talking to the customer.
         attempt.outcome, attempt.status = outcome, "done"
-        # (One the engineer said had ended, ``FloorRepository.callbacks_ended``, stays so.)
-        attempt.ended_at = attempt.ended_at if outcome == ANSWERED else now
+        # An end said while the customer's phone rang (``FloorRepository.callbacks_ended``)
+        # was said before this answer: the conversation begins now. (A replayed answer,
+        # ``replay_answer``, keeps an end heard or said after it.)
+        attempt.ended_at = None if outcome == ANSWERED else now
         attempt.detail = detail
         floor.record(ticket.id, attempt.engineer, "callback-result", outcome, now)
         log.info("callback attempt %s for ticket id=%s: %s", attempt.id, ticket.id, outcome)

@@ -1241,3 +1241,39 @@ def test_an_engineer_who_says_her_unfinished_callback_ended_holds_without_being_
     taken = twiml(twilio.post(look.find("Redirect").text,
                               **engineer_params(mobile, "client:aiko")))
     assert taken.find("Dial/Queue").text == caller["queue"]
+
+
+def test_a_customer_put_through_after_the_engineer_said_her_callback_ended_keeps_her_busy(
+        app, twilio, ivr, http):
+    """aiko's laptop is dialling a callback's customer. Her mobile calls the engineer line,
+    hears she is on another call and presses 1 (that call has ended, she says), and holds.
+    The customer then answers and presses the key: they are put through to her laptop, a
+    conversation that began after what she said. Her mobile's next look must not bridge a
+    caller to a phone she is not listening to, nor the desk ring her for another callback."""
+    add_engineer(ivr, phone=None, client="aiko")
+    waiting = waiting_for_callback(twilio)
+    other = waiting_for_callback(twilio, caller="+14155550111")
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+    mobile = new_call_sid()
+    refused = twiml(twilio.post("/voice/agent", **engineer_params(mobile, "client:aiko")))
+    holding = twiml(twilio.post(refused.find("Gather").get("action"),
+                                **engineer_params(mobile, "client:aiko"), Digits="1"))
+    assert holding.find("Dial") is None and holding.find("Redirect") is not None
+    customer_sid = new_call_sid()
+    customer_presses_a_key(twilio, customer_answers(twilio, dial_root, customer_sid),
+                           customer_sid)
+    assert state(ivr, waiting["ticket"])[2] == [("aiko", "answered")]
+    caller = queued(twilio, 2, caller="+14155550122")
+    look = twiml(twilio.post(holding.find("Redirect").text,
+                             **engineer_params(mobile, "client:aiko")))
+    assert look.find("Dial") is None, digits_spoken(look)
+    assert spoken(look.find("Gather")) == [
+        ivr.catalogues["en-US"].text("agent_on_another_call", {})]
+    refused = place(app, other["ticket"], {"engineer": "aiko"})
+    assert refused.status_code == 409
+    assert refused.get_json()["error"].startswith(
+        f"aiko is on a callback for ticket {waiting['ticket']}")
+    with ivr.storage.transaction() as session:
+        assert session.scalars(select(Ticket).where(Ticket.number == caller["ticket"])) \
+            .one().status == "in_queue"
