@@ -1277,3 +1277,31 @@ def test_a_customer_put_through_after_the_engineer_said_her_callback_ended_keeps
     with ivr.storage.transaction() as session:
         assert session.scalars(select(Ticket).where(Ticket.number == caller["ticket"])) \
             .one().status == "in_queue"
+
+
+def test_an_answer_replayed_after_the_engineer_said_her_callback_ended_keeps_it_ended(
+        app, twilio, ivr, http, dead):
+    """The customer pressed the key while the database was away (the answer is spooled),
+    and the legs' ends were never heard. aiko's mobile, told she is on another call, says
+    it has ended and holds. The answer replayed afterwards connects the ticket, and the
+    conversation stays ended when she said: the next caller is hers."""
+    add_engineer(ivr, phone=None, client="aiko")
+    waiting = waiting_for_callback(twilio)
+    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
+    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+    customer_sid = new_call_sid()
+    greeting = customer_answers(twilio, dial_root, customer_sid)
+    dead.post(greeting.find("Gather").get("action"), **leg(customer_sid, CALLER, US_LINE),
+              Digits="1")
+    mobile = new_call_sid()
+    refused = twiml(twilio.post("/voice/agent", **engineer_params(mobile, "client:aiko")))
+    holding = twiml(twilio.post(refused.find("Gather").get("action"),
+                                **engineer_params(mobile, "client:aiko"), Digits="1"))
+    assert holding.find("Dial") is None and holding.find("Redirect") is not None
+    assert ivr.service.spool.replay(ivr.service.replay).applied == 1
+    ticket, _, attempts = state(ivr, waiting["ticket"])
+    assert ticket.status == "connected" and attempts == [("aiko", "answered")]
+    caller = queued(twilio, 2, caller="+14155550122")
+    look = twiml(twilio.post(holding.find("Redirect").text,
+                             **engineer_params(mobile, "client:aiko")))
+    assert look.find("Dial/Queue").text == caller["queue"]
