@@ -112,12 +112,14 @@ def agent_error(error):
             floor().answered_unrecorded(request.form, request.args)
         return twiml(agent_renderer.empty() if request.form.get("Digits")
                      else agent_renderer.hangup())
-    # An engineer the line already knows (holding for callers, back from a call, or
-    # pressing 1 at one of its prompts for the next caller) holds and looks again: a
-    # database away for a moment must not take everyone off the line.
+    # An engineer the line already knows (holding for callers, back from a call, looking
+    # again after a caller who had gone, or pressing 1 at one of its prompts for the next
+    # caller) holds and looks again: a database away for a moment must not take everyone
+    # off the line.
     known = request.endpoint == "agent.after" or (
         request.endpoint == "agent.engineer_line"
-        and (request.args.get("wait") == "1" or request.form.get("Digits") == "1"))
+        and (request.args.get("wait") == "1" or request.args.get("missed") == "1"
+             or request.form.get("Digits") == "1"))
     if down and known:
         return twiml(agent_renderer.nobody(speech, announce=False))
     return twiml(agent_renderer.goodbye(speech))

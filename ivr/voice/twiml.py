@@ -406,9 +406,11 @@ class AgentRenderer:
         return str(response)
 
     def missed(self, voice: Voice) -> str:
+        """The chosen caller had gone: look again at once (``missed``: an engineer the
+        line knows, who holds if that look meets the database away)."""
         response = VoiceResponse()
         self.say(response, voice, [("agent_missed", {})])
-        response.redirect(AGENT_PATH, method="POST")
+        response.redirect(url(AGENT_PATH, missed="1"), method="POST")
         return str(response)
 
     def next_caller(self, voice: Voice) -> str:

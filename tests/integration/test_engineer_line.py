@@ -204,7 +204,7 @@ def test_a_claim_that_never_connects_is_freed_for_the_next_engineer(twilio, ivr,
     missed = twiml(twilio.post(root.find("Dial").get("action"), **engineer_params(agent_sid),
                                DialCallStatus="no-answer"))
     assert spoken(missed) == ["That caller is no longer waiting. Looking for the next one."]
-    assert missed[-1].tag == "Redirect" and missed[-1].text == "/voice/agent"
+    assert missed[-1].tag == "Redirect" and missed[-1].text == "/voice/agent?missed=1"
     assert assignment(ivr, waiting["ticket"]).claimed_at is None
 
 
@@ -539,7 +539,7 @@ def test_a_missed_caller_is_not_handed_back_to_the_same_engineer_call_in_a_loop(
     assert digits_spoken(root) == [ghost["ticket"]]
     missed = twiml(twilio.post(root.find("Dial").get("action"), **engineer_params(sid),
                                DialCallStatus=status))
-    assert missed.find("Redirect").text == "/voice/agent"
+    assert missed.find("Redirect").text == "/voice/agent?missed=1"
     again = twiml(twilio.post("/voice/agent", **engineer_params(sid)))
     assert digits_spoken(again) == [real["ticket"]]
     other = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid(),
@@ -963,3 +963,22 @@ def test_a_caller_routed_during_an_outage_whose_number_was_taken_meanwhile_can_b
     root = twiml(twilio.post("/voice/agent", **engineer_params(new_call_sid())))
     assert digits_spoken(root) == [stored]
     assert root.find("Dial/Queue").text == their_queue
+
+
+def test_an_engineer_who_missed_a_caller_holds_through_a_database_blip(twilio, ivr, dead):
+    """The caller aiko was put through to had gone: she hears "looking for the next one"
+    and the line looks again at once. That look meeting an unreachable database holds her
+    and looks again later, as any look does, instead of saying goodbye and hanging up."""
+    add_engineer(ivr)
+    queued(twilio, 1)
+    sid = new_call_sid()
+    root = twiml(twilio.post("/voice/agent", **engineer_params(sid)))
+    missed = twiml(twilio.post(root.find("Dial").get("action"), **engineer_params(sid),
+                               DialCallStatus="no-answer"))
+    assert spoken(missed) == ["That caller is no longer waiting. Looking for the next one."]
+    held = twiml(dead.post(missed.find("Redirect").text, **engineer_params(sid)))
+    assert held.find("Hangup") is None, spoken(held)
+    assert [e.tag for e in held] == ["Pause", "Redirect"]
+    second = queued(twilio, 2)
+    found = twiml(twilio.post(held.find("Redirect").text, **engineer_params(sid)))
+    assert found.find("Dial/Queue").text == second["queue"]
