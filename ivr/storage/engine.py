@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from ..domain.clock import utcnow  # noqa: F401  re-exported for the storage layer
@@ -45,8 +46,10 @@ LOCK_WAIT_SECONDS = 5.0
 CHECKPOINT_SECONDS = 1.0
 WAL_LIMIT_PAGES = 10_000
 
-# Errors that mean the database cannot be reached or written, not that a request was bad.
-DATABASE_DOWN = (OperationalError, InterfaceError)
+# Errors that mean the database cannot be reached or written, not that a request was bad:
+# a connection of the process's pool not had within LOCK_WAIT_SECONDS (every one busy with
+# a slow statement) is one too, so a status callback is spooled, not lost.
+DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout)
 
 
 def schema_missing(exc: BaseException) -> bool:

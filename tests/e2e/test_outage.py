@@ -1,6 +1,7 @@
 """The database goes away mid-call: verified callers are still routed, their tickets are
 spooled to disk and replayed exactly once when the database is back."""
 
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -523,3 +524,45 @@ def test_a_call_routed_through_the_spool_is_counted_routed_not_abandoned(
             ("routed", "completed", "bridged")
     assert calls_counted("abandoned") == abandoned
     assert calls_counted("routed") == routed_before + 1
+
+
+@contextlib.contextmanager
+def every_connection_taken(ivr, monkeypatch):
+    """Every connection of the process's pool in use (other requests' slow statements):
+    a request waits the pool's time-out for one, here 0.2 s, then is refused one."""
+    pool = ivr.storage.engine.pool
+    monkeypatch.setattr(pool, "_timeout", 0.2)
+    held = [ivr.storage.engine.connect() for _ in range(pool.size() + pool._max_overflow)]
+    try:
+        yield
+    finally:
+        for connection in held:
+            connection.close()
+
+
+def test_a_status_callback_met_by_a_full_connection_pool_is_spooled_not_lost(
+        ivr, twilio, call_sid, monkeypatch):
+    twilio.post("/voice", **twilio.call_params(call_sid))
+    params = {**twilio.call_params(call_sid), "CallStatus": "completed", "CallDuration": "9"}
+    with every_connection_taken(ivr, monkeypatch):
+        assert twilio.post("/voice/status", **params).status_code == 200
+    assert ivr.service.spool.depth() == 1
+    assert ivr.service.spool.replay(ivr.service.replay).applied == 1
+    with ivr.storage.unit_of_work(readonly=True) as uow:
+        assert uow.calls.load(call_sid, lock=False).values["twilio_status"] == "completed"
+
+
+def test_a_verified_caller_met_by_a_full_connection_pool_is_routed_through_the_spool(
+        app, ivr, twilio, monkeypatch):
+    sid = new_call_sid()
+    action = verified(twilio, sid)
+    with every_connection_taken(ivr, monkeypatch):
+        root = twiml(twilio.post(action, **twilio.call_params(sid), Digits="1"))
+    numbers = [e.text for e in root.iter("say-as")]
+    assert numbers, "the caller was not told a ticket number"
+    assert root.find("Enqueue").text == f"support-us.{numbers[0]}"
+    assert ivr.service.spool.depth() == 1 and count(ivr, Ticket) == 0
+    assert "1 written" in app.test_cli_runner().invoke(args=["spool", "replay"]).output
+    with ivr.storage.transaction() as session:
+        assert [t.number for t in session.scalars(select(Ticket))] == [numbers[0]]
+
