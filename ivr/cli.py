@@ -130,7 +130,7 @@ def accounts_locks():
 def accounts_purge_failures(days):
     """Forget old failure counts (of PMIs and callers) that hold no lock now."""
     now = ivr().service.clock()
-    with ivr().storage.unit_of_work() as uow:
+    with ivr().storage.unit_of_work(long_running=True) as uow:
         removed = uow.lockouts.purge(
             now - dt.timedelta(days=days), now)
     click.echo(f"Forgot {removed} failure counts older than {days} days.")

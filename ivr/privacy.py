@@ -107,7 +107,7 @@ def retention_apply(days, dry_run):
     days = days or ivr().config.retention.days
     now = ivr().service.clock()
     cutoff = now - dt.timedelta(days=days)
-    with ivr().storage.transaction() as session:
+    with ivr().storage.transaction(long_running=True) as session:  # a year of calls at once
         repository = RetentionRepository(session)
         result = repository.count(cutoff, now) if dry_run else repository.apply(cutoff, now)
         if not dry_run:

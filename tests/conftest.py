@@ -41,6 +41,17 @@ def database_url(request, tmp_path):
 
 
 @pytest.fixture
+def short_statements(monkeypatch, database_url):
+    """PostgreSQL only: the app made after this cancels a statement still running after
+    1 s instead of STATEMENT_SECONDS (ask for it before ``app``)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's statement_timeout")
+    from ivr.storage import engine
+
+    monkeypatch.setattr(engine, "STATEMENT_SECONDS", 1.0, raising=False)
+
+
+@pytest.fixture
 def settings(tmp_path, database_url) -> Settings:
     return Settings(
         config_path=CONFIG,

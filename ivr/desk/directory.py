@@ -166,7 +166,7 @@ def import_rows(rows: list[Row], storage: Storage, hasher: HostKeyHasher,
     created = updated = unchanged = 0
     now = utcnow()
     try:
-        with storage.unit_of_work() as uow:
+        with storage.unit_of_work(long_running=True) as uow:  # the whole directory at once
             accounts = uow.accounts
             by_email = accounts.by_emails([r.user_email for r in rows])
             by_pmi = accounts.by_pmis([r.pmi for r in rows])

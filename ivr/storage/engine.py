@@ -46,6 +46,14 @@ LOCK_WAIT_SECONDS = 5.0
 CHECKPOINT_SECONDS = 1.0
 WAL_LIMIT_PAGES = 10_000
 
+# A statement still running after this is cancelled (PostgreSQL's statement_timeout) and
+# the database counts as unreachable. Twilio waits 15 s for a webhook's answer, then plays
+# its own fallback, while the transaction could still go on to commit a ticket that caller
+# never heard; cancelled, the webhook takes the outage path in time (a verified caller is
+# routed with the ticket spooled). Longer than LOCK_WAIT_SECONDS, so a lock wait is still
+# reported as one. Operator work that may run long lifts it (``long_running``).
+STATEMENT_SECONDS = 8.0
+
 # Errors that mean the database cannot be reached or written, not that a request was bad:
 # a connection of the process's pool not had within LOCK_WAIT_SECONDS (every one busy with
 # a slow statement) is one too, so a status callback is spooled, not lost.
@@ -80,6 +88,10 @@ def database_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, DATABASE_DOWN) or schema_missing(exc)
 
 
+# Sent in a long-running transaction on PostgreSQL: its statements have no time limit.
+NO_STATEMENT_LIMIT = "SET LOCAL statement_timeout = 0"
+
+
 class UpgradeRefused(RuntimeError):
     """The schema upgrade stopped on data only the operator can set right; nothing was
     changed, and the message says what to do."""
@@ -103,19 +115,21 @@ class Storage:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def unit_of_work(self, *, readonly: bool = False):
+    def unit_of_work(self, *, readonly: bool = False, long_running: bool = False):
         """One transaction and the repositories working in it (see ``uow.py``). A
-        read-only one never takes SQLite's write lock, so it cannot delay a webhook."""
+        read-only one never takes SQLite's write lock, so it cannot delay a webhook. A
+        ``long_running`` one (operator commands over the whole database) has no
+        STATEMENT_SECONDS limit; it costs one statement more on PostgreSQL."""
         from .uow import UnitOfWork
 
-        return UnitOfWork(self, readonly=readonly)
+        return UnitOfWork(self, readonly=readonly, long_running=long_running)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Session]:
+    def transaction(self, *, long_running: bool = False) -> Iterator[Session]:
         """An ORM session in one write unit of work: committed at the end, rolled back on an
         error, and begun like every unit of work (a connection the server dropped is
         replaced before any work)."""
-        with self.unit_of_work() as uow:
+        with self.unit_of_work(long_running=long_running) as uow:
             yield uow.session
 
     @contextlib.contextmanager
@@ -145,6 +159,8 @@ class Storage:
                 raw.execute("PRAGMA foreign_keys=OFF")
             try:
                 with connection.begin():
+                    if self.dialect == "postgresql":  # a table rewritten may take minutes
+                        connection.exec_driver_sql(NO_STATEMENT_LIMIT)
                     cfg.attributes["connection"] = connection
                     command.upgrade(cfg, "head")
                     if raw is not None:
@@ -238,11 +254,14 @@ def _create_engine(url, echo: bool) -> Engine:
         if url.get_driver_name() == "psycopg":
             url = url.set(drivername="postgresql+ivr_psycopg")
         # A caller must hear something within Twilio's 15 seconds: a short connect
-        # timeout, and a lock not granted within LOCK_WAIT_SECONDS is an error (as SQLite's
-        # busy timeout makes it), which the service answers through its outage path
-        # instead of waiting on a stuck transaction for as long as it lasts.
+        # timeout, and a lock not granted within LOCK_WAIT_SECONDS or a statement not done
+        # within STATEMENT_SECONDS is an error (as SQLite's busy timeout makes a lock
+        # wait), which the service answers through its outage path instead of waiting on
+        # a stuck transaction or a slow database for as long as it lasts. Set as the
+        # connection opens: no statement more for any request.
         options = " ".join(filter(None, (
-            url.query.get("options"), f"-c lock_timeout={int(LOCK_WAIT_SECONDS * 1000)}")))
+            url.query.get("options"), f"-c lock_timeout={int(LOCK_WAIT_SECONDS * 1000)}",
+            f"-c statement_timeout={int(STATEMENT_SECONDS * 1000)}")))
         return create_engine(url, echo=echo, hide_parameters=True,
                              pool_pre_ping=url.get_driver_name() != "ivr_psycopg",
                              pool_size=5, max_overflow=5, pool_timeout=LOCK_WAIT_SECONDS,

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from .accounts import AccountRepository
 from .calls import CallRepository
 from .desk_queries import DeskRepository
+from .engine import NO_STATEMENT_LIMIT
 from .lockouts import LockoutRepository
 from .outbox import OutboxRepository
 from .sql import Codec
@@ -33,9 +34,11 @@ if TYPE_CHECKING:
 
 
 class UnitOfWork:
-    def __init__(self, storage: "Storage", *, readonly: bool = False):
+    def __init__(self, storage: "Storage", *, readonly: bool = False,
+                 long_running: bool = False):
         self.storage = storage
         self.readonly = readonly
+        self.long_running = long_running
         self.dialect = storage.dialect
         self.codec = Codec(self.dialect)
         self.connection: Connection | None = None
@@ -59,6 +62,13 @@ class UnitOfWork:
             except BaseException:
                 connection.close()
                 raise
+            if self.long_running and self.dialect == "postgresql":
+                try:
+                    connection.exec_driver_sql(NO_STATEMENT_LIMIT)
+                except BaseException:
+                    connection.rollback()
+                    connection.close()
+                    raise
             self.connection = connection
             return self
         raise AssertionError("unreachable")

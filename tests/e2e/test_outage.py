@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from ivr.storage.models import Call, OutboxMessage, Ticket
 from ivr.sim.simulator import new_call_sid
 
-from ..support import BUSINESS_OWNER, twiml
+from ..support import BUSINESS_OWNER, postgres_admin, twiml
 
 
 def verified(twilio, sid):
@@ -566,3 +566,33 @@ def test_a_verified_caller_met_by_a_full_connection_pool_is_routed_through_the_s
     with ivr.storage.transaction() as session:
         assert [t.number for t in session.scalars(select(Ticket))] == [numbers[0]]
 
+
+SLOW_TICKETS = """
+CREATE FUNCTION slow_ticket() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(4); RETURN NEW; END $$;
+CREATE TRIGGER slow BEFORE INSERT ON tickets FOR EACH ROW EXECUTE FUNCTION slow_ticket();
+"""
+
+
+def test_a_statement_slower_than_the_limit_routes_the_caller_through_the_spool(
+        short_statements, app, ivr, twilio):
+    """A database that answers too slowly must not hold a caller past Twilio's 15 s:
+    Twilio then plays its own fallback while the transaction goes on to commit a ticket
+    the caller never heard. The statement is cancelled at the limit and the verified
+    caller is routed with the ticket spooled, as for a database that does not answer."""
+    sid = new_call_sid()
+    action = verified(twilio, sid)
+    with postgres_admin(ivr.storage.engine.url) as admin:
+        admin.exec_driver_sql(SLOW_TICKETS)
+    try:
+        root = twiml(twilio.post(action, **twilio.call_params(sid), Digits="1"))
+    finally:
+        with postgres_admin(ivr.storage.engine.url) as admin:
+            admin.exec_driver_sql("DROP TRIGGER slow ON tickets")
+    numbers = [e.text for e in root.iter("say-as")]
+    assert numbers, "the caller was not told a ticket number"
+    assert root.find("Enqueue").text == f"support-us.{numbers[0]}"
+    assert ivr.service.spool.depth() == 1 and count(ivr, Ticket) == 0
+    assert "1 written" in app.test_cli_runner().invoke(args=["spool", "replay"]).output
+    with ivr.storage.transaction() as session:
+        assert [t.number for t in session.scalars(select(Ticket))] == [numbers[0]]

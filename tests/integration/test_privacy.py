@@ -14,7 +14,7 @@ from ivr import create_app
 from ivr.storage.models import Call, Lockout, OutboxMessage, Ticket
 
 from ..desk_support import add_ticket
-from ..support import CALLER
+from ..support import CALLER, postgres_admin
 
 
 def mode(path) -> int:
@@ -123,6 +123,21 @@ def test_the_retention_period_comes_from_the_configuration_or_the_command_line(a
     result = app.test_cli_runner().invoke(args=["retention", "apply", "--days", "200"])
     assert "calls anonymised: 0" in result.output
     assert {c.caller_number for c in rows(app, Call)} == {CALLER}
+
+
+def test_retention_slower_than_a_webhooks_statement_limit_still_runs_to_its_end(
+        short_statements, app, aged):
+    """A webhook's statement is cancelled past STATEMENT_SECONDS; retention over a year of
+    calls may take longer, and is not cut short by that limit."""
+    with postgres_admin(app.extensions["ivr"].storage.engine.url) as admin:
+        admin.exec_driver_sql("""
+            CREATE FUNCTION slow_update() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$;
+            CREATE TRIGGER slow AFTER UPDATE ON calls FOR EACH STATEMENT
+            EXECUTE FUNCTION slow_update();""")
+    result = app.test_cli_runner().invoke(args=["retention", "apply"])
+    assert result.exit_code == 0, result.output
+    assert "calls anonymised: 1" in result.output
 
 
 def test_the_desk_shows_an_anonymised_caller_as_withheld(app, aged, clock):
