@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.wsgi import WsgiToAsgi
 from gunicorn.asgi.protocol import ASGIProtocol
@@ -168,6 +169,21 @@ def _streams_handed_over(wsgi_app):
     return app
 
 
+# The pieces of streamed answers (the ticket export) are made here, one at a time for the
+# whole worker: each is Python work that holds the interpreter's lock, and several exports
+# at once on threads of their own took it in turns with the app's thread, so that a
+# webhook of the worker waited seconds. Exports at once take turns here instead.
+_PIECES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ivr-streamed")
+
+
+def _close_quietly(close, scope) -> None:
+    try:
+        close()
+    except Exception:
+        log.exception("%s %s: closing the answer failed", scope.get("method"),
+                      scope.get("path"))
+
+
 class BufferingFront:
     """An ASGI app that buffers a bounded request body, then runs the WSGI app on it.
 
@@ -273,17 +289,18 @@ class BufferingFront:
                         self.send_seconds)
 
     async def _send_streamed(self, scope, body, send) -> None:
-        """Send a streamed answer's body (its head is sent): each piece made on a thread
-        of the event loop's pool, not the app's, once the client has taken the last. A
-        piece not made within APP_SECONDS (a database that stopped answering), or one
-        whose making fails, ends the connection without the answer's end, so the client
-        sees the download broken rather than a file cut short."""
+        """Send a streamed answer's body (its head is sent): each piece made on the
+        worker's thread for them (``_PIECES``), not the app's, once the client has taken
+        the last. A piece not made within APP_SECONDS (a database that stopped answering),
+        or one whose making fails, ends the connection without the answer's end, so the
+        client sees the download broken rather than a file cut short."""
+        loop = asyncio.get_running_loop()
         pieces = iter(body)
         try:
             while True:
                 try:
                     async with asyncio.timeout(self.app_seconds):
-                        piece = await asyncio.to_thread(next, pieces, None)
+                        piece = await loop.run_in_executor(_PIECES, next, pieces, None)
                 except Exception as exc:  # the connection is what is left to end
                     # A time-out says enough; anything else is logged with where it came from.
                     log.error("%s %s: the answer's next piece could not be made (%s); "
@@ -301,10 +318,9 @@ class BufferingFront:
         finally:
             close = getattr(body, "close", None)
             if close is not None:
-                try:
-                    await asyncio.to_thread(close)
-                except ValueError:  # a piece still being made on its thread: it ends there
-                    pass
+                # On the same thread, so after any piece still being made (one left behind
+                # by a time-out): never while it runs, and never awaited here.
+                _PIECES.submit(_close_quietly, close, scope)
 
     async def _too_large(self, scope, send):
         if scope.get("path", "").startswith("/voice"):
