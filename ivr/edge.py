@@ -174,6 +174,8 @@ def _streams_handed_over(wsgi_app):
 # at once on threads of their own took it in turns with the app's thread, so that a
 # webhook of the worker waited seconds. Exports at once take turns here instead.
 _PIECES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ivr-streamed")
+# A streamed answer is sent in slices of at most this much, each with SEND_SECONDS to go.
+SEND_SLICE = 64 * 1024
 
 
 def _close_quietly(close, scope) -> None:
@@ -309,10 +311,12 @@ class BufferingFront:
                     return
                 if piece is None:
                     break
-                if piece:
+                # The deadline is on each slice: a batch of the export is hundreds of KB,
+                # more than a client on a slow link takes in SEND_SECONDS.
+                for start in range(0, len(piece), SEND_SLICE):
                     async with asyncio.timeout(self.send_seconds):
-                        await send({"type": "http.response.body", "body": piece,
-                                    "more_body": True})
+                        await send({"type": "http.response.body",
+                                    "body": piece[start:start + SEND_SLICE], "more_body": True})
             async with asyncio.timeout(self.send_seconds):
                 await send({"type": "http.response.body"})
         finally:

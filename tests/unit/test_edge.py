@@ -492,3 +492,20 @@ def test_exports_made_at_once_on_one_worker_make_their_pieces_one_at_a_time():
     asyncio.run(main())
     assert all(b"".join(m.get("body", b"") for m in answer) == b"a\nb\nc\n" for answer in sent)
     assert most[0] == 1
+
+
+def test_an_export_taken_steadily_on_a_slow_link_is_not_cut_off():
+    """A piece of the export is a batch of 1000 tickets (about 500 KB in JSON), and the
+    send deadline was on each piece: a client taking the file steadily at 40 KB/s was
+    closed after 10 s, every time. The deadline is on each slice of at most 64 KB."""
+    piece = b"x" * (256 * 1024)
+    front = BufferingFront(streaming_app([piece, piece]), send_seconds=0.2)
+    sent = []
+
+    async def at_one_megabyte_a_second(message):
+        await asyncio.sleep(len(message.get("body", b"")) / 1_000_000)
+        sent.append(message)
+
+    asyncio.run(front(export_scope(), nothing_more, at_one_megabyte_a_second))
+    assert b"".join(m.get("body", b"") for m in sent) == piece * 2
+    assert not sent[-1].get("more_body")
