@@ -13,8 +13,8 @@ per worker as before. The app's answer is kept whole, then sent from the event l
 client that does not read it (its socket's buffers full) holds its connection for at most
 SEND_SECONDS per piece of the answer, never the app's thread and so never the requests of
 other clients. The one exception is an answer its view marks as made while it is sent
-(``extension.STREAMED_BODY``, the ticket export): its pieces are made on a thread of the
-event loop's pool, each once the client has taken the one before.
+(``extension.STREAMED_BODY``, the ticket export): its pieces are made on the worker's one
+thread for them (``_PIECES``), each once the client has taken the one before.
 
 ``gunicorn.conf.py`` selects the worker, wraps whatever WSGI app gunicorn loads
 (``app:app``) in ``BufferingFront`` and has the worker's connections keep a deadline on
