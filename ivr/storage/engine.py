@@ -258,10 +258,13 @@ def _create_engine(url, echo: bool) -> Engine:
         # within STATEMENT_SECONDS is an error (as SQLite's busy timeout makes a lock
         # wait), which the service answers through its outage path instead of waiting on
         # a stuck transaction or a slow database for as long as it lasts. Set as the
-        # connection opens: no statement more for any request.
+        # connection opens: no statement more for any request. They come before the
+        # URL's own options: PostgreSQL keeps the last of a setting given twice, so an
+        # operator's own -c lock_timeout= or -c statement_timeout= there is the one in force.
         options = " ".join(filter(None, (
-            url.query.get("options"), f"-c lock_timeout={int(LOCK_WAIT_SECONDS * 1000)}",
-            f"-c statement_timeout={int(STATEMENT_SECONDS * 1000)}")))
+            f"-c lock_timeout={int(LOCK_WAIT_SECONDS * 1000)}",
+            f"-c statement_timeout={int(STATEMENT_SECONDS * 1000)}",
+            url.query.get("options"))))
         return create_engine(url, echo=echo, hide_parameters=True,
                              pool_pre_ping=url.get_driver_name() != "ivr_psycopg",
                              pool_size=5, max_overflow=5, pool_timeout=LOCK_WAIT_SECONDS,

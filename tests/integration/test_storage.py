@@ -388,3 +388,31 @@ def test_a_hang_up_while_the_call_gets_its_outcome_still_ends_the_call(twilio, i
         assert (call.twilio_status, call.duration_seconds, call.outcome) == \
             ("completed", 9, "transferred")
         assert call.ended_at is not None
+
+
+def test_time_limits_the_operator_sets_in_the_database_urls_options_are_kept(database_url):
+    """The service's lock and statement limits are defaults: an operator's own
+    ``-c statement_timeout=`` or ``-c lock_timeout=`` in the URL's options is the one in
+    force, not silently replaced by them; and their other options still apply."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's session settings")
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from ivr.storage import Storage
+
+    def settings(url):
+        storage = Storage(url)
+        try:
+            with storage.reading() as session:
+                return [session.execute(text(f"SHOW {name}")).scalar()
+                        for name in ("statement_timeout", "lock_timeout", "search_path")]
+        finally:
+            storage.dispose()
+
+    url = make_url(database_url)
+    schema = url.query["options"].removeprefix("-csearch_path=")
+    assert settings(database_url) == ["8s", "5s", schema]
+    own = url.update_query_dict({"options": url.query["options"]
+                                 + " -c statement_timeout=20s -c lock_timeout=2s"})
+    assert settings(own.render_as_string(hide_password=False)) == ["20s", "2s", schema]
