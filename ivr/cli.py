@@ -27,7 +27,7 @@ from .privacy import MAX_DAYS
 from .sim.simulator import HttpTransport, Simulator, UnknownTwiML, WsgiTransport, transcript
 from .sim.surge import run_surge
 from .storage import (DATABASE_DOWN, UpgradeRefused, database_error, database_unavailable,
-                      schema_missing)
+                      schema_missing, statement_cancelled)
 
 
 def check_schema(storage) -> None:
@@ -360,6 +360,11 @@ def _explained(callback):
                     "`flask --app app init-db` first") from None
             if isinstance(exc, ProgrammingError):
                 _failed(exc)
+            if statement_cancelled(exc):  # it answered: saying "unreachable" misleads
+                raise click.ClickException(
+                    f"a statement ran past the database's time limit ({cause}: {reason}); "
+                    "the command stopped there. To give this one run no limit, add "
+                    "`-c statement_timeout=0` to the options of its IVR_DATABASE_URL") from None
             raise click.ClickException(
                 f"the database is unreachable ({cause}: {reason}); the command stopped there") from None
         except (click.ClickException, click.Abort, click.exceptions.Exit):

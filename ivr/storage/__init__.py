@@ -15,6 +15,7 @@ from .engine import (
     database_error,
     database_unavailable,
     schema_missing,
+    statement_cancelled,
     utcnow,
 )
 from .helpdesk import (HelpdeskDelivery, HelpdeskJob, HelpdeskJobRepository, first_delivery,
@@ -29,5 +30,6 @@ __all__ = [
     "DeskRepository", "HelpdeskDelivery", "HelpdeskJob", "HelpdeskJobRepository",
     "LockoutRepository", "OutboxRepository", "Storage", "TicketRepository", "TicketRow",
     "UnitOfWork", "UpgradeRefused", "database_error", "database_unavailable",
-    "first_delivery", "new_ticket_number", "newest_delivery", "schema_missing", "utcnow",
+    "first_delivery", "new_ticket_number", "newest_delivery", "schema_missing", "statement_cancelled",
+    "utcnow",
 ]

@@ -70,6 +70,16 @@ def schema_missing(exc: BaseException) -> bool:
         or ("does not exist" in reason and ("relation" in reason or "column" in reason)))
 
 
+def statement_cancelled(exc: BaseException) -> bool:
+    """Whether an error is PostgreSQL cancelling a statement that ran past its time limit
+    (``statement_timeout``, STATEMENT_SECONDS unless the URL's options say otherwise): the
+    database answered, but too slowly for the limit, which is not its being unreachable."""
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return isinstance(exc, OperationalError) and code == "57014" \
+        and "statement timeout" in str(orig)
+
+
 def database_error(exc: BaseException) -> tuple[str, str]:
     """An error of the database as an operator's line may quote it: the driver's error
     class and the first line of its text, at most 200 characters, with every long number

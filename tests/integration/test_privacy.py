@@ -9,6 +9,7 @@ import stat
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
 from ivr import create_app
 from ivr.storage.models import Call, Lockout, OutboxMessage, Ticket
@@ -250,3 +251,31 @@ def test_a_command_that_fails_unexpectedly_shows_its_traceback_without_the_numbe
     assert "retention apply failed" in logged and "Failing row contains" in logged
     assert "4155550123" not in logged + result.output and "912345678" not in logged
     assert "…0123" in logged
+
+
+def test_a_command_stopped_by_the_statement_limit_says_so_and_how_to_lift_it(
+        short_statements, app, settings, clock):
+    """A command whose statement runs past STATEMENT_SECONDS is not told the database is
+    unreachable (it answered): the line names the limit and how to lift it for one run,
+    and running it so then works."""
+    with postgres_admin(app.extensions["ivr"].storage.engine.url) as admin:
+        admin.exec_driver_sql("""
+            CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$;
+            CREATE TRIGGER slow AFTER DELETE ON lockouts FOR EACH STATEMENT
+            EXECUTE FUNCTION slow_delete();""")
+    unlock = ["accounts", "unlock", "--caller", CALLER]
+    result = app.test_cli_runner().invoke(args=unlock)
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert "\n" not in line and "unreachable" not in line
+    assert "statement_timeout=0" in line and "IVR_DATABASE_URL" in line
+    url = make_url(settings.database_url)
+    lifted = url.update_query_dict({"options": url.query["options"] + " -c statement_timeout=0"})
+    patient = create_app(settings.model_copy(update={
+        "database_url": lifted.render_as_string(hide_password=False)}), clock=clock)
+    try:
+        result = patient.test_cli_runner().invoke(args=unlock)
+    finally:
+        patient.extensions["ivr"].storage.dispose()
+    assert result.exit_code == 0, result.output
