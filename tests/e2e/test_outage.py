@@ -596,3 +596,16 @@ def test_a_statement_slower_than_the_limit_routes_the_caller_through_the_spool(
     assert "1 written" in app.test_cli_runner().invoke(args=["spool", "replay"]).output
     with ivr.storage.transaction() as session:
         assert [t.number for t in session.scalars(select(Ticket))] == [numbers[0]]
+
+
+def test_a_pass_from_one_call_routes_no_other_call_during_an_outage(ivr, twilio, dead):
+    """The pass vouches for the call it was given to: an unverified call posting a
+    verified call's priority URL (its pass and all) while the database is away gets the
+    plain fallback, and nothing reaches the spool in the verified account's name."""
+    action = verified(twilio, new_call_sid())
+    stranger = new_call_sid()
+    root = twiml(dead.post(action, **twilio.call_params(stranger, caller="+12025550177"),
+                           Digits="1"))
+    assert [e.tag for e in root] == ["Say", "Enqueue"]
+    assert root.find("Enqueue").text == ivr.config.service.fallback_queue
+    assert ivr.service.spool.depth() == 0

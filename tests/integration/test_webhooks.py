@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select
 
 from ivr.config import Settings
-from ivr.storage.models import Call, OutboxMessage, Ticket
+from ivr.storage.models import Call, Lockout, OutboxMessage, Ticket
 
 from ..support import (
     BUSINESS_OWNER, CALLER, PRO_OWNER, US_LINE, TwilioClient, spoken, twiml,
@@ -428,3 +428,17 @@ def test_an_abandoned_call_is_counted_once_however_often_its_status_arrives(app,
     for _ in range(2):
         twilio.post("/voice/status", **{**twilio.call_params(call_sid), "CallStatus": "completed"})
     assert metric(app, "ivr_calls_total", region="United States", outcome="abandoned") == before + 1
+
+
+def test_a_genuine_signature_for_one_step_replayed_to_another_is_refused_and_judges_nothing(
+        twilio, call_sid, ivr):
+    """Twilio signs the URL: a copy of the PMI step's request (its digits a host key's
+    length) posted to the host-key step is refused, and no key is judged or counted."""
+    twiml(press(twilio, call_sid, "/voice"))
+    twiml(press(twilio, call_sid, "/voice/menu", "2"))
+    twiml(press(twilio, call_sid, "/voice/pmi", BUSINESS_OWNER[0]))
+    params = {**twilio.call_params(call_sid), "Digits": "7401935"}
+    signature = twilio.validator.compute_signature("http://localhost/voice/pmi", params)
+    response = twilio.post("/voice/host-key", signature=signature, **params)
+    assert response.status_code == 403
+    assert count(ivr, Lockout) == 0
