@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from sqlalchemy import inspect, select
 
-from ivr import create_app
+from ivr import create_app, metrics
 from ivr.desk.directory import Row, import_rows
 from ivr.storage.models import Base, Lockout
 
@@ -168,6 +168,38 @@ def test_parallel_failures_past_the_threshold_lock_once(app, ivr, clock):
         thread.join()
     entry = lock(ivr, key)
     assert results.count(True) == 2 and entry.lock_count == 2  # 12 failures: two locks of 5
+
+
+def test_twenty_wrong_keys_for_one_pmi_at_the_same_instant_are_judged_five_at_most(app, ivr):
+    """Twenty calls from twenty numbers, each at the host-key prompt for the same PMI, send
+    their guesses at once: the threshold's five are judged, the rest meet the lock."""
+    callers = []
+    for n in range(20):
+        one = Caller(TwilioClient(app), caller(500 + n))
+        one.start()
+        one._post("/voice/pmi", BUSINESS_OWNER[0])
+        callers.append(one)
+
+    def judged(result):
+        return metrics.VERIFICATIONS.labels(result)._value.get()
+
+    before = {result: judged(result) for result in ("failed", "passed", "locked")}
+    start = threading.Barrier(len(callers))
+    codes = []
+
+    def guess(n, one):
+        start.wait()
+        codes.append(one._post("/voice/host-key", f"74019{n:02d}").status_code)
+
+    threads = [threading.Thread(target=guess, args=item) for item in enumerate(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = {result: judged(result) - before[result] for result in before}
+    assert codes == [200] * 20
+    assert after == {"failed": 5, "passed": 0, "locked": 15}
+    assert lock(ivr, pmi_key(ivr, BUSINESS_OWNER[0])).lock_count == 1
 
 
 def test_operators_list_and_clear_locks(app, twilio, ivr, clock):
