@@ -540,6 +540,18 @@ def every_connection_taken(ivr, monkeypatch):
             connection.close()
 
 
+def routed_through_the_spool(app, ivr, root):
+    """The verified caller was told a ticket number and queued under it, with the ticket
+    spooled, not stored; the replay stores it under that number."""
+    numbers = [e.text for e in root.iter("say-as")]
+    assert numbers, "the caller was not told a ticket number"
+    assert root.find("Enqueue").text == f"support-us.{numbers[0]}"
+    assert ivr.service.spool.depth() == 1 and count(ivr, Ticket) == 0
+    assert "1 written" in app.test_cli_runner().invoke(args=["spool", "replay"]).output
+    with ivr.storage.transaction() as session:
+        assert [t.number for t in session.scalars(select(Ticket))] == [numbers[0]]
+
+
 def test_a_status_callback_met_by_a_full_connection_pool_is_spooled_not_lost(
         ivr, twilio, call_sid, monkeypatch):
     twilio.post("/voice", **twilio.call_params(call_sid))
@@ -558,13 +570,7 @@ def test_a_verified_caller_met_by_a_full_connection_pool_is_routed_through_the_s
     action = verified(twilio, sid)
     with every_connection_taken(ivr, monkeypatch):
         root = twiml(twilio.post(action, **twilio.call_params(sid), Digits="1"))
-    numbers = [e.text for e in root.iter("say-as")]
-    assert numbers, "the caller was not told a ticket number"
-    assert root.find("Enqueue").text == f"support-us.{numbers[0]}"
-    assert ivr.service.spool.depth() == 1 and count(ivr, Ticket) == 0
-    assert "1 written" in app.test_cli_runner().invoke(args=["spool", "replay"]).output
-    with ivr.storage.transaction() as session:
-        assert [t.number for t in session.scalars(select(Ticket))] == [numbers[0]]
+    routed_through_the_spool(app, ivr, root)
 
 
 SLOW_TICKETS = """
@@ -589,13 +595,7 @@ def test_a_statement_slower_than_the_limit_routes_the_caller_through_the_spool(
     finally:
         with postgres_admin(ivr.storage.engine.url) as admin:
             admin.exec_driver_sql("DROP TRIGGER slow ON tickets")
-    numbers = [e.text for e in root.iter("say-as")]
-    assert numbers, "the caller was not told a ticket number"
-    assert root.find("Enqueue").text == f"support-us.{numbers[0]}"
-    assert ivr.service.spool.depth() == 1 and count(ivr, Ticket) == 0
-    assert "1 written" in app.test_cli_runner().invoke(args=["spool", "replay"]).output
-    with ivr.storage.transaction() as session:
-        assert [t.number for t in session.scalars(select(Ticket))] == [numbers[0]]
+    routed_through_the_spool(app, ivr, root)
 
 
 def test_a_pass_from_one_call_routes_no_other_call_during_an_outage(ivr, twilio, dead):

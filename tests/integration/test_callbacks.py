@@ -143,6 +143,27 @@ def customer_presses_a_key(twilio, greeting, customer_sid):
                              **leg(customer_sid, CALLER, US_LINE), Digits="5"))
 
 
+def customer_put_through(twilio, dial_root):
+    """The customer's phone is answered and their key pressed: they are put through to
+    the engineer. Returns the customer leg's SID."""
+    customer_sid = new_call_sid()
+    customer_presses_a_key(twilio, customer_answers(twilio, dial_root, customer_sid),
+                           customer_sid)
+    return customer_sid
+
+
+def aiko_on_a_callback_put_through(app, twilio, ivr):
+    """Two tickets wait for a callback; aiko's callback for the first is put through to
+    its customer. Returns the two tickets."""
+    add_engineer(ivr)
+    first = waiting_for_callback(twilio)
+    second = waiting_for_callback(twilio, caller="+14155550111")
+    attempt = place(app, first["ticket"], {"engineer": "aiko"}).get_json()
+    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
+    customer_put_through(twilio, dial_root)
+    return first, second
+
+
 def test_a_callback_answered_by_voicemail_is_a_missed_callback_not_a_connection(
         app, twilio, ivr, http):
     """A voicemail (or an answering machine) answers the customer's phone: it hears the
@@ -509,16 +530,22 @@ def test_a_customer_answering_a_callback_while_the_database_is_away_is_put_throu
     assert ticket.status == "connected" and attempts == [("aiko", "answered")]
 
 
-def test_a_key_after_the_greeting_while_the_database_is_away_still_puts_the_customer_through(
-        app, twilio, ivr, http, dead):
-    """The customer pressed a key: they are there, and the engineer is on the line. No
-    key (a voicemail) ends the customer's leg, as it would with the database up."""
+def customer_greeted(app, twilio, ivr):
+    """aiko's callback rings the customer, who answers and hears the greeting. Returns
+    the ticket, the engineer's <Dial>, the customer leg's SID and the greeting."""
     add_engineer(ivr)
     waiting = waiting_for_callback(twilio)
     attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
     _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
     customer_sid = new_call_sid()
-    greeting = customer_answers(twilio, dial_root, customer_sid)
+    return waiting, dial_root, customer_sid, customer_answers(twilio, dial_root, customer_sid)
+
+
+def test_a_key_after_the_greeting_while_the_database_is_away_still_puts_the_customer_through(
+        app, twilio, ivr, http, dead):
+    """The customer pressed a key: they are there, and the engineer is on the line. No
+    key (a voicemail) ends the customer's leg, as it would with the database up."""
+    waiting, dial_root, customer_sid, greeting = customer_greeted(app, twilio, ivr)
     pressed = twiml(dead.post(greeting.find("Gather").get("action"),
                               **leg(customer_sid, CALLER, US_LINE), Digits="1"))
     assert list(pressed) == []
@@ -537,12 +564,7 @@ def test_a_key_pressed_after_the_greeting_while_the_database_is_away_is_an_answe
     answered and the ticket connected: not "unconfirmed", a miss that would have the
     customer called again, and after the last attempt told by text that they could not
     be reached."""
-    add_engineer(ivr)
-    waiting = waiting_for_callback(twilio)
-    attempt = place(app, waiting["ticket"], {"engineer": "aiko"}).get_json()
-    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
-    customer_sid = new_call_sid()
-    greeting = customer_answers(twilio, dial_root, customer_sid)
+    waiting, dial_root, customer_sid, greeting = customer_greeted(app, twilio, ivr)
     pressed = twiml(dead.post(greeting.find("Gather").get("action"),
                               **leg(customer_sid, CALLER, US_LINE), Digits="1"))
     assert list(pressed) == []  # put through to the engineer
@@ -982,9 +1004,7 @@ def test_an_engineer_on_a_callback_is_not_handed_a_waiting_caller_on_her_other_d
     dial_root = twiml(twilio.post(offer.find("Gather").get("action"),
                                   **leg(laptop, ENGINEER_PHONE, US_LINE), Digits="1"))
     refused(mobile_calls_the_line())  # the customer's phone rings
-    customer_sid = new_call_sid()
-    customer_presses_a_key(twilio, customer_answers(twilio, dial_root, customer_sid),
-                           customer_sid)
+    customer_put_through(twilio, dial_root)
     assert state(ivr, waiting["ticket"])[0].status == "connected"
     refused(mobile_calls_the_line())  # talking to the customer
     assert state(ivr, in_queue["ticket"])[0].status == "in_queue"
@@ -1011,9 +1031,7 @@ def test_a_callback_is_not_placed_with_an_engineer_already_on_another_callback(
 
     engineer_sid = new_call_sid()
     _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], engineer_sid)
-    customer_sid = new_call_sid()
-    customer_presses_a_key(twilio, customer_answers(twilio, dial_root, customer_sid),
-                           customer_sid)
+    customer_put_through(twilio, dial_root)
     assert place(app, second["ticket"], {"engineer": "aiko"}).status_code == 409
     ticket, assignment, attempts = state(ivr, second["ticket"])
     assert attempts == [] and (assignment is None or assignment.callback_attempts == 0)
@@ -1053,14 +1071,7 @@ def test_an_engineer_whose_callbacks_end_was_never_reported_can_say_so_on_the_en
     was kept, and the service would think her on that call for up to four hours, refusing
     the desk's next callback with her. On the engineer line she hears she is on another
     call and presses 1: that call has ended, and the desk's callback goes to her again."""
-    add_engineer(ivr)
-    first = waiting_for_callback(twilio)
-    second = waiting_for_callback(twilio, caller="+14155550111")
-    attempt = place(app, first["ticket"], {"engineer": "aiko"}).get_json()
-    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
-    customer_sid = new_call_sid()
-    customer_presses_a_key(twilio, customer_answers(twilio, dial_root, customer_sid),
-                           customer_sid)
+    first, second = aiko_on_a_callback_put_through(app, twilio, ivr)
     assert place(app, second["ticket"], {"engineer": "aiko"}).status_code == 409
 
     line = new_call_sid()
@@ -1133,14 +1144,7 @@ def test_the_desk_told_an_engineer_is_on_a_callback_put_through_learns_how_to_cl
     kept. The desk's next callback with her is refused naming that ticket and, as for a
     conversation on the engineer line, how to say it has ended; the command says which
     callback it ended, and the next callback goes."""
-    add_engineer(ivr)
-    first = waiting_for_callback(twilio)
-    second = waiting_for_callback(twilio, caller="+14155550111")
-    attempt = place(app, first["ticket"], {"engineer": "aiko"}).get_json()
-    _, dial_root = engineer_answers_and_presses_1(twilio, attempt["id"], new_call_sid())
-    customer_sid = new_call_sid()
-    customer_presses_a_key(twilio, customer_answers(twilio, dial_root, customer_sid),
-                           customer_sid)
+    first, second = aiko_on_a_callback_put_through(app, twilio, ivr)
     refused = place(app, second["ticket"], {"engineer": "aiko"})
     assert refused.status_code == 409
     assert refused.get_json()["error"] == (
@@ -1260,9 +1264,7 @@ def test_a_customer_put_through_after_the_engineer_said_her_callback_ended_keeps
     holding = twiml(twilio.post(refused.find("Gather").get("action"),
                                 **engineer_params(mobile, "client:aiko"), Digits="1"))
     assert holding.find("Dial") is None and holding.find("Redirect") is not None
-    customer_sid = new_call_sid()
-    customer_presses_a_key(twilio, customer_answers(twilio, dial_root, customer_sid),
-                           customer_sid)
+    customer_put_through(twilio, dial_root)
     assert state(ivr, waiting["ticket"])[2] == [("aiko", "answered")]
     caller = queued(twilio, 2, caller="+14155550122")
     look = twiml(twilio.post(holding.find("Redirect").text,

@@ -126,16 +126,22 @@ def test_the_retention_period_comes_from_the_configuration_or_the_command_line(a
     assert {c.caller_number for c in rows(app, Call)} == {CALLER}
 
 
+def slower_than_the_statement_limit(app, change, table):
+    """Each statement that makes ``change`` (UPDATE, DELETE) on ``table`` takes 1.5 s, past
+    the tests' short statement limit (``short_statements``)."""
+    with postgres_admin(app.extensions["ivr"].storage.engine.url) as admin:
+        admin.exec_driver_sql(f"""
+            CREATE FUNCTION slow_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$;
+            CREATE TRIGGER slow AFTER {change} ON {table} FOR EACH STATEMENT
+            EXECUTE FUNCTION slow_statement();""")
+
+
 def test_retention_slower_than_a_webhooks_statement_limit_still_runs_to_its_end(
         short_statements, app, aged):
     """A webhook's statement is cancelled past STATEMENT_SECONDS; retention over a year of
     calls may take longer, and is not cut short by that limit."""
-    with postgres_admin(app.extensions["ivr"].storage.engine.url) as admin:
-        admin.exec_driver_sql("""
-            CREATE FUNCTION slow_update() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$;
-            CREATE TRIGGER slow AFTER UPDATE ON calls FOR EACH STATEMENT
-            EXECUTE FUNCTION slow_update();""")
+    slower_than_the_statement_limit(app, "UPDATE", "calls")
     result = app.test_cli_runner().invoke(args=["retention", "apply"])
     assert result.exit_code == 0, result.output
     assert "calls anonymised: 1" in result.output
@@ -258,12 +264,7 @@ def test_a_command_stopped_by_the_statement_limit_says_so_and_how_to_lift_it(
     """A command whose statement runs past STATEMENT_SECONDS is not told the database is
     unreachable (it answered): the line names the limit and how to lift it for one run,
     and running it so then works."""
-    with postgres_admin(app.extensions["ivr"].storage.engine.url) as admin:
-        admin.exec_driver_sql("""
-            CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$;
-            CREATE TRIGGER slow AFTER DELETE ON lockouts FOR EACH STATEMENT
-            EXECUTE FUNCTION slow_delete();""")
+    slower_than_the_statement_limit(app, "DELETE", "lockouts")
     unlock = ["accounts", "unlock", "--caller", CALLER]
     result = app.test_cli_runner().invoke(args=unlock)
     assert result.exit_code == 1
