@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from .accounts import AccountRepository
 from .calls import CallRepository
 from .desk_queries import DeskRepository
+from .engineers import FloorRepository
 from .engine import NO_STATEMENT_LIMIT
 from .lockouts import LockoutRepository
 from .outbox import OutboxRepository
@@ -125,3 +126,8 @@ class UnitOfWork:
     @cached_property
     def desk(self) -> DeskRepository:
         return DeskRepository(self)
+
+    @cached_property
+    def floor(self) -> FloorRepository:
+        """The queues as engineers see them (ORM, on this unit's session)."""
+        return FloorRepository(self.storage, self.session)

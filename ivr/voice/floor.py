@@ -157,7 +157,7 @@ class Floor:
         anyone); and how many wait in all."""
         stale = self._stale_claims_before()
         with self.storage.unit_of_work(readonly=True) as uow:
-            floor = FloorRepository(self.storage, uow.session)
+            floor = uow.floor
             rows = floor.waiting()
             total = floor.waiting_count() if len(rows) >= WAITING_READ else len(rows)
             return [(t, c, waiting_of(self.config, t, c), _taken_by(a, stale))
@@ -172,7 +172,7 @@ class Floor:
         that group over the last half hour (None without enough of them to tell)."""
         since = self.clock() - ESTIMATE_WINDOW
         with self.storage.unit_of_work(readonly=True) as uow:
-            found = FloorRepository(self.storage, uow.session).place_in_line(
+            found = uow.floor.place_in_line(
                 call_sid, self.groups, since)
         if found is None:
             return None

@@ -25,7 +25,6 @@ from ..domain.engineers import HEARD_AS, SYSTEM_ACTOR
 from ..domain.flow import Caller, CallState, Reply, Step, TicketInfo, failures_in, tries_in
 from ..domain.lifecycle import TicketStatus, routed_status
 from ..storage import helpdesk as helpdesk_jobs
-from ..storage.engineers import FloorRepository
 
 if TYPE_CHECKING:
     from ..storage import CallRecord, UnitOfWork
@@ -293,7 +292,7 @@ class Outage:
                             "ticket took that number meanwhile", record.number, restored.number)
                 # The caller waits in the queue named after the number they heard, and
                 # may quote it: the ticket's history keeps it (``Floor.agent_call``).
-                FloorRepository(service.storage, uow.session).record(
+                uow.floor.record(
                     restored.id, SYSTEM_ACTOR, HEARD_AS, record.number, service.clock())
             if restored is not None and record.sms is not None:
                 # The text gives the number the ticket really has, whatever was spoken.
