@@ -179,8 +179,8 @@ class Zendesk(HelpDesk):
         it, from connecting to the answer's last byte, must be over by the time-out from
         the start: requests' read time-out is per read, so an answer trickled a byte at a
         time, its status line and headers as much as its body, would hold the sender past
-        its lease (for ever, from a server that never stops). The body is read against the
-        deadline here; until it is handed over, a Deadline hangs up the connection."""
+        its lease (for ever, from a server that never stops). A Deadline hangs up the
+        connection at the time-out, whatever it is waiting for, the body included."""
         deadline = time.monotonic() + self.timeout[1]
         with Deadline(deadline) as watch:
             try:
@@ -197,7 +197,7 @@ class Zendesk(HelpDesk):
                                     f"{self.base_url}"), None
             with response:
                 try:
-                    content = read_within(response, deadline, MAX_ANSWER_BYTES + 1)
+                    content = read_up_to(response, MAX_ANSWER_BYTES + 1)
                 except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
                     return Result.retry(self._too_slow()), None
                 except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -205,7 +205,7 @@ class Zendesk(HelpDesk):
                         return Result.retry(self._too_slow()), None
                     return Result.retry(f"{type(exc).__name__}: the answer from "
                                         f"{self.base_url} broke off"), None
-            if content is None or watch.passed:  # what was read may have been cut short
+            if watch.passed:  # what was read may have been cut short
                 return Result.retry(self._too_slow()), None
         status = response.status_code
         if len(content) > MAX_ANSWER_BYTES:
@@ -235,23 +235,14 @@ class Zendesk(HelpDesk):
         return f"no answer within {self.timeout[1]:g} s"
 
 
-def read_within(response: requests.Response, deadline: float, limit: int) -> bytes | None:
+def read_up_to(response: requests.Response, limit: int) -> bytes:
     """The body of a streamed answer, decoded, up to ``limit`` bytes (a longer one is cut
-    there, the rest never read), or None when it is not all there by ``deadline`` (a
-    ``time.monotonic()`` reading). Each read waits at most the time left: the socket's
-    time-out is lowered to it before each one (urllib3 sets it again for the connection's
-    next request). The rest of a cut answer is never read: closing the response closes
-    its connection, and the next request opens another."""
+    there, the rest never read: closing the response closes its connection, and the next
+    request opens another). Its time is bounded by the request's ``Deadline``, which hangs
+    up the connection when the time-out is over."""
     raw = response.raw
-    connection = getattr(raw, "connection", None)
     chunks, size = [], 0
     while size < limit:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        sock = getattr(connection, "sock", None)
-        if sock is not None:
-            sock.settimeout(left)
         chunk = raw.read1(min(READ_SIZE, limit - size), decode_content=True)
         if not chunk:
             break
