@@ -48,7 +48,7 @@ def short_statements(monkeypatch, database_url):
         pytest.skip("PostgreSQL's statement_timeout")
     from ivr.storage import engine
 
-    monkeypatch.setattr(engine, "STATEMENT_SECONDS", 1.0, raising=False)
+    monkeypatch.setattr(engine, "STATEMENT_SECONDS", 1.0)
 
 
 @pytest.fixture
